@@ -1,0 +1,170 @@
+"""Properties of the pure-numpy method core, checked against the paper's equations."""
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+from xmodal.core.medoids import KMedoidsSelector, anytime_order, canopy_k, cosine_distances
+from xmodal.core.metrics import average_precision, mean_average_precision, recall_at_k
+from xmodal.core.sif import CommonComponentRemoval, sif_weights, weighted_average
+from xmodal.core.ssr import SSRIndex, cross_similarity, sparsify, ssr, top_k
+
+
+def blobs(n_per=30, centres=4, dim=16, spread=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    C = rng.normal(size=(centres, dim))
+    X = np.repeat(C, n_per, axis=0) + spread * rng.normal(size=(centres * n_per, dim))
+    return X.astype(np.float32), np.repeat(np.arange(centres), n_per)
+
+
+# -- SSR and similarity -----------------------------------------------------------------------
+
+def test_ssr_is_cosine_to_references():
+    rng = np.random.default_rng(1)
+    X, refs = rng.normal(size=(7, 5)), rng.normal(size=(3, 5))
+    R = ssr(X, refs)
+    expected = [[x @ r / np.linalg.norm(x) / np.linalg.norm(r) for r in refs] for x in X]
+    np.testing.assert_allclose(R, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_eq32_equals_pearson_and_eq33_equals_cosine():
+    rng = np.random.default_rng(2)
+    RX, RY = rng.normal(size=(6, 9)), rng.normal(size=(4, 9))
+    S = cross_similarity(RX, RY, "pearson")
+    for i in range(6):
+        for j in range(4):
+            assert S[i, j] == pytest.approx(pearsonr(RX[i], RY[j])[0], abs=1e-5)
+    C = cross_similarity(RX, RY, "cosine")
+    assert C[0, 0] == pytest.approx(RX[0] @ RY[0] / np.linalg.norm(RX[0]) / np.linalg.norm(RY[0]), abs=1e-5)
+
+
+def test_linearly_related_modalities_retrieve_their_pairs():
+    # Proposition 1: if Y is a linear image of X, SSR over matched references correlates.
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 20))
+    Y = X @ rng.normal(size=(20, 30)) + 0.01 * rng.normal(size=(200, 30))
+    refs = np.arange(40)
+    index = SSRIndex().fit(X, Y, np.c_[refs, refs])
+    best, _ = index.search_texts(index.image_codes_, k=1)
+    assert (best[:, 0] == np.arange(200)).mean() > 0.9
+
+
+def test_incremental_pairs_equal_a_fresh_fit():
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(50, 8)), rng.normal(size=(60, 6))
+    pairs = np.c_[rng.choice(50, 10, replace=False), rng.choice(60, 10, replace=False)]
+    grown = SSRIndex().fit(X, Y, pairs[:3]).add_pairs(pairs[3:])
+    fresh = SSRIndex().fit(X, Y, pairs)
+    np.testing.assert_allclose(grown.similarity(), fresh.similarity(), atol=1e-5)
+    shrunk = grown.remove_pairs(pairs[3:5])
+    np.testing.assert_allclose(shrunk.similarity(),
+                               SSRIndex().fit(X, Y, np.vstack([pairs[:3], pairs[5:]])).similarity(), atol=1e-5)
+
+
+def test_index_rejects_pairs_outside_the_data():
+    with pytest.raises(IndexError):
+        SSRIndex().fit(np.eye(3), np.eye(3), [[0, 5]])
+
+
+def test_new_query_codes_match_indexed_codes():
+    rng = np.random.default_rng(5)
+    X, Y = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
+    index = SSRIndex(sparse_top_k=4, sparse_power=2.0).fit(X, Y, np.c_[np.arange(6), np.arange(6)])
+    np.testing.assert_allclose(index.transform_texts(Y[:5]), index.text_codes_[:5], atol=1e-6)
+
+
+def test_sparsify_keeps_top_k_positive_values():
+    R = np.array([[0.9, -0.5, 0.1, 0.4]])
+    np.testing.assert_allclose(sparsify(R, 2, power=2.0), [[0.81, 0.0, 0.0, 0.16]], atol=1e-6)
+
+
+def test_top_k_is_sorted_and_exact():
+    scores = np.array([[0.1, 0.7, 0.3, 0.9]])
+    idx, val = top_k(scores, 3)
+    assert idx.tolist() == [[3, 1, 2]]
+    np.testing.assert_allclose(val, [[0.9, 0.7, 0.3]])
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+def test_map_matches_hand_computed_example():
+    # query 0 (label a): ranking a, b, a -> AP = (1/2)(1/1 + 2/3)
+    # query 1 (label b): ranking a, b, a -> AP = 1/2
+    S = np.array([[0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
+    ap = average_precision(S, ["a", "b"], ["a", "b", "a"])
+    np.testing.assert_allclose(ap, [(1 + 2 / 3) / 2, 0.5])
+    assert mean_average_precision(S, ["a", "b"], ["a", "b", "a"]) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+
+
+def test_recall_at_k_matches_hand_computed_example():
+    S = np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.3], [0.5, 0.9, 0.7]])
+    # the coupled targets rank 1st, 3rd and 2nd
+    r = recall_at_k(S, np.array([0, 0, 2]), ks=(1, 2, 3))
+    assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
+    # eq. 37 with L_i = 2: fraction of relevant found in the top K
+    rel = np.array([[True, True, False], [True, False, True], [False, True, True]])
+    assert recall_at_k(S, rel, ks=(1,))[1] == pytest.approx((1 / 2 + 1 / 2 + 1 / 2) / 3)
+
+
+# -- reference selection -------------------------------------------------------------------
+
+def test_medoids_are_real_samples_one_per_blob():
+    X, y = blobs()
+    sel = KMedoidsSelector(4, random_state=0).fit(X)
+    assert len(set(sel.medoid_indices_)) == 4
+    assert all(0 <= m < len(X) for m in sel.medoid_indices_)
+    assert sorted(y[sel.medoid_indices_]) == [0, 1, 2, 3]
+    assert sel.cluster_sizes_.sum() == len(X)
+    assert (sel.labels_[sel.medoid_indices_] == np.arange(4)).all()
+
+
+def test_too_many_references_is_a_clear_error():
+    with pytest.raises(ValueError, match="pool of 5 items"):
+        KMedoidsSelector(6).fit(np.eye(5))
+
+
+def test_clara_path_finds_the_same_structure():
+    X, y = blobs(n_per=200, centres=5)
+    sel = KMedoidsSelector(5, exact_max_n=300, sample_size=150, random_state=0).fit(X)
+    assert sorted(y[sel.medoid_indices_]) == [0, 1, 2, 3, 4]
+
+
+def test_anytime_order_puts_the_big_cluster_first():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal([5, 0, 0], 0.1, (300, 3)), rng.normal([0, 5, 0], 0.1, (20, 3)),
+                   rng.normal([0, 0, 5], 0.1, (50, 3))])
+    D = cosine_distances(X, X[[320, 0, 310]])
+    assert anytime_order(D).tolist() == [1, 0, 2]
+
+
+def test_extend_keeps_annotated_medoids():
+    X, y = blobs(centres=6)
+    sel = KMedoidsSelector(3, random_state=0).fit(X)
+    first = sel.medoid_indices_.copy()
+    sel.extend(X, 3)
+    assert sel.medoid_indices_[:3].tolist() == first.tolist()
+    assert sorted(y[sel.medoid_indices_]) == [0, 1, 2, 3, 4, 5]
+
+
+def test_canopy_finds_the_number_of_blobs():
+    X, _ = blobs(centres=5, spread=0.02)
+    assert canopy_k(X, t2=0.2) == 5
+
+
+# -- SIF ------------------------------------------------------------------------------------
+
+def test_sif_weights_and_average():
+    w = sif_weights(np.array([0.0, 1e-3, 1.0]))
+    np.testing.assert_allclose(w, [1.0, 0.5, 1e-3 / 1.001], rtol=1e-6)
+    vectors = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    avg = weighted_average([np.array([0, 1]), np.array([], dtype=int)], vectors, w)
+    np.testing.assert_allclose(avg, [[0.5, 0.5], [0.0, 0.0]], atol=1e-6)
+
+
+def test_common_component_removal_removes_the_first_singular_vector():
+    rng = np.random.default_rng(6)
+    V = rng.normal(size=(100, 10)) + 5.0 * rng.normal(size=10)  # a strong common direction
+    ccr = CommonComponentRemoval().fit(V)
+    out = ccr.transform(V)
+    assert np.abs(out @ ccr.components_[0]).max() < 1e-4
+    np.testing.assert_allclose(ccr.transform(V[:3]), out[:3], atol=1e-6)

@@ -1,0 +1,1 @@
+"""One module per ``xmodal`` sub-command, each with ``register(subparsers)``."""

@@ -1,0 +1,61 @@
+"""Retrieval metrics of the paper's evaluation protocol (section 4.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rank(similarity: np.ndarray) -> np.ndarray:
+    # stable sort on -S: ties keep target order, so results are deterministic
+    return np.argsort(-np.asarray(similarity, dtype=np.float64), axis=1, kind="stable")
+
+
+def average_precision(similarity: np.ndarray, query_labels, target_labels) -> np.ndarray:
+    """Eq. 36 for every query: ``AP(i) = (1/L_i) Σ_j P(j) δ(j)`` over the ranking of ALL targets.
+
+    Relevance is "same label". Queries without any relevant target get NaN.
+    """
+    query_labels = np.asarray(query_labels)
+    target_labels = np.asarray(target_labels)
+    S = np.asarray(similarity)
+    if S.shape != (len(query_labels), len(target_labels)):
+        raise ValueError(f"similarity is {S.shape}, labels are {len(query_labels)}x{len(target_labels)}")
+    ranks = np.arange(1, S.shape[1] + 1)
+    out = np.empty(S.shape[0])
+    for start in range(0, S.shape[0], 1024):  # bounded memory for large query sets
+        rel = target_labels[_rank(S[start:start + 1024])] == query_labels[start:start + 1024, None]
+        hits = np.cumsum(rel, axis=1)
+        L = rel.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + 1024] = ((hits / ranks) * rel).sum(axis=1) / L
+    return out
+
+
+def mean_average_precision(similarity: np.ndarray, query_labels, target_labels) -> float:
+    """Eq. 35: mean of eq. 36 over the queries that have at least one relevant target."""
+    ap = average_precision(similarity, query_labels, target_labels)
+    return float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan")
+
+
+def recall_at_k(similarity: np.ndarray, relevant, ks=(1, 5, 10)) -> dict[int, float]:
+    """Eq. 37: ``(1/|Q|) Σ_i (1/L_i) Σ_{j≤K} φ(i, j)``.
+
+    ``relevant`` is either an int array giving the one coupled target of each query (L_i = 1, the
+    COCO protocol) or a boolean (n_queries, n_targets) relevance matrix.
+    """
+    S = np.asarray(similarity)
+    relevant = np.asarray(relevant)
+    if relevant.ndim == 1:
+        if len(relevant) != S.shape[0]:
+            raise ValueError("one relevant target per query is needed")
+        matrix = np.zeros(S.shape, dtype=bool)
+        matrix[np.arange(S.shape[0]), relevant] = True
+        relevant = matrix
+    if relevant.shape != S.shape:
+        raise ValueError(f"relevance is {relevant.shape}, similarity is {S.shape}")
+    L = relevant.sum(axis=1)
+    if np.any(L == 0):
+        raise ValueError("every query needs at least one relevant target")
+    ranked_rel = np.take_along_axis(relevant, _rank(S), axis=1)
+    found = np.cumsum(ranked_rel, axis=1)
+    return {int(k): float(np.mean(found[:, min(k, S.shape[1]) - 1] / L)) for k in ks}

@@ -1,0 +1,166 @@
+"""Semantic structure representation (SSR) and cross-modal similarity.
+
+Every item is represented by its cosine similarities to the references of its own modality
+(eq. 9–10). Because the references are matched one-to-one across modalities, dimension j means
+"similarity to reference pair j" in both, and items of the two modalities are compared by the
+Pearson correlation (eq. 32) or the cosine (eq. 33) of their SSR vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MEASURES = ("pearson", "cosine")
+
+
+def l2_normalize(X: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32). Zero rows stay zero; NaN rows become zero."""
+    X = np.nan_to_num(np.asarray(X, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, eps)
+
+
+def ssr(features: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Eq. 10: ``xr_i = [cos(x_i, x'_1), …, cos(x_i, x'_k)]`` — an (n, k) float32 matrix."""
+    return l2_normalize(features) @ l2_normalize(references).T
+
+
+def sparsify(R: np.ndarray, top_k: int, power: float = 1.0) -> np.ndarray:
+    """ASIF-style relative representation: keep each row's ``top_k`` largest similarities
+    (negatives dropped), zero the rest, raise what is kept to ``power``.
+
+    Sharpens SSR vectors when there are many references (Norelli et al., 2023, "ASIF").
+    """
+    R = np.asarray(R, dtype=np.float32)
+    if top_k <= 0:
+        raise ValueError("top_k must be positive")
+    out = np.clip(R, 0.0, None)
+    if top_k < R.shape[1]:
+        drop = np.argpartition(-out, top_k, axis=1)[:, top_k:]
+        np.put_along_axis(out, drop, 0.0, axis=1)
+    return out**power if power != 1.0 else out
+
+
+def similarity_codes(R: np.ndarray, measure: str = "pearson") -> np.ndarray:
+    """Rows transformed so that a plain dot product of two codes is the similarity.
+
+    ``pearson`` (eq. 32): centre each SSR vector on its own mean, then unit-normalise;
+    ``cosine`` (eq. 33): unit-normalise only.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
+    R = np.asarray(R, dtype=np.float32)
+    if measure == "pearson":
+        R = R - R.mean(axis=1, keepdims=True)
+    return l2_normalize(R)
+
+
+def cross_similarity(RX: np.ndarray, RY: np.ndarray, measure: str = "pearson") -> np.ndarray:
+    """``S(i, j)`` between SSR rows of two modalities, eq. 32 (Pearson) or eq. 33 (cosine)."""
+    return similarity_codes(RX, measure) @ similarity_codes(RY, measure).T
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k largest scores of every row, best first."""
+    scores = np.atleast_2d(scores)
+    k = min(k, scores.shape[1])
+    if k <= 0:
+        empty = np.zeros((scores.shape[0], 0))
+        return empty.astype(np.int64), empty.astype(scores.dtype)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def _as_pairs(pairs) -> np.ndarray:
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return pairs
+
+
+class SSRIndex:
+    """Cross-modal retrieval index over matched reference pairs.
+
+    ``fit(image_features, text_features, pairs)`` with ``pairs[j] = (image row, text row)`` of the
+    j-th reference pair. Adding or removing a pair recomputes only that SSR column (O(n·d)), which
+    is what keeps the Label Studio loop fast; the similarity codes (cheap, O(n·k)) are rederived.
+
+    Parameters
+    ----------
+    measure : "pearson" (eq. 32, default) or "cosine" (eq. 33).
+    sparse_top_k, sparse_power : optional ASIF-style sparsification of the SSR vectors.
+    """
+
+    def __init__(self, measure: str = "pearson", sparse_top_k: int | None = None,
+                 sparse_power: float = 1.0):
+        if measure not in MEASURES:
+            raise ValueError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
+        self.measure = measure
+        self.sparse_top_k = sparse_top_k
+        self.sparse_power = sparse_power
+
+    # -- building -------------------------------------------------------------------------
+    def fit(self, image_features: np.ndarray, text_features: np.ndarray, pairs) -> "SSRIndex":
+        self.image_features_ = l2_normalize(image_features)
+        self.text_features_ = l2_normalize(text_features)
+        pairs = _as_pairs(pairs)
+        self._check_pairs(pairs)
+        self.pairs_ = pairs
+        self.image_ssr_ = self.image_features_ @ self.image_features_[pairs[:, 0]].T
+        self.text_ssr_ = self.text_features_ @ self.text_features_[pairs[:, 1]].T
+        return self._derive_codes()
+
+    def add_pairs(self, pairs) -> "SSRIndex":
+        new = _as_pairs(pairs)
+        self._check_pairs(new)
+        self.pairs_ = np.vstack([self.pairs_, new])
+        self.image_ssr_ = np.hstack([self.image_ssr_, self.image_features_ @ self.image_features_[new[:, 0]].T])
+        self.text_ssr_ = np.hstack([self.text_ssr_, self.text_features_ @ self.text_features_[new[:, 1]].T])
+        return self._derive_codes()
+
+    def remove_pairs(self, pairs) -> "SSRIndex":
+        drop = {tuple(p) for p in _as_pairs(pairs).tolist()}
+        keep = np.array([tuple(p) not in drop for p in self.pairs_.tolist()], dtype=bool)
+        self.pairs_ = self.pairs_[keep]
+        self.image_ssr_ = self.image_ssr_[:, keep]
+        self.text_ssr_ = self.text_ssr_[:, keep]
+        return self._derive_codes()
+
+    def _check_pairs(self, pairs: np.ndarray) -> None:
+        n_img, n_txt = len(self.image_features_), len(self.text_features_)
+        if pairs.size and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= n_img
+                           or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= n_txt):
+            raise IndexError(f"a reference pair names an item outside the {n_img} images / {n_txt} texts")
+
+    def _codes(self, R: np.ndarray) -> np.ndarray:
+        if self.sparse_top_k:
+            R = sparsify(R, self.sparse_top_k, self.sparse_power)
+        return similarity_codes(R, self.measure)
+
+    def _derive_codes(self) -> "SSRIndex":
+        self.image_codes_ = self._codes(self.image_ssr_)
+        self.text_codes_ = self._codes(self.text_ssr_)
+        return self
+
+    # -- querying -------------------------------------------------------------------------
+    @property
+    def n_references(self) -> int:
+        return len(self.pairs_)
+
+    def transform_images(self, features: np.ndarray) -> np.ndarray:
+        """Similarity codes of new image features (e.g. a query image not in the index)."""
+        return self._codes(ssr(features, self.image_features_[self.pairs_[:, 0]]))
+
+    def transform_texts(self, features: np.ndarray) -> np.ndarray:
+        return self._codes(ssr(features, self.text_features_[self.pairs_[:, 1]]))
+
+    def similarity(self) -> np.ndarray:
+        """Full (n_images, n_texts) similarity matrix S."""
+        return self.image_codes_ @ self.text_codes_.T
+
+    def search_texts(self, image_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k text rows (and scores) for each image code row."""
+        return top_k(np.atleast_2d(image_codes) @ self.text_codes_.T, k)
+
+    def search_images(self, text_codes: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        return top_k(np.atleast_2d(text_codes) @ self.image_codes_.T, k)
