@@ -1,0 +1,394 @@
+"""The demo report: ``index.html`` + PNGs from a recorded session history.
+
+The history is a plain dict (the demo writes it as ``history.json`` next to the report)::
+
+    {
+      "title": "xmodal demo",                       # optional
+      "dataset": {"name", "source", "n_images", "n_texts", "labelled_by": "shape"},
+      "settings": {"select": "image", "encoders": {"image": ..., "text": ...}, ...},
+      "timings": {"total_s": ..., "bootstrap_s": ..., ...},          # optional, shown as is
+      "curve": [                                    # one point per label count
+        {"labels": 3, "index_version": 4, "elapsed_s": 12.5,
+         "methods": {"ssm-al": {"recall@10_i2t": .., "recall@10_t2i": .., "map_i2t": .., "map_t2i": ..},
+                     "random": {...}, "cca": {...}}},
+        ...
+      ],
+      "medoids": [                                  # in annotation (anytime) order
+        {"rank": 1, "image_id": ..., "image_path": ..., "text_id": ..., "text": ...}, ...
+      ],
+      "examples": {
+        "text_to_image": [{"query": text, "query_id": .., "truth": [image ids],
+                           "results": [{"id", "path", "score"}, ...]}, ...],
+        "image_to_text": [{"query": image id, "query_path": .., "truth": [text ids],
+                           "results": [{"id", "text", "score"}, ...]}, ...]
+      },
+      "notes": ["free text lines", ...]            # optional
+    }
+
+Every key is optional except ``curve`` (the report says what is missing rather than failing).
+Metric names: ``recall@K_i2t`` / ``recall@K_t2i`` / ``map_i2t`` / ``map_t2i``; any other
+``<name>_i2t`` / ``<name>_t2i`` pair is plotted the same way.
+
+The HTML is self-contained apart from the PNGs written next to it (relative paths); thumbnails
+are embedded as base64 data URIs, so the folder can be zipped or opened from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from xmodal.errors import DataError
+
+METHOD_STYLE = {  # label, colour, line style
+    "ssm-al": ("SSM-AL (k-medoid references)", "#d62728", "-"),
+    "random": ("random references", "#1f77b4", "--"),
+    "cca": ("CCA on the same pairs", "#2ca02c", ":"),
+}
+DIRECTIONS = {"i2t": "image→text", "t2i": "text→image"}
+THUMB = 96
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def thumbnail_uri(path, size: int = THUMB) -> str | None:
+    """A small JPEG of an image file as a ``data:`` URI (None when the file cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img_tag(path, alt: str = "", size: int = THUMB, cls: str = "") -> str:
+    uri = thumbnail_uri(path, size) if path else None
+    if uri is None:
+        return f'<div class="missing" style="width:{size}px;height:{size}px">{_esc(alt) or "no image"}</div>'
+    return f'<img src="{uri}" alt="{_esc(alt)}" title="{_esc(alt)}" class="{cls}" loading="lazy">'
+
+
+def metric_names(curve: list[dict]) -> list[str]:
+    """Base metric names present in the curve (``recall@10``, ``map``...), recall first."""
+    names = set()
+    for point in curve:
+        for values in (point.get("methods") or {}).values():
+            for key in values or {}:
+                base, _, direction = key.rpartition("_")
+                if direction in DIRECTIONS and base:
+                    names.add(base)
+    return sorted(names, key=lambda n: (not n.startswith("recall"), _recall_k(n), n))
+
+
+def _recall_k(name: str) -> int:
+    try:
+        return int(name.split("@", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _series(curve: list[dict], method: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for point in curve:
+        value = ((point.get("methods") or {}).get(method) or {}).get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        xs.append(int(point["labels"]))
+        ys.append(float(value))
+    return xs, ys
+
+
+def _methods(curve: list[dict]) -> list[str]:
+    seen = []
+    for point in curve:
+        for m in point.get("methods") or {}:
+            if m not in seen:
+                seen.append(m)
+    known = [m for m in METHOD_STYLE if m in seen]
+    return known + [m for m in seen if m not in METHOD_STYLE]
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+def plot_learning_curve(curve: list[dict], path: Path, chance: dict | None = None) -> list[str]:
+    """One panel per metric (Recall@10, MAP...), both directions, every method; returns the
+    metrics plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    metrics = metric_names(curve)
+    if not metrics:
+        return []
+    methods = _methods(curve)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in methods:
+            label, colour, style = METHOD_STYLE.get(method, (method, None, "-."))
+            for direction, marker in (("i2t", "o"), ("t2i", "s")):
+                xs, ys = _series(curve, method, f"{metric}_{direction}")
+                if xs:
+                    ax.plot(xs, ys, linestyle=style, marker=marker, markersize=3.5, color=colour,
+                            alpha=1.0 if direction == "i2t" else 0.6,
+                            label=f"{label}, {DIRECTIONS[direction]}")
+        if chance and chance.get(metric) is not None:
+            ax.axhline(chance[metric], color="grey", linewidth=0.8, linestyle="-", label="chance")
+        ax.set_title(metric.replace("recall@", "Recall@").replace("map", "MAP"))
+        ax.set_xlabel("number of labels (reference pairs)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = min(len(handles), 3)
+    fig.tight_layout(rect=(0, 0.03 + 0.04 * math.ceil(len(handles) / ncol), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return metrics
+
+
+def plot_medoids(medoids: list[dict], path: Path, columns: int = 5, limit: int = 30) -> bool:
+    """A contact sheet of the medoids with the caption each one got (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    medoids = [m for m in medoids if m.get("image_path")][:limit]
+    if not medoids:
+        return False
+    rows = math.ceil(len(medoids) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, m in zip(axes.ravel(), medoids):
+        try:
+            with Image.open(m["image_path"]) as img:
+                ax.imshow(img.convert("RGB"))
+        except (OSError, ValueError):
+            ax.text(0.5, 0.5, "unreadable", ha="center")
+        caption = str(m.get("text") or "(no match)")
+        ax.set_title(f"#{m.get('rank', '?')}: " + _wrap(caption, 32), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _wrap(text: str, width: int) -> str:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    if line:
+        lines.append(line)
+    return "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+     max-width:1100px;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right} th{background:#f6f6f6}
+td.l,th.l{text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:160px;font-size:.8em;border:1px solid #eee;padding:4px;border-radius:4px}
+.card img,.card .missing{display:block;margin:0 auto 4px auto}
+.missing{background:#eee;color:#888;font-size:.7em;display:flex;align-items:center;justify-content:center}
+.query{margin:1em 0;padding:.6em;border:1px solid #eee;border-radius:4px}
+.results{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
+.res{width:100px;font-size:.7em;text-align:center}
+.hit img,.hit .missing{outline:3px solid #2ca02c} li.hit{color:#1a7f1a;font-weight:600}
+ol{margin:.3em 0 0 0;font-size:.85em} .score{color:#888;font-size:.85em}
+code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _curve_table(curve: list[dict], metrics: list[str]) -> str:
+    methods = _methods(curve)
+    cols = [(m, f"{metric}_{d}") for metric in metrics for d in DIRECTIONS for m in methods]
+    head = "".join(
+        f"<th>{_esc(METHOD_STYLE.get(m, (m,))[0].split(' (')[0])}<br>"
+        f"{_esc(k.replace('_i2t', ' i→t').replace('_t2i', ' t→i'))}</th>" for m, k in cols)
+    rows = []
+    for p in curve:
+        cells = "".join(f"<td>{_fmt(((p.get('methods') or {}).get(m) or {}).get(k))}</td>" for m, k in cols)
+        extra = f"<td>{_fmt(p.get('index_version'))}</td><td>{_fmt(p.get('elapsed_s'), 1)}</td>"
+        rows.append(f"<tr><td>{_esc(p.get('labels'))}</td>{cells}{extra}</tr>")
+    return (f"<table><tr><th>labels</th>{head}<th>index<br>version</th><th>elapsed<br>s</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _summary(curve: list[dict], metrics: list[str]) -> str:
+    if not curve or not metrics:
+        return ""
+    last = curve[-1]
+    metric = metrics[0]
+    parts = []
+    for m in _methods(curve):
+        vals = [((last.get("methods") or {}).get(m) or {}).get(f"{metric}_{d}") for d in DIRECTIONS]
+        vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if vals:
+            label = METHOD_STYLE.get(m, (m,))[0]
+            parts.append(f"<b>{_esc(label)}</b>: {sum(vals) / len(vals):.3f}")
+    if not parts:
+        return ""
+    name = metric.replace("recall@", "Recall@").replace("map", "MAP")
+    return (f"<p>After <b>{_esc(last.get('labels'))}</b> labels, mean {name} over both directions — "
+            + "; ".join(parts) + ".</p>")
+
+
+def _medoid_cards(medoids: list[dict]) -> str:
+    cards = []
+    for m in medoids:
+        alt = m.get("image_id", "")
+        caption = m.get("text") or "(no match)"
+        cards.append(f'<div class="card">{_img_tag(m.get("image_path"), alt)}'
+                     f'<b>#{_esc(m.get("rank", "?"))}</b> {_esc(caption)}</div>')
+    return f'<div class="grid">{"".join(cards)}</div>'
+
+
+def _examples_html(examples: dict) -> str:
+    out = []
+    t2i = examples.get("text_to_image") or []
+    if t2i:
+        out.append("<h3>Text → images</h3>")
+        for ex in t2i:
+            truth = set(map(str, ex.get("truth") or []))
+            res = []
+            for i, r in enumerate(ex.get("results") or [], 1):
+                hit = str(r.get("id")) in truth
+                res.append(f'<div class="res{" hit" if hit else ""}">'
+                           f'{_img_tag(r.get("path"), str(r.get("id")), 88)}'
+                           f'{i}. <span class="score">{_fmt(r.get("score"))}</span></div>')
+            out.append(f'<div class="query"><b>“{_esc(ex.get("query"))}”</b>'
+                       f'<div class="results">{"".join(res)}</div></div>')
+    i2t = examples.get("image_to_text") or []
+    if i2t:
+        out.append("<h3>Image → texts</h3>")
+        for ex in i2t:
+            truth = set(map(str, ex.get("truth") or []))
+            items = "".join(
+                f'<li class="{"hit" if str(r.get("id")) in truth else ""}">{_esc(r.get("text", r.get("id")))} '
+                f'<span class="score">{_fmt(r.get("score"))}</span></li>'
+                for r in ex.get("results") or [])
+            out.append(f'<div class="query" style="display:flex;gap:1em">'
+                       f'<div>{_img_tag(ex.get("query_path"), str(ex.get("query")), 120)}</div>'
+                       f'<ol>{items}</ol></div>')
+    if out:
+        out.insert(0, '<p class="sub">Green = the ground-truth match.</p>')
+    return "".join(out)
+
+
+def _kv_table(d: dict) -> str:
+    rows = "".join(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(_fmt(v, 2) if isinstance(v, float) else v)}</td></tr>'
+                   for k, v in d.items() if not isinstance(v, (dict, list)))
+    nested = "".join(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(json.dumps(v, ensure_ascii=False))}</td></tr>'
+                     for k, v in d.items() if isinstance(v, (dict, list)))
+    return f"<table>{rows}{nested}</table>" if rows or nested else ""
+
+
+def write_report(history: dict, out_dir: str | os.PathLike) -> Path:
+    """Write ``index.html``, ``learning_curve.png``, ``medoids.png`` and ``history.json`` into
+    ``out_dir``; return the path of ``index.html``."""
+    if not isinstance(history, dict):
+        raise DataError("the report needs a history dict")
+    curve = sorted(history.get("curve") or [], key=lambda p: p.get("labels", 0))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    metrics = plot_learning_curve(curve, out / "learning_curve.png", history.get("chance"))
+    if not metrics:
+        (out / "learning_curve.png").unlink(missing_ok=True)
+    medoids = history.get("medoids") or []
+    has_sheet = plot_medoids(medoids, out / "medoids.png")
+    if not has_sheet:
+        (out / "medoids.png").unlink(missing_ok=True)
+    (out / "history.json").write_text(json.dumps(history, indent=1, ensure_ascii=False, default=str),
+                                      encoding="utf-8")
+
+    ds = history.get("dataset") or {}
+    title = history.get("title") or "xmodal demo"
+    sub = ", ".join(str(x) for x in (
+        ds.get("name"), f"{ds['n_images']} images" if ds.get("n_images") is not None else None,
+        f"{ds['n_texts']} texts" if ds.get("n_texts") is not None else None) if x)
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+             f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>",
+             f'<p class="sub">{_esc(sub)} — generated {_esc(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>']
+    parts.append("<h2>Learning curve</h2>")
+    if metrics:
+        parts.append(_summary(curve, metrics))
+        parts.append('<p><img src="learning_curve.png" alt="learning curve" style="max-width:100%"></p>')
+        parts.append('<p class="sub">SSM-AL: the references are the k-medoids in anytime order, '
+                     'annotated one by one; its points are measured on the index the worker '
+                     'published. Random references: the same number of pairs drawn at random '
+                     '(mean of several draws). CCA: fitted on the same pairs as SSM-AL.</p>')
+        parts.append(_curve_table(curve, metrics))
+    else:
+        parts.append("<p>No quality measurements were recorded.</p>")
+    if medoids:
+        parts.append(f"<h2>The {len(medoids)} medoids, in the order they were labelled</h2>")
+        parts.append('<p class="sub">Each is a real item the annotator was asked about; the text is '
+                     'the match they picked.</p>')
+        parts.append(_medoid_cards(medoids))
+        if has_sheet:
+            parts.append('<p class="sub">Also as one image: <a href="medoids.png">medoids.png</a>.</p>')
+    examples = history.get("examples") or {}
+    ex_html = _examples_html(examples)
+    if ex_html:
+        parts.append("<h2>Example queries with the final index</h2>")
+        parts.append(ex_html)
+    settings = dict(history.get("settings") or {})
+    if ds or settings or history.get("timings"):
+        parts.append("<h2>Session</h2>")
+        for caption, d in (("Data", ds), ("Settings", settings), ("Timings (s)", history.get("timings") or {})):
+            if d:
+                parts.append(f"<h3>{caption}</h3>{_kv_table(d)}")
+    for note in history.get("notes") or []:
+        parts.append(f"<p>{_esc(note)}</p>")
+    parts.append('<p class="sub">Raw numbers: <a href="history.json">history.json</a>.</p></body></html>')
+    index = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text("\n".join(p for p in parts if p), encoding="utf-8")
+    os.replace(tmp, index)
+    return index
+
+
+def load_history(path: str | os.PathLike) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the session history {path}: {exc}") from exc
