@@ -1,0 +1,262 @@
+"""Encoders: SIF (eq. 6–7) and its persistence, the registry, image failures, the feature cache,
+ONNX vs torch, MiniLM, and ``xmodal embed``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmodal.encoders import Encoder, get_image_encoder, get_text_encoder, valid_rows
+from xmodal.encoders.cache import FeatureCache, content_key, embed_with_cache
+from xmodal.encoders.sif import SIFEncoder, tokenize
+from xmodal.errors import ConfigError, DataError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+COCO = DATA / "coco_mini"
+
+CAPTIONS = [
+    "A dog runs along the beach.",
+    "Two dogs play with a ball in the park.",
+    "A cat sleeps on a red sofa.",
+    "A kitten is lying on the couch.",
+    "A man rides a horse in a field.",
+    "A woman riding a brown horse.",
+    "A plate of pasta with tomato sauce.",
+    "A pizza with cheese and olives on a table.",
+    "A red bus drives down the street.",
+    "Cars and a bus wait at a traffic light.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch ~/.cache; the word-vector cache is shared by the session's tests."""
+    monkeypatch.setenv("XMODAL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+
+
+@pytest.fixture
+def sif() -> SIFEncoder:
+    return get_text_encoder("sif", progress=False)
+
+
+def coco_images(n: int) -> list[str]:
+    if not COCO.is_dir():
+        pytest.skip(f"real COCO images not found at {COCO} (shared data folder absent)")
+    return sorted(str(p) for p in (COCO / "train2017").glob("*.jpg"))[:n]
+
+
+# -- SIF ----------------------------------------------------------------------------------------
+
+
+def test_tokenize_lowercases_and_splits_on_punctuation():
+    assert tokenize("Don't STOP, dog_walker!") == ["don", "t", "stop", "dog", "walker"]
+
+
+def test_sif_weights_are_a_over_a_plus_p(sif):
+    import wordfreq
+
+    kv = sif._word_vectors()
+    p_dog, p_cat = (wordfreq.word_frequency(w, "en") for w in ("dog", "cat"))
+    assert sif.probability("dog") == p_dog > 0
+    w_dog, w_cat = 1e-3 / (1e-3 + p_dog), 1e-3 / (1e-3 + p_cat)
+    got = sif.features(["Dog", "dog cat"])
+    np.testing.assert_allclose(got[0], w_dog * kv["dog"], rtol=1e-6)
+    np.testing.assert_allclose(got[1], (w_dog * kv["dog"] + w_cat * kv["cat"]) / 2, rtol=1e-6)
+
+
+def test_sif_removes_the_common_component(sif):
+    X = sif.fit_transform(CAPTIONS)
+    u = sif.components_[0]
+    assert X.shape == (len(CAPTIONS), 50) and X.dtype == np.float32
+    assert np.abs(X @ u).max() < 1e-5
+    # u is the corpus's first singular direction: the raw averages do project on it
+    assert np.abs(sif.features(CAPTIONS) @ u).max() > 0.1
+
+
+def test_sif_new_sentence_is_identical_after_save_and_load(sif, tmp_path):
+    sif.fit(CAPTIONS)
+    sif.save(tmp_path / "sif.npz")
+    loaded = SIFEncoder.load(tmp_path / "sif.npz", progress=False)
+    new = ["A brown dog sleeps next to a cat on the sofa."]
+    np.testing.assert_array_equal(loaded.transform(new), sif.transform(new))
+    assert loaded.encoder_id == sif.encoder_id
+
+
+def test_sif_self_trains_on_the_corpus_and_round_trips(tmp_path):
+    enc = get_text_encoder("sif-self", vector_size=16, epochs=5, progress=False)
+    X = enc.fit_transform(CAPTIONS * 3)
+    assert X.shape == (30, 16) and enc.frequencies == "corpus"
+    enc.save(tmp_path / "self.npz")
+    loaded = SIFEncoder.load(tmp_path / "self.npz", progress=False)
+    np.testing.assert_array_equal(loaded.transform(CAPTIONS[:2]), enc.transform(CAPTIONS[:2]))
+
+
+def test_sif_empty_and_unknown_texts_give_zero_rows_and_are_listed(sif):
+    X = sif.fit_transform(CAPTIONS + ["", "?!", "qzxv wqqz"])
+    assert not X[-3:].any() and valid_rows(X)[: len(CAPTIONS)].all()
+    assert sif.failures_ == [
+        ("", "empty text"),
+        ("?!", "empty text"),
+        ("qzxv wqqz", "no known words"),
+    ]
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (lambda: get_image_encoder("resnet"), "efficientnet-lite0"),
+        (lambda: get_text_encoder("glove"), "sif-self"),
+        (lambda: get_text_encoder("sif", bogus=1), "batch_size"),
+        (lambda: get_image_encoder("torchvision:vgg19"), "weights="),
+        (lambda: get_image_encoder("torchvision:vgg19", weights="/nonexistent.pth"), "not found"),
+        (lambda: get_image_encoder("torchvision:nonet", weights="x.pth"), "vgg19"),
+        (lambda: get_text_encoder("sif:/nonexistent.vec"), "sif:<path"),
+    ],
+)
+def test_bad_encoder_name_or_option_is_a_config_error_saying_what_is_valid(build, expected):
+    with pytest.raises(ConfigError, match=expected):
+        build()
+
+
+def test_user_word_vectors_in_word2vec_text_format(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["dog", "cat", "beach", "sofa"]
+    lines = [f"{len(words)} 8"] + [w + " " + " ".join(map(str, rng.normal(size=8))) for w in words]
+    (tmp_path / "tiny.vec").write_text("\n".join(lines) + "\n")
+    enc = get_text_encoder(f"sif:{tmp_path / 'tiny.vec'}", progress=False)
+    X = enc.fit_transform(["a dog on the beach", "a cat on a sofa", "the dog and the cat"])
+    assert X.shape == (3, 8) and enc.dim == 8 and "tiny.vec@sha256:" in enc.encoder_id
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def test_corrupt_and_missing_images_are_skipped_and_listed(tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(good)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00garbage" * 20)
+    missing = tmp_path / "missing.jpg"
+    enc = get_image_encoder(backend="torch", progress=False)
+    X = enc.transform([str(corrupt), str(good), str(missing)])
+    assert X.shape == (3, 1280) and X.dtype == np.float32
+    assert np.isfinite(X[1]).all() and np.isnan(X[[0, 2]]).all()
+    assert [path for path, _ in enc.failures_] == [str(corrupt), str(missing)]
+    assert enc.failures_[1][1] == "missing file"
+
+
+def test_torchvision_encoder_drops_the_classifier(tmp_path):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), weights)
+    enc = get_image_encoder("torchvision:mobilenet_v3_small", weights=weights, backend="torch")
+    assert enc.dim == 1024 and "weights=" in enc.encoder_id
+
+
+@pytest.mark.slow
+def test_onnx_and_torch_features_agree(tmp_path):
+    paths = coco_images(4)
+    onnx = get_image_encoder(backend="onnx", cache_dir=tmp_path, progress=False)
+    torch_ = get_image_encoder(backend="torch", cache_dir=tmp_path, progress=False)
+    a, b = onnx.transform(paths), torch_.transform(paths)
+    assert np.isfinite(a).all() and np.abs(a - b).max() < 1e-4
+    assert onnx.encoder_id != torch_.encoder_id and list(tmp_path.glob("onnx/*.onnx"))
+
+
+# -- feature cache ------------------------------------------------------------------------------
+
+
+class CountingEncoder(Encoder):
+    """A deterministic text 'encoder' that counts how many items it actually computed."""
+
+    modality = "text"
+    name = "counting"
+    dim = 4
+    cache_id = "counting|v1"
+
+    def __init__(self) -> None:
+        super().__init__(progress=False)
+        self.computed = 0
+
+    def features(self, items):
+        self.computed += len(items)
+        self.failures_ = [(t, "empty text") for t in items if not t]
+        rows = [[len(t), t.count("a"), t.count("o"), float(bool(t))] for t in items]
+        return np.array(rows, dtype=np.float32)
+
+
+def test_cache_hit_returns_identical_features_without_recomputing(tmp_path):
+    cache, enc = FeatureCache(tmp_path), CountingEncoder()
+    texts = ["a dog", "a cat", "", "a dog"]
+    first, failures = embed_with_cache(enc, texts, cache, progress=False)
+    assert enc.computed == 4 and failures == [("", "empty text")]
+    second, failures = embed_with_cache(enc, texts + ["new"], cache, progress=False)
+    # only the new text and the failure (failures are never cached) are computed again
+    assert enc.computed == 4 + 2 and failures == [("", "empty text")]
+    np.testing.assert_array_equal(second[:4], first)
+    assert cache.path(enc.cache_id).exists()
+
+
+def test_sif_caches_averages_and_removes_the_component_afterwards(sif, tmp_path):
+    cache = FeatureCache(tmp_path)
+    X, _ = embed_with_cache(sif, CAPTIONS, cache, progress=False, fit=True)
+    expected = get_text_encoder("sif", progress=False).fit_transform(CAPTIONS)
+    np.testing.assert_allclose(X, expected, atol=1e-6)
+    # what the cache holds is the eq. 6 average, before the corpus-dependent removal
+    key = content_key(CAPTIONS[0], "text")
+    np.testing.assert_array_equal(
+        cache.get(sif.cache_id, [key])[key], sif.features(CAPTIONS[:1])[0]
+    )
+
+
+# -- MiniLM -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_minilm_unit_vectors_rank_related_captions_higher():
+    enc = get_text_encoder("minilm", progress=False)
+    texts = ["A dog runs on the beach.", "A puppy playing in the sand.", "A plate of pasta.", ""]
+    X = enc.fit_transform(texts)
+    assert X.shape == (4, 384) and enc.failures_ == [("", "empty text")]
+    np.testing.assert_allclose(np.linalg.norm(X[:3], axis=1), 1.0, atol=1e-4)
+    assert X[0] @ X[1] > X[0] @ X[2] + 0.2
+
+
+# -- xmodal embed -------------------------------------------------------------------------------
+
+
+def run_embed(*argv: str) -> int:
+    from xmodal.commands import embed_cmd
+
+    parser = argparse.ArgumentParser()
+    embed_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["embed", *argv])
+    return args.func(args)
+
+
+def test_embed_command_writes_features_sidecar_and_encoder(tmp_path):
+    texts = tmp_path / "captions.txt"
+    texts.write_text("\n".join(CAPTIONS + [""]) + "\n", encoding="utf-8")
+    out = tmp_path / "out" / "texts.npy"
+    assert run_embed("--texts", str(texts), "--out", str(out), "--no-progress") == 0
+    X = np.load(out)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert X.shape == (11, 50) and meta["items"][-1] == "" and len(meta["failures"]) == 1
+    loaded = SIFEncoder.load(meta["encoder_file"], progress=False)
+    np.testing.assert_allclose(loaded.transform(CAPTIONS[:1]), X[:1], atol=1e-6)
+
+
+def test_embed_command_reports_a_missing_folder_as_data_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        run_embed("--images", str(tmp_path / "nope"), "--out", str(tmp_path / "x.npy"))

