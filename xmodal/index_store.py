@@ -1,0 +1,341 @@
+"""Versioned retrieval indexes: whole files on disk, a forward-only "current" pointer in Redis.
+
+- Version numbers come from ``INCR P:{p}:index:seq`` (seeded from the highest version on disk when
+  the key is missing, e.g. after Redis lost its data, so a version number is never reused).
+- A rebuild writes ``index/v<N>.npz`` completely (temporary file + ``os.replace``) and then moves
+  ``P:{p}:index:current`` to N with a Lua compare-and-set that only ever moves it forward. Readers
+  therefore never see a half-written index, and racing workers end on the highest version.
+- ``load_current(project)`` keeps the loaded index in a process-global cache keyed by version: one
+  Redis GET per call, a file load only when the version changed.
+- Old versions are pruned, keeping the newest ``keep`` files and never the current one.
+
+An index file is self-contained: the similarity codes of every image and text (rows in the order of
+the stored ids), the reference features (to encode new queries), the pairs it was built from and
+the medoid order (for the priority of unlabelled predictions).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from xmodal.core.ssr import similarity_codes, sparsify, ssr, top_k
+from xmodal.errors import DataError
+from xmodal.redis_conn import pkey
+from xmodal.workspace import Workspace, atomic_write_bytes, other
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 5
+_FILE_RE = re.compile(r"^v(\d+)\.npz$")
+
+# KEYS: current, info ; ARGV: version, info json fields (k1, v1, k2, v2, ...)
+_SET_CURRENT = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local v = tonumber(ARGV[1])
+if v <= cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return v
+"""
+
+# KEYS: seq ; ARGV: floor (highest version known on disk)
+_NEXT_VERSION = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if cur < floor then redis.call('SET', KEYS[1], floor) end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+def model_version(version: int) -> str:
+    """The version string Label Studio sees (``model_version`` of predictions and /setup)."""
+    return f"v{int(version)}"
+
+
+def parse_model_version(text) -> int | None:
+    m = re.fullmatch(r"v(\d+)", str(text or ""))
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class IndexSnapshot:
+    """One loaded index version (read-only)."""
+
+    project: str
+    version: int
+    measure: str
+    image_ids: np.ndarray          # (n,) str
+    text_ids: np.ndarray           # (m,) str
+    image_codes: np.ndarray        # (n, k') float32, dot product = similarity
+    text_codes: np.ndarray         # (m, k')
+    image_refs: np.ndarray         # (k, d_image) unit-norm reference features
+    text_refs: np.ndarray          # (k, d_text)
+    pair_rows: np.ndarray          # (k, 2) image row, text row
+    annotation_ids: np.ndarray     # (k,) annotation id of each reference (first one if deduplicated)
+    medoid_ids: np.ndarray         # selected-modality medoids in anytime order
+    select: str = "image"
+    sparse_top_k: int | None = None
+    sparse_power: float = 1.0
+    meta: dict = field(default_factory=dict)
+    _rows: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(len(self.pair_rows))
+
+    @property
+    def model_version(self) -> str:
+        return model_version(self.version)
+
+    @property
+    def built_at(self) -> float:
+        return float(self.meta.get("built_at", 0.0))
+
+    @property
+    def has_signal(self) -> bool:
+        """Whether the index can rank at all: Pearson needs 2 references (with one, every centred
+        SSR vector is zero), cosine needs 1. Below that every score is 0 ("unlabelled")."""
+        return self.image_codes.shape[1] > 0 and self.n_pairs >= (2 if self.measure == "pearson" else 1)
+
+    def ids(self, modality: str) -> np.ndarray:
+        return self.image_ids if modality == "image" else self.text_ids
+
+    def codes(self, modality: str) -> np.ndarray:
+        return self.image_codes if modality == "image" else self.text_codes
+
+    def rows(self, modality: str) -> dict[str, int]:
+        if modality not in self._rows:
+            self._rows[modality] = {str(x): i for i, x in enumerate(self.ids(modality).tolist())}
+        return self._rows[modality]
+
+    def _to_codes(self, R: np.ndarray) -> np.ndarray:
+        if self.sparse_top_k:
+            R = sparsify(R, self.sparse_top_k, self.sparse_power)
+        return similarity_codes(R, self.measure)
+
+    def encode(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """Codes of new items (e.g. a free-text query embedded with the workspace's encoder)."""
+        refs = self.image_refs if modality == "image" else self.text_refs
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        if not self.has_signal:
+            return np.zeros((len(features), self.image_codes.shape[1]), dtype=np.float32)
+        if features.shape[1] != refs.shape[1]:
+            raise DataError(f"query features have dimension {features.shape[1]}; the index's "
+                            f"{modality} features have {refs.shape[1]}")
+        return self._to_codes(ssr(features, refs))
+
+    def scores(self, query_modality: str, query_codes: np.ndarray,
+               candidate_rows: np.ndarray | None = None) -> np.ndarray:
+        """Similarity of each query code row to the candidates of the other modality."""
+        target = self.codes(other(query_modality))
+        if candidate_rows is not None:
+            target = target[candidate_rows]
+        q = np.atleast_2d(query_codes)
+        if not self.has_signal:
+            return np.zeros((len(q), len(target)), dtype=np.float32)
+        return q @ target.T
+
+    def rank(self, query_modality: str, query_id: str, candidate_ids=None,
+             k: int | None = None) -> list[tuple[str, float]]:
+        """Candidates of the other modality for an item of ``query_modality``, best first.
+
+        ``candidate_ids`` restricts the ranking (unknown ids are dropped); without signal all scores
+        are 0 and the candidates keep their given order. Raises KeyError for an unknown query id.
+        """
+        row = self.rows(query_modality)[str(query_id)]
+        tgt = other(query_modality)
+        if candidate_ids is None:
+            cand_rows = np.arange(len(self.ids(tgt)))
+        else:
+            known = self.rows(tgt)
+            cand_rows = np.asarray([known[c] for c in map(str, candidate_ids) if c in known],
+                                   dtype=np.int64)
+        if len(cand_rows) == 0:
+            return []
+        s = self.scores(query_modality, self.codes(query_modality)[row], cand_rows)
+        k = len(cand_rows) if k is None else min(k, len(cand_rows))
+        if self.has_signal:
+            idx, vals = top_k(s, k)
+            idx, vals = idx[0], vals[0]
+        else:
+            idx, vals = np.arange(k), np.zeros(k, dtype=np.float32)
+        ids = self.ids(tgt)
+        return [(str(ids[cand_rows[i]]), float(v)) for i, v in zip(idx, vals)]
+
+    def search(self, query_modality: str, query_codes: np.ndarray, k: int = 10):
+        """Top-k items of the other modality for code rows: list of (id, score) per query."""
+        s = self.scores(query_modality, query_codes)
+        ids = self.ids(other(query_modality))
+        if self.has_signal:
+            idx, vals = top_k(s, k)
+        else:
+            kk = min(k, s.shape[1])
+            idx = np.tile(np.arange(kk), (len(s), 1))
+            vals = np.zeros_like(idx, dtype=np.float32)
+        return [[(str(ids[i]), float(v)) for i, v in zip(ri, rv)] for ri, rv in zip(idx, vals)]
+
+    def medoid_priority(self, item_id: str) -> float:
+        """Anytime position of a medoid scaled to [0, 1); 1.0 for items that are not medoids."""
+        order = {str(m): i for i, m in enumerate(self.medoid_ids.tolist())}
+        pos = order.get(str(item_id))
+        return 1.0 if pos is None else pos / max(len(order), 1)
+
+
+# -- files ------------------------------------------------------------------------------------
+def index_path(ws: Workspace, version: int) -> Path:
+    return ws.index_dir / f"v{int(version)}.npz"
+
+
+def versions_on_disk(ws: Workspace) -> list[int]:
+    if not ws.index_dir.is_dir():
+        return []
+    out = []
+    for p in ws.index_dir.iterdir():
+        m = _FILE_RE.match(p.name)
+        if m:
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
+    """Serialize the whole index to ``index/v<N>.npz`` atomically."""
+    meta = dict(snap.meta, project=snap.project, version=snap.version, measure=snap.measure,
+                select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power)
+    buf = io.BytesIO()
+    np.savez(buf, image_ids=np.asarray(snap.image_ids, dtype=str),
+             text_ids=np.asarray(snap.text_ids, dtype=str),
+             image_codes=snap.image_codes.astype(np.float32), text_codes=snap.text_codes.astype(np.float32),
+             image_refs=snap.image_refs.astype(np.float32), text_refs=snap.text_refs.astype(np.float32),
+             pair_rows=np.asarray(snap.pair_rows, dtype=np.int64).reshape(-1, 2),
+             annotation_ids=np.asarray(snap.annotation_ids, dtype=np.int64),
+             medoid_ids=np.asarray(snap.medoid_ids, dtype=str),
+             meta=np.asarray(json.dumps(meta)))
+    path = index_path(ws, snap.version)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        return IndexSnapshot(
+            project=project or meta.get("project", ""), version=int(meta["version"]),
+            measure=meta["measure"], select=meta.get("select", "image"),
+            sparse_top_k=meta.get("sparse_top_k"), sparse_power=float(meta.get("sparse_power") or 1.0),
+            image_ids=z["image_ids"], text_ids=z["text_ids"],
+            image_codes=z["image_codes"], text_codes=z["text_codes"],
+            image_refs=z["image_refs"], text_refs=z["text_refs"],
+            pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
+            medoid_ids=z["medoid_ids"], meta=meta)
+
+
+# -- the store -----------------------------------------------------------------------------
+class IndexStore:
+    """Versions and the current pointer of one project's index."""
+
+    def __init__(self, redis_client: redis.Redis, ws: Workspace, keep: int | None = None):
+        self.redis = redis_client
+        self.ws = ws
+        self.project = ws.name
+        self.keep = keep if keep is not None else int(os.environ.get("XMODAL_KEEP_VERSIONS", DEFAULT_KEEP))
+        self.seq_key = pkey(self.project, "index", "seq")
+        self.current_key = pkey(self.project, "index", "current")
+        self.info_key = pkey(self.project, "index", "info")
+        self._set_current = redis_client.register_script(_SET_CURRENT)
+        self._next = redis_client.register_script(_NEXT_VERSION)
+
+    def next_version(self) -> int:
+        disk = versions_on_disk(self.ws)
+        return int(self._next(keys=[self.seq_key], args=[disk[-1] if disk else 0]))
+
+    def current_version(self) -> int | None:
+        """The current version: Redis pointer, or the newest file on disk when Redis has none."""
+        raw = self.redis.get(self.current_key)
+        if raw is not None:
+            return int(raw)
+        disk = versions_on_disk(self.ws)
+        return disk[-1] if disk else None
+
+    def info(self) -> dict:
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.info_key).items()}
+
+    def publish(self, snap: IndexSnapshot) -> tuple[Path, bool]:
+        """Write the file, then move the pointer forward if ``snap.version`` is newer.
+
+        Returns (path, became_current)."""
+        path = write_snapshot(self.ws, snap)
+        info = {"version": snap.version, "built_at": snap.built_at, "n_pairs": snap.n_pairs,
+                "path": str(path), "model_version": snap.model_version,
+                "snapshot_at": snap.meta.get("snapshot_at", snap.built_at),
+                "job_id": snap.meta.get("job_id") or ""}
+        args = [str(snap.version)]
+        for k, v in info.items():
+            args += [k, str(v)]
+        now_current = int(self._set_current(keys=[self.current_key, self.info_key], args=args))
+        self.prune()
+        return path, now_current == snap.version
+
+    def prune(self) -> list[int]:
+        """Delete all but the newest ``keep`` version files (never the current one)."""
+        disk = versions_on_disk(self.ws)
+        current = self.current_version()
+        drop = [v for v in disk[:-self.keep] if v != current] if self.keep > 0 else []
+        for v in drop:
+            try:
+                index_path(self.ws, v).unlink()
+            except FileNotFoundError:
+                pass
+        return drop
+
+    def load(self, version: int) -> IndexSnapshot:
+        return read_snapshot(index_path(self.ws, version), self.project)
+
+
+_cache: dict[tuple[str, str], IndexSnapshot] = {}
+_cache_lock = threading.Lock()
+
+
+def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSnapshot | None:
+    """The current index of a project (None if none was built yet), cached per process by version."""
+    ws = project if isinstance(project, Workspace) else Workspace.for_project(project)
+    store = IndexStore(redis_client, ws)
+    key = (str(ws.root.resolve()), store.current_key)
+    for _ in range(3):
+        version = store.current_version()
+        if version is None:
+            return None
+        cached = _cache.get(key)
+        if cached is not None and cached.version == version:
+            return cached
+        try:
+            t0 = time.perf_counter()
+            snap = store.load(version)
+        except FileNotFoundError:
+            # the pointer moved on and the file was pruned between GET and open: read it again
+            log.warning("project=%s index v%s vanished while loading; retrying", ws.name, version)
+            continue
+        with _cache_lock:
+            prev = _cache.get(key)
+            if prev is None or prev.version < snap.version:
+                _cache[key] = snap
+        log.info("project=%s loaded index v%s (%d pairs) in %.1f ms", ws.name, version,
+                 snap.n_pairs, 1000 * (time.perf_counter() - t0))
+        return snap
+    raise DataError(f"project {ws.name!r}: the current index file could not be loaded")
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()

