@@ -1,0 +1,68 @@
+"""Embedding a free-text /search query the way the workspace's texts were embedded.
+
+The one place that knows the encoder API (:mod:`xmodal.encoders`): adjust ``load_text_encoder``
+if that API changes. SIF's corpus-level state (word weights, common component ``u``) belongs to the
+corpus, so it is loaded from the workspace (``Workspace.text_encoder_state_path``) rather than refit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from backend.errors import ApiError
+from workers.logfmt import kv
+from xmodal.errors import DataError
+from xmodal.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+_cache: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def load_text_encoder(ws: Workspace):
+    """The fitted text encoder of a workspace (an object with ``transform(list[str])``)."""
+    name = ws.config["encoders"].get("text")
+    state = ws.text_encoder_state_path
+    try:
+        from xmodal import encoders
+    except ImportError as exc:
+        raise ApiError(503, f"text search is unavailable: xmodal.encoders cannot be imported ({exc})")
+    if state.exists() and (name or "sif").startswith("sif"):
+        from xmodal.encoders.sif import SIFEncoder
+
+        return SIFEncoder.load(state)
+    if (name or "").startswith("sif"):
+        raise ApiError(503, f"text search is unavailable: workspace {ws.name!r} has no fitted SIF "
+                            f"state at {state} (the project's embedding step writes it)")
+    get = getattr(encoders, "get_text_encoder", None)
+    if not name or get is None:
+        raise ApiError(503, f"text search is unavailable: workspace {ws.name!r} names no text "
+                            "encoder or xmodal.encoders has no get_text_encoder")
+    return get(name)
+
+
+def text_encoder(ws: Workspace, loader=None):
+    """Cached per workspace and state-file mtime; ``loader`` overrides ``load_text_encoder``."""
+    state = ws.text_encoder_state_path
+    mtime = state.stat().st_mtime_ns if state.exists() else None
+    key = (str(ws.root), mtime, loader)
+    with _lock:
+        enc = _cache.get(key)
+    if enc is None:
+        enc = (loader or load_text_encoder)(ws)
+        want = _features_encoder_id(ws)
+        got = getattr(enc, "encoder_id", None)
+        if want and got and want != got:
+            log.warning(kv("search.encoder_mismatch", project=ws.name, features=want, encoder=got))
+        with _lock:
+            _cache[key] = enc
+    return enc
+
+
+def _features_encoder_id(ws: Workspace) -> str | None:
+    try:
+        return ws.features_info("text").get("encoder_id")
+    except DataError:
+        return None

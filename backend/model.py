@@ -1,0 +1,234 @@
+"""The ML backend's model, in label-studio-ml's familiar shape: ``predict(tasks, context)`` and
+``fit(event, data)``, plus ``setup`` and ``search``.
+
+Nothing heavy happens here: predictions read the current index (process-global cache, reloaded
+when its version changes), ``fit`` stores or removes one pair in Redis and enqueues a coalesced
+rebuild for the RQ workers. A webhook is answered in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from backend.encoding import text_encoder
+from backend.errors import ApiError
+from backend.services import Backend
+from backend.webhook import (ANNOTATION_ACTIONS, parse_annotation_event, parse_deleted_annotations,
+                             parse_tasks)
+from workers.logfmt import kv
+from workers.predictions import UnknownItem, choices_fields, label_fields, task_prediction
+from workers.stats import remember_project
+from workers.task_registry import TaskRegistry
+from xmodal.index_store import IndexSnapshot, load_current
+from xmodal.pairs import PairStore
+from xmodal.redis_conn import pkey
+from xmodal.workspace import Workspace, other
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+
+
+def unlabelled_snapshot(ws: Workspace) -> IndexSnapshot:
+    """Version 0: what the backend answers before the first rebuild finished (no signal)."""
+    cfg = ws.config
+    ids_i, ids_t = ws.ids("image"), ws.ids("text")
+    return IndexSnapshot(
+        project=ws.name, version=0, measure=cfg["measure"], select=cfg["select"],
+        image_ids=np.asarray(ids_i, dtype=str), text_ids=np.asarray(ids_t, dtype=str),
+        image_codes=np.zeros((len(ids_i), 0), np.float32), text_codes=np.zeros((len(ids_t), 0), np.float32),
+        image_refs=np.zeros((0, 0), np.float32), text_refs=np.zeros((0, 0), np.float32),
+        pair_rows=np.zeros((0, 2), np.int64), annotation_ids=np.zeros(0, np.int64),
+        medoid_ids=np.asarray(ws.medoid_ids(), dtype=str), meta={"built_at": 0.0})
+
+
+_learned_fields: dict[str, tuple[str, str]] = {}
+
+
+class XmodalModel:
+    """One request's view of one project (cheap to construct)."""
+
+    model_class = "XmodalModel"
+
+    def __init__(self, backend: Backend, ws: Workspace):
+        self.backend = backend
+        self.ws = ws
+        self.project = ws.name
+        self.redis = backend.redis
+        self.pairs = PairStore(self.redis, self.project)
+        self.tasks = TaskRegistry(self.redis, self.project)
+
+    # -- index ---------------------------------------------------------------------------
+    def index(self) -> IndexSnapshot:
+        snap = load_current(self.ws, self.redis)
+        return snap if snap is not None else unlabelled_snapshot(self.ws)
+
+    def _learn_label_config(self, label_config) -> None:
+        fields = choices_fields(label_config)
+        if fields and _learned_fields.get(self.project) != fields:
+            self.redis.hset(pkey(self.project, "ls"),
+                            mapping={"from_name": fields[0], "to_name": fields[1]})
+            _learned_fields[self.project] = fields
+
+    # -- Label Studio protocol -----------------------------------------------------------
+    def setup(self, body: dict) -> dict:
+        self._learn_label_config(body.get("schema") or body.get("label_config"))
+        learned = {}
+        if isinstance(body.get("hostname"), str) and body["hostname"].startswith(("http://", "https://")):
+            learned["url"] = body["hostname"]
+        if isinstance(body.get("access_token"), str) and body["access_token"]:
+            learned["api_key"] = body["access_token"]
+        if learned:
+            self.redis.hset(pkey(self.project, "ls"), mapping=learned)
+        remember_project(self.redis, self.project)
+        snap = self.index()
+        if snap.version == 0:
+            job_id, _ = self.backend.enqueue_rebuild(self.project, "setup: no index yet")
+            log.info(kv("setup.first_rebuild", project=self.project, job=job_id))
+        return {"model_version": snap.model_version}
+
+    def predict(self, tasks: list, context=None) -> dict:
+        if not isinstance(tasks, list):
+            raise ApiError(400, "'tasks' must be a list of tasks")
+        snap = self.index()
+        self.tasks.record(tasks)
+        from_name, to_name = label_fields(self.redis, self.ws)
+        results, errors = [], []
+        for i, task in enumerate(tasks):
+            try:
+                if not isinstance(task, dict):
+                    raise ValueError("task is not an object")
+                results.append(task_prediction(snap, task, from_name, to_name))
+            except (UnknownItem, ValueError) as exc:
+                tid = task.get("id") if isinstance(task, dict) else None
+                errors.append({"task": tid, "index": i, "error": str(exc).strip("'\"")})
+                # keep one result per task: Label Studio pairs results with tasks by position
+                results.append({"result": [], "score": 0.0, "model_version": snap.model_version})
+        if errors:
+            log.warning(kv("predict.bad_tasks", project=self.project, n=len(errors),
+                           first=errors[0]["error"]))
+            if len(errors) == len(tasks):
+                raise ApiError(422, "no task of this request names an item of the project",
+                               project=self.project, errors=errors[:20])
+        out = {"results": results, "model_version": snap.model_version}
+        if errors:
+            out["errors"] = errors[:20]
+        return out
+
+    def fit(self, event: str, data: dict) -> dict:
+        """Webhook events -> pair changes (+ a coalesced rebuild). Never rebuilds inline."""
+        remember_project(self.redis, self.project)
+        if event in ANNOTATION_ACTIONS:
+            return self._annotation(data)
+        if event == "ANNOTATIONS_DELETED":
+            ids = parse_deleted_annotations(data)
+            removed = [a for a in ids if self.pairs.delete(a) == "deleted"]
+            return self._changed(event, bool(removed), removed=removed, annotations=ids)
+        if event == "TASKS_DELETED":
+            ids = [t.get("id") if isinstance(t, dict) else t for t in parse_tasks(data)]
+            try:
+                ids = [int(t) for t in ids]
+            except (TypeError, ValueError):
+                raise ApiError(400, "TASKS_DELETED: task ids must be integers") from None
+            removed = self.pairs.delete_tasks(ids)
+            self.tasks.forget(ids)
+            return self._changed(event, bool(removed), removed=removed, tasks=ids)
+        if event == "TASKS_CREATED":
+            return {"status": "ok", "tasks_recorded": self.tasks.record(parse_tasks(data))}
+        if event == "START_TRAINING":
+            job_id, enqueued = self.backend.enqueue_rebuild(self.project, "START_TRAINING")
+            return {"status": "queued", "job_id": job_id, "enqueued": enqueued}
+        return {"status": "ignored", "action": event}
+
+    def _changed(self, event: str, changed: bool, **info) -> dict:
+        out = {"status": "ok" if changed else "unchanged", **info}
+        if changed:
+            out["job_id"], out["enqueued"] = self.backend.enqueue_rebuild(self.project, event)
+        return out
+
+    def _annotation(self, data: dict) -> dict:
+        from_name, _ = label_fields(self.redis, self.ws)
+        ev = parse_annotation_event(data, from_name)
+        if self.pairs.is_task_deleted(ev.task_id):
+            raise ApiError(409, f"task {ev.task_id} was deleted in Label Studio; annotation "
+                                f"{ev.annotation_id} is not stored", task=ev.task_id)
+        item_id = ev.item_id
+        if item_id is None:
+            known = self.tasks.get(ev.task_id)
+            if known is None:
+                raise ApiError(422, f"unknown task {ev.task_id}: the payload has no task.data.item_id "
+                                    "and the backend never saw this task", task=ev.task_id)
+            item_id = known["item_id"]
+        select = self.ws.select
+        if item_id not in self.ws.row_of(select):
+            raise ApiError(422, f"task {ev.task_id} names {select} {item_id!r}, which is not in "
+                                f"project {self.project!r}", task=ev.task_id, item=item_id)
+        received = time.time()
+        prev = self.pairs.get(ev.annotation_id)
+        if ev.kind == "pair":
+            if ev.choice not in self.ws.row_of(other(select)):
+                raise ApiError(422, f"annotation {ev.annotation_id} names {other(select)} "
+                                    f"{ev.choice!r}, which is not in project {self.project!r}",
+                               annotation=ev.annotation_id, item=ev.choice)
+            image_id, text_id = (item_id, ev.choice) if select == "image" else (ev.choice, item_id)
+            status = self.pairs.put(ev.annotation_id, ev.task_id, image_id, text_id,
+                                    ev.updated_at, received_at=received)
+        else:
+            image_id = text_id = None
+            status = self.pairs.mark_none(ev.annotation_id, ev.task_id, ev.updated_at,
+                                          received_at=received)
+        if ev.task is not None:
+            self.tasks.record([ev.task])
+        out = {"status": status, "annotation_id": ev.annotation_id, "task_id": ev.task_id,
+               "kind": ev.kind, "image_id": image_id, "text_id": text_id}
+        pair_changed = status == "stored" and (ev.kind == "pair" or (prev or {}).get("state") == "pair")
+        if pair_changed:
+            out["job_id"], out["enqueued"] = self.backend.enqueue_rebuild(self.project, ev.action)
+        return out
+
+    # -- retrieval -----------------------------------------------------------------------
+    def search(self, params: dict) -> dict:
+        try:
+            k = int(params.get("k", 10))
+        except (TypeError, ValueError):
+            raise ApiError(400, "k must be an integer") from None
+        if not 1 <= k <= MAX_K:
+            raise ApiError(400, f"k must be between 1 and {MAX_K}")
+        given = [f for f in ("text", "image_id", "text_id") if params.get(f) not in (None, "")]
+        if len(given) != 1:
+            raise ApiError(400, "give exactly one of 'text' (free text -> images), 'image_id' "
+                                "(-> texts) or 'text_id' (-> images)")
+        field = given[0]
+        query = params[field]
+        if not isinstance(query, (str, int)):
+            raise ApiError(400, f"{field} must be a string")
+        query = str(query)
+        snap = self.index()
+        if field == "text":
+            if len(query) > 10000:
+                raise ApiError(400, "text is longer than 10000 characters")
+            if snap.has_signal:
+                enc = text_encoder(self.ws, self.backend.text_encoder_loader)
+                features = np.asarray(enc.transform([query]), dtype=np.float32)
+                codes = snap.encode("text", features)
+            else:
+                codes = np.zeros((1, 0), np.float32)
+            hits, target = snap.search("text", codes, k)[0], "image"
+        else:
+            qmod = "image" if field == "image_id" else "text"
+            try:
+                hits = snap.rank(qmod, query, None, k)
+            except KeyError:
+                raise ApiError(404, f"{qmod} {query!r} is not in project {self.project!r}") from None
+            target = other(qmod)
+        contents = self.ws.contents(target)
+        rows = self.ws.row_of(target)
+        key = "path" if target == "image" else "text"
+        results = [{"id": i, "score": round(s, 6), key: contents[rows[i]] if i in rows else None}
+                   for i, s in hits]
+        return {"project": self.project, "model_version": snap.model_version,
+                "unlabelled": not snap.has_signal, "query": {field: query}, "target": target,
+                "results": results}

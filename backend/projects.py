@@ -1,0 +1,131 @@
+"""Which workspace a Label Studio request is about.
+
+Label Studio names its project as ``"<id>.<created_at epoch>"`` in /setup and /predict, and as a
+project object (``{"id": ...}``) or an id in webhooks. The id maps to a workspace
+(``$MODEL_DIR/<name>/``), first match wins:
+
+1. the Redis hash ``P:ls_projects`` (id -> workspace name), a cache of the steps below;
+2. the workspace whose ``config.json`` has ``label_studio.project_id == id`` (``xmodal project``
+   writes it when it creates the Label Studio project);
+3. a workspace directory named by the id itself (``$MODEL_DIR/12/``);
+4. ``$XMODAL_PROJECT``, the single-project default: on /setup it is linked to the Label Studio
+   project (``label_studio.project_id`` written to its config) so that the workers can push.
+
+Anything else is a 404 with the list of what was tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import redis
+
+from backend.errors import ApiError
+from workers.logfmt import kv
+from xmodal.errors import DataError
+from xmodal.redis_conn import check_project_name, gkey
+from xmodal.workspace import Workspace, find_by_label_studio_id, list_workspaces
+
+log = logging.getLogger(__name__)
+
+
+def ls_project_id(value) -> int | None:
+    """``"12.1712345678"`` / ``12`` / ``"12"`` / ``{"id": 12, ...}`` -> 12; None if absent/invalid."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)(?:\.\d+)?\s*", value)
+        return int(m.group(1)) if m else None
+    return None
+
+
+class ProjectResolver:
+    def __init__(self, redis_client: redis.Redis, base: Path, default_project: str | None = None):
+        self.redis = redis_client
+        self.base = Path(base)
+        self.default_project = default_project or None
+        self._workspaces: dict[str, Workspace] = {}
+
+    @property
+    def map_key(self) -> str:
+        return gkey("ls_projects")
+
+    def workspace(self, name: str) -> Workspace:
+        try:
+            check_project_name(name)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        ws = self._workspaces.get(name)
+        if ws is None:
+            ws = self._workspaces[name] = Workspace(self.base / name)
+        if not ws.exists():
+            raise ApiError(404, f"no xmodal project {name!r} under {self.base}")
+        return ws
+
+    def _linked_id(self, ws: Workspace) -> int | None:
+        try:
+            pid = ws.config["label_studio"].get("project_id")
+        except DataError:
+            return None
+        return None if pid is None else int(pid)
+
+    def for_label_studio(self, ls_id: int | None, link_default: bool = False) -> Workspace:
+        if ls_id is None:
+            raise ApiError(400, "the request names no Label Studio project "
+                                "(expected \"project\": \"<id>.<epoch>\" or a project object)")
+        cached = self.redis.hget(self.map_key, str(ls_id))
+        if cached:
+            name = cached.decode()
+            ws = Workspace(self.base / name)
+            if ws.exists() and self._linked_id(ws) in (None, ls_id):
+                return self._workspaces.setdefault(name, ws)
+            self.redis.hdel(self.map_key, str(ls_id))
+        ws = find_by_label_studio_id(ls_id, self.base)
+        if ws is None:
+            by_dir = Workspace(self.base / str(ls_id))
+            if by_dir.exists() and self._linked_id(by_dir) in (None, ls_id):
+                ws = by_dir
+        if ws is None and self.default_project:
+            ws = Workspace(self.base / self.default_project)
+            if not ws.exists():
+                raise ApiError(404, f"XMODAL_PROJECT={self.default_project!r} but there is no "
+                                    f"workspace at {ws.root}")
+            linked = self._linked_id(ws)
+            if linked is not None and linked != ls_id:
+                raise ApiError(404, f"xmodal project {ws.name!r} is linked to Label Studio project "
+                                    f"{linked}, not {ls_id}")
+            if linked is None and link_default:
+                ws.link_label_studio(ls_id)
+                log.info(kv("project.linked", project=ws.name, ls_project=ls_id))
+        if ws is None:
+            raise ApiError(404, f"no xmodal project is linked to Label Studio project {ls_id}",
+                           hint="create it with `xmodal project create` (which links it), name a "
+                                "workspace directory after the id, or set XMODAL_PROJECT")
+        self.redis.hset(self.map_key, str(ls_id), ws.name)
+        return self._workspaces.setdefault(ws.name, ws)
+
+    def for_query(self, project) -> Workspace:
+        """/search and friends: a workspace name, a Label Studio id, or the default/only one."""
+        if project not in (None, ""):
+            name = str(project)
+            if (self.base / name / "config.json").is_file():
+                return self.workspace(name)
+            ls_id = ls_project_id(name)
+            if ls_id is not None:
+                return self.for_label_studio(ls_id)
+            raise ApiError(404, f"no xmodal project {name!r}")
+        if self.default_project:
+            return self.workspace(self.default_project)
+        all_ws = list_workspaces(self.base)
+        if len(all_ws) == 1:
+            return self.workspace(all_ws[0].name)
+        raise ApiError(400, "name the project (\"project\": workspace name or Label Studio id)",
+                       projects=[w.name for w in all_ws])

@@ -1,0 +1,130 @@
+"""Label Studio webhook payloads -> validated events (pure functions, no I/O).
+
+Label Studio 1.23 sends (see docs/label-studio-1.23.md): ``ANNOTATION_CREATED`` and
+``ANNOTATION_UPDATED`` with ``annotation`` (``id``, ``result``, ``was_cancelled``, ``task``,
+``updated_at``...), ``task`` (``id``, ``data``) and ``project`` (object); ``ANNOTATIONS_DELETED``
+(plural) with ``annotations: [{"id": ...}]``; ``TASKS_CREATED`` / ``TASKS_DELETED`` with ``tasks``;
+``START_TRAINING`` with only ``action`` and ``project``; ``PROJECT_UPDATED`` and others, ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from backend.errors import ApiError
+from backend.projects import ls_project_id
+from workers.task_registry import NONE_CHOICE
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+
+def _int_id(value, what: str) -> int:
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value.strip()):
+        return int(value)
+    raise ApiError(400, f"{what} must be a non-negative integer id, got {value!r}"[:300])
+
+
+@dataclass
+class AnnotationEvent:
+    action: str
+    annotation_id: int
+    task_id: int
+    kind: str                   # "pair" | "none"
+    choice: str | None          # the chosen item id (other modality), when kind == "pair"
+    item_id: str | None         # the task's item (select modality), from the payload's task
+    updated_at: object          # Label Studio's timestamp (ISO string) or None
+    task: dict | None           # the payload's task object, when present
+
+
+def webhook_project(payload: dict) -> int | None:
+    """The Label Studio project id of a webhook payload."""
+    pid = ls_project_id(payload.get("project"))
+    if pid is None and isinstance(payload.get("annotation"), dict):
+        pid = ls_project_id(payload["annotation"].get("project"))
+    if pid is None and isinstance(payload.get("task"), dict):
+        pid = ls_project_id(payload["task"].get("project"))
+    return pid
+
+
+def extract_choice(result, from_name: str | None = None) -> tuple[str, str | None]:
+    """("pair", id) from a ``choices`` result (``value.choices[0]``) or a ``textarea`` result with
+    a pasted id (``value.text[0]``); ("none", None) for "none of these" (``__none__``) or a result
+    without either. A result region named ``from_name`` wins over the others."""
+    if not isinstance(result, list):
+        raise ApiError(400, "annotation.result must be a list")
+    regions = [r for r in result if isinstance(r, dict)]
+    if from_name:
+        regions.sort(key=lambda r: r.get("from_name") != from_name)
+    for region in regions:
+        value = region.get("value")
+        if not isinstance(value, dict):
+            continue
+        kind = str(region.get("type", "")).lower()
+        if kind == "choices" or "choices" in value:
+            values = value.get("choices")
+        elif kind == "textarea" or "text" in value:
+            values = value.get("text")
+        else:
+            continue
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list):
+            raise ApiError(400, f"result value of {region.get('from_name')!r} is not a list")
+        values = [str(v).strip() for v in values if isinstance(v, (str, int)) and str(v).strip()]
+        if not values:
+            continue
+        if values[0] == NONE_CHOICE:
+            return "none", None
+        return "pair", values[0]
+    return "none", None
+
+
+def parse_annotation_event(payload: dict, from_name: str | None = None) -> AnnotationEvent:
+    action = payload["action"]
+    ann = payload.get("annotation")
+    if not isinstance(ann, dict):
+        raise ApiError(400, f"{action} without an 'annotation' object")
+    if "id" not in ann:
+        raise ApiError(400, "annotation.id is missing")
+    annotation_id = _int_id(ann.get("id"), "annotation.id")
+    task = payload.get("task") if isinstance(payload.get("task"), dict) else None
+    task_ref = ann.get("task", task.get("id") if task else None)
+    if task_ref is None:
+        raise ApiError(400, "annotation.task is missing")
+    task_id = _int_id(task_ref, "annotation.task")
+    if task is not None and task.get("id") is not None and _int_id(task["id"], "task.id") != task_id:
+        raise ApiError(400, f"annotation.task {task_id} and task.id {task['id']} differ")
+    if isinstance(ann.get("task"), dict) and task is None:
+        task = ann["task"]
+    if ann.get("was_cancelled") is True:
+        kind, choice = "none", None
+    else:
+        kind, choice = extract_choice(ann.get("result", []), from_name)
+    item_id = None
+    if task is not None and isinstance(task.get("data"), dict):
+        raw = task["data"].get("item_id")
+        item_id = None if raw is None else str(raw)
+    return AnnotationEvent(action=action, annotation_id=annotation_id, task_id=task_id, kind=kind,
+                           choice=choice, item_id=item_id, updated_at=ann.get("updated_at"),
+                           task=task)
+
+
+def parse_deleted_annotations(payload: dict) -> list[int]:
+    anns = payload.get("annotations")
+    if anns is None and isinstance(payload.get("annotation"), dict):
+        anns = [payload["annotation"]]
+    if not isinstance(anns, list) or not anns:
+        raise ApiError(400, "ANNOTATIONS_DELETED needs a non-empty 'annotations' list")
+    return [_int_id(a, "annotations[].id") for a in anns]
+
+
+def parse_tasks(payload: dict) -> list[dict]:
+    tasks = payload.get("tasks")
+    if not isinstance(tasks, list):
+        raise ApiError(400, f"{payload.get('action')} needs a 'tasks' list")
+    return tasks

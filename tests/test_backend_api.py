@@ -1,0 +1,404 @@
+"""The ML backend's HTTP API through Flask's test client, with a real Redis.
+
+Bodies follow tests/fixtures/ls_1_23/*.json when they exist (captured from Label Studio 1.23.2),
+else the shapes in docs/label-studio-1.23.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import statistics
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import annotation_body, image_id, ls_fixture, synthetic_features, task_body, text_id
+from workers.queueing import get_queue
+from workers.rebuild import rebuild
+from xmodal.index_store import clear_cache
+from xmodal.pairs import PairStore
+
+LS_PID = 7
+
+
+@pytest.fixture
+def ws(make_workspace):
+    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
+
+
+@pytest.fixture
+def app(xenv, ws, fake_ls):
+    from backend.app import create_app
+
+    clear_cache()
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def setup_body(project=LS_PID):
+    body = copy.deepcopy(ls_fixture("setup")) or {
+        "schema": '<View><Image name="image" value="$image"/>'
+                  '<Choices name="caption" toName="image" value="$options"/></View>',
+        "hostname": "http://localhost:8080", "access_token": "tok", "extra_params": None}
+    body["project"] = f"{project}.1764300000"
+    return body
+
+
+def predict_body(tasks, project=LS_PID):
+    body = copy.deepcopy(ls_fixture("predict")) or {
+        "label_config": '<View><Choices name="caption" toName="image" value="$options"/></View>',
+        "params": {"login": None, "password": None, "context": None}}
+    body["tasks"] = tasks
+    body["project"] = f"{project}.1764300000"
+    return body
+
+
+def post(client, path, body, **kw):
+    return client.post(path, data=json.dumps(body), content_type="application/json", **kw)
+
+
+def build_index(r, n_pairs=12, project="proj"):
+    """Store pairs (image i <-> text i) for the first medoids and rebuild in-process."""
+    store = PairStore(r, project)
+    for i in range(n_pairs):
+        store.put(500 + i, 1000 + i, image_id(i), text_id(i), 1.0)
+    return rebuild(project, redis_client=r)
+
+
+# -- /health, /setup ---------------------------------------------------------------------------
+def test_health(client):
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.get_json() == {"status": "UP", "model_class": "XmodalModel"}
+
+
+def test_setup_returns_version_and_enqueues_the_first_rebuild(client, r, xenv):
+    resp = post(client, "/setup", setup_body())
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json() == {"model_version": "v0"}
+    assert get_queue(r).count == 1
+    post(client, "/setup", setup_body())
+    assert get_queue(r).count == 1  # coalesced
+    build_index(r)
+    assert post(client, "/setup", setup_body()).get_json()["model_version"] == "v1"
+
+
+def test_setup_of_an_unlinked_project_is_a_clear_404(client):
+    resp = post(client, "/setup", setup_body(project=99))
+    assert resp.status_code == 404
+    assert "Label Studio project 99" in resp.get_json()["error"]
+
+
+def test_default_project_is_linked_on_setup(xenv, make_workspace, r):
+    from backend.app import create_app
+
+    ws = make_workspace("solo", ls_project_id=None)
+    client = create_app({"XMODAL_PROJECT": "solo"}).test_client()
+    assert post(client, "/setup", setup_body(project=31)).status_code == 200
+    assert ws.config["label_studio"]["project_id"] == 31
+    assert post(client, "/setup", setup_body(project=32)).status_code == 404  # linked to 31 now
+
+
+def test_workspace_named_by_the_label_studio_id(xenv, make_workspace):
+    from backend.app import create_app
+
+    make_workspace("12", ls_project_id=None)
+    client = create_app().test_client()
+    assert post(client, "/setup", setup_body(project=12)).status_code == 200
+
+
+# -- /predict ----------------------------------------------------------------------------------
+def test_predict_before_any_label_serves_medoids_in_anytime_order(client):
+    tasks = [task_body(1000 + i, image_id(i)) for i in (3, 0, 20)]
+    resp = post(client, "/predict", predict_body(tasks))
+    assert resp.status_code == 200, resp.get_json()
+    results = resp.get_json()["results"]
+    assert len(results) == 3
+    assert all(p["result"] == [] and p["model_version"] == "v0" for p in results)
+    assert [p["score"] for p in results] == [3 / 12, 0.0, 1.0]  # medoid 3, medoid 0, not a medoid
+
+
+def test_predict_ranks_candidates_with_the_latest_index(client, r):
+    stats = build_index(r, n_pairs=12)
+    assert stats["pairs"] == 12 and stats["has_signal"]
+    tasks = [task_body(2000 + i, image_id(i)) for i in range(12, 40)]
+    resp = post(client, "/predict", predict_body(tasks))
+    assert resp.status_code == 200
+    results = resp.get_json()["results"]
+    assert len(results) == len(tasks)
+    top1 = [p["result"][0]["value"]["choices"][0] for p in results]
+    assert all(p["model_version"] == "v1" and -1.0 <= p["score"] <= 1.0 for p in results)
+    assert results[0]["result"][0]["from_name"] == "caption"
+    assert results[0]["result"][0]["to_name"] == "image"
+    assert results[0]["result"][0]["type"] == "choices"
+    hits = np.mean([t == text_id(i) for t, i in zip(top1, range(12, 40))])
+    assert hits >= 0.35  # chance is 1/40
+
+
+def test_predict_restricts_to_the_task_options(client, r):
+    build_index(r)
+    task = task_body(3000, image_id(30))
+    task["data"]["options"] = [{"value": text_id(j), "html": "x"} for j in (1, 2, 3)]
+    choice = post(client, "/predict", predict_body([task])).get_json()["results"][0]["result"][0]
+    assert choice["value"]["choices"][0] in {text_id(1), text_id(2), text_id(3)}
+
+
+def test_predict_keeps_one_result_per_task_and_reports_bad_ones(client, r):
+    build_index(r)
+    tasks = [task_body(1, image_id(20)), task_body(2, "img/unknown.jpg"), {"id": 3, "data": {}}]
+    resp = post(client, "/predict", predict_body(tasks))
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert len(body["results"]) == 3
+    assert body["results"][1]["result"] == [] and body["results"][2]["result"] == []
+    assert [e["task"] for e in body["errors"]] == [2, 3]
+
+
+@pytest.mark.parametrize("tasks,status", [
+    ([task_body(2, "img/unknown.jpg")], 422),
+    ("not a list", 400),
+    (None, 400),
+])
+def test_predict_bad_tasks(client, tasks, status):
+    body = predict_body([])
+    body["tasks"] = tasks
+    resp = post(client, "/predict", body)
+    assert resp.status_code == status
+    assert "error" in resp.get_json()
+
+
+# -- /webhook ----------------------------------------------------------------------------------
+def webhook(client, *args, **kw):
+    return post(client, "/webhook", annotation_body(*args, project=LS_PID, **kw))
+
+
+def test_webhook_stores_one_pair_per_annotation_idempotently(client, r):
+    t = time.time()
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0), updated_at=t)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["status"] == "stored" and resp.get_json()["enqueued"] is True
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0), updated_at=t)
+    assert resp.get_json()["status"] == "same"
+    pairs = PairStore(r, "proj").all_pairs()
+    assert [(p["image_id"], p["text_id"]) for p in pairs] == [(image_id(0), text_id(0))]
+    assert get_queue(r).count == 1
+
+
+def test_webhook_update_none_and_delete(client, r):
+    store = PairStore(r, "proj")
+    t = time.time()
+    webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0), updated_at=t)
+    webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), text_id(5), updated_at=t + 1)
+    assert [p["text_id"] for p in store.all_pairs()] == [text_id(5)]
+    # a late, older UPDATED is ignored
+    resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), text_id(9), updated_at=t + 0.5)
+    assert resp.get_json()["status"] == "stale"
+    # "none of these" removes the pair
+    resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), "__none__", updated_at=t + 2)
+    assert resp.get_json()["kind"] == "none" and store.all_pairs() == []
+    # a cancelled (skipped) annotation names no pair
+    webhook(client, "ANNOTATION_CREATED", 2, 1001, image_id(1), text_id(1), updated_at=t)
+    webhook(client, "ANNOTATION_UPDATED", 2, 1001, image_id(1), text_id(1), updated_at=t + 1,
+            cancelled=True)
+    assert store.all_pairs() == []
+    # deletion (plural event, list of ids), then a late CREATED does not resurrect
+    webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), text_id(2), updated_at=t)
+    body = copy.deepcopy(ls_fixture("webhook_annotations_deleted")) or {}
+    body.update(action="ANNOTATIONS_DELETED", annotations=[{"id": 3}], project={"id": LS_PID})
+    resp = post(client, "/webhook", body)
+    assert resp.status_code == 200 and resp.get_json()["removed"] == [3]
+    webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), text_id(2), updated_at=t)
+    assert store.all_pairs() == []
+
+
+def test_webhook_accepts_a_pasted_id_in_a_textarea(client, r):
+    result = [{"from_name": "match", "to_name": "image", "type": "textarea",
+               "value": {"text": [f"  {text_id(7)} "]}}]
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=result)
+    assert resp.status_code == 200 and resp.get_json()["text_id"] == text_id(7)
+
+
+def test_start_training_without_annotation_enqueues(client, r):
+    body = copy.deepcopy(ls_fixture("webhook_start_training")) or {}
+    body.update(action="START_TRAINING", project={"id": LS_PID})
+    body.pop("annotation", None)
+    resp = post(client, "/webhook", body)
+    assert resp.status_code == 200
+    assert resp.get_json()["status"] == "queued"
+    assert get_queue(r).count == 1
+
+
+@pytest.mark.parametrize("action", ["PROJECT_UPDATED", "SOMETHING_NEW"])
+def test_unknown_events_are_ignored(client, action):
+    resp = post(client, "/webhook", {"action": action, "project": {"id": 12345}})
+    assert resp.status_code == 200 and resp.get_json()["status"] == "ignored"
+
+
+def test_annotation_of_a_deleted_task_is_refused(client, r):
+    webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0))
+    resp = post(client, "/webhook", {"action": "TASKS_DELETED", "tasks": [{"id": 1000}],
+                                     "project": {"id": LS_PID}})
+    assert resp.status_code == 200 and resp.get_json()["removed"] == [1]
+    resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), text_id(0))
+    assert resp.status_code == 409
+
+
+def test_annotation_without_task_data_uses_the_task_seen_in_predict(client, r):
+    post(client, "/predict", predict_body([task_body(1000, image_id(4))]))
+    body = annotation_body("ANNOTATION_CREATED", 1, 1000, image_id(4), text_id(4), project=LS_PID)
+    del body["task"]
+    assert post(client, "/webhook", body).get_json()["image_id"] == image_id(4)
+    body = annotation_body("ANNOTATION_CREATED", 2, 4242, image_id(4), text_id(4), project=LS_PID)
+    del body["task"]
+    assert post(client, "/webhook", body).status_code == 422  # a task never seen
+
+
+def _bad_bodies():
+    ok = annotation_body("ANNOTATION_CREATED", 9, 1009, image_id(9), text_id(9), project=LS_PID)
+
+    def edit(fn):
+        b = copy.deepcopy(ok)
+        fn(b)
+        return b
+
+    return [
+        ("not json", b"{not json", 400),
+        ("array", b"[1, 2]", 400),
+        ("no action", json.dumps({"project": {"id": LS_PID}}).encode(), 400),
+        ("no project", json.dumps(edit(lambda b: (b.pop("project"), b["annotation"].pop("project"),
+                                                   b["task"].pop("project")))).encode(), 400),
+        ("unknown project", json.dumps(edit(lambda b: b.update(project={"id": 4040}))).encode(), 404),
+        ("no annotation", json.dumps(edit(lambda b: b.pop("annotation"))).encode(), 400),
+        ("no annotation id", json.dumps(edit(lambda b: b["annotation"].pop("id"))).encode(), 400),
+        ("bad annotation id", json.dumps(edit(lambda b: b["annotation"].update(id="x1"))).encode(), 400),
+        ("result not a list", json.dumps(edit(lambda b: b["annotation"].update(result="t1"))).encode(), 400),
+        ("unknown text", json.dumps(edit(lambda b: b["annotation"]["result"][0]["value"].update(
+            choices=["t9999"]))).encode(), 422),
+        ("unknown image", json.dumps(edit(lambda b: b["task"]["data"].update(item_id="nope"))).encode(), 422),
+        ("task mismatch", json.dumps(edit(lambda b: b["task"].update(id=1))).encode(), 400),
+        ("deleted without ids", json.dumps({"action": "ANNOTATIONS_DELETED", "project": {"id": LS_PID}}).encode(), 400),
+    ]
+
+
+@pytest.mark.parametrize("name,data,status", _bad_bodies(), ids=[b[0] for b in _bad_bodies()])
+def test_bad_webhooks_are_4xx_and_lose_no_pair(client, r, name, data, status):
+    webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0))
+    before = PairStore(r, "proj").all_pairs()
+    resp = client.post("/webhook", data=data, content_type="application/json")
+    assert resp.status_code == status, resp.get_json()
+    assert resp.get_json()["error"]
+    assert PairStore(r, "proj").all_pairs() == before
+
+
+def test_request_size_limit(xenv, ws):
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 1000}).test_client()
+    resp = client.post("/webhook", data=b"{" + b" " * 5000 + b"}", content_type="application/json")
+    assert resp.status_code == 413 and "error" in resp.get_json()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["action", "annotation", "id", "task", "result", "project", "tasks", "data",
+                         "item_id", "choices", "value", "type", "annotations", "was_cancelled",
+                         "updated_at", "options", "x"]), kids, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values, path=st.sampled_from(["/webhook", "/predict", "/setup", "/search"]),
+       action=st.sampled_from([None, "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                               "TASKS_DELETED", "TASKS_CREATED", "START_TRAINING"]))
+def test_fuzzed_bodies_never_5xx(client, r, body, path, action):
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    if action and isinstance(body, dict):
+        body = dict(body, action=action, project={"id": LS_PID})
+    resp = client.post(path, data=json.dumps(body), content_type="application/json")
+    assert resp.status_code < 500, (resp.status_code, resp.get_json(), body)
+    assert store.get(1)["state"] == "pair"
+
+
+# -- auth --------------------------------------------------------------------------------------
+def test_basic_auth(xenv, ws):
+    from backend.app import create_app
+
+    client = create_app({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "s3cret"}).test_client()
+    assert client.get("/health").status_code == 200
+    resp = post(client, "/setup", setup_body())
+    assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Basic")
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}
+    assert post(client, "/webhook", {"action": "X"}, headers=bad).status_code == 401
+    good = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
+    assert post(client, "/setup", setup_body(), headers=good).status_code == 200
+    assert client.get("/metrics", headers=good).status_code == 200
+    assert client.get("/metrics").status_code == 401
+
+
+# -- /search, /metrics -------------------------------------------------------------------------
+class FakeTextEncoder:
+    """Embeds "caption <i>" as text i's synthetic feature vector."""
+
+    encoder_id = "synthetic-text"
+
+    def __init__(self):
+        self.Y = synthetic_features(40)[1]
+
+    def transform(self, texts):
+        return np.stack([self.Y[int(t.split()[-1])] for t in texts])
+
+
+def test_search(xenv, ws, r):
+    from backend.app import create_app
+
+    client = create_app({"TEXT_ENCODER_LOADER": lambda w: FakeTextEncoder()}).test_client()
+    resp = client.get("/search?text=caption%2025&k=5")
+    assert resp.status_code == 200 and resp.get_json()["unlabelled"] is True
+    build_index(r)
+    hits = client.get("/search?text=caption%2025&k=5").get_json()
+    assert hits["model_version"] == "v1" and hits["target"] == "image" and len(hits["results"]) == 5
+    assert {"id", "score", "path"} <= set(hits["results"][0])
+    by_id = post(client, "/search", {"image_id": image_id(25), "k": 3, "project": "proj"}).get_json()
+    assert [h["id"] for h in by_id["results"]][:1] and "text" in by_id["results"][0]
+    assert client.get("/search?text_id=t0030&project=7").status_code == 200  # by Label Studio id
+    assert client.get("/search?image_id=nope").status_code == 404
+    assert client.get("/search?text=x&k=0").status_code == 400
+    assert client.get("/search?text=x&image_id=y").status_code == 400
+    assert client.get("/search?text=x&project=zzz").status_code == 404
+
+
+def test_metrics(client, r):
+    webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0))
+    build_index(r, n_pairs=3)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'xmodal_pairs{project="proj"} 4' in text
+    assert 'xmodal_index_version{project="proj"} 1' in text
+    assert "xmodal_queue_depth" in text and "xmodal_webhook_seconds_count 1" in text
+    assert 'xmodal_jobs{queue=' in text and "xmodal_workers 0" in text
+
+
+def test_webhook_latency(client, r, capsys):
+    """Measured, not only asserted: the webhook answers in milliseconds (no rebuild inline)."""
+    times = []
+    for i in range(40):
+        t0 = time.perf_counter()
+        resp = webhook(client, "ANNOTATION_CREATED", 100 + i, 5000 + i, image_id(i), text_id(i))
+        times.append(time.perf_counter() - t0)
+        assert resp.status_code == 200
+    p50, p95 = statistics.median(times), sorted(times)[int(0.95 * len(times)) - 1]
+    with capsys.disabled():
+        print(f"\n[webhook latency, Flask test client + real Redis] p50 {1000 * p50:.2f} ms, "
+              f"p95 {1000 * p95:.2f} ms, max {1000 * max(times):.2f} ms")
+    assert p50 < 0.1
+    assert get_queue(r).count == 1  # 40 labels, one queued rebuild
