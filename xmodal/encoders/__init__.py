@@ -19,6 +19,7 @@ on-disk feature cache. Heavy libraries load only when an encoder is built.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from xmodal.encoders.base import Encoder, NotFittedError, default_cache_dir, valid_rows
@@ -28,6 +29,16 @@ DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "sif"
 IMAGE_ENCODERS = ("efficientnet-lite0", "torchvision:<arch>")
 TEXT_ENCODERS = ("sif", "sif:<word-vector file>", "sif-self", "minilm")
+
+# classes and helpers importable from here, each loaded on first use (PEP 562)
+_LAZY = {
+    "EfficientNetLite0Encoder": "xmodal.encoders.image",
+    "TorchvisionEncoder": "xmodal.encoders.image",
+    "SIFEncoder": "xmodal.encoders.sif",
+    "MiniLMEncoder": "xmodal.encoders.minilm",
+    "FeatureCache": "xmodal.encoders.cache",
+    "embed_with_cache": "xmodal.encoders.cache",
+}
 
 __all__ = [
     "DEFAULT_IMAGE_ENCODER",
@@ -41,7 +52,14 @@ __all__ = [
     "get_image_encoder",
     "get_text_encoder",
     "valid_rows",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, **options) -> Encoder:
