@@ -154,6 +154,19 @@ def test_corrupt_and_missing_images_are_skipped_and_listed(tmp_path):
     assert enc.failures_[1][1] == "missing file"
 
 
+def test_images_are_read_upright_using_their_exif_orientation(tmp_path):
+    from PIL import Image
+
+    pixels = Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 90, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    pixels.save(tmp_path / "tagged.png", exif=exif)
+    pixels.transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    enc = get_image_encoder(progress=False)  # preprocessing only: no network is loaded
+    tagged, upright = (enc._load(str(tmp_path / f)) for f in ("tagged.png", "upright.png"))
+    np.testing.assert_array_equal(tagged, upright)
+
+
 def test_torchvision_encoder_drops_the_classifier(tmp_path):
     import torch
     import torchvision
@@ -218,6 +231,21 @@ def test_sif_caches_averages_and_removes_the_component_afterwards(sif, tmp_path)
     np.testing.assert_array_equal(
         cache.get(sif.cache_id, [key])[key], sif.features(CAPTIONS[:1])[0]
     )
+
+
+def test_cache_accepts_concurrent_writers_from_several_processes(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from xmodal.encoders.cache import FeatureCache\n"
+        "c = FeatureCache(sys.argv[1]); w = int(sys.argv[2])\n"
+        "for i in range(20): c.put('id', [f'{w}-{i}'], np.full((1, 3), w, np.float32))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)]) for w in (1, 2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    got = FeatureCache(tmp_path).get("id", [f"{w}-{i}" for w in (1, 2) for i in range(20)])
+    assert len(got) == 40 and got["2-19"].tolist() == [2, 2, 2]
 
 
 # -- MiniLM -------------------------------------------------------------------------------------

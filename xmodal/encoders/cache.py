@@ -41,6 +41,7 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root else default_cache_dir() / "features"
+        self._ready: set[Path] = set()  # files whose schema this process has checked
 
     def path(self, encoder_id: str) -> Path:
         """The SQLite file for one encoder id: a readable prefix plus a hash of the full id."""
@@ -49,13 +50,19 @@ class FeatureCache:
         return self.root / f"{slug}-{digest}.sqlite"
 
     def _connect(self, encoder_id: str) -> sqlite3.Connection:
-        self.root.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path(encoder_id), timeout=60)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB)")
-        # the full id, so that a file can be traced back to its encoder
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder_id', ?)", (encoder_id,))
+        path = self.path(encoder_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path not in self._ready or not path.exists()  # the file may have been deleted
+        # autocommit mode: reads take no write lock, writes open their own transaction
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses only the last writes
+        if fresh:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers and writers don't block
+            db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB)")
+            # the full id, so that a file can be traced back to its encoder
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder_id', ?)", (encoder_id,))
+            self._ready.add(path)
         return db
 
     def get(self, encoder_id: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -78,7 +85,10 @@ class FeatureCache:
     def put(self, encoder_id: str, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Store one float32 vector per key (an existing key is overwritten)."""
         vectors = np.asarray(vectors, dtype=np.float32)
+        if not len(keys):
+            return
         with closing(self._connect(encoder_id)) as db, db:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "INSERT OR REPLACE INTO features VALUES (?, ?)",
                 ((k, v.tobytes()) for k, v in zip(keys, vectors)),

