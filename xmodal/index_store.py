@@ -188,7 +188,9 @@ class IndexSnapshot:
 
     def medoid_priority(self, item_id: str) -> float:
         """Anytime position of a medoid scaled to [0, 1); 1.0 for items that are not medoids."""
-        order = {str(m): i for i, m in enumerate(self.medoid_ids.tolist())}
+        order = self._rows.get("medoids")
+        if order is None:
+            order = self._rows["medoids"] = {str(m): i for i, m in enumerate(self.medoid_ids.tolist())}
         pos = order.get(str(item_id))
         return 1.0 if pos is None else pos / max(len(order), 1)
 

@@ -1,0 +1,390 @@
+"""Rebuild jobs: real Redis, real ``rq worker`` processes (started through ``xmodal worker``)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from conftest import annotation_body, image_id, task_body, text_id
+from workers import stats
+from workers.predictions import LabelStudioPushError, refresh_label_studio
+from workers.queueing import enqueue_rebuild, flag_key, get_queue
+from workers.rebuild import rebuild
+from xmodal.index_store import IndexStore, clear_cache, load_current, versions_on_disk
+from xmodal.pairs import PairStore
+from xmodal.redis_conn import pkey
+from xmodal.workspace import Workspace
+
+LS_PID = 7
+
+
+@pytest.fixture
+def ws(make_workspace):
+    clear_cache()
+    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
+
+
+@pytest.fixture
+def client(xenv, ws):
+    from backend.app import create_app
+
+    return create_app({"TESTING": True}).test_client()
+
+
+def post_label(client, i, ann=None, **kw):
+    body = annotation_body("ANNOTATION_CREATED", ann or 100 + i, 1000 + i, image_id(i), text_id(i),
+                           project=LS_PID, **kw)
+    resp = client.post("/webhook", data=json.dumps(body), content_type="application/json")
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def worker_cmd(xenv, name, burst=True):
+    cmd = [sys.executable, "-m", "xmodal.cli", "worker", "--name", f"{xenv.tag}-{name}"]
+    return cmd + (["--burst"] if burst else [])
+
+
+def run_burst_worker(xenv, name="w1", timeout=60):
+    proc = subprocess.run(worker_cmd(xenv, name), env=dict(os.environ), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def versions_built(r, project="proj") -> int:
+    return int(r.get(pkey(project, "index", "seq")) or 0)
+
+
+# -- the job through a real worker -------------------------------------------------------------
+def test_worker_rebuilds_after_webhooks(client, r, xenv, ws, capsys):
+    for i in range(12):
+        post_label(client, i)
+    assert get_queue(r).count == 1
+    t0 = time.perf_counter()
+    run_burst_worker(xenv)
+    wall = time.perf_counter() - t0
+    snap = load_current("proj", r)
+    assert snap is not None and snap.version == 1 and snap.n_pairs == 12 and snap.has_signal
+    last = stats.last_rebuild(r, "proj")
+    assert last["pairs"] == 12 and last["new_pairs"] == 12 and last["label_to_prediction_s"] > 0
+    assert FinishedJobRegistry(queue=get_queue(r)).count == 1
+    assert r.get(flag_key("proj")) is None
+    # the backend serves the new index at once
+    body = {"tasks": [task_body(2000, image_id(30))], "project": f"{LS_PID}.1"}
+    pred = client.post("/predict", data=json.dumps(body), content_type="application/json").get_json()
+    assert pred["results"][0]["model_version"] == "v1" and pred["results"][0]["result"]
+    with capsys.disabled():
+        print(f"\n[rebuild, 40+40 items, 12 pairs] job {1000 * last['total_s']:.1f} ms (build "
+              f"{1000 * last['build_s']:.1f} ms, write {1000 * last['write_s']:.1f} ms); burst worker "
+              f"process wall {wall:.2f} s; label->index {last['label_to_prediction_s']:.2f} s")
+
+
+def test_coalescing_ten_quick_labels_one_or_two_rebuilds(client, r, xenv):
+    for i in range(10):
+        post_label(client, i)
+    assert get_queue(r).count == 1
+    run_burst_worker(xenv)
+    assert versions_built(r) <= 2
+    assert load_current("proj", r).n_pairs == 10
+
+
+def test_coalescing_with_a_live_worker(client, r, xenv):
+    proc = subprocess.Popen(worker_cmd(xenv, "live", burst=False), env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        from rq import Worker
+
+        deadline = time.time() + 30
+        while not Worker.all(queue=get_queue(r)) and time.time() < deadline:
+            time.sleep(0.05)
+        for i in range(10):
+            post_label(client, i)
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            snap = load_current("proj", r)
+            if snap is not None and snap.n_pairs == 10 and get_queue(r).count == 0 \
+                    and r.get(flag_key("proj")) is None:
+                break
+            time.sleep(0.05)
+        assert load_current("proj", r).n_pairs == 10
+        assert versions_built(r) <= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown of the worker this test started
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_pairs_arriving_during_a_rebuild_enqueue_exactly_one_more(r, xenv, ws):
+    store = PairStore(r, "proj")
+    for i in range(3):
+        store.put(i, 1000 + i, image_id(i), text_id(i), 1.0)
+    job_id, enqueued = enqueue_rebuild(r, "proj", "test")
+    assert enqueued
+    from workers.rebuild import take_snapshot
+
+    take_snapshot(r, ws, job_id)           # the job started: its flag is cleared
+    store.put(9, 1009, image_id(9), text_id(9), 1.0)
+    ids = {enqueue_rebuild(r, "proj", "late")[0] for _ in range(5)}
+    assert len(ids) == 1 and job_id not in ids
+    assert get_queue(r).count == 2
+
+
+def test_stale_flags_are_replaced(r, xenv, ws):
+    r.set(flag_key("proj"), f"gone-job|{time.time() - 3600:.3f}")
+    job_id, enqueued = enqueue_rebuild(r, "proj", "test")
+    assert enqueued and job_id != "gone-job"
+    # a fresh flag whose job is not visible yet may be an enqueue in flight: left alone
+    r.set(flag_key("proj"), f"in-flight|{time.time():.3f}")
+    assert enqueue_rebuild(r, "proj", "test") == ("in-flight", False)
+
+
+# -- the current pointer -----------------------------------------------------------------------
+def test_current_pointer_only_moves_forward(r, xenv, ws):
+    from workers.rebuild import build_snapshot
+
+    store = IndexStore(r, ws, keep=2)
+    snaps = {v: build_snapshot(ws, v, [])[0] for v in (1, 2, 3, 4)}
+    assert store.publish(snaps[3])[1] is True
+    assert store.publish(snaps[2])[1] is False      # a slower, older build finishes later
+    assert store.current_version() == 3
+    assert store.publish(snaps[4])[1] is True
+    assert versions_on_disk(ws) == [3, 4]            # pruned to keep=2
+    assert load_current(ws, r).version == 4
+
+
+def test_racing_workers_end_on_the_newest_index(r, xenv, ws, monkeypatch):
+    """Six rebuild jobs (no coalescing) on two worker processes; a poller checks the pointer."""
+    store = PairStore(r, "proj")
+    for i in range(6):
+        store.put(i, 1000 + i, image_id(i), text_id(i), 1.0)
+    q = get_queue(r)
+    for n in range(6):
+        q.enqueue("workers.rebuild.rebuild", "proj", job_id=f"{xenv.tag}-race-{n}")
+    seen, stop = [], threading.Event()
+    key = pkey("proj", "index", "current")
+
+    def poll():
+        while not stop.is_set():
+            v = r.get(key)
+            if v is not None:
+                seen.append(int(v))
+            time.sleep(0.002)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    procs = [subprocess.Popen(worker_cmd(xenv, f"race{k}"), env=dict(os.environ),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for k in range(2)]
+    for p in procs:
+        assert p.wait(timeout=90) == 0, p.stderr.read()[-2000:]
+    stop.set()
+    t.join()
+    assert seen == sorted(seen), "the current version moved backwards"
+    assert int(r.get(key)) == versions_built(r) == 6
+    snap = load_current("proj", r)
+    assert snap.version == 6 and snap.n_pairs == 6
+    assert len(versions_on_disk(ws)) <= 5
+
+
+# -- failures ----------------------------------------------------------------------------------
+def test_failure_lands_in_the_failed_registry_with_a_reason(r, xenv, ws, monkeypatch):
+    ws.features_path("text").write_bytes(b"not a numpy file")
+    monkeypatch.setenv("XMODAL_REBUILD_RETRIES", "1")
+    monkeypatch.setenv("XMODAL_REBUILD_RETRY_INTERVALS", "0")
+    job_id, _ = enqueue_rebuild(r, "proj", "test")
+    run_burst_worker(xenv)
+    failed = FailedJobRegistry(queue=get_queue(r))
+    assert job_id in failed.get_job_ids()
+    job = Job.fetch(job_id, connection=r)
+    assert job.retries_left == 0                      # retried once, then failed for good
+    exc = job.latest_result().exc_string
+    assert "DataError" in exc and "text features" in exc and "unreadable" in exc
+    from xmodal.commands.status_cmd import collect
+
+    status = collect(r, xenv.models)
+    assert status["queue"]["failed"] == 1
+    assert "unreadable" in status["failures"][0]["error"]
+    # a new label still gets a rebuild: the failed job's flag is not in the way
+    PairStore(r, "proj").put(1, 1001, image_id(1), text_id(1), 1.0)
+    assert enqueue_rebuild(r, "proj", "after failure")[1] is True
+
+
+def test_missing_workspace_is_a_readable_failure(r, xenv):
+    with pytest.raises(Exception, match="no workspace at .*MODEL_DIR"):
+        rebuild("nowhere", redis_client=r)
+
+
+# -- the Label Studio step ---------------------------------------------------------------------
+def _link(r, ws, url="http://ls.example", key="tok"):
+    r.hset(pkey(ws.name, "ls"), mapping={"url": url, "api_key": key})
+
+
+def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls):
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)] + \
+        [{"id": 99, "data": {"item_id": "img/unknown.jpg"}}]
+    store = PairStore(r, "proj")
+    for i in range(4):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time() - 1)
+    _link(r, ws)
+    result = rebuild("proj", redis_client=r)
+    assert fake_ls.opened == [("http://ls.example", "tok")]
+    (pid, preds, version), = fake_ls.pushes
+    assert pid == LS_PID and version == "v1" and fake_ls.versions == [(LS_PID, "v1")]
+    assert sorted(preds) == [1000 + i for i in range(4, 12)]   # annotated tasks 1000..1003 skipped
+    p = preds[1004]
+    assert p["model_version"] == "v1" and p["result"][0]["value"]["choices"][0].startswith("t")
+    assert result["ls"] == "pushed" and result["ls_unknown"] == 1
+    assert result["label_to_prediction_s"] >= 1.0
+
+
+def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):
+    from workers.task_registry import TaskRegistry
+
+    TaskRegistry(r, "proj").record([task_body(1005, image_id(5))])
+    _link(r, ws)
+    rebuild("proj", redis_client=r)
+    assert list(fake_ls.pushes[0][1]) == [1005]
+    # an unlabelled index proposes no caption; the score is the medoid's anytime position
+    assert fake_ls.pushes[0][1][1005] == {"result": [], "score": round(5 / 12, 6), "model_version": "v1"}
+
+
+def test_no_label_studio_connection_skips_the_step(r, xenv, ws, fake_ls):
+    assert rebuild("proj", redis_client=r)["ls"].startswith("skipped")
+    assert fake_ls.opened == []
+
+
+def test_a_superseded_index_is_not_pushed(r, xenv, ws, fake_ls):
+    from workers.rebuild import build_snapshot
+
+    _link(r, ws)
+    store = IndexStore(r, ws)
+    old, new = build_snapshot(ws, 1, [])[0], build_snapshot(ws, 2, [])[0]
+    store.publish(new)
+    assert refresh_label_studio(r, ws, old)["ls"].startswith("skipped: superseded")
+    assert fake_ls.pushes == []
+
+
+def test_label_studio_failure_is_reported_after_publishing(r, xenv, ws, fake_ls):
+    fake_ls.fail = ConnectionError("connection refused")
+    fake_ls.tasks = [task_body(1000, image_id(0))]
+    _link(r, ws)
+    with pytest.raises(LabelStudioPushError, match="is published, but pushing .*connection refused"):
+        rebuild("proj", redis_client=r)
+    assert IndexStore(r, ws).current_version() == 1
+    assert stats.last_rebuild(r, "proj")["ls"].startswith("failed")
+
+
+# -- workspace ---------------------------------------------------------------------------------
+def test_workspace_round_trip_and_checks(xenv, tmp_path):
+    from xmodal.errors import DataError
+
+    ws = Workspace(tmp_path / "w")
+    ws.save_config({"select": "text", "label_studio": {"project_id": 3}})
+    ws.save_items(["a.jpg", "b.jpg"], ["/a.jpg", "/b.jpg"], ["t1"], ["hello"])
+    ws.save_features("image", np.ones((2, 3)), "enc-i")
+    assert ws.load_features("image").dtype == np.float32
+    assert ws.features_info("image")["encoder_id"] == "enc-i"
+    with pytest.raises(DataError, match="align"):
+        ws.save_features("text", np.ones((2, 3)), "enc-t")
+    with pytest.raises(DataError, match="no text features"):
+        ws.load_features("text")
+    ws.save_selection(["t1"], [0])
+    assert ws.medoid_ids() == ["t1"] and ws.select == "text"
+    with pytest.raises(DataError):
+        ws.save_selection(["zzz"])
+    assert ws.update_config(measure="cosine")["label_studio"]["project_id"] == 3
+    assert not any(p.name.endswith(".tmp") for p in ws.root.rglob("*"))
+
+
+# -- embedded Redis and the CLI ----------------------------------------------------------------
+def test_embedded_redis_is_shared_with_child_processes(xenv, monkeypatch):
+    import xmodal.redis_conn as rc
+
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setattr(rc, "_embedded", None)
+    url = rc.redis_url()
+    try:
+        assert url.startswith("unix://") and os.environ["REDIS_URL"] == url
+        assert str(xenv.models) in str(rc.embedded_db_path())
+        rc.get_redis().set("xt-embedded", "1")
+        out = subprocess.run([sys.executable, "-c", "import os, redis; print(redis.Redis.from_url("
+                              "os.environ['REDIS_URL']).get('xt-embedded').decode())"],
+                             env=dict(os.environ), capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "1", out.stderr
+    finally:
+        server = rc._embedded
+        rc._clients.pop(url, None).close()
+        pid = server.pid  # stop the server this test started, by its pid (fast; no atexit hook)
+        atexit.unregister(server._cleanup)
+        server._cleanup = lambda *a, **k: None
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.02)
+
+
+def test_cli_wrappers(xenv, capsys):
+    from xmodal.cli import main
+
+    assert main(["worker", "--burst", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "worker --with-scheduler --burst" in out and out.strip().endswith(xenv.tag)
+    assert xenv.url not in out                       # the URL travels in $RQ_REDIS_URL
+    assert main(["serve", "--port", "9999", "--workers", "3", "--dry-run"]) == 0
+    assert "--bind 127.0.0.1:9999 --workers 3" in capsys.readouterr().out
+    assert main(["status"]) == 0
+    assert f"queue {xenv.tag}: 0 queued" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_runs_gunicorn(xenv, ws):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "serve", "--port", str(port),
+                             "--workers", "1"], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, body = time.time() + 30, None
+        while time.time() < deadline:
+            try:
+                body = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1))
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body == {"status": "UP", "model_class": "XmodalModel"}
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhook", method="POST",
+            data=json.dumps(annotation_body("ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0),
+                                            project=LS_PID)).encode(),
+            headers={"Content-Type": "application/json"})
+        assert json.load(urllib.request.urlopen(req, timeout=5))["status"] == "stored"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

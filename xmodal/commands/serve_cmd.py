@@ -1,0 +1,49 @@
+"""``xmodal serve``: the Label Studio ML backend under gunicorn (``backend.wsgi:app``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="run the Label Studio ML backend (gunicorn)",
+                              description="Run the ML backend: Label Studio connects to "
+                              "http://HOST:PORT. Redis: $REDIS_URL, or an embedded server under "
+                              "$MODEL_DIR/.redis when unset.")
+    p.add_argument("--host", default=os.environ.get("XMODAL_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("XMODAL_PORT", "9090")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")),
+                   help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)")
+    p.add_argument("--timeout", type=int, default=60, help="gunicorn worker timeout (s)")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=run)
+
+
+def gunicorn_argv(args) -> list[str]:
+    exe = shutil.which("gunicorn", path=os.path.dirname(sys.executable) + os.pathsep
+                       + os.environ.get("PATH", ""))
+    cmd = [exe] if exe else [sys.executable, "-m", "gunicorn"]
+    return cmd + ["--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
+                  "--timeout", str(args.timeout), "--access-logfile", "-",
+                  "--error-logfile", "-", "backend.wsgi:app"]
+
+
+def run(args) -> int:
+    from xmodal.redis_conn import redis_url
+
+    url = redis_url()  # starts the embedded server and exports REDIS_URL when unset
+    argv = gunicorn_argv(args)
+    if args.dry_run:
+        print(" ".join(argv))
+        return 0
+    log.info("serving on http://%s:%s (redis %s, MODEL_DIR %s)", args.host, args.port,
+             url.split("@")[-1], os.environ.get("MODEL_DIR", "models"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, os.environ)
+    return 0  # not reached
