@@ -23,6 +23,7 @@ COMMANDS = {
     "worker": "xmodal.commands.worker_cmd",
     "project": "xmodal.commands.project_cmd",
     "demo": "xmodal.commands.demo_cmd",
+    "generate": "xmodal.commands.generate_cmd",
     "status": "xmodal.commands.status_cmd",
 }
 
