@@ -168,6 +168,14 @@ class XmodalModel:
                                 f"project {self.project!r}", task=ev.task_id, item=item_id)
         received = time.time()
         prev = self.pairs.get(ev.annotation_id)
+        warning = None
+        if ev.kind == "pair" and ev.source == "textarea" and ev.choice not in self.ws.row_of(other(select)):
+            # "none of these" + a mistyped id: the annotator's "none" still holds
+            warning = (f"pasted {other(select)} id {ev.choice!r} is not in project "
+                       f"{self.project!r}; stored as 'none of these'")
+            log.warning(kv("webhook.unknown_pasted_id", project=self.project,
+                           annotation=ev.annotation_id, item=ev.choice))
+            ev.kind, ev.choice = "none", None
         if ev.kind == "pair":
             if ev.choice not in self.ws.row_of(other(select)):
                 raise ApiError(422, f"annotation {ev.annotation_id} names {other(select)} "
@@ -184,6 +192,8 @@ class XmodalModel:
             self.tasks.record([ev.task])
         out = {"status": status, "annotation_id": ev.annotation_id, "task_id": ev.task_id,
                "kind": ev.kind, "image_id": image_id, "text_id": text_id}
+        if warning:
+            out["warning"] = warning
         pair_changed = status == "stored" and (ev.kind == "pair" or (prev or {}).get("state") == "pair")
         if pair_changed:
             out["job_id"], out["enqueued"] = self.backend.enqueue_rebuild(self.project, ev.action)

@@ -36,6 +36,7 @@ class AnnotationEvent:
     task_id: int
     kind: str                   # "pair" | "none"
     choice: str | None          # the chosen item id (other modality), when kind == "pair"
+    source: str | None          # "choices" | "textarea": where the id came from
     item_id: str | None         # the task's item (select modality), from the payload's task
     updated_at: object          # Label Studio's timestamp (ISO string) or None
     task: dict | None           # the payload's task object, when present
@@ -51,37 +52,44 @@ def webhook_project(payload: dict) -> int | None:
     return pid
 
 
-def extract_choice(result, from_name: str | None = None) -> tuple[str, str | None]:
-    """("pair", id) from a ``choices`` result (``value.choices[0]``) or a ``textarea`` result with
-    a pasted id (``value.text[0]``); ("none", None) for "none of these" (``__none__``) or a result
-    without either. A result region named ``from_name`` wins over the others."""
+def _values(region: dict, key: str) -> list[str]:
+    values = region["value"].get(key)
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list):
+        raise ApiError(400, f"result value {key!r} of {region.get('from_name')!r} is not a list")
+    return [str(v).strip() for v in values if isinstance(v, (str, int)) and str(v).strip()]
+
+
+def extract_choice(result, from_name: str | None = None) -> tuple[str, str | None, str | None]:
+    """What an annotation's result says: ``(kind, id, source)``.
+
+    - a ``choices`` region naming an id (``value.choices[0]``) -> ("pair", id, "choices");
+    - a ``textarea`` region with a pasted id (``value.text[0]``) -> ("pair", id, "textarea"), also
+      when the choice is "none of these" (``__none__``): the shipped label configs show the text
+      area exactly then, for the annotator to paste the right id;
+    - "none of these" without a pasted id, or nothing usable -> ("none", None, source).
+    The ``choices`` region named ``from_name`` wins over other choices regions.
+    """
     if not isinstance(result, list):
         raise ApiError(400, "annotation.result must be a list")
-    regions = [r for r in result if isinstance(r, dict)]
+    regions = [r for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)]
     if from_name:
         regions.sort(key=lambda r: r.get("from_name") != from_name)
+    choice = pasted = None
     for region in regions:
-        value = region.get("value")
-        if not isinstance(value, dict):
-            continue
         kind = str(region.get("type", "")).lower()
-        if kind == "choices" or "choices" in value:
-            values = value.get("choices")
-        elif kind == "textarea" or "text" in value:
-            values = value.get("text")
-        else:
-            continue
-        if isinstance(values, str):
-            values = [values]
-        if not isinstance(values, list):
-            raise ApiError(400, f"result value of {region.get('from_name')!r} is not a list")
-        values = [str(v).strip() for v in values if isinstance(v, (str, int)) and str(v).strip()]
-        if not values:
-            continue
-        if values[0] == NONE_CHOICE:
-            return "none", None
-        return "pair", values[0]
-    return "none", None
+        if choice is None and (kind == "choices" or (not kind and "choices" in region["value"])):
+            vals = _values(region, "choices")
+            choice = vals[0] if vals else None
+        elif pasted is None and (kind == "textarea" or (not kind and "text" in region["value"])):
+            vals = _values(region, "text")
+            pasted = vals[0] if vals else None
+    if choice is not None and choice != NONE_CHOICE:
+        return "pair", choice, "choices"
+    if pasted is not None and pasted != NONE_CHOICE:
+        return "pair", pasted, "textarea"
+    return "none", None, "choices" if choice else None
 
 
 def parse_annotation_event(payload: dict, from_name: str | None = None) -> AnnotationEvent:
@@ -102,15 +110,15 @@ def parse_annotation_event(payload: dict, from_name: str | None = None) -> Annot
     if isinstance(ann.get("task"), dict) and task is None:
         task = ann["task"]
     if ann.get("was_cancelled") is True:
-        kind, choice = "none", None
+        kind, choice, source = "none", None, None
     else:
-        kind, choice = extract_choice(ann.get("result", []), from_name)
+        kind, choice, source = extract_choice(ann.get("result", []), from_name)
     item_id = None
     if task is not None and isinstance(task.get("data"), dict):
         raw = task["data"].get("item_id")
         item_id = None if raw is None else str(raw)
     return AnnotationEvent(action=action, annotation_id=annotation_id, task_id=task_id, kind=kind,
-                           choice=choice, item_id=item_id, updated_at=ann.get("updated_at"),
+                           choice=choice, source=source, item_id=item_id, updated_at=ann.get("updated_at"),
                            task=task)
 
 

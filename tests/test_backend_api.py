@@ -221,10 +221,51 @@ def test_webhook_update_none_and_delete(client, r):
 
 
 def test_webhook_accepts_a_pasted_id_in_a_textarea(client, r):
-    result = [{"from_name": "match", "to_name": "image", "type": "textarea",
-               "value": {"text": [f"  {text_id(7)} "]}}]
-    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=result)
+    store = PairStore(r, "proj")
+    pasted = {"from_name": "match_id", "to_name": "image", "type": "textarea",
+              "value": {"text": [f"  {text_id(7)} "]}}
+    none = {"from_name": "caption", "to_name": "image", "type": "choices",
+            "value": {"choices": ["__none__"]}}
+    t = time.time()
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=[pasted], updated_at=t)
     assert resp.status_code == 200 and resp.get_json()["text_id"] == text_id(7)
+    # the shipped label config: "None of these" + the right id pasted in the text area
+    resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), None, updated_at=t + 1,
+                   result=[none, dict(pasted, value={"text": [text_id(8)]})])
+    assert resp.get_json()["text_id"] == text_id(8)
+    assert [p["text_id"] for p in store.all_pairs()] == [text_id(8)]
+    # a mistyped pasted id: "none of these" still holds (the pair goes), with a warning
+    resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), None, updated_at=t + 2,
+                   result=[none, dict(pasted, value={"text": ["t-typo"]})])
+    assert resp.status_code == 200 and resp.get_json()["kind"] == "none"
+    assert "t-typo" in resp.get_json()["warning"] and store.all_pairs() == []
+
+
+@pytest.mark.parametrize("result,expected", [
+    ([], ("none", None, None)),
+    ([{"type": "choices", "value": {"choices": ["t1"]}}], ("pair", "t1", "choices")),
+    ([{"type": "choices", "value": {"choices": ["__none__"]}}], ("none", None, "choices")),
+    ([{"type": "choices", "value": {"choices": ["t1"]}}, {"type": "textarea", "value": {"text": ["t2"]}}],
+     ("pair", "t1", "choices")),
+    ([{"type": "rating", "value": {"rating": 3}}], ("none", None, None)),
+    ([{"from_name": "other", "type": "choices", "value": {"choices": ["x"]}},
+      {"from_name": "caption", "type": "choices", "value": {"choices": ["t3"]}}], ("pair", "t3", "choices")),
+])
+def test_extract_choice(result, expected):
+    from backend.webhook import extract_choice
+
+    assert extract_choice(result, "caption") == expected
+
+
+def test_tasks_created_fills_the_task_registry(client, r):
+    from workers.task_registry import TaskRegistry
+
+    body = copy.deepcopy(ls_fixture("webhook_tasks_created")) or {"tasks": [task_body(1, image_id(1))]}
+    body["project"] = dict(body.get("project") or {}, id=LS_PID)
+    resp = post(client, "/webhook", dict(body, action="TASKS_CREATED"))
+    assert resp.status_code == 200 and resp.get_json()["tasks_recorded"] == len(body["tasks"])
+    first = body["tasks"][0]
+    assert TaskRegistry(r, "proj").get(first["id"])["item_id"] == first["data"]["item_id"]
 
 
 def test_start_training_without_annotation_enqueues(client, r):
