@@ -9,17 +9,19 @@ rebuild for the RQ workers. A webhook is answered in milliseconds.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 
+from backend.annotations import apply_annotation
 from backend.encoding import text_encoder
 from backend.errors import ApiError
 from backend.services import Backend
 from backend.webhook import (ANNOTATION_ACTIONS, parse_annotation_event, parse_deleted_annotations,
                              parse_tasks)
 from workers.logfmt import kv
-from workers.predictions import UnknownItem, choices_fields, label_fields, task_prediction
+from workers.predictions import (UnknownItem, choices_fields, label_fields, ls_connection,
+                                 task_prediction)
+from workers.queueing import enqueue_resync
 from workers.stats import remember_project
 from workers.task_registry import TaskRegistry
 from xmodal.index_store import IndexSnapshot, load_current
@@ -139,8 +141,12 @@ class XmodalModel:
         if event == "TASKS_CREATED":
             return {"status": "ok", "tasks_recorded": self.tasks.record(parse_tasks(data))}
         if event == "START_TRAINING":
-            job_id, enqueued = self.backend.enqueue_rebuild(self.project, "START_TRAINING")
-            return {"status": "queued", "job_id": job_id, "enqueued": enqueued}
+            if ls_connection(self.redis, self.ws) is not None:
+                # replay Label Studio's annotations first (webhooks can be lost), then rebuild
+                job_id = enqueue_resync(self.redis, self.project, event, self.backend.queue)
+                return {"status": "queued", "job_id": job_id, "job": "resync", "enqueued": True}
+            job_id, enqueued = self.backend.enqueue_rebuild(self.project, event)
+            return {"status": "queued", "job_id": job_id, "job": "rebuild", "enqueued": enqueued}
         return {"status": "ignored", "action": event}
 
     def _changed(self, event: str, changed: bool, **info) -> dict:
@@ -152,50 +158,8 @@ class XmodalModel:
     def _annotation(self, data: dict) -> dict:
         from_name, _ = label_fields(self.redis, self.ws)
         ev = parse_annotation_event(data, from_name)
-        if self.pairs.is_task_deleted(ev.task_id):
-            raise ApiError(409, f"task {ev.task_id} was deleted in Label Studio; annotation "
-                                f"{ev.annotation_id} is not stored", task=ev.task_id)
-        item_id = ev.item_id
-        if item_id is None:
-            known = self.tasks.get(ev.task_id)
-            if known is None:
-                raise ApiError(422, f"unknown task {ev.task_id}: the payload has no task.data.item_id "
-                                    "and the backend never saw this task", task=ev.task_id)
-            item_id = known["item_id"]
-        select = self.ws.select
-        if item_id not in self.ws.row_of(select):
-            raise ApiError(422, f"task {ev.task_id} names {select} {item_id!r}, which is not in "
-                                f"project {self.project!r}", task=ev.task_id, item=item_id)
-        received = time.time()
-        prev = self.pairs.get(ev.annotation_id)
-        warning = None
-        if ev.kind == "pair" and ev.source == "textarea" and ev.choice not in self.ws.row_of(other(select)):
-            # "none of these" + a mistyped id: the annotator's "none" still holds
-            warning = (f"pasted {other(select)} id {ev.choice!r} is not in project "
-                       f"{self.project!r}; stored as 'none of these'")
-            log.warning(kv("webhook.unknown_pasted_id", project=self.project,
-                           annotation=ev.annotation_id, item=ev.choice))
-            ev.kind, ev.choice = "none", None
-        if ev.kind == "pair":
-            if ev.choice not in self.ws.row_of(other(select)):
-                raise ApiError(422, f"annotation {ev.annotation_id} names {other(select)} "
-                                    f"{ev.choice!r}, which is not in project {self.project!r}",
-                               annotation=ev.annotation_id, item=ev.choice)
-            image_id, text_id = (item_id, ev.choice) if select == "image" else (ev.choice, item_id)
-            status = self.pairs.put(ev.annotation_id, ev.task_id, image_id, text_id,
-                                    ev.updated_at, received_at=received)
-        else:
-            image_id = text_id = None
-            status = self.pairs.mark_none(ev.annotation_id, ev.task_id, ev.updated_at,
-                                          received_at=received)
-        if ev.task is not None:
-            self.tasks.record([ev.task])
-        out = {"status": status, "annotation_id": ev.annotation_id, "task_id": ev.task_id,
-               "kind": ev.kind, "image_id": image_id, "text_id": text_id}
-        if warning:
-            out["warning"] = warning
-        pair_changed = status == "stored" and (ev.kind == "pair" or (prev or {}).get("state") == "pair")
-        if pair_changed:
+        out = apply_annotation(self.pairs, self.tasks, self.ws, ev)
+        if out.pop("pair_changed"):
             out["job_id"], out["enqueued"] = self.backend.enqueue_rebuild(self.project, ev.action)
         return out
 

@@ -180,7 +180,7 @@ class FakeLabelStudio:
         self.opened.append((url, api_key))
         return self
 
-    def list_tasks(self, project_id):
+    def list_tasks(self, project_id, fields="task_only"):
         return self.tasks
 
     def push_predictions(self, project_id, predictions, model_version):

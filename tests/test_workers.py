@@ -388,3 +388,54 @@ def test_serve_runs_gunicorn(xenv, ws):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- resync from Label Studio ------------------------------------------------------------------
+def _ls_task(i, annotations):
+    task = task_body(1000 + i, image_id(i))
+    task["annotations"] = [
+        {"id": a, "was_cancelled": False, "updated_at": "2026-01-01T00:00:00Z",
+         "result": [{"from_name": "caption", "to_name": "image", "type": "choices",
+                     "value": {"choices": [choice]}}]} for a, choice in annotations]
+    return task
+
+
+def test_resync_replays_missed_webhooks(r, xenv, ws, fake_ls):
+    from workers.resync import resync
+
+    store = PairStore(r, "proj")
+    store.put(77, 1077, image_id(7), text_id(7), 1.0, received_at=time.time() - 60)  # deleted in LS
+    store.put(3, 1003, image_id(3), text_id(9), "2026-06-01T00:00:00Z")           # newer than LS
+    fake_ls.tasks = [_ls_task(0, [(1, text_id(0))]), _ls_task(1, [(2, "__none__")]),
+                     _ls_task(2, [(5, "t-unknown")]), _ls_task(3, [(3, text_id(3))]),
+                     _ls_task(4, [])]
+    _link(r, ws)
+    out = resync("proj", redis_client=r)
+    assert out["stored"] == 2 and out["stale"] == 1 and out["invalid"] == 1 and out["deleted"] == 1
+    live = {p["annotation_id"]: p["text_id"] for p in store.all_pairs()}
+    assert live == {1: text_id(0), 3: text_id(9)}
+    assert store.records()[77]["state"] == "deleted"
+    assert out["rebuild_job"] and get_queue(r).count == 1
+    # a label that arrived while the listing ran is not taken for a deleted one
+    store.put(88, 1088, image_id(8), text_id(8), 1.0, received_at=time.time() + 60)
+    resync("proj", redis_client=r)
+    assert store.get(88)["state"] == "pair"
+
+
+def test_start_training_resyncs_when_label_studio_is_known(r, xenv, ws, fake_ls):
+    from backend.app import create_app
+
+    _link(r, ws)
+    client = create_app({"TESTING": True}).test_client()
+    resp = client.post("/webhook", data=json.dumps({"action": "START_TRAINING", "project": {"id": LS_PID}}),
+                       content_type="application/json")
+    assert resp.status_code == 200 and resp.get_json()["job"] == "resync"
+    assert "-resync-" in get_queue(r).job_ids[0]
+
+
+def test_resync_without_label_studio_is_a_readable_failure(r, xenv, ws):
+    from workers.resync import resync
+    from xmodal.errors import DataError
+
+    with pytest.raises(DataError, match="no Label Studio connection"):
+        resync("proj", redis_client=r)

@@ -137,13 +137,14 @@ class LabelStudioAPI:
             return lambda *a, **k: fn(self.client, *a, **k)
         return None
 
-    def list_tasks(self, project_id: int) -> list[dict] | None:
+    def list_tasks(self, project_id: int, fields: str = "task_only") -> list[dict] | None:
+        """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all")."""
         fn = self._fn("list_tasks")
         if fn is not None:
-            return [t if isinstance(t, dict) else _task_dict(t) for t in fn(project_id)]
+            return [t if isinstance(t, dict) else _task_dict(t) for t in fn(project_id, fields=fields)]
         tasks_api = getattr(self.client, "tasks", None)  # a label_studio_sdk.LabelStudio client
         if tasks_api is not None and hasattr(tasks_api, "list"):
-            return [_task_dict(t) for t in tasks_api.list(project=project_id, fields="all")]
+            return [_task_dict(t) for t in tasks_api.list(project=project_id, fields=fields)]
         return None
 
     def push_predictions(self, project_id: int, predictions: dict, model_version: str):
@@ -154,8 +155,11 @@ class LabelStudioAPI:
 
 
 def _task_dict(t) -> dict:
+    if hasattr(t, "model_dump"):
+        return t.model_dump(mode="json")
     return {"id": getattr(t, "id", None), "data": getattr(t, "data", None) or {},
-            "is_labeled": getattr(t, "is_labeled", False)}
+            "is_labeled": getattr(t, "is_labeled", False),
+            "annotations": getattr(t, "annotations", None) or []}
 
 
 def open_label_studio(url: str, api_key: str):

@@ -140,3 +140,16 @@ def _enqueue(redis_client, project, job_id, flag_value, reason, queue) -> str:
         raise
     log.info(kv("rebuild.enqueued", project=project, job=job_id, queue=q.name, reason=reason))
     return job_id
+
+
+def enqueue_resync(redis_client: redis.Redis, project: str, reason: str = "",
+                   queue: str | None = None) -> str:
+    """Replay Label Studio's annotations into the pair store, then rebuild (workers.resync)."""
+    job_id = new_job_id(project).replace("-rebuild-", "-resync-", 1)
+    get_queue(redis_client, queue).enqueue(
+        "workers.resync.resync", project, job_id=job_id, retry=retry_policy(),
+        job_timeout=job_timeout(), result_ttl=86400, failure_ttl=7 * 86400,
+        description=f"resync {project} from Label Studio ({reason or 'manual'})",
+        meta={"project": project, "reason": reason, "enqueued_at": time.time()})
+    log.info(kv("resync.enqueued", project=project, job=job_id, reason=reason))
+    return job_id

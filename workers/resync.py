@@ -1,0 +1,95 @@
+"""The resync job: Label Studio's annotations are the source of truth, webhooks only a fast path.
+
+Label Studio delivers a webhook once, synchronously, with a 1 s timeout; a slow or unreachable
+backend loses the event. ``resync(project)`` lists every task with its annotations and replays
+them through the same validation as ``/webhook`` (``backend.annotations.apply_annotation``), so:
+
+- a missed CREATED/UPDATED is stored (an older listing never overrides a newer webhook: the pair
+  store ignores events older than what it holds);
+- a missed ANNOTATIONS_DELETED / TASKS_DELETED is applied: a stored annotation absent from the
+  listing is tombstoned, but only if it arrived before the listing started (a label posted while
+  the listing runs is not mistaken for a deleted one);
+
+and then enqueues a rebuild. The backend enqueues it on ``START_TRAINING`` (Label Studio's "Start
+Training" button) when the project has a Label Studio connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from backend.annotations import apply_annotation
+from backend.errors import ApiError
+from backend.webhook import parse_annotation_event
+from workers.logfmt import kv
+from workers.predictions import label_fields, ls_connection, open_label_studio
+from workers.queueing import enqueue_rebuild
+from workers.task_registry import TaskRegistry
+from xmodal.errors import DataError
+from xmodal.pairs import PairStore
+from xmodal.redis_conn import get_redis
+from xmodal.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+RESYNC_FUNC = "workers.resync.resync"
+
+
+def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool = True) -> dict:
+    from rq import get_current_job
+
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    r = redis_client or (job.connection if job is not None else get_redis())
+    ws = Workspace.for_project(project)
+    if not ws.exists():
+        raise DataError(f"resync {project}: no workspace at {ws.root}")
+    conn = ls_connection(r, ws)
+    if conn is None:
+        raise DataError(f"resync {project}: the project has no Label Studio connection (link it and "
+                        "set LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, or connect the backend in "
+                        "Label Studio so that /setup tells it)")
+    pairs, registry = PairStore(r, project), TaskRegistry(r, project)
+    from_name, _ = label_fields(r, ws)
+    started = time.time()
+    api = open_label_studio(conn["url"], conn["api_key"])
+    tasks = api.list_tasks(conn["project_id"], fields="all")
+    if tasks is None:
+        raise DataError(f"resync {project}: the Label Studio client cannot list tasks")
+    registry.record(tasks)
+    counts = {"stored": 0, "same": 0, "stale": 0, "tombstoned": 0, "invalid": 0, "deleted": 0}
+    seen_annotations, seen_tasks, changed = set(), set(), False
+    for task in tasks:
+        seen_tasks.add(int(task["id"]))
+        for ann in task.get("annotations") or []:
+            seen_annotations.add(int(ann["id"]))
+            payload = {"action": "ANNOTATION_UPDATED", "annotation": dict(ann, task=task["id"]),
+                       "task": task}
+            try:
+                out = apply_annotation(pairs, registry, ws, parse_annotation_event(payload, from_name),
+                                       received_at=started)
+            except ApiError as exc:
+                counts["invalid"] += 1
+                log.warning(kv("resync.invalid", project=project, job=job_id, annotation=ann.get("id"),
+                               error=exc.message))
+                continue
+            counts[out["status"]] = counts.get(out["status"], 0) + 1
+            changed |= out["pair_changed"]
+    for ann_id, rec in pairs.records().items():
+        if rec.get("state") == "deleted" or ann_id in seen_annotations:
+            continue
+        if float(rec.get("received_at") or 0) >= started:
+            continue  # arrived while listing: not evidence of a deletion
+        if pairs.delete(ann_id) == "deleted":
+            counts["deleted"] += 1
+            changed |= rec.get("state") == "pair"
+    result = {"project": project, "job_id": job_id, "tasks": len(tasks),
+              "annotations": len(seen_annotations), "changed": changed, **counts,
+              "seconds": round(time.time() - started, 3)}
+    if rebuild:
+        result["rebuild_job"], _ = enqueue_rebuild(r, project, "resync")
+    log.info(kv("resync.done", **result))
+    return result
