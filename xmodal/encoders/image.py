@@ -1,8 +1,10 @@
 """Image encoders: a frozen ImageNet CNN's pooled features (the paper uses VGG19).
 
 Two backends run the same network: eager ``torch`` and ``onnx`` (ONNX Runtime on an export of the
-trunk, cached on disk by encoder id). ONNX is the default because on the project's CPU it is
-several times faster and agrees with torch to well under 1e-4 (see the encoders' report).
+trunk, cached on disk by encoder id). ONNX is the default: on 64 COCO images on a busy 2-core
+CPU, EfficientNet-Lite0 ran 4-10x faster end to end (best runs 69 vs 8.6 images/s, decoding
+included) and its features differed from torch by at most 7.0e-6 (the bar for the default: 1e-4).
+Each new export is checked against torch before it is used.
 
 A missing or unreadable image never raises: its row is NaN and ``failures_`` lists it.
 """
@@ -178,7 +180,7 @@ class ImageEncoder(Encoder):
             os.replace(tmp, path)
         except ConfigError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any exporter failure has the same remedy
+        except Exception as exc:  # any exporter failure has the same remedy
             raise ConfigError(
                 f"could not export {self.name} to ONNX ({exc}); use backend='torch'"
             ) from exc
@@ -194,6 +196,8 @@ class ImageEncoder(Encoder):
                 log.info("exporting %s to ONNX at %s", self.name, path)
                 self._export_onnx(path)
             options = ort.SessionOptions()
+            # no busy-waiting between ops: workers share their CPUs with the web server and others
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if self.num_threads:
                 options.intra_op_num_threads = self.num_threads
             self._onnx_session = ort.InferenceSession(

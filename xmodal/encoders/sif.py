@@ -118,7 +118,7 @@ class SIFEncoder(Encoder):
         self.seed = int(seed)
         self.batch_size = max(1, int(batch_size))
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        # pretrained sources are checked now (cheap) so a wrong path fails before any work
+        # a pretrained source is identified now, so that a wrong path fails before any work
         self._vectors_id = None if self.vectors == SELF else source_id(self.vectors)
         self._kv = None
         self._counts: dict[str, int] | None = None
@@ -154,7 +154,7 @@ class SIFEncoder(Encoder):
         if self._kv is None:
             if self.vectors == SELF:
                 raise NotFittedError("sif-self trains its word vectors in fit: call fit first")
-            self._kv, self._vectors_id = load_word_vectors(self.vectors, self.cache_dir)
+            self._kv, _ = load_word_vectors(self.vectors, self.cache_dir, sid=self._vectors_id)
         return self._kv
 
     # -- eq. 6 ----------------------------------------------------------------------------------
@@ -223,11 +223,11 @@ class SIFEncoder(Encoder):
         self.failures_ = []
         with progress_bar(len(texts), self.name, "text", self.progress) as bar:
             for chunk in batches(len(texts), self.batch_size):
-                out[chunk] = self._average(texts[chunk], kv, chunk.start)
+                out[chunk] = self._average(texts[chunk], kv)
                 bar.update(chunk.stop - chunk.start)
         return out
 
-    def _average(self, texts: list[str], kv, offset: int) -> np.ndarray:
+    def _average(self, texts: list[str], kv) -> np.ndarray:
         # a local vocabulary per batch: only the words in use need p(w) and their vectors
         local: dict[str, int] = {}
         token_indices = []
@@ -295,7 +295,7 @@ class SIFEncoder(Encoder):
             raise DataError(f"{path} is not a saved SIF encoder (format {config.get('format')!r})")
         encoder = cls(config["vectors"], **{k: config[k] for k in _CONFIG_KEYS}, **options)
         if encoder.vectors == SELF:
-            encoder._set_self_vectors(list(arrays["self_words"]), arrays["self_vectors"])
+            encoder._set_self_vectors(arrays["self_words"].tolist(), arrays["self_vectors"])
         if encoder._vectors_id != config["vectors_id"]:
             raise DataError(
                 f"the word vectors changed since {path} was saved "

@@ -43,11 +43,12 @@ def source_id(source: str) -> str:
     return f"{path.name}@sha256:{file_digest(path)}"
 
 
-def load_word_vectors(source: str, cache_dir: str | os.PathLike):
-    """``(KeyedVectors, source_id)`` for ``source``, built once and then read from the cache."""
+def load_word_vectors(source: str, cache_dir: str | os.PathLike, *, sid: str | None = None):
+    """``(KeyedVectors, source_id)`` for ``source``, built once and then read from the cache;
+    ``sid`` skips recomputing the source id (hashing a large file) when the caller has it."""
     from gensim.models import KeyedVectors
 
-    sid = source_id(source)
+    sid = sid or source_id(source)
     folder = Path(cache_dir) / "wordvectors"
     stem = sid.replace("/", "_").replace(":", "_").replace("=", "_")
     keys_file, vectors_file = folder / f"{stem}.keys.json", folder / f"{stem}.npy"
