@@ -8,6 +8,11 @@ Pick one by name::
     X = images.fit_transform(paths)                            # NaN rows: see images.failures_
     texts = get_text_encoder("sif").fit(captions)              # eq. 6-7, u fitted on captions
     Y = texts.transform(captions)
+    texts.save("sif.npz")                                      # SIFEncoder.load: same u later
+
+    from xmodal.encoders.cache import FeatureCache, embed_with_cache
+
+    Y, failures = embed_with_cache(texts, captions, FeatureCache(), fit=True)  # misses only
 
 Image names: ``efficientnet-lite0`` (default), ``torchvision:<arch>`` (needs
 ``weights=<local .pth>``). Text names: ``sif`` (default; GloVe 6B 50-d + wordfreq),
