@@ -1,0 +1,174 @@
+"""xmodal.labelstudio against a real Label Studio 1.23.2 server (see tests/ls_server.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ls_server import ls_server_fixture
+from xmodal.errors import ConfigError
+
+pytestmark = pytest.mark.e2e
+CONFIG = (Path(__file__).resolve().parents[1] / "label_config" / "image_to_text.xml").read_text()
+
+ls_server = ls_server_fixture()
+
+
+@pytest.fixture
+def ls(ls_server):
+    from xmodal.labelstudio import connect
+
+    return connect(ls_server.url, ls_server.token)
+
+
+@pytest.fixture
+def project(ls):
+    pid = ls.ensure_project(f"client {uuid.uuid4().hex[:8]}", CONFIG)
+    yield pid
+    ls.sdk.projects.delete(pid)
+
+
+def tasks(n: int) -> list[dict]:
+    options = [{"value": f"t{j}", "html": f"caption {j}"} for j in range(4)]
+    return [{"data": {"item_id": f"img/{i}.jpg", "image": f"/data/local-files/?d=x/img/{i}.jpg",
+                      "options": options, "cluster": i}} for i in range(n)]
+
+
+def choice(text_id: str) -> list[dict]:
+    return [{"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": [text_id]}}]
+
+
+def test_ensure_project_is_idempotent(ls):
+    title = f"twice {uuid.uuid4().hex[:8]}"
+    first = ls.ensure_project(title, CONFIG)
+    try:
+        assert ls.ensure_project(title, CONFIG) == first
+        assert [p.id for p in ls.sdk.projects.list(page_size=500) if p.title == title] == [first]
+        project = ls.sdk.projects.get(first)
+        assert project.sampling == "Uncertainty sampling"
+    finally:
+        ls.sdk.projects.delete(first)
+
+
+def test_import_tasks_skips_items_already_there(ls, project):
+    first = ls.import_tasks(project, tasks(3))
+    assert sorted(first) == ["img/0.jpg", "img/1.jpg", "img/2.jpg"]
+    again = ls.import_tasks(project, tasks(5))           # 3 known + 2 new, flat data dicts work too
+    assert {k: again[k] for k in first} == first
+    assert ls.import_tasks(project, [t["data"] for t in tasks(5)]) == again
+    listed = ls.list_tasks(project)
+    assert len(listed) == 5
+    assert sorted(t["data"]["item_id"] for t in listed) == sorted(again)
+    with pytest.raises(ValueError):
+        ls.import_tasks(project, [{"data": {"image": "x"}}])
+
+
+def test_uncertainty_order_follows_pushed_scores(ls, project):
+    ids = ls.import_tasks(project, tasks(4))
+    scores = {"img/0.jpg": 0.9, "img/1.jpg": 0.2, "img/2.jpg": 0.05, "img/3.jpg": 0.6}
+    preds = {ids[item]: {"result": choice("t1"), "score": s, "model_version": "v7"} for item, s in scores.items()}
+    assert ls.push_predictions(project, preds, "v7") == 4
+    assert ls.push_predictions(project, preds, "v7") == 0           # a retry adds nothing
+    assert len(ls.sdk.predictions.list(project=project)) == 4
+    ls.set_model_version(project, "v7")
+    assert ls.sdk.projects.get(project).model_version == "v7"
+    nxt = ls.next_task(project)
+    assert nxt["id"] == ids["img/2.jpg"]                          # lowest score first
+    # label it: the next one is the next-lowest score
+    ls.sdk.annotations.create(id=nxt["id"], result=choice("t2"))
+    assert ls.next_task(project)["id"] == ids["img/1.jpg"]
+    # empty results (the "no signal yet" predictions) are accepted too
+    assert ls.push_predictions(project, {ids["img/0.jpg"]: {"result": [], "score": 0.5}}, "v8") == 1
+
+
+def test_next_task_none_when_everything_is_labelled(ls, project):
+    ids = ls.import_tasks(project, tasks(1))
+    ls.sdk.annotations.create(id=ids["img/0.jpg"], result=choice("t0"))
+    assert ls.next_task(project) is None
+
+
+def test_list_annotations(ls, project):
+    ids = ls.import_tasks(project, tasks(3))
+    a = ls.sdk.annotations.create(id=ids["img/0.jpg"], result=choice("t3"))
+    b = ls.sdk.annotations.create(id=ids["img/1.jpg"], result=[], was_cancelled=True)
+    got = sorted(ls.list_annotations(project), key=lambda r: r.annotation_id)
+    assert [(r.task_id, r.annotation_id, r.was_cancelled) for r in got] == [
+        (ids["img/0.jpg"], a.id, False), (ids["img/1.jpg"], b.id, True)]
+    assert got[0].result[0]["value"] == {"choices": ["t3"]}
+    task_id, annotation_id, result, was_cancelled = got[1]          # a plain 4-tuple
+    assert result == [] and was_cancelled is True
+
+
+class _Backend:
+    """The smallest ML backend Label Studio accepts (GET /health, POST /setup)."""
+
+    def __init__(self):
+        self.paths: list[str] = []
+        seen = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def _do(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                seen.append(self.path)
+                out = json.dumps({"status": "UP", "model_version": "m0"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _do
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_ensure_ml_backend_once_and_one_webhook(ls, project):
+    backend = _Backend()
+    try:
+        first = ls.ensure_ml_backend(project, backend.url, "xmodal")
+        assert ls.ensure_ml_backend(project, backend.url + "/", "xmodal") == first
+        assert [b.id for b in ls.sdk.ml.list(project=project)] == [first]
+        assert "/setup" in backend.paths
+        hooks = [h for h in ls.sdk.webhooks.list(project=str(project)) if h.url == backend.url + "/webhook"]
+        assert len(hooks) == 1                                      # registered by ml.create itself
+        assert ls.sdk.projects.get(project).model_version == "xmodal"  # the pitfall: title as version
+    finally:
+        backend.server.shutdown()
+    with pytest.raises(ConfigError, match="ML backend"):
+        ls.ensure_ml_backend(project, "http://127.0.0.1:9", "nobody")
+
+
+def test_ensure_local_storage_once(ls, project, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    first = ls.ensure_local_storage(project, str(images))
+    assert ls.ensure_local_storage(project, str(images) + "/") == first
+    assert len(ls.sdk.import_storage.local.list(project=project)) == 1
+    with pytest.raises(ConfigError, match="local storage"):
+        ls.ensure_local_storage(project, str(tmp_path / "missing"))
+
+
+def test_wrong_api_key_is_a_config_error(ls_server):
+    from xmodal.labelstudio import connect
+
+    with pytest.raises(ConfigError, match="rejected the API key"):
+        connect(ls_server.url, "not-the-token-0123456789")
+
+
+def test_unreachable_server_is_a_config_error():
+    from xmodal.labelstudio import connect
+    from ls_server import free_port
+
+    with pytest.raises(ConfigError, match="cannot reach Label Studio"):
+        connect(f"http://127.0.0.1:{free_port()}", "whatever-token", timeout=5)

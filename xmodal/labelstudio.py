@@ -1,0 +1,243 @@
+"""A thin, idempotent wrapper over label-studio-sdk 2.1.x for the xmodal loop.
+
+    from xmodal.labelstudio import connect
+    ls = connect("http://127.0.0.1:8080", api_key)          # ConfigError if unreachable / bad key
+    pid = ls.ensure_project("coco", Path("label_config/image_to_text.xml").read_text())
+    ids = ls.import_tasks(pid, tasks)                        # {item_id: task_id}; reruns add nothing
+    ls.ensure_ml_backend(pid, "http://127.0.0.1:9090", "xmodal")
+    ls.push_predictions(pid, {task_id: {"result": [...], "score": 0.4}}, "v3")
+    ls.set_model_version(pid, "v3")                          # after the push, see below
+
+Facts about Label Studio 1.23.2 this relies on (measured, /work/shared/docs/label-studio-1.23.md):
+- ``ml.create`` calls the backend's ``GET /health`` and ``POST /setup`` and registers a project
+  webhook ``<backend url>/webhook`` for all actions itself: never add another one (every event
+  would arrive twice). It also sets the project's ``model_version`` to the backend's *title*.
+- "Uncertainty sampling" (``GET /api/projects/<id>/next/``) serves tasks whose prediction
+  ``model_version`` equals the project's ``model_version``, lowest ``score`` first; when they
+  differ the order silently falls back to random. Hence ``set_model_version`` after every push.
+- ``retrieve_tasks_predictions`` (Data Manager action) skips tasks that already have a prediction
+  of the current version; ``push_predictions`` does the same on our side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from xmodal.errors import ConfigError
+
+UNCERTAINTY = "Uncertainty sampling"
+PAGE_SIZE = 500
+
+
+class AnnotationRecord(NamedTuple):
+    task_id: int
+    annotation_id: int
+    result: list
+    was_cancelled: bool
+
+
+def _dump(obj: Any) -> Any:
+    """SDK (pydantic) objects -> plain dicts/lists; plain values unchanged."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, list):
+        return [_dump(x) for x in obj]
+    return obj
+
+
+def _url(url: str) -> str:
+    return url.rstrip("/")
+
+
+class LabelStudioClient:
+    """Operations the product needs. ``self.sdk`` is the underlying ``LabelStudio`` client."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 60):
+        self.url = _url(url)
+        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+
+    # -- raw HTTP for what the SDK lacks ----------------------------------------------------------
+    def _get(self, path: str, **params) -> httpx.Response:
+        wrapper = self.sdk._client_wrapper  # its headers carry "Token <key>" or a refreshed JWT
+        return httpx.get(f"{self.url}{path}", params=params, headers=wrapper.get_headers(),
+                         timeout=wrapper.get_timeout())
+
+    # -- projects --------------------------------------------------------------------------------
+    def find_project(self, title: str) -> int | None:
+        """Id of the oldest project with exactly this title, or None."""
+        ids = [p.id for p in self.sdk.projects.list(title=title, page_size=PAGE_SIZE) if p.title == title]
+        return min(ids) if ids else None
+
+    def ensure_project(self, title: str, label_config: str, sampling: str = UNCERTAINTY) -> int:
+        """Find the project by title or create it; bring its label config and sampling up to date.
+
+        Label Studio rejects an invalid config (and one incompatible with existing annotations)
+        with HTTP 400; that surfaces as the SDK's ApiError."""
+        pid = self.find_project(title)
+        if pid is None:
+            return self.sdk.projects.create(title=title, label_config=label_config, sampling=sampling).id
+        project = self.sdk.projects.get(pid)
+        changes = {}
+        if (project.label_config or "").strip() != label_config.strip():
+            changes["label_config"] = label_config
+        if project.sampling != sampling:
+            changes["sampling"] = sampling
+        if changes:
+            self.sdk.projects.update(id=pid, **changes)
+        return pid
+
+    def set_model_version(self, project_id: int, version: str) -> None:
+        """Point the project at ``version`` so /next/ orders by that version's prediction scores."""
+        self.sdk.projects.update(id=project_id, model_version=version)
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def list_tasks(self, project_id: int, *, fields: str = "task_only") -> list[dict]:
+        """Every task of the project as a dict (``id``, ``data``, ``is_labeled``, ...).
+        ``fields="all"`` adds ``annotations`` and ``predictions``."""
+        return [_dump(t) for t in self.sdk.tasks.list(project=project_id, fields=fields, page_size=PAGE_SIZE)]
+
+    def import_tasks(self, project_id: int, tasks: Iterable[Mapping]) -> dict[str, int]:
+        """Import tasks whose ``data.item_id`` is not in the project yet; returns ``{item_id: task_id}``
+        for every given task (existing and new), so a rerun imports nothing and returns the same map.
+
+        A task is ``{"data": {...}}`` or just the data dict; ``data.item_id`` is required (it is what
+        makes the import idempotent) and compared as a string."""
+        wanted: dict[str, dict] = {}
+        for task in tasks:
+            task = dict(task)
+            if not isinstance(task.get("data"), Mapping):
+                task = {"data": task}
+            item = task["data"].get("item_id")
+            if item is None:
+                raise ValueError(f"task without data.item_id: {json.dumps(task)[:200]}")
+            wanted.setdefault(str(item), task)
+        have = self._task_ids_by_item(project_id)
+        new = [t for item, t in wanted.items() if item not in have]
+        if new:
+            self.sdk.projects.import_tasks(project_id, request=new, commit_to_project=True)
+            have = self._task_ids_by_item(project_id)
+        return {item: have[item] for item in wanted if item in have}
+
+    def _task_ids_by_item(self, project_id: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.list_tasks(project_id):
+            item = (t.get("data") or {}).get("item_id")
+            if item is not None:
+                out.setdefault(str(item), t["id"])  # the oldest task wins if duplicates exist
+        return out
+
+    def next_task(self, project_id: int) -> dict | None:
+        """The task Label Studio would serve next to this user (``GET /api/projects/<id>/next/``),
+        or None when there is none left (LS answers 404)."""
+        r = self._get(f"/api/projects/{project_id}/next/")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()
+
+    # -- ML backend and storage ------------------------------------------------------------------
+    def ensure_ml_backend(self, project_id: int, url: str, title: str) -> int:
+        """Connect the ML backend at ``url`` once (matched by URL); returns its id.
+
+        ``ml.create`` makes LS call the backend's /health and /setup (so it must be up) and
+        register ``<url>/webhook`` as a project webhook for all events: do not add one yourself.
+        LS also sets the project's model_version to ``title``; call ``set_model_version`` after
+        pushing predictions."""
+        for backend in self.sdk.ml.list(project=project_id):
+            if _url(backend.url) == _url(url):
+                return backend.id
+        try:
+            return self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=False).id
+        except ApiError as exc:
+            raise ConfigError(
+                f"Label Studio could not connect the ML backend at {url} (HTTP {exc.status_code}: "
+                f"{exc.body}). Check that the backend is running and reachable FROM the Label Studio "
+                "host; for a backend on localhost Label Studio needs "
+                "LABEL_STUDIO_ML_BLOCK_LOCAL_IP=false and LABEL_STUDIO_SSRF_PROTECTION_ENABLED=false."
+            ) from exc
+
+    def ensure_local_storage(self, project_id: int, path: str, title: str | None = None) -> int:
+        """Register ``path`` as a local-files import storage (once) so LS serves its files at
+        ``/data/local-files/?d=<path relative to the document root>``; returns the storage id.
+
+        The storage is not synced: tasks come from ``import_tasks``, the storage only grants access.
+        LS requires LOCAL_FILES_SERVING_ENABLED=true and ``path`` strictly under
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (else HTTP 400)."""
+        path = path.rstrip("/")
+        for storage in self.sdk.import_storage.local.list(project=project_id):
+            if (storage.path or "").rstrip("/") == path:
+                return storage.id
+        try:
+            return self.sdk.import_storage.local.create(
+                project=project_id, path=path, title=title or path, use_blob_urls=True).id
+        except ApiError as exc:
+            raise ConfigError(
+                f"Label Studio refused local storage {path} (HTTP {exc.status_code}: {exc.body}). "
+                "Start Label Studio with LOCAL_FILES_SERVING_ENABLED=true and "
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a parent directory of it."
+            ) from exc
+
+    # -- predictions and annotations -------------------------------------------------------------
+    def push_predictions(self, project_id: int, predictions_by_task_id: Mapping[int, Mapping],
+                         model_version: str) -> int:
+        """Store one prediction per task: values are ``{"result": [...], "score": float}`` (other keys
+        ignored). Tasks that already have a prediction of ``model_version`` are skipped, so a retry
+        does not duplicate. Returns how many were created."""
+        done = {(p.task, p.model_version) for p in self.sdk.predictions.list(project=project_id)}
+        created = 0
+        for task_id, pred in predictions_by_task_id.items():
+            if (int(task_id), model_version) in done:
+                continue
+            kwargs = {"score": float(pred["score"])} if pred.get("score") is not None else {}
+            self.sdk.predictions.create(task=int(task_id), result=list(pred.get("result") or []),
+                                        model_version=model_version, **kwargs)
+            created += 1
+        return created
+
+    def list_annotations(self, project_id: int) -> list[AnnotationRecord]:
+        """(task_id, annotation_id, result, was_cancelled) for every annotation of every task,
+        skipped ones (was_cancelled) included: the source of truth a resync job rebuilds from,
+        since webhooks are delivered once with a 1 s timeout and may be lost."""
+        out = []
+        for task in self.list_tasks(project_id, fields="all"):
+            for ann in task.get("annotations") or []:
+                out.append(AnnotationRecord(int(task["id"]), int(ann["id"]), list(ann.get("result") or []),
+                                            bool(ann.get("was_cancelled"))))
+        return out
+
+
+def connect(url: str, api_key: str, *, timeout: float = 60) -> LabelStudioClient:
+    """A client for the Label Studio at ``url``, checked with one authenticated request.
+
+    Raises ConfigError saying what to check when the server cannot be reached or rejects the key."""
+    if not url:
+        raise ConfigError("no Label Studio URL: set LABEL_STUDIO_URL (e.g. http://127.0.0.1:8080)")
+    if not api_key:
+        raise ConfigError("no Label Studio API key: set LABEL_STUDIO_API_KEY (Account & Settings > "
+                          "Access Token in Label Studio)")
+    try:
+        client = LabelStudioClient(url, api_key, timeout=timeout)
+        client.sdk.users.whoami()
+    except httpx.TransportError as exc:
+        raise ConfigError(f"cannot reach Label Studio at {url} ({type(exc).__name__}: {exc}); check "
+                          "LABEL_STUDIO_URL and that the server is running") from exc
+    except ApiError as exc:
+        if exc.status_code in (401, 403) or exc.status_code is None:
+            detail = exc.body.get("detail") if isinstance(exc.body, dict) else exc.body
+            raise ConfigError(
+                f"Label Studio at {url} rejected the API key ({exc.status_code}: {detail}); check "
+                "LABEL_STUDIO_API_KEY. A legacy token needs legacy tokens enabled in the organization "
+                "(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true when it was created); a personal access "
+                "token must be the refresh token shown by Label Studio") from exc
+        raise ConfigError(f"unexpected answer from Label Studio at {url} ({exc.status_code}: "
+                          f"{exc.body}); is LABEL_STUDIO_URL the server's base URL?") from exc
+    return client
+
+
+__all__ = ["AnnotationRecord", "LabelStudioClient", "UNCERTAINTY", "connect"]
