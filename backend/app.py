@@ -14,8 +14,9 @@ name): ``REDIS_URL`` (or ``REDIS``, a client object), ``MODEL_DIR``, ``XMODAL_QU
 ``XMODAL_PROJECT``, ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``, ``MAX_CONTENT_LENGTH``
 (``$XMODAL_MAX_CONTENT_LENGTH``, bytes, default 32 MiB), ``TEXT_ENCODER_LOADER`` (callable).
 
-Every bad request gets a 4xx JSON ``{"error": ...}`` and a log line; Redis being unreachable is a
-503; anything else unexpected a 500 JSON with the exception logged.
+Every bad request gets a 4xx JSON ``{"error": ...}`` and a log line; Redis being unreachable or a
+workspace that is incomplete on disk is a 503 that says so; anything else unexpected a 500 JSON
+with the exception logged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from backend.projects import ls_project_id
 from backend.services import Backend
 from backend.webhook import webhook_project
 from workers.logfmt import kv
+from xmodal.errors import XmodalError
 
 log = logging.getLogger("backend")
 
@@ -109,6 +111,13 @@ def create_app(config: dict | None = None) -> Flask:
     def _http_error(exc: HTTPException):
         g.error = exc.description
         return jsonify({"error": exc.description or exc.name}), exc.code
+
+    @app.errorhandler(XmodalError)
+    def _project_not_ready(exc: XmodalError):
+        # the workspace on disk is incomplete or unreadable: the server's state, not the request
+        g.error = str(exc)
+        log.error(kv("project.not_ready", path=request.path, project=g.get("project"), error=str(exc)))
+        return jsonify({"error": str(exc)}), 503
 
     @app.errorhandler(redis.RedisError)
     def _redis_error(exc):

@@ -443,3 +443,9 @@ def test_webhook_latency(client, r, capsys):
               f"p95 {1000 * p95:.2f} ms, max {1000 * max(times):.2f} ms")
     assert p50 < 0.1
     assert get_queue(r).count == 1  # 40 labels, one queued rebuild
+
+
+def test_an_incomplete_workspace_is_a_503_that_says_why(client, ws):
+    ws.items_path.unlink()
+    resp = post(client, "/predict", predict_body([task_body(1, image_id(1))]))
+    assert resp.status_code == 503 and "items.json" in resp.get_json()["error"]

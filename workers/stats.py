@@ -20,8 +20,15 @@ def projects_key() -> str:
     return gkey("projects")
 
 
+_remembered: set[tuple[int, str, str]] = set()
+
+
 def remember_project(redis_client: redis.Redis, project: str) -> None:
-    redis_client.sadd(projects_key(), project)
+    """Add to ``P:projects`` (once per process and client: it is on the webhook's hot path)."""
+    key = (id(redis_client), projects_key(), project)
+    if key not in _remembered:
+        redis_client.sadd(projects_key(), project)
+        _remembered.add(key)
 
 
 def known_projects(redis_client: redis.Redis) -> list[str]:
