@@ -55,6 +55,12 @@ def test_ensure_project_is_idempotent(ls):
         ls.sdk.projects.delete(first)
 
 
+def test_ensure_project_reports_what_label_studio_rejects(ls):
+    with pytest.raises(ConfigError, match="rejected project .*label_config"):
+        ls.ensure_project(f"bad {uuid.uuid4().hex[:8]}",
+                          '<View><Image name="image" value="$image"/><Choices name="c" toName="x"/></View>')
+
+
 def test_import_tasks_skips_items_already_there(ls, project):
     first = ls.import_tasks(project, tasks(3))
     assert sorted(first) == ["img/0.jpg", "img/1.jpg", "img/2.jpg"]

@@ -51,6 +51,14 @@ def _dump(obj: Any) -> Any:
     return obj
 
 
+def _errors(exc: ApiError) -> str:
+    """The useful part of an SDK ApiError (its str() dumps every response header)."""
+    body = exc.body
+    if isinstance(body, dict):
+        return json.dumps(body.get("validation_errors") or body.get("detail") or body)
+    return str(body)
+
+
 def _url(url: str) -> str:
     return url.rstrip("/")
 
@@ -77,19 +85,24 @@ class LabelStudioClient:
     def ensure_project(self, title: str, label_config: str, sampling: str = UNCERTAINTY) -> int:
         """Find the project by title or create it; bring its label config and sampling up to date.
 
-        Label Studio rejects an invalid config (and one incompatible with existing annotations)
-        with HTTP 400; that surfaces as the SDK's ApiError."""
+        Label Studio rejects an invalid config (or one incompatible with existing annotations, or a
+        title shorter than 3 characters) with HTTP 400: raised as ConfigError with LS's reasons."""
         pid = self.find_project(title)
-        if pid is None:
-            return self.sdk.projects.create(title=title, label_config=label_config, sampling=sampling).id
-        project = self.sdk.projects.get(pid)
-        changes = {}
-        if (project.label_config or "").strip() != label_config.strip():
-            changes["label_config"] = label_config
-        if project.sampling != sampling:
-            changes["sampling"] = sampling
-        if changes:
-            self.sdk.projects.update(id=pid, **changes)
+        try:
+            if pid is None:
+                return self.sdk.projects.create(title=title, label_config=label_config, sampling=sampling).id
+            project = self.sdk.projects.get(pid)
+            changes = {}
+            if (project.label_config or "").strip() != label_config.strip():
+                changes["label_config"] = label_config
+            if project.sampling != sampling:
+                changes["sampling"] = sampling
+            if changes:
+                self.sdk.projects.update(id=pid, **changes)
+        except ApiError as exc:
+            if exc.status_code != 400:
+                raise
+            raise ConfigError(f"Label Studio rejected project {title!r}: {_errors(exc)}") from exc
         return pid
 
     def set_model_version(self, project_id: int, version: str) -> None:
@@ -157,7 +170,7 @@ class LabelStudioClient:
         except ApiError as exc:
             raise ConfigError(
                 f"Label Studio could not connect the ML backend at {url} (HTTP {exc.status_code}: "
-                f"{exc.body}). Check that the backend is running and reachable FROM the Label Studio "
+                f"{_errors(exc)}). Check that the backend is running and reachable FROM the Label Studio "
                 "host; for a backend on localhost Label Studio needs "
                 "LABEL_STUDIO_ML_BLOCK_LOCAL_IP=false and LABEL_STUDIO_SSRF_PROTECTION_ENABLED=false."
             ) from exc
@@ -178,7 +191,7 @@ class LabelStudioClient:
                 project=project_id, path=path, title=title or path, use_blob_urls=True).id
         except ApiError as exc:
             raise ConfigError(
-                f"Label Studio refused local storage {path} (HTTP {exc.status_code}: {exc.body}). "
+                f"Label Studio refused local storage {path} (HTTP {exc.status_code}: {_errors(exc)}). "
                 "Start Label Studio with LOCAL_FILES_SERVING_ENABLED=true and "
                 "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a parent directory of it."
             ) from exc
@@ -236,7 +249,7 @@ def connect(url: str, api_key: str, *, timeout: float = 60) -> LabelStudioClient
                 "(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true when it was created); a personal access "
                 "token must be the refresh token shown by Label Studio") from exc
         raise ConfigError(f"unexpected answer from Label Studio at {url} ({exc.status_code}: "
-                          f"{exc.body}); is LABEL_STUDIO_URL the server's base URL?") from exc
+                          f"{_errors(exc)}); is LABEL_STUDIO_URL the server's base URL?") from exc
     return client
 
 
