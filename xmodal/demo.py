@@ -579,15 +579,24 @@ def _python_cli() -> list[str]:
     return [sys.executable, "-m", "xmodal.cli"]
 
 
-def start_worker(pm: ProcessManager, env: dict) -> Child:
-    if os.environ.get("XMODAL_DEMO_SIMPLE_WORKER"):
-        import argparse
-        from xmodal.commands.worker_cmd import rq_argv
-        argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None, queue=None))
-        argv.insert(argv.index("worker") + 1, "--worker-class")
-        argv.insert(argv.index("worker") + 2, "rq.worker.SimpleWorker")
-        return pm.start("worker", argv, env=dict(env, RQ_REDIS_URL=env["REDIS_URL"]))
-    return pm.start("worker", _python_cli() + ["worker"], env=env)
+def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
+    """One RQ worker on the rebuild queue: ``xmodal worker``'s command line (``rq_argv``).
+
+    ``simple``: rq's SimpleWorker runs each job in the worker process instead of a forked work
+    horse that re-imports numpy and the index code for every job: ~0.03 s instead of ~0.45 s from
+    label to published index on 2 shared cores, which is most of a demo's per-label time. The
+    production default (fork, isolating a crashing job) is unchanged."""
+    import argparse
+
+    from xmodal.commands.worker_cmd import rq_argv
+
+    if not simple:
+        return pm.start("worker", _python_cli() + ["worker"], env=env)
+    argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None, queue=None))
+    at = argv.index("worker") + 1
+    argv[at:at] = ["--worker-class", "rq.worker.SimpleWorker"]
+    # like `xmodal worker`: the URL goes through the environment, not argv (no password in `ps`)
+    return pm.start("worker", argv, env=dict(env, RQ_REDIS_URL=env["REDIS_URL"]))
 
 
 def start_backend(pm: ProcessManager, env: dict, port: int) -> Child:
@@ -727,8 +736,8 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
                 n_random: int = 5, baselines: BaselineCache | None = None) -> SessionResult:
     """Label every medoid in anytime order; measure after each label.
 
-    ``annotate(task, choice)`` posts one annotation through Label Studio when it runs; by default
-    the Label Studio-shaped webhook goes straight to the backend.
+    ``annotate(row, options, choice)`` answers one task through Label Studio when it runs; by
+    default the Label Studio-shaped webhook goes straight to the backend.
     """
     from workers.predictions import label_fields
     from xmodal.index_store import load_current
@@ -738,6 +747,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     from_name, to_name = label_fields(client, ws)
     tgt = other(select)
     curve, medoids, label_times = [], [], []
+    contents_tgt, rows_tgt = ws.contents(tgt), ws.row_of(tgt)
     pairs: list[tuple[int, int]] = []
     version = 0
     t_start = time.perf_counter()
@@ -750,10 +760,14 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         truth_id = None if truth_row is None else ws.ids(tgt)[truth_row]
         has_signal = snap is not None and snap.has_signal
         truth_rank = (ranked.index(truth_id) + 1) if has_signal and truth_id in ranked else None
+        if truth_id is not None and truth_id not in {o["value"] for o in options}:
+            # not among the model's candidates: the annotator looks it up (search / "none of these")
+            options.append({"value": truth_id,
+                            "html": contents_tgt[rows_tgt[truth_id]] if tgt == "text" else truth_id})
         content = ws.contents(select)[row]
         task = {"id": j, "data": {"item_id": item_id, select: content, "options": options}}
         if annotate is not None:
-            annotate(task, truth_id)
+            annotate(row, options, truth_id)
         else:
             _post(f"{backend_url}/webhook",
                   webhook_payload(ls_project, task, j, truth_id, from_name, to_name))
@@ -860,16 +874,189 @@ def install_label_studio(console: Console) -> Path:
     if not script.is_file():
         raise ConfigError(f"--with-label-studio: {script} is missing; install Label Studio into its "
                           "own virtualenv and set LABEL_STUDIO_BIN")
-    console.say("installing Label Studio into its own virtualenv (scripts/install_label_studio.sh)…")
+    console.say("installing Label Studio into its own virtualenv (scripts/install_label_studio.sh, "
+                "~90 s)…")
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigError("scripts/install_label_studio.sh failed (Label Studio needs network access "
-                          f"to install):\n{proc.stderr[-2000:]}")
+        raise ConfigError("scripts/install_label_studio.sh failed (installing Label Studio needs "
+                          f"network access to PyPI):\n{proc.stderr[-2000:]}")
     venv = Path(proc.stdout.strip().splitlines()[-1])
     found = venv / "bin" / "label-studio"
     if not os.access(found, os.X_OK):
         raise ConfigError(f"scripts/install_label_studio.sh finished but {found} is not there")
     return found
+
+
+def _images_root(paths) -> Path:
+    """The deepest folder holding every image (Label Studio serves local files below it)."""
+    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+
+
+class LabelStudioSession:
+    """A Label Studio server of the demo's own (data dir under the demo cache, initialised once),
+    one demo project, and the simulated annotator's clicks through its API.
+
+    Label Studio then does what it does with a real annotator: it calls the backend's /webhook
+    (registered by connecting the ML backend), and the worker pushes fresh predictions back."""
+
+    USERNAME = "demo@xmodal.local"
+
+    def __init__(self, ls_bin: Path, home: Path, pm: ProcessManager, console: Console):
+        self.ls_bin, self.pm, self.console = Path(ls_bin), pm, console
+        self.root = Path(home) / "label-studio"
+        self.data_dir = self.root / "data"
+        self.url = None
+        self.client = None
+        self.project_id = None
+        self.task_ids: dict[str, int] = {}
+        self.select = "image"
+        self.document_root: Path | None = None
+
+    # credentials are made once and kept next to the data dir (0600)
+    def credentials(self) -> dict:
+        path = self.root / "credentials.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        import secrets
+
+        creds = {"username": self.USERNAME, "password": secrets.token_urlsafe(12),
+                 "token": secrets.token_hex(20)}
+        self.root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(creds))
+        path.chmod(0o600)
+        return creds
+
+    def _env(self) -> dict:
+        env = _child_env(
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir),
+            LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+            LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
+            LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
+            LABEL_STUDIO_COLLECT_ANALYTICS="false",
+            LABEL_STUDIO_LATEST_VERSION_CHECK="false")
+        if self.document_root is not None:
+            env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
+            env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(self.document_root)
+        for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT", "LABEL_STUDIO_URL"):
+            env.pop(key, None)
+        return env
+
+    def init(self) -> None:
+        if (self.data_dir / "label_studio.sqlite3").exists():
+            return
+        creds = self.credentials()
+        self.console.say("initialising Label Studio's database once (~45 s)…")
+        work = self.root / "data.init"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        env = self._env()
+        env["LABEL_STUDIO_BASE_DATA_DIR"] = str(work)
+        log_path = self.pm.log_dir / "label-studio-init.log"
+        self.pm.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as out:
+            proc = subprocess.run(
+                [str(self.ls_bin), "init", "--data-dir", str(work), "--username", creds["username"],
+                 "--password", creds["password"], "--user-token", creds["token"],
+                 "--enable-legacy-api-token", "--quiet"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
+                timeout=900)
+        if proc.returncode != 0 or not (work / "label_studio.sqlite3").exists():
+            raise ConfigError(f"`label-studio init` failed (exit {proc.returncode}); its log "
+                              f"({log_path}) ends with:\n{_tail(log_path)}")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        os.replace(work, self.data_dir)
+
+    def launch(self, image_paths, port: int | None = None) -> None:
+        """Start the server (initialising its database first, once); :meth:`wait` for it."""
+        self.init()
+        root = _images_root(image_paths)
+        self.document_root = root.parent if root.parent != root else root
+        self.storage_path = root
+        self.port = port or free_port()
+        self.child = self.pm.start("label-studio", [
+            str(self.ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1",
+            "--port", str(self.port), "--data-dir", str(self.data_dir)], env=self._env(), cwd=self.data_dir)
+
+    def wait(self, timeout: float = 180.0) -> str:
+        import requests
+
+        child = self.child
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pm.check_alive(child, "starting")
+            # `label-studio start` silently moves to port+1 when the port is busy
+            moved = re.findall(r"Starting development server at http://[\d.]+:(\d+)/", _tail(child.log_path, 400))
+            if moved:
+                url = f"http://127.0.0.1:{moved[-1]}"
+            with contextlib.suppress(requests.RequestException, ValueError):
+                r = requests.get(f"{url}/health", timeout=2)
+                if r.ok and r.json().get("status") == "UP":
+                    self.url = url
+                    return url
+            time.sleep(0.3)
+        raise ConfigError(f"Label Studio did not become healthy at {url} within {timeout:.0f} s; "
+                          f"its log ({child.log_path}):\n{_tail(child.log_path)}")
+
+    def image_url(self, path) -> str:
+        from urllib.parse import quote
+
+        rel = Path(path).resolve().relative_to(self.document_root)
+        return "/data/local-files/?d=" + quote(rel.as_posix())
+
+    def setup_project(self, data: DemoData, boot: Bootstrap, backend_url: str, select: str,
+                      title: str) -> int:
+        """A fresh demo project (the previous run's is deleted), its tasks, the ML backend."""
+        from xmodal import labelstudio
+
+        creds = self.credentials()
+        self.client = labelstudio.connect(self.url, creds["token"])
+        self.select = select
+        config_name = "image_to_text.xml" if select == "image" else "text_to_image.xml"
+        config_path = Path(__file__).resolve().parents[1] / "label_config" / config_name
+        if not config_path.is_file():
+            raise ConfigError(f"the labelling config {config_path} is missing")
+        old = self.client.find_project(title)
+        if old is not None:
+            self.client.sdk.projects.delete(id=old)
+        pid = self.client.ensure_project(title, config_path.read_text())
+        self.project_id = pid
+        self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
+        ws = boot.ws
+        tasks = []
+        for row in boot.medoid_rows.tolist():
+            tasks.append({"data": self.task_data(ws, select, row, [])})
+        self.task_ids = self.client.import_tasks(pid, tasks)
+        self.client.ensure_ml_backend(pid, backend_url, "xmodal")
+        return pid
+
+    def task_data(self, ws, select: str, row: int, options: list[dict]) -> dict:
+        item_id = ws.ids(select)[row]
+        content = ws.contents(select)[row]
+        data = {"item_id": item_id, "options": [dict(o) for o in options]}
+        if select == "image":
+            data["image"] = self.image_url(content)
+        else:
+            data["text"] = content
+            rows = ws.row_of("image")
+            paths = ws.contents("image")
+            for o in data["options"]:
+                src = self.image_url(paths[rows[o["value"]]])
+                o["html"] = f"<img src='{src}' style='max-height:120px'>"
+        return data
+
+    def annotate(self, ws, select: str, row: int, options: list[dict], choice: str | None) -> None:
+        """Refresh the task's candidates from the current model, then answer it like an annotator."""
+        item_id = ws.ids(select)[row]
+        task_id = self.task_ids[item_id]
+        self.client.sdk.tasks.update(id=str(task_id), data=self.task_data(ws, select, row, options))
+        from_name, to_name = ("caption", "image") if select == "image" else ("image", "text")
+        if choice is None:
+            self.client.sdk.annotations.create(id=task_id, result=[], was_cancelled=True)
+            return
+        self.client.sdk.annotations.create(id=task_id, was_cancelled=False, result=[
+            {"from_name": from_name, "to_name": to_name, "type": "choices",
+             "value": {"choices": [choice]}}])
 
 
 # -- the demo ---------------------------------------------------------------------------------
@@ -968,6 +1155,10 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             worker = start_worker(pm, env)
             backend = start_backend(pm, env, port)
             backend_url = f"http://127.0.0.1:{port}"
+            ls = None
+            if ls_bin is not None:
+                ls = LabelStudioSession(ls_bin, home, pm, console)
+                ls.launch(data.ds.image_paths)
             timings["services_start_s"] = round(time.perf_counter() - t0, 3)
 
             t0 = time.perf_counter()
@@ -988,6 +1179,18 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             gt = GroundTruth(data.ds)
             watcher = IndexWatcher(client, boot.ws, pm, worker)
             annotate, ls_info = None, None
+            if ls is not None:
+                t0 = time.perf_counter()
+                ls.wait()
+                pid = ls.setup_project(data, boot, backend_url, opt.select, f"xmodal demo {project}")
+                creds = ls.credentials()
+                ls_info = {"url": f"{ls.url}/projects/{pid}/data", "username": creds["username"],
+                           "project_id": pid}
+                console.say(f"Label Studio: {ls.url}/projects/{pid}/data · login {creds['username']} / "
+                            f"{creds['password']} (kept in {ls.root / 'credentials.json'})")
+                annotate = lambda row, options, choice: ls.annotate(  # noqa: E731
+                    boot.ws, opt.select, row, options, choice)
+                timings["label_studio_s"] = round(time.perf_counter() - t0, 3)
             console.say(f"annotating {len(boot.medoid_rows)} medoids ({opt.select}s, anytime order); "
                         f"the oracle picks the ground-truth {other(opt.select)}")
             baselines = BaselineCache(
@@ -1013,7 +1216,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                 "settings": {"select": opt.select, "labels": opt.labels, "measure": opt.measure,
                              "encoders": {"image": opt.image_encoder, "text": opt.text_encoder},
                              "random_draws": opt.n_random, "project": project, "backend": backend_url,
-                             "label_studio": ls_info or "not used",
+                             "label_studio": {k: v for k, v in ls_info.items() if k != "password"}
+                             if ls_info else "not used",
                              "features": "reused from the previous run" if boot.reused_features else "embedded",
                              "baselines": f"{baselines.hits} label counts read from the cache"
                              if baselines.hits else "computed"},
