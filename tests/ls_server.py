@@ -270,19 +270,22 @@ _users = 0
 
 
 def acquire_shared_server(document_root: str | os.PathLike | None = None) -> LabelStudioServer:
-    """Start (or reuse) this process's server. Every acquire needs a release_shared_server()."""
+    """Start (or reuse) this process's server. Every acquire needs a release_shared_server().
+
+    ``document_root`` None: any running server will do (a new one gets "/"); a path: the running
+    server's local-files root must be that path or a parent of it (else RuntimeError)."""
     global _shared, _users
-    root = Path(document_root or "/").resolve()
+    root = Path(document_root).resolve() if document_root is not None else None
     with _lock:
         if _shared is not None and not _shared.alive():
             stop_label_studio(_shared)
             _shared, _users = None, 0
         if _shared is None:
-            _shared = start_label_studio(root)
-        elif _shared.document_root != root:
+            _shared = start_label_studio(root or Path("/"))
+        elif root is not None and not (root == _shared.document_root or _shared.document_root in root.parents):
             raise RuntimeError(
                 f"the shared Label Studio server serves local files from {_shared.document_root}, "
-                f"not {root}: use one document root (a common parent) for the whole test session"
+                f"not from {root}: use one document root (a common parent) for the whole test session"
             )
         _users += 1
         return _shared
@@ -316,9 +319,9 @@ def ls_server_fixture(document_root: str | os.PathLike | None = None, *, scope: 
                       name: str | None = None):
     """A pytest fixture yielding this process's LabelStudioServer.
 
-    `document_root` is LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; the default "/" (Label Studio's own
-    default) lets any absolute directory become a local storage; LS still serves only files under a
-    directory registered as a project's local storage. Assign the result to a module/conftest name:
+    `document_root` is LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT. None (default) reuses whatever server
+    runs, else starts one with "/" (Label Studio's own default): any absolute directory can then be
+    a local storage; LS still serves only files under a directory registered as a project's storage. Assign the result to a module/conftest name:
     `ls_server = ls_server_fixture()`."""
 
     @pytest.fixture(scope=scope, name=name)
