@@ -56,7 +56,7 @@ def find_label_studio_bin() -> Path | None:
     explicit = os.environ.get("LABEL_STUDIO_BIN")
     if explicit:
         return Path(explicit) if os.access(explicit, os.X_OK) else None
-    venv = Path(os.environ.get("LS_VENV", cache_root() / "ls-venv"))
+    venv = Path(os.environ.get("LS_VENV", Path.home() / ".cache" / "xmodal" / "ls-venv"))  # as the installer
     candidate = venv / "bin" / "label-studio"
     return candidate if os.access(candidate, os.X_OK) else None
 
