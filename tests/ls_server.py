@@ -11,9 +11,9 @@ Plain functions plus a fixture factory. In a conftest.py::
 How it works:
 - the binary is `$LABEL_STUDIO_BIN`, else `${LS_VENV:-~/.cache/xmodal/ls-venv}/bin/label-studio`;
   if there is none the test is skipped (run scripts/install_label_studio.sh);
-- `label-studio init` (migrations, ~42 s) runs ONCE into a template data dir under
+- `label-studio init` (migrations: 42 s idle, 70-105 s on a busy 2-core box) runs ONCE into a template data dir under
   `${XMODAL_CACHE:-~/.cache/xmodal}/ls-template/<version>-<credentials hash>`; every server gets a
-  fresh copy of it, so a start costs ~5 s and no test sees another session's projects;
+  fresh copy of it, so a start costs 5-9 s and no test sees another session's projects;
 - one server per process: every fixture/`shared_server()` caller in a pytest run shares it
   (reference counted), so at most one Label Studio runs at a time on a shared machine;
 - the server binds 127.0.0.1 on a free port; its log is kept (see `LabelStudioServer.log_tail()`).
