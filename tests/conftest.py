@@ -121,9 +121,9 @@ def ls_fixture(name: str) -> dict | None:
 
 def task_body(task_id: int, item: str, n_options: int = 40, project: int = 7) -> dict:
     return {"id": task_id, "data": {"item_id": item, "image": f"/data/local-files/?d={item}",
+                                    # "none of these" is a static choice of the label config, not an option
                                     "options": [{"value": text_id(j), "html": f"caption {j}"}
-                                                for j in range(n_options)]
-                                    + [{"value": "__none__", "html": "none of these"}]},
+                                                for j in range(n_options)]},
             "meta": {}, "annotations": [], "predictions": [], "project": project, "inner_id": task_id}
 
 
