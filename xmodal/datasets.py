@@ -203,9 +203,9 @@ def _require_file(path: Path, what: str, hint: str = "") -> Path:
 
 
 def _short_list(items, limit: int = 10) -> str:
-    items = [str(x) for x in items]
+    items = list(items)
     more = f" … and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(repr(x) for x in items[:limit]) + more
+    return ", ".join(repr(x) if isinstance(x, str) else str(x) for x in items[:limit]) + more
 
 
 def load(dataset: str, path=None, **kwargs) -> CrossModalDataset:
