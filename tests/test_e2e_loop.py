@@ -1,0 +1,276 @@
+"""The product's acceptance test: the whole labelling loop with real pieces.
+
+A REAL Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, a real ML backend
+(`xmodal serve`, gunicorn) and a real RQ worker process (`xmodal worker`). The project is
+bootstrapped from COCO-mini (first caption per image, 24 image medoids) with `create_project`;
+then an oracle that knows the ground truth (pairs.json) labels 20 tasks *through Label Studio's
+API*, in the order Label Studio's "Uncertainty sampling" serves them (`/next/`). Label Studio itself
+delivers every annotation to the backend's /webhook.
+
+Asserted, in order:
+- bootstrap: 24 tasks carrying item_id / cluster / options, images served by Label Studio's
+  local-files storage, ONE webhook (the one ml.create registers), predictions of v1 with an empty
+  result accepted by Label Studio, project model_version == index version, /next/ serves the first
+  medoid of the anytime order (lowest score);
+- the first label: the webhook arrived (the pair is in the PairStore) and a worker rebuilt the
+  index (version advanced);
+- after 5 labels: an index with the 5 pairs, Label Studio holds predictions of that model version
+  (non-empty, one of the task's options) for every unlabelled task, its model_version is it, and
+  /next/ serves the lowest-scored one; the worker pushed with the /setup access_token (no API key in
+  the worker's environment);
+- after 20 labels: Recall@10 of the index beats the 5-pair index (mean of image->text and
+  text->image, over the items that are not references);
+- rerunning the bootstrap adds no task, backend, webhook or storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ls_server import ls_server_fixture
+
+pytestmark = pytest.mark.e2e
+
+COCO = Path(os.environ.get("XMODAL_COCO_MINI")
+            or Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini")
+K = 24
+LABELS = 20
+EARLY = 5
+TIMEOUT = 90.0
+
+ls_server = ls_server_fixture()
+
+
+@pytest.fixture(scope="session")
+def coco_mini():
+    if not (COCO / "pairs.json").is_file():
+        pytest.skip(f"COCO-mini is not at {COCO} (set XMODAL_COCO_MINI to its folder): the e2e loop "
+                    "test needs real images and captions")
+    return COCO
+
+
+def _poll(what: str, fn, timeout: float = TIMEOUT, procs=None, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        for child in procs or []:
+            if not child.alive():
+                pytest.fail(f"{child.name} exited ({child.popen.returncode}) while waiting for {what}:\n"
+                            + _tail(child.log_path))
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {c.name} ---\n{_tail(c.log_path)}" for c in procs or [])
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
+        time.sleep(interval)
+
+
+def _tail(path, n: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    return "<no log>"
+
+
+def recall_at_10(snap, image_rows: np.ndarray, text_rows: np.ndarray) -> tuple[float, float]:
+    """Recall@10 image->text and text->image; image_rows[i] is coupled with text_rows[i]."""
+    from xmodal.core.metrics import recall_at_k
+
+    S = snap.image_codes[image_rows] @ snap.text_codes[text_rows].T
+    truth = np.arange(len(image_rows))
+    return recall_at_k(S, truth, (10,))[10], recall_at_k(S.T, truth, (10,))[10]
+
+
+@pytest.fixture
+def services(xenv, tmp_path):
+    """`xmodal serve` (1 gunicorn worker) and `xmodal worker` as tracked child processes."""
+    from xmodal.demo import ProcessManager, free_port, start_backend, start_worker, wait_backend, wait_worker
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    pm = ProcessManager(tmp_path / "logs")
+    port = free_port()
+    try:
+        worker = start_worker(pm, env)
+        backend = start_backend(pm, env, port)
+        url = f"http://127.0.0.1:{port}"
+        wait_backend(pm, backend, url, timeout=60)
+        wait_worker(pm, worker, xenv.redis, timeout=60)
+        yield {"url": url, "backend": backend, "worker": worker, "procs": [backend, worker], "pm": pm}
+    finally:
+        pm.stop_all(grace=5)
+
+
+def test_label_studio_loop(coco_mini, ls_server, xenv, services):
+    from xmodal.bootstrap import ProjectSpec, create_project
+    from xmodal.datasets import load_coco_mini
+    from xmodal.index_store import IndexStore
+    from xmodal.labelstudio import connect
+    from xmodal.pairs import PairStore
+    from xmodal.redis_conn import pkey
+    from xmodal.workspace import Workspace
+
+    t_start = time.perf_counter()
+    r, procs = xenv.redis, services["procs"]
+    name = f"e2e-{xenv.tag}"
+    spec = ProjectSpec(name=name, data=coco_mini, select="image", k=K, captions="first",
+                       label_studio_url=ls_server.url, api_key=ls_server.token,
+                       backend_url=services["url"], images="local",
+                       document_root=str(ls_server.document_root))
+    messages: list[str] = []
+    t0 = time.perf_counter()
+    boot = create_project(spec, say=messages.append, redis_client=r)
+    bootstrap_s = time.perf_counter() - t0
+    ls = connect(ls_server.url, ls_server.token)
+    pid = boot.ls_project_id
+    ws = Workspace.for_project(name)
+    store, pairs = IndexStore(r, ws), PairStore(r, name)
+    try:
+        # -- bootstrap -------------------------------------------------------------------
+        assert boot.k == K and len(boot.task_ids) == K and boot.new_tasks == K, messages
+        assert boot.images == "local", messages
+        tasks = {t["id"]: t for t in ls.list_tasks(pid)}
+        assert len(tasks) == K
+        medoids = ws.medoid_ids()
+        assert sorted(t["data"]["item_id"] for t in tasks.values()) == sorted(medoids)
+        for t in tasks.values():
+            d = t["data"]
+            assert d["cluster"] == medoids.index(d["item_id"])
+            assert len(d["options"]) == 10 and all(o["value"] in ws.row_of("text") for o in d["options"])
+        # Label Studio serves the medoid image it was given
+        first = next(t for t in tasks.values() if t["data"]["item_id"] == medoids[0])
+        img = ls._get("/data/local-files/", d=first["data"]["image"].split("?d=", 1)[1])
+        assert img.status_code == 200 and img.content[:2] == b"\xff\xd8"
+        hooks = [h for h in ls.sdk.webhooks.list(project=str(pid))]
+        assert [h.url for h in hooks] == [services["url"] + "/webhook"]
+        v1 = store.current_version()
+        assert boot.model_version == f"v{v1}" and boot.predictions_pushed == K
+        assert ls.sdk.projects.get(pid).model_version == f"v{v1}"
+        preds = [p for p in ls.sdk.predictions.list(project=pid)]
+        assert len(preds) == K and {p.model_version for p in preds} == {f"v{v1}"}
+        assert all(p.result == [] for p in preds)          # accepted although empty
+        assert ls.next_task(pid)["data"]["item_id"] == medoids[0]   # anytime order via scores
+
+        # -- labelling through Label Studio ----------------------------------------------
+        ds = load_coco_mini(coco_mini, captions="first")
+        truth = {ds.image_ids[i]: ds.text_ids[t] for i, t in ds.pairs}
+        labelled: list[str] = []
+        latencies: list[float] = []
+
+        def label_next() -> dict:
+            task = ls.next_task(pid)
+            assert task is not None
+            item = task["data"]["item_id"]
+            assert item not in labelled
+            answer = truth[item]
+            values = [o["value"] for o in task["data"]["options"]]
+            if answer in values:
+                result = [{"from_name": "caption", "to_name": "image", "type": "choices",
+                           "value": {"choices": [answer]}}]
+            else:   # "None of these" + the pasted id, as an annotator would
+                result = [{"from_name": "caption", "to_name": "image", "type": "choices",
+                           "value": {"choices": ["__none__"]}},
+                          {"from_name": "match_id", "to_name": "image", "type": "textarea",
+                           "value": {"text": [answer]}}]
+            ann = ls.sdk.annotations.create(id=task["id"], result=result)
+            labelled.append(item)
+            return {"task": task, "annotation": ann.id, "item": item, "answer": answer}
+
+        def pair_of(annotation_id):
+            rec = pairs.get(annotation_id)
+            return rec if rec and rec.get("state") == "pair" else None
+
+        def wait_index(n_pairs: int, t_label: float | None = None) -> int:
+            def ready():
+                info = store.info()
+                if int(info.get("n_pairs", -1)) != n_pairs:
+                    return None
+                v = int(info["version"])
+                return v if ls.sdk.projects.get(pid).model_version == f"v{v}" else None
+            v = _poll(f"an index with {n_pairs} pairs pushed to Label Studio", ready, procs=procs)
+            if t_label is not None:
+                latencies.append(time.perf_counter() - t_label)
+            return v
+
+        # the first label: webhook -> PairStore, worker -> a new index version
+        t_label = time.perf_counter()
+        first_label = label_next()
+        rec = _poll("the webhook's pair in the PairStore", lambda: pair_of(first_label["annotation"]),
+                    procs=procs)
+        assert (rec["image_id"], rec["text_id"]) == (first_label["item"], first_label["answer"])
+        _poll("a rebuilt index", lambda: (store.current_version() or 0) > v1, procs=procs)
+        wait_index(1, t_label)
+
+        for _ in range(EARLY - 1):
+            t_label = time.perf_counter()
+            label_next()
+        v5 = wait_index(EARLY, t_label)
+        snap5 = store.load(v5)
+        assert snap5.has_signal and snap5.n_pairs == EARLY
+        # Label Studio holds predictions of the new version for every unlabelled task
+        open_tasks = {t["id"]: t for t in ls.list_tasks(pid) if not t["is_labeled"]}
+        assert len(open_tasks) == K - EARLY
+        preds5 = {p.task: p for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v5}"}
+        assert set(preds5) == set(open_tasks)
+        for tid, p in preds5.items():
+            assert len(p.result) == 1 and p.result[0]["from_name"] == "caption"
+            assert p.result[0]["value"]["choices"][0] in [o["value"] for o in open_tasks[tid]["data"]["options"]]
+        # /next/ follows the scores of the current version: the least certain task first
+        lowest = min(preds5.values(), key=lambda p: (p.score, p.task))
+        nxt = ls.next_task(pid)
+        assert preds5[nxt["id"]].score == pytest.approx(lowest.score)
+        # the worker had no API key in its environment: it used the /setup access_token
+        learned = r.hget(pkey(name, "ls"), "api_key")
+        assert learned and os.environ.get("LABEL_STUDIO_API_KEY", "") == ""
+        assert r.hget(pkey(name, "rebuild", "last"), "ls") == b"pushed"
+
+        for _ in range(LABELS - EARLY):
+            t_label = time.perf_counter()
+            label_next()
+        v20 = wait_index(LABELS, t_label)
+        snap20 = store.load(v20)
+        assert snap20.n_pairs == LABELS and v20 > v5
+
+        # -- quality: the 20-pair index beats the 5-pair one ------------------------------
+        refs = set(labelled)
+        img_rows = np.array([i for i, iid in enumerate(ds.image_ids) if iid not in refs])
+        txt_rows = np.array([ws.row_of("text")[truth[ds.image_ids[i]]] for i in img_rows])
+        r5 = recall_at_10(snap5, img_rows, txt_rows)
+        r20 = recall_at_10(snap20, img_rows, txt_rows)
+        chance = 10 / len(img_rows)
+        print(f"\nRecall@10 over {len(img_rows)} non-reference pairs (i2t, t2i): 5 pairs {r5}, "
+              f"20 pairs {r20}, chance {chance:.3f}; bootstrap {bootstrap_s:.1f} s; "
+              f"label->LS predictions {', '.join(f'{x:.2f}' for x in latencies)} s")
+        assert np.mean(r20) > np.mean(r5), (r5, r20)
+        assert min(r20) > 2 * chance, r20
+
+        # the remaining tasks carry predictions of the final version
+        final = {p.task for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v20}"}
+        assert final == {t["id"] for t in ls.list_tasks(pid) if not t["is_labeled"]}
+        assert len(final) == K - LABELS
+
+        # -- rerunning the bootstrap adds nothing ----------------------------------------
+        again = create_project(spec, say=messages.append, redis_client=r)
+        assert again.ls_project_id == pid and again.new_tasks == 0 and again.new_medoids == 0
+        assert again.reused_features
+        final = [p for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v20}"]
+        assert sorted(p.task for p in final) == sorted(t["id"] for t in ls.list_tasks(pid)
+                                                       if not t["is_labeled"])
+        for p in final:   # options re-ranked by the index: its top-1 is the first option
+            task = ls.sdk.tasks.get(p.task)
+            assert p.result[0]["value"]["choices"][0] == task.data["options"][0]["value"]
+        assert len(ls.list_tasks(pid)) == K
+        assert len(ls.sdk.ml.list(project=pid)) == 1
+        assert len(list(ls.sdk.webhooks.list(project=str(pid)))) == 1
+        assert len(ls.sdk.import_storage.local.list(project=pid)) == 1
+        assert ls.sdk.projects.get(pid).model_version == f"v{store.current_version()}"
+        print(f"e2e loop test body: {time.perf_counter() - t_start:.1f} s")
+    finally:
+        with contextlib.suppress(Exception):
+            ls.sdk.projects.delete(pid)
