@@ -234,10 +234,11 @@ def stop_recorded(home: Path, console: Console | None = None) -> int:
     except ValueError as exc:
         raise DataError(f"{state} is unreadable ({exc}); stop the processes by hand") from exc
     stopped = 0
-    for name, info in recorded.get("processes", {}).items():
+    order = sorted(recorded.get("processes", {}).items(), key=lambda kv: kv[0] == "redis")
+    for name, info in order:
         pid = int(info["pid"])
         marker = info.get("marker") or ""
-        if not _cmdline(pid) or (marker and marker not in _cmdline(pid)):
+        if not _cmdline(pid) or (marker and not _cmdline(pid).startswith(marker) and marker not in _cmdline(pid)):
             continue  # gone, or the PID was reused by something else
         sig_target = (lambda s: os.killpg(pid, s)) if info.get("group") else (lambda s: os.kill(pid, s))
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -887,6 +888,20 @@ def install_label_studio(console: Console) -> Path:
     return found
 
 
+def _data_uri(path, size: int = 384) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _images_root(paths) -> Path:
     """The deepest folder holding every image (Label Studio serves local files below it)."""
     return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
@@ -901,8 +916,9 @@ class LabelStudioSession:
 
     USERNAME = "demo@xmodal.local"
 
-    def __init__(self, ls_bin: Path, home: Path, pm: ProcessManager, console: Console):
-        self.ls_bin, self.pm, self.console = Path(ls_bin), pm, console
+    def __init__(self, ls_bin: Path | None, home: Path, pm: ProcessManager, console: Console):
+        self.ls_bin, self.pm, self.console = (Path(ls_bin) if ls_bin else None), pm, console
+        self.external_token: str | None = None
         self.root = Path(home) / "label-studio"
         self.data_dir = self.root / "data"
         self.url = None
@@ -912,8 +928,30 @@ class LabelStudioSession:
         self.select = "image"
         self.document_root: Path | None = None
 
+    @classmethod
+    def attach(cls, url: str, token: str | None, home: Path, pm: ProcessManager,
+               console: Console) -> "LabelStudioSession":
+        """Use a Label Studio that is already running ($LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY)."""
+        from xmodal import labelstudio
+
+        if not token:
+            raise ConfigError("LABEL_STUDIO_URL is set but LABEL_STUDIO_API_KEY is not: set it to your "
+                              "Label Studio access token (Account & Settings), or unset LABEL_STUDIO_URL "
+                              "to let the demo run its own Label Studio (or pass --no-label-studio)")
+        session = cls(None, home, pm, console)
+        session.url = url.rstrip("/")
+        session.external_token = token
+        try:
+            labelstudio.connect(session.url, token, timeout=15)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or unset LABEL_STUDIO_URL to let the demo start its own Label "
+                              "Studio, or pass --no-label-studio") from None
+        return session
+
     # credentials are made once and kept next to the data dir (0600)
     def credentials(self) -> dict:
+        if self.external_token:
+            return {"username": "(your account)", "password": "(yours)", "token": self.external_token}
         path = self.root / "credentials.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -1001,6 +1039,8 @@ class LabelStudioSession:
     def image_url(self, path) -> str:
         from urllib.parse import quote
 
+        if self.document_root is None:  # a Label Studio elsewhere: inline a small copy
+            return _data_uri(path)
         rel = Path(path).resolve().relative_to(self.document_root)
         return "/data/local-files/?d=" + quote(rel.as_posix())
 
@@ -1021,7 +1061,8 @@ class LabelStudioSession:
             self.client.sdk.projects.delete(id=old)
         pid = self.client.ensure_project(title, config_path.read_text())
         self.project_id = pid
-        self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
+        if self.document_root is not None:
+            self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
         ws = boot.ws
         tasks = []
         for row in boot.medoid_rows.tolist():
@@ -1128,8 +1169,12 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     model_dir_before = os.environ.get("MODEL_DIR")
     try:
         with terminate_on_signals():
+            # Label Studio: one already running ($LABEL_STUDIO_URL), else our own if installed
             ls_bin = None
-            if opt.label_studio == "on":
+            external_ls = os.environ.get("LABEL_STUDIO_URL") if opt.label_studio != "off" else None
+            if external_ls:
+                pass
+            elif opt.label_studio == "on":
                 ls_bin = find_label_studio() or install_label_studio(console)
             elif opt.label_studio == "auto":
                 ls_bin = find_label_studio()
@@ -1156,7 +1201,10 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             backend = start_backend(pm, env, port)
             backend_url = f"http://127.0.0.1:{port}"
             ls = None
-            if ls_bin is not None:
+            if external_ls:
+                ls = LabelStudioSession.attach(external_ls, os.environ.get("LABEL_STUDIO_API_KEY"),
+                                               home, pm, console)
+            elif ls_bin is not None:
                 ls = LabelStudioSession(ls_bin, home, pm, console)
                 ls.launch(data.ds.image_paths)
             timings["services_start_s"] = round(time.perf_counter() - t0, 3)
@@ -1181,7 +1229,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             annotate, ls_info = None, None
             if ls is not None:
                 t0 = time.perf_counter()
-                ls.wait()
+                if ls.external_token is None:
+                    ls.wait()
                 pid = ls.setup_project(data, boot, backend_url, opt.select, f"xmodal demo {project}")
                 creds = ls.credentials()
                 ls_info = {"url": f"{ls.url}/projects/{pid}/data", "username": creds["username"],
@@ -1266,10 +1315,13 @@ def _summary(console: Console, history: dict, index: Path) -> None:
 
 
 def _record_processes(home: Path, pm: ProcessManager, backend_url: str) -> None:
-    procs = {c.name: {"pid": c.pid, "group": True, "marker": "xmodal.cli", "log": str(c.log_path)}
-             for c in pm.children}
+    # the command line as it is now (after gunicorn's / rq's exec): `--stop` only signals a PID
+    # whose command line still starts with it, never a reused PID
+    procs = {c.name: {"pid": c.pid, "group": True, "marker": _cmdline(c.pid)[:200], "log": str(c.log_path)}
+             for c in pm.children if c.alive()}
     if "redis" in pm.extra_pids:
-        procs["redis"] = {"pid": pm.extra_pids["redis"], "group": False, "marker": "redis-server"}
+        pid = pm.extra_pids["redis"]
+        procs["redis"] = {"pid": pid, "group": False, "marker": _cmdline(pid)[:200] or "redis-server"}
     (Path(home) / STATE_FILE).write_text(json.dumps({"backend": backend_url, "processes": procs,
                                                       "started_at": time.time()}, indent=1))
 
