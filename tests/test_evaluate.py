@@ -248,3 +248,17 @@ def test_coco_mini_recall_at_20(coco_rows):
 def test_coco_mini_faithful_floor(coco_rows):
     for d in ("i2t", "t2i"):
         assert _value(coco_rows, "ssm-al", 20, d, "recall@10") >= 0.45
+
+
+# -- xmodal bench (smoke, tiny sizes) ----------------------------------------------------------
+
+def test_bench_smoke_tiny_sizes():
+    from xmodal import bench
+
+    X = bench.cnn_like_features(300, dim=64, clusters=5)
+    assert X.shape == (300, 64) and X.dtype == np.float32 and (X >= 0).all()
+    results = bench.bench_kmedoids([(300, 5)], repeats=1, compare_pam=False)
+    results += bench.bench_ssr(n=500, k=10, repeats=1, queries=5)
+    assert all(r.value is not None and r.value > 0 for r in results)
+    table = bench.format_table(results)
+    assert "add_pairs(1 pair)" in table and "p95" in table
