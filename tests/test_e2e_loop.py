@@ -97,7 +97,7 @@ def services(xenv, tmp_path):
     pm = ProcessManager(tmp_path / "logs")
     port = free_port()
     try:
-        worker = start_worker(pm, env)
+        worker = start_worker(pm, env, simple=False)     # `xmodal worker` as shipped (forking)
         backend = start_backend(pm, env, port)
         url = f"http://127.0.0.1:{port}"
         wait_backend(pm, backend, url, timeout=60)
