@@ -300,15 +300,48 @@ def test_keep_serving_then_stop(tmp_path):
     home = tmp_path / "home"
     r = run_cli(["--n", "24", "--labels", "3", "--cache-dir", str(home), "--out", str(tmp_path / "r"),
                  "--port", "0", "--no-label-studio", "--keep-serving"])
+    state_file = home / demo.STATE_FILE
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"processes": {}}
+    pids = [p["pid"] for p in state["processes"].values()]
     try:
         assert r.returncode == 0, r.stdout + r.stderr
-        state = json.loads((home / demo.STATE_FILE).read_text())
+        assert set(state["processes"]) == {"backend", "worker", "redis"}
         backend = state["backend"]
         assert requests.get(f"{backend}/health", timeout=5).json()["status"] == "UP"
         hits = requests.get(f"{backend}/search", params={"image_id": "img_0001.png", "k": 3}, timeout=5)
         assert hits.ok and len(hits.json()["results"]) == 3
-    finally:
         stop = run_cli(["--stop", "--cache-dir", str(home)], timeout=60)
-    assert stop.returncode == 0 and "stopped backend" in stop.stdout
-    pids = [p["pid"] for p in state["processes"].values()]
-    assert _wait_gone(pids) == []
+        assert stop.returncode == 0 and "stopped backend" in stop.stdout and "stopped worker" in stop.stdout
+        assert _wait_gone(pids) == []
+    finally:  # never leave them running, whatever failed above
+        for pid in _wait_gone(pids, timeout=0.1):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.e2e
+def test_demo_through_label_studio(tmp_path):
+    """The same loop with a real Label Studio: tasks imported, annotations made through its API,
+    its webhook calls the backend, the worker pushes predictions back."""
+    ls_server = pytest.importorskip("ls_server")
+    ls_bin = ls_server.require_label_studio_bin()
+    template = ls_server.ensure_template(ls_bin)  # initialised once per machine (~45 s)
+    home = tmp_path / "home"
+    import shutil
+
+    shutil.copytree(template, home / "label-studio" / "data")
+    (home / "label-studio" / "credentials.json").write_text(json.dumps(
+        {"username": ls_server.USERNAME, "password": ls_server.PASSWORD, "token": ls_server.TOKEN}))
+    r = run_cli(["--n", "24", "--labels", "4", "--cache-dir", str(home), "--out", str(tmp_path / "r"),
+                 "--port", "0", "--with-label-studio"], timeout=600, LABEL_STUDIO_BIN=str(ls_bin))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"Label Studio: (http://127\.0\.0\.1:\d+)/projects/(\d+)/data .*pid (\d+)", r.stdout)
+    assert m, r.stdout
+    history = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert history["settings"]["label_studio"]["project_id"] == int(m.group(2))
+    assert [p["labels"] for p in history["curve"]] == [1, 2, 3, 4]
+    assert "ssm-al" in history["curve"][-1]["methods"]
+    pids = list(_pids(r.stdout).values()) + [int(m.group(3))]
+    assert len(pids) == 4 and _wait_gone(pids, timeout=30) == []

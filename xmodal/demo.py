@@ -712,6 +712,23 @@ def candidate_options(snap, select: str, item_row: int, ws, n_options: int) -> t
     return options, ranked
 
 
+def task_options(snap, select: str, row: int, ws, gt: GroundTruth, n_options: int = 10):
+    """(options, full ranking, oracle's answer) of the task for one medoid.
+
+    The options are the model's top candidates; when the oracle's answer is not among them it is
+    appended, as the match a real annotator would find with search / "none of these"."""
+    from xmodal.workspace import other
+
+    tgt = other(select)
+    options, ranked = candidate_options(snap, select, row, ws, n_options)
+    truth_row = gt.match(select, row)
+    truth_id = None if truth_row is None else ws.ids(tgt)[truth_row]
+    if truth_id is not None and truth_id not in {o["value"] for o in options}:
+        options.append({"value": truth_id,
+                        "html": ws.contents(tgt)[truth_row] if tgt == "text" else truth_id})
+    return options, ranked, truth_id
+
+
 def _post(url: str, body: dict, timeout: float = 10.0) -> dict:
     import requests
 
@@ -748,7 +765,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     from_name, to_name = label_fields(client, ws)
     tgt = other(select)
     curve, medoids, label_times = [], [], []
-    contents_tgt, rows_tgt = ws.contents(tgt), ws.row_of(tgt)
+    rows_tgt = ws.row_of(tgt)
     pairs: list[tuple[int, int]] = []
     version = 0
     t_start = time.perf_counter()
@@ -756,15 +773,10 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     for j, row in enumerate(boot.medoid_rows.tolist(), 1):
         t_label = time.perf_counter()
         item_id = ws.ids(select)[row]
-        options, ranked = candidate_options(snap, select, row, ws, n_options)
-        truth_row = gt.match(select, row)
-        truth_id = None if truth_row is None else ws.ids(tgt)[truth_row]
+        options, ranked, truth_id = task_options(snap, select, row, ws, gt, n_options)
+        truth_row = None if truth_id is None else rows_tgt[truth_id]
         has_signal = snap is not None and snap.has_signal
         truth_rank = (ranked.index(truth_id) + 1) if has_signal and truth_id in ranked else None
-        if truth_id is not None and truth_id not in {o["value"] for o in options}:
-            # not among the model's candidates: the annotator looks it up (search / "none of these")
-            options.append({"value": truth_id,
-                            "html": contents_tgt[rows_tgt[truth_id]] if tgt == "text" else truth_id})
         content = ws.contents(select)[row]
         task = {"id": j, "data": {"item_id": item_id, select: content, "options": options}}
         if annotate is not None:
@@ -919,6 +931,8 @@ class LabelStudioSession:
     def __init__(self, ls_bin: Path | None, home: Path, pm: ProcessManager, console: Console):
         self.ls_bin, self.pm, self.console = (Path(ls_bin) if ls_bin else None), pm, console
         self.external_token: str | None = None
+        self.window = 4  # open tasks kept in Label Studio ahead of the annotator (see _import_upto)
+        self.options_fn = lambda row: []  # candidates of a task at import time (set by the demo)
         self.root = Path(home) / "label-studio"
         self.data_dir = self.root / "data"
         self.url = None
@@ -1063,13 +1077,22 @@ class LabelStudioSession:
         self.project_id = pid
         if self.document_root is not None:
             self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
-        ws = boot.ws
-        tasks = []
-        for row in boot.medoid_rows.tolist():
-            tasks.append({"data": self.task_data(ws, select, row, [])})
-        self.task_ids = self.client.import_tasks(pid, tasks)
+        self.ws, self.queue = boot.ws, [int(r) for r in boot.medoid_rows]
+        self._import_upto(self.window)
         self.client.ensure_ml_backend(pid, backend_url, "xmodal")
         return pid
+
+    def _import_upto(self, n: int) -> None:
+        """Keep the first ``n`` medoids (anytime order) imported as tasks.
+
+        A rolling window rather than all medoids at once: every rebuild pushes a prediction for
+        every open task, one HTTP request each, which on a small machine costs ~0.3 s per task
+        with Label Studio's development server; a short queue keeps the loop at ~1 s per label."""
+        rows = self.queue[:n]
+        todo = [r for r in rows if self.ws.ids(self.select)[r] not in self.task_ids]
+        if todo:
+            self.task_ids.update(self.client.import_tasks(self.project_id, [
+                {"data": self.task_data(self.ws, self.select, r, self.options_fn(r))} for r in todo]))
 
     def task_data(self, ws, select: str, row: int, options: list[dict]) -> dict:
         item_id = ws.ids(select)[row]
@@ -1087,10 +1110,14 @@ class LabelStudioSession:
         return data
 
     def annotate(self, ws, select: str, row: int, options: list[dict], choice: str | None) -> None:
-        """Refresh the task's candidates from the current model, then answer it like an annotator."""
+        """Answer the medoid's task like an annotator. Its candidates were ranked by the model
+        current when it was imported (at most ``window`` labels ago)."""
         item_id = ws.ids(select)[row]
+        done = self.queue.index(row) if row in self.queue else 0
+        open_tasks = sum(1 for r in self.queue if self.ws.ids(self.select)[r] in self.task_ids) - done
+        if open_tasks < 2:  # refill in batches: every import lists the project's tasks twice
+            self._import_upto(done + self.window)
         task_id = self.task_ids[item_id]
-        self.client.sdk.tasks.update(id=str(task_id), data=self.task_data(ws, select, row, options))
         from_name, to_name = ("caption", "image") if select == "image" else ("image", "text")
         if choice is None:
             self.client.sdk.annotations.create(id=task_id, result=[], was_cancelled=True)
@@ -1151,6 +1178,7 @@ def _child_env(**extra) -> dict:
 
 def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     from xmodal import report
+    from xmodal.index_store import load_current
     from xmodal.workspace import other
 
     _check_options(opt)
@@ -1231,12 +1259,17 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                 t0 = time.perf_counter()
                 if ls.external_token is None:
                     ls.wait()
+                ls.options_fn = lambda row: task_options(load_current(boot.ws, client), opt.select, row,
+                                                         boot.ws, gt)[0]
                 pid = ls.setup_project(data, boot, backend_url, opt.select, f"xmodal demo {project}")
                 creds = ls.credentials()
                 ls_info = {"url": f"{ls.url}/projects/{pid}/data", "username": creds["username"],
                            "project_id": pid}
+                where = f"pid {ls.child.pid}, " if getattr(ls, "child", None) else ""
                 console.say(f"Label Studio: {ls.url}/projects/{pid}/data · login {creds['username']} / "
-                            f"{creds['password']} (kept in {ls.root / 'credentials.json'})")
+                            f"{creds['password']} ({where}credentials in {ls.root / 'credentials.json'})"
+                            if ls.external_token is None else
+                            f"Label Studio: {ls.url}/projects/{pid}/data (your server)")
                 annotate = lambda row, options, choice: ls.annotate(  # noqa: E731
                     boot.ws, opt.select, row, options, choice)
                 timings["label_studio_s"] = round(time.perf_counter() - t0, 3)

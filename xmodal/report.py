@@ -91,6 +91,16 @@ def _img_tag(path, alt: str = "", size: int = THUMB, cls: str = "") -> str:
     return f'<img src="{uri}" alt="{_esc(alt)}" title="{_esc(alt)}" class="{cls}" loading="lazy">'
 
 
+PREFERRED = ("recall@10", "map")  # what the figure and the table show when present
+
+
+def shown_metrics(curve: list[dict]) -> list[str]:
+    """Recall@10 and MAP when recorded, else every metric present."""
+    names = metric_names(curve)
+    preferred = [m for m in PREFERRED if m in names]
+    return preferred or names
+
+
 def metric_names(curve: list[dict]) -> list[str]:
     """Base metric names present in the curve (``recall@10``, ``map``...), recall first."""
     names = set()
@@ -141,7 +151,7 @@ def plot_learning_curve(curve: list[dict], path: Path, chance: dict | None = Non
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    metrics = metric_names(curve)
+    metrics = shown_metrics(curve)
     if not metrics:
         return []
     methods = _methods(curve)
@@ -277,8 +287,12 @@ def _medoid_cards(medoids: list[dict]) -> str:
     for m in medoids:
         alt = m.get("image_id", "")
         caption = m.get("text") or "(no match)"
+        rank = m.get("truth_rank_in_candidates")
+        where = "" if "truth_rank_in_candidates" not in m else (
+            f'<br><span class="score">the model ranked this match #{_esc(rank)} before the label</span>'
+            if rank else '<br><span class="score">no model yet when labelled</span>')
         cards.append(f'<div class="card">{_img_tag(m.get("image_path"), alt)}'
-                     f'<b>#{_esc(m.get("rank", "?"))}</b> {_esc(caption)}</div>')
+                     f'<b>#{_esc(m.get("rank", "?"))}</b> {_esc(caption)}{where}</div>')
     return f'<div class="grid">{"".join(cards)}</div>'
 
 
