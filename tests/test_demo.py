@@ -310,6 +310,9 @@ def test_keep_serving_then_stop(tmp_path):
         assert requests.get(f"{backend}/health", timeout=5).json()["status"] == "UP"
         hits = requests.get(f"{backend}/search", params={"image_id": "img_0001.png", "k": 3}, timeout=5)
         assert hits.ok and len(hits.json()["results"]) == 3
+        again = run_cli(["--n", "24", "--labels", "3", "--cache-dir", str(home), "--port", "0",
+                         "--no-label-studio", "--out", str(tmp_path / "r2")], timeout=120)
+        assert again.returncode == 1 and "still running" in again.stderr and "--stop" in again.stderr
         stop = run_cli(["--stop", "--cache-dir", str(home)], timeout=60)
         assert stop.returncode == 0 and "stopped backend" in stop.stdout and "stopped worker" in stop.stdout
         assert _wait_gone(pids) == []

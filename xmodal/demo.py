@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEMO_VERSION = 1
 DEFAULT_PORT = 9090
+DEMO_QUEUE = "xmodal-demo"
 STATE_FILE = "processes.json"
 
 
@@ -220,6 +221,22 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _recorded_alive(home: Path) -> dict:
+    """Processes a ``--keep-serving`` demo recorded that are still running (same command line)."""
+    state = Path(home) / STATE_FILE
+    try:
+        recorded = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name, info in recorded.get("processes", {}).items():
+        cmd = _cmdline(int(info["pid"]))
+        marker = info.get("marker") or ""
+        if cmd and (not marker or cmd.startswith(marker) or marker in cmd):
+            out[name] = dict(info, backend=recorded.get("backend"))
+    return out
 
 
 def stop_recorded(home: Path, console: Console | None = None) -> int:
@@ -574,6 +591,30 @@ def reset_project_state(client, ws) -> int:
     return len(keys)
 
 
+def claim_ls_project_id(client, ws, ls_id: int) -> None:
+    """Make Label Studio project ``ls_id`` resolve to ``ws`` in the backend: drop the cached
+    id -> workspace mapping and unlink the demo's other workspaces that claim the id (left from
+    earlier runs, e.g. on another data set)."""
+    from xmodal.redis_conn import gkey
+    from xmodal.workspace import list_workspaces
+
+    client.hdel(gkey("ls_projects"), str(int(ls_id)))
+    for other_ws in list_workspaces(ws.root.parent):
+        if other_ws.name == ws.name:
+            continue
+        with contextlib.suppress(XmodalError, OSError, ValueError, KeyError):
+            if other_ws.config["label_studio"].get("project_id") == int(ls_id):
+                other_ws.update_config(label_studio={"project_id": None})
+
+
+def webhook_project_id(project: str) -> int:
+    """A stable stand-in Label Studio project id for webhook-only mode (no real one exists);
+    far above the ids a Label Studio hands out."""
+    import zlib
+
+    return 900_000_000 + zlib.crc32(project.encode()) % 100_000_000
+
+
 # -- services ---------------------------------------------------------------------------------
 
 def _python_cli() -> list[str]:
@@ -593,7 +634,8 @@ def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
 
     if not simple:
         return pm.start("worker", _python_cli() + ["worker"], env=env)
-    argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None, queue=None))
+    argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None,
+                                      queue=env.get("XMODAL_QUEUE")))
     at = argv.index("worker") + 1
     argv[at:at] = ["--worker-class", "rq.worker.SimpleWorker"]
     # like `xmodal worker`: the URL goes through the environment, not argv (no password in `ps`)
@@ -622,12 +664,13 @@ def wait_backend(pm: ProcessManager, child: Child, url: str, timeout: float = 90
                       f"its log ({child.log_path}):\n{_tail(child.log_path)}")
 
 
-def wait_worker(pm: ProcessManager, child: Child, client, timeout: float = 60.0) -> None:
+def wait_worker(pm: ProcessManager, child: Child, client, queue_name: str | None = None,
+                timeout: float = 60.0) -> None:
     from rq import Worker
 
     from workers.queueing import get_queue
 
-    queue = get_queue(client)
+    queue = get_queue(client, queue_name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pm.check_alive(child, "starting")
@@ -750,7 +793,7 @@ class SessionResult:
 
 def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, backend_url: str,
                 watcher: IndexWatcher, select: str, console: Console, annotate=None,
-                ls_project: int = 1, n_options: int = 10, measure: str = "pearson",
+                ls_project: int | None = None, n_options: int = 10, measure: str = "pearson",
                 n_random: int = 5, baselines: BaselineCache | None = None) -> SessionResult:
     """Label every medoid in anytime order; measure after each label.
 
@@ -762,6 +805,9 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     from xmodal.workspace import other
 
     ds, ws = data.ds, boot.ws
+    if ls_project is None:
+        ls_project = webhook_project_id(ws.name)
+        claim_ls_project_id(client, ws, ls_project)
     from_name, to_name = label_fields(client, ws)
     tgt = other(select)
     curve, medoids, label_times = [], [], []
@@ -1075,6 +1121,7 @@ class LabelStudioSession:
             self.client.sdk.projects.delete(id=old)
         pid = self.client.ensure_project(title, config_path.read_text())
         self.project_id = pid
+        claim_ls_project_id(self.redis, boot.ws, pid)
         if self.document_root is not None:
             self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
         self.ws, self.queue = boot.ws, [int(r) for r in boot.medoid_rows]
@@ -1187,6 +1234,13 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     timings: dict[str, float] = {}
     home = Path(opt.home) if opt.home else default_home()
     home.mkdir(parents=True, exist_ok=True)
+    running = _recorded_alive(home)
+    if running:
+        url = next(iter(running.values())).get("backend")
+        raise ConfigError(f"a demo started with --keep-serving is still running ({url}, pids "
+                          f"{', '.join(str(v['pid']) for v in running.values())}); stop it with "
+                          f"`xmodal demo --stop{'' if opt.home is None else f' --cache-dir {home}'}` first")
+    (home / STATE_FILE).unlink(missing_ok=True)
     models_dir = (home / "models").resolve()
     # every child (backend, worker) and the embedded Redis use the demo's MODEL_DIR
     os.environ["MODEL_DIR"] = str(models_dir)
@@ -1224,7 +1278,9 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             if not port_is_free(port):
                 raise ConfigError(f"port {port} is in use (a demo left running with --keep-serving? stop it "
                                   f"with `xmodal demo --stop`), or pass --port")
-            env = _child_env(XMODAL_PROJECT=project, MODEL_DIR=str(models_dir))
+            # a queue of its own: on a shared $REDIS_URL, other workers (with another MODEL_DIR)
+            # must not take the demo's rebuild jobs
+            env = _child_env(XMODAL_PROJECT=project, MODEL_DIR=str(models_dir), XMODAL_QUEUE=DEMO_QUEUE)
             worker = start_worker(pm, env)
             backend = start_backend(pm, env, port)
             backend_url = f"http://127.0.0.1:{port}"
@@ -1247,7 +1303,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
 
             t0 = time.perf_counter()
             wait_backend(pm, backend, backend_url)
-            wait_worker(pm, worker, client)
+            wait_worker(pm, worker, client, DEMO_QUEUE)
             timings["services_ready_wait_s"] = round(time.perf_counter() - t0, 3)
             console.say(f"backend: {backend_url} (pid {backend.pid}) · worker pid {worker.pid} · "
                         f"logs in {pm.log_dir}")
@@ -1261,6 +1317,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                     ls.wait()
                 ls.options_fn = lambda row: task_options(load_current(boot.ws, client), opt.select, row,
                                                          boot.ws, gt)[0]
+                ls.redis = client
                 pid = ls.setup_project(data, boot, backend_url, opt.select, f"xmodal demo {project}")
                 creds = ls.credentials()
                 ls_info = {"url": f"{ls.url}/projects/{pid}/data", "username": creds["username"],
