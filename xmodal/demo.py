@@ -715,6 +715,7 @@ class IndexWatcher:
 
         self.store = IndexStore(client, ws)
         self.pm, self.worker, self.timeout = pm, worker, timeout
+        self.hint = ""
 
     def wait(self, n_pairs: int, after_version: int = 0) -> dict:
         deadline = time.monotonic() + self.timeout
@@ -725,8 +726,8 @@ class IndexWatcher:
                 return info
             if time.monotonic() > deadline:
                 raise ConfigError(f"the worker did not publish an index with {n_pairs} pairs within "
-                                  f"{self.timeout:.0f} s; its log ({self.worker.log_path}) ends with:\n"
-                                  f"{_tail(self.worker.log_path)}")
+                                  f"{self.timeout:.0f} s{self.hint}; its log ({self.worker.log_path}) "
+                                  f"ends with:\n{_tail(self.worker.log_path)}")
             if self.worker is not None:
                 self.pm.check_alive(self.worker, "rebuilding the index")
             time.sleep(delay)
@@ -1327,6 +1328,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                             f"{creds['password']} ({where}credentials in {ls.root / 'credentials.json'})"
                             if ls.external_token is None else
                             f"Label Studio: {ls.url}/projects/{pid}/data (your server)")
+                watcher.hint = (" (Label Studio delivers webhooks once, with a 1 s timeout: see "
+                                f"{pm.log_dir / 'label-studio.log'} and the backend's log)")
                 annotate = lambda row, options, choice: ls.annotate(  # noqa: E731
                     boot.ws, opt.select, row, options, choice)
                 timings["label_studio_s"] = round(time.perf_counter() - t0, 3)
@@ -1341,7 +1344,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                 session = run_session(data=data, boot=boot, gt=gt, client=client, backend_url=backend_url,
                                       watcher=watcher, select=opt.select, console=console,
                                       annotate=annotate, measure=opt.measure, n_random=opt.n_random,
-                                      baselines=baselines)
+                                      baselines=baselines,
+                                      ls_project=(ls_info or {}).get("project_id"))
             finally:
                 baselines.save()
             timings["session_s"] = round(time.perf_counter() - t0, 3)
