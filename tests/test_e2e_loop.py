@@ -20,7 +20,10 @@ Asserted, in order:
   the worker's environment);
 - after 20 labels: Recall@10 of the index beats the 5-pair index (mean of image->text and
   text->image, over the items that are not references);
-- rerunning the bootstrap adds no task, backend, webhook or storage.
+- rerunning the bootstrap adds no task, backend, webhook or storage, and re-ranks the options of
+  the unlabelled tasks with the index (their predictions pushed again);
+- `grow` adds 2 medoids as tasks whose options are ranked by the current index, with predictions
+  of the current model version.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def services(xenv, tmp_path):
 
 
 def test_label_studio_loop(coco_mini, ls_server, xenv, services):
-    from xmodal.bootstrap import ProjectSpec, create_project
+    from xmodal.bootstrap import ProjectSpec, create_project, grow_project
     from xmodal.datasets import load_coco_mini
     from xmodal.index_store import IndexStore
     from xmodal.labelstudio import connect
@@ -270,6 +273,22 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         assert len(list(ls.sdk.webhooks.list(project=str(pid)))) == 1
         assert len(ls.sdk.import_storage.local.list(project=pid)) == 1
         assert ls.sdk.projects.get(pid).model_version == f"v{store.current_version()}"
+
+        # -- grow: 2 more medoids, their options ranked by the current index ----------------
+        grown = grow_project(name, K + 2, label_studio_url=ls_server.url, api_key=ls_server.token,
+                             redis_client=r)
+        assert grown.new_medoids == 2 and grown.new_tasks == 2 and grown.medoid_ids[:K] == medoids
+        snap = store.load(store.current_version())
+        current = f"v{snap.version}"
+        added = [t for t in ls.list_tasks(pid) if t["data"]["item_id"] in grown.medoid_ids[K:]]
+        assert len(added) == 2 and len(ls.list_tasks(pid)) == K + 2
+        for t in added:
+            assert [o["value"] for o in t["data"]["options"]] == \
+                [c for c, _ in snap.rank("image", t["data"]["item_id"], None, 10)]
+            assert t["data"]["cluster"] == grown.medoid_ids.index(t["data"]["item_id"])
+        with_pred = {p.task for p in ls.sdk.predictions.list(project=pid) if p.model_version == current}
+        assert with_pred == {t["id"] for t in ls.list_tasks(pid) if not t["is_labeled"]}
+        assert ls.sdk.projects.get(pid).model_version == current
         print(f"e2e loop test body: {time.perf_counter() - t_start:.1f} s")
     finally:
         with contextlib.suppress(Exception):

@@ -58,7 +58,7 @@ LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims
 # -- data -------------------------------------------------------------------------------------
 
 def synthetic_features(n: int, d_image: int = 1280, d_text: int = 384, d_latent: int = 48,
-                       components: int = 40, noise: float = 0.6, seed: int = 0):
+                       components: int = 40, noise: float = 1.5, seed: int = 0):
     """(X, Y): two non-linear views of a shared latent Gaussian mixture; row i of X <-> row i of Y."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=2.0, size=(components, d_latent))
