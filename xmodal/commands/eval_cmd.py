@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         f"{'MAP' if data.labelled and args.metric != 'recall' else 'Recall@K'}; seeds {seeds}")
     rows = evaluate.evaluate(data, ns, seeds=seeds, select=select, methods=methods,
                              metric=args.metric, measure=args.measure, progress=say)
-    table = evaluate.markdown_table(rows)
+    table = evaluate.markdown_table(rows) + "\n" + evaluate.delta_table(rows)
     print(table)
     if args.json_out:
         evaluate.write_json(rows, args.json_out)

@@ -1,8 +1,9 @@
 """Evaluation helpers that go beyond the paper.
 
 - :mod:`xmodal.evaluation.enhance` — reusable improvements of SSM-AL's similarity that use the
-  uncoupled data (feature centring, CSLS hubness correction, inverted softmax, mutual-NN
-  pseudo-pairs, caption averaging, query expansion), measured in ``docs/results.md``.
+  uncoupled data (z-scored SSR columns, feature centring, CSLS hubness correction, inverted
+  softmax, mutual-NN pseudo-pairs, caption averaging, query expansion), measured in
+  ``docs/results.md``.
 
 The paper's protocol itself lives in :mod:`xmodal.evaluate`; baselines in :mod:`xmodal.baselines`.
 """
@@ -15,4 +16,5 @@ from xmodal.evaluation.enhance import (  # noqa: F401
     inverted_softmax,
     mutual_nn_pairs,
     query_expansion,
+    standardize_columns,
 )
