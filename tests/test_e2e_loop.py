@@ -8,6 +8,7 @@ API*, in the order Label Studio's "Uncertainty sampling" serves them (`/next/`).
 delivers every annotation to the backend's /webhook.
 
 Asserted, in order:
+- a wrong API key is a ConfigError raised before anything is written;
 - bootstrap: 24 tasks carrying item_id / cluster / options, images served by Label Studio's
   local-files storage, ONE webhook (the one ml.create registers), predictions of v1 with an empty
   result accepted by Label Studio, project model_version == index version, /next/ serves the first
@@ -127,6 +128,11 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
                        backend_url=services["url"], images="local",
                        document_root=str(ls_server.document_root))
     messages: list[str] = []
+    from xmodal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rejected the API key"):   # before any heavy work
+        create_project(ProjectSpec(**dict(vars(spec), api_key="wrong-key-0123456789")), redis_client=r)
+    assert not Workspace.for_project(name).root.exists()
     t0 = time.perf_counter()
     boot = create_project(spec, say=messages.append, redis_client=r)
     bootstrap_s = time.perf_counter() - t0
@@ -231,7 +237,9 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         # the worker had no API key in its environment: it used the /setup access_token
         learned = r.hget(pkey(name, "ls"), "api_key")
         assert learned and os.environ.get("LABEL_STUDIO_API_KEY", "") == ""
-        assert r.hget(pkey(name, "rebuild", "last"), "ls") == b"pushed"
+        last = pkey(name, "rebuild", "last")   # recorded just after the push: poll
+        _poll("the rebuild's stats", lambda: r.hmget(last, "version", "ls") == [str(v5).encode(), b"pushed"],
+              procs=procs, timeout=10)
 
         for _ in range(LABELS - EARLY):
             t_label = time.perf_counter()
