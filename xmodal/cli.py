@@ -24,6 +24,7 @@ COMMANDS = {
     "project": "xmodal.commands.project_cmd",
     "demo": "xmodal.commands.demo_cmd",
     "generate": "xmodal.commands.generate_cmd",
+    "simulate": "xmodal.commands.simulate_cmd",
     "status": "xmodal.commands.status_cmd",
 }
 
