@@ -34,8 +34,9 @@ def register(subparsers) -> None:
                    "(default $XMODAL_CACHE_DIR/demo or ~/.cache/xmodal/demo)")
     ls = p.add_mutually_exclusive_group()
     ls.add_argument("--with-label-studio", action="store_true",
-                    help="annotate through Label Studio (installed first with "
-                    "scripts/install_label_studio.sh if missing)")
+                    help="annotate through Label Studio: the one at $LABEL_STUDIO_URL "
+                    "(+ $LABEL_STUDIO_API_KEY) when set, else the demo's own, installed first with "
+                    "scripts/install_label_studio.sh if missing. Default: used when installed")
     ls.add_argument("--no-label-studio", action="store_true",
                     help="never start Label Studio, even when it is installed")
     p.add_argument("--keep-serving", action="store_true",
