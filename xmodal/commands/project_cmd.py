@@ -50,10 +50,10 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="project_command", metavar="ACTION")
 
     c = sub.add_parser("create", help="embed, pick medoids, create the Label Studio project",
-                       description="Embed both modalities, cluster the selected one with k-medoids, "
-                       "write the workspace and (with a Label Studio URL) create the labelling project, "
-                       "import the medoids as tasks, connect the ML backend and push the first "
-                       "predictions.", epilog=CREATE_EXAMPLES,
+                       description="Embed both modalities, cluster the selected one with k-medoids\n"
+                       "and write the workspace; with a Label Studio URL also create the labelling\n"
+                       "project, import the medoids as tasks, connect the ML backend and push the\n"
+                       "first predictions.", epilog=CREATE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--data", required=True, metavar="PATH", help="data folder (generic format or COCO-mini)")
     c.add_argument("--name", required=True, help="project name (letters, digits, '.', '_', '-')")
