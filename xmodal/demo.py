@@ -308,19 +308,15 @@ def prepare_data(spec: str, home: Path, n: int = 300, seed: int = 0, console: Co
         ds = datasets.load_folder(path)
         name = "synthetic"
     else:
+        from xmodal import bootstrap
+
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(f"--data {spec}: no such folder. Use --data synthetic, a folder in the "
                             "generic format (images/ + texts.jsonl) or a COCO-mini folder (pairs.json)")
-        if not path.is_dir():
-            raise DataError(f"--data {spec} is not a folder")
-        if (path / "pairs.json").is_file() and not (path / "texts.jsonl").is_file() \
-                and not (path / "texts.csv").is_file():
-            ds = datasets.load_coco_mini(path, captions="all")
-            name = "coco-mini"
-        else:
-            ds = datasets.load_folder(path)
-            name = path.name or "folder"
+        # the loader of `xmodal project create`; COCO-mini with all 5 captions per image
+        ds, fmt = bootstrap.load_data(path, captions="all")
+        name = "coco-mini" if fmt == "coco-mini" else (path.resolve().name or "folder")
     if ds.image_paths is None or ds.texts is None:
         raise DataError(f"--data {spec}: the demo needs raw images and texts to embed")
     if len(ds.pairs) == 0:
