@@ -349,6 +349,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_args(args) -> int:
+    import logging
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):   # keep the table readable
+        for name in ("xmodal", "workers", "backend"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data}: no such folder")
     if args.label_studio_url and args.data == "synthetic":
