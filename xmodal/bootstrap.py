@@ -401,17 +401,23 @@ def ranked_candidates(snap, select: str, item_id: str, pool: list[str], n: int) 
     return list(pool[:n])
 
 
+def task_options(ws, candidates: list[str], urls: ImageURLs, texts: dict | None = None) -> list[dict]:
+    """``data.options`` of a task: one ``{"value": id, "html": ...}`` per candidate (captions for
+    image tasks, thumbnails for text tasks). ``texts``: id -> text, if the caller has it already."""
+    if ws.select == "image":
+        texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
+        return [{"value": c, "html": html.escape(texts[c], quote=False)} for c in candidates]
+    return [{"value": c, "html": f"<img src='{urls(c, OPTION_THUMB)}' style='max-height:120px' "
+                                 f"title='{html.escape(c)}'>"} for c in candidates]
+
+
 def task_data(ws, item_id: str, cluster: int, candidates: list[str], urls: ImageURLs) -> dict:
     """``data`` of one Label Studio task (keys documented in label_config/README.md)."""
-    select = ws.select
-    if select == "image":
-        texts = dict(zip(ws.ids("text"), ws.contents("text")))
-        options = [{"value": c, "html": html.escape(texts[c], quote=False)} for c in candidates]
+    texts = dict(zip(ws.ids("text"), ws.contents("text")))
+    options = task_options(ws, candidates, urls, texts)
+    if ws.select == "image":
         return {"item_id": item_id, "image": urls(item_id, MEDOID_THUMB), "options": options,
                 "cluster": int(cluster)}
-    texts = dict(zip(ws.ids("text"), ws.contents("text")))
-    options = [{"value": c, "html": f"<img src='{urls(c, OPTION_THUMB)}' style='max-height:120px' "
-                                    f"title='{html.escape(c)}'>"} for c in candidates]
     return {"item_id": item_id, "text": texts[item_id], "options": options, "cluster": int(cluster)}
 
 
@@ -698,14 +704,14 @@ def _offline_urls(ws, spec: ProjectSpec) -> ImageURLs:
 def _redis(redis_client):
     import redis
 
-    from xmodal.redis_conn import get_redis, _redact
+    from xmodal.redis_conn import get_redis, redact
 
     try:
         r = redis_client or get_redis()
         r.ping()
         return r
     except (redis.RedisError, OSError) as exc:
-        where = _redact(os.environ.get("REDIS_URL", "")) or "the embedded server"
+        where = redact(os.environ.get("REDIS_URL", "")) or "the embedded server"
         raise ConfigError(f"cannot reach Redis at {where} ({exc}); the backend and workers share it: "
                           "start it or fix REDIS_URL") from None
 

