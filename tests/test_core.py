@@ -168,3 +168,14 @@ def test_common_component_removal_removes_the_first_singular_vector():
     out = ccr.transform(V)
     assert np.abs(out @ ccr.components_[0]).max() < 1e-4
     np.testing.assert_allclose(ccr.transform(V[:3]), out[:3], atol=1e-6)
+
+
+def test_l2_normalize_zeroes_bad_rows_and_copies_only_when_asked():
+    from xmodal.core.ssr import l2_normalize
+
+    X = np.array([[np.nan, 1.0], [3.0, 4.0], [0.0, 0.0], [np.inf, 1.0]], dtype=np.float32)
+    out = l2_normalize(X)
+    np.testing.assert_allclose(out, [[0, 0], [0.6, 0.8], [0, 0], [0, 0]])
+    assert np.isnan(X[0, 0])  # the input is untouched
+    Y = np.array([[3.0, 4.0]], dtype=np.float32)
+    assert l2_normalize(Y, copy=False) is Y and Y.tolist() == [[pytest.approx(0.6), pytest.approx(0.8)]]
