@@ -25,7 +25,7 @@ def l2_normalize(X: np.ndarray, eps: float = 1e-12, *, copy: bool = True) -> np.
     with np.errstate(invalid="ignore", over="ignore"):
         sq = np.einsum("ij,ij->i", X, X)
         scale = 1.0 / np.maximum(np.sqrt(sq), eps)
-    out = np.multiply(X, scale[:, None], out=None if copy else X)
+        out = np.multiply(X, scale[:, None], out=None if copy else X)
     bad = ~np.isfinite(sq)
     if bad.any():
         out[bad] = 0.0
