@@ -17,12 +17,16 @@ Facts about Label Studio 1.23.2 this relies on (measured, /work/shared/docs/labe
   differ the order silently falls back to random. Hence ``set_model_version`` after every push.
 - ``retrieve_tasks_predictions`` (Data Manager action) skips tasks that already have a prediction
   of the current version; ``push_predictions`` does the same on our side.
+- Predictions are stored one request each (~0.1-0.2 s on the dev server); the bulk
+  ``import/predictions`` silently drops results whose choice is a dynamic option. So a caller
+  that needs speed pushes the few tasks ``/next/`` serves first (``parallel`` requests at a time).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import httpx
@@ -198,20 +202,45 @@ class LabelStudioClient:
 
     # -- predictions and annotations -------------------------------------------------------------
     def push_predictions(self, project_id: int, predictions_by_task_id: Mapping[int, Mapping],
-                         model_version: str) -> int:
+                         model_version: str, *, parallel: int = 1, skip_existing: bool = True) -> int:
         """Store one prediction per task: values are ``{"result": [...], "score": float}`` (other keys
         ignored). Tasks that already have a prediction of ``model_version`` are skipped, so a retry
-        does not duplicate. Returns how many were created."""
-        done = {(p.task, p.model_version) for p in self.sdk.predictions.list(project=project_id)}
-        created = 0
-        for task_id, pred in predictions_by_task_id.items():
-            if (int(task_id), model_version) in done:
-                continue
+        does not duplicate. Returns how many were created.
+
+        Label Studio stores predictions one request at a time (~0.1-0.2 s each on its dev server);
+        ``parallel`` > 1 sends that many at once (its threaded server overlaps them, SQLite still
+        serialises the writes). The duplicate check asks per task (``GET /api/predictions/?task=``,
+        ~0.07 s), never for the whole project's list, which grows with every version;
+        ``skip_existing=False`` leaves it out for a caller that never pushes a version twice."""
+        def push(item) -> int:
+            task_id, pred = int(item[0]), item[1]
+            if skip_existing and any(p.model_version == model_version
+                                     for p in self.sdk.predictions.list(task=task_id)):
+                return 0
             kwargs = {"score": float(pred["score"])} if pred.get("score") is not None else {}
-            self.sdk.predictions.create(task=int(task_id), result=list(pred.get("result") or []),
+            self.sdk.predictions.create(task=task_id, result=list(pred.get("result") or []),
                                         model_version=model_version, **kwargs)
-            created += 1
-        return created
+            return 1
+
+        return sum(self._each(push, list(predictions_by_task_id.items()), parallel))
+
+    def update_task_data(self, task_id: int, data: Mapping) -> None:
+        """Replace a task's ``data`` (``PATCH /api/tasks/<id>/``), e.g. re-ranked ``options``."""
+        self.sdk.tasks.update(id=int(task_id), data=dict(data))
+
+    def update_tasks_data(self, data_by_task_id: Mapping[int, Mapping], *, parallel: int = 1) -> int:
+        """``update_task_data`` for several tasks, ``parallel`` requests at a time; returns how many."""
+        return len(self._each(lambda kv: self.update_task_data(*kv), list(data_by_task_id.items()),
+                              parallel))
+
+    @staticmethod
+    def _each(fn, items: list, parallel: int) -> list:
+        """``[fn(x) for x in items]``, with up to ``parallel`` requests in flight (the SDK's httpx
+        client is thread-safe). The first exception is raised after the others finished."""
+        if parallel <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(parallel, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     def list_annotations(self, project_id: int) -> list[AnnotationRecord]:
         """(task_id, annotation_id, result, was_cancelled) for every annotation of every task,
