@@ -175,6 +175,8 @@ class FakeLabelStudio:
         self.pushes: list[tuple[int, dict, str]] = []
         self.versions: list[tuple[int, str]] = []
         self.opened: list[tuple[str, str]] = []
+        self.updates: list[dict] = []  # task data PATCHes: {task_id: data}
+        self.calls: list[str] = []     # the order of the calls above
 
     def __call__(self, url, api_key):  # stands in for workers.predictions.open_label_studio
         self.opened.append((url, api_key))
@@ -187,9 +189,18 @@ class FakeLabelStudio:
         if self.fail is not None:
             raise self.fail
         self.pushes.append((project_id, predictions, model_version))
+        self.calls.append("push")
 
     def set_model_version(self, project_id, version):
         self.versions.append((project_id, version))
+        self.calls.append("version")
+
+    def update_tasks_data(self, project_id, data_by_task_id):
+        self.updates.append(dict(data_by_task_id))
+        self.calls.append("update")
+        for task in self.tasks or []:
+            if task["id"] in data_by_task_id:
+                task["data"] = data_by_task_id[task["id"]]
 
 
 @pytest.fixture

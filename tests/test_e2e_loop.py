@@ -222,10 +222,16 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         v5 = wait_index(EARLY, t_label)
         snap5 = store.load(v5)
         assert snap5.has_signal and snap5.n_pairs == EARLY
-        # Label Studio holds predictions of the new version for every unlabelled task
+        # the model_version flips after the next-served tasks' predictions; the worker then pushes
+        # the rest (nobody labels meanwhile): Label Studio soon holds them for every unlabelled task
         open_tasks = {t["id"]: t for t in ls.list_tasks(pid) if not t["is_labeled"]}
         assert len(open_tasks) == K - EARLY
-        preds5 = {p.task: p for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v5}"}
+
+        def preds_of(v):
+            return {p.task: p for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v}"}
+        _poll("predictions of the new version for every open task",
+              lambda: len(preds_of(v5)) >= len(open_tasks), procs=procs, timeout=30, interval=0.2)
+        preds5 = preds_of(v5)
         assert set(preds5) == set(open_tasks)
         for tid, p in preds5.items():
             assert len(p.result) == 1 and p.result[0]["from_name"] == "caption"
@@ -234,6 +240,10 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         lowest = min(preds5.values(), key=lambda p: (p.score, p.task))
         nxt = ls.next_task(pid)
         assert preds5[nxt["id"]].score == pytest.approx(lowest.score)
+        # ... and the task it serves offers candidates ranked by that index, its top-1 first
+        served = [o["value"] for o in nxt["data"]["options"]]
+        assert served == [c for c, _ in snap5.rank("image", nxt["data"]["item_id"], None, len(served))]
+        assert preds5[nxt["id"]].result[0]["value"]["choices"] == [served[0]]
         # the worker had no API key in its environment: it used the /setup access_token
         learned = r.hget(pkey(name, "ls"), "api_key")
         assert learned and os.environ.get("LABEL_STUDIO_API_KEY", "") == ""
@@ -262,6 +272,8 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         assert min(r20) > 2 * chance, r20
 
         # the remaining tasks carry predictions of the final version
+        _poll("predictions of the final version for every open task",
+              lambda: len(preds_of(v20)) >= K - LABELS, procs=procs, timeout=30, interval=0.2)
         final = {p.task for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v20}"}
         assert final == {t["id"] for t in ls.list_tasks(pid) if not t["is_labeled"]}
         assert len(final) == K - LABELS

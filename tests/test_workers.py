@@ -235,7 +235,8 @@ def _link(r, ws, url="http://ls.example", key="tok"):
     r.hset(pkey(ws.name, "ls"), mapping={"url": url, "api_key": key})
 
 
-def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls):
+def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls, monkeypatch):
+    monkeypatch.setenv("XMODAL_LS_FIRST", "20")   # every open task in the first batch: one push
     fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)] + \
         [{"id": 99, "data": {"item_id": "img/unknown.jpg"}}]
     store = PairStore(r, "proj")
@@ -251,6 +252,70 @@ def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls):
     assert p["model_version"] == "v1" and p["result"][0]["value"]["choices"][0].startswith("t")
     assert result["ls"] == "pushed" and result["ls_unknown"] == 1
     assert result["label_to_prediction_s"] >= 1.0
+
+
+def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, monkeypatch):
+    monkeypatch.setenv("XMODAL_LS_FIRST", "3")
+    monkeypatch.setenv("XMODAL_LS_PARALLEL", "2")
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
+    store = PairStore(r, "proj")
+    for i in range(4):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time() - 1)
+    _link(r, ws)
+    seen_at_flip = {}
+    real_set = fake_ls.set_model_version
+
+    def set_model_version(pid, version):   # the latency is recorded after this, not after all
+        seen_at_flip["last"] = dict(stats.last_rebuild(r, "proj"))
+        real_set(pid, version)
+
+    fake_ls.set_model_version = set_model_version
+    result = rebuild("proj", redis_client=r)
+    # options of the 3 next-served tasks, then their predictions, the flip, then the rest in chunks
+    assert fake_ls.calls == ["update", "push", "version", "push", "push"]
+    first = fake_ls.pushes[0][1]
+    assert len(first) == 3 and sorted(fake_ls.updates[0]) == sorted(first)
+    rest = {t: p for _, preds, _ in fake_ls.pushes[1:] for t, p in preds.items()}
+    assert sorted([*first, *rest]) == [1000 + i for i in range(4, 12)]
+    # Uncertainty sampling serves the lowest scores first: those are the first batch
+    assert max(p["score"] for p in first.values()) <= min(p["score"] for p in rest.values())
+    snap = load_current(ws, r)
+    for tid, p in first.items():
+        item = image_id(tid - 1000)
+        options = [o["value"] for o in fake_ls.updates[0][tid]["options"]]
+        assert options == [c for c, _ in snap.rank("image", item, None, 10)]   # by the new index
+        assert p["result"][0]["value"]["choices"] == [options[0]]           # top-1 = first option
+        assert p["score"] == pytest.approx(snap.rank("image", item, None, 1)[0][1], abs=1e-5)
+        assert fake_ls.updates[0][tid]["item_id"] == item                   # other data kept
+    from workers.task_registry import TaskRegistry
+    assert TaskRegistry(r, "proj").get(next(iter(first)))["options"] == \
+        [o["value"] for o in fake_ls.updates[0][next(iter(first))]["options"]]
+    assert result["ls"] == "pushed" and result["ls_tasks"] == 8 and result["ls_options"] == 3
+    assert result["ls_rest"] == "done"
+    last = stats.last_rebuild(r, "proj")
+    assert last["ls_tasks"] == 8 and last["ls_rest"] == "done" and last["version"] == 1
+    assert last["label_to_prediction_s"] >= 1.0 and stats.recent_latencies(r, "proj")
+    assert seen_at_flip["last"] == {}   # nothing recorded before the flip
+
+
+def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fake_ls, monkeypatch):
+    monkeypatch.setenv("XMODAL_LS_FIRST", "2")
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
+    store = PairStore(r, "proj")
+    for i in range(2):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time())
+    _link(r, ws)
+    flip = fake_ls.set_model_version
+
+    def set_model_version(pid, version):   # a label arrives right after the flip
+        flip(pid, version)
+        r.set(flag_key("proj"), "someone|0")
+
+    fake_ls.set_model_version = set_model_version
+    result = rebuild("proj", redis_client=r)
+    assert fake_ls.calls == ["update", "push", "version"]
+    assert result["ls_tasks"] == 2 and result["ls_rest"] == "stopped: newer labels"
+    assert stats.last_rebuild(r, "proj")["ls_rest"] == "stopped: newer labels"
 
 
 def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):

@@ -12,10 +12,12 @@
    features (``SSRIndex``); with fewer pairs than the measure needs the index is "unlabelled":
    zero-width codes, every score 0 (see :mod:`workers.predictions` for what Label Studio gets);
 3. write ``index/v<N>.npz`` whole and move the current pointer (``IndexStore.publish``);
-4. if still current and the project is linked to Label Studio: push predictions for the tasks not
-   yet annotated and set the project's ``model_version`` (``refresh_label_studio``);
+4. if still current and the project is linked to Label Studio: re-rank the options of the tasks
+   Label Studio serves next, push their predictions, set the project's ``model_version``, then push
+   the other open tasks' predictions (``refresh_label_studio``);
 5. record timings (``workers.stats``), including label->new-predictions latency measured from each
-   new pair's arrival time.
+   new pair's arrival time to the moment Label Studio serves by the new index (the flip of step 4),
+   or to the publication when there is no Label Studio step.
 
 Errors are raised with a message that says what to fix; RQ retries (``workers.queueing``) and then
 keeps the job in its failed registry.
@@ -167,28 +169,43 @@ def rebuild(project: str, redis_client: redis.Redis | None = None) -> dict:
     path, is_current = store.publish(snap)
     write_s = time.perf_counter() - t0
     published_at = time.time()
+    new_arrivals = [p["received_at"] for p in pairs if p.get("received_at", 0) > prev_snapshot_at]
+    recorded: list[dict] = []
+
+    def record(ls: dict, ready_at: float) -> dict:
+        """Stats of this rebuild, the latency measured at ``ready_at``: when Label Studio serves
+        by the new index (its model_version flipped), else when the index was published."""
+        latencies = [ready_at - a for a in new_arrivals]
+        result = {
+            "project": project, "job_id": job_id, "version": version,
+            "model_version": snap.model_version, "current": is_current, "pairs": snap.n_pairs,
+            "skipped_pairs": len(skipped), "changes": changes, "has_signal": snap.has_signal,
+            "build_s": round(build_s, 4), "write_s": round(write_s, 4),
+            "total_s": round(ready_at - t_start, 4), "finished_at": ready_at, "path": str(path),
+            "new_pairs": len(new_arrivals),
+            "label_to_prediction_s": round(max(latencies), 4) if latencies else None,
+            **ls,
+        }
+        if is_current:
+            stats.record_rebuild(r, project, result, latencies)
+        recorded.append(result)
+        return result
+
     ls_error = None
     try:
         ls = {"ls": "skipped: superseded"} if not is_current else \
-            refresh_label_studio(r, ws, snap, job_id=job_id)
+            refresh_label_studio(r, ws, snap, job_id=job_id, on_ready=lambda info: record(info, time.time()))
     except LabelStudioPushError as exc:
         ls, ls_error = {"ls": f"failed: {exc}"}, exc
     done_at = time.time()
-    new_arrivals = [p["received_at"] for p in pairs if p.get("received_at", 0) > prev_snapshot_at]
-    ready_at = done_at if ls.get("ls") == "pushed" else published_at
-    latencies = [ready_at - a for a in new_arrivals]
-    result = {
-        "project": project, "job_id": job_id, "version": version,
-        "model_version": snap.model_version, "current": is_current, "pairs": snap.n_pairs,
-        "skipped_pairs": len(skipped), "changes": changes, "has_signal": snap.has_signal,
-        "build_s": round(build_s, 4), "write_s": round(write_s, 4),
-        "total_s": round(done_at - t_start, 4), "finished_at": done_at, "path": str(path),
-        "new_pairs": len(new_arrivals),
-        "label_to_prediction_s": round(max(latencies), 4) if latencies else None,
-        **ls,
-    }
-    if is_current:
-        stats.record_rebuild(r, project, result, latencies)
+    if recorded:   # recorded when Label Studio flipped: add how the rest of the push went
+        extra = dict(ls, total_s=round(done_at - t_start, 4), finished_at=done_at)
+        result = dict(recorded[-1], **extra)
+        last = pkey(project, "rebuild", "last")
+        if is_current and r.hget(last, "version") == str(version).encode():
+            r.hset(last, mapping={k: str(v) for k, v in extra.items() if v is not None})
+    else:
+        result = record(ls, published_at)
     log.info(kv("rebuild.done", **{k: v for k, v in result.items() if k != "path"}))
     if ls_error is not None:
         raise ls_error  # after recording: search and /predict already serve the new index
