@@ -35,8 +35,9 @@ def rq_argv(args) -> list[str]:
     # --with-scheduler: retries with a backoff interval are scheduled jobs
     # the Redis URL goes in $RQ_REDIS_URL (set by run), not argv: no password in `ps`
     argv = cmd + ["worker", "--with-scheduler"]
-    if getattr(args, "simple", False):
-        argv += ["--worker-class", "rq.worker.SimpleWorker"]
+    # forked work horses inherit the rebuild's imports from the parent (see workers.preload)
+    worker_class = "rq.worker.SimpleWorker" if getattr(args, "simple", False) else "workers.preload.PreloadedWorker"
+    argv += ["--worker-class", worker_class]
     if args.burst:
         argv.append("--burst")
     if args.name:
@@ -49,11 +50,11 @@ def rq_argv(args) -> list[str]:
 def run(args) -> int:
     from xmodal.redis_conn import redis_url
 
-    env = dict(os.environ, RQ_REDIS_URL=redis_url())
     argv = rq_argv(args)
     if args.dry_run:
         print(" ".join(argv))
         return 0
+    env = dict(os.environ, RQ_REDIS_URL=redis_url())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)
