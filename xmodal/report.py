@@ -172,11 +172,11 @@ def plot_learning_curve(curve: list[dict], path: Path, chance: dict | None = Non
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    ncol = min(len(handles), 3)
+    ncol = min(len(handles), 2)  # the labels are long: three columns overflow a one-panel figure
     fig.tight_layout(rect=(0, 0.03 + 0.04 * math.ceil(len(handles) / ncol), 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # never crop the legend
     plt.close(fig)
     return metrics
 
