@@ -7,7 +7,8 @@ from scipy.stats import pearsonr
 from xmodal.core.medoids import KMedoidsSelector, anytime_order, canopy_k, cosine_distances
 from xmodal.core.metrics import average_precision, mean_average_precision, recall_at_k
 from xmodal.core.sif import CommonComponentRemoval, sif_weights, weighted_average
-from xmodal.core.ssr import SSRIndex, cross_similarity, sparsify, ssr, top_k
+from xmodal.core.hubness import csls, hubness_terms, knn_mean
+from xmodal.core.ssr import SSRIndex, cross_similarity, sparsify, ssr, standardize_columns, top_k
 
 
 def blobs(n_per=30, centres=4, dim=16, spread=0.05, seed=0):
@@ -71,6 +72,49 @@ def test_new_query_codes_match_indexed_codes():
     X, Y = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
     index = SSRIndex(sparse_top_k=4, sparse_power=2.0).fit(X, Y, np.c_[np.arange(6), np.arange(6)])
     np.testing.assert_allclose(index.transform_texts(Y[:5]), index.text_codes_[:5], atol=1e-6)
+
+
+def test_standardized_query_codes_match_indexed_codes():
+    rng = np.random.default_rng(6)
+    X, Y = np.abs(rng.normal(size=(40, 8))), rng.normal(size=(35, 7))  # non-negative "CNN" images
+    pairs = np.c_[np.arange(6), np.arange(6)]
+    index = SSRIndex(standardize=True).fit(X, Y, pairs)
+    np.testing.assert_allclose(index.transform_images(X[:7]), index.image_codes_[:7], atol=1e-5)
+    np.testing.assert_allclose(index.transform_texts(Y[10:15]), index.text_codes_[10:15], atol=1e-5)
+    # the columns really are z-scored over the indexed items, per modality
+    Z = standardize_columns(index.image_ssr_)
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(index.image_codes_, SSRIndex().fit(X, Y, pairs)._codes(Z), atol=1e-5)
+    assert not np.allclose(index.image_codes_, SSRIndex().fit(X, Y, pairs).image_codes_, atol=1e-3)
+
+
+def test_standardized_incremental_pairs_equal_a_fresh_fit():
+    rng = np.random.default_rng(7)
+    X, Y = rng.normal(size=(50, 8)), rng.normal(size=(60, 6))
+    pairs = np.c_[rng.choice(50, 10, replace=False), rng.choice(60, 10, replace=False)]
+    grown = SSRIndex(standardize=True).fit(X, Y, pairs[:3]).add_pairs(pairs[3:])
+    fresh = SSRIndex(standardize=True).fit(X, Y, pairs)
+    np.testing.assert_allclose(grown.image_codes_, fresh.image_codes_, atol=1e-5)
+    np.testing.assert_allclose(grown.similarity(), fresh.similarity(), atol=1e-5)
+    np.testing.assert_allclose(grown.transform_texts(Y[:4]), fresh.text_codes_[:4], atol=1e-5)
+    shrunk = grown.remove_pairs(pairs[3:5])
+    again = SSRIndex(standardize=True).fit(X, Y, np.vstack([pairs[:3], pairs[5:]]))
+    np.testing.assert_allclose(shrunk.similarity(), again.similarity(), atol=1e-5)
+
+
+def test_chunked_hubness_terms_equal_the_full_matrix():
+    rng = np.random.default_rng(8)
+    A, B = rng.normal(size=(53, 5)), rng.normal(size=(41, 5))
+    S = (A @ B.T).astype(np.float32)
+    for k, chunk in ((10, 7), (3, 100), (60, 9)):   # k above m / n is capped
+        r_a, r_b = hubness_terms(A, B, k=k, chunk=chunk)
+        np.testing.assert_allclose(r_a, knn_mean(S, k, axis=1), atol=1e-5)
+        np.testing.assert_allclose(r_b, knn_mean(S, k, axis=0), atol=1e-5)
+        np.testing.assert_allclose(r_a, np.sort(S, axis=1)[:, ::-1][:, :min(k, 41)].mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(csls(S, 10), 2 * S - knn_mean(S, 10, 1)[:, None] - knn_mean(S, 10, 0)[None],
+                               atol=1e-5)
+    empty_a, empty_b = hubness_terms(np.zeros((0, 5)), B)
+    assert empty_a.shape == (0,) and np.all(empty_b == 0)
 
 
 def test_sparsify_keeps_top_k_positive_values():

@@ -15,18 +15,19 @@ neighbourhoods) are computed over the items being searched: in an index, all of 
 - **centring** (``center``): subtract the mean feature of the collection (all items of that
   modality, coupled or not) before the cosine of eq. 10. CNN features are non-negative, so raw
   cosines are all high and the SSR vectors of different items look alike; centring spreads them.
-- **CSLS** (:func:`csls`, Conneau et al. 2018): ``2·S(i,j) − r_T(i) − r_S(j)`` with ``r`` the mean
-  of the k largest similarities of a row / column: demotes "hub" targets that are close to every
-  query.
+- **CSLS** (:func:`xmodal.core.hubness.csls`, Conneau et al. 2018, shared with the product
+  index): ``2·S(i,j) − r_T(i) − r_S(j)`` with ``r`` the mean of the k largest similarities of a
+  row / column: demotes "hub" targets that are close to every query.
 - **inverted softmax** (:func:`inverted_softmax`, Smith et al. 2017): another hubness correction,
   normalising every target's scores over the queries.
 - **pseudo-pairs** (:func:`mutual_nn_pairs`): self-training. Uncoupled items that are mutual
   nearest neighbours across modalities in SSR space become extra references.
 - **caption averaging** (:func:`average_groups`): when a reference image has several texts (COCO's
   5 captions), its reference text vector is their mean.
-- **z-scored SSR columns** (``standardize``, :func:`standardize_columns`): every reference
-  dimension is z-scored over the collection before eq. 32, so "more similar to reference j than
-  usual" means the same in both modalities, whatever the scale of each encoder's cosines.
+- **z-scored SSR columns** (``standardize``, :func:`xmodal.core.ssr.standardize_columns`, shared
+  with the product index: ``SSRIndex(standardize=True)``): every reference dimension is z-scored
+  over the collection before eq. 32, so "more similar to reference j than usual" means the same
+  in both modalities, whatever the scale of each encoder's cosines.
 - **query expansion** (:func:`query_expansion`): the query code is averaged with the codes of its
   top-m targets (both live in the same k-dimensional reference space).
 - **ASIF sparsification**: :func:`xmodal.core.ssr.sparsify` (``sparse_top_k``/``sparse_power``).
@@ -38,7 +39,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xmodal.core.ssr import l2_normalize, similarity_codes, sparsify, ssr
+from xmodal.core.hubness import csls  # noqa: F401  (shared with the product index)
+from xmodal.core.ssr import (  # noqa: F401  (standardize_columns re-exported)
+    column_stats,
+    l2_normalize,
+    ssr,
+    ssr_codes,
+    standardize_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -60,21 +68,6 @@ class Enhancements:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def csls(S: np.ndarray, k: int = 10) -> np.ndarray:
-    """Cross-domain similarity local scaling: ``2·S − r_rows[:, None] − r_cols[None, :]``.
-
-    ``r_rows[i]`` is the mean of the k largest scores of row i (query i's neighbourhood density),
-    ``r_cols[j]`` the same for column j. The result is a similarity usable in both directions.
-    """
-    S = np.asarray(S, dtype=np.float32)
-    kr, kc = min(k, S.shape[1]), min(k, S.shape[0])
-    if kr < 1 or kc < 1:
-        return S.copy()
-    r_rows = -np.partition(-S, kr - 1, axis=1)[:, :kr].mean(axis=1)
-    r_cols = -np.partition(-S, kc - 1, axis=0)[:kc, :].mean(axis=0)
-    return 2.0 * S - r_rows[:, None] - r_cols[None, :]
 
 
 def inverted_softmax(S: np.ndarray, beta: float = 10.0) -> np.ndarray:
@@ -137,20 +130,9 @@ def query_expansion(query_codes: np.ndarray, target_codes: np.ndarray, top_m: in
     return Q2 @ T.T
 
 
-def standardize_columns(R: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
-    """Z-score every column (reference dimension) with the mean/std of ``reference`` (default R):
-    "how much more similar than usual to reference j", comparable across the two modalities."""
-    R = np.asarray(R, dtype=np.float32)
-    ref = R if reference is None else np.asarray(reference, dtype=np.float32)
-    return (R - ref.mean(axis=0)) / (ref.std(axis=0) + 1e-6)
-
-
 def _codes(R: np.ndarray, cfg: Enhancements) -> np.ndarray:
-    if cfg.standardize:
-        R = standardize_columns(R)
-    if cfg.sparse_top_k:
-        R = sparsify(R, cfg.sparse_top_k, cfg.sparse_power)
-    return similarity_codes(R, cfg.measure)
+    return ssr_codes(R, cfg.measure, cfg.sparse_top_k, cfg.sparse_power,
+                     column_stats(R) if cfg.standardize else None)
 
 
 def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
