@@ -239,6 +239,23 @@ def test_cli_create_list_and_errors(data, models, fake_embed, capsys):
     assert main(["project", "grow", "--name", "cli", "--k", "two"]) == 1
 
 
+def test_cli_create_enhance_sets_and_validates_the_config(data, models, fake_embed, capsys):
+    from xmodal.cli import main
+
+    assert main(["project", "create", "--data", str(data), "--name", "enh", "--k", "4",
+                 "--enhance", "csls,zscore"]) == 0
+    assert Workspace(models / "enh").config["enhance"] == ["zscore", "csls"]
+    assert main(["project", "create", "--data", str(data), "--name", "enh", "--k", "4"]) == 0
+    assert Workspace(models / "enh").config["enhance"] == ["zscore", "csls"]   # kept on a rerun
+    capsys.readouterr()
+    assert main(["project", "create", "--data", str(data), "--name", "bad", "--k", "4",
+                 "--enhance", "zscore,center"]) == 1
+    err = capsys.readouterr().err
+    assert "--enhance" in err and "'center'" in err and "valid: zscore, csls" in err
+    assert not (models / "bad").exists()
+    assert Workspace(models / "plain").save_config({})["enhance"] == []
+
+
 def test_cli_help_has_examples(capsys):
     from xmodal.cli import main
 

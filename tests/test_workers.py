@@ -168,6 +168,78 @@ def test_current_pointer_only_moves_forward(r, xenv, ws):
     assert load_current(ws, r).version == 4
 
 
+def _pairs(n):
+    return [{"annotation_id": 100 + i, "image_id": image_id(i), "text_id": text_id(i)} for i in range(n)]
+
+
+def test_enhanced_index_round_trip_and_scores(r, xenv, make_workspace):
+    """``"enhance": ["zscore", "csls"]``: stored column stats encode new queries exactly like the
+    indexed items; scores/rank/search apply CSLS with the stored hubness terms; the file keeps it."""
+    from workers.rebuild import build_snapshot
+    from xmodal.core.hubness import csls
+    from xmodal.index_store import read_snapshot, write_snapshot
+
+    ws = make_workspace("enh", n=40, n_medoids=12, enhance=["csls", "zscore"], csls_k=5)
+    assert ws.config["enhance"] == ["zscore", "csls"]          # canonical order
+    snap, _ = build_snapshot(ws, 1, _pairs(12))
+    assert snap.enhance == ["zscore", "csls"] and snap.uses_csls and snap.csls_k == 5
+    assert snap.image_col_stats.shape == (2, 12) and snap.meta["hubness_s"] >= 0
+    X, Y = ws.load_features("image"), ws.load_features("text")
+    np.testing.assert_allclose(snap.encode("image", X[:6]), snap.image_codes[:6], atol=1e-5)
+    np.testing.assert_allclose(snap.encode("text", Y[3:9]), snap.text_codes[3:9], atol=1e-5)
+    full = csls(snap.image_codes @ snap.text_codes.T, 5)       # the evaluation's CSLS = the index's
+    np.testing.assert_allclose(snap.scores("image", snap.image_codes), full, atol=1e-4)
+    np.testing.assert_allclose(snap.scores("text", snap.encode("text", Y)), full.T, atol=1e-4)
+    ranked = snap.rank("image", image_id(3), None, 5)
+    expected = np.argsort(-full[3], kind="stable")[:5]
+    assert [t for t, _ in ranked] == [text_id(j) for j in expected]
+    assert ranked[0][1] == pytest.approx(full[3, expected[0]], abs=1e-4)
+    some = [text_id(j) for j in (7, 1, 30)]
+    sub = snap.rank("image", image_id(3), some)
+    assert sorted(v for _, v in sub) == pytest.approx(sorted(full[3, [7, 1, 30]]), abs=1e-4)
+    hits = snap.search("text", snap.encode("text", Y[4:5]), k=3)[0]
+    assert [h for h, _ in hits] == [image_id(j) for j in np.argsort(-full[:, 4], kind="stable")[:3]]
+    back = read_snapshot(write_snapshot(ws, snap), "enh")
+    for name in ("image_col_stats", "text_col_stats", "image_hub", "text_hub"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(snap, name))
+    assert back.csls_k == 5 and back.enhance == ["zscore", "csls"]
+    np.testing.assert_allclose(back.scores("image", back.image_codes), full, atol=1e-4)
+
+
+def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, tmp_path):
+    from workers.rebuild import build_snapshot
+    from xmodal.index_store import read_snapshot
+
+    snap, _ = build_snapshot(ws, 1, _pairs(12))
+    assert snap.enhance == [] and not snap.uses_csls and snap.image_col_stats is None
+    np.testing.assert_allclose(snap.scores("image", snap.image_codes), snap.image_codes @ snap.text_codes.T)
+    # a file written before "enhance" existed: no optional arrays, no csls_k/enhance in meta
+    meta = {k: v for k, v in snap.meta.items() if k != "enhance"}
+    meta.update(project="proj", version=1, measure=snap.measure, select=snap.select,
+                sparse_top_k=None, sparse_power=1.0)
+    old = tmp_path / "v1.npz"
+    np.savez(old, image_ids=snap.image_ids, text_ids=snap.text_ids, image_codes=snap.image_codes,
+             text_codes=snap.text_codes, image_refs=snap.image_refs, text_refs=snap.text_refs,
+             pair_rows=snap.pair_rows, annotation_ids=snap.annotation_ids, medoid_ids=snap.medoid_ids,
+             meta=np.asarray(json.dumps(meta)))
+    loaded = read_snapshot(old, "proj")
+    assert loaded.enhance == [] and loaded.csls_k is None and loaded.image_hub is None
+    np.testing.assert_allclose(loaded.encode("text", ws.load_features("text")[:3]), snap.text_codes[:3], atol=1e-5)
+    assert loaded.rank("image", image_id(2), None, 3) == snap.rank("image", image_id(2), None, 3)
+
+
+def test_enhance_names_are_validated(xenv, tmp_path):
+    from xmodal.errors import ConfigError
+    from xmodal.workspace import parse_enhance
+
+    assert parse_enhance("csls, zscore") == ["zscore", "csls"] and parse_enhance(None) == []
+    with pytest.raises(ConfigError, match="valid: zscore, csls"):
+        parse_enhance("zscore,center")
+    with pytest.raises(ConfigError, match="csls_k"):
+        Workspace(tmp_path / "w").save_config({"csls_k": 0})
+    assert Workspace(tmp_path / "w").save_config({})["enhance"] == []
+
+
 def test_racing_workers_end_on_the_newest_index(r, xenv, ws, monkeypatch):
     """Six rebuild jobs (no coalescing) on two worker processes; a poller checks the pointer."""
     store = PairStore(r, "proj")

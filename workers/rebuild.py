@@ -34,12 +34,13 @@ import redis
 from workers import stats
 from workers.logfmt import kv
 from workers.predictions import LabelStudioPushError, refresh_label_studio
+from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError
 from xmodal.index_store import IndexSnapshot, IndexStore, versions_on_disk
 from xmodal.pairs import pairs_from_records
 from xmodal.redis_conn import get_redis, pkey
-from xmodal.workspace import Workspace
+from xmodal.workspace import Workspace, parse_enhance
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,26 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         ann_ids.append(p["annotation_id"])
     pair_rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
     measure = cfg["measure"]
+    enhance = parse_enhance(cfg.get("enhance"))
+    csls_k = int(cfg.get("csls_k") or 10) if "csls" in enhance else None
     needed = 2 if measure == "pearson" else 1
+    col_stats = {"image": None, "text": None}
+    hub = {"image": None, "text": None}
+    timings = {}
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
-                         sparse_power=float(cfg.get("sparse_power") or 1.0))
+                         sparse_power=float(cfg.get("sparse_power") or 1.0),
+                         standardize="zscore" in enhance)
         index.fit(X, Y, pair_rows)
         image_codes, text_codes = index.image_codes_, index.text_codes_
         image_refs = index.image_features_[pair_rows[:, 0]]
         text_refs = index.text_features_[pair_rows[:, 1]]
+        if index.standardize:
+            col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
+        if csls_k:
+            t0 = time.perf_counter()
+            hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
+            timings["hubness_s"] = round(time.perf_counter() - t0, 4)
     else:  # unlabelled: no cross-modal signal yet, every score is 0
         image_codes = np.zeros((len(X), 0), np.float32)
         text_codes = np.zeros((len(Y), 0), np.float32)
@@ -113,8 +126,10 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         image_refs=np.asarray(image_refs, np.float32), text_refs=np.asarray(text_refs, np.float32),
         pair_rows=pair_rows, annotation_ids=np.asarray(ann_ids, dtype=np.int64),
         medoid_ids=np.asarray(ws.medoid_ids(), dtype=str),
-        meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped),
-                  encoders={m: _encoder_id(ws, m) for m in ("image", "text")}))
+        image_col_stats=col_stats["image"], text_col_stats=col_stats["text"],
+        image_hub=hub["image"], text_hub=hub["text"], csls_k=csls_k,
+        meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
+                  encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped
 
 

@@ -92,6 +92,9 @@ class ProjectSpec:
     image_encoder: str = "efficientnet-lite0"
     text_encoder: str = "sif"
     measure: str = "pearson"
+    # index enhancements beyond the paper ("zscore", "csls"; list or "zscore,csls"):
+    # None keeps the workspace's setting (new workspace: none = faithful SSM-AL)
+    enhance: list[str] | str | None = None
     captions: str = "first"                # COCO-mini: first caption per image, or all 5
     candidates: int = 10
     label_studio_url: str | None = None
@@ -581,6 +584,7 @@ def refresh_task_options(client, r, ws, pid: int, n_candidates: int, urls: Image
 
 def _check_spec(spec: ProjectSpec) -> None:
     from xmodal.redis_conn import check_project_name
+    from xmodal.workspace import parse_enhance
 
     try:
         check_project_name(spec.name)
@@ -590,6 +594,11 @@ def _check_spec(spec: ProjectSpec) -> None:
         raise ConfigError(f"--select must be 'image' or 'text', not {spec.select!r}")
     if spec.measure not in ("pearson", "cosine"):
         raise ConfigError(f"--measure must be 'pearson' or 'cosine', not {spec.measure!r}")
+    if spec.enhance is not None:
+        try:
+            parse_enhance(spec.enhance)
+        except ConfigError as exc:
+            raise ConfigError(f"--enhance: {exc}") from None
     if int(spec.candidates) < 1:
         raise ConfigError("--candidates must be at least 1")
     if spec.label_studio_url and not spec.api_key:
@@ -621,7 +630,7 @@ def _check_existing(ws, spec: ProjectSpec, select: str) -> None:
 
 def create_project(spec: ProjectSpec, say: Say = _quiet, redis_client=None) -> BootstrapResult:
     """Run every step of the module doc; see :class:`ProjectSpec` for the options."""
-    from xmodal.workspace import Workspace, other
+    from xmodal.workspace import Workspace, other, parse_enhance
 
     _check_spec(spec)
     timings: dict[str, float] = {}
@@ -649,6 +658,8 @@ def create_project(spec: ProjectSpec, say: Say = _quiet, redis_client=None) -> B
                   "candidates": int(spec.candidates),
                   "data": {"path": str(Path(spec.data).expanduser().resolve()), "format": fmt,
                            "captions": spec.captions if fmt == "coco-mini" else None}}
+    if spec.enhance is not None:
+        cfg_update["enhance"] = parse_enhance(spec.enhance)
     if not ws.exists():
         ws.save_config(dict(cfg_update, encoders={"image": None, "text": None}))
 

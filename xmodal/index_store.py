@@ -11,7 +11,11 @@
 
 An index file is self-contained: the similarity codes of every image and text (rows in the order of
 the stored ids), the reference features (to encode new queries), the pairs it was built from and
-the medoid order (for the priority of unlabelled predictions).
+the medoid order (for the priority of unlabelled predictions). With the workspace option
+``"enhance"`` (beyond the paper, default off = faithful SSM-AL) it also holds the z-score statistics
+of the SSR columns (``"zscore"``, so new queries are encoded like the indexed items) and the CSLS
+hubness terms of every item (``"csls"``, :mod:`xmodal.core.hubness`, applied by
+:meth:`IndexSnapshot.scores`). Files written before these fields existed load as faithful indexes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from xmodal.core.ssr import similarity_codes, sparsify, ssr, top_k
+from xmodal.core.hubness import apply_csls, knn_mean
+from xmodal.core.ssr import ssr, ssr_codes, top_k
 from xmodal.errors import DataError
 from xmodal.redis_conn import pkey
 from xmodal.workspace import Workspace, atomic_write_bytes, other
@@ -89,6 +94,12 @@ class IndexSnapshot:
     sparse_top_k: int | None = None
     sparse_power: float = 1.0
     meta: dict = field(default_factory=dict)
+    # "enhance" (beyond the paper; None = faithful SSM-AL)
+    image_col_stats: np.ndarray | None = None   # (2, k) mean, std of each image SSR column ("zscore")
+    text_col_stats: np.ndarray | None = None    # (2, k) same for the texts
+    image_hub: np.ndarray | None = None         # (n,) mean top-k similarity to the texts ("csls")
+    text_hub: np.ndarray | None = None          # (m,) mean top-k similarity to the images
+    csls_k: int | None = None                   # k of the hubness terms; None = no CSLS
     _rows: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -120,10 +131,23 @@ class IndexSnapshot:
             self._rows[modality] = {str(x): i for i, x in enumerate(self.ids(modality).tolist())}
         return self._rows[modality]
 
-    def _to_codes(self, R: np.ndarray) -> np.ndarray:
-        if self.sparse_top_k:
-            R = sparsify(R, self.sparse_top_k, self.sparse_power)
-        return similarity_codes(R, self.measure)
+    @property
+    def enhance(self) -> list[str]:
+        """The enhancements this index was built with (``[]`` = faithful SSM-AL)."""
+        return list(self.meta.get("enhance") or [])
+
+    @property
+    def uses_csls(self) -> bool:
+        return bool(self.csls_k) and self.image_hub is not None and self.text_hub is not None
+
+    def hubness(self, modality: str) -> np.ndarray | None:
+        """Stored CSLS terms of the indexed items of ``modality`` (None without CSLS)."""
+        return self.image_hub if modality == "image" else self.text_hub
+
+    def _to_codes(self, R: np.ndarray, modality: str) -> np.ndarray:
+        stats = self.image_col_stats if modality == "image" else self.text_col_stats
+        return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power,
+                         None if stats is None else (stats[0], stats[1]))
 
     def encode(self, modality: str, features: np.ndarray) -> np.ndarray:
         """Codes of new items (e.g. a free-text query embedded with the workspace's encoder)."""
@@ -134,18 +158,33 @@ class IndexSnapshot:
         if features.shape[1] != refs.shape[1]:
             raise DataError(f"query features have dimension {features.shape[1]}; the index's "
                             f"{modality} features have {refs.shape[1]}")
-        return self._to_codes(ssr(features, refs))
+        return self._to_codes(ssr(features, refs), modality)
 
     def scores(self, query_modality: str, query_codes: np.ndarray,
-               candidate_rows: np.ndarray | None = None) -> np.ndarray:
-        """Similarity of each query code row to the candidates of the other modality."""
-        target = self.codes(other(query_modality))
-        if candidate_rows is not None:
-            target = target[candidate_rows]
+               candidate_rows: np.ndarray | None = None,
+               query_hub: np.ndarray | None = None) -> np.ndarray:
+        """Similarity of each query code row to the candidates of the other modality.
+
+        With CSLS (``"enhance": ["csls"]``) the score is ``2·q·t − r(q) − r(t)``: ``r(t)`` is the
+        candidate's stored hubness term, ``r(q)`` the query's, ``query_hub`` for indexed items
+        (:meth:`hubness`) or else computed here from the query's k best similarities to all items
+        of the other modality (what the stored terms of the indexed items are).
+        """
+        tgt = other(query_modality)
+        target_all = self.codes(tgt)
+        target = target_all if candidate_rows is None else target_all[candidate_rows]
         q = np.atleast_2d(query_codes)
         if not self.has_signal:
             return np.zeros((len(q), len(target)), dtype=np.float32)
-        return q @ target.T
+        S = q @ target.T
+        if not self.uses_csls:
+            return S
+        if query_hub is None:
+            full = S if candidate_rows is None else q @ target_all.T
+            query_hub = knn_mean(full, self.csls_k, axis=1)
+        r_t = self.hubness(tgt)
+        return apply_csls(S, np.atleast_1d(query_hub),
+                          r_t if candidate_rows is None else r_t[candidate_rows])
 
     def rank(self, query_modality: str, query_id: str, candidate_ids=None,
              k: int | None = None) -> list[tuple[str, float]]:
@@ -164,7 +203,9 @@ class IndexSnapshot:
                                    dtype=np.int64)
         if len(cand_rows) == 0:
             return []
-        s = self.scores(query_modality, self.codes(query_modality)[row], cand_rows)
+        hub = self.hubness(query_modality)
+        s = self.scores(query_modality, self.codes(query_modality)[row], cand_rows,
+                        query_hub=None if hub is None else hub[row:row + 1])
         k = len(cand_rows) if k is None else min(k, len(cand_rows))
         if self.has_signal:
             idx, vals = top_k(s, k)
@@ -214,9 +255,12 @@ def versions_on_disk(ws: Workspace) -> list[int]:
 def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
     """Serialize the whole index to ``index/v<N>.npz`` atomically."""
     meta = dict(snap.meta, project=snap.project, version=snap.version, measure=snap.measure,
-                select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power)
+                select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power,
+                csls_k=snap.csls_k)
+    optional = {name: np.asarray(getattr(snap, name), dtype=np.float32) for name in _OPTIONAL
+                if getattr(snap, name) is not None}
     buf = io.BytesIO()
-    np.savez(buf, image_ids=np.asarray(snap.image_ids, dtype=str),
+    np.savez(buf, **optional, image_ids=np.asarray(snap.image_ids, dtype=str),
              text_ids=np.asarray(snap.text_ids, dtype=str),
              image_codes=snap.image_codes.astype(np.float32), text_codes=snap.text_codes.astype(np.float32),
              image_refs=snap.image_refs.astype(np.float32), text_refs=snap.text_refs.astype(np.float32),
@@ -229,9 +273,13 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
     return path
 
 
+_OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub")
+
+
 def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
+        optional = {name: z[name] for name in _OPTIONAL if name in z.files}
         return IndexSnapshot(
             project=project or meta.get("project", ""), version=int(meta["version"]),
             measure=meta["measure"], select=meta.get("select", "image"),
@@ -240,7 +288,7 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
             image_codes=z["image_codes"], text_codes=z["text_codes"],
             image_refs=z["image_refs"], text_refs=z["text_refs"],
             pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
-            medoid_ids=z["medoid_ids"], meta=meta)
+            medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), **optional)
 
 
 # -- the store -----------------------------------------------------------------------------

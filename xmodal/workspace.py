@@ -44,6 +44,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "measure": "pearson",
     "sparse_top_k": None,
     "sparse_power": 1.0,
+    # beyond the paper: "zscore" (z-scored SSR columns), "csls" (hubness correction); [] = faithful
+    "enhance": [],
+    "csls_k": 10,
     "label_studio": {
         "project_id": None,      # Label Studio project id (int) this workspace is linked to
         "url": None,             # Label Studio base URL; $LABEL_STUDIO_URL overrides
@@ -52,6 +55,25 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "to_name": None,
     },
 }
+
+
+# The index enhancements a workspace can enable ("enhance" in config.json; docs/results.md,
+# "Beyond the paper"): z-scored SSR columns (SSRIndex standardize) and CSLS (xmodal.core.hubness).
+ENHANCEMENTS = ("zscore", "csls")
+
+
+def parse_enhance(value: Any) -> list[str]:
+    """The enhancement names of ``value`` (a list, or a comma-separated string like
+    ``"zscore,csls"``), in canonical order; an unknown name is a :class:`ConfigError`."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = {str(x).strip().lower() for x in items if str(x).strip()}
+    unknown = sorted(names - set(ENHANCEMENTS))
+    if unknown:
+        raise ConfigError(f"unknown enhancement {', '.join(map(repr, unknown))}; valid: "
+                          f"{', '.join(ENHANCEMENTS)} (comma-separated; none = faithful SSM-AL)")
+    return [name for name in ENHANCEMENTS if name in names]
 
 
 def other(modality: str) -> str:
@@ -181,6 +203,12 @@ class Workspace:
             raise ConfigError(f"select must be one of {MODALITIES}, not {cfg['select']!r}")
         if cfg["measure"] not in ("pearson", "cosine"):
             raise ConfigError(f"measure must be 'pearson' or 'cosine', not {cfg['measure']!r}")
+        cfg["enhance"] = parse_enhance(cfg.get("enhance"))
+        try:
+            if int(cfg.get("csls_k") or 0) < 1:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"csls_k must be a positive integer, not {cfg.get('csls_k')!r}") from None
         cfg["name"] = self.name
         cfg.setdefault("created_at", time.time())
         atomic_write_json(self.config_path, cfg)

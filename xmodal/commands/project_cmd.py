@@ -23,6 +23,9 @@ examples:
   # SSM-AL_T: cluster the texts, annotators pick images; k chosen by the canopy method
   xmodal project create --data my_data/ --name shop --select text --k auto
 
+  # the enhanced index (z-scored SSR columns + CSLS hubness correction, "ssm-al++")
+  xmodal project create --data /data/coco_mini --name coco --k 20 --enhance zscore,csls
+
 Data: a COCO-mini folder (pairs.json) or the generic format: images/ (nested folders allowed)
 and texts.jsonl, one {"id": ..., "text": ..., "image": <optional id of its image>} per line.
 Rerunning the same command adds nothing twice: features come from the workspace, medoids are kept
@@ -66,6 +69,10 @@ def register(subparsers) -> None:
     c.add_argument("--text-encoder", default="sif", metavar="NAME",
                    help="sif (default), sif:<vector file>, sif-self, minilm")
     c.add_argument("--measure", choices=("pearson", "cosine"), default="pearson")
+    c.add_argument("--enhance", metavar="NAMES",
+                   help="index enhancements beyond the paper, comma-separated: zscore (z-scored SSR "
+                   "columns), csls (hubness correction); 'zscore,csls' = ssm-al++ (docs/results.md). "
+                   "Default: the workspace's setting, none for a new one (faithful SSM-AL)")
     c.add_argument("--captions", choices=("first", "all"), default="first",
                    help="COCO-mini: the first caption of each image (default) or all five")
     c.add_argument("--candidates", type=int, default=10, metavar="N",
@@ -142,7 +149,7 @@ def run_create(args) -> int:
     _model_dir(args)
     spec = ProjectSpec(name=args.name, data=args.data, select=args.select, k=args.k,
                        image_encoder=args.image_encoder, text_encoder=args.text_encoder,
-                       measure=args.measure, captions=args.captions, candidates=args.candidates,
+                       measure=args.measure, enhance=args.enhance, captions=args.captions, candidates=args.candidates,
                        label_studio_url=args.label_studio_url or None, api_key=args.api_key or None,
                        backend_url=args.backend_url or None, title=args.title, images=args.images,
                        document_root=args.document_root, label_config=args.label_config,
