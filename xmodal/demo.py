@@ -376,17 +376,31 @@ class GroundTruth:
 
     def evaluate(self, image_codes: np.ndarray, text_codes: np.ndarray) -> dict:
         """Metrics of ``S = image_codes @ text_codes.T`` (dot product = similarity)."""
+        return self.evaluate_scores(lambda rows: image_codes[rows] @ text_codes.T,
+                                    lambda rows: text_codes[rows] @ image_codes.T)
+
+    def evaluate_index(self, snap) -> dict:
+        """Metrics of a product index as it serves: ``IndexSnapshot.scores`` of the indexed query
+        items (so the workspace's ``"enhance"`` options, CSLS included, are measured too)."""
+        def through(modality):
+            hub = snap.hubness(modality)
+            return lambda rows: snap.scores(modality, snap.codes(modality)[rows],
+                                            query_hub=None if hub is None else hub[rows])
+        return self.evaluate_scores(through("image"), through("text"))
+
+    def evaluate_scores(self, i2t, t2i) -> dict:
+        """Metrics of ``i2t(image rows)`` (n_queries, n_texts) and ``t2i(text rows)`` scores."""
         from xmodal.core.metrics import mean_average_precision, recall_at_k
 
         out = {}
         if len(self.image_queries):
-            S = image_codes[self.image_queries] @ text_codes.T
+            S = i2t(self.image_queries)
             for k, v in recall_at_k(S, self.rel_i2t, self.ks).items():
                 out[f"recall@{k}_i2t"] = v
             if self.image_labels is not None:
                 out["map_i2t"] = mean_average_precision(S, self.image_labels[self.image_queries], self.text_labels)
         if len(self.text_queries):
-            S = text_codes[self.text_queries] @ image_codes.T
+            S = t2i(self.text_queries)
             for k, v in recall_at_k(S, self.image_of_text[self.text_queries], self.ks).items():
                 out[f"recall@{k}_t2i"] = v
             if self.image_labels is not None:
@@ -808,7 +822,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         point = {"labels": j, "index_version": version, "elapsed_s": round(time.perf_counter() - t_start, 3),
                  "methods": {}}
         if snap is not None and snap.has_signal:
-            point["methods"]["ssm-al"] = gt.evaluate(snap.image_codes, snap.text_codes)
+            point["methods"]["ssm-al"] = gt.evaluate_index(snap)
         P = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         compute = lambda: baseline_metrics(gt, boot.X, boot.Y, select, P, measure, n_random)  # noqa: E731
         point["methods"].update(baselines.get(len(P), compute) if baselines is not None else compute())
