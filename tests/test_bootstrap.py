@@ -55,8 +55,10 @@ def fake_embed(monkeypatch):
 
     def embed(modality, name, items, cache_root, fit, say):
         calls.append((modality, name, len(items)))
-        F = np.stack([np.frombuffer(hashlib.sha256(str(x).encode()).digest()[:32], dtype=np.uint8)[:8]
-                      for x in items]).astype(np.float32) + 1.0
+        # images by file name, not absolute path: the medoids must not depend on tmp_path
+        keys = [Path(x).name if modality == "image" else str(x) for x in items]
+        F = np.stack([np.frombuffer(hashlib.sha256(k.encode()).digest()[:32], dtype=np.uint8)[:8]
+                      for k in keys]).astype(np.float32) + 1.0
         return FakeEncoder(modality, name), F
 
     monkeypatch.setattr(bootstrap, "_embed", embed)
@@ -180,6 +182,7 @@ def test_image_url_modes(data, models, fake_embed):
     assert tasks_of(res.ws)[0]["data"]["image"] == "https://cdn.example/imgs/" + res.medoid_ids[0]
     res = create_project(spec(data, name="root", images="local", document_root=str(data)))
     assert tasks_of(res.ws)[0]["data"]["image"] == "/data/local-files/?d=images/" + res.medoid_ids[0]
+    assert any(m.startswith("b/") for m in res.medoid_ids)  # so some medoid lies outside images/a
     with pytest.raises(ConfigError, match="document root"):
         create_project(spec(data, name="elsewhere", images="local", document_root=str(data / "images" / "a")))
 
