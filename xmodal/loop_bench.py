@@ -119,21 +119,6 @@ def recall_non_reference(snap, truth: dict[str, str], exclude: set, max_queries:
     return out
 
 
-def webhook_body(ls_project: int, task_id: int, item_id: str, annotation_id: int, choice: str,
-                 from_name: str, to_name: str) -> dict:
-    """An ANNOTATION_CREATED body shaped like Label Studio 1.23's (see tests/fixtures/ls_1_23)."""
-    now = time.time()
-    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    return {"action": "ANNOTATION_CREATED",
-            "annotation": {"id": annotation_id, "result": [
-                {"id": f"r{annotation_id}", "from_name": from_name, "to_name": to_name, "type": "choices",
-                 "origin": "manual", "value": {"choices": [choice]}}],
-                "was_cancelled": False, "ground_truth": False, "created_at": iso, "updated_at": iso,
-                "lead_time": 2.0, "task": task_id, "project": ls_project, "completed_by": 1},
-            "task": {"id": task_id, "data": {"item_id": item_id}, "is_labeled": True, "project": ls_project},
-            "project": {"id": ls_project, "title": "xmodal loop bench"}}
-
-
 def percentile(values, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if len(values) else None
 
@@ -158,7 +143,8 @@ def run(args, say=print) -> BenchResult:
     import requests
 
     from workers import stats
-    from xmodal.demo import ProcessManager, free_port, start_backend, start_worker, wait_backend, wait_worker
+    from xmodal.demo import (ProcessManager, free_port, start_backend, start_worker, wait_backend,
+                             wait_worker, webhook_payload)
     from xmodal.index_store import IndexStore, load_current
     from xmodal.redis_conn import get_redis, redis_url
     from xmodal.workspace import Workspace
@@ -272,8 +258,9 @@ def run(args, say=print) -> BenchResult:
                      "value": {"choices": [truth[item]]}}])
             else:
                 t_label = time.perf_counter()
-                resp = session.post(f"{backend_url}/webhook", json=webhook_body(
-                    ls_pid, task_id, item, j, truth[item], from_name, to_name), timeout=30)
+                task = {"id": task_id, "data": {"item_id": item}}
+                resp = session.post(f"{backend_url}/webhook", json=webhook_payload(
+                    ls_pid, task, j, truth[item], from_name, to_name), timeout=30)
                 resp.raise_for_status()
             deadline = time.monotonic() + args.timeout
             version = None
