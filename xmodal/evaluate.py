@@ -129,13 +129,10 @@ class EvalData:
 
 
 def _embed(items, modality: str, name: str, cache_dir, progress: bool):
-    try:
-        from xmodal.encoders import get_encoder
-        from xmodal.encoders.cache import FeatureCache, embed_with_cache
-        from xmodal.encoders.base import valid_rows
-    except ImportError as exc:  # pragma: no cover - depends on the encoders being installed
-        raise ConfigError(f"the encoders are not available ({exc}); this data set needs "
-                          f"{modality} features computed from raw files") from exc
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.base import valid_rows
+    from xmodal.encoders.cache import FeatureCache, embed_with_cache
+
     encoder = get_encoder(modality, name, progress=progress) if name else get_encoder(modality, progress=progress)
     cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
     F, failures = embed_with_cache(encoder, [str(i) for i in items], cache, fit=True, progress=progress)
