@@ -9,6 +9,9 @@ Redis. Metrics (all prefixed ``xmodal_``):
   ``xmodal_index_age_seconds{project}``: the current index;
 - ``xmodal_index_stale{project}``: 1 when pairs changed since the current index's snapshot;
 - ``xmodal_rebuild_seconds{project}``, ``xmodal_label_to_prediction_seconds{project}``: last rebuild;
+- ``xmodal_rebuild_duration_seconds{project}`` histogram: every rebuild, start to the moment the
+  new index serves (Label Studio's model_version flipped, or published when there is no LS step);
+- ``xmodal_label_to_prediction_latency_seconds{project}`` histogram: one observation per new pair;
 - ``xmodal_queue_depth{queue}``, ``xmodal_jobs{queue,state}`` (started/failed/scheduled/deferred),
   ``xmodal_workers``;
 - ``xmodal_webhook_seconds`` histogram: time to answer a webhook, measured in the backend.
@@ -24,27 +27,17 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, ScheduledJobReg
                          StartedJobRegistry)
 
 from workers import stats
+from workers.stats import (REBUILD_BUCKETS, WEBHOOK_BUCKETS, latency_histogram_key,
+                           read_histogram, rebuild_histogram_key, webhook_histogram_key)
 from workers.queueing import get_queue
 from xmodal.index_store import IndexStore
 from xmodal.pairs import PairStore
-from xmodal.redis_conn import gkey
 from xmodal.workspace import Workspace, list_workspaces
-
-WEBHOOK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-def webhook_key() -> str:
-    return gkey("metrics", "webhook")
 
 
 def observe_webhook(redis_client: redis.Redis, seconds: float) -> None:
     pipe = redis_client.pipeline(transaction=False)
-    key = webhook_key()
-    for b in WEBHOOK_BUCKETS:
-        if seconds <= b:
-            pipe.hincrby(key, f"le_{b}", 1)
-    pipe.hincrby(key, "count", 1)
-    pipe.hincrbyfloat(key, "sum", seconds)
+    stats.observe(pipe, webhook_histogram_key(), WEBHOOK_BUCKETS, seconds)
     pipe.execute()
 
 
@@ -61,8 +54,22 @@ class _Out:
         if name not in self._declared:
             self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
             self._declared.add(name)
-        lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        self.lines.append(f"{name}{{{lab}}} {float(value):.6g}" if lab else f"{name} {float(value):.6g}")
+        self.lines.append(f"{name}{_labels(labels)} {float(value):.6g}")
+
+    def histogram(self, name: str, help_: str, raw: dict, buckets, **labels) -> None:
+        """A cumulative histogram from a hash written by :func:`workers.stats.observe`."""
+        if name not in self._declared:
+            self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+            self._declared.add(name)
+        for b in buckets:
+            self.lines.append(f"{name}_bucket{_labels(dict(labels, le=b))} {int(raw.get(f'le_{b}', 0))}")
+        self.lines.append(f"{name}_bucket{_labels(dict(labels, le='+Inf'))} {int(raw.get('count', 0))}")
+        self.lines.append(f"{name}_sum{_labels(labels)} {float(raw.get('sum', 0)):.6g}")
+        self.lines.append(f"{name}_count{_labels(labels)} {int(raw.get('count', 0))}")
+
+
+def _labels(labels: dict) -> str:
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}" if labels else ""
 
 
 def render(redis_client: redis.Redis, base, queue_name: str) -> str:
@@ -94,6 +101,16 @@ def render(redis_client: redis.Redis, base, queue_name: str) -> str:
                 out.metric("xmodal_label_to_prediction_seconds", "gauge",
                            "Label arrival to new predictions, oldest new pair of the last rebuild.",
                            last["label_to_prediction_s"], project=name)
+        rebuilds = read_histogram(redis_client, rebuild_histogram_key(name))
+        if rebuilds:
+            out.histogram("xmodal_rebuild_duration_seconds",
+                          "Rebuild job start to the new index serving.", rebuilds, REBUILD_BUCKETS,
+                          project=name)
+        latency = read_histogram(redis_client, latency_histogram_key(name))
+        if latency:
+            out.histogram("xmodal_label_to_prediction_latency_seconds",
+                          "Label arrival to predictions by an index that includes it (per pair).",
+                          latency, REBUILD_BUCKETS, project=name)
     q = get_queue(redis_client, queue_name)
     out.metric("xmodal_queue_depth", "gauge", "Jobs waiting in the queue.", q.count, queue=q.name)
     for state, reg in (("started", StartedJobRegistry), ("failed", FailedJobRegistry),
@@ -102,12 +119,6 @@ def render(redis_client: redis.Redis, base, queue_name: str) -> str:
                    reg(queue=q).count, queue=q.name, state=state)
     out.metric("xmodal_workers", "gauge", "RQ workers listening on the queue.",
                len(Worker.all(queue=q)))
-    raw = {k.decode(): v.decode() for k, v in redis_client.hgetall(webhook_key()).items()}
-    name = "xmodal_webhook_seconds"
-    out.lines += [f"# HELP {name} Time to answer a Label Studio webhook.", f"# TYPE {name} histogram"]
-    for b in WEBHOOK_BUCKETS:
-        out.lines.append(f'{name}_bucket{{le="{b}"}} {int(raw.get(f"le_{b}", 0))}')
-    out.lines.append(f'{name}_bucket{{le="+Inf"}} {int(raw.get("count", 0))}')
-    out.lines.append(f"{name}_sum {float(raw.get('sum', 0)):.6g}")
-    out.lines.append(f"{name}_count {int(raw.get('count', 0))}")
+    out.histogram("xmodal_webhook_seconds", "Time to answer a Label Studio webhook.",
+                  read_histogram(redis_client, webhook_histogram_key()), WEBHOOK_BUCKETS)
     return "\n".join(out.lines) + "\n"

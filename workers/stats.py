@@ -5,6 +5,11 @@ seconds spent building, writing and pushing predictions, and the label->new-pred
 (from the arrival time of the newest pair it included to the end of its Label Studio push, or to
 the index publication when there is no Label Studio step). ``P:{p}:rebuild:latency`` keeps the
 latency of every newly included pair of the recent rebuilds (newest first).
+
+Histograms for ``GET /metrics`` are Redis hashes of cumulative bucket counts (``le_<bound>``,
+``count``, ``sum``), so every gunicorn and RQ worker process adds to the same series:
+``P:metrics:webhook`` (time to answer a webhook), ``P:{p}:metrics:rebuild`` (rebuild duration) and
+``P:{p}:metrics:latency`` (label -> new predictions, one observation per newly included pair).
 """
 
 from __future__ import annotations
@@ -14,6 +19,34 @@ import redis
 from xmodal.redis_conn import gkey, pkey
 
 LATENCY_KEEP = 500
+WEBHOOK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+REBUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def webhook_histogram_key() -> str:
+    return gkey("metrics", "webhook")
+
+
+def rebuild_histogram_key(project: str) -> str:
+    return pkey(project, "metrics", "rebuild")
+
+
+def latency_histogram_key(project: str) -> str:
+    return pkey(project, "metrics", "latency")
+
+
+def observe(pipe, key: str, buckets: tuple[float, ...], *values: float) -> None:
+    """Add observations to the histogram hash ``key`` (commands queued on ``pipe``)."""
+    for b in buckets:
+        n = sum(1 for v in values if v <= b)
+        if n:
+            pipe.hincrby(key, f"le_{b}", n)
+    pipe.hincrby(key, "count", len(values))
+    pipe.hincrbyfloat(key, "sum", float(sum(values)))
+
+
+def read_histogram(redis_client: redis.Redis, key: str) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in redis_client.hgetall(key).items()}
 
 
 def projects_key() -> str:
@@ -45,6 +78,9 @@ def record_rebuild(redis_client: redis.Redis, project: str, stats: dict,
     if latencies:
         pipe.lpush(lat, *[f"{x:.6f}" for x in latencies])
         pipe.ltrim(lat, 0, LATENCY_KEEP - 1)
+        observe(pipe, latency_histogram_key(project), REBUILD_BUCKETS, *latencies)
+    if stats.get("total_s") is not None:
+        observe(pipe, rebuild_histogram_key(project), REBUILD_BUCKETS, float(stats["total_s"]))
     pipe.sadd(projects_key(), project)
     pipe.execute()
 
