@@ -27,7 +27,7 @@ import time
 
 import redis
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
 from backend.errors import ApiError
@@ -106,6 +106,13 @@ def create_app(config: dict | None = None) -> Flask:
     def _api_error(exc: ApiError):
         g.error = exc.message
         return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        g.error = "body too large"
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return jsonify({"error": f"the request body is larger than the limit of {limit} bytes "
+                                 "(XMODAL_MAX_CONTENT_LENGTH)"}), 413
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -21,7 +21,10 @@ def credentials(config) -> tuple[str, str] | None:
 def authorized(request: Request, creds: tuple[str, str] | None) -> bool:
     if creds is None or request.path in OPEN_PATHS:
         return True
-    auth = request.authorization
+    try:
+        auth = request.authorization
+    except (ValueError, UnicodeError):  # werkzeug's parser raises on non-ASCII base64
+        return False
     if auth is None or auth.type != "basic" or auth.username is None or auth.password is None:
         return False
     user_ok = hmac.compare_digest(auth.username.encode(), creds[0].encode())

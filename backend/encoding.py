@@ -1,7 +1,7 @@
-"""Embedding a free-text /search query the way the workspace's texts were embedded.
+"""Embedding a /search query (free text, or an image) the way the workspace's items were embedded.
 
-The one place that knows the encoder API (:mod:`xmodal.encoders`): adjust ``load_text_encoder``
-if that API changes. SIF's corpus-level state (word weights, common component ``u``) belongs to the
+The one place that knows the encoder API (:mod:`xmodal.encoders`): adjust ``load_text_encoder`` /
+``load_image_encoder`` if that API changes. SIF's corpus-level state (word weights, common component ``u``) belongs to the
 corpus, so it is loaded from the workspace (``Workspace.text_encoder_state_path``) rather than refit.
 """
 
@@ -66,3 +66,25 @@ def _features_encoder_id(ws: Workspace) -> str | None:
         return ws.features_info("text").get("encoder_id")
     except DataError:
         return None
+
+
+def load_image_encoder(ws: Workspace):
+    """The workspace's image encoder (an object with ``features(list[path])``; NaN rows = failed)."""
+    name = ws.config["encoders"].get("image")
+    if not name:
+        raise ApiError(503, f"image search is unavailable: workspace {ws.name!r} names no image encoder")
+    from xmodal.encoders import get_image_encoder
+
+    return get_image_encoder(name, progress=False)
+
+
+def image_encoder(ws: Workspace, loader=None):
+    """Cached per workspace and loader; ``loader`` overrides ``load_image_encoder``."""
+    key = ("image", str(ws.root), loader)
+    with _lock:
+        enc = _cache.get(key)
+    if enc is None:
+        enc = (loader or load_image_encoder)(ws)
+        with _lock:
+            _cache[key] = enc
+    return enc

@@ -9,12 +9,14 @@ rebuild for the RQ workers. A webhook is answered in milliseconds.
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import numpy as np
 
 from backend.annotations import apply_annotation
-from backend.encoding import text_encoder
+from backend.encoding import image_encoder, text_encoder
 from backend.errors import ApiError
+from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
 from backend.webhook import (ANNOTATION_ACTIONS, parse_annotation_event, parse_deleted_annotations,
                              parse_tasks)
@@ -103,10 +105,11 @@ class XmodalModel:
             try:
                 if not isinstance(task, dict):
                     raise ValueError("task is not an object")
-                results.append(task_prediction(snap, task, from_name, to_name))
-            except (UnknownItem, ValueError) as exc:
+                results.append(task_prediction(snap, self._with_item_id(task), from_name, to_name))
+            except (UnknownItem, ValueError, ApiError) as exc:
                 tid = task.get("id") if isinstance(task, dict) else None
-                errors.append({"task": tid, "index": i, "error": str(exc).strip("'\"")})
+                msg = exc.message if isinstance(exc, ApiError) else str(exc).strip("'\"")
+                errors.append({"task": tid, "index": i, "error": msg})
                 # keep one result per task: Label Studio pairs results with tasks by position
                 results.append({"result": [], "score": 0.0, "model_version": snap.model_version})
         if errors:
@@ -119,6 +122,18 @@ class XmodalModel:
         if errors:
             out["errors"] = errors[:20]
         return out
+
+    def _with_item_id(self, task: dict) -> dict:
+        """A task imported without ``data.item_id`` but with the image of an image project (a path
+        or local-files URL): the project's image at that location (not read; see local_images)."""
+        data = task.get("data")
+        if not isinstance(data, dict) or data.get("item_id") is not None or self.ws.select != "image" \
+                or not isinstance(data.get("image"), str):
+            return task
+        item = known_item(resolve_image(data["image"], self.ws), self.ws)
+        if item is None:
+            raise UnknownItem(f"image {data['image'][:200]!r} is not an image of this project")
+        return dict(task, data=dict(data, item_id=item))
 
     def fit(self, event: str, data: dict) -> dict:
         """Webhook events -> pair changes (+ a coalesced rebuild). Never rebuilds inline."""
@@ -171,10 +186,11 @@ class XmodalModel:
             raise ApiError(400, "k must be an integer") from None
         if not 1 <= k <= MAX_K:
             raise ApiError(400, f"k must be between 1 and {MAX_K}")
-        given = [f for f in ("text", "image_id", "text_id") if params.get(f) not in (None, "")]
+        given = [f for f in ("text", "image", "image_id", "text_id") if params.get(f) not in (None, "")]
         if len(given) != 1:
-            raise ApiError(400, "give exactly one of 'text' (free text -> images), 'image_id' "
-                                "(-> texts) or 'text_id' (-> images)")
+            raise ApiError(400, "give exactly one of 'text' (free text -> images), 'image' (an image "
+                                "path, local-files URL or data: URL -> texts), 'image_id' (-> texts) "
+                                "or 'text_id' (-> images)")
         field = given[0]
         query = params[field]
         if not isinstance(query, (str, int)):
@@ -191,6 +207,19 @@ class XmodalModel:
             else:
                 codes = np.zeros((1, 0), np.float32)
             hits, target = snap.search("text", codes, k)[0], "image"
+        elif field == "image":
+            ref = resolve_image(query, self.ws)   # refused here, before any read, if outside the roots
+            item = known_item(ref, self.ws)
+            if item is not None:
+                hits = snap.rank("image", item, None, k)
+            else:
+                codes = self._image_codes(snap, ref) if snap.has_signal else np.zeros((1, 0), np.float32)
+                hits = snap.search("image", codes, k)[0]
+            target = "text"
+            if not query.startswith("data:"):
+                query = query[:300]
+            else:
+                query = query[:40] + "..."
         else:
             qmod = "image" if field == "image_id" else "text"
             try:
@@ -206,3 +235,12 @@ class XmodalModel:
         return {"project": self.project, "model_version": snap.model_version,
                 "unlabelled": not snap.has_signal, "query": {field: query}, "target": target,
                 "results": results}
+
+    def _image_codes(self, snap: IndexSnapshot, ref) -> np.ndarray:
+        enc = image_encoder(self.ws, self.backend.image_encoder_loader)
+        with tempfile.TemporaryDirectory(prefix="xmodal-query-") as tmp:
+            features = np.asarray(enc.features([readable_path(ref, tmp)]), dtype=np.float32)
+        if not np.isfinite(features).all():
+            why = (getattr(enc, "failures_", None) or [(None, "cannot read image")])[0][1]
+            raise ApiError(422, f"the query image could not be embedded: {why}")
+        return snap.encode("image", features)

@@ -22,6 +22,7 @@ class Backend:
     queue: str
     default_project: str | None = None
     text_encoder_loader: object = None
+    image_encoder_loader: object = None
     resolver: ProjectResolver = field(init=False)
 
     def __post_init__(self):
@@ -35,7 +36,8 @@ class Backend:
         base = Path(config.get("MODEL_DIR") or model_dir())
         return cls(redis=client, model_dir=base, queue=config.get("XMODAL_QUEUE") or queue_name(),
                    default_project=config.get("XMODAL_PROJECT") or None,
-                   text_encoder_loader=config.get("TEXT_ENCODER_LOADER"))
+                   text_encoder_loader=config.get("TEXT_ENCODER_LOADER"),
+                   image_encoder_loader=config.get("IMAGE_ENCODER_LOADER"))
 
     def enqueue_rebuild(self, project: str, reason: str) -> tuple[str, bool]:
         return enqueue_rebuild(self.redis, project, reason=reason, queue=self.queue)

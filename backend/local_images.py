@@ -1,0 +1,138 @@
+"""Images a request names by location, read only inside the allowed local roots.
+
+``POST /search {"image": ...}`` (query by an image that need not be in the project) and ``/predict``
+tasks that carry ``data.image`` but no ``data.item_id`` name an image as
+
+- a file path (absolute, or relative to the first allowed root) or a ``file://`` URL;
+- Label Studio's local-files URL, ``/data/local-files/?d=<path>`` (with or without the host), a path
+  under Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` (the project's ``document_root``, else
+  ``$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``);
+- an inline ``data:image/...;base64,`` URL (the ``--images inline`` tasks), decoded in memory.
+
+A file is opened only when its real path (symlinks and ``..`` resolved) lies under an allowed root:
+``$XMODAL_IMAGE_ROOTS`` (``os.pathsep``-separated), else the folder holding the project's images.
+Everything else is refused before any file is touched: a path outside the roots (403), remote
+``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes or an unreadable
+``data:`` URL (400). The check is on strings and ``realpath`` only; nothing is opened to decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.errors import ApiError
+from xmodal.workspace import Workspace
+
+LOCAL_FILES_PATH = "/data/local-files/"
+MAX_INLINE_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A resolved reference: ``path`` (a real path inside a root) or ``data`` (inline bytes)."""
+
+    path: str | None = None
+    data: bytes | None = None
+
+
+def allowed_roots(ws: Workspace) -> list[str]:
+    """Real paths of the roots images may be read from (see the module doc)."""
+    env = os.environ.get("XMODAL_IMAGE_ROOTS", "")
+    roots = [r for r in env.split(os.pathsep) if r.strip()]
+    if not roots:
+        paths = [os.path.dirname(p) for p in ws.contents("image")]
+        roots = [os.path.commonpath(paths)] if paths else []
+    return [os.path.realpath(os.path.expanduser(r)) for r in roots]
+
+
+def _document_root(ws: Workspace) -> str | None:
+    ls = ws.config.get("label_studio") or {}
+    return ls.get("document_root") or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+
+
+def _inline(ref: str) -> ImageRef:
+    header, sep, payload = ref.partition(",")
+    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
+        raise ApiError(400, "an inline image must be a data:image/<type>;base64,<data> URL")
+    if len(payload) > MAX_INLINE_BYTES * 4 // 3 + 4:
+        raise ApiError(413, f"inline image larger than {MAX_INLINE_BYTES // 2**20} MiB")
+    try:
+        return ImageRef(data=base64.b64decode(payload, validate=True))
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the inline image is not valid base64") from None
+
+
+def _candidate_path(ref: str, ws: Workspace, roots: list[str]) -> str:
+    """The file path a reference names (not yet checked against the roots)."""
+    parsed = urllib.parse.urlsplit(ref)
+    if parsed.path == LOCAL_FILES_PATH or parsed.path.rstrip("/") == LOCAL_FILES_PATH.rstrip("/"):
+        rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
+        doc_root = _document_root(ws)
+        if not rel or not doc_root:
+            raise ApiError(400, "a local-files URL needs ?d=<path> and a known Label Studio document "
+                                "root (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+        return os.path.join(doc_root, rel.lstrip("/"))
+    if parsed.scheme in ("http", "https", "ftp", "s3", "gs"):
+        raise ApiError(400, f"{parsed.scheme} URLs are not fetched: give a local path, a Label "
+                            "Studio local-files URL or an inline data: URL")
+    if parsed.scheme == "file":
+        return urllib.parse.unquote(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # (one letter: a Windows drive)
+        raise ApiError(400, f"unsupported image reference scheme {parsed.scheme!r}")
+    path = os.path.expanduser(ref)
+    if not os.path.isabs(path):
+        if not roots:
+            raise ApiError(400, "a relative image path needs XMODAL_IMAGE_ROOTS")
+        path = os.path.join(roots[0], path)
+    return path
+
+
+def resolve_image(ref, ws: Workspace) -> ImageRef:
+    """A request's image reference -> :class:`ImageRef`, or an :class:`ApiError` (module doc)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ApiError(400, "image must be a non-empty string (a path, a local-files URL or a "
+                            "data: URL)")
+    ref = ref.strip()
+    if ref.startswith("data:"):
+        return _inline(ref)
+    if "\x00" in ref or len(ref) > 4096:
+        raise ApiError(400, "image reference is not a usable path")
+    roots = allowed_roots(ws)
+    real = os.path.realpath(_candidate_path(ref, ws, roots))
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        raise ApiError(403, f"image {ref!r} is outside the allowed local roots; it was not read "
+                            "(set XMODAL_IMAGE_ROOTS to allow more folders)"[:400],
+                       allowed_roots=roots)
+    return ImageRef(path=real)
+
+
+_by_path: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def known_item(ref: ImageRef, ws: Workspace) -> str | None:
+    """The project's image id at this path, if it is one of the project's images."""
+    if ref.path is None:
+        return None
+    key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
+    if key not in _by_path:
+        _by_path.clear()  # one project's map at a time is enough for a request's lookups
+        _by_path[key] = {os.path.realpath(p): i for i, p in zip(ws.ids("image"), ws.contents("image"))}
+    return _by_path[key].get(ref.path)
+
+
+def readable_path(ref: ImageRef, tmp_dir: str) -> str:
+    """A path the image encoder can open: the file itself, or the inline bytes written to
+    ``tmp_dir``."""
+    if ref.path is not None:
+        if not Path(ref.path).is_file():
+            raise ApiError(404, f"image {ref.path} does not exist")
+        return ref.path
+    path = os.path.join(tmp_dir, "query-image")
+    with open(path, "wb") as fh:
+        fh.write(ref.data or b"")
+    return path

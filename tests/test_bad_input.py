@@ -1,0 +1,308 @@
+"""Bad input, fuzzed: zero 5xx, a clear 4xx message, no pair lost; images outside the allowed
+local roots are refused before they are read.
+
+The fuzzers start from valid request bodies (Label Studio 1.23's captured shapes, with this test
+project's ids) and break one place at a time — a value replaced by any JSON value, a key dropped —
+which reaches the validation deep inside a body far more often than random JSON does
+(test_backend_api.test_fuzzed_bodies_never_5xx covers that). Real Redis, Flask's test client.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import annotation_body, image_id, synthetic_features, task_body, text_id
+from test_backend_api import LS_PID, build_index, post, predict_body, setup_body
+from xmodal.index_store import clear_cache
+from xmodal.pairs import PairStore
+
+FUZZ = settings(max_examples=80, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture
+def ws(make_workspace):
+    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
+
+
+@pytest.fixture
+def client(xenv, ws, fake_ls):
+    from backend.app import create_app
+
+    clear_cache()
+    return create_app({"TESTING": True}).test_client()
+
+
+# -- mutation fuzzing ---------------------------------------------------------------------------
+def valid_bodies() -> dict[str, list[dict]]:
+    """Per route, bodies that the backend accepts as they are."""
+    created = annotation_body("ANNOTATION_CREATED", 21, 1021, image_id(3), text_id(3), project=LS_PID)
+    updated = annotation_body("ANNOTATION_UPDATED", 22, 1022, image_id(4), text_id(4), project=LS_PID)
+    return {
+        "/webhook": [created, updated,
+                     {"action": "ANNOTATIONS_DELETED", "project": {"id": LS_PID}, "annotations": [{"id": 22}]},
+                     {"action": "TASKS_DELETED", "project": {"id": LS_PID}, "tasks": [{"id": 1022}]},
+                     {"action": "TASKS_CREATED", "project": {"id": LS_PID},
+                      "tasks": [task_body(1030, image_id(5), n_options=5)]}],
+        "/predict": [predict_body([task_body(1, image_id(1), n_options=6), task_body(2, image_id(2), n_options=6)])],
+        "/setup": [setup_body()],
+        "/search": [{"image_id": image_id(2), "k": 3}, {"text_id": text_id(2), "k": 3, "project": "proj"}],
+    }
+
+
+def paths_of(obj, prefix=()):
+    """Every JSON path of ``obj`` (dict keys and list indices), the root included."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from paths_of(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from paths_of(v, prefix + (i,))
+
+
+def mutate(body, path, action, value):
+    """``body`` with the value at ``path`` replaced by ``value`` (or deleted)."""
+    body = copy.deepcopy(body)
+    if not path:
+        return value
+    parent = body
+    for step in path[:-1]:
+        parent = parent[step]
+    if action == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return body
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12) | st.sampled_from(["", "0", "-1", "../../etc/passwd", "__none__", "t0003",
+                                             image_id(3), "ANNOTATION_CREATED", "9" * 30]),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def broken_requests(draw):
+    route = draw(st.sampled_from(sorted(valid_bodies())))
+    body = draw(st.sampled_from(valid_bodies()[route]))
+    n_edits = draw(st.integers(1, 3))
+    for _ in range(n_edits):
+        paths = list(paths_of(body)) if isinstance(body, (dict, list)) else [()]
+        path = draw(st.sampled_from(paths))
+        action = draw(st.sampled_from(["replace", "delete"])) if path else "replace"
+        body = mutate(body, path, action, draw(json_values))
+    return route, body
+
+
+def assert_clear_4xx_or_ok(resp, body):
+    assert resp.status_code < 500, (resp.status_code, resp.get_data(as_text=True)[:500], body)
+    data = resp.get_json(silent=True)
+    assert isinstance(data, dict), resp.get_data(as_text=True)[:200]
+    if resp.status_code >= 400:
+        assert isinstance(data.get("error"), str) and len(data["error"]) >= 8, data
+
+
+@settings(FUZZ, max_examples=250)
+@given(req=broken_requests())
+def test_broken_valid_bodies_are_4xx_with_a_message_and_lose_no_pair(client, r, req):
+    route, body = req
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)   # a pair that no bad request may touch
+    resp = post(client, route, body)
+    assert_clear_4xx_or_ok(resp, body)
+    assert store.get(1)["state"] == "pair"
+
+
+def test_the_unbroken_bodies_are_accepted(client, r):
+    """The fuzzer's starting points are valid: a mutation is what makes a request fail."""
+    build_index(r, n_pairs=4)
+    for route, bodies in valid_bodies().items():
+        for body in bodies:
+            resp = post(client, route, body)
+            assert resp.status_code == 200, (route, resp.get_json())
+
+
+@FUZZ
+@given(query=st.dictionaries(st.sampled_from(["text", "image_id", "text_id", "k", "project", "image", "x"]),
+                             st.text(max_size=20), max_size=4))
+def test_fuzzed_search_query_strings(client, r, query):
+    resp = client.get("/search", query_string=query)
+    assert_clear_4xx_or_ok(resp, query)
+
+
+@FUZZ
+@given(data=st.binary(max_size=200),
+       content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
+                                     "multipart/form-data; boundary=x", ""]))
+def test_non_json_bodies(client, data, content_type):
+    for route in ("/webhook", "/predict", "/setup", "/search"):
+        resp = client.post(route, data=data, content_type=content_type)
+        assert_clear_4xx_or_ok(resp, data)
+
+
+# -- size limit and auth ------------------------------------------------------------------------
+def test_oversized_bodies_are_refused_on_every_route(xenv, ws, r):
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 16384}).test_client()
+    big = annotation_body("ANNOTATION_CREATED", 31, 1031, image_id(5), text_id(5), project=LS_PID)
+    big["annotation"]["padding"] = "x" * 40_000
+    for route in ("/webhook", "/predict", "/setup", "/search"):
+        resp = post(client, route, big)
+        assert resp.status_code == 413, route
+        assert "16384 bytes" in resp.get_json()["error"]
+    assert PairStore(r, "proj").get(31) is None   # refused, not half-processed
+    small = annotation_body("ANNOTATION_CREATED", 32, 1032, image_id(5), text_id(5), project=LS_PID)
+    assert post(client, "/webhook", small).status_code == 200
+
+
+@FUZZ
+@given(header=st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda s: "Basic " + s, st.text(max_size=30)),
+    st.builds(lambda b: "Basic " + base64.b64encode(b).decode(), st.binary(max_size=30)),
+    st.sampled_from(["Basic", "Basic ", "Bearer s3cret", "basic bHM6czNjcmV0x", "Basic bHM6",
+                     "Basic " + base64.b64encode(b"ls:s3cret ").decode(),
+                     "Basic " + base64.b64encode(b"LS:s3cret").decode()])))
+def test_wrong_or_malformed_basic_auth_is_401(xenv, ws, header):
+    from backend.app import create_app
+
+    client = create_app({"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "s3cret"}).test_client()
+    for route in ("/webhook", "/predict", "/setup", "/search", "/metrics"):
+        try:
+            resp = client.post(route, data="{}", content_type="application/json",
+                               headers={"Authorization": header})
+        except ValueError:   # a header value that HTTP cannot carry (newline...): never sent
+            return
+        assert resp.status_code in (401, 405), (route, header, resp.status_code)
+    good = "Basic " + base64.b64encode(b"ls:s3cret").decode()
+    assert client.get("/metrics", headers={"Authorization": good}).status_code == 200
+
+
+# -- images outside the allowed roots -----------------------------------------------------------
+class SpyImageEncoder:
+    """Embeds any image as image 7's synthetic feature vector and records what it was asked to read."""
+
+    def __init__(self):
+        self.read: list[str] = []
+        self.X = synthetic_features(40)[0]
+
+    def features(self, paths):
+        self.read += list(paths)
+        for p in paths:
+            with open(p, "rb") as fh:
+                assert fh.read(4)   # a real, non-empty file
+        return np.stack([self.X[7] for _ in paths])
+
+
+@pytest.fixture
+def image_env(xenv, make_workspace, tmp_path, monkeypatch, fake_ls):
+    """A project whose images are real files under tmp/images, a secret file beside that folder,
+    and a backend whose image encoder is a spy."""
+    from PIL import Image
+
+    from backend.app import create_app
+
+    root = tmp_path / "images" / "img"   # the folder of the project's images: the default root
+    root.mkdir(parents=True)
+    ws = make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
+    items = ws.items
+    paths = [str(root.parent / i) for i in items["image_ids"]]
+    for p in paths[:3]:
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(p, format="JPEG")
+    ws.save_items(items["image_ids"], paths, items["text_ids"], items["texts"])
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"not for the backend")
+    new_image = root / "new.jpg"
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(new_image, format="JPEG")
+    (root / "escape.jpg").symlink_to(secret)
+    monkeypatch.delenv("XMODAL_IMAGE_ROOTS", raising=False)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(tmp_path))
+    clear_cache()
+    spy = SpyImageEncoder()
+    client = create_app({"IMAGE_ENCODER_LOADER": lambda w: spy}).test_client()
+    build_index(xenv.redis, n_pairs=8)
+    return type("Env", (), dict(client=client, spy=spy, root=root, secret=secret, new=new_image,
+                                tmp=tmp_path, paths=paths))
+
+
+@pytest.mark.parametrize("ref", [
+    "{secret}",                                            # absolute path outside the roots
+    "{root}/../secret.jpg",                                # '..' out of the root
+    "../../secret.jpg",                                    # relative, escaping
+    "{root}/escape.jpg",                                   # a symlink inside the root, pointing out
+    "file://{secret}",
+    "/data/local-files/?d=secret.jpg",                     # Label Studio's URL, outside the roots
+    "http://127.0.0.1:8080/data/local-files/?d=images/../secret.jpg",
+])
+def test_images_outside_the_roots_are_refused_not_read(image_env, ref):
+    ref = ref.format(secret=image_env.secret, root=image_env.root)
+    resp = post(image_env.client, "/search", {"image": ref, "k": 3})
+    assert resp.status_code == 403, resp.get_json()
+    assert "outside the allowed local roots" in resp.get_json()["error"]
+    assert image_env.spy.read == []
+
+
+@pytest.mark.parametrize("ref,status", [
+    ("http://example.invalid/cat.jpg", 400),               # never fetched on a request's behalf
+    ("s3://bucket/cat.jpg", 400),
+    ("data:text/html;base64,PGI+", 400),
+    ("data:image/png;base64,@@@", 400),
+    ("/tmp/\x00x.jpg", 400),
+    ("{root}/missing.jpg", 404),
+])
+def test_unusable_image_references(image_env, ref, status):
+    resp = post(image_env.client, "/search", {"image": ref.format(root=image_env.root), "k": 3})
+    assert resp.status_code == status, resp.get_json()
+    assert image_env.spy.read == []
+
+
+def test_images_inside_the_roots_are_searched(image_env):
+    known = post(image_env.client, "/search", {"image": image_env.paths[2], "k": 5}).get_json()
+    assert known["target"] == "text" and len(known["results"]) == 5
+    assert image_env.spy.read == []        # a project image: its stored codes, no embedding
+    local = post(image_env.client, "/search",
+                 {"image": "/data/local-files/?d=images/img/0002.jpg", "k": 5}).get_json()
+    assert local["results"] == known["results"]
+    new = post(image_env.client, "/search", {"image": str(image_env.new), "k": 5}).get_json()
+    assert image_env.spy.read == [str(image_env.new)] and len(new["results"]) == 5
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(buf, format="PNG")
+    inline = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    resp = post(image_env.client, "/search", {"image": inline, "k": 2})
+    assert resp.status_code == 200 and len(resp.get_json()["results"]) == 2
+    assert len(image_env.spy.read) == 2 and not os.path.exists(image_env.spy.read[1])  # temp file gone
+
+
+def test_predict_maps_task_images_and_refuses_outside_ones(image_env):
+    inside = task_body(1, image_id(2), n_options=6)
+    del inside["data"]["item_id"]
+    inside["data"]["image"] = "/data/local-files/?d=images/img/0002.jpg"
+    outside = copy.deepcopy(inside)
+    outside["id"] = 2
+    outside["data"]["image"] = str(image_env.secret)
+    out = post(image_env.client, "/predict", predict_body([inside, outside])).get_json()
+    assert out["results"][0]["result"], out          # mapped to img/0002.jpg and predicted
+    assert out["results"][1]["result"] == []
+    assert out["errors"][0]["task"] == 2 and "outside the allowed local roots" in out["errors"][0]["error"]
+    assert image_env.spy.read == []
+
+
+def test_xmodal_image_roots_widens_the_allowed_roots(image_env, monkeypatch):
+    monkeypatch.setenv("XMODAL_IMAGE_ROOTS", os.pathsep.join([str(image_env.root), str(image_env.tmp)]))
+    resp = post(image_env.client, "/search", {"image": str(image_env.secret), "k": 2})
+    assert resp.status_code == 200 and image_env.spy.read == [str(image_env.secret)]
