@@ -39,7 +39,9 @@ EXAMPLES = {
   xmodal eval --dataset folder --data my_data --n 20 --select text --text-encoder minilm --json out.json""",
     "bench": """examples:
   xmodal bench --quick            # small sizes, a minute
-  xmodal bench --json bench.json  # full sizes (k-medoids at n=20k takes about a minute)""",
+  xmodal bench --json bench.json  # full sizes (k-medoids at n=20k takes about a minute)
+  xmodal bench load               # 50 annotators x 60 s against `xmodal serve` + 2 workers, 10k items
+  xmodal bench load --annotators 5 --seconds 5 --items 500 --tasks 50   # the same, small""",
     "serve": """examples:
   xmodal serve --host 0.0.0.0 --port 9090 --workers 2
   BASIC_AUTH_USER=ls BASIC_AUTH_PASS=secret REDIS_URL=redis://localhost:6379/0 xmodal serve

@@ -1,4 +1,6 @@
-"""``xmodal bench``: throughput and latency of encoders, k-medoids, SSR rebuilds and queries."""
+"""``xmodal bench``: throughput and latency of encoders, k-medoids, SSR rebuilds and queries;
+``xmodal bench load``: many simulated annotators against the real backend and workers
+(:mod:`xmodal.load_bench`)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,36 @@ def register(subparsers) -> None:
     p.add_argument("--skip", default="", help="comma-separated sections to skip: encoders,kmedoids,ssr")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
     p.set_defaults(func=run)
+    # `xmodal bench load ...`; plain `xmodal bench [flags]` stays the component benchmark
+    sections = p.add_subparsers(dest="section", metavar="SECTION", required=False)
+    load = sections.add_parser(
+        "load", help="50 simulated annotators against `xmodal serve` + `xmodal worker` on loopback",
+        description="Load benchmark: concurrent simulated annotators post Label Studio webhooks to a "
+        "real `xmodal serve` (gunicorn) while real `xmodal worker` processes rebuild a synthetic "
+        "project; prints webhook latency, coalescing, label -> new predictions latency and lost "
+        "pairs next to their goals. Stops by itself and stops every process it started.",
+        epilog=LOAD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from xmodal.load_bench import add_arguments
+
+    add_arguments(load)
+    load.set_defaults(func=run_load)
+
+
+LOAD_EXAMPLES = """\
+examples:
+  xmodal bench load                                  # 50 annotators, 60 s, 10k items, 2 workers
+  xmodal bench load --annotators 5 --seconds 5 --items 500 --tasks 50   # a quick look
+  xmodal bench load --json load.json
+
+Redis: $REDIS_URL (loopback only) or the embedded server, under a private key prefix and queue.
+Goals printed next to the figures: webhook p99 < 50 ms, no pair lost, label -> prediction p95 < 5 s.
+"""
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from xmodal.load_bench import main_args
+
+    return main_args(args)
 
 
 def run(args: argparse.Namespace) -> int:
