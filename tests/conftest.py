@@ -206,5 +206,7 @@ class FakeLabelStudio:
 @pytest.fixture
 def fake_ls(monkeypatch):
     fake = FakeLabelStudio()
+    # both names: workers.resync binds the function at its import
     monkeypatch.setattr("workers.predictions.open_label_studio", fake)
+    monkeypatch.setattr("workers.resync.open_label_studio", fake)
     return fake

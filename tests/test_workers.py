@@ -550,6 +550,7 @@ def test_resync_replays_missed_webhooks(r, xenv, ws, fake_ls):
     _link(r, ws)
     out = resync("proj", redis_client=r)
     assert out["stored"] == 2 and out["stale"] == 1 and out["invalid"] == 1 and out["deleted"] == 1
+    assert sorted(out["added"]) == [1, 2] and out["removed"] == [77]
     live = {p["annotation_id"]: p["text_id"] for p in store.all_pairs()}
     assert live == {1: text_id(0), 3: text_id(9)}
     assert store.records()[77]["state"] == "deleted"
@@ -558,6 +559,20 @@ def test_resync_replays_missed_webhooks(r, xenv, ws, fake_ls):
     store.put(88, 1088, image_id(8), text_id(8), 1.0, received_at=time.time() + 60)
     resync("proj", redis_client=r)
     assert store.get(88)["state"] == "pair"
+
+
+def test_project_resync_command_prints_what_changed(r, xenv, ws, fake_ls, capsys):
+    from xmodal.cli import main
+
+    PairStore(r, "proj").put(77, 1077, image_id(7), text_id(7), 1.0, received_at=time.time() - 60)
+    fake_ls.tasks = [_ls_task(0, [(1, text_id(0))])]
+    _link(r, ws)
+    assert main(["project", "resync", "--name", "proj", "--no-rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "added or changed: 1 (annotations 1)" in out and "removed (deleted in Label Studio): 1 (annotations 77)" in out
+    assert get_queue(r).count == 0
+    assert main(["project", "resync", "--name", "proj", "--enqueue"]) == 0
+    assert "-resync-" in get_queue(r).job_ids[0]
 
 
 def test_start_training_resyncs_when_label_studio_is_known(r, xenv, ws, fake_ls):

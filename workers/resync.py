@@ -10,8 +10,10 @@ them through the same validation as ``/webhook`` (``backend.annotations.apply_an
   listing is tombstoned, but only if it arrived before the listing started (a label posted while
   the listing runs is not mistaken for a deleted one);
 
-and then enqueues a rebuild. The backend enqueues it on ``START_TRAINING`` (Label Studio's "Start
-Training" button) when the project has a Label Studio connection.
+and then enqueues a rebuild. The report (the job's result, the ``resync.done`` log line and
+``xmodal project resync``) has counts and the annotation ids it ``added`` (stored or changed) and
+``removed``. The backend enqueues a resync on ``START_TRAINING`` (Label Studio's "Start Training"
+button) when the project has a Label Studio connection.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from xmodal.workspace import Workspace
 log = logging.getLogger(__name__)
 
 RESYNC_FUNC = "workers.resync.resync"
+REPORT_IDS = 1000   # annotation ids listed in the report (the counts are always complete)
 
 
 def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool = True) -> dict:
@@ -62,6 +65,7 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     registry.record(tasks)
     counts = {"stored": 0, "same": 0, "stale": 0, "tombstoned": 0, "invalid": 0, "deleted": 0}
     seen_annotations, seen_tasks, changed = set(), set(), False
+    added, removed = [], []
     for task in tasks:
         seen_tasks.add(int(task["id"]))
         for ann in task.get("annotations") or []:
@@ -78,6 +82,8 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
                 continue
             counts[out["status"]] = counts.get(out["status"], 0) + 1
             changed |= out["pair_changed"]
+            if out["status"] == "stored":
+                added.append(int(ann["id"]))
     for ann_id, rec in pairs.records().items():
         if rec.get("state") == "deleted" or ann_id in seen_annotations:
             continue
@@ -85,11 +91,14 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
             continue  # arrived while listing: not evidence of a deletion
         if pairs.delete(ann_id) == "deleted":
             counts["deleted"] += 1
+            removed.append(int(ann_id))
             changed |= rec.get("state") == "pair"
     result = {"project": project, "job_id": job_id, "tasks": len(tasks),
               "annotations": len(seen_annotations), "changed": changed, **counts,
+              "added": added[:REPORT_IDS], "removed": removed[:REPORT_IDS],
               "seconds": round(time.time() - started, 3)}
     if rebuild:
         result["rebuild_job"], _ = enqueue_rebuild(r, project, "resync")
-    log.info(kv("resync.done", **result))
+    log.info(kv("resync.done", **{k: v for k, v in result.items() if k not in ("added", "removed")},
+                added_ids=",".join(map(str, added[:20])), removed_ids=",".join(map(str, removed[:20]))))
     return result

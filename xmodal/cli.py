@@ -55,6 +55,7 @@ EXAMPLES = {
       --label-studio-url http://localhost:8080 --api-key $TOKEN --backend-url http://localhost:9090
   xmodal project create --data my_data --name products --k auto    # workspace only, k by canopy
   xmodal project grow --name products --k 80                        # more tasks, pairs kept
+  xmodal project resync --name products     # replay Label Studio's annotations (lost webhooks)
   xmodal project list""",
     "demo": """examples:
   xmodal demo                                     # synthetic data, 30 labels, report in reports/

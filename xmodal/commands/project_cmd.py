@@ -1,4 +1,4 @@
-"""``xmodal project create|grow|list``: set up a project and its Label Studio side."""
+"""``xmodal project create|grow|resync|list``: set up a project and its Label Studio side."""
 
 from __future__ import annotations
 
@@ -43,6 +43,15 @@ examples:
 New medoids are chosen greedily to cover what the current ones miss (the existing medoids and
 their annotations stay); in Label Studio they become new tasks whose options are ranked by the
 current index, with predictions of the current model version.
+"""
+
+RESYNC_EXAMPLES = """\
+examples:
+  xmodal project resync --name coco            # in this process; prints added/removed annotations
+  xmodal project resync --name coco --enqueue  # as an RQ job (see xmodal status)
+
+Label Studio's URL and API key come from what the backend learnt on /setup, the workspace or
+$LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY.
 """
 
 
@@ -110,6 +119,20 @@ def register(subparsers) -> None:
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=run_grow)
 
+    rs = sub.add_parser("resync", help="replay Label Studio's annotations into the pair store",
+                        description="Label Studio is the source of truth: list every task with its "
+                        "annotations, store what the pair store misses (lost webhooks, Redis lost its "
+                        "data), remove what Label Studio deleted, then enqueue a rebuild. Prints what "
+                        "was added and removed.", epilog=RESYNC_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rs.add_argument("--name", required=True)
+    rs.add_argument("--model-dir", metavar="DIR")
+    rs.add_argument("--enqueue", action="store_true",
+                    help="run it as a job on the workers instead of in this process")
+    rs.add_argument("--no-rebuild", action="store_true", help="do not enqueue a rebuild afterwards")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=run_resync)
+
     ls = sub.add_parser("list", help="list the projects under $MODEL_DIR")
     ls.add_argument("--model-dir", metavar="DIR")
     ls.add_argument("--json", action="store_true")
@@ -170,6 +193,36 @@ def run_grow(args) -> int:
                           api_key=args.api_key or None, seed=args.seed, say=_say(args))
     _print_result(args, result)
     return 0
+
+
+def run_resync(args) -> int:
+    from workers.queueing import enqueue_resync
+    from workers.resync import resync
+    from xmodal.redis_conn import get_redis
+
+    _model_dir(args)
+    if args.enqueue:
+        job_id = enqueue_resync(get_redis(), args.name, "cli")
+        print(json.dumps({"job_id": job_id}) if args.json else f"resync of {args.name!r} queued: job {job_id}")
+        return 0
+    report = resync(args.name, redis_client=get_redis(), rebuild=not args.no_rebuild)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"resync {args.name!r}: {report['tasks']} tasks, {report['annotations']} annotations in Label "
+          f"Studio in {report['seconds']} s")
+    print(f"  added or changed: {report['stored']}" + (f" ({_ids(report['added'])})" if report["added"] else ""))
+    print(f"  removed (deleted in Label Studio): {report['deleted']}"
+          + (f" ({_ids(report['removed'])})" if report["removed"] else ""))
+    print(f"  unchanged: {report['same']}, older than stored: {report['stale']}, "
+          f"invalid: {report['invalid']}")
+    if report.get("rebuild_job"):
+        print(f"  rebuild: job {report['rebuild_job']}")
+    return 0
+
+
+def _ids(ids: list[int], n: int = 20) -> str:
+    return "annotations " + ", ".join(map(str, ids[:n])) + (f", ... ({len(ids) - n} more)" if len(ids) > n else "")
 
 
 def run_list(args) -> int:
