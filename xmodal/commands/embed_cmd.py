@@ -17,6 +17,8 @@ EXAMPLES = """\
 examples:
   xmodal embed --images photos/ --out images.npy
   xmodal embed --texts captions.txt --encoder minilm --out texts.npy
+  xmodal worker &  xmodal worker &        # here or on other machines (same REDIS_URL)
+  xmodal embed --images photos/ --out images.npy --distributed
 
 Rows follow the input order (images: sorted paths under DIR, recursively; texts: one per line of
 FILE, UTF-8). Next to FEATURES.npy, FEATURES.json lists the items, the encoder id and the failures
@@ -55,6 +57,16 @@ def register(subparsers) -> None:
         help="cache root (default: $XMODAL_CACHE_DIR or ~/.cache/xmodal)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    dist = parser.add_argument_group(
+        "distributed", "fan the uncached items out as chunked RQ jobs to `xmodal worker`s "
+        "(any machine with the same Redis and the images at the same paths); rows come back in "
+        "input order; a rerun computes only what is missing")
+    dist.add_argument("--distributed", action="store_true",
+                      help="compute on the workers instead of in this process")
+    dist.add_argument("--queue", metavar="NAME",
+                      help="embed queue (default $XMODAL_EMBED_QUEUE or xmodal-embed)")
+    dist.add_argument("--chunk-size", type=int, metavar="N",
+                      help="items per job (default 64 images / 512 texts)")
     parser.set_defaults(func=run)
 
 
@@ -73,13 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if modality == "text" and args.encoder == "minilm":
         options.pop("cache_dir")  # MiniLM's weights come from its package, nothing to cache
     encoder = get_encoder(modality, args.encoder, **options)
-    X, failures = embed_with_cache(
-        encoder,
-        items,
-        FeatureCache(Path(cache_dir) / "features"),
-        progress=not args.no_progress,
-        fit=True,
-    )
+    cache = FeatureCache(Path(cache_dir) / "features")
+    if getattr(args, "distributed", False):
+        from workers.embed import embed_distributed
+
+        X, failures = embed_distributed(
+            encoder, items, cache, options=options, fit=True, queue=args.queue,
+            chunk_size=args.chunk_size, progress=not args.no_progress, say=print)
+    else:
+        X, failures = embed_with_cache(encoder, items, cache, progress=not args.no_progress,
+                                       fit=True)
     out = args.out if args.out.suffix == ".npy" else args.out.with_name(args.out.name + ".npy")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, X)

@@ -1,4 +1,5 @@
-"""``xmodal worker``: the stock ``rq worker`` on the rebuild queue (scale by starting more)."""
+"""``xmodal worker``: the stock ``rq worker`` on the rebuild queue, then the feature-extraction
+queue (scale by starting more; rq takes its queues in priority order, so rebuilds go first)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ def register(subparsers) -> None:
                               description="Thin wrapper over `rq worker`: the queue is $XMODAL_QUEUE "
                               "(default xmodal), Redis is $REDIS_URL or the embedded server.")
     p.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    p.add_argument("--queue", default=None, help="queue name (default $XMODAL_QUEUE or xmodal)")
+    p.add_argument("--queue", default=None, metavar="NAME[,NAME]",
+                   help="queues in priority order (default: $XMODAL_QUEUE or xmodal, then "
+                   "$XMODAL_EMBED_QUEUE or xmodal-embed: rebuilds first, then feature-extraction "
+                   "chunks of `xmodal embed --distributed`); e.g. --queue xmodal-embed for an "
+                   "embedding-only worker")
     p.add_argument("--name", default=None, help="worker name (default: rq's)")
     p.add_argument("--max-jobs", type=int, default=None)
     p.add_argument("--simple", action="store_true",
@@ -35,8 +40,9 @@ def rq_argv(args) -> list[str]:
     # --with-scheduler: retries with a backoff interval are scheduled jobs
     # the Redis URL goes in $RQ_REDIS_URL (set by run), not argv: no password in `ps`
     argv = cmd + ["worker", "--with-scheduler"]
-    # forked work horses inherit the rebuild's imports from the parent (see workers.preload)
-    worker_class = "rq.worker.SimpleWorker" if getattr(args, "simple", False) else "workers.preload.PreloadedWorker"
+    # forked work horses inherit the rebuild's imports from the parent (see workers.preload);
+    # embed chunks run in the parent, keeping their encoder between chunks (workers.embed_worker)
+    worker_class = "rq.worker.SimpleWorker" if getattr(args, "simple", False) else "workers.embed_worker.EmbedWorker"
     argv += ["--worker-class", worker_class]
     if args.burst:
         argv.append("--burst")
@@ -44,7 +50,13 @@ def rq_argv(args) -> list[str]:
         argv += ["--name", args.name]
     if args.max_jobs:
         argv += ["--max-jobs", str(args.max_jobs)]
-    return argv + [args.queue or queue_name()]
+    if args.queue:
+        queues = [q.strip() for q in args.queue.split(",") if q.strip()]
+    else:
+        from workers.embed import embed_queue_name
+
+        queues = [queue_name(), embed_queue_name()]
+    return argv + queues
 
 
 def run(args) -> int:
