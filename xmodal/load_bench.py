@@ -83,10 +83,16 @@ class TaskPool:
     def __init__(self, tasks: list[Task]):
         self._tasks = list(reversed(tasks))   # pop() serves the anytime order's first medoid first
         self._lock = threading.Lock()
+        self.emptied_at: float | None = None     # perf_counter when the last task was taken
 
     def take(self) -> Task | None:
         with self._lock:
-            return self._tasks.pop() if self._tasks else None
+            if not self._tasks:
+                return None
+            task = self._tasks.pop()
+            if not self._tasks:
+                self.emptied_at = time.perf_counter()
+            return task
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -218,7 +224,8 @@ class IndexWatch:
     """Polls the current index version (what ``/metrics`` reports) and, for each new one, reads which
     pair each annotation has in its file; a second thread asks ``/predict`` until it serves it."""
 
-    def __init__(self, r, ws, url: str, ls_project: int, probe_task: dict, poll_s: float = 0.01):
+    def __init__(self, r, ws, url: str, ls_project: int, probe_task: dict, poll_s: float = 0.01,
+                 probe: bool = True):
         from xmodal.index_store import IndexStore
 
         self.store, self.ws, self.url, self.poll_s = IndexStore(r, ws), ws, url, poll_s
@@ -231,8 +238,9 @@ class IndexWatch:
         self.predict_errors = 0
         self.stop = threading.Event()
         self._wake = threading.Event()
-        self.threads = [threading.Thread(target=self._watch, daemon=True, name="index-watch"),
-                        threading.Thread(target=self._predict, daemon=True, name="predict-probe")]
+        self.threads = [threading.Thread(target=self._watch, daemon=True, name="index-watch")]
+        if probe:
+            self.threads.append(threading.Thread(target=self._predict, daemon=True, name="predict-probe"))
 
     def start(self):
         for t in self.threads:
@@ -416,7 +424,8 @@ def start_services(pm, env: dict, tag: str, args) -> tuple:
     port = free_port()
     backend = pm.start("backend", _python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                    "--workers", str(args.web_workers)], env=env)
-    workers = [pm.start(f"worker-{w}", _python_cli() + ["worker", "--name", f"{tag}-w{w}"], env=env)
+    nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
+    workers = [pm.start(f"worker-{w}", nice + _python_cli() + ["worker", "--name", f"{tag}-w{w}"], env=env)
                for w in range(1, args.workers + 1)]
     return f"http://127.0.0.1:{port}", backend, workers
 
@@ -474,7 +483,7 @@ def run(args, say=print) -> dict:
                               deadline=time.perf_counter() + args.seconds, think=args.think,
                               p_wrong=args.p_wrong, p_duplicate=args.p_duplicate, p_update=args.p_update,
                               max_posts=args.max_posts)
-            watch = IndexWatch(r, ws, backend_url, LS_PROJECT_PLACEHOLDER, probe).start()
+            watch = IndexWatch(r, ws, backend_url, LS_PROJECT_PLACEHOLDER, probe, probe=args.predict_probe).start()
             load_avg_before = os.getloadavg()
             say(f"{args.annotators} annotators for {args.seconds:.0f} s (think {args.think[0]:g}-"
                 f"{args.think[1]:g} s) ...")
@@ -497,8 +506,12 @@ def run(args, say=print) -> dict:
             result = summarize(ctx.posts, watch, metrics, lost_pairs(r, ws, ctx.posts),
                                stats.recent_latencies(r, ws.name), rebuild_counts(r, ws, tag),
                                load_s=load_s, drain_s=drain_s)
+            result["timeline"] = timeline(ctx.posts, t_start)
+            result["timing"]["tasks_done_after_s"] = None if ctx.pool.emptied_at is None \
+                else round(ctx.pool.emptied_at - t_start, 2)
             result["settings"] = {"annotators": args.annotators, "seconds": args.seconds, "items": args.items,
                                   "tasks": len(tasks), "workers": args.workers, "web_workers": args.web_workers,
+                                  "worker_nice": args.worker_nice, "predict_probe": args.predict_probe,
                                   "think_s": list(args.think), "p_wrong": args.p_wrong,
                                   "p_duplicate": args.p_duplicate, "p_update": args.p_update,
                                   "redis": url.split("@")[-1], "prefix": tag, "backend_url": backend_url,
@@ -571,6 +584,16 @@ def summarize(posts: list[Post], watch: IndexWatch, metrics: dict, lost: dict, w
     }
 
 
+def timeline(posts: list[Post], t0: float, window_s: float = 10.0) -> list[dict]:
+    """Requests and client-side webhook latency per ``window_s`` of the run."""
+    out = {}
+    for p in posts:
+        if p.latency_s is not None:
+            out.setdefault(int((p.t_sent - t0) // window_s), []).append(p.latency_s)
+    return [{"from_s": k * window_s, "requests": len(v), "p50_s": pct(v, 50), "p99_s": pct(v, 99)}
+            for k, v in sorted(out.items())]
+
+
 def _r(v):
     return None if v is None else round(v, 4)
 
@@ -604,7 +627,8 @@ def format_report(res: dict) -> str:
         f"({s['tasks']} medoid tasks), {s['workers']} workers, gunicorn x{s['web_workers']}, {s['cpus']} CPUs, "
         f"load avg {s['load_avg_before'][0]:.2f} -> {s['load_avg_after'][0]:.2f}",
         f"webhook requests      {w['requests']} ({w['per_s']}/s; {w['create']} created, {w['update']} updated, "
-        f"{w['duplicate']} duplicates), errors {w['errors']}",
+        f"{w['duplicate']} duplicates), errors {w['errors']}; every task labelled after "
+        f"{_s(res['timing'].get('tasks_done_after_s'))}",
         f"webhook latency       client p50 {_ms(w['client_p50_s'])}, p99 {_ms(w['client_p99_s'])}, max "
         f"{_ms(w['client_max_s'])}; server (xmodal_webhook_seconds, {w['server_count']}) p50 "
         f"{_ms(w['server_p50_s'])}, p99 {_ms(w['server_p99_s'])}",
@@ -625,7 +649,9 @@ def format_report(res: dict) -> str:
         f"  {'no pair lost':<30} {mark(ok['lost_pairs']):<7} lost {pairs['lost']}, PairStore mismatches "
         f"{pairs['pair_store_mismatch']}, errors {w['errors']}",
         f"  {'label -> prediction p95 < %.0f s' % GOALS['label_to_prediction_p95_s']:<30} "
-        f"{mark(ok['label_to_prediction_p95']):<7} /predict {_s(lp['predict_p95_s'])}",
+        f"{mark(ok['label_to_prediction_p95']):<7} "
+        + (f"/predict {_s(lp['predict_p95_s'])}" if lp["predict_p95_s"] is not None
+           else f"index {_s(lp['index_p95_s'])} (no /predict probe)"),
     ]
     if w["first_errors"]:
         lines.append("first errors: " + "; ".join(w["first_errors"]))
@@ -653,6 +679,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="medoid tasks to label (k-medoids over the images; default 500)")
     p.add_argument("--workers", type=int, default=2, help="`xmodal worker` processes (default 2)")
     p.add_argument("--web-workers", type=int, default=2, help="gunicorn workers of `xmodal serve` (default 2)")
+    p.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                   help="run the workers under `nice -n N` (default 0: as shipped)")
+    p.add_argument("--no-predict-probe", dest="predict_probe", action="store_false",
+                   help="do not ask /predict for each new version (then only label -> index is measured)")
     p.add_argument("--think", type=_think, default=(0.0, 1.0), metavar="MIN-MAX",
                    help="think time per label, uniform, seconds (default 0-1)")
     p.add_argument("--p-wrong", type=float, default=0.1, help="share of wrong first answers, corrected "
