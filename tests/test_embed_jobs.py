@@ -244,3 +244,31 @@ def test_worker_listens_on_rebuilds_first_then_embed(xenv):
     assert rq_argv(args)[-2:] == [xenv.tag, f"{xenv.tag}-embed"]
     args.queue = "xmodal-embed"
     assert rq_argv(args)[-1] == "xmodal-embed" and xenv.tag not in rq_argv(args)
+
+
+def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp_path):
+    """`xmodal project create --workers-embed`: the image features come from the workers and equal
+    the in-process ones (SIF texts stay in-process)."""
+    from xmodal.cli import main
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    lines = []
+    for i, src in enumerate(coco_images(8)):
+        (data / "images" / f"{i}.jpg").symlink_to(src)
+        lines.append(f'{{"id": "t{i}", "text": "{sentences(1, seed=i)[0]}", "image": "{i}.jpg"}}')
+    (data / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    workers(2)
+    common = ["project", "create", "--data", str(data), "--k", "3", "--json"]
+    assert main(common + ["--name", "dist", "--workers-embed", "--cache-dir", str(tmp_path / "c1")]) == 0
+    from rq import Queue, Worker
+
+    ran = Worker.all(queue=Queue(embed_queue_name(), connection=xenv.redis))
+    assert sum(w.successful_job_count for w in ran) >= 1     # the chunk(s) ran on the workers
+    assert main(common + ["--name", "local", "--cache-dir", str(tmp_path / "c2")]) == 0
+    from xmodal.workspace import Workspace
+
+    a, b = Workspace(xenv.models / "dist"), Workspace(xenv.models / "local")
+    np.testing.assert_allclose(a.load_features("image"), b.load_features("image"), atol=1e-4)
+    np.testing.assert_allclose(a.load_features("text"), b.load_features("text"), atol=1e-6)
+    assert a.medoid_ids() == b.medoid_ids()

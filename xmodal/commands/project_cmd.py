@@ -103,6 +103,9 @@ def register(subparsers) -> None:
     c.add_argument("--label-config", metavar="FILE", help="labelling config instead of label_config/*.xml")
     c.add_argument("--model-dir", metavar="DIR", help="workspaces root (default $MODEL_DIR or ./models)")
     c.add_argument("--cache-dir", metavar="DIR", help="feature cache root (default ~/.cache/xmodal/features)")
+    c.add_argument("--workers-embed", action="store_true",
+                   help="compute the image (and MiniLM) features on `xmodal worker`s, as chunked "
+                   "jobs on $XMODAL_EMBED_QUEUE (default xmodal-embed), instead of in this process")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(func=run_create)
@@ -176,7 +179,8 @@ def run_create(args) -> int:
                        label_studio_url=args.label_studio_url or None, api_key=args.api_key or None,
                        backend_url=args.backend_url or None, title=args.title, images=args.images,
                        document_root=args.document_root, label_config=args.label_config,
-                       feature_cache=args.cache_dir, seed=args.seed)
+                       feature_cache=args.cache_dir, workers_embed=args.workers_embed,
+                       seed=args.seed)
     _print_result(args, create_project(spec, say=_say(args)))
     return 0
 

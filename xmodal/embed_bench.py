@@ -1,0 +1,176 @@
+"""Distributed feature extraction benchmark: in-process vs 1, 2, … `xmodal worker` processes.
+
+    python -m xmodal.embed_bench --data ../shared/data/coco_mini --workers 1,2 --threads auto,1
+
+EfficientNet-Lite0 (ONNX Runtime) on the real COCO-mini JPEGs (decoding included), through
+:func:`workers.embed.embed_distributed`. Every run starts from a cold feature cache (a fresh
+cache directory for the coordinator *and* the workers); the workers are started once per
+configuration and warmed up (ONNX session built) before the timed runs, as long-lived workers
+would be. ``--threads`` sets ONNX Runtime's intra-op threads per worker
+(``$XMODAL_EMBED_THREADS``; ``auto`` = its default, one per core), so that N workers on few cores
+can be measured with and without oversubscription. Prints medians over ``--runs`` and the load
+average before and after (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+
+def _images(data: Path, limit: int | None) -> list[str]:
+    if (data / "pairs.json").is_file():
+        pairs = json.loads((data / "pairs.json").read_text())
+        paths = [str(data / p["file"]) for p in pairs]
+    else:
+        from xmodal.commands.embed_cmd import _image_paths
+
+        paths = _image_paths(data / "images" if (data / "images").is_dir() else data)
+    return paths[:limit] if limit else paths
+
+
+def _start_workers(n: int, queue: str, env: dict, logdir: Path, tag: str):
+    from rq import Queue, Worker
+
+    from xmodal.redis_conn import get_redis
+
+    procs = []
+    for k in range(n):
+        log = open(logdir / f"{tag}-w{k}.log", "w")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "xmodal.cli", "worker", "--queue", queue, "--name",
+             f"{tag}-w{k}"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    q = Queue(queue, connection=get_redis())
+    deadline = time.monotonic() + 120
+    while Worker.count(queue=q) < n:
+        if time.monotonic() > deadline:
+            _stop(procs)
+            raise RuntimeError(f"{n} workers did not register within 120 s (logs in {logdir})")
+        time.sleep(0.1)
+    return procs
+
+
+def _stop(procs) -> None:
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="COCO-mini folder or an image folder")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure (default 1,2)")
+    ap.add_argument("--threads", default="auto,1",
+                    help="ONNX Runtime intra-op threads per worker: 'auto' and/or numbers")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median)")
+    ap.add_argument("--chunk-size", type=int, default=0,
+                    help="images per job (default: each worker gets >= 4 chunks, at most 64)")
+    ap.add_argument("--limit", type=int, default=None, help="first N images only")
+    ap.add_argument("--no-inprocess", action="store_true", help="skip the in-process baseline")
+    ap.add_argument("--json", type=Path, help="write the numbers here too")
+    args = ap.parse_args(argv)
+
+    if not args.data.is_dir():
+        print(f"--data {args.data}: no such folder (COCO-mini: ../shared/data/coco_mini)",
+              file=sys.stderr)
+        return 2
+    paths = _images(args.data, args.limit)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        print(f"{len(missing)} image files missing, e.g. {missing[0]}", file=sys.stderr)
+        return 2
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    threads = [t.strip() for t in args.threads.split(",") if t.strip()]
+    tmp = Path(tempfile.mkdtemp(prefix="xmodal-embed-bench-"))
+    tag = f"eb-{uuid.uuid4().hex[:8]}"
+    # a private namespace; an embedded Redis in the temp dir unless $REDIS_URL is set
+    os.environ.setdefault("MODEL_DIR", str(tmp / "models"))
+    os.environ["XMODAL_REDIS_PREFIX"] = tag
+    os.environ["XMODAL_EMBED_QUEUE"] = f"{tag}-embed"
+    os.environ["XMODAL_EMBED_RETRIES"] = "0"
+    from workers.embed import default_chunks, embed_distributed, embed_queue_name
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.cache import FeatureCache, embed_with_cache
+    from xmodal.redis_conn import get_redis, redis_url
+
+    get_redis().ping()
+    env = dict(os.environ, REDIS_URL=redis_url())
+    queue = embed_queue_name()
+    load0 = os.getloadavg()
+    print(f"{len(paths)} images from {args.data}, {os.cpu_count()} cores, load average "
+          f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; {args.runs} cold-cache runs each")
+    results = []
+
+    def timed(fn, label):
+        times = []
+        for run in range(args.runs):
+            t0 = time.perf_counter()
+            fn(tmp / f"{label}-run{run}")
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        row = {"config": label, "median_s": round(med, 3), "images_per_s": round(len(paths) / med, 1),
+               "runs_s": [round(t, 3) for t in times], "load1": round(os.getloadavg()[0], 2)}
+        results.append(row)
+        base = results[0]["median_s"] if results and results[0] is not row else None
+        extra = f"  x{base / med:.2f} vs {results[0]['config']}" if base else ""
+        print(f"{label:<28} median {med:6.2f} s  {row['images_per_s']:6.1f} img/s  "
+              f"runs {', '.join(f'{t:.2f}' for t in times)}  load {row['load1']:.2f}{extra}",
+              flush=True)
+
+    if not args.no_inprocess:
+        enc = get_encoder("image", "efficientnet-lite0", progress=False)
+        embed_with_cache(enc, paths[:8], FeatureCache(tmp / "warm"), progress=False)
+        timed(lambda d: embed_with_cache(enc, paths, FeatureCache(d), progress=False),
+              "in-process (ORT auto)")
+
+    for th in threads:
+        for n in counts:
+            wenv = dict(env)
+            if th != "auto":
+                wenv["XMODAL_EMBED_THREADS"] = th
+            else:
+                wenv.pop("XMODAL_EMBED_THREADS", None)
+            label = f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
+            procs = _start_workers(n, queue, wenv, tmp, f"{tag}-{th}-{n}")
+            try:
+                size = args.chunk_size or default_chunks(len(paths), n, "image")
+                enc = get_encoder("image", "efficientnet-lite0", progress=False)
+                # warm-up: every worker builds its ONNX session on its first chunk
+                embed_distributed(enc, paths[:8 * n], FeatureCache(tmp / f"warm-{label}"),
+                                  chunk_size=4, progress=False, worker_cache_root="")
+                timed(lambda d: embed_distributed(
+                    enc, paths, FeatureCache(d / "coordinator"), chunk_size=size, progress=False,
+                    worker_cache_root=str(d / "workers")), label)
+            finally:
+                _stop(procs)
+    from xmodal.redis_conn import embedded_server, stop_embedded
+
+    if embedded_server() is not None:
+        stop_embedded()
+    load1 = os.getloadavg()
+    print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"images": len(paths), "cores": os.cpu_count(),
+                                         "load_before": load0, "load_after": load1,
+                                         "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
