@@ -34,6 +34,7 @@ import redis
 from workers import stats
 from workers.logfmt import kv
 from workers.predictions import LabelStudioPushError, refresh_label_studio
+from xmodal.ann import build_for as build_ann
 from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError
@@ -97,7 +98,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     needed = 2 if measure == "pearson" else 1
     col_stats = {"image": None, "text": None}
     hub = {"image": None, "text": None}
-    timings = {}
+    timings, ann = {}, {}
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
@@ -112,6 +113,10 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             t0 = time.perf_counter()
             hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
             timings["hubness_s"] = round(time.perf_counter() - t0, 4)
+        t0 = time.perf_counter()   # ANN over the codes of a modality above ann_threshold items
+        ann = build_ann({"image": image_codes, "text": text_codes}, cfg)
+        if ann:
+            timings["ann_s"] = round(time.perf_counter() - t0, 4)
     else:  # unlabelled: no cross-modal signal yet, every score is 0
         image_codes = np.zeros((len(X), 0), np.float32)
         text_codes = np.zeros((len(Y), 0), np.float32)
@@ -127,7 +132,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         pair_rows=pair_rows, annotation_ids=np.asarray(ann_ids, dtype=np.int64),
         medoid_ids=np.asarray(ws.medoid_ids(), dtype=str),
         image_col_stats=col_stats["image"], text_col_stats=col_stats["text"],
-        image_hub=hub["image"], text_hub=hub["text"], csls_k=csls_k,
+        image_hub=hub["image"], text_hub=hub["text"], csls_k=csls_k, ann=ann,
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped

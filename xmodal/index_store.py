@@ -16,6 +16,14 @@ the medoid order (for the priority of unlabelled predictions). With the workspac
 of the SSR columns (``"zscore"``, so new queries are encoded like the indexed items) and the CSLS
 hubness terms of every item (``"csls"``, :mod:`xmodal.core.hubness`, applied by
 :meth:`IndexSnapshot.scores`). Files written before these fields existed load as faithful indexes.
+
+Above ``ann_threshold`` items of a modality (:mod:`xmodal.ann`, default 100 000) the rebuild also
+builds an approximate-nearest-neighbour index of that modality's codes; it is written beside the
+index file as ``index/v<N>.<modality>.faiss`` *before* the ``.npz`` (whose meta names it) and
+before the pointer moves, pruned with its version, and loaded lazily by the snapshot on the first
+search. /search and :meth:`IndexSnapshot.rank` without a candidate list then take a shortlist from
+it and re-score the shortlist exactly; with no ANN file (old indexes, small projects, faiss
+missing, an unreadable file) they are exact.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from xmodal import ann as ann_mod
 from xmodal.core.hubness import apply_csls, knn_mean
 from xmodal.core.ssr import ssr, ssr_codes, top_k
 from xmodal.errors import DataError
@@ -100,6 +109,10 @@ class IndexSnapshot:
     image_hub: np.ndarray | None = None         # (n,) mean top-k similarity to the texts ("csls")
     text_hub: np.ndarray | None = None          # (m,) mean top-k similarity to the images
     csls_k: int | None = None                   # k of the hubness terms; None = no CSLS
+    # approximate search (xmodal.ann): built indexes by modality (the rebuild), else loaded lazily
+    # from the files beside ``path`` that meta["ann"] names
+    ann: dict = field(default_factory=dict, repr=False)
+    path: Path | None = None                    # the .npz this snapshot was read from
     _rows: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -143,6 +156,49 @@ class IndexSnapshot:
     def hubness(self, modality: str) -> np.ndarray | None:
         """Stored CSLS terms of the indexed items of ``modality`` (None without CSLS)."""
         return self.image_hub if modality == "image" else self.text_hub
+
+    def ann_index(self, modality: str):
+        """The ANN index over ``modality``'s codes (:class:`xmodal.ann.AnnIndex`), or None: then
+        searches over that modality are exact. Loaded on first use; a missing or unreadable file
+        is logged once and means exact search."""
+        if modality in self.ann:
+            return self.ann[modality]
+        found = None
+        if modality in (self.meta.get("ann") or ()) and self.path is not None and self.has_signal:
+            p = ann_mod.path_for(self.path, modality)
+            try:
+                found = ann_mod.AnnIndex.load(p)
+                if found.n != len(self.ids(modality)) or found.dim != self.codes(modality).shape[1]:
+                    log.warning("project=%s index v%s: %s does not match the index (%d×%d); exact "
+                                "search", self.project, self.version, p.name, found.n, found.dim)
+                    found = None
+            except Exception as exc:  # noqa: BLE001 - missing file, faiss absent, corrupt file
+                log.warning("project=%s index v%s: no ANN index for %s (%s: %s); exact search",
+                            self.project, self.version, modality, type(exc).__name__, exc)
+                found = None
+        self.ann[modality] = found
+        return found
+
+    def _ann_top(self, query_modality: str, q: np.ndarray, k: int, query_hub=None):
+        """Top-k by the ANN shortlist re-scored exactly: list of (rows, scores) per query row, or
+        None when the target modality has no ANN index."""
+        tgt = other(query_modality)
+        index = self.ann_index(tgt) if self.has_signal else None
+        if index is None:
+            return None
+        n = len(self.ids(tgt))
+        cand, _ = index.search(q, ann_mod.shortlist(k, n))
+        out = []
+        for i in range(len(q)):
+            rows = cand[i][cand[i] >= 0]
+            qi = q[i:i + 1]
+            hub = None if query_hub is None else np.atleast_1d(query_hub)[i:i + 1]
+            if hub is None and self.uses_csls:   # r(q) from the shortlist: its k best similarities
+                hub = knn_mean(qi @ self.codes(tgt)[rows].T, self.csls_k, axis=1)
+            s = self.scores(query_modality, qi, rows, query_hub=hub)
+            idx, vals = top_k(s, min(k, len(rows)))
+            out.append((rows[idx[0]], vals[0]))
+        return out
 
     def _to_codes(self, R: np.ndarray, modality: str) -> np.ndarray:
         stats = self.image_col_stats if modality == "image" else self.text_col_stats
@@ -195,6 +251,13 @@ class IndexSnapshot:
         """
         row = self.rows(query_modality)[str(query_id)]
         tgt = other(query_modality)
+        hub = self.hubness(query_modality)
+        if candidate_ids is None and k is not None:
+            approx = self._ann_top(query_modality, self.codes(query_modality)[row:row + 1], k,
+                                   None if hub is None else hub[row:row + 1])
+            if approx is not None:
+                ids = self.ids(tgt)
+                return [(str(ids[r]), float(v)) for r, v in zip(*approx[0])]
         if candidate_ids is None:
             cand_rows = np.arange(len(self.ids(tgt)))
         else:
@@ -203,7 +266,6 @@ class IndexSnapshot:
                                    dtype=np.int64)
         if len(cand_rows) == 0:
             return []
-        hub = self.hubness(query_modality)
         s = self.scores(query_modality, self.codes(query_modality)[row], cand_rows,
                         query_hub=None if hub is None else hub[row:row + 1])
         k = len(cand_rows) if k is None else min(k, len(cand_rows))
@@ -216,9 +278,15 @@ class IndexSnapshot:
         return [(str(ids[cand_rows[i]]), float(v)) for i, v in zip(idx, vals)]
 
     def search(self, query_modality: str, query_codes: np.ndarray, k: int = 10):
-        """Top-k items of the other modality for code rows: list of (id, score) per query."""
-        s = self.scores(query_modality, query_codes)
+        """Top-k items of the other modality for code rows: list of (id, score) per query.
+
+        Through the ANN shortlist (re-scored exactly) when the other modality has an ANN index,
+        else exact over every item."""
         ids = self.ids(other(query_modality))
+        approx = self._ann_top(query_modality, np.atleast_2d(query_codes), k)
+        if approx is not None:
+            return [[(str(ids[r]), float(v)) for r, v in zip(rows, vals)] for rows, vals in approx]
+        s = self.scores(query_modality, query_codes)
         if self.has_signal:
             idx, vals = top_k(s, k)
         else:
@@ -253,10 +321,15 @@ def versions_on_disk(ws: Workspace) -> list[int]:
 
 
 def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
-    """Serialize the whole index to ``index/v<N>.npz`` atomically."""
+    """Serialize the whole index to ``index/v<N>.npz`` atomically, after the ANN files of
+    ``snap.ann`` (``index/v<N>.<modality>.faiss``, each atomic too), which its meta then names."""
+    path = index_path(ws, snap.version)
+    built = {m: a for m, a in snap.ann.items() if a is not None}
+    for modality, index in built.items():
+        index.save(ann_mod.path_for(path, modality))
     meta = dict(snap.meta, project=snap.project, version=snap.version, measure=snap.measure,
                 select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power,
-                csls_k=snap.csls_k)
+                csls_k=snap.csls_k, ann=sorted(built))
     optional = {name: np.asarray(getattr(snap, name), dtype=np.float32) for name in _OPTIONAL
                 if getattr(snap, name) is not None}
     buf = io.BytesIO()
@@ -268,8 +341,8 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
              annotation_ids=np.asarray(snap.annotation_ids, dtype=np.int64),
              medoid_ids=np.asarray(snap.medoid_ids, dtype=str),
              meta=np.asarray(json.dumps(meta)))
-    path = index_path(ws, snap.version)
     atomic_write_bytes(path, buf.getvalue())
+    snap.path = path
     return path
 
 
@@ -288,7 +361,8 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
             image_codes=z["image_codes"], text_codes=z["text_codes"],
             image_refs=z["image_refs"], text_refs=z["text_refs"],
             pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
-            medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), **optional)
+            medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
+            **optional)
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -343,10 +417,18 @@ class IndexStore:
         current = self.current_version()
         drop = [v for v in disk[:-self.keep] if v != current] if self.keep > 0 else []
         for v in drop:
-            try:
-                index_path(self.ws, v).unlink()
-            except FileNotFoundError:
-                pass
+            npz = index_path(self.ws, v)
+            for p in [npz, *npz.parent.glob(f"{npz.stem}.*{ann_mod.SUFFIX}")]:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        # ANN files of a rebuild that died before writing its .npz (older than the newest file)
+        newest = disk[-1] if disk else 0
+        for p in self.ws.index_dir.glob(f"v*{ann_mod.SUFFIX}") if disk else ():
+            m = re.match(r"^v(\d+)\.", p.name)
+            if m and int(m.group(1)) < newest and int(m.group(1)) not in disk:
+                p.unlink(missing_ok=True)
         return drop
 
     def load(self, version: int) -> IndexSnapshot:
