@@ -1,19 +1,37 @@
-"""The worker class ``xmodal worker`` runs: rq's forking ``Worker``, with the rebuild's imports done
-once in the parent.
+"""The worker classes ``xmodal worker`` runs: rq's ``Worker`` (a forked work horse per job) with the
+rebuild's imports done once in the parent, and rq's ``SimpleWorker`` (``--simple``); both run the
+recovery sweep.
 
 Each job runs in a forked work horse. Without this, every horse imports the job's modules anew;
 the Label Studio SDK alone takes ~1 s, which was a third of the label -> new predictions latency.
 Imported here, the modules are already in every fork. Use with the stock command:
 ``rq worker --worker-class workers.preload.PreloadedWorker``.
+
+Both classes start :func:`workers.recovery.start_sweeper` when they start working: a daemon thread
+of the worker process that re-enqueues rebuilds whose process died (its own Redis pool; the forked
+horses never use it).
 """
 
-from rq.worker import Worker
+from rq.worker import SimpleWorker, Worker
 
 import workers.predictions  # noqa: F401
 import workers.rebuild  # noqa: F401
 import workers.resync  # noqa: F401
 import xmodal.labelstudio  # noqa: F401  (label_studio_sdk)
+from workers.recovery import start_sweeper
 
 
 class PreloadedWorker(Worker):
-    """rq's ``Worker`` unchanged; importing this module is the point."""
+    """rq's ``Worker``; importing this module is most of the point, plus the recovery sweep."""
+
+    def work(self, *args, **kwargs):
+        start_sweeper(self)
+        return super().work(*args, **kwargs)
+
+
+class RecoveringSimpleWorker(SimpleWorker):
+    """rq's ``SimpleWorker`` (jobs in the worker process) with the recovery sweep."""
+
+    def work(self, *args, **kwargs):
+        start_sweeper(self)
+        return super().work(*args, **kwargs)

@@ -6,7 +6,10 @@ with its snapshot of the pairs (see :mod:`workers.rebuild`). So
 
 - pairs arriving while a rebuild is queued (not started) add nothing: that job will read them;
 - pairs arriving while a rebuild runs (after its snapshot) enqueue exactly one more;
-- a flag left behind by a job that vanished or failed (worker crash, enqueue error) is replaced.
+- a flag left behind by a job that vanished or failed (worker crash, enqueue error) is replaced;
+  so is one naming a STARTED job that holds no lease (its process died before its snapshot,
+  :mod:`workers.lease`). A job that died *after* its snapshot is re-enqueued by
+  :mod:`workers.recovery`, which every ``xmodal worker`` runs.
 
 Retries: ``Retry(max=$XMODAL_REBUILD_RETRIES, interval=$XMODAL_REBUILD_RETRY_INTERVALS)``; intervals
 above 0 need a worker started with ``--with-scheduler`` (``xmodal worker`` does). After the last
@@ -25,6 +28,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from workers import lease
 from workers.logfmt import kv
 from xmodal.redis_conn import check_project_name, key_prefix, pkey
 
@@ -89,13 +93,17 @@ def new_job_id(project: str) -> str:
     return f"{pre}-rebuild-{safe}-{uuid.uuid4().hex[:12]}"
 
 
-def _job_alive(redis_client: redis.Redis, job_id: str) -> bool | None:
-    """True if the job is queued/deferred/scheduled/started, False if it ended, None if missing."""
+def _job_alive(redis_client: redis.Redis, job_id: str, project: str) -> bool | None:
+    """True if the job is queued/deferred/scheduled/started, False if it ended, None if missing.
+    A STARTED job whose process died (no lease, :mod:`workers.lease`) has ended."""
     try:
         job = Job.fetch(job_id, connection=redis_client)
     except NoSuchJobError:
         return None
-    return job.get_status(refresh=False) in _ALIVE
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        return lease.started_job_alive(redis_client, project, job)
+    return status in _ALIVE
 
 
 def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
@@ -116,7 +124,7 @@ def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
         old = redis_client.get(flag) or b""
     old = old.decode()
     old_id, _, ts = old.partition("|")
-    alive = _job_alive(redis_client, old_id)
+    alive = _job_alive(redis_client, old_id, project)
     age = time.time() - float(ts or 0)
     if alive or (alive is None and age < FLAG_GRACE_S):
         log.debug(kv("rebuild.coalesced", project=project, job=old_id, reason=reason))

@@ -20,18 +20,21 @@
    or to the publication when there is no Label Studio step.
 
 Errors are raised with a message that says what to fix; RQ retries (``workers.queueing``) and then
-keeps the job in its failed registry.
+keeps the job in its failed registry. A process that dies instead (SIGKILL, OOM) stops renewing the
+job's lease; a worker's recovery sweep then enqueues the rebuild again (``workers.recovery``).
+Meanwhile the previous index keeps serving: nothing is published before step 3 completes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
 import redis
 
-from workers import stats
+from workers import lease, stats
 from workers.logfmt import kv
 from workers.predictions import LabelStudioPushError, refresh_label_studio
 from xmodal.ann import build_for as build_ann
@@ -155,13 +158,30 @@ def _connection(redis_client):
 
 
 def rebuild(project: str, redis_client: redis.Redis | None = None) -> dict:
-    """RQ job: build and publish a new index version of ``project``; returns its stats."""
+    """RQ job: build and publish a new index version of ``project``; returns its stats.
+
+    The job holds its lease (:mod:`workers.lease`) from before the snapshot to the end, so that a
+    process dying mid-rebuild is noticed within seconds and the rebuild re-enqueued
+    (:mod:`workers.recovery`)."""
     from rq import get_current_job
 
     t_start = time.time()
     job = get_current_job()
     job_id = job.id if job is not None else None
     r = _connection(redis_client)
+    with lease.hold(r, project, job_id):
+        return _rebuild(project, r, job_id, t_start)
+
+
+def _test_pause() -> None:
+    """Test hook, off unless set: ``$XMODAL_TEST_REBUILD_PAUSE_S`` seconds of sleep right after
+    the snapshot, so that tests/test_faults.py can kill a worker mid-rebuild deterministically."""
+    pause = os.environ.get("XMODAL_TEST_REBUILD_PAUSE_S")
+    if pause:
+        time.sleep(float(pause))
+
+
+def _rebuild(project: str, r: redis.Redis, job_id: str | None, t_start: float) -> dict:
     ws = Workspace.for_project(project)
     if not ws.exists():
         raise DataError(f"rebuild {project}: no workspace at {ws.root} (is MODEL_DIR the same for "
@@ -177,6 +197,7 @@ def rebuild(project: str, redis_client: redis.Redis | None = None) -> dict:
     version, changes, pairs, snapshot_at = take_snapshot(r, ws, job_id)
     log.info(kv("rebuild.start", project=project, job=job_id, version=version, pairs=len(pairs),
                 changes=changes))
+    _test_pause()
     t0 = time.perf_counter()
     snap, skipped = build_snapshot(ws, version, pairs,
                                    meta={"job_id": job_id, "changes": changes,

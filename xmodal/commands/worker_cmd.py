@@ -42,7 +42,7 @@ def rq_argv(args) -> list[str]:
     argv = cmd + ["worker", "--with-scheduler"]
     # forked work horses inherit the rebuild's imports from the parent (see workers.preload);
     # embed chunks run in the parent, keeping their encoder between chunks (workers.embed_worker)
-    worker_class = "rq.worker.SimpleWorker" if getattr(args, "simple", False) else "workers.embed_worker.EmbedWorker"
+    worker_class = "workers.preload.RecoveringSimpleWorker" if getattr(args, "simple", False) else "workers.embed_worker.EmbedWorker"
     argv += ["--worker-class", worker_class]
     if args.burst:
         argv.append("--burst")
