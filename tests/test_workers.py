@@ -74,10 +74,13 @@ def test_worker_rebuilds_after_webhooks(client, r, xenv, ws, capsys):
         post_label(client, i)
     assert get_queue(r).count == 1
     t0 = time.perf_counter()
-    run_burst_worker(xenv)
+    proc = run_burst_worker(xenv)
     wall = time.perf_counter() - t0
     snap = load_current("proj", r)
     assert snap is not None and snap.version == 1 and snap.n_pairs == 12 and snap.has_signal
+    # the worker's log has the rebuild's structured lines, with project and job id
+    done = [ln for ln in proc.stderr.splitlines() if "event=rebuild.done" in ln]
+    assert len(done) == 1 and "project=proj" in done[0] and f"job_id={xenv.tag}-rebuild-proj-" in done[0]
     last = stats.last_rebuild(r, "proj")
     assert last["pairs"] == 12 and last["new_pairs"] == 12 and last["label_to_prediction_s"] > 0
     assert FinishedJobRegistry(queue=get_queue(r)).count == 1

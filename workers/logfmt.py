@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+PROJECT_LOGGERS = ("workers", "xmodal", "backend")
+
 
 def _fmt(value) -> str:
     if isinstance(value, float):
@@ -18,3 +23,19 @@ def kv(event: str, **fields) -> str:
     parts = [f"event={event}"]
     parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
     return " ".join(parts)
+
+
+def setup_worker_logging() -> None:
+    """Show the project's log lines in an RQ worker: ``rq worker`` configures only rq's own logger,
+    so the rebuild's ``event=rebuild.done project=... job=...`` lines were dropped. Level from
+    ``$XMODAL_LOG_LEVEL`` (default INFO); idempotent."""
+    level = getattr(logging, os.environ.get("XMODAL_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(getattr(h, "_xmodal", False) for h in logger.handlers):
+            handler._xmodal = True
+            logger.addHandler(handler)
+        logger.propagate = False

@@ -18,6 +18,7 @@ import workers.predictions  # noqa: F401
 import workers.rebuild  # noqa: F401
 import workers.resync  # noqa: F401
 import xmodal.labelstudio  # noqa: F401  (label_studio_sdk)
+from workers.logfmt import setup_worker_logging
 from workers.recovery import start_sweeper
 
 
@@ -25,6 +26,7 @@ class PreloadedWorker(Worker):
     """rq's ``Worker``; importing this module is most of the point, plus the recovery sweep."""
 
     def work(self, *args, **kwargs):
+        setup_worker_logging()
         start_sweeper(self)
         return super().work(*args, **kwargs)
 
@@ -33,5 +35,6 @@ class RecoveringSimpleWorker(SimpleWorker):
     """rq's ``SimpleWorker`` (jobs in the worker process) with the recovery sweep."""
 
     def work(self, *args, **kwargs):
+        setup_worker_logging()
         start_sweeper(self)
         return super().work(*args, **kwargs)
