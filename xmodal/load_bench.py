@@ -450,7 +450,8 @@ def run(args, say=print) -> dict:
     os.environ.update(MODEL_DIR=str(home / "models"), XMODAL_REDIS_PREFIX=tag, XMODAL_QUEUE=tag)
     for k in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
         os.environ.pop(k, None)
-    pm = r = None
+    pm = r = watch = None
+    stop = threading.Event()      # set on the way out, also on Ctrl-C: the threads stop posting
     try:
         url = redis_url()
         check_loopback(url)
@@ -479,7 +480,7 @@ def run(args, say=print) -> dict:
                 f"worker, Redis {url.split('@')[-1]}, prefix {tag}; {args.items} items, {len(tasks)} medoid "
                 f"tasks (prepared in {prepare_s:.1f} s); logs {pm.log_dir}")
             ctx = LoadContext(url=backend_url, ls_project=LS_PROJECT_PLACEHOLDER, from_name=from_name,
-                              to_name=to_name, pool=TaskPool(tasks), stop=threading.Event(),
+                              to_name=to_name, pool=TaskPool(tasks), stop=stop,
                               deadline=time.perf_counter() + args.seconds, think=args.think,
                               p_wrong=args.p_wrong, p_duplicate=args.p_duplicate, p_update=args.p_update,
                               max_posts=args.max_posts)
@@ -520,6 +521,9 @@ def run(args, say=print) -> dict:
                                   "load_avg_after": [round(x, 2) for x in load_avg_after]}
             return result
     finally:
+        stop.set()
+        if watch is not None:
+            watch.close()
         if pm is not None:
             pm.stop_all(grace=5)
         if r is not None:
