@@ -488,17 +488,8 @@ def run(args, say=print) -> dict:
             load_avg_before = os.getloadavg()
             say(f"{args.annotators} annotators for {args.seconds:.0f} s (think {args.think[0]:g}-"
                 f"{args.think[1]:g} s) ...")
-            threads = [threading.Thread(target=annotator, args=(i, ctx, args.seed), daemon=True,
-                                        name=f"annotator-{i}") for i in range(args.annotators)]
             t_start = time.perf_counter()
-            for t in threads:
-                t.start()
-            while any(t.is_alive() for t in threads):
-                for w in workers:
-                    pm.check_alive(w, "rebuilding")
-                pm.check_alive(backend, "serving")
-                time.sleep(0.2)
-            load_s = time.perf_counter() - t_start
+            load_s = apply_load(ctx, args.annotators, args.seed, pm, [backend, *workers])
             load_avg_after = os.getloadavg()
             drain_s = drain(r, ws, tag, args.drain_timeout)
             time.sleep(0.3)     # the watcher's and the probe's last look
@@ -510,15 +501,7 @@ def run(args, say=print) -> dict:
             result["timeline"] = timeline(ctx.posts, t_start)
             result["timing"]["tasks_done_after_s"] = None if ctx.pool.emptied_at is None \
                 else round(ctx.pool.emptied_at - t_start, 2)
-            result["settings"] = {"annotators": args.annotators, "seconds": args.seconds, "items": args.items,
-                                  "tasks": len(tasks), "workers": args.workers, "web_workers": args.web_workers,
-                                  "worker_nice": args.worker_nice, "predict_probe": args.predict_probe,
-                                  "think_s": list(args.think), "p_wrong": args.p_wrong,
-                                  "p_duplicate": args.p_duplicate, "p_update": args.p_update,
-                                  "redis": url.split("@")[-1], "prefix": tag, "backend_url": backend_url,
-                                  "cpus": os.cpu_count(),
-                                  "load_avg_before": [round(x, 2) for x in load_avg_before],
-                                  "load_avg_after": [round(x, 2) for x in load_avg_after]}
+            result["settings"] = settings(args, len(tasks), url, tag, backend_url, load_avg_before, load_avg_after)
             return result
     finally:
         stop.set()
@@ -540,6 +523,30 @@ def run(args, say=print) -> dict:
                 os.environ[k] = v
         if not args.home and not args.keep:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def apply_load(ctx: LoadContext, annotators: int, seed: int, pm, children) -> float:
+    """Run the annotator threads until they stop (deadline or budget); seconds it took. A service
+    that dies meanwhile is an error with its log."""
+    threads = [threading.Thread(target=annotator, args=(i, ctx, seed), daemon=True, name=f"annotator-{i}")
+               for i in range(annotators)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for child in children:
+            pm.check_alive(child, "under load")
+        time.sleep(0.2)
+    return time.perf_counter() - t0
+
+
+def settings(args, n_tasks: int, url: str, tag: str, backend_url: str, before, after) -> dict:
+    return {"annotators": args.annotators, "seconds": args.seconds, "items": args.items, "tasks": n_tasks,
+            "workers": args.workers, "web_workers": args.web_workers, "worker_nice": args.worker_nice,
+            "predict_probe": args.predict_probe, "think_s": list(args.think), "p_wrong": args.p_wrong,
+            "p_duplicate": args.p_duplicate, "p_update": args.p_update, "redis": url.split("@")[-1],
+            "prefix": tag, "backend_url": backend_url, "cpus": os.cpu_count(),
+            "load_avg_before": [round(x, 2) for x in before], "load_avg_after": [round(x, 2) for x in after]}
 
 
 def rebuild_counts(r, ws, queue_name: str) -> dict:
