@@ -29,6 +29,20 @@ def test_update_overwrites_and_older_event_is_ignored(r):
     assert s.changes() == 2
 
 
+def test_resubmitting_the_same_answer_is_not_a_change(r):
+    """A review re-submits the answer: updated_at moves (an older event stays stale), the first
+    arrival is kept exactly, no change is counted (so no rebuild is asked for)."""
+    s = PairStore(r, "p")
+    assert s.put(1, 10, "img/a", "t1", "2025-01-01T00:00:01.123456Z", received_at=1764300000.123456) == "stored"
+    assert s.put(1, 10, "img/a", "t1", "2025-01-01T00:00:05.654321Z", received_at=1764300999.5) == "same"
+    assert s.changes() == 1
+    rec = s.get(1)
+    assert rec["received_at"] == 1764300000.123456 and rec["updated_at"] == parse_time("2025-01-01T00:00:05.654321Z")
+    assert s.put(1, 10, "img/a", "t2", "2025-01-01T00:00:03Z") == "stale"   # older than the review
+    assert s.mark_none(1, 10, "2025-01-01T00:00:06Z") == "stored" and s.changes() == 2
+    assert s.mark_none(1, 10, "2025-01-01T00:00:07Z") == "same" and s.changes() == 2
+
+
 def test_delete_leaves_a_final_tombstone(r):
     s = PairStore(r, "p")
     s.put(1, 10, "img/a", "t1", 1000.0)

@@ -11,7 +11,8 @@ One record per Label Studio annotation id in the hash ``P:{project}:pairs`` (JSO
 Every write is one Lua script (atomic, so concurrent webhooks cannot interleave):
 
 - idempotent: the same event posted twice stores one record and keeps the first ``received_at``
-  (which is what the label->prediction latency is measured from);
+  (which is what the label->prediction latency is measured from); an UPDATED that names the same
+  pair again (a review re-submitting the answer) only moves ``updated_at`` and is not a change;
 - out-of-order safe: an event whose ``updated_at`` (Label Studio's clock, epoch seconds) is older
   than the stored one is ignored;
 - ``P:{project}:pairs:changes`` is incremented on every effective change; a rebuild records the
@@ -32,6 +33,10 @@ import redis
 from xmodal.redis_conn import pkey
 
 # returns: stored | same | stale | tombstoned
+# "same" also when only updated_at moved (a review re-submitting the answer): the newer time is
+# kept (so an older event arriving later stays stale) with the first received_at, and the change
+# counter is not incremented, so no rebuild is asked for. received_at is spliced in as the stored
+# text: cjson would re-encode the epoch floats with 14 digits.
 _PUT = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
@@ -39,6 +44,13 @@ if cur then
   if c['state'] == 'deleted' then return 'tombstoned' end
   if c['digest'] == ARGV[4] then return 'same' end
   if tonumber(c['updated_at']) > tonumber(ARGV[3]) then return 'stale' end
+  if c['content'] == ARGV[5] then
+    local first = string.match(cur, '"received_at": ([^,}]+)')
+    local rec = ARGV[2]
+    if first then rec = string.gsub(rec, '"received_at": [^,}]+', '"received_at": ' .. first, 1) end
+    redis.call('HSET', KEYS[1], ARGV[1], rec)
+    return 'same'
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[2])
@@ -102,8 +114,13 @@ def parse_time(value) -> float | None:
     return None
 
 
+def _content(state: str, task_id, image_id, text_id) -> str:
+    """What the annotation says, whatever its time: equal contents are not a pair change."""
+    return f"{state}|{task_id}|{image_id}|{text_id}"
+
+
 def _digest(state: str, task_id, image_id, text_id, updated_at: float) -> str:
-    return f"{state}|{task_id}|{image_id}|{text_id}|{updated_at!r}"
+    return f"{_content(state, task_id, image_id, text_id)}|{updated_at!r}"
 
 
 class PairStore:
@@ -130,10 +147,11 @@ class PairStore:
             "state": state, "image_id": image_id, "text_id": text_id,
             "updated_at": updated, "received_at": received_at or now,
             "digest": _digest(state, task_id, image_id, text_id, updated),
+            "content": _content(state, task_id, image_id, text_id),
         }
         return self._put(keys=[self.key, self.changes_key],
                          args=[str(int(annotation_id)), json.dumps(record), repr(updated),
-                               record["digest"]]).decode()
+                               record["digest"], record["content"]]).decode()
 
     def put(self, annotation_id: int, task_id: int, image_id: str, text_id: str,
             updated_at=None, received_at: float | None = None) -> str:
