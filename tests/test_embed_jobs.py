@@ -216,22 +216,33 @@ def test_corpus_fitted_sif_embeds_in_process(xenv, tmp_path):
 # -- the pieces ---------------------------------------------------------------------------------
 
 def test_feature_cache_takes_concurrent_writers(tmp_path):
-    """Four processes writing 300 vectors each into one SQLite cache file at once: none lost."""
+    """Six processes, released at the same instant, each opening 8 fresh cache files (the
+    WAL switch races: it failed 1 open in 80 before the retry) and writing 30 batches into one
+    shared file: no error, no vector lost."""
     script = textwrap.dedent(f"""
-        import sys, numpy as np
+        import sys, time, numpy as np
         from xmodal.encoders.cache import FeatureCache
-        w = int(sys.argv[1]); c = FeatureCache({str(tmp_path / 'cache')!r})
+        w, start = int(sys.argv[1]), float(sys.argv[2])
+        root = {str(tmp_path / 'cache')!r}
+        for f in range(8):
+            while time.time() < start + 0.2 * f:
+                pass
+            FeatureCache(root).put(f"fresh{{f}}", [str(w)], np.ones((1, 4), np.float32))
+        c = FeatureCache(root)
         for b in range(30):
             keys = [f"{{w}}-{{b}}-{{i}}" for i in range(10)]
             c.put("enc|x", keys, np.full((10, 8), w * 1000 + b, np.float32))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(w)], stderr=subprocess.PIPE,
-                              text=True) for w in range(4)]
+    start = time.time() + 4    # after every interpreter has started
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(w), str(start)],
+                              stderr=subprocess.PIPE, text=True) for w in range(6)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
-    got = FeatureCache(tmp_path / "cache").get(
-        "enc|x", [f"{w}-{b}-{i}" for w in range(4) for b in range(30) for i in range(10)])
-    assert len(got) == 1200
+    cache = FeatureCache(tmp_path / "cache")
+    for f in range(8):
+        assert len(cache.get(f"fresh{f}", [str(w) for w in range(6)])) == 6
+    got = cache.get("enc|x", [f"{w}-{b}-{i}" for w in range(6) for b in range(30) for i in range(10)])
+    assert len(got) == 1800
     assert all(v[0] == int(k.split("-")[0]) * 1000 + int(k.split("-")[1]) for k, v in got.items())
 
 
@@ -272,3 +283,46 @@ def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp
     np.testing.assert_allclose(a.load_features("image"), b.load_features("image"), atol=1e-4)
     np.testing.assert_allclose(a.load_features("text"), b.load_features("text"), atol=1e-6)
     assert a.medoid_ids() == b.medoid_ids()
+
+
+def test_a_rebuild_does_not_wait_behind_the_embedding(xenv, tmp_path, make_workspace):
+    """One `xmodal worker` (default queues: rebuilds, then embed chunks) busy with 24 image chunks:
+    a rebuild enqueued meanwhile runs after the current chunk, not after all of them."""
+    import threading
+
+    from rq import Queue, Worker
+    from rq.job import Job
+
+    from workers.queueing import enqueue_rebuild
+
+    paths = coco_images(24)
+    make_workspace("proj")
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "worker", "--name",
+                             f"{xenv.tag}-both"], env=dict(os.environ), stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        embed_q = Queue(embed_queue_name(), connection=xenv.redis)
+        deadline = time.monotonic() + 60
+        while not Worker.count(queue=embed_q):
+            assert time.monotonic() < deadline, "worker did not start"
+            time.sleep(0.1)
+        out = {}
+        enc = get_encoder("image", "efficientnet-lite0", progress=False)
+        t = threading.Thread(target=lambda: out.update(F=embed_distributed(
+            enc, paths, FeatureCache(tmp_path / "b"), chunk_size=1, progress=False,
+            worker_cache_root="")[0]))
+        t.start()
+        while len(embed_q) > 22:            # the worker is into the chunks
+            time.sleep(0.02)
+        job_id, _ = enqueue_rebuild(xenv.redis, "proj", reason="test")
+        while Job.fetch(job_id, connection=xenv.redis).get_status() in ("queued", "started"):
+            time.sleep(0.02)
+        left = len(embed_q)
+        t.join(timeout=300)
+        assert left >= 10, f"the rebuild ran after the embedding ({left} chunks left)"
+        assert out["F"].shape == (24, 1280) and not np.isnan(out["F"]).any()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()

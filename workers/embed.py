@@ -354,6 +354,8 @@ def embed_distributed(
                 while todo:
                     batch = list(todo)
                     for job_id, job in zip(batch, Job.fetch_many(batch, connection=connection)):
+                        if job_id not in todo:   # cancelled above, after a failed chunk
+                            continue
                         n = todo[job_id]
                         rows = chunks[n]
                         if job is None:   # expired or deleted by someone: enqueue it again
@@ -405,7 +407,7 @@ def embed_distributed(
                                 f"(they take {q.name!r} after the rebuild queue)")
                     if timeout is not None and now - t0 > timeout:
                         give_up(f"timed out after {timeout:.0f} s with {len(todo)} chunks left")
-                    time.sleep(poll_s)
+                    time.sleep(max(poll_s, 2e-4 * len(todo)))  # ~1 ms of Redis per 10 chunks
             except KeyboardInterrupt:
                 cancel_queued()
                 raise

@@ -116,49 +116,71 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(paths)} images from {args.data}, {os.cpu_count()} cores, load average "
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; {args.runs} cold-cache runs each")
     results = []
-
-    def timed(fn, label):
-        times = []
-        for run in range(args.runs):
-            t0 = time.perf_counter()
-            fn(tmp / f"{label}-run{run}")
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        row = {"config": label, "median_s": round(med, 3), "images_per_s": round(len(paths) / med, 1),
-               "runs_s": [round(t, 3) for t in times], "load1": round(os.getloadavg()[0], 2)}
-        results.append(row)
-        base = results[0]["median_s"] if results and results[0] is not row else None
-        extra = f"  x{base / med:.2f} vs {results[0]['config']}" if base else ""
-        print(f"{label:<28} median {med:6.2f} s  {row['images_per_s']:6.1f} img/s  "
-              f"runs {', '.join(f'{t:.2f}' for t in times)}  load {row['load1']:.2f}{extra}",
-              flush=True)
-
-    if not args.no_inprocess:
-        enc = get_encoder("image", "efficientnet-lite0", progress=False)
-        embed_with_cache(enc, paths[:8], FeatureCache(tmp / "warm"), progress=False)
-        timed(lambda d: embed_with_cache(enc, paths, FeatureCache(d), progress=False),
-              "in-process (ORT auto)")
-
-    for th in threads:
-        for n in counts:
-            wenv = dict(env)
-            if th != "auto":
-                wenv["XMODAL_EMBED_THREADS"] = th
-            else:
-                wenv.pop("XMODAL_EMBED_THREADS", None)
-            label = f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
-            procs = _start_workers(n, queue, wenv, tmp, f"{tag}-{th}-{n}")
-            try:
+    # configurations: (label, run(dir)); all workers run at once, each configuration on its own
+    # queue, and the timed runs go round-robin over the configurations, so that a change in the
+    # machine's load (shared) hits all of them alike
+    configs: list[tuple[str, object]] = []
+    procs = []
+    try:
+        if not args.no_inprocess:
+            enc = get_encoder("image", "efficientnet-lite0", progress=False)
+            embed_with_cache(enc, paths[:8], FeatureCache(tmp / "warm"), progress=False)
+            configs.append(("in-process (ORT auto)", lambda d, enc=enc: embed_with_cache(
+                enc, paths, FeatureCache(d), progress=False)))
+        for th in threads:
+            for n in counts:
+                wenv = dict(env)
+                if th != "auto":
+                    wenv["XMODAL_EMBED_THREADS"] = th
+                else:
+                    wenv.pop("XMODAL_EMBED_THREADS", None)
+                label = f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
+                q = f"{queue}-{th}-{n}"
+                procs += _start_workers(n, q, wenv, tmp, f"{tag}-{th}-{n}")
                 size = args.chunk_size or default_chunks(len(paths), n, "image")
                 enc = get_encoder("image", "efficientnet-lite0", progress=False)
                 # warm-up: every worker builds its ONNX session on its first chunk
-                embed_distributed(enc, paths[:8 * n], FeatureCache(tmp / f"warm-{label}"),
+                embed_distributed(enc, paths[:8 * n], FeatureCache(tmp / f"warm-{th}-{n}"), queue=q,
                                   chunk_size=4, progress=False, worker_cache_root="")
-                timed(lambda d: embed_distributed(
-                    enc, paths, FeatureCache(d / "coordinator"), chunk_size=size, progress=False,
-                    worker_cache_root=str(d / "workers")), label)
-            finally:
-                _stop(procs)
+                configs.append((label, lambda d, enc=enc, q=q, size=size: embed_distributed(
+                    enc, paths, FeatureCache(d / "coordinator"), queue=q, chunk_size=size,
+                    progress=False, worker_cache_root=str(d / "workers"))))
+        times: dict[str, list[float]] = {label: [] for label, _ in configs}
+        loads: list[float] = []
+        for run in range(args.runs):
+            for k, (label, fn) in enumerate(configs):
+                t0 = time.perf_counter()
+                fn(tmp / f"run{run}-cfg{k}")
+                times[label].append(time.perf_counter() - t0)
+            loads.append(os.getloadavg()[0])
+            print(f"round {run + 1}/{args.runs}: " + ", ".join(
+                f"{label} {t[-1]:.2f} s" for label, t in times.items()) + f"; load {loads[-1]:.2f}",
+                flush=True)
+    finally:
+        _stop(procs)
+    base = configs[0][0]
+    print(f"\n{'configuration':<26} {'median s':>8} {'img/s':>7} {'speed-up':>9}  runs (s)")
+    for label, t in times.items():
+        med = statistics.median(t)
+        # paired: each round's ratio to the first configuration of the same round
+        ratio = statistics.median(b / x for b, x in zip(times[base], t))
+        results.append({"config": label, "median_s": round(med, 3),
+                        "images_per_s": round(len(paths) / med, 1),
+                        "speedup_vs_first_paired_median": round(ratio, 2),
+                        "runs_s": [round(x, 3) for x in t]})
+        print(f"{label:<26} {med:8.2f} {len(paths) / med:7.1f} {ratio:8.2f}x  "
+              + ", ".join(f"{x:.2f}" for x in t))
+    print(f"(speed-up: median over rounds of {base} time / this time, same round)")
+    by_label = {r["config"]: r for r in results}
+    for th in threads:
+        labels = [f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
+                  for n in counts]
+        one = labels[0]
+        for n, label in zip(counts[1:], labels[1:]):
+            ratio = statistics.median(a / b for a, b in zip(times[one], times[label]))
+            by_label[label][f"speedup_vs_{counts[0]}_workers_paired_median"] = round(ratio, 2)
+            print(f"{counts[0]} -> {n} workers, {th} thread(s) each: x{ratio:.2f} "
+                  "(paired median over rounds)")
     from xmodal.redis_conn import embedded_server, stop_embedded
 
     if embedded_server() is not None:
@@ -167,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"images": len(paths), "cores": os.cpu_count(),
-                                         "load_before": load0, "load_after": load1,
+                                         "load_before": load0, "load_after": load1, "load_per_round": loads,
                                          "results": results}, indent=1))
     return 0
 

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -57,11 +58,11 @@ class FeatureCache:
         db = sqlite3.connect(path, timeout=60, isolation_level=None)
         db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses only the last writes
         if fresh:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers and writers don't block
-            db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB)")
-            # the full id, so that a file can be traced back to its encoder
-            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder_id', ?)", (encoder_id,))
+            try:
+                _init_schema(db, encoder_id)
+            except BaseException:
+                db.close()
+                raise
             self._ready.add(path)
         return db
 
@@ -93,6 +94,32 @@ class FeatureCache:
                 "INSERT OR REPLACE INTO features VALUES (?, ?)",
                 ((k, v.tobytes()) for k, v in zip(keys, vectors)),
             )
+
+
+def _init_schema(db: sqlite3.Connection, encoder_id: str, patience_s: float = 60.0) -> None:
+    """WAL mode + tables, retried while another process holds the lock.
+
+    Several processes opening a fresh file at once (the workers of ``xmodal embed --distributed``)
+    race on ``PRAGMA journal_mode=WAL``, which needs an exclusive lock and can fail with
+    "database is locked" at once, without waiting in the busy handler (seen here: 1 in 80 opens
+    with 4 processes). WAL is persistent, so it is only switched on when not already set."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: readers and writers don't block
+            db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB)")
+            # the full id, so that a file can be traced back to its encoder
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('encoder_id', ?)", (encoder_id,))
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def content_key(item: str, modality: str) -> str | None:
