@@ -38,7 +38,7 @@ def _images(data: Path, limit: int | None) -> list[str]:
     return paths[:limit] if limit else paths
 
 
-def _start_workers(n: int, queue: str, env: dict, logdir: Path, tag: str):
+def _start_workers(n: int, queue: str, env: dict, logdir: Path, tag: str, pin: bool = False):
     from rq import Queue, Worker
 
     from xmodal.redis_conn import get_redis
@@ -46,9 +46,11 @@ def _start_workers(n: int, queue: str, env: dict, logdir: Path, tag: str):
     procs = []
     for k in range(n):
         log = open(logdir / f"{tag}-w{k}.log", "w")
+        # --pin: worker k on core k only (taskset), like k one-core machines
+        prefix = ["taskset", "-c", str(k % (os.cpu_count() or 1))] if pin else []
         procs.append((subprocess.Popen(
-            [sys.executable, "-m", "xmodal.cli", "worker", "--queue", queue, "--name",
-             f"{tag}-w{k}"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+            prefix + [sys.executable, "-m", "xmodal.cli", "worker", "--queue", queue, "--name",
+                      f"{tag}-w{k}"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
     q = Queue(queue, connection=get_redis())
     deadline = time.monotonic() + 120
     while Worker.count(queue=q) < n:
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="images per job (default: each worker gets >= 4 chunks, at most 64)")
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--no-inprocess", action="store_true", help="skip the in-process baseline")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin worker k to core k (taskset): N workers = N one-core machines")
     ap.add_argument("--json", type=Path, help="write the numbers here too")
     args = ap.parse_args(argv)
 
@@ -135,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     wenv.pop("XMODAL_EMBED_THREADS", None)
                 label = f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
+                label += ", pinned" if args.pin else ""
                 q = f"{queue}-{th}-{n}"
-                procs += _start_workers(n, q, wenv, tmp, f"{tag}-{th}-{n}")
+                procs += _start_workers(n, q, wenv, tmp, f"{tag}-{th}-{n}", pin=args.pin)
                 size = args.chunk_size or default_chunks(len(paths), n, "image")
                 enc = get_encoder("image", "efficientnet-lite0", progress=False)
                 # warm-up: every worker builds its ONNX session on its first chunk
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     by_label = {r["config"]: r for r in results}
     for th in threads:
         labels = [f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
-                  for n in counts]
+                  + (", pinned" if args.pin else "") for n in counts]
         one = labels[0]
         for n, label in zip(counts[1:], labels[1:]):
             ratio = statistics.median(a / b for a, b in zip(times[one], times[label]))
