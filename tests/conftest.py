@@ -109,6 +109,16 @@ def make_workspace(xenv):
     return make
 
 
+@pytest.fixture
+def ws(make_workspace):
+    """The standard test project "proj": 40 items, 12 medoids, Label Studio project 7, with the
+    process-global index cache cleared."""
+    from xmodal.index_store import clear_cache
+
+    clear_cache()
+    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=7)
+
+
 # -- Label Studio bodies ---------------------------------------------------------------------
 def ls_fixture(name: str) -> dict | None:
     """A captured Label Studio 1.23 request body (tests/fixtures/ls_1_23/<name>.json), if present."""

@@ -27,11 +27,6 @@ LS_PID = 7
 
 
 @pytest.fixture
-def ws(make_workspace):
-    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
-
-
-@pytest.fixture
 def app(xenv, ws, fake_ls):
     from backend.app import create_app
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import copy
 import io
-import json
 import os
 
 import numpy as np
@@ -27,11 +26,6 @@ from xmodal.pairs import PairStore
 
 FUZZ = settings(max_examples=80, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture
-def ws(make_workspace):
-    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ Asserted, in order:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path

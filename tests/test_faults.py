@@ -165,14 +165,6 @@ def index_pairs(snap) -> set[tuple[int, str, str]]:
 
 
 @pytest.fixture
-def ws(make_workspace):
-    from xmodal.index_store import clear_cache
-
-    clear_cache()
-    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
-
-
-@pytest.fixture
 def client(xenv, ws):
     from backend.app import create_app
 

@@ -23,18 +23,12 @@ from workers import stats
 from workers.predictions import LabelStudioPushError, refresh_label_studio
 from workers.queueing import enqueue_rebuild, flag_key, get_queue
 from workers.rebuild import rebuild
-from xmodal.index_store import IndexStore, clear_cache, load_current, versions_on_disk
+from xmodal.index_store import IndexStore, load_current, versions_on_disk
 from xmodal.pairs import PairStore
 from xmodal.redis_conn import pkey
 from xmodal.workspace import Workspace
 
 LS_PID = 7
-
-
-@pytest.fixture
-def ws(make_workspace):
-    clear_cache()
-    return make_workspace("proj", n=40, n_medoids=12, ls_project_id=LS_PID)
 
 
 @pytest.fixture
