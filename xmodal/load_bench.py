@@ -28,7 +28,6 @@ temporary ``MODEL_DIR``; every process it starts is stopped at the end, on Ctrl-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -436,7 +435,7 @@ def run(args, say=print) -> dict:
     from workers import stats
     from workers.predictions import label_fields
     from xmodal.demo import ProcessManager, terminate_on_signals, wait_backend, wait_worker
-    from xmodal.loop_bench import LS_PROJECT_PLACEHOLDER, synthetic_workspace
+    from xmodal.loop_bench import LS_PROJECT_PLACEHOLDER, delete_keys, restore_env, synthetic_workspace
     from xmodal.redis_conn import embedded_server, get_redis, redis_url, stop_embedded
     from xmodal.workspace import Workspace
 
@@ -510,17 +509,10 @@ def run(args, say=print) -> dict:
         if pm is not None:
             pm.stop_all(grace=5)
         if r is not None:
-            with contextlib.suppress(Exception):
-                doomed = list(r.scan_iter(match=f"*{tag}*", count=1000))
-                if doomed:
-                    r.delete(*doomed)
+            delete_keys(r, tag)
         if not had_embedded and embedded_server() is not None:
             stop_embedded()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_env(saved_env)
         if not args.home and not args.keep:
             shutil.rmtree(home, ignore_errors=True)
 

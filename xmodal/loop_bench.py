@@ -119,6 +119,23 @@ def recall_non_reference(snap, truth: dict[str, str], exclude: set, max_queries:
     return out
 
 
+def delete_keys(r, tag: str) -> None:
+    """Remove a run's private Redis keys (best effort: Redis may be gone by now)."""
+    with contextlib.suppress(Exception):
+        keys = list(r.scan_iter(match=f"*{tag}*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+def restore_env(saved: dict) -> None:
+    """Put back the environment variables a run changed (``None`` = was unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def percentile(values, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if len(values) else None
 
@@ -301,15 +318,8 @@ def run(args, say=print) -> BenchResult:
         return result
     finally:
         pm.stop_all(grace=5)
-        with contextlib.suppress(Exception):
-            keys = list(r.scan_iter(match=f"*{tag}*", count=1000))
-            if keys:
-                r.delete(*keys)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        delete_keys(r, tag)
+        restore_env(saved_env)
         if not args.home and not args.keep:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-from pathlib import Path
 
 
 def measure_product(data, enhance: str | None, *, labels: int = 20, name: str = "product",
