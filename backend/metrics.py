@@ -12,8 +12,8 @@ Redis. Metrics (all prefixed ``xmodal_``):
 - ``xmodal_rebuild_duration_seconds{project}`` histogram: every rebuild, start to the moment the
   new index serves (Label Studio's model_version flipped, or published when there is no LS step);
 - ``xmodal_label_to_prediction_latency_seconds{project}`` histogram: one observation per new pair;
-- ``xmodal_queue_depth{queue}``, ``xmodal_jobs{queue,state}`` (started/failed/scheduled/deferred),
-  ``xmodal_workers``;
+- ``xmodal_queue_depth{queue}``, ``xmodal_jobs{queue,state}`` (started/failed/scheduled/deferred)
+  of the rebuild queue and its feature-extraction queue, ``xmodal_workers``;
 - ``xmodal_webhook_seconds`` histogram: time to answer a webhook, measured in the backend.
 """
 
@@ -29,7 +29,7 @@ from rq.registry import (DeferredJobRegistry, FailedJobRegistry, ScheduledJobReg
 from workers import stats
 from workers.stats import (REBUILD_BUCKETS, WEBHOOK_BUCKETS, latency_histogram_key,
                            read_histogram, rebuild_histogram_key, webhook_histogram_key)
-from workers.queueing import get_queue
+from workers.queueing import embed_queue_for, get_queue
 from xmodal.index_store import IndexStore
 from xmodal.pairs import PairStore
 from xmodal.workspace import Workspace, list_workspaces
@@ -112,11 +112,13 @@ def render(redis_client: redis.Redis, base, queue_name: str) -> str:
                           "Label arrival to predictions by an index that includes it (per pair).",
                           latency, REBUILD_BUCKETS, project=name)
     q = get_queue(redis_client, queue_name)
-    out.metric("xmodal_queue_depth", "gauge", "Jobs waiting in the queue.", q.count, queue=q.name)
-    for state, reg in (("started", StartedJobRegistry), ("failed", FailedJobRegistry),
-                       ("scheduled", ScheduledJobRegistry), ("deferred", DeferredJobRegistry)):
-        out.metric("xmodal_jobs", "gauge", "Jobs per RQ registry.",
-                   reg(queue=q).count, queue=q.name, state=state)
+    for each in (q, get_queue(redis_client, embed_queue_for(q.name))):
+        out.metric("xmodal_queue_depth", "gauge", "Jobs waiting in the queue.", each.count,
+                   queue=each.name)
+        for state, reg in (("started", StartedJobRegistry), ("failed", FailedJobRegistry),
+                           ("scheduled", ScheduledJobRegistry), ("deferred", DeferredJobRegistry)):
+            out.metric("xmodal_jobs", "gauge", "Jobs per RQ registry.",
+                       reg(queue=each).count, queue=each.name, state=state)
     out.metric("xmodal_workers", "gauge", "RQ workers listening on the queue.",
                len(Worker.all(queue=q)))
     out.histogram("xmodal_webhook_seconds", "Time to answer a Label Studio webhook.",

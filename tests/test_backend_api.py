@@ -414,7 +414,7 @@ def test_search(xenv, ws, r):
     assert client.get("/search?text=x&project=zzz").status_code == 404
 
 
-def test_metrics(client, r):
+def test_metrics(client, r, xenv):
     webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(0))
     build_index(r, n_pairs=3)
     text = client.get("/metrics").get_data(as_text=True)
@@ -422,6 +422,7 @@ def test_metrics(client, r):
     assert 'xmodal_index_version{project="proj"} 1' in text
     assert "xmodal_queue_depth" in text and "xmodal_webhook_seconds_count 1" in text
     assert 'xmodal_jobs{queue=' in text and "xmodal_workers 0" in text
+    assert f'xmodal_queue_depth{{queue="{xenv.tag}-embed"}} 0' in text   # the feature-extraction queue
     # one rebuild, one histogram observation; buckets are cumulative up to +Inf
     assert 'xmodal_rebuild_duration_seconds_count{project="proj"} 1' in text
     assert 'xmodal_rebuild_duration_seconds_bucket{project="proj",le="+Inf"} 1' in text

@@ -83,6 +83,14 @@ def test_worker_rebuilds_after_webhooks(client, r, xenv, ws, capsys):
     body = {"tasks": [task_body(2000, image_id(30))], "project": f"{LS_PID}.1"}
     pred = client.post("/predict", data=json.dumps(body), content_type="application/json").get_json()
     assert pred["results"][0]["model_version"] == "v1" and pred["results"][0]["result"]
+    # status: up to date, then a newer pair waits for the next rebuild
+    from xmodal.commands.status_cmd import collect
+
+    assert collect(r, xenv.models)["projects"]["proj"]["stale"] is False
+    post_label(client, 20)
+    status = collect(r, xenv.models)
+    assert status["projects"]["proj"]["stale"] is True and status["queue"]["queued"] == 1
+    assert status["embed_queue"] == {"name": f"{xenv.tag}-embed", "queued": 0, "started": 0, "failed": 0}
     with capsys.disabled():
         print(f"\n[rebuild, 40+40 items, 12 pairs] job {1000 * last['total_s']:.1f} ms (build "
               f"{1000 * last['build_s']:.1f} ms, write {1000 * last['write_s']:.1f} ms); burst worker "

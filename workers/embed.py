@@ -74,9 +74,9 @@ class ContentMismatch(RuntimeError):
 
 def embed_queue_name() -> str:
     """``$XMODAL_EMBED_QUEUE``, default ``<$XMODAL_QUEUE or xmodal>-embed``."""
-    from workers.queueing import queue_name
+    from workers.queueing import embed_queue_for, queue_name
 
-    return os.environ.get("XMODAL_EMBED_QUEUE") or f"{queue_name()}-embed"
+    return embed_queue_for(queue_name())
 
 
 def _env_int(name: str, default: int) -> int:

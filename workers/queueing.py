@@ -60,6 +60,12 @@ def queue_name() -> str:
     return os.environ.get("XMODAL_QUEUE") or DEFAULT_QUEUE
 
 
+def embed_queue_for(rebuild_queue: str) -> str:
+    """The feature-extraction queue beside a rebuild queue: ``$XMODAL_EMBED_QUEUE``, default
+    ``<rebuild queue>-embed`` (see :mod:`workers.embed`)."""
+    return os.environ.get("XMODAL_EMBED_QUEUE") or f"{rebuild_queue}-embed"
+
+
 def get_queue(redis_client: redis.Redis, name: str | None = None) -> Queue:
     return Queue(name or queue_name(), connection=redis_client)
 

@@ -19,7 +19,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
     from workers import stats
-    from workers.queueing import get_queue
+    from workers.queueing import embed_queue_for, get_queue
     from xmodal.index_store import IndexStore
     from xmodal.pairs import PairStore
     from xmodal.workspace import Workspace, list_workspaces
@@ -38,9 +38,13 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
         failures.append({"job": job_id, "project": (job.meta or {}).get("project"),
                          "ended_at": job.ended_at.isoformat() if job.ended_at else None,
                          "error": lines[-1] if lines else "(no exception recorded)"})
+    eq = get_queue(redis_client, embed_queue_for(q.name))
     out = {
         "queue": {"name": q.name, "queued": q.count, "started": StartedJobRegistry(queue=q).count,
                   "scheduled": ScheduledJobRegistry(queue=q).count, "failed": failed.count},
+        "embed_queue": {"name": eq.name, "queued": eq.count,
+                        "started": StartedJobRegistry(queue=eq).count,
+                        "failed": FailedJobRegistry(queue=eq).count},
         "workers": [{"name": w.name, "state": w.get_state(),
                      "job": w.get_current_job_id()} for w in Worker.all(queue=q)],
         "failures": failures, "projects": {},
@@ -51,9 +55,12 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
         ws = Workspace(base / name)
         info = IndexStore(redis_client, ws).info()
         last = stats.last_rebuild(redis_client, name)
+        pairs = PairStore(redis_client, name)
         out["projects"][name] = {
             "workspace": str(ws.root) if ws.exists() else None,
-            "pairs": PairStore(redis_client, name).count(),
+            "pairs": pairs.count(),
+            # pairs changed after the last rebuild's snapshot (a rebuild is due or running)
+            "stale": bool(last) and pairs.changes() > int(last.get("changes", 0)),
             "index_version": int(info["version"]) if info.get("version") else None,
             "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
@@ -72,6 +79,10 @@ def run(args) -> int:
     q = data["queue"]
     print(f"queue {q['name']}: {q['queued']} queued, {q['started']} running, "
           f"{q['scheduled']} scheduled (retry backoff), {q['failed']} failed")
+    e = data["embed_queue"]
+    if e["queued"] or e["started"] or e["failed"]:
+        print(f"queue {e['name']} (feature extraction): {e['queued']} queued, {e['started']} running, "
+              f"{e['failed']} failed")
     print(f"workers: {len(data['workers'])}")
     for w in data["workers"]:
         print(f"  {w['name']}: {w['state']}" + (f" ({w['job']})" if w["job"] else ""))
@@ -79,7 +90,7 @@ def run(args) -> int:
     for name, p in data["projects"].items():
         idx = (f"index v{p['index_version']} with {p['index_pairs']} pairs, "
                f"{p['index_age_s']} s old") if p["index_version"] else "no index yet"
-        print(f"  {name}: {p['pairs']} pairs; {idx}")
+        print(f"  {name}: {p['pairs']} pairs; {idx}" + ("; newer pairs waiting for a rebuild" if p["stale"] else ""))
         last = p["last_rebuild"]
         if last:
             lat = last.get("label_to_prediction_s")
