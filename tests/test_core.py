@@ -62,6 +62,19 @@ def test_incremental_pairs_equal_a_fresh_fit():
                                SSRIndex().fit(X, Y, np.vstack([pairs[:3], pairs[5:]])).similarity(), atol=1e-5)
 
 
+def test_copy_false_normalises_in_place_with_the_same_index():
+    rng = np.random.default_rng(5)
+    X, Y = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(60, 6)).astype(np.float32)
+    pairs = np.c_[np.arange(10), np.arange(10)]
+    kept = X.copy()
+    faithful = SSRIndex().fit(X, Y, pairs)
+    np.testing.assert_array_equal(X, kept)                      # copy=True leaves the input alone
+    lean = SSRIndex(copy=False).fit(X, Y, pairs)
+    assert lean.image_features_ is X                            # no second copy of the features
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(lean.similarity(), faithful.similarity(), atol=1e-6)
+
+
 def test_index_rejects_pairs_outside_the_data():
     with pytest.raises(IndexError):
         SSRIndex().fit(np.eye(3), np.eye(3), [[0, 5]])

@@ -105,7 +105,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
-                         standardize="zscore" in enhance)
+                         standardize="zscore" in enhance, copy=False)  # X, Y are ours: normalise in place
         index.fit(X, Y, pair_rows)
         image_codes, text_codes = index.image_codes_, index.text_codes_
         image_refs = index.image_features_[pair_rows[:, 0]]
