@@ -115,8 +115,10 @@ class ProjectResolver:
     def for_query(self, project) -> Workspace:
         """/search and friends: a workspace name, a Label Studio id, or the default/only one."""
         if project not in (None, ""):
+            if not isinstance(project, (str, int)) or isinstance(project, bool):
+                raise ApiError(400, "project must be a workspace name or a Label Studio project id")
             name = str(project)
-            if (self.base / name / "config.json").is_file():
+            if _valid_name(name) and (self.base / name / "config.json").is_file():
                 return self.workspace(name)
             ls_id = ls_project_id(name)
             if ls_id is not None:
@@ -129,3 +131,12 @@ class ProjectResolver:
             return self.workspace(all_ws[0].name)
         raise ApiError(400, "name the project (\"project\": workspace name or Label Studio id)",
                        projects=[w.name for w in all_ws])
+
+
+def _valid_name(name: str) -> bool:
+    """Whether ``name`` can be a workspace name at all (else it is never looked up on disk)."""
+    try:
+        check_project_name(name)
+    except ValueError:
+        return False
+    return True

@@ -128,6 +128,13 @@ def test_the_unbroken_bodies_are_accepted(client, r):
             assert resp.status_code == 200, (route, resp.get_json())
 
 
+def test_search_project_that_cannot_be_a_workspace_name(client):
+    """Found by the fuzzer: a dict or an over-long name was used as a path (500)."""
+    assert post(client, "/search", {"image_id": image_id(2), "project": {"a": 1}}).status_code == 400
+    assert post(client, "/search", {"image_id": image_id(2), "project": "x" * 5000}).status_code == 404
+    assert post(client, "/search", {"image_id": image_id(2), "project": "../proj"}).status_code == 404
+
+
 @FUZZ
 @given(query=st.dictionaries(st.sampled_from(["text", "image_id", "text_id", "k", "project", "image", "x"]),
                              st.text(max_size=20), max_size=4))
