@@ -1,8 +1,9 @@
 """Embedding a /search query (free text, or an image) the way the workspace's items were embedded.
 
 The one place that knows the encoder API (:mod:`xmodal.encoders`): adjust ``load_text_encoder`` /
-``load_image_encoder`` if that API changes. SIF's corpus-level state (word weights, common component ``u``) belongs to the
-corpus, so it is loaded from the workspace (``Workspace.text_encoder_state_path``) rather than refit.
+``load_image_encoder`` if that API changes. SIF's corpus-level state (word weights, common
+component ``u``) belongs to the corpus, so it is loaded from the workspace
+(``Workspace.text_encoder_state_path``) rather than refit.
 """
 
 from __future__ import annotations
@@ -43,22 +44,30 @@ def load_text_encoder(ws: Workspace):
     return get(name)
 
 
+def _cached(key: tuple, load):
+    with _lock:
+        enc = _cache.get(key)
+    if enc is None:
+        enc = load()
+        with _lock:
+            _cache[key] = enc
+    return enc
+
+
 def text_encoder(ws: Workspace, loader=None):
     """Cached per workspace and state-file mtime; ``loader`` overrides ``load_text_encoder``."""
     state = ws.text_encoder_state_path
     mtime = state.stat().st_mtime_ns if state.exists() else None
-    key = (str(ws.root), mtime, loader)
-    with _lock:
-        enc = _cache.get(key)
-    if enc is None:
+
+    def load():
         enc = (loader or load_text_encoder)(ws)
         want = _features_encoder_id(ws)
         got = getattr(enc, "encoder_id", None)
         if want and got and want != got:
             log.warning(kv("search.encoder_mismatch", project=ws.name, features=want, encoder=got))
-        with _lock:
-            _cache[key] = enc
-    return enc
+        return enc
+
+    return _cached(("text", str(ws.root), mtime, loader), load)
 
 
 def _features_encoder_id(ws: Workspace) -> str | None:
@@ -80,11 +89,4 @@ def load_image_encoder(ws: Workspace):
 
 def image_encoder(ws: Workspace, loader=None):
     """Cached per workspace and loader; ``loader`` overrides ``load_image_encoder``."""
-    key = ("image", str(ws.root), loader)
-    with _lock:
-        enc = _cache.get(key)
-    if enc is None:
-        enc = (loader or load_image_encoder)(ws)
-        with _lock:
-            _cache[key] = enc
-    return enc
+    return _cached(("image", str(ws.root), loader), lambda: (loader or load_image_encoder)(ws))

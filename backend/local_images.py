@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import ApiError
+from xmodal.bootstrap import images_folder
 from xmodal.workspace import Workspace
 
 LOCAL_FILES_PATH = "/data/local-files/"
@@ -40,13 +41,36 @@ class ImageRef:
     data: bytes | None = None
 
 
+@dataclass(frozen=True)
+class _ProjectImages:
+    folder: str | None          # the deepest folder holding every image (real path)
+    by_path: dict[str, str]     # real path -> image id
+
+
+_project_images_cache: dict[tuple[str, int], _ProjectImages] = {}
+
+
+def _project_images(ws: Workspace) -> _ProjectImages:
+    """The project's image folder and path -> id map, computed once per items.json version (one
+    ``realpath`` per image: not something to repeat on every request or task)."""
+    key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
+    hit = _project_images_cache.get(key)
+    if hit is None:
+        real = [os.path.realpath(p) for p in ws.contents("image")]
+        hit = _ProjectImages(folder=str(images_folder(real)) if real else None,
+                             by_path=dict(zip(real, ws.ids("image"))))
+        _project_images_cache.clear()  # one project's map at a time is enough
+        _project_images_cache[key] = hit
+    return hit
+
+
 def allowed_roots(ws: Workspace) -> list[str]:
     """Real paths of the roots images may be read from (see the module doc)."""
     env = os.environ.get("XMODAL_IMAGE_ROOTS", "")
     roots = [r for r in env.split(os.pathsep) if r.strip()]
     if not roots:
-        paths = [os.path.dirname(p) for p in ws.contents("image")]
-        roots = [os.path.commonpath(paths)] if paths else []
+        folder = _project_images(ws).folder
+        roots = [folder] if folder else []
     return [os.path.realpath(os.path.expanduser(r)) for r in roots]
 
 
@@ -111,18 +135,9 @@ def resolve_image(ref, ws: Workspace) -> ImageRef:
     return ImageRef(path=real)
 
 
-_by_path: dict[tuple[str, int], dict[str, str]] = {}
-
-
 def known_item(ref: ImageRef, ws: Workspace) -> str | None:
     """The project's image id at this path, if it is one of the project's images."""
-    if ref.path is None:
-        return None
-    key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
-    if key not in _by_path:
-        _by_path.clear()  # one project's map at a time is enough for a request's lookups
-        _by_path[key] = {os.path.realpath(p): i for i, p in zip(ws.ids("image"), ws.contents("image"))}
-    return _by_path[key].get(ref.path)
+    return None if ref.path is None else _project_images(ws).by_path.get(ref.path)
 
 
 def readable_path(ref: ImageRef, tmp_dir: str) -> str:

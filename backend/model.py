@@ -216,10 +216,7 @@ class XmodalModel:
                 codes = self._image_codes(snap, ref) if snap.has_signal else np.zeros((1, 0), np.float32)
                 hits = snap.search("image", codes, k)[0]
             target = "text"
-            if not query.startswith("data:"):
-                query = query[:300]
-            else:
-                query = query[:40] + "..."
+            query = query[:40] + "..." if query.startswith("data:") else query[:300]  # echoed back
         else:
             qmod = "image" if field == "image_id" else "text"
             try:
