@@ -22,19 +22,18 @@ from workers.logfmt import setup_worker_logging
 from workers.recovery import start_sweeper
 
 
-class PreloadedWorker(Worker):
+class _Recovering:
+    """Mixin for rq worker classes: the project's log lines and the recovery sweep."""
+
+    def work(self, *args, **kwargs):
+        setup_worker_logging()
+        start_sweeper(self)
+        return super().work(*args, **kwargs)
+
+
+class PreloadedWorker(_Recovering, Worker):
     """rq's ``Worker``; importing this module is most of the point, plus the recovery sweep."""
 
-    def work(self, *args, **kwargs):
-        setup_worker_logging()
-        start_sweeper(self)
-        return super().work(*args, **kwargs)
 
-
-class RecoveringSimpleWorker(SimpleWorker):
+class RecoveringSimpleWorker(_Recovering, SimpleWorker):
     """rq's ``SimpleWorker`` (jobs in the worker process) with the recovery sweep."""
-
-    def work(self, *args, **kwargs):
-        setup_worker_logging()
-        start_sweeper(self)
-        return super().work(*args, **kwargs)

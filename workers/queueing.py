@@ -99,17 +99,18 @@ def new_job_id(project: str) -> str:
     return f"{pre}-rebuild-{safe}-{uuid.uuid4().hex[:12]}"
 
 
-def _job_alive(redis_client: redis.Redis, job_id: str, project: str) -> bool | None:
-    """True if the job is queued/deferred/scheduled/started, False if it ended, None if missing.
-    A STARTED job whose process died (no lease, :mod:`workers.lease`) has ended."""
+def job_state(redis_client: redis.Redis, job_id: str, project: str) -> str | None:
+    """``"alive"`` (queued/deferred/scheduled, or started and holding its lease), ``"died"``
+    (STARTED, but its process is gone: no lease, :mod:`workers.lease`), ``"ended"`` (finished,
+    failed, ...), or None when there is no such job."""
     try:
         job = Job.fetch(job_id, connection=redis_client)
     except NoSuchJobError:
         return None
     status = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
-        return lease.started_job_alive(redis_client, project, job)
-    return status in _ALIVE
+        return "alive" if lease.started_job_alive(redis_client, project, job) else "died"
+    return "alive" if status in _ALIVE else "ended"
 
 
 def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
@@ -130,9 +131,9 @@ def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
         old = redis_client.get(flag) or b""
     old = old.decode()
     old_id, _, ts = old.partition("|")
-    alive = _job_alive(redis_client, old_id, project)
+    state = job_state(redis_client, old_id, project)
     age = time.time() - float(ts or 0)
-    if alive or (alive is None and age < FLAG_GRACE_S):
+    if state == "alive" or (state is None and age < FLAG_GRACE_S):
         log.debug(kv("rebuild.coalesced", project=project, job=old_id, reason=reason))
         return old_id, False
     # stale flag: its job failed, finished or vanished without clearing it

@@ -30,12 +30,10 @@ import threading
 import time
 
 import redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 
 from workers import lease
 from workers.logfmt import kv
-from workers.queueing import enqueue_rebuild, flag_key
+from workers.queueing import enqueue_rebuild, flag_key, job_state
 from workers.stats import known_projects
 
 log = logging.getLogger(__name__)
@@ -54,13 +52,9 @@ def _flag_job_dead(redis_client: redis.Redis, project: str) -> str | None:
     if not raw:
         return None
     job_id = raw.decode().partition("|")[0]
-    try:
-        job = Job.fetch(job_id, connection=redis_client)
-    except NoSuchJobError:
-        return None          # queueing's own grace/stale-flag logic covers a missing job
-    if job.get_status(refresh=False) != JobStatus.STARTED:
-        return None          # queued: it will run; failed/finished: rq's retries, or the next label
-    return None if lease.started_job_alive(redis_client, project, job) else job_id
+    # missing: queueing's own grace/stale-flag logic; queued: it will run; ended: rq's retries,
+    # or the next label
+    return job_id if job_state(redis_client, job_id, project) == "died" else None
 
 
 def recover_project(redis_client: redis.Redis, project: str, queue: str | None = None) -> str | None:
