@@ -127,20 +127,17 @@ def cached_features(encoder: Encoder, items: Sequence[str], cache: FeatureCache 
                     keys: Sequence[str | None]) -> tuple[np.ndarray, list[Failure]]:
     """Per-item features (no corpus-level stage) through ``cache``; failures are never cached."""
     cache_id = encoder.cache_id
-    F = np.empty((len(items), encoder.dim), dtype=np.float32)
-    hits = cache.get(cache_id, [k for k in keys if k is not None]) if cache is not None else {}
-    misses = [i for i, k in enumerate(keys) if k not in hits]
-    for i, k in enumerate(keys):
-        if k in hits:
-            F[i] = hits[k]
+    if cache is not None:
+        F, misses = cache.rows(cache_id, keys, encoder.dim)
+    else:
+        F, misses = np.empty((len(items), encoder.dim), dtype=np.float32), list(range(len(items)))
     failures: list[Failure] = []
     if misses:
         computed = encoder.features([items[i] for i in misses])
         failures = list(encoder.failures_)
         F[misses] = computed
         if cache is not None:
-            ok = valid_rows(computed) & np.array([keys[i] is not None for i in misses])
-            cache.put(cache_id, [keys[i] for i, good in zip(misses, ok) if good], computed[ok])
+            cache.put_valid(cache_id, [keys[i] for i in misses], computed)
     return F, failures
 
 
@@ -272,12 +269,7 @@ def embed_distributed(
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
     keys = list(keys)
     cache_id = encoder.cache_id
-    F = np.empty((len(items), encoder.dim), dtype=np.float32)
-    hits = cache.get(cache_id, [k for k in keys if k is not None])
-    misses = [i for i, k in enumerate(keys) if k not in hits]
-    for i, k in enumerate(keys):
-        if k in hits:
-            F[i] = hits[k]
+    F, misses = cache.rows(cache_id, keys, encoder.dim)
     failures: dict[int, Failure] = {}
 
     if misses:
@@ -323,7 +315,7 @@ def embed_distributed(
         if fresh:
             q.enqueue_many(fresh)
         say(f"{len(misses)} {modality}s in {len(chunks)} chunks of <= {size} on queue {q.name!r}"
-            f" ({len(hits)} cached{f', {attached} chunks already queued by an earlier run' if attached else ''})")
+            f" ({len(items) - len(misses)} cached{f', {attached} chunks already queued by an earlier run' if attached else ''})")
 
         t0 = time.monotonic()
         last_worker_seen = t0
@@ -377,8 +369,7 @@ def embed_distributed(
                                         f"{res['shape']}; expected {cache_id}, {[len(rows), encoder.dim]}")
                             part = np.frombuffer(res["features"], dtype=np.float32).reshape(res["shape"])
                             F[rows] = part
-                            ok = valid_rows(part) & np.array([keys[i] is not None for i in rows])
-                            cache.put(cache_id, [keys[i] for i, good in zip(rows, ok) if good], part[ok])
+                            cache.put_valid(cache_id, [keys[i] for i in rows], part)
                             index = {items[i]: i for i in rows}
                             for item, why in res["failures"]:
                                 failures[index.get(item, rows[0])] = (item, why)

@@ -83,6 +83,24 @@ class FeatureCache:
                     found[key] = np.frombuffer(blob, dtype=np.float32)
         return found
 
+    def rows(self, encoder_id: str, keys: Sequence[str | None], dim: int) -> tuple[np.ndarray, list[int]]:
+        """A ``(len(keys), dim)`` float32 matrix holding the cached rows, and the indices of the
+        rows still to compute (uncached keys; a ``None`` key, e.g. a missing file, always)."""
+        hits = self.get(encoder_id, [k for k in keys if k is not None])
+        F = np.empty((len(keys), dim), dtype=np.float32)
+        misses = []
+        for i, key in enumerate(keys):
+            if key in hits:
+                F[i] = hits[key]
+            else:
+                misses.append(i)
+        return F, misses
+
+    def put_valid(self, encoder_id: str, keys: Sequence[str | None], vectors: np.ndarray) -> None:
+        """Store the rows that hold a real embedding and have a key (failures are never cached)."""
+        ok = valid_rows(vectors) & np.array([k is not None for k in keys], dtype=bool)
+        self.put(encoder_id, [k for k, good in zip(keys, ok) if good], vectors[ok])
+
     def put(self, encoder_id: str, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Store one float32 vector per key (an existing key is overwritten)."""
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -163,14 +181,7 @@ def embed_with_cache(
     elif len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
     cache_id = encoder.cache_id
-    hits = cache.get(cache_id, [k for k in keys if k is not None])
-    F = np.empty((len(items), encoder.dim), dtype=np.float32)
-    misses = []
-    for i, key in enumerate(keys):
-        if key in hits:
-            F[i] = hits[key]
-        else:
-            misses.append(i)
+    F, misses = cache.rows(cache_id, keys, encoder.dim)
     failures: list[Failure] = []
     # one bar over the misses instead of one per chunk from the encoder
     inner_progress, encoder.progress = encoder.progress, False
@@ -181,8 +192,7 @@ def embed_with_cache(
                 computed = encoder.features([items[i] for i in rows])
                 failures.extend(encoder.failures_)
                 F[rows] = computed
-                ok = valid_rows(computed) & np.array([keys[i] is not None for i in rows])
-                cache.put(cache_id, [keys[i] for i, good in zip(rows, ok) if good], computed[ok])
+                cache.put_valid(cache_id, [keys[i] for i in rows], computed)
                 bar.update(len(rows))
     finally:
         encoder.progress = inner_progress
