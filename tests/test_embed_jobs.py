@@ -42,53 +42,23 @@ def coco_images(n: int) -> list[str]:
     return paths
 
 
-class Workers:
-    """``n`` live `xmodal worker --queue <embed queue>` processes, stopped (SIGTERM) at the end."""
-
-    def __init__(self, xenv, n: int, tmp_path: Path, env: dict | None = None):
-        self.procs = []
-        self.queue = embed_queue_name()
-        for k in range(n):
-            cmd = [sys.executable, "-m", "xmodal.cli", "worker", "--queue", self.queue,
-                   "--name", f"{xenv.tag}-embed{k}"]
-            log = open(tmp_path / f"worker{k}.log", "w")
-            self.procs.append((subprocess.Popen(cmd, env=dict(os.environ, **(env or {})),
-                                                stdout=log, stderr=subprocess.STDOUT), log))
-        from rq import Queue, Worker
-
-        q = Queue(self.queue, connection=xenv.redis)
-        deadline = time.monotonic() + 60
-        while Worker.count(queue=q) < n:
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"{n} workers did not register on {self.queue} within 60 s")
-            time.sleep(0.1)
-
-    def stop(self):
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)   # warm shutdown of a process this test started
-        for proc, log in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
 @pytest.fixture
 def workers(xenv, tmp_path):
-    started = []
+    """``workers(n, **env)``: n live `xmodal worker --queue <embed queue>` processes (their own
+    process groups, stopped at the end), registered on return."""
+    from xmodal.demo import ProcessManager, _python_cli, wait_worker
+
+    pm = ProcessManager(tmp_path / "workers")
 
     def start(n=2, **env):
-        w = Workers(xenv, n, tmp_path, env)
-        started.append(w)
-        return w
+        children = [pm.start(f"embed{k}", _python_cli() + ["worker", "--queue", embed_queue_name(),
+                                                           "--name", f"{xenv.tag}-embed{k}"],
+                             env=dict(os.environ, **env)) for k in range(n)]
+        for child in children:
+            wait_worker(pm, child, xenv.redis, embed_queue_name())
 
     yield start
-    for w in started:
-        w.stop()
+    pm.stop_all(grace=30)
 
 
 def _jobs_left(r, queue: str) -> int:

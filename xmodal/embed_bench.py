@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,40 +36,19 @@ def _images(data: Path, limit: int | None) -> list[str]:
     return paths[:limit] if limit else paths
 
 
-def _start_workers(n: int, queue: str, env: dict, logdir: Path, tag: str, pin: bool = False):
-    from rq import Queue, Worker
-
+def _start_workers(pm, n: int, queue: str, env: dict, tag: str, pin: bool = False) -> None:
+    """``n`` `xmodal worker --queue <queue>` processes under ``pm``, registered on return."""
+    from xmodal.demo import _python_cli, wait_worker
     from xmodal.redis_conn import get_redis
 
-    procs = []
+    children = []
     for k in range(n):
-        log = open(logdir / f"{tag}-w{k}.log", "w")
-        # --pin: worker k on core k only (taskset), like k one-core machines
+        # --pin: worker k on core k only (taskset execs the worker: same pid), like k one-core machines
         prefix = ["taskset", "-c", str(k % (os.cpu_count() or 1))] if pin else []
-        procs.append((subprocess.Popen(
-            prefix + [sys.executable, "-m", "xmodal.cli", "worker", "--queue", queue, "--name",
-                      f"{tag}-w{k}"], env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    q = Queue(queue, connection=get_redis())
-    deadline = time.monotonic() + 120
-    while Worker.count(queue=q) < n:
-        if time.monotonic() > deadline:
-            _stop(procs)
-            raise RuntimeError(f"{n} workers did not register within 120 s (logs in {logdir})")
-        time.sleep(0.1)
-    return procs
-
-
-def _stop(procs) -> None:
-    for proc, _ in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc, log in procs:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        children.append(pm.start(f"{tag}-w{k}", prefix + _python_cli() + [
+            "worker", "--queue", queue, "--name", f"{tag}-w{k}"], env=env))
+    for child in children:
+        wait_worker(pm, child, get_redis(), queue, timeout=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XMODAL_EMBED_QUEUE"] = f"{tag}-embed"
     os.environ["XMODAL_EMBED_RETRIES"] = "0"
     from workers.embed import default_chunks, embed_distributed, embed_queue_name
+    from xmodal.demo import ProcessManager
     from xmodal.encoders import get_encoder
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
     from xmodal.redis_conn import get_redis, redis_url
@@ -124,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # queue, and the timed runs go round-robin over the configurations, so that a change in the
     # machine's load (shared) hits all of them alike
     configs: list[tuple[str, object]] = []
-    procs = []
+    pm = ProcessManager(tmp)
     try:
         if not args.no_inprocess:
             enc = get_encoder("image", "efficientnet-lite0", progress=False)
@@ -141,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"{n} worker{'s' if n > 1 else ''}, {th} thread{'s' if th != '1' else ''}"
                 label += ", pinned" if args.pin else ""
                 q = f"{queue}-{th}-{n}"
-                procs += _start_workers(n, q, wenv, tmp, f"{tag}-{th}-{n}", pin=args.pin)
+                _start_workers(pm, n, q, wenv, f"{tag}-{th}-{n}", pin=args.pin)
                 size = args.chunk_size or default_chunks(len(paths), n, "image")
                 enc = get_encoder("image", "efficientnet-lite0", progress=False)
                 # warm-up: every worker builds its ONNX session on its first chunk
@@ -162,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label} {t[-1]:.2f} s" for label, t in times.items()) + f"; load {loads[-1]:.2f}",
                 flush=True)
     finally:
-        _stop(procs)
+        pm.stop_all(grace=30)
     base = configs[0][0]
     print(f"\n{'configuration':<26} {'median s':>8} {'img/s':>7} {'speed-up':>9}  runs (s)")
     for label, t in times.items():
