@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from xmodal.errors import ConfigError
+from xmodal.loop_bench import percentile
 
 GOALS = {"webhook_p99_s": 0.050, "lost_pairs": 0, "label_to_prediction_p95_s": 5.0}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -402,10 +403,6 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
     return prev_le
 
 
-def pct(values, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if len(values) else None
-
-
 # -- the run --------------------------------------------------------------------------------
 
 def check_loopback(url: str) -> None:
@@ -565,7 +562,7 @@ def summarize(posts: list[Post], watch: IndexWatch, metrics: dict, lost: dict, w
     return {
         "webhook": {"requests": len(posts), "per_s": round(len(posts) / load_s, 1) if load_s else None,
                     "errors": len(errors), "first_errors": sorted({p.error for p in errors})[:5], **kinds,
-                    "client_p50_s": pct(lat, 50), "client_p99_s": pct(lat, 99),
+                    "client_p50_s": percentile(lat, 50), "client_p99_s": percentile(lat, 99),
                     "client_max_s": round(max(lat), 4) if lat else None,
                     "server_count": int(count),
                     "server_p50_s": _r(histogram_quantile(buckets, 0.50)),
@@ -576,10 +573,10 @@ def summarize(posts: list[Post], watch: IndexWatch, metrics: dict, lost: dict, w
         "label_to_prediction": {
             "labels": sum(1 for p in posts if p.changed and p.new_pair and not p.error),
             "measured": len(ll["to_index"]), "not_seen": ll["not_seen"],
-            "index_p50_s": pct(ll["to_index"], 50), "index_p95_s": pct(ll["to_index"], 95),
-            "predict_p50_s": pct(ll["to_predict"], 50), "predict_p95_s": pct(ll["to_predict"], 95),
+            "index_p50_s": percentile(ll["to_index"], 50), "index_p95_s": percentile(ll["to_index"], 95),
+            "predict_p50_s": percentile(ll["to_predict"], 50), "predict_p95_s": percentile(ll["to_predict"], 95),
             "predict_max_s": round(max(ll["to_predict"]), 4) if ll["to_predict"] else None,
-            "worker_n": len(worker_lat), "worker_p50_s": pct(worker_lat, 50), "worker_p95_s": pct(worker_lat, 95),
+            "worker_n": len(worker_lat), "worker_p50_s": percentile(worker_lat, 50), "worker_p95_s": percentile(worker_lat, 95),
             "versions_seen": len(watch.seen), "versions_pruned_before_read": watch.vanished,
             "predict_errors": watch.predict_errors},
         "pairs": lost,
@@ -593,7 +590,7 @@ def timeline(posts: list[Post], t0: float, window_s: float = 10.0) -> list[dict]
     for p in posts:
         if p.latency_s is not None:
             out.setdefault(int((p.t_sent - t0) // window_s), []).append(p.latency_s)
-    return [{"from_s": k * window_s, "requests": len(v), "p50_s": pct(v, 50), "p99_s": pct(v, 99)}
+    return [{"from_s": k * window_s, "requests": len(v), "p50_s": percentile(v, 50), "p99_s": percentile(v, 99)}
             for k, v in sorted(out.items())]
 
 
