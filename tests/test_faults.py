@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from hypothesis import strategies as st
 
 from conftest import annotation_body, image_id, text_id
 from ls_server import ls_server_fixture
+from xmodal.demo import free_port, wait_worker
 
 pytestmark = pytest.mark.faults
 
@@ -63,12 +63,6 @@ def _tail(path, n=40) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
     return "<no log>"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -116,16 +110,6 @@ def start_worker(pm, xenv, name, burst=False, **env):
 def run_burst(pm, xenv, name, **env) -> None:
     child = start_worker(pm, xenv, name, burst=True, **env)
     assert child.popen.wait(60) == 0, _tail(child.log_path)
-
-
-def wait_registered(pm, child, client):
-    from rq import Worker
-
-    from workers.queueing import get_queue
-
-    q = get_queue(client)
-    _poll(f"{child.name} to register", lambda: any(w.pid == child.pid for w in Worker.all(queue=q)),
-          procs=[child])
 
 
 def kill_worker(child) -> None:
@@ -267,7 +251,7 @@ class RedisServer:
 
     def __init__(self, pm, workdir: Path, *args: str):
         self.pm, self.dir, self.args = pm, workdir, args
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.child = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +350,7 @@ def test_redis_data_loss_mid_session_then_resync_from_label_studio(ls_server, ow
     name = f"ls-{xenv.tag}"
     make_workspace(name, n=40, n_medoids=10, ls_project_id=pid)
     clear_cache()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, **FAST, REDIS_URL=server.url, LABEL_STUDIO_URL=ls_server.url,
                LABEL_STUDIO_API_KEY=ls_server.token)
     backend = procs.start("backend", [sys.executable, "-m", "xmodal.cli", "serve", "--port", str(port),
@@ -504,7 +488,7 @@ def test_two_workers_racing_under_many_webhooks_end_on_one_consistent_index(clie
     workers = [start_worker(procs, xenv, f"race{k}", XMODAL_TEST_REBUILD_PAUSE_S=pause)
                for k, pause in enumerate(("0.6", "0.1"))]
     for w in workers:
-        wait_registered(procs, w, r)
+        wait_worker(procs, w, r)
     seen, stop = [], threading.Event()
     current_key = pkey("proj", "index", "current")
 

@@ -6,7 +6,6 @@ import atexit
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from workers.predictions import LabelStudioPushError, refresh_label_studio
 from workers.queueing import enqueue_rebuild, flag_key, get_queue
 from workers.rebuild import rebuild
 from xmodal.index_store import IndexStore, load_current, versions_on_disk
+from xmodal.demo import free_port
 from xmodal.pairs import PairStore
 from xmodal.redis_conn import pkey
 from xmodal.workspace import Workspace
@@ -498,14 +498,8 @@ def test_cli_wrappers(xenv, capsys):
     assert f"queue {xenv.tag}: 0 queued" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_runs_gunicorn(xenv, ws):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "serve", "--port", str(port),
                              "--workers", "1"], env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
