@@ -178,3 +178,35 @@ def test_unreachable_server_is_a_config_error():
 
     with pytest.raises(ConfigError, match="cannot reach Label Studio"):
         connect(f"http://127.0.0.1:{free_port()}", "whatever-token", timeout=5)
+
+
+def test_next_task_retries_a_database_is_locked_500():
+    """Label Studio on SQLite answered /next/ with 500 "database is locked" once, under a
+    concurrent prediction push (e2e run); the client retries the GET."""
+    from xmodal.labelstudio import LabelStudioClient
+
+    answers = [(500, {"detail": "database is locked"}), (200, {"id": 5, "data": {"item_id": "a"}})]
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            status, body = answers[min(len(seen), len(answers)) - 1]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = LabelStudioClient(f"http://127.0.0.1:{server.server_port}", "token")
+        assert client.next_task(1)["id"] == 5
+        assert seen == ["/api/projects/1/next/"] * 2
+    finally:
+        server.shutdown()

@@ -25,6 +25,7 @@ Facts about Label Studio 1.23.2 this relies on (measured, /work/shared/docs/labe
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -76,9 +77,17 @@ class LabelStudioClient:
 
     # -- raw HTTP for what the SDK lacks ----------------------------------------------------------
     def _get(self, path: str, **params) -> httpx.Response:
+        """GET, retried twice on a 5xx: Label Studio on SQLite answers 500 "database is locked"
+        when a read that writes (``/next/`` takes a task lock) meets a concurrent prediction push
+        (seen once in the e2e test)."""
         wrapper = self.sdk._client_wrapper  # its headers carry "Token <key>" or a refreshed JWT
-        return httpx.get(f"{self.url}{path}", params=params, headers=wrapper.get_headers(),
-                         timeout=wrapper.get_timeout())
+        for delay in (0.2, 0.5, None):
+            r = httpx.get(f"{self.url}{path}", params=params, headers=wrapper.get_headers(),
+                          timeout=wrapper.get_timeout())
+            if r.status_code < 500 or delay is None:
+                return r
+            time.sleep(delay)
+        return r
 
     # -- projects --------------------------------------------------------------------------------
     def find_project(self, title: str) -> int | None:
