@@ -30,14 +30,12 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
-from backend.errors import ApiError
 from backend.metrics import observe_webhook, render
 from backend.model import XmodalModel
-from backend.projects import ls_project_id
 from backend.services import Backend
-from backend.webhook import webhook_project
-from workers.logfmt import kv
-from xmodal.errors import XmodalError
+from xmodal.errors import ApiError, XmodalError
+from xmodal.labelstudio.annotations import ls_project_id, webhook_project
+from xmodal.logfmt import kv
 
 log = logging.getLogger("backend")
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from backend.errors import ApiError
-from workers.logfmt import kv
-from xmodal.errors import DataError
-from xmodal.workspace import Workspace
+from xmodal.errors import ApiError, DataError
+from xmodal.index.workspace import Workspace
+from xmodal.logfmt import kv
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.errors import ApiError
-from xmodal.bootstrap import images_folder
-from xmodal.workspace import Workspace
+from xmodal.errors import ApiError
+from xmodal.index.workspace import Workspace
+from xmodal.labelstudio.images import images_folder
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_INLINE_BYTES = 20 * 1024 * 1024

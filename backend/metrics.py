@@ -23,16 +23,21 @@ import time
 
 import redis
 from rq import Worker
-from rq.registry import (DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry,
-                         StartedJobRegistry)
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from workers import stats
-from workers.stats import (REBUILD_BUCKETS, WEBHOOK_BUCKETS, latency_histogram_key,
-                           read_histogram, rebuild_histogram_key, webhook_histogram_key)
-from workers.queueing import embed_queue_for, get_queue
-from xmodal.index_store import IndexStore
-from xmodal.pairs import PairStore
-from xmodal.workspace import Workspace, list_workspaces
+from xmodal.index.pairs import PairStore
+from xmodal.index.store import IndexStore
+from xmodal.index.workspace import Workspace, list_workspaces
+from xmodal.jobs import stats
+from xmodal.jobs.queueing import embed_queue_for, get_queue
+from xmodal.jobs.stats import (
+    REBUILD_BUCKETS,
+    WEBHOOK_BUCKETS,
+    latency_histogram_key,
+    read_histogram,
+    rebuild_histogram_key,
+    webhook_histogram_key,
+)
 
 
 def observe_webhook(redis_client: redis.Redis, seconds: float) -> None:
@@ -57,7 +62,7 @@ class _Out:
         self.lines.append(f"{name}{_labels(labels)} {float(value):.6g}")
 
     def histogram(self, name: str, help_: str, raw: dict, buckets, **labels) -> None:
-        """A cumulative histogram from a hash written by :func:`workers.stats.observe`."""
+        """A cumulative histogram from a hash written by :func:`xmodal.jobs.stats.observe`."""
         if name not in self._declared:
             self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
             self._declared.add(name)

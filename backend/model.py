@@ -13,40 +13,34 @@ import tempfile
 
 import numpy as np
 
-from backend.annotations import apply_annotation
 from backend.encoding import image_encoder, text_encoder
-from backend.errors import ApiError
 from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
-from backend.webhook import (ANNOTATION_ACTIONS, parse_annotation_event, parse_deleted_annotations,
-                             parse_tasks)
-from workers.logfmt import kv
-from workers.predictions import (UnknownItem, choices_fields, label_fields, ls_connection,
-                                 task_prediction)
-from workers.queueing import enqueue_resync
-from workers.stats import remember_project
-from workers.task_registry import TaskRegistry
-from xmodal.index_store import IndexSnapshot, load_current
-from xmodal.pairs import PairStore
+from xmodal.errors import ApiError
+from xmodal.index.build import unlabelled_snapshot
+from xmodal.index.pairs import PairStore
+from xmodal.index.store import IndexSnapshot, load_current
+from xmodal.index.workspace import Workspace, other
+from xmodal.jobs.queueing import enqueue_resync
+from xmodal.jobs.stats import remember_project
+from xmodal.labelstudio.annotations import (
+    ANNOTATION_ACTIONS,
+    apply_annotation,
+    parse_annotation_event,
+    parse_deleted_annotations,
+    parse_tasks,
+)
+from xmodal.labelstudio.config import choices_fields, label_fields
+from xmodal.labelstudio.predictions import UnknownItem, task_prediction
+from xmodal.labelstudio.push import ls_connection
+from xmodal.labelstudio.tasks import TaskRegistry
+from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
-from xmodal.workspace import Workspace, other
 
 log = logging.getLogger(__name__)
 
+
 MAX_K = 1000
-
-
-def unlabelled_snapshot(ws: Workspace) -> IndexSnapshot:
-    """Version 0: what the backend answers before the first rebuild finished (no signal)."""
-    cfg = ws.config
-    ids_i, ids_t = ws.ids("image"), ws.ids("text")
-    return IndexSnapshot(
-        project=ws.name, version=0, measure=cfg["measure"], select=cfg["select"],
-        image_ids=np.asarray(ids_i, dtype=str), text_ids=np.asarray(ids_t, dtype=str),
-        image_codes=np.zeros((len(ids_i), 0), np.float32), text_codes=np.zeros((len(ids_t), 0), np.float32),
-        image_refs=np.zeros((0, 0), np.float32), text_refs=np.zeros((0, 0), np.float32),
-        pair_rows=np.zeros((0, 2), np.int64), annotation_ids=np.zeros(0, np.int64),
-        medoid_ids=np.asarray(ws.medoid_ids(), dtype=str), meta={"built_at": 0.0})
 
 
 _learned_fields: dict[str, tuple[str, str]] = {}

@@ -17,34 +17,18 @@ Anything else is a 404 with the list of what was tried.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import redis
 
-from backend.errors import ApiError
-from workers.logfmt import kv
-from xmodal.errors import DataError
+from xmodal.errors import ApiError, DataError
+from xmodal.index.workspace import Workspace, find_by_label_studio_id, list_workspaces
+from xmodal.labelstudio.annotations import ls_project_id
+from xmodal.logfmt import kv
 from xmodal.redis_conn import check_project_name, gkey
-from xmodal.workspace import Workspace, find_by_label_studio_id, list_workspaces
 
 log = logging.getLogger(__name__)
 
-
-def ls_project_id(value) -> int | None:
-    """``"12.1712345678"`` / ``12`` / ``"12"`` / ``{"id": 12, ...}`` -> 12; None if absent/invalid."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)(?:\.\d+)?\s*", value)
-        return int(m.group(1)) if m else None
-    return None
 
 
 class ProjectResolver:

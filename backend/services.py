@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from backend.projects import ProjectResolver
-from workers.queueing import enqueue_rebuild, queue_name
+from xmodal.jobs.queueing import enqueue_rebuild, queue_name
 from xmodal.redis_conn import get_redis, model_dir
 
 log = logging.getLogger(__name__)

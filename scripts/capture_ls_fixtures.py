@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import ls_server  # noqa: E402
 from label_studio_sdk import LabelStudio  # noqa: E402
 
-from xmodal.labelstudio import connect  # noqa: E402
+from xmodal.labelstudio.client import connect  # noqa: E402
 
 PLACEHOLDER = "<LABEL_STUDIO_TOKEN>"
 PROJECT_TOKEN = "<PROJECT_TOKEN>"

@@ -91,7 +91,7 @@ def text_id(i: int) -> str:
 def make_workspace(xenv):
     """``make_workspace(name, n=40, n_medoids=12, ls_project_id=7)`` -> Workspace with items,
     random features, a medoid selection; image i matches text i."""
-    from xmodal.workspace import Workspace
+    from xmodal.index.workspace import Workspace
 
     def make(name="proj", n=40, n_medoids=12, ls_project_id=7, select="image", seed=0, **cfg):
         ws = Workspace(xenv.models / name)
@@ -113,7 +113,7 @@ def make_workspace(xenv):
 def ws(make_workspace):
     """The standard test project "proj": 40 items, 12 medoids, Label Studio project 7, with the
     process-global index cache cleared."""
-    from xmodal.index_store import clear_cache
+    from xmodal.index.store import clear_cache
 
     clear_cache()
     return make_workspace("proj", n=40, n_medoids=12, ls_project_id=7)
@@ -177,7 +177,7 @@ def annotation_body(action: str, annotation_id: int, task_id: int, item: str, ch
 
 # -- a fake Label Studio for the rebuild's push step -----------------------------------------
 class FakeLabelStudio:
-    """Records what the rebuild job would send to Label Studio (``workers.predictions`` API)."""
+    """Records what the rebuild job would send to Label Studio (``xmodal.labelstudio.push`` API)."""
 
     def __init__(self, tasks=None, fail: Exception | None = None):
         self.tasks = tasks            # None: "cannot list", the job falls back on its registry
@@ -188,7 +188,7 @@ class FakeLabelStudio:
         self.updates: list[dict] = []  # task data PATCHes: {task_id: data}
         self.calls: list[str] = []     # the order of the calls above
 
-    def __call__(self, url, api_key):  # stands in for workers.predictions.open_label_studio
+    def __call__(self, url, api_key):  # stands in for xmodal.labelstudio.push.open_label_studio
         self.opened.append((url, api_key))
         return self
 
@@ -217,6 +217,6 @@ class FakeLabelStudio:
 def fake_ls(monkeypatch):
     fake = FakeLabelStudio()
     # both names: workers.resync binds the function at its import
-    monkeypatch.setattr("workers.predictions.open_label_studio", fake)
+    monkeypatch.setattr("xmodal.labelstudio.push.open_label_studio", fake)
     monkeypatch.setattr("workers.resync.open_label_studio", fake)
     return fake

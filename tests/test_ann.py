@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour search (xmodal.ann) through the rebuild, the index files and
+"""Approximate nearest-neighbour search (xmodal.index.ann) through the rebuild, the index files and
 IndexSnapshot: recall vs exact, the ANN files beside the index, exact fallback, old files."""
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ import pytest
 pytest.importorskip("faiss")
 
 from conftest import image_id, text_id  # noqa: E402
-from workers.rebuild import build_snapshot, rebuild  # noqa: E402
-from xmodal import ann  # noqa: E402
-from xmodal.index_store import (IndexStore, clear_cache, index_path, load_current,  # noqa: E402
-                                read_snapshot, write_snapshot)
-from xmodal.pairs import PairStore  # noqa: E402
-from xmodal.scale_bench import _snapshot, clustered_codes  # noqa: E402
+
+from workers.rebuild import rebuild  # noqa: E402
+from xmodal.benchmarks.scale import _snapshot, clustered_codes  # noqa: E402
+from xmodal.index import ann  # noqa: E402
+from xmodal.index.build import build_snapshot
+from xmodal.index.pairs import PairStore  # noqa: E402
+from xmodal.index.store import (
+    IndexStore,
+    clear_cache,
+    index_path,
+    load_current,
+    read_snapshot,
+    write_snapshot,
+)
 
 N = 20000
 

@@ -14,14 +14,14 @@ import time
 
 import numpy as np
 import pytest
+from conftest import annotation_body, image_id, ls_fixture, synthetic_features, task_body, text_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import annotation_body, image_id, ls_fixture, synthetic_features, task_body, text_id
-from workers.queueing import get_queue
 from workers.rebuild import rebuild
-from xmodal.index_store import clear_cache
-from xmodal.pairs import PairStore
+from xmodal.index.pairs import PairStore
+from xmodal.index.store import clear_cache
+from xmodal.jobs.queueing import get_queue
 
 LS_PID = 7
 
@@ -247,13 +247,13 @@ def test_webhook_accepts_a_pasted_id_in_a_textarea(client, r):
       {"from_name": "caption", "type": "choices", "value": {"choices": ["t3"]}}], ("pair", "t3", "choices")),
 ])
 def test_extract_choice(result, expected):
-    from backend.webhook import extract_choice
+    from xmodal.labelstudio.annotations import extract_choice
 
     assert extract_choice(result, "caption") == expected
 
 
 def test_tasks_created_fills_the_task_registry(client, r):
-    from workers.task_registry import TaskRegistry
+    from xmodal.labelstudio.tasks import TaskRegistry
 
     body = copy.deepcopy(ls_fixture("webhook_tasks_created")) or {"tasks": [task_body(1, image_id(1))]}
     body["project"] = dict(body.get("project") or {}, id=LS_PID)

@@ -16,13 +16,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import annotation_body, image_id, synthetic_features, task_body, text_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import annotation_body, image_id, synthetic_features, task_body, text_id
 from test_backend_api import LS_PID, build_index, post, predict_body, setup_body
-from xmodal.index_store import clear_cache
-from xmodal.pairs import PairStore
+
+from xmodal.index.pairs import PairStore
+from xmodal.index.store import clear_cache
 
 FUZZ = settings(max_examples=80, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

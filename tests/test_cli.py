@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from xmodal.cli import COMMANDS, build_parser
+from xmodal.cli.main import COMMANDS, build_parser
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

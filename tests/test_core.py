@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
+from xmodal.core.hubness import csls, hubness_terms, knn_mean
 from xmodal.core.medoids import KMedoidsSelector, anytime_order, canopy_k, cosine_distances
 from xmodal.core.metrics import average_precision, mean_average_precision, recall_at_k
 from xmodal.core.sif import CommonComponentRemoval, sif_weights, weighted_average
-from xmodal.core.hubness import csls, hubness_terms, knn_mean
 from xmodal.core.ssr import SSRIndex, cross_similarity, sparsify, ssr, standardize_columns, top_k
 
 

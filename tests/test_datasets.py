@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from xmodal import datasets
-from xmodal.datasets import DEFAULT_DATA_ROOT, CrossModalDataset, load_folder
+from xmodal.datasets import DEFAULT_DATA_ROOT
+from xmodal.datasets.dataset import CrossModalDataset
+from xmodal.datasets.folder import load_folder
 from xmodal.errors import DataError
 
 PNG = bytes.fromhex(  # a valid 1x1 PNG; the loader never decodes images anyway

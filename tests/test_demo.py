@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmodal import demo, synthetic
+from xmodal.datasets import synthetic
+from xmodal.demo.baselines import BaselineCache, baseline_metrics
+from xmodal.demo.console import Console
+from xmodal.demo.processes import STATE_FILE, ProcessManager, _cmdline, stop_recorded
+from xmodal.demo.run import DemoOptions, run_demo
+from xmodal.demo.session import webhook_payload
 from xmodal.errors import ConfigError
+from xmodal.evaluation.ground_truth import GroundTruth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,25 +73,25 @@ def _wait_gone(pids, timeout=15.0) -> list[int]:
 # -- pieces -----------------------------------------------------------------------------------
 
 def test_webhook_payload_is_what_the_backend_parses():
-    from backend.webhook import parse_annotation_event, webhook_project
+    from xmodal.labelstudio.annotations import parse_annotation_event, webhook_project
 
     task = {"id": 7, "data": {"item_id": "img_0001.png", "image": "/x.png",
                               "options": [{"value": "t1", "html": "a red disc"}]}}
-    body = demo.webhook_payload(3, task, 42, "t1", "caption", "image")
+    body = webhook_payload(3, task, 42, "t1", "caption", "image")
     assert webhook_project(body) == 3
     ev = parse_annotation_event(body, "caption")
     assert (ev.action, ev.annotation_id, ev.task_id, ev.kind, ev.choice, ev.item_id) == \
         ("ANNOTATION_CREATED", 42, 7, "pair", "t1", "img_0001.png")
-    none = parse_annotation_event(demo.webhook_payload(3, task, 43, None, "caption", "image"), "caption")
+    none = parse_annotation_event(webhook_payload(3, task, 43, None, "caption", "image"), "caption")
     assert none.kind == "none"
 
 
 def test_ground_truth_metrics_match_the_core(tmp_path):
     from xmodal.core.metrics import mean_average_precision, recall_at_k
-    from xmodal.datasets import load_folder
+    from xmodal.datasets.folder import load_folder
 
     ds = load_folder(synthetic.generate(tmp_path / "d", n=24, seed=1, captions_per_image=2))
-    gt = demo.GroundTruth(ds)
+    gt = GroundTruth(ds)
     assert gt.match("image", 3) == int(ds.pairs[ds.pairs[:, 0] == 3][0, 1])
     assert gt.match("text", 5) == int(ds.pairs[ds.pairs[:, 1] == 5][0, 0])
     rng = np.random.default_rng(0)
@@ -103,27 +109,27 @@ def test_ground_truth_metrics_match_the_core(tmp_path):
 
 
 def test_baselines_and_their_cache(tmp_path):
-    from xmodal.datasets import load_folder
+    from xmodal.datasets.folder import load_folder
 
     ds = load_folder(synthetic.generate(tmp_path / "d", n=30, seed=2))
-    gt = demo.GroundTruth(ds)
+    gt = GroundTruth(ds)
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
     pairs = np.array([(i, gt.match("image", i)) for i in (0, 4, 9)])
-    out = demo.baseline_metrics(gt, X, Y, "image", pairs, n_random=3)
+    out = baseline_metrics(gt, X, Y, "image", pairs, n_random=3)
     assert set(out) == {"random", "cca"} and "recall@10_i2t" in out["random"]
-    assert demo.baseline_metrics(gt, X, Y, "image", pairs[:1], n_random=3) == {}  # Pearson needs 2
-    cache = demo.BaselineCache(tmp_path / "c", a=1)
+    assert baseline_metrics(gt, X, Y, "image", pairs[:1], n_random=3) == {}  # Pearson needs 2
+    cache = BaselineCache(tmp_path / "c", a=1)
     calls = []
     assert cache.get(3, lambda: calls.append(1) or {"random": {"x": 1.0}}) == {"random": {"x": 1.0}}
     cache.save()
-    again = demo.BaselineCache(tmp_path / "c", a=1)
+    again = BaselineCache(tmp_path / "c", a=1)
     assert again.get(3, lambda: calls.append(1) or {}) == {"random": {"x": 1.0}} and calls == [1]
-    assert demo.BaselineCache(tmp_path / "c", a=2).values == {}  # other settings, other file
+    assert BaselineCache(tmp_path / "c", a=2).values == {}  # other settings, other file
 
 
 def test_process_manager_stops_the_whole_group(tmp_path):
-    pm = demo.ProcessManager(tmp_path / "logs")
+    pm = ProcessManager(tmp_path / "logs")
     # a parent that leaves a grandchild in its group, like gunicorn's workers
     child = pm.start("sleeper", ["bash", "-c", "sleep 60 & echo $! > grandchild; wait"], cwd=tmp_path)
     deadline = time.monotonic() + 10
@@ -138,7 +144,7 @@ def test_process_manager_stops_the_whole_group(tmp_path):
 
 
 def test_process_manager_reports_a_dead_child(tmp_path):
-    pm = demo.ProcessManager(tmp_path / "logs")
+    pm = ProcessManager(tmp_path / "logs")
     child = pm.start("broken", ["bash", "-c", "echo boom-message; exit 3"])
     child.popen.wait(10)
     with pytest.raises(ConfigError, match="(?s)exited with code 3.*boom-message"):
@@ -149,17 +155,17 @@ def test_stop_recorded_only_stops_what_it_recorded(tmp_path):
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     other = subprocess.Popen(["sleep", "61"], start_new_session=True)
     deadline = time.monotonic() + 5  # /proc/PID/cmdline is empty for a moment after exec
-    while not (demo._cmdline(proc.pid) and demo._cmdline(other.pid)) and time.monotonic() < deadline:
+    while not (_cmdline(proc.pid) and _cmdline(other.pid)) and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        (tmp_path / demo.STATE_FILE).write_text(json.dumps({"processes": {
+        (tmp_path / STATE_FILE).write_text(json.dumps({"processes": {
             "sleeper": {"pid": proc.pid, "group": True, "marker": "sleep 60"},
             "reused": {"pid": other.pid, "group": True, "marker": "not-this-command"}}}))
-        assert demo.stop_recorded(tmp_path, demo.Console(quiet=True)) == 1
+        assert stop_recorded(tmp_path, Console(quiet=True)) == 1
         assert proc.wait(10) is not None
         assert other.poll() is None  # its command line does not match: a reused PID is left alone
-        assert not (tmp_path / demo.STATE_FILE).exists()
-        assert demo.stop_recorded(tmp_path, demo.Console(quiet=True)) == 0
+        assert not (tmp_path / STATE_FILE).exists()
+        assert stop_recorded(tmp_path, Console(quiet=True)) == 0
     finally:
         for p in (proc, other):
             p.kill()
@@ -168,9 +174,9 @@ def test_stop_recorded_only_stops_what_it_recorded(tmp_path):
 
 def test_bad_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="--labels"):
-        demo.run_demo(demo.DemoOptions(labels=1, home=tmp_path, quiet=True))
+        run_demo(DemoOptions(labels=1, home=tmp_path, quiet=True))
     with pytest.raises(ConfigError, match="--select"):
-        demo.run_demo(demo.DemoOptions(select="audio", home=tmp_path, quiet=True))
+        run_demo(DemoOptions(select="audio", home=tmp_path, quiet=True))
 
 
 # -- errors through the CLI: a message that says what to do, exit 1, no traceback ---------------
@@ -300,7 +306,7 @@ def test_keep_serving_then_stop(tmp_path):
     home = tmp_path / "home"
     r = run_cli(["--n", "24", "--labels", "3", "--cache-dir", str(home), "--out", str(tmp_path / "r"),
                  "--port", "0", "--no-label-studio", "--keep-serving"])
-    state_file = home / demo.STATE_FILE
+    state_file = home / STATE_FILE
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"processes": {}}
     pids = [p["pid"] for p in state["processes"].values()]
     try:

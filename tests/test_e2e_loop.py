@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ls_server import ls_server_fixture
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +92,14 @@ def recall_at_10(snap, image_rows: np.ndarray, text_rows: np.ndarray) -> tuple[f
 @pytest.fixture
 def services(xenv, tmp_path):
     """`xmodal serve` (1 gunicorn worker) and `xmodal worker` as tracked child processes."""
-    from xmodal.demo import ProcessManager, free_port, start_backend, start_worker, wait_backend, wait_worker
+    from xmodal.demo.processes import (
+        ProcessManager,
+        free_port,
+        start_backend,
+        start_worker,
+        wait_backend,
+        wait_worker,
+    )
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
@@ -111,13 +117,13 @@ def services(xenv, tmp_path):
 
 
 def test_label_studio_loop(coco_mini, ls_server, xenv, services):
-    from xmodal.bootstrap import ProjectSpec, create_project, grow_project
-    from xmodal.datasets import load_coco_mini
-    from xmodal.index_store import IndexStore
-    from xmodal.labelstudio import connect
-    from xmodal.pairs import PairStore
+    from xmodal.datasets.coco import load_coco_mini
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.store import IndexStore
+    from xmodal.index.workspace import Workspace
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project, grow_project
     from xmodal.redis_conn import pkey
-    from xmodal.workspace import Workspace
 
     t_start = time.perf_counter()
     r, procs = xenv.redis, services["procs"]

@@ -1,4 +1,4 @@
-"""Distributed feature extraction (workers/embed.py): real Redis, real `xmodal worker` processes.
+"""Distributed feature extraction (xmodal/encoders/distributed.py + workers/embed.py): real Redis, real `xmodal worker` processes.
 
 The distributed rows must equal the in-process ones, in item order; a failing chunk must be
 reported with what failed and where, with the finished chunks kept; a rerun computes nothing
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.embed import EmbedJobError, embed_distributed, embed_queue_name
 from xmodal.encoders import get_encoder
 from xmodal.encoders.cache import FeatureCache, content_key, embed_with_cache
+from xmodal.encoders.distributed import EmbedJobError, embed_distributed, embed_queue_name
 
 COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_mini"
 
@@ -46,7 +46,7 @@ def coco_images(n: int) -> list[str]:
 def workers(xenv, tmp_path):
     """``workers(n, **env)``: n live `xmodal worker --queue <embed queue>` processes (their own
     process groups, stopped at the end), registered on return."""
-    from xmodal.demo import ProcessManager, _python_cli, wait_worker
+    from xmodal.demo.processes import ProcessManager, _python_cli, wait_worker
 
     pm = ProcessManager(tmp_path / "workers")
 
@@ -86,7 +86,7 @@ def test_sif_texts_distributed_equal_in_process_and_in_order(xenv, workers, tmp_
     assert _jobs_left(xenv.redis, embed_queue_name()) == 0
 
     # the CLI: same rows as the in-process command
-    from xmodal.cli import main
+    from xmodal.cli.main import main
 
     (tmp_path / "t.txt").write_text("\n".join(texts[:120]) + "\n")
     assert main(["embed", "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "d.npy"),
@@ -219,7 +219,7 @@ def test_feature_cache_takes_concurrent_writers(tmp_path):
 def test_worker_listens_on_rebuilds_first_then_embed(xenv):
     from types import SimpleNamespace
 
-    from xmodal.commands.worker_cmd import rq_argv
+    from workers.command import rq_argv
 
     args = SimpleNamespace(queue=None, burst=False, name=None, max_jobs=None, simple=False)
     assert rq_argv(args)[-2:] == [xenv.tag, f"{xenv.tag}-embed"]
@@ -230,7 +230,7 @@ def test_worker_listens_on_rebuilds_first_then_embed(xenv):
 def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp_path):
     """`xmodal project create --workers-embed`: the image features come from the workers and equal
     the in-process ones (SIF texts stay in-process)."""
-    from xmodal.cli import main
+    from xmodal.cli.main import main
 
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -247,7 +247,7 @@ def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp
     ran = Worker.all(queue=Queue(embed_queue_name(), connection=xenv.redis))
     assert sum(w.successful_job_count for w in ran) >= 1     # the chunk(s) ran on the workers
     assert main(common + ["--name", "local", "--cache-dir", str(tmp_path / "c2")]) == 0
-    from xmodal.workspace import Workspace
+    from xmodal.index.workspace import Workspace
 
     a, b = Workspace(xenv.models / "dist"), Workspace(xenv.models / "local")
     np.testing.assert_allclose(a.load_features("image"), b.load_features("image"), atol=1e-4)
@@ -263,7 +263,7 @@ def test_a_rebuild_does_not_wait_behind_the_embedding(xenv, tmp_path, make_works
     from rq import Queue, Worker
     from rq.job import Job
 
-    from workers.queueing import enqueue_rebuild
+    from xmodal.jobs.queueing import enqueue_rebuild
 
     paths = coco_images(24)
     make_workspace("proj")

@@ -265,7 +265,7 @@ def test_minilm_unit_vectors_rank_related_captions_higher():
 
 
 def run_embed(*argv: str) -> int:
-    from xmodal.commands import embed_cmd
+    from xmodal.cli import embed as embed_cmd
 
     parser = argparse.ArgumentParser()
     embed_cmd.register(parser.add_subparsers())

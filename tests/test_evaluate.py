@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from xmodal import evaluate
-from xmodal.baselines import cca_components, cca_similarity, random_references
 from xmodal.datasets import DEFAULT_DATA_ROOT
 from xmodal.errors import ConfigError
+from xmodal.evaluation.baselines import cca_components, cca_similarity, random_references
 from xmodal.evaluation.enhance import (
     Enhancements,
     average_groups,
@@ -19,6 +18,8 @@ from xmodal.evaluation.enhance import (
     mutual_nn_pairs,
     query_expansion,
 )
+from xmodal.evaluation.protocol import VARIANTS, EvalData, evaluate, prepare
+from xmodal.evaluation.report import markdown_table, plot
 
 ROW_KEYS = {"dataset", "method", "n", "direction", "metric", "value", "std", "seeds", "values",
             "n_eval", "protocol"}
@@ -33,7 +34,7 @@ def synthetic(n=120, classes=4, dx=24, dy=12, seed=0, split=True, labelled=True)
     Y = Z @ rng.normal(size=(8, dy)) + 0.3 * rng.normal(size=(n, dy))
     train = (np.arange(n) % 5 != 0) if split else None
     lab = labels.astype(str).astype(object) if labelled else None
-    return evaluate.EvalData("synth", X.astype(np.float32), Y.astype(np.float32),
+    return EvalData("synth", X.astype(np.float32), Y.astype(np.float32),
                              image_labels=lab, text_labels=lab, train=train)
 
 
@@ -41,7 +42,7 @@ def synthetic(n=120, classes=4, dx=24, dy=12, seed=0, split=True, labelled=True)
 
 def test_rows_schema_and_methods():
     data = synthetic()
-    rows = evaluate.evaluate(data, [2, 5, 10], seeds=[0, 1])
+    rows = evaluate(data, [2, 5, 10], seeds=[0, 1])
     assert rows and all(ROW_KEYS <= set(r) for r in rows)
     json.loads(json.dumps(rows))  # plain JSON, no NaN/numpy types
     assert {r["direction"] for r in rows} == {"i2t", "t2i"}
@@ -58,7 +59,7 @@ def test_rows_schema_and_methods():
             assert r["seeds"] == [0, 1] and len(r["values"]) == 2
             assert r["value"] == pytest.approx(np.mean(r["values"]))
             assert r["std"] == pytest.approx(np.std(r["values"]))
-        if r["method"] == "ssm-al" or r["method"] in evaluate.VARIANTS:
+        if r["method"] == "ssm-al" or r["method"] in VARIANTS:
             assert r["selection"] in ("image", "text")
     # ssm-al is one of ssm-al-i / ssm-al-t, the same choice in both directions
     for n in (2, 5, 10):
@@ -75,7 +76,7 @@ def test_rows_schema_and_methods():
 
 def test_pool_protocol_recall_rows():
     data = synthetic(n=60, split=False, labelled=False)
-    rows = evaluate.evaluate(data, [5, 20], seeds=[0], methods=["ssm-al", "random-refs", "cca"])
+    rows = evaluate(data, [5, 20], seeds=[0], methods=["ssm-al", "random-refs", "cca"])
     metrics = {n: {r["metric"] for r in rows if r["n"] == n} for n in (5, 20)}
     assert metrics[5] == {"recall@1", "recall@5", "recall@10", "recall@50"}
     assert metrics[20] == {"recall@1", "recall@5", "recall@10"}  # K > gallery (40) is dropped
@@ -86,13 +87,13 @@ def test_pool_protocol_recall_rows():
 
 def test_n_larger_than_pool_is_a_clear_error():
     with pytest.raises(ConfigError, match="N=200 is out of range"):
-        evaluate.evaluate(synthetic(), [10, 200], seeds=[0])
+        evaluate(synthetic(), [10, 200], seeds=[0])
     with pytest.raises(ConfigError, match="leaves at least 2"):
-        evaluate.evaluate(synthetic(n=30, split=False), [29], seeds=[0])
+        evaluate(synthetic(n=30, split=False), [29], seeds=[0])
     with pytest.raises(ConfigError, match="unknown method"):
-        evaluate.evaluate(synthetic(), [5], seeds=[0], methods=["vsepp"])
+        evaluate(synthetic(), [5], seeds=[0], methods=["vsepp"])
     with pytest.raises(ConfigError, match="MAP needs them"):
-        evaluate.evaluate(synthetic(labelled=False), [5], seeds=[0], metric="map")
+        evaluate(synthetic(labelled=False), [5], seeds=[0], metric="map")
 
 
 def test_cca_handles_tiny_n():
@@ -104,7 +105,7 @@ def test_cca_handles_tiny_n():
     S = cca_similarity(rng.normal(size=(2, 50)), rng.normal(size=(2, 3)),
                        rng.normal(size=(4, 50)), rng.normal(size=(6, 3)))
     assert S.shape == (4, 6) and np.isfinite(S).all()
-    rows = evaluate.evaluate(synthetic(), [1, 3], seeds=[0], methods=["ssm-al", "cca"])
+    rows = evaluate(synthetic(), [1, 3], seeds=[0], methods=["ssm-al", "cca"])
     assert {r["n"] for r in rows if r["method"] == "cca"} == {3}  # N=1: no canonical direction
 
 
@@ -116,10 +117,10 @@ def test_random_references_seeded():
 
 
 def test_markdown_and_plot(tmp_path):
-    rows = evaluate.evaluate(synthetic(), [3, 6], seeds=[0, 1], methods=["ssm-al", "cca", "all-pairs"])
-    md = evaluate.markdown_table(rows)
+    rows = evaluate(synthetic(), [3, 6], seeds=[0, 1], methods=["ssm-al", "cca", "all-pairs"])
+    md = markdown_table(rows)
     assert "| method | N=3 | N=6 |" in md and "all-pairs (all 96 pairs)" in md and "±" in md
-    evaluate.plot(rows, tmp_path / "curves.png")
+    plot(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -181,8 +182,8 @@ def _need(sub):
 def wikipedia_rows():
     from xmodal import datasets
 
-    data = evaluate.prepare(datasets.load_wikipedia(_need("wikipedia_rasiwasia")))
-    return evaluate.evaluate(data, [10, 50, 100], seeds=[0, 1, 2, 3, 4], methods=["ssm-al", "cca"])
+    data = prepare(datasets.load_wikipedia(_need("wikipedia_rasiwasia")))
+    return evaluate(data, [10, 50, 100], seeds=[0, 1, 2, 3, 4], methods=["ssm-al", "cca"])
 
 
 def _value(rows, method, n, direction, metric="map"):
@@ -205,7 +206,7 @@ def test_wikipedia_ssm_al_beats_cca(wikipedia_rows, n):
 
 def test_cli_eval_writes_json_markdown_plot(tmp_path):
     _need("wikipedia_rasiwasia")
-    from xmodal.cli import main
+    from xmodal.cli.main import main
 
     out = tmp_path / "rows.json"
     rc = main(["eval", "--dataset", "wikipedia", "--n", "10", "--seeds", "0", "--methods",
@@ -225,9 +226,9 @@ def coco_rows():
     from xmodal import datasets
 
     pytest.importorskip("xmodal.encoders")
-    data = evaluate.prepare(datasets.load_coco_mini(_need("coco_mini"), captions="all"),
+    data = prepare(datasets.load_coco_mini(_need("coco_mini"), captions="all"),
                             image_encoder="efficientnet-lite0", text_encoder="minilm", progress=False)
-    return evaluate.evaluate(data, [20], seeds=[0, 1, 2, 3, 4],
+    return evaluate(data, [20], seeds=[0, 1, 2, 3, 4],
                              methods=["ssm-al", "random-refs", "ssm-al++"])
 
 
@@ -273,7 +274,7 @@ def test_coco_mini_enhanced_product_index_beats_faithful(tmp_path):
 # -- xmodal bench (smoke, tiny sizes) ----------------------------------------------------------
 
 def test_bench_smoke_tiny_sizes():
-    from xmodal import bench
+    from xmodal.benchmarks import speed as bench
 
     X = bench.cnn_like_features(300, dim=64, clusters=5)
     assert X.shape == (300, 64) and X.dtype == np.float32 and (X >= 0).all()

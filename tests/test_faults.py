@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import annotation_body, image_id, text_id
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import annotation_body, image_id, text_id
 from ls_server import ls_server_fixture
-from xmodal.demo import free_port, wait_worker
+
+from xmodal.demo.processes import free_port, wait_worker
 
 pytestmark = pytest.mark.faults
 
@@ -93,7 +93,7 @@ def _kill(pids) -> None:
 def procs(tmp_path):
     """Child processes in their own process groups; teardown stops every group it started and
     kills what is left below them (work horses)."""
-    from xmodal.demo import ProcessManager
+    from xmodal.demo.processes import ProcessManager
 
     pm = ProcessManager(tmp_path / "logs")
     yield pm
@@ -138,7 +138,7 @@ def deleted(ann: int) -> dict:
 
 
 def live_pairs(r, project) -> set[tuple[int, str, str]]:
-    from xmodal.pairs import PairStore
+    from xmodal.index.pairs import PairStore
 
     return {(p["annotation_id"], p["image_id"], p["text_id"]) for p in PairStore(r, project).all_pairs()}
 
@@ -161,9 +161,9 @@ def test_sigkill_mid_rebuild_old_index_serves_and_a_fresh_worker_rebuilds(client
     from rq.job import Job, JobStatus
     from rq.registry import StartedJobRegistry
 
-    from workers import lease
-    from workers.queueing import flag_key, get_queue
-    from xmodal.index_store import IndexStore, clear_cache, load_current, versions_on_disk
+    from xmodal.index.store import IndexStore, clear_cache, load_current, versions_on_disk
+    from xmodal.jobs import lease
+    from xmodal.jobs.queueing import flag_key, get_queue
 
     for i in range(6):
         label(client, i)
@@ -218,11 +218,11 @@ def test_a_rebuild_that_died_before_its_lease_does_not_swallow_later_labels(r, x
     stands in for the few milliseconds between rq starting a rebuild and its lease)."""
     from rq.job import Job, JobStatus
 
-    from workers import lease
-    from workers.queueing import flag_key, get_queue, new_job_id
-    from workers.stats import projects_key
-    from xmodal.index_store import load_current
-    from xmodal.pairs import PairStore
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.store import load_current
+    from xmodal.jobs import lease
+    from xmodal.jobs.queueing import flag_key, get_queue, new_job_id
+    from xmodal.jobs.stats import projects_key
 
     store = PairStore(r, "proj")
     for i in range(4):
@@ -295,7 +295,7 @@ def own_redis(procs, tmp_path, xenv, monkeypatch):
 
 def test_redis_with_aof_survives_a_kill_without_resync(own_redis, xenv, ws, procs):
     from backend.app import create_app
-    from xmodal.index_store import IndexStore
+    from xmodal.index.store import IndexStore
     from xmodal.redis_conn import pkey
 
     server = own_redis("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
@@ -338,8 +338,8 @@ def test_redis_data_loss_mid_session_then_resync_from_label_studio(ls_server, ow
                                                                      make_workspace, procs, capsys):
     """A real Label Studio delivers webhooks to `xmodal serve`; Redis dies and comes back empty
     (no persistence); labels made meanwhile never reach the backend. START_TRAINING -> resync."""
-    from xmodal.index_store import clear_cache, load_current
-    from xmodal.labelstudio import connect
+    from xmodal.index.store import clear_cache, load_current
+    from xmodal.labelstudio.client import connect
 
     t0 = time.perf_counter()
     server = own_redis("--save", "", "--appendonly", "no")
@@ -479,9 +479,9 @@ def test_two_workers_racing_under_many_webhooks_end_on_one_consistent_index(clie
     from rq.job import Job
     from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-    from workers import lease
-    from workers.queueing import flag_key, get_queue
-    from xmodal.index_store import IndexStore, clear_cache, index_path, load_current
+    from xmodal.index.store import IndexStore, clear_cache, index_path, load_current
+    from xmodal.jobs import lease
+    from xmodal.jobs.queueing import flag_key, get_queue
     from xmodal.redis_conn import pkey
 
     # rebuilds of unequal length, so that an older version regularly finishes after a newer one

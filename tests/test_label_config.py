@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from ls_server import ls_server_fixture
 
 CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
@@ -30,7 +29,7 @@ def test_config_structure(name, choices, to_name, obj_tag, key):
     assert [c.get("value") for c in group[0].iter("Choice")] == ["__none__"]
     area = [e for e in root.iter("TextArea") if e.get("name") == "match_id"]
     assert area and area[0].get("toName") == to_name
-    # the first Choices tag is what workers.predictions.choices_fields() picks up
+    # the first Choices tag is what xmodal.labelstudio.config.choices_fields() picks up
     assert next(root.iter("Choices")).get("name") == choices
 
 

@@ -1,4 +1,4 @@
-"""xmodal.labelstudio against a real Label Studio 1.23.2 server (see tests/ls_server.py)."""
+"""xmodal.labelstudio.client against a real Label Studio 1.23.2 server (see tests/ls_server.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from ls_server import ls_server_fixture
+
 from xmodal.errors import ConfigError
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +21,7 @@ ls_server = ls_server_fixture()
 
 @pytest.fixture
 def ls(ls_server):
-    from xmodal.labelstudio import connect
+    from xmodal.labelstudio.client import connect
 
     return connect(ls_server.url, ls_server.token)
 
@@ -166,15 +166,16 @@ def test_ensure_local_storage_once(ls, project, tmp_path):
 
 
 def test_wrong_api_key_is_a_config_error(ls_server):
-    from xmodal.labelstudio import connect
+    from xmodal.labelstudio.client import connect
 
     with pytest.raises(ConfigError, match="rejected the API key"):
         connect(ls_server.url, "not-the-token-0123456789")
 
 
 def test_unreachable_server_is_a_config_error():
-    from xmodal.labelstudio import connect
     from ls_server import free_port
+
+    from xmodal.labelstudio.client import connect
 
     with pytest.raises(ConfigError, match="cannot reach Label Studio"):
         connect(f"http://127.0.0.1:{free_port()}", "whatever-token", timeout=5)
@@ -183,7 +184,7 @@ def test_unreachable_server_is_a_config_error():
 def test_next_task_retries_a_database_is_locked_500():
     """Label Studio on SQLite answered /next/ with 500 "database is locked" once, under a
     concurrent prediction push (e2e run); the client retries the GET."""
-    from xmodal.labelstudio import LabelStudioClient
+    from xmodal.labelstudio.client import LabelStudioClient
 
     answers = [(500, {"detail": "database is locked"}), (200, {"id": 5, "data": {"item_id": "a"}})]
     seen = []

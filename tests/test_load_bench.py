@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from xmodal.load_bench import histogram_quantile, parse_metrics
+from xmodal.benchmarks.load_report import histogram_quantile, parse_metrics
 
 
 def test_histogram_quantile_interpolates_like_prometheus():

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.task_registry import TaskRegistry, option_values
-from xmodal.pairs import PairStore, parse_time
+from xmodal.index.pairs import PairStore, parse_time
+from xmodal.labelstudio.tasks import TaskRegistry, option_values
 
 
 def test_put_is_idempotent_and_keeps_first_arrival(r):

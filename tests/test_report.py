@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xmodal.demo.report import load_history, metric_names, thumbnail_uri, write_report
 from xmodal.errors import DataError
-from xmodal.report import load_history, metric_names, thumbnail_uri, write_report
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmodal import synthetic
+from xmodal.datasets import synthetic
 from xmodal.errors import ConfigError
 
 
@@ -145,8 +145,9 @@ def test_bad_parameters_are_config_errors(tmp_path):
 
 
 def test_generate_command(tmp_path, capsys):
-    from xmodal.commands import generate_cmd
     import argparse
+
+    from xmodal.cli import generate as generate_cmd
 
     parser = argparse.ArgumentParser()
     generate_cmd.register(parser.add_subparsers())

@@ -14,19 +14,19 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import annotation_body, image_id, task_body, text_id
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from conftest import annotation_body, image_id, task_body, text_id
-from workers import stats
-from workers.predictions import LabelStudioPushError, refresh_label_studio
-from workers.queueing import enqueue_rebuild, flag_key, get_queue
 from workers.rebuild import rebuild
-from xmodal.index_store import IndexStore, load_current, versions_on_disk
-from xmodal.demo import free_port
-from xmodal.pairs import PairStore
+from xmodal.demo.processes import free_port
+from xmodal.index.pairs import PairStore
+from xmodal.index.store import IndexStore, load_current, versions_on_disk
+from xmodal.index.workspace import Workspace
+from xmodal.jobs import stats
+from xmodal.jobs.queueing import enqueue_rebuild, flag_key, get_queue
+from xmodal.labelstudio.push import LabelStudioPushError, refresh_label_studio
 from xmodal.redis_conn import pkey
-from xmodal.workspace import Workspace
 
 LS_PID = 7
 
@@ -84,7 +84,7 @@ def test_worker_rebuilds_after_webhooks(client, r, xenv, ws, capsys):
     pred = client.post("/predict", data=json.dumps(body), content_type="application/json").get_json()
     assert pred["results"][0]["model_version"] == "v1" and pred["results"][0]["result"]
     # status: up to date, then a newer pair waits for the next rebuild
-    from xmodal.commands.status_cmd import collect
+    from xmodal.cli.status import collect
 
     assert collect(r, xenv.models)["projects"]["proj"]["stale"] is False
     post_label(client, 20)
@@ -141,7 +141,7 @@ def test_pairs_arriving_during_a_rebuild_enqueue_exactly_one_more(r, xenv, ws):
         store.put(i, 1000 + i, image_id(i), text_id(i), 1.0)
     job_id, enqueued = enqueue_rebuild(r, "proj", "test")
     assert enqueued
-    from workers.rebuild import take_snapshot
+    from xmodal.index.build import take_snapshot
 
     take_snapshot(r, ws, job_id)           # the job started: its flag is cleared
     store.put(9, 1009, image_id(9), text_id(9), 1.0)
@@ -161,7 +161,7 @@ def test_stale_flags_are_replaced(r, xenv, ws):
 
 # -- the current pointer -----------------------------------------------------------------------
 def test_current_pointer_only_moves_forward(r, xenv, ws):
-    from workers.rebuild import build_snapshot
+    from xmodal.index.build import build_snapshot
 
     store = IndexStore(r, ws, keep=2)
     snaps = {v: build_snapshot(ws, v, [])[0] for v in (1, 2, 3, 4)}
@@ -180,9 +180,9 @@ def _pairs(n):
 def test_enhanced_index_round_trip_and_scores(r, xenv, make_workspace):
     """``"enhance": ["zscore", "csls"]``: stored column stats encode new queries exactly like the
     indexed items; scores/rank/search apply CSLS with the stored hubness terms; the file keeps it."""
-    from workers.rebuild import build_snapshot
     from xmodal.core.hubness import csls
-    from xmodal.index_store import read_snapshot, write_snapshot
+    from xmodal.index.build import build_snapshot
+    from xmodal.index.store import read_snapshot, write_snapshot
 
     ws = make_workspace("enh", n=40, n_medoids=12, enhance=["csls", "zscore"], csls_k=5)
     assert ws.config["enhance"] == ["zscore", "csls"]          # canonical order
@@ -212,8 +212,8 @@ def test_enhanced_index_round_trip_and_scores(r, xenv, make_workspace):
 
 
 def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, tmp_path):
-    from workers.rebuild import build_snapshot
-    from xmodal.index_store import read_snapshot
+    from xmodal.index.build import build_snapshot
+    from xmodal.index.store import read_snapshot
 
     snap, _ = build_snapshot(ws, 1, _pairs(12))
     assert snap.enhance == [] and not snap.uses_csls and snap.image_col_stats is None
@@ -235,7 +235,7 @@ def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, t
 
 def test_enhance_names_are_validated(xenv, tmp_path):
     from xmodal.errors import ConfigError
-    from xmodal.workspace import parse_enhance
+    from xmodal.index.workspace import parse_enhance
 
     assert parse_enhance("csls, zscore") == ["zscore", "csls"] and parse_enhance(None) == []
     with pytest.raises(ConfigError, match="valid: zscore, csls"):
@@ -292,7 +292,7 @@ def test_failure_lands_in_the_failed_registry_with_a_reason(r, xenv, ws, monkeyp
     assert job.retries_left == 0                      # retried once, then failed for good
     exc = job.latest_result().exc_string
     assert "DataError" in exc and "text features" in exc and "unreadable" in exc
-    from xmodal.commands.status_cmd import collect
+    from xmodal.cli.status import collect
 
     status = collect(r, xenv.models)
     assert status["queue"]["failed"] == 1
@@ -364,7 +364,7 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
         assert p["result"][0]["value"]["choices"] == [options[0]]           # top-1 = first option
         assert p["score"] == pytest.approx(snap.rank("image", item, None, 1)[0][1], abs=1e-5)
         assert fake_ls.updates[0][tid]["item_id"] == item                   # other data kept
-    from workers.task_registry import TaskRegistry
+    from xmodal.labelstudio.tasks import TaskRegistry
     assert TaskRegistry(r, "proj").get(next(iter(first)))["options"] == \
         [o["value"] for o in fake_ls.updates[0][next(iter(first))]["options"]]
     assert result["ls"] == "pushed" and result["ls_tasks"] == 8 and result["ls_options"] == 3
@@ -396,7 +396,7 @@ def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fa
 
 
 def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):
-    from workers.task_registry import TaskRegistry
+    from xmodal.labelstudio.tasks import TaskRegistry
 
     TaskRegistry(r, "proj").record([task_body(1005, image_id(5))])
     _link(r, ws)
@@ -412,7 +412,7 @@ def test_no_label_studio_connection_skips_the_step(r, xenv, ws, fake_ls):
 
 
 def test_a_superseded_index_is_not_pushed(r, xenv, ws, fake_ls):
-    from workers.rebuild import build_snapshot
+    from xmodal.index.build import build_snapshot
 
     _link(r, ws)
     store = IndexStore(r, ws)
@@ -485,7 +485,7 @@ def test_embedded_redis_is_shared_with_child_processes(xenv, monkeypatch):
 
 
 def test_cli_wrappers(xenv, capsys):
-    from xmodal.cli import main
+    from xmodal.cli.main import main
 
     assert main(["worker", "--burst", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -561,7 +561,7 @@ def test_resync_replays_missed_webhooks(r, xenv, ws, fake_ls):
 
 
 def test_project_resync_command_prints_what_changed(r, xenv, ws, fake_ls, capsys):
-    from xmodal.cli import main
+    from xmodal.cli.main import main
 
     PairStore(r, "proj").put(77, 1077, image_id(7), text_id(7), 1.0, received_at=time.time() - 60)
     fake_ls.tasks = [_ls_task(0, [(1, text_id(0))])]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from rq.worker import SimpleWorker, WorkerStatus
 
-from workers.embed import EMBED_FUNC
 from workers.preload import PreloadedWorker
+from xmodal.encoders.distributed import EMBED_FUNC
 
 
 class EmbedWorker(PreloadedWorker):

@@ -14,12 +14,12 @@ horses never use it).
 
 from rq.worker import SimpleWorker, Worker
 
-import workers.predictions  # noqa: F401
 import workers.rebuild  # noqa: F401
 import workers.resync  # noqa: F401
-import xmodal.labelstudio  # noqa: F401  (label_studio_sdk)
-from workers.logfmt import setup_worker_logging
+import xmodal.labelstudio.client  # noqa: F401  (label_studio_sdk)
+import xmodal.labelstudio.push  # noqa: F401
 from workers.recovery import start_sweeper
+from xmodal.logfmt import setup_worker_logging
 
 
 class _Recovering:

@@ -1,17 +1,17 @@
 """Recovering rebuilds lost with their process (SIGKILL, OOM kill, a host that went away).
 
-A rebuild clears its project's coalescing flag when it takes its snapshot (:mod:`workers.queueing`):
+A rebuild clears its project's coalescing flag when it takes its snapshot (:mod:`xmodal.jobs.queueing`):
 pairs arriving later enqueue a new rebuild. If the process dies after that snapshot, the pairs it
 read are in no index, and when no further webhook arrives nothing would enqueue another rebuild.
 RQ 3.0.0 alone notices 1.5 to 11.5 minutes later and, with retries off, never re-runs the job (see
-:mod:`workers.lease`).
+:mod:`xmodal.jobs.lease`).
 
 So every ``xmodal worker`` runs ``sweep()`` in a daemon thread of its parent process (the one that
 forks the work horses), at start-up and then every ``$XMODAL_RECOVER_INTERVAL_S`` seconds (default
 5). For each known project (``P:projects``) it enqueues a rebuild, through the ordinary coalesced
 ``enqueue_rebuild`` (so N sweeping workers still queue at most one), when
 
-- a rebuild's lease expired without being released (``workers.lease.reap``): it died mid-run;
+- a rebuild's lease expired without being released (``xmodal.jobs.lease.reap``): it died mid-run;
 - the coalescing flag names a STARTED job holding no lease past its start-up grace: it died
   before taking the lease, and ``enqueue_rebuild`` replaces that flag rather than coalescing new
   pairs into a dead job.
@@ -31,10 +31,10 @@ import time
 
 import redis
 
-from workers import lease
-from workers.logfmt import kv
-from workers.queueing import enqueue_rebuild, flag_key, job_state
-from workers.stats import known_projects
+from xmodal.jobs import lease
+from xmodal.jobs.queueing import enqueue_rebuild, flag_key, job_state
+from xmodal.jobs.stats import known_projects
+from xmodal.logfmt import kv
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Label Studio delivers a webhook once, synchronously, with a 1 s timeout; a slow or unreachable
 backend loses the event. ``resync(project)`` lists every task with its annotations and replays
-them through the same validation as ``/webhook`` (``backend.annotations.apply_annotation``), so:
+them through the same validation as ``/webhook`` (``xmodal.labelstudio.annotations.apply_annotation``), so:
 
 - a missed CREATED/UPDATED is stored (an older listing never overrides a newer webhook: the pair
   store ignores events older than what it holds);
@@ -23,17 +23,16 @@ import time
 
 import redis
 
-from backend.annotations import apply_annotation
-from backend.errors import ApiError
-from backend.webhook import parse_annotation_event
-from workers.logfmt import kv
-from workers.predictions import label_fields, ls_connection, open_label_studio
-from workers.queueing import enqueue_rebuild
-from workers.task_registry import TaskRegistry
-from xmodal.errors import DataError
-from xmodal.pairs import PairStore
+from xmodal.errors import ApiError, DataError
+from xmodal.index.pairs import PairStore
+from xmodal.index.workspace import Workspace
+from xmodal.jobs.queueing import enqueue_rebuild
+from xmodal.labelstudio.annotations import apply_annotation, parse_annotation_event
+from xmodal.labelstudio.config import label_fields
+from xmodal.labelstudio.push import ls_connection, open_label_studio
+from xmodal.labelstudio.tasks import TaskRegistry
+from xmodal.logfmt import kv
 from xmodal.redis_conn import get_redis
-from xmodal.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

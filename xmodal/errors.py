@@ -11,3 +11,20 @@ class DataError(XmodalError):
 
 class ConfigError(XmodalError):
     """An unknown option value (encoder name, data set, metric...)."""
+
+
+class ApiError(Exception):
+    """Bad input from an API caller (a Label Studio payload, a search request): answered with
+    ``status`` (a 4xx) and ``{"error": message, **details}``. Raised by the library's parsers as
+    well as by the backend's routes, so that both say what was wrong the same way.
+
+    ``raise ApiError(422, "pair names an item not in the project", item="x")``"""
+
+    def __init__(self, status: int, message: str, **details):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict:
+        return {"error": self.message, **self.details}

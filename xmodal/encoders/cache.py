@@ -23,14 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.encoders.base import (
-    Encoder,
-    Failure,
-    batches,
-    default_cache_dir,
-    progress_bar,
-    valid_rows,
-)
+from xmodal.encoders.base import Encoder, Failure, batches, default_cache_dir, progress_bar, valid_rows
 
 # SQLite's limit on host parameters in one statement is 32766 (>= 3.32); stay far below it
 _CHUNK = 500

@@ -21,14 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.encoders.base import Encoder, batches, default_cache_dir, file_digest, progress_bar
 from xmodal.errors import ConfigError
-from xmodal.encoders.base import (
-    Encoder,
-    batches,
-    default_cache_dir,
-    file_digest,
-    progress_bar,
-)
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
   softmax, mutual-NN pseudo-pairs, caption averaging, query expansion), measured in
   ``docs/results.md``.
 
-The paper's protocol itself lives in :mod:`xmodal.evaluate`; baselines in :mod:`xmodal.baselines`.
+The paper's protocol itself lives in :mod:`xmodal.evaluation.protocol`; baselines in :mod:`xmodal.evaluation.baselines`.
 """
 
 from xmodal.evaluation.enhance import (  # noqa: F401

@@ -4,7 +4,7 @@ Each is a small pure-numpy function that an index can call on its own arrays, pl
 :func:`enhanced_similarity`, which strings the enabled ones together from an :class:`Enhancements`
 config. What helps and what does not is measured in ``docs/results.md``. In short: on COCO-mini
 (EfficientNet-Lite0 + MiniLM) z-scoring, centring, CSLS and caption averaging each help, and
-z-scores + CSLS + caption averaging (``ssm-al++`` in :mod:`xmodal.evaluate`) gives about +30 % /
+z-scores + CSLS + caption averaging (``ssm-al++`` in :mod:`xmodal.evaluation.protocol`) gives about +30 % /
 +15 % Recall@10 (i2t / t2i) at N=20 while never lowering MAP on Wikipedia; the mutual-NN
 pseudo-pairs, query expansion and ASIF sparsification are not reliable (they hurt on Wikipedia,
 where the mutual-NN pairs have chance-level label precision).
@@ -40,13 +40,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from xmodal.core.hubness import csls  # noqa: F401  (shared with the product index)
-from xmodal.core.ssr import (  # noqa: F401  (standardize_columns re-exported)
-    column_stats,
-    l2_normalize,
-    ssr,
-    ssr_codes,
-    standardize_columns,
-)
+from xmodal.core.ssr import column_stats, l2_normalize, ssr, ssr_codes, standardize_columns  # noqa: F401  (standardize_columns re-exported)
 
 
 @dataclass(frozen=True)

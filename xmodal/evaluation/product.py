@@ -3,7 +3,7 @@
 ``measure_product(data, enhance)`` does what a user does: ``xmodal project create`` (bootstrap:
 embed, k-medoids, workspace config with ``--enhance``), then the rebuild worker's
 ``build_snapshot`` over the first ``labels`` medoids in anytime order answered by the oracle (the
-item's first ground-truth match), then Recall@K of the :class:`~xmodal.index_store.IndexSnapshot`
+item's first ground-truth match), then Recall@K of the :class:`~xmodal.index.store.IndexSnapshot`
 as it serves /predict, /search and Label Studio (``scores``: z-score statistics and CSLS included).
 
     python -m xmodal.evaluation.product --data ../shared/data/coco_mini --labels 20
@@ -24,9 +24,10 @@ def measure_product(data, enhance: str | None, *, labels: int = 20, name: str = 
                     text_encoder: str = "minilm", captions: str = "all", select: str = "image",
                     feature_cache=None, seed: int = 0) -> dict:
     """Metrics of the product index after ``labels`` oracle pairs; see the module doc."""
-    from workers.rebuild import build_snapshot
-    from xmodal.bootstrap import ProjectSpec, create_project, load_data
-    from xmodal.demo import GroundTruth
+    from xmodal.datasets import load_data
+    from xmodal.evaluation.ground_truth import GroundTruth
+    from xmodal.index.build import build_snapshot
+    from xmodal.labelstudio.project import ProjectSpec, create_project
 
     with tempfile.TemporaryDirectory(prefix="xmodal-product-") as tmp:
         spec = ProjectSpec(name=name, data=data, select=select, k=labels, image_encoder=image_encoder,

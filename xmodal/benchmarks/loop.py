@@ -1,0 +1,393 @@
+"""Simulated-annotator benchmark of the labelling loop, through the real path.
+
+An oracle that knows the ground truth labels the medoids one by one (anytime order). Each label is
+an ``ANNOTATION_CREATED`` body shaped like Label Studio 1.23's, posted to the ML backend's
+``/webhook`` (a real ``xmodal serve``); the backend stores the pair in Redis and enqueues a rebuild;
+a real ``xmodal worker`` (``rq worker``) builds and publishes the new index version (and, with
+``--label-studio-url``, pushes the predictions to Label Studio and sets its ``model_version``).
+The annotator waits for the new predictions before the next label, like a person would see them.
+
+Measured per label:
+
+- **latency**: from posting the label to the first moment the new predictions are visible —
+  ``POST /predict`` on the backend answers with the new ``model_version`` (default), or, with
+  ``--label-studio-url``, Label Studio's project shows the new ``model_version`` (the worker sets it
+  after pushing every prediction);
+- the worker's own split (build / write / Label Studio push) from ``P:{p}:rebuild:last``;
+- **quality** of the published index: Recall@10 image→text and text→image, the coupled item being
+  the only relevant one, over the items that are not references (at most ``--queries`` queries per
+  direction, every non-reference item of the other modality as target).
+
+Data: ``synthetic`` (default ``--n 10000``): features of realistic size — 1280-d "image" and
+384-d "text" vectors that are two different non-linear views of a shared latent mixture (40
+components, 48-d) plus noise; item i of one modality is coupled with item i of the other. Or a
+data folder (COCO-mini, generic format), bootstrapped with :func:`xmodal.labelstudio.project.create_project`.
+
+Usage::
+
+    python -m xmodal.benchmarks.loop --data synthetic --n 10000 --labels 30
+    python -m xmodal.benchmarks.loop --data /path/to/coco_mini --labels 20
+    python -m xmodal.benchmarks.loop --data /path/to/coco_mini --labels 20 \\
+        --label-studio-url http://127.0.0.1:8080 --api-key TOKEN
+
+Everything runs under its own Redis key prefix and queue (deleted at the end) and a temporary
+``MODEL_DIR``; the processes it starts are stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xmodal.errors import ConfigError
+
+LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims without Label Studio
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def synthetic_features(n: int, d_image: int = 1280, d_text: int = 384, d_latent: int = 48,
+                       components: int = 40, noise: float = 1.5, seed: int = 0):
+    """(X, Y): two non-linear views of a shared latent Gaussian mixture; row i of X <-> row i of Y."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(components, d_latent))
+    comp = rng.integers(components, size=n)
+    Z = centres[comp] + rng.normal(size=(n, d_latent))
+    A = rng.normal(size=(d_latent, d_image)) / np.sqrt(d_latent)
+    B = rng.normal(size=(d_latent, d_text)) / np.sqrt(d_latent)
+    X = np.maximum(Z @ A, 0.0) + noise * rng.normal(size=(n, d_image))   # ReLU-like CNN features
+    Y = np.tanh(Z @ B) + noise * 0.5 * rng.normal(size=(n, d_text))     # bounded sentence vectors
+    return X.astype(np.float32), Y.astype(np.float32)
+
+
+def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print):
+    """A workspace of synthetic items (no files), its medoids; returns the (image, text) truth."""
+    from xmodal.index.selection import ensure_selection
+
+    t0 = time.perf_counter()
+    X, Y = synthetic_features(n, seed=seed)
+    image_ids = [f"syn/{i:06d}.jpg" for i in range(n)]
+    text_ids = [f"t{i:06d}" for i in range(n)]
+    ws.root.mkdir(parents=True, exist_ok=True)
+    ws.save_config({"select": "image", "measure": "pearson",
+                    "encoders": {"image": "synthetic-1280", "text": "synthetic-384"},
+                    "label_studio": {"project_id": LS_PROJECT_PLACEHOLDER}})
+    ws.save_items(image_ids, [f"/synthetic/{i}" for i in image_ids], text_ids,
+                  [f"synthetic text {i}" for i in range(n)])
+    ws.save_features("image", X, "synthetic-1280")
+    ws.save_features("text", Y, "synthetic-384")
+    say(f"synthetic features: {n} x {X.shape[1]} images, {n} x {Y.shape[1]} texts "
+        f"({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    medoids, _ = ensure_selection(ws, X, "image", k, seed)
+    say(f"{k} medoids by k-medoids on {n} images ({time.perf_counter() - t0:.1f} s)")
+    return {image_ids[i]: text_ids[i] for i in range(n)}
+
+
+# -- measurement helpers ----------------------------------------------------------------------
+
+def recall_non_reference(snap, truth: dict[str, str], exclude: set, max_queries: int = 1000,
+                         seed: int = 0) -> dict:
+    """Recall@10 both directions over coupled items that are not references."""
+    from xmodal.core.metrics import recall_at_k
+
+    if snap is None or not snap.has_signal:
+        return {"recall@10_i2t": None, "recall@10_t2i": None}
+    img_rows, txt_rows = snap.rows("image"), snap.rows("text")
+    pairs = [(img_rows[i], txt_rows[t]) for i, t in truth.items()
+             if i not in exclude and t not in exclude and i in img_rows and t in txt_rows]
+    P = np.asarray(pairs, dtype=np.int64)
+    Ci, Ct = snap.image_codes[P[:, 0]], snap.text_codes[P[:, 1]]
+    rng = np.random.default_rng(seed)
+    q = np.sort(rng.choice(len(P), min(max_queries, len(P)), replace=False))
+    out = {}
+    for name, Q, T in (("i2t", Ci, Ct), ("t2i", Ct, Ci)):
+        S = Q[q] @ T.T
+        out[f"recall@10_{name}"] = round(recall_at_k(S, q, (10,))[10], 4)
+    out["chance"] = round(10 / len(P), 4)
+    return out
+
+
+def delete_keys(r, tag: str) -> None:
+    """Remove a run's private Redis keys (best effort: Redis may be gone by now)."""
+    with contextlib.suppress(Exception):
+        keys = list(r.scan_iter(match=f"*{tag}*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+def restore_env(saved: dict) -> None:
+    """Put back the environment variables a run changed (``None`` = was unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if len(values) else None
+
+
+@dataclass
+class BenchResult:
+    settings: dict
+    rows: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        lat = [r["latency_s"] for r in self.rows if r.get("latency_s") is not None]
+        return {"labels": len(self.rows), "latency_median_s": percentile(lat, 50),
+                "latency_p95_s": percentile(lat, 95), "latency_max_s": round(max(lat), 4) if lat else None,
+                "final": self.rows[-1] if self.rows else None}
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def run(args, say=print) -> BenchResult:
+    import redis
+    import requests
+
+    from xmodal.demo.processes import (
+        ProcessManager,
+        free_port,
+        start_backend,
+        start_worker,
+        wait_backend,
+        wait_worker,
+    )
+    from xmodal.demo.session import webhook_payload
+    from xmodal.index.store import IndexStore, load_current
+    from xmodal.index.workspace import Workspace
+    from xmodal.jobs import stats
+    from xmodal.redis_conn import get_redis, redis_url
+
+    if args.labels < 2:
+        raise ConfigError("--labels must be at least 2")
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="xmodal-loop-bench-"))
+    home.mkdir(parents=True, exist_ok=True)
+    tag = f"xb-{uuid.uuid4().hex[:8]}"
+    saved_env = {k: os.environ.get(k) for k in ("MODEL_DIR", "XMODAL_REDIS_PREFIX", "XMODAL_QUEUE",
+                                                 "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    os.environ.update(MODEL_DIR=str(home / "models"), XMODAL_REDIS_PREFIX=tag, XMODAL_QUEUE=tag)
+    if args.label_studio_url:
+        os.environ.update(LABEL_STUDIO_URL=args.label_studio_url, LABEL_STUDIO_API_KEY=args.api_key or "")
+    else:
+        os.environ.pop("LABEL_STUDIO_URL", None)
+        os.environ.pop("LABEL_STUDIO_API_KEY", None)
+    url = redis_url()
+    r = get_redis(url)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        raise ConfigError(f"cannot reach Redis ({exc}); set REDIS_URL or unset it for the embedded one")
+    pm = ProcessManager(home / "logs")
+    result = BenchResult(settings={"data": args.data, "n": args.n, "labels": args.labels,
+                                   "worker": args.worker, "label_studio": bool(args.label_studio_url),
+                                   "redis": url.split("@")[-1], "home": str(home)})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", REDIS_URL=url)
+    try:
+        # services boot while the data is prepared
+        port = free_port()
+        worker = start_worker(pm, env, simple=(args.worker == "simple"))
+        backend = start_backend(pm, env, port)
+        backend_url = f"http://127.0.0.1:{port}"
+
+        t0 = time.perf_counter()
+        name = "loopbench"
+        ls_pid = LS_PROJECT_PLACEHOLDER
+        if args.data == "synthetic":
+            ws = Workspace.for_project(name)
+            truth = synthetic_workspace(ws, args.n, args.labels, args.seed, say)
+            medoids = ws.medoid_ids()
+            options_of = None
+        else:
+            from xmodal.datasets.coco import load_coco_mini
+            from xmodal.datasets.folder import load_folder
+            from xmodal.labelstudio.project import ProjectSpec, create_project
+
+            spec = ProjectSpec(name=name, data=args.data, k=args.labels + args.spare,
+                               label_studio_url=args.label_studio_url, api_key=args.api_key,
+                               backend_url=backend_url if args.label_studio_url else None,
+                               images="inline" if args.label_studio_url else "auto")
+            if args.label_studio_url:
+                wait_backend(pm, backend, backend_url)   # ml.create calls /health and /setup
+            boot = create_project(spec, say=lambda m: say("  " + m), redis_client=r)
+            result.timings["bootstrap"] = boot.timings
+            ws = boot.ws
+            medoids = boot.medoid_ids
+            root = Path(args.data)
+            ds = load_coco_mini(root) if (root / "pairs.json").is_file() and not (root / "texts.jsonl").is_file() \
+                else load_folder(root)
+            truth = {}
+            for i, t in ds.pairs:
+                truth.setdefault(ds.image_ids[i], ds.text_ids[t])
+            if boot.ls_project_id is not None:
+                ls_pid = boot.ls_project_id
+            else:   # let the backend resolve the webhooks' project id to this workspace
+                ws.update_config(label_studio={"project_id": ls_pid})
+            options_of = boot.task_ids
+        result.timings["prepare_s"] = round(time.perf_counter() - t0, 3)
+        wait_backend(pm, backend, backend_url)
+        wait_worker(pm, worker, r)
+        select = ws.select
+        if select != "image":
+            raise ConfigError("the loop bench labels image medoids (select=image)")
+        from xmodal.labelstudio.config import label_fields
+
+        from_name, to_name = label_fields(r, ws)
+        store = IndexStore(r, ws)
+        ls_client = None
+        if args.label_studio_url:
+            from xmodal.labelstudio.client import connect
+
+            ls_client = connect(args.label_studio_url, args.api_key)
+        # a task that stays unlabelled: the /predict probe
+        probe_item = medoids[args.labels] if len(medoids) > args.labels else \
+            next(i for i in ws.ids("image") if i not in set(medoids))
+        probe = {"id": 10**9, "data": {"item_id": probe_item, "options": [
+            {"value": t} for t in list(truth.values())[:20]]}}
+        exclude = set(medoids[:args.labels]) | {truth[m] for m in medoids[:args.labels] if m in truth}
+        session = requests.Session()
+
+        def predict_version() -> str:
+            body = {"tasks": [probe], "project": f"{ls_pid}.0", "label_config": "", "params": {}}
+            resp = session.post(f"{backend_url}/predict", json=body, timeout=30)
+            resp.raise_for_status()
+            return resp.json()["model_version"]
+
+        say(f"backend {backend_url}, worker pid {worker.pid} ({args.worker}), "
+            f"{'Label Studio ' + args.label_studio_url if ls_client else 'no Label Studio'}; logs {pm.log_dir}")
+        header = f"{'label':>5} {'index':>6} {'R@10 i2t':>9} {'R@10 t2i':>9} {'latency s':>10} " \
+                 f"{'build s':>8} {'push s':>7}"
+        say(header)
+        task_ids = options_of or {}
+        for j, item in enumerate(medoids[:args.labels], 1):
+            task_id = task_ids.get(item, j)
+            if ls_client is not None:   # Label Studio delivers the webhook inside this request
+                t_label = time.perf_counter()
+                ls_client.sdk.annotations.create(id=task_id, result=[
+                    {"from_name": from_name, "to_name": to_name, "type": "choices",
+                     "value": {"choices": [truth[item]]}}])
+            else:
+                t_label = time.perf_counter()
+                task = {"id": task_id, "data": {"item_id": item}}
+                resp = session.post(f"{backend_url}/webhook", json=webhook_payload(
+                    ls_pid, task, j, truth[item], from_name, to_name), timeout=30)
+                resp.raise_for_status()
+            deadline = time.monotonic() + args.timeout
+            version = None
+            while True:
+                info = store.info()
+                if int(info.get("n_pairs", -1)) >= j:
+                    version = int(info["version"])
+                    if ls_client is not None:
+                        ready = ls_client.sdk.projects.get(ls_pid).model_version == f"v{version}"
+                    else:
+                        ready = predict_version() == f"v{version}"
+                    if ready:
+                        break
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"label {j}: no new predictions within {args.timeout:.0f} s; "
+                                      f"worker log {worker.log_path}")
+                pm.check_alive(worker, "rebuilding")
+                time.sleep(0.005)
+            latency = time.perf_counter() - t_label
+            t_wait = time.monotonic() + 5   # the worker records its timings after the push
+            while (last := stats.last_rebuild(r, name)).get("version") != version \
+                    and time.monotonic() < t_wait:
+                time.sleep(0.01)
+            snap = load_current(ws, r)
+            row = {"labels": j, "version": version, "latency_s": round(latency, 4),
+                   "build_s": last.get("build_s"), "write_s": last.get("write_s"),
+                   "push_s": last.get("push_s"), "worker_total_s": last.get("total_s"),
+                   **recall_non_reference(snap, truth, exclude, args.queries, args.seed)}
+            result.rows.append(row)
+            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            say(f"{j:>5} {'v' + str(version):>6} {f(row['recall@10_i2t']):>9} {f(row['recall@10_t2i']):>9} "
+                f"{latency:>10.3f} {f(row['build_s']):>8} {f(row['push_s']):>7}")
+        if result.rows:
+            result.settings["chance_recall@10"] = result.rows[-1].get("chance")
+        s = result.summary()
+        say(f"label -> new predictions: median {s['latency_median_s']:.3f} s, p95 {s['latency_p95_s']:.3f} s, "
+            f"max {s['latency_max_s']:.3f} s over {s['labels']} labels")
+        return result
+    finally:
+        pm.stop_all(grace=5)
+        delete_keys(r, tag)
+        restore_env(saved_env)
+        if not args.home and not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="synthetic", help="'synthetic' (default) or a data folder (COCO-mini, "
+                   "generic format)")
+    p.add_argument("--n", type=int, default=10000, help="synthetic items per modality (default 10000)")
+    p.add_argument("--labels", type=int, default=30, help="labels to simulate (default 30)")
+    p.add_argument("--spare", type=int, default=4, help="extra medoids left unlabelled (data folders)")
+    p.add_argument("--worker", choices=("fork", "simple"), default="fork",
+                   help="fork: `xmodal worker` as shipped (a work horse per job, default); simple: "
+                   "rq's SimpleWorker (jobs in the worker process)")
+    p.add_argument("--label-studio-url", default=None, metavar="URL",
+                   help="also push predictions to this Label Studio (data folders only); latency is "
+                   "then measured to Label Studio's model_version")
+    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
+    p.add_argument("--queries", type=int, default=1000, help="queries per direction for Recall@10")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one label's predictions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", default=None, help="keep the workspace and logs here (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir")
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="write the results as JSON")
+
+
+def main_args(args) -> int:
+    import logging
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):   # keep the table readable
+        for name in ("xmodal", "workers", "backend"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if args.data != "synthetic" and not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such folder")
+    if args.label_studio_url and args.data == "synthetic":
+        raise ConfigError("--label-studio-url needs a data folder (synthetic items have no images)")
+    try:
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(1, user_api="blas")
+    except ImportError:  # pragma: no cover
+        limit = contextlib.nullcontext()
+    with limit:
+        result = run(args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"settings": result.settings, "summary": result.summary(),
+                                                   "rows": result.rows, "timings": result.timings},
+                                                  indent=1, default=str))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xmodal.benchmarks.loop", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return main_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

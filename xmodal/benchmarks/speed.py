@@ -1,0 +1,241 @@
+"""Micro-benchmarks of the pieces the Label Studio loop runs (``xmodal bench``).
+
+- feature extraction throughput (items/s) of the encoders, on COCO-mini images/captions when the
+  shared data is there, else on generated images and sentences (skipped, with a note, when the
+  encoders cannot be built);
+- k-medoids reference selection (:class:`~xmodal.core.medoids.KMedoidsSelector`) on realistic
+  synthetic features (non-negative 1280-d mixtures, like pooled CNN features), and
+  scikit-learn-extra's PAM when it is importable;
+- SSR rebuild at n items and k references: a full :meth:`SSRIndex.fit` and an incremental
+  :meth:`SSRIndex.add_pairs` of one pair;
+- top-10 query latency (median / p95 over repeated single queries).
+
+Every timing is the median of ``repeats`` runs (latency: of ``queries`` single queries).
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    section: str
+    what: str
+    value: float | None
+    unit: str
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"section": self.section, "what": self.what, "value": self.value, "unit": self.unit,
+                "note": self.note, **self.extra}
+
+
+def timed(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` calls (seconds) and all the times."""
+    times = []
+    for _ in range(max(1, repeats)):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def cnn_like_features(n: int, dim: int = 1280, clusters: int = 100, seed: int = 0) -> np.ndarray:
+    """Non-negative mixture features resembling pooled CNN activations: sparse-ish cluster
+    centres, per-item noise, ReLU. float32."""
+    rng = np.random.default_rng(seed)
+    centres = np.maximum(rng.normal(0.0, 1.0, size=(clusters, dim)), 0.0) * rng.gamma(1.0, 1.0, size=(clusters, 1))
+    labels = rng.integers(clusters, size=n)
+    X = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 10000):  # bounded temporaries
+        e = min(s + 10000, n)
+        X[s:e] = np.maximum(centres[labels[s:e]] + rng.normal(0.0, 0.6, size=(e - s, dim)), 0.0)
+    return X
+
+
+def sentence_like_features(n: int, dim: int = 384, clusters: int = 100, seed: int = 1) -> np.ndarray:
+    """Unit-norm mixture vectors resembling sentence embeddings. float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    labels = rng.integers(clusters, size=n)
+    X = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 10000):
+        e = min(s + 10000, n)
+        X[s:e] = centres[labels[s:e]] + 1.2 * rng.normal(size=(e - s, dim))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X
+
+
+# -- encoders ----------------------------------------------------------------------------------
+
+def _bench_items(n_images: int, n_texts: int, tmp: Path):
+    from xmodal.datasets import DEFAULT_DATA_ROOT
+    from xmodal.datasets.coco import load_coco_mini
+
+    coco = DEFAULT_DATA_ROOT / "coco_mini"
+    if coco.is_dir():
+        ds = load_coco_mini(coco, captions="all")
+        images = [str(p) for p in ds.image_paths][:n_images]
+        texts = ds.texts[:n_texts]
+        return images, texts, ("COCO-mini JPEGs (~640×480)", "COCO-mini captions")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n_images):
+        p = tmp / f"img{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, size=(480, 640, 3), dtype=np.uint8)).save(p, quality=90)
+        images.append(str(p))
+    words = "a man woman dog cat red blue table street with on the in sitting standing next to".split()
+    texts = [" ".join(rng.choice(words, size=10)) for _ in range(n_texts)]
+    return images, texts, ("generated 640×480 JPEGs (COCO-mini not found)",
+                           "generated 10-word sentences (COCO-mini not found)")
+
+
+def bench_encoders(image_encoders=("efficientnet-lite0",), text_encoders=("sif", "minilm"),
+                   n_images: int = 64, n_texts: int = 500, repeats: int = 3) -> list[Result]:
+    import tempfile
+
+    out = []
+    try:
+        from xmodal.encoders import get_image_encoder, get_text_encoder
+    except Exception as exc:  # noqa: BLE001 - any import problem means: skip with a note
+        return [Result("encoders", "feature extraction", None, "items/s", f"skipped: encoders unavailable ({exc})")]
+    with tempfile.TemporaryDirectory() as tmp:
+        images, texts, sources = _bench_items(n_images, n_texts, Path(tmp))
+        for kind, names, items, get, source in (
+                ("image", image_encoders, images, get_image_encoder, sources[0]),
+                ("text", text_encoders, texts, get_text_encoder, sources[1])):
+            for name in names:
+                try:
+                    enc = get(name, progress=False)
+                    enc.fit(items[: min(len(items), 64)])  # loads weights, fits corpus state; warm-up
+                    t, _ = timed(lambda: enc.transform(items), repeats)
+                    out.append(Result("encoders", f"{kind} {name}", len(items) / t, "items/s",
+                                      f"{len(items)} items, no cache; {source}"))
+                except Exception as exc:  # noqa: BLE001 - report and go on with the other lines
+                    out.append(Result("encoders", f"{kind} {name}", None, "items/s", f"skipped: {exc}"))
+    return out
+
+
+# -- k-medoids ---------------------------------------------------------------------------------
+
+def bench_kmedoids(sizes=((5000, 50), (20000, 200)), repeats: int = 3, compare_pam: bool = True,
+                   pam_max_n: int = 5000) -> list[Result]:
+    from xmodal.core.medoids import KMedoidsSelector
+
+    out = []
+    for n, k in sizes:
+        X = cnn_like_features(n)
+        t, times = timed(lambda: KMedoidsSelector(k, random_state=0).fit(X), repeats)
+        out.append(Result("k-medoids", f"FasterPAM n={n} k={k}", t, "s",
+                          "KMedoidsSelector (cosine matrix + FasterPAM + anytime order)",
+                          {"times": times}))
+    if compare_pam:
+        try:
+            from sklearn_extra.cluster import KMedoids
+        except Exception as exc:  # noqa: BLE001
+            out.append(Result("k-medoids", "scikit-learn-extra PAM", None, "s",
+                              f"not importable here ({type(exc).__name__}: {exc}); it is not a "
+                              "dependency (unmaintained, no numpy-2 support): the core uses the "
+                              "kmedoids package's FasterPAM"))
+        else:
+            for n, k in sizes:
+                if n > pam_max_n:
+                    out.append(Result("k-medoids", f"scikit-learn-extra PAM n={n} k={k}", None, "s",
+                                      f"skipped above n={pam_max_n} (PAM is O(k·n²) per swap)"))
+                    continue
+                X = cnn_like_features(n)
+                t, times = timed(lambda: KMedoids(k, metric="cosine", method="pam", init="build",
+                                                  random_state=0).fit(X), repeats)
+                out.append(Result("k-medoids", f"scikit-learn-extra PAM n={n} k={k}", t, "s", "", {"times": times}))
+    return out
+
+
+# -- SSR rebuild and queries ------------------------------------------------------------------
+
+def bench_ssr(n: int = 100_000, k: int = 200, repeats: int = 3, queries: int = 200,
+              top: int = 10) -> list[Result]:
+    from xmodal.core.ssr import SSRIndex, l2_normalize
+
+    X = cnn_like_features(n)
+    Y = sentence_like_features(n)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(n, k + 1, replace=False)
+    pairs = np.stack([rows[:k], rows[:k]], axis=1)
+    extra = np.array([[rows[k], rows[k]]])
+    out = []
+    t_fit, times = timed(lambda: SSRIndex().fit(X, Y, pairs), repeats)
+    out.append(Result("ssr", f"full fit n={n} k={k}", t_fit, "s",
+                      "normalises all features + SSR of both modalities + similarity codes",
+                      {"times": times}))
+    index = SSRIndex().fit(X, Y, pairs)
+
+    adds = []
+    for _ in range(max(1, repeats)):  # add one pair, time it, remove it again: k stays fixed
+        gc.collect()
+        t0 = time.perf_counter()
+        index.add_pairs(extra)
+        adds.append(time.perf_counter() - t0)
+        index.remove_pairs(extra)
+    out.append(Result("ssr", f"add_pairs(1 pair) n={n} k={k}→{k + 1}", statistics.median(adds), "s",
+                      "one new SSR column per modality + codes rederived", {"times": adds}))
+    t_codes, times = timed(lambda: index._derive_codes(), repeats)
+    out.append(Result("ssr", f"codes only n={n} k={k}", t_codes, "s",
+                      "the part of add_pairs that rederives all similarity codes", {"times": times}))
+    # top-10 latency for a query image not in the index (SSR against the k references + search)
+    q = l2_normalize(cnn_like_features(queries, seed=7))
+    lat = []
+    for i in range(queries):
+        t0 = time.perf_counter()
+        index.search_texts(index.transform_images(q[i:i + 1]), top)
+        lat.append(time.perf_counter() - t0)
+    lat_ms = np.array(lat) * 1000
+    out.append(Result("query", f"top-{top} image→text over n={n}, k={k}", float(np.median(lat_ms)), "ms",
+                      f"median of {queries} single queries (SSR of the query + scores + top-k)",
+                      {"p95": float(np.percentile(lat_ms, 95))}))
+    lat = []
+    for i in range(queries):
+        t0 = time.perf_counter()
+        index.search_images(index.text_codes_[i:i + 1], top)
+        lat.append(time.perf_counter() - t0)
+    lat_ms = np.array(lat) * 1000
+    out.append(Result("query", f"top-{top} text→image over n={n}, k={k} (indexed query)",
+                      float(np.median(lat_ms)), "ms", f"median of {queries} single queries",
+                      {"p95": float(np.percentile(lat_ms, 95))}))
+    return out
+
+
+# -- all --------------------------------------------------------------------------------------
+
+def machine() -> str:
+    import os
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s) visible, "
+            f"python {platform.python_version()}, numpy {np.__version__}")
+
+
+def format_table(results: list[Result]) -> str:
+    lines = ["| section | what | value | note |", "|---|---|---|---|"]
+    for r in results:
+        if r.value is None:
+            value = "—"
+        elif r.unit == "ms" and "p95" in r.extra:
+            value = f"{r.value:.2f} ms (p95 {r.extra['p95']:.2f} ms)"
+        elif r.unit == "s":
+            value = f"{r.value:.3f} s"
+        else:
+            value = f"{r.value:.1f} {r.unit}"
+        lines.append(f"| {r.section} | {r.what} | {value} | {r.note} |")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""``xmodal status``: queues, workers, each project's pairs / index / last rebuild, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("status", help="show queues, workers, indexes and failed rebuilds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--failures", type=int, default=5, help="failed jobs to show (default 5)")
+    p.set_defaults(func=run)
+
+
+def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -> dict:
+    from rq import Worker
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.store import IndexStore
+    from xmodal.index.workspace import Workspace, list_workspaces
+    from xmodal.jobs import stats
+    from xmodal.jobs.queueing import embed_queue_for, get_queue
+
+    q = get_queue(redis_client, queue)
+    failed = FailedJobRegistry(queue=q)
+    failures = []
+    for job_id in failed.get_job_ids(0, max(n_failures, 1) - 1):
+        try:
+            job = Job.fetch(job_id, connection=redis_client)
+        except Exception:  # expired meanwhile
+            continue
+        result = job.latest_result()
+        exc = (result.exc_string if result is not None else "") or ""
+        lines = [ln for ln in exc.strip().splitlines() if ln.strip()]
+        failures.append({"job": job_id, "project": (job.meta or {}).get("project"),
+                         "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                         "error": lines[-1] if lines else "(no exception recorded)"})
+    eq = get_queue(redis_client, embed_queue_for(q.name))
+    out = {
+        "queue": {"name": q.name, "queued": q.count, "started": StartedJobRegistry(queue=q).count,
+                  "scheduled": ScheduledJobRegistry(queue=q).count, "failed": failed.count},
+        "embed_queue": {"name": eq.name, "queued": eq.count,
+                        "started": StartedJobRegistry(queue=eq).count,
+                        "failed": FailedJobRegistry(queue=eq).count},
+        "workers": [{"name": w.name, "state": w.get_state(),
+                     "job": w.get_current_job_id()} for w in Worker.all(queue=q)],
+        "failures": failures, "projects": {},
+    }
+    names = set(stats.known_projects(redis_client)) | {w.name for w in list_workspaces(base)}
+    now = time.time()
+    for name in sorted(names):
+        ws = Workspace(base / name)
+        info = IndexStore(redis_client, ws).info()
+        last = stats.last_rebuild(redis_client, name)
+        pairs = PairStore(redis_client, name)
+        out["projects"][name] = {
+            "workspace": str(ws.root) if ws.exists() else None,
+            "pairs": pairs.count(),
+            # pairs changed after the last rebuild's snapshot (a rebuild is due or running)
+            "stale": bool(last) and pairs.changes() > int(last.get("changes", 0)),
+            "index_version": int(info["version"]) if info.get("version") else None,
+            "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
+            "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
+            "last_rebuild": last or None,
+        }
+    return out
+
+
+def run(args) -> int:
+    from xmodal.redis_conn import get_redis, model_dir
+
+    data = collect(get_redis(), model_dir(), n_failures=args.failures)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+        return 0
+    q = data["queue"]
+    print(f"queue {q['name']}: {q['queued']} queued, {q['started']} running, "
+          f"{q['scheduled']} scheduled (retry backoff), {q['failed']} failed")
+    e = data["embed_queue"]
+    if e["queued"] or e["started"] or e["failed"]:
+        print(f"queue {e['name']} (feature extraction): {e['queued']} queued, {e['started']} running, "
+              f"{e['failed']} failed")
+    print(f"workers: {len(data['workers'])}")
+    for w in data["workers"]:
+        print(f"  {w['name']}: {w['state']}" + (f" ({w['job']})" if w["job"] else ""))
+    print("projects:" if data["projects"] else "projects: none")
+    for name, p in data["projects"].items():
+        idx = (f"index v{p['index_version']} with {p['index_pairs']} pairs, "
+               f"{p['index_age_s']} s old") if p["index_version"] else "no index yet"
+        print(f"  {name}: {p['pairs']} pairs; {idx}" + ("; newer pairs waiting for a rebuild" if p["stale"] else ""))
+        last = p["last_rebuild"]
+        if last:
+            lat = last.get("label_to_prediction_s")
+            print(f"    last rebuild: job {last.get('job_id')} {last.get('total_s')} s"
+                  + (f", label->predictions {lat} s" if lat is not None else "")
+                  + f", Label Studio: {last.get('ls', '-')}")
+    if data["failures"]:
+        print("recent failures:")
+        for f in data["failures"]:
+            print(f"  {f['job']} ({f['project']}, {f['ended_at']}): {f['error']}")
+    return 0

@@ -1,1 +1,0 @@
-"""One module per ``xmodal`` sub-command, each with ``register(subparsers)``."""

@@ -1,0 +1,263 @@
+"""A Label Studio server of the demo's own (or the user's), its demo project, and the simulated annotator's answers through its API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xmodal.demo.console import Console
+from xmodal.demo.processes import ProcessManager, _child_env, _tail, free_port
+from xmodal.demo.session import claim_ls_project_id
+from xmodal.errors import ConfigError
+from xmodal.labelstudio.images import images_folder, inline_url
+
+if TYPE_CHECKING:
+    from xmodal.demo.session import Bootstrap, DemoData
+
+# -- Label Studio (optional) ------------------------------------------------------------------
+
+def find_label_studio() -> Path | None:
+    """``$LABEL_STUDIO_BIN``, ``label-studio`` on PATH, or the venv of scripts/install_label_studio.sh."""
+    explicit = os.environ.get("LABEL_STUDIO_BIN")
+    if explicit:
+        return Path(explicit) if os.access(explicit, os.X_OK) else None
+    on_path = shutil.which("label-studio")
+    if on_path:
+        return Path(on_path)
+    from xmodal.encoders.base import default_cache_dir
+
+    venv = Path(os.environ.get("LS_VENV") or default_cache_dir() / "ls-venv")
+    cand = venv / "bin" / "label-studio"
+    return cand if os.access(cand, os.X_OK) else None
+
+
+def install_label_studio(console: Console) -> Path:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "install_label_studio.sh"
+    if not script.is_file():
+        raise ConfigError(f"--with-label-studio: {script} is missing; install Label Studio into its "
+                          "own virtualenv and set LABEL_STUDIO_BIN")
+    console.say("installing Label Studio into its own virtualenv (scripts/install_label_studio.sh, "
+                "~90 s)…")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError("scripts/install_label_studio.sh failed (installing Label Studio needs "
+                          f"network access to PyPI):\n{proc.stderr[-2000:]}")
+    venv = Path(proc.stdout.strip().splitlines()[-1])
+    found = venv / "bin" / "label-studio"
+    if not os.access(found, os.X_OK):
+        raise ConfigError(f"scripts/install_label_studio.sh finished but {found} is not there")
+    return found
+
+
+class LabelStudioSession:
+    """A Label Studio server of the demo's own (data dir under the demo cache, initialised once),
+    one demo project, and the simulated annotator's clicks through its API.
+
+    Label Studio then does what it does with a real annotator: it calls the backend's /webhook
+    (registered by connecting the ML backend), and the worker pushes fresh predictions back."""
+
+    USERNAME = "demo@xmodal.local"
+
+    def __init__(self, ls_bin: Path | None, home: Path, pm: ProcessManager, console: Console):
+        self.ls_bin, self.pm, self.console = (Path(ls_bin) if ls_bin else None), pm, console
+        self.external_token: str | None = None
+        self.window = 4  # open tasks kept in Label Studio ahead of the annotator (see _import_upto)
+        self.options_fn = lambda row: []  # candidates of a task at import time (set by the demo)
+        self.root = Path(home) / "label-studio"
+        self.data_dir = self.root / "data"
+        self.url = None
+        self.client = None
+        self.project_id = None
+        self.task_ids: dict[str, int] = {}
+        self.select = "image"
+        self.document_root: Path | None = None
+
+    @classmethod
+    def attach(cls, url: str, token: str | None, home: Path, pm: ProcessManager,
+               console: Console) -> "LabelStudioSession":
+        """Use a Label Studio that is already running ($LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY)."""
+        from xmodal.labelstudio.client import connect
+
+        if not token:
+            raise ConfigError("LABEL_STUDIO_URL is set but LABEL_STUDIO_API_KEY is not: set it to your "
+                              "Label Studio access token (Account & Settings), or unset LABEL_STUDIO_URL "
+                              "to let the demo run its own Label Studio (or pass --no-label-studio)")
+        session = cls(None, home, pm, console)
+        session.url = url.rstrip("/")
+        session.external_token = token
+        try:
+            connect(session.url, token, timeout=15)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or unset LABEL_STUDIO_URL to let the demo start its own Label "
+                              "Studio, or pass --no-label-studio") from None
+        return session
+
+    # credentials are made once and kept next to the data dir (0600)
+    def credentials(self) -> dict:
+        if self.external_token:
+            return {"username": "(your account)", "password": "(yours)", "token": self.external_token}
+        path = self.root / "credentials.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        import secrets
+
+        creds = {"username": self.USERNAME, "password": secrets.token_urlsafe(12),
+                 "token": secrets.token_hex(20)}
+        self.root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(creds))
+        path.chmod(0o600)
+        return creds
+
+    def _env(self) -> dict:
+        env = _child_env(
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir),
+            LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+            LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
+            LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
+            LABEL_STUDIO_COLLECT_ANALYTICS="false",
+            LABEL_STUDIO_LATEST_VERSION_CHECK="false")
+        if self.document_root is not None:
+            env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
+            env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(self.document_root)
+        for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT", "LABEL_STUDIO_URL"):
+            env.pop(key, None)
+        return env
+
+    def init(self) -> None:
+        if (self.data_dir / "label_studio.sqlite3").exists():
+            return
+        creds = self.credentials()
+        self.console.say("initialising Label Studio's database once (~45 s)…")
+        work = self.root / "data.init"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        env = self._env()
+        env["LABEL_STUDIO_BASE_DATA_DIR"] = str(work)
+        log_path = self.pm.log_dir / "label-studio-init.log"
+        self.pm.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as out:
+            proc = subprocess.run(
+                [str(self.ls_bin), "init", "--data-dir", str(work), "--username", creds["username"],
+                 "--password", creds["password"], "--user-token", creds["token"],
+                 "--enable-legacy-api-token", "--quiet"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
+                timeout=900)
+        if proc.returncode != 0 or not (work / "label_studio.sqlite3").exists():
+            raise ConfigError(f"`label-studio init` failed (exit {proc.returncode}); its log "
+                              f"({log_path}) ends with:\n{_tail(log_path)}")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        os.replace(work, self.data_dir)
+
+    def launch(self, image_paths, port: int | None = None) -> None:
+        """Start the server (initialising its database first, once); :meth:`wait` for it."""
+        self.init()
+        root = images_folder(image_paths)
+        self.document_root = root.parent if root.parent != root else root
+        self.storage_path = root
+        self.port = port or free_port()
+        self.child = self.pm.start("label-studio", [
+            str(self.ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1",
+            "--port", str(self.port), "--data-dir", str(self.data_dir)], env=self._env(), cwd=self.data_dir)
+
+    def wait(self, timeout: float = 180.0) -> str:
+        import requests
+
+        child = self.child
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pm.check_alive(child, "starting")
+            # `label-studio start` silently moves to port+1 when the port is busy
+            moved = re.findall(r"Starting development server at http://[\d.]+:(\d+)/", _tail(child.log_path, 400))
+            if moved:
+                url = f"http://127.0.0.1:{moved[-1]}"
+            with contextlib.suppress(requests.RequestException, ValueError):
+                r = requests.get(f"{url}/health", timeout=2)
+                if r.ok and r.json().get("status") == "UP":
+                    self.url = url
+                    return url
+            time.sleep(0.3)
+        raise ConfigError(f"Label Studio did not become healthy at {url} within {timeout:.0f} s; "
+                          f"its log ({child.log_path}):\n{_tail(child.log_path)}")
+
+    def image_url(self, path) -> str:
+        from urllib.parse import quote
+
+        if self.document_root is None:  # a Label Studio elsewhere: inline a small copy
+            return inline_url(path, 384)
+        rel = Path(path).resolve().relative_to(self.document_root)
+        return "/data/local-files/?d=" + quote(rel.as_posix())
+
+    def setup_project(self, data: DemoData, boot: Bootstrap, backend_url: str, select: str,
+                      title: str) -> int:
+        """A fresh demo project (the previous run's is deleted), its tasks, the ML backend."""
+        from xmodal.labelstudio.client import connect
+        from xmodal.labelstudio.config import read_label_config
+
+        creds = self.credentials()
+        self.client = connect(self.url, creds["token"])
+        self.select = select
+        label_config, _ = read_label_config(select)
+        old = self.client.find_project(title)
+        if old is not None:
+            self.client.sdk.projects.delete(id=old)
+        pid = self.client.ensure_project(title, label_config)
+        self.project_id = pid
+        claim_ls_project_id(self.redis, boot.ws, pid)
+        if self.document_root is not None:
+            self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
+        self.ws, self.queue = boot.ws, [int(r) for r in boot.medoid_rows]
+        self._import_upto(self.window)
+        self.client.ensure_ml_backend(pid, backend_url, "xmodal")
+        return pid
+
+    def _import_upto(self, n: int) -> None:
+        """Keep the first ``n`` medoids (anytime order) imported as tasks.
+
+        A rolling window rather than all medoids at once: every rebuild pushes a prediction for
+        every open task, one HTTP request each, which on a small machine costs ~0.3 s per task
+        with Label Studio's development server; a short queue keeps the loop at ~1 s per label."""
+        rows = self.queue[:n]
+        todo = [r for r in rows if self.ws.ids(self.select)[r] not in self.task_ids]
+        if todo:
+            self.task_ids.update(self.client.import_tasks(self.project_id, [
+                {"data": self.task_data(self.ws, self.select, r, self.options_fn(r))} for r in todo]))
+
+    def task_data(self, ws, select: str, row: int, options: list[dict]) -> dict:
+        item_id = ws.ids(select)[row]
+        content = ws.contents(select)[row]
+        data = {"item_id": item_id, "options": [dict(o) for o in options]}
+        if select == "image":
+            data["image"] = self.image_url(content)
+        else:
+            data["text"] = content
+            rows = ws.row_of("image")
+            paths = ws.contents("image")
+            for o in data["options"]:
+                src = self.image_url(paths[rows[o["value"]]])
+                o["html"] = f"<img src='{src}' style='max-height:120px'>"
+        return data
+
+    def annotate(self, ws, select: str, row: int, options: list[dict], choice: str | None) -> None:
+        """Answer the medoid's task like an annotator. Its candidates were ranked by the model
+        current when it was imported (at most ``window`` labels ago)."""
+        item_id = ws.ids(select)[row]
+        done = self.queue.index(row) if row in self.queue else 0
+        open_tasks = sum(1 for r in self.queue if self.ws.ids(self.select)[r] in self.task_ids) - done
+        if open_tasks < 2:  # refill in batches: every import lists the project's tasks twice
+            self._import_upto(done + self.window)
+        task_id = self.task_ids[item_id]
+        from_name, to_name = ("caption", "image") if select == "image" else ("image", "text")
+        if choice is None:
+            self.client.sdk.annotations.create(id=task_id, result=[], was_cancelled=True)
+            return
+        self.client.sdk.annotations.create(id=task_id, was_cancelled=False, result=[
+            {"from_name": from_name, "to_name": to_name, "type": "choices",
+             "value": {"choices": [choice]}}])

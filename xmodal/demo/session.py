@@ -1,0 +1,407 @@
+"""The simulated annotation session: the demo's data and workspace, then every medoid labelled
+in anytime order through the backend's webhook (or Label Studio), measuring after each label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from xmodal.demo.baselines import BaselineCache, baseline_metrics
+from xmodal.demo.console import Console, _f, _mean2
+from xmodal.demo.processes import Child, ProcessManager, _tail
+from xmodal.errors import ConfigError, DataError, XmodalError
+from xmodal.evaluation.ground_truth import GroundTruth
+
+# -- data -------------------------------------------------------------------------------------
+
+# bump when the demo's features or medoids would differ for the same inputs (invalidates its caches)
+DEMO_VERSION = 1
+
+
+@dataclass
+class DemoData:
+    ds: object                 # xmodal.datasets.CrossModalDataset
+    name: str
+    source: str
+    fingerprint: str
+    info: dict = field(default_factory=dict)
+
+
+def _fingerprint_dataset(ds) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([ds.image_ids, ds.text_ids], ensure_ascii=False).encode())
+    for p in ds.image_paths or []:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{p}|missing".encode())
+    for t in ds.texts or []:
+        h.update(t.encode("utf-8", "replace"))
+        h.update(b"\0")
+    h.update(ds.pairs.tobytes())
+    return h.hexdigest()[:20]
+
+
+def prepare_data(spec: str, home: Path, n: int = 300, seed: int = 0, console: Console | None = None) -> DemoData:
+    """``synthetic`` (generated into ``home/data``), a COCO-mini folder or a generic folder."""
+    from xmodal.datasets import load_folder, synthetic
+
+    console = console or Console(quiet=True)
+    if spec == "synthetic":
+        path = Path(home) / "data" / f"synthetic-n{n}-seed{seed}"
+        t0 = time.perf_counter()
+        path, generated = synthetic.ensure(path, n=n, seed=seed)
+        if generated:
+            console.say(f"generated {n} synthetic images with captions in {path} "
+                        f"({time.perf_counter() - t0:.1f} s)")
+        ds = load_folder(path)
+        name = "synthetic"
+    else:
+        from xmodal.datasets import load_data
+
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise DataError(f"--data {spec}: no such folder. Use --data synthetic, a folder in the "
+                            "generic format (images/ + texts.jsonl) or a COCO-mini folder (pairs.json)")
+        # the loader of `xmodal project create`; COCO-mini with all 5 captions per image
+        ds, fmt = load_data(path, captions="all")
+        name = "coco-mini" if fmt == "coco-mini" else (path.resolve().name or "folder")
+    if ds.image_paths is None or ds.texts is None:
+        raise DataError(f"--data {spec}: the demo needs raw images and texts to embed")
+    if len(ds.pairs) == 0:
+        raise DataError(f"--data {spec}: no text names its image, so there is no ground truth for the "
+                        "simulated annotator; add \"image\" to the records of texts.jsonl")
+    return DemoData(ds=ds, name=name, source=str(path.resolve()), fingerprint=_fingerprint_dataset(ds),
+                    info={"name": name, "source": str(path.resolve()), "n_images": ds.n_images,
+                          "n_texts": ds.n_texts, "n_pairs": int(len(ds.pairs)),
+                          "labels": "yes" if ds.has_labels else "no"})
+
+
+# -- workspace bootstrap ----------------------------------------------------------------------
+
+@dataclass
+class Bootstrap:
+    ws: object                 # xmodal.index.workspace.Workspace
+    X: np.ndarray
+    Y: np.ndarray
+    medoid_rows: np.ndarray    # rows of the select modality, anytime order
+    reused_features: bool
+    timings: dict
+
+
+def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, select: str, labels: int,
+                        image_encoder: str, text_encoder: str, measure: str = "pearson",
+                        feature_cache=None, console: Console | None = None) -> Bootstrap:
+    """Create (or reuse) the demo workspace with ``xmodal project create``'s steps
+    (:mod:`xmodal.index.features`, :mod:`xmodal.index.selection`): items and features of both modalities (through the feature cache;
+    reused without loading any encoder when nothing changed), then the medoids in anytime order."""
+    from xmodal.index.features import ensure_features
+    from xmodal.index.selection import ensure_selection, resolve_k
+    from xmodal.index.workspace import Workspace
+
+    console = console or Console(quiet=True)
+    ds = data.ds
+    ws = Workspace.for_project(project, models_dir)
+    timings = {}
+    key = {"demo_version": DEMO_VERSION, "data": data.fingerprint, "image_encoder": image_encoder,
+           "text_encoder": text_encoder}
+    t0 = time.perf_counter()
+    if not ws.exists():
+        ws.root.mkdir(parents=True, exist_ok=True)
+        ws.save_config({"select": select, "measure": measure,
+                        "encoders": {"image": image_encoder, "text": text_encoder}})
+    else:
+        stale = True
+        with contextlib.suppress(XmodalError, OSError, KeyError, ValueError):
+            stale = ws.config.get("demo", {}).get("features_key") != key
+        if stale:  # e.g. images regenerated in place: same ids and paths, other pixels
+            for modality in ("image", "text"):
+                ws.features_path(modality).unlink(missing_ok=True)
+    X, Y, reused = ensure_features(ws, ds, image_encoder, text_encoder,
+                                   feature_cache=feature_cache, say=console.say)
+    timings["embed_s"] = round(time.perf_counter() - t0, 3)
+    ws.update_config(select=select, measure=measure,
+                     encoders={"image": image_encoder, "text": text_encoder},
+                     label_studio={"project_id": None, "url": None},
+                     demo={"features_key": key})
+    t0 = time.perf_counter()
+    F = X if select == "image" else Y
+    k = resolve_k(min(labels, len(F)), F)
+    medoid_ids, _ = ensure_selection(ws, F, select, k, seed=0)
+    rows = ws.row_of(select)
+    # a smaller --labels than last time keeps the stored medoids: label the first k of them
+    medoid_rows = np.array([rows[m] for m in medoid_ids[:k]], dtype=np.int64)
+    timings["select_s"] = round(time.perf_counter() - t0, 3)
+    return Bootstrap(ws=ws, X=X, Y=Y, medoid_rows=medoid_rows, reused_features=reused, timings=timings)
+
+
+def reset_project_state(client, ws) -> int:
+    """Forget the demo project's previous session: its Redis keys and its index files."""
+    from xmodal.redis_conn import gkey, pkey
+
+    pattern = pkey(ws.name, "*").replace("{", "\\{").replace("}", "\\}")
+    keys = list(client.scan_iter(match=pattern, count=500))
+    if keys:
+        client.delete(*keys)
+    for k, v in client.hgetall(gkey("ls_projects")).items():
+        if v.decode() == ws.name:
+            client.hdel(gkey("ls_projects"), k)
+    if ws.index_dir.is_dir():
+        shutil.rmtree(ws.index_dir)
+    from xmodal.index import store as index_store
+
+    index_store.clear_cache()
+    return len(keys)
+
+
+def claim_ls_project_id(client, ws, ls_id: int) -> None:
+    """Make Label Studio project ``ls_id`` resolve to ``ws`` in the backend: drop the cached
+    id -> workspace mapping and unlink the demo's other workspaces that claim the id (left from
+    earlier runs, e.g. on another data set)."""
+    from xmodal.index.workspace import list_workspaces
+    from xmodal.redis_conn import gkey
+
+    client.hdel(gkey("ls_projects"), str(int(ls_id)))
+    for other_ws in list_workspaces(ws.root.parent):
+        if other_ws.name == ws.name:
+            continue
+        with contextlib.suppress(XmodalError, OSError, ValueError, KeyError):
+            if other_ws.config["label_studio"].get("project_id") == int(ls_id):
+                other_ws.update_config(label_studio={"project_id": None})
+
+
+def webhook_project_id(project: str) -> int:
+    """A stable stand-in Label Studio project id for webhook-only mode (no real one exists);
+    far above the ids a Label Studio hands out."""
+    import zlib
+
+    return 900_000_000 + zlib.crc32(project.encode()) % 100_000_000
+
+
+# -- the annotation session -------------------------------------------------------------------
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def webhook_payload(ls_project: int, task: dict, annotation_id: int, choice: str | None,
+                    from_name: str, to_name: str) -> dict:
+    """An ``ANNOTATION_CREATED`` body shaped like Label Studio 1.23's."""
+    now = time.time()
+    result = [] if choice is None else [
+        {"id": f"r{annotation_id}", "from_name": from_name, "to_name": to_name, "type": "choices",
+         "origin": "manual", "value": {"choices": [choice]}}]
+    return {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": annotation_id, "result": result, "was_cancelled": False,
+                       "ground_truth": False, "created_at": _iso(now), "updated_at": _iso(now),
+                       "lead_time": 1.0, "task": task["id"], "project": ls_project, "completed_by": 1},
+        "task": {"id": task["id"], "data": task["data"], "is_labeled": True, "project": ls_project},
+        "project": {"id": ls_project, "title": "xmodal demo"},
+    }
+
+
+class IndexWatcher:
+    """Waits until the worker published an index holding at least N pairs."""
+
+    def __init__(self, client, ws, pm: ProcessManager, worker: Child, timeout: float = 120.0):
+        from xmodal.index.store import IndexStore
+
+        self.store = IndexStore(client, ws)
+        self.pm, self.worker, self.timeout = pm, worker, timeout
+        self.hint = ""
+
+    def wait(self, n_pairs: int, after_version: int = 0) -> dict:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            info = self.store.info()
+            if info and int(info.get("n_pairs", -1)) >= n_pairs and int(info.get("version", 0)) > after_version:
+                return info
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the worker did not publish an index with {n_pairs} pairs within "
+                                  f"{self.timeout:.0f} s{self.hint}; its log ({self.worker.log_path}) "
+                                  f"ends with:\n{_tail(self.worker.log_path)}")
+            if self.worker is not None:
+                self.pm.check_alive(self.worker, "rebuilding the index")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+
+def candidate_options(snap, select: str, item_row: int, ws, n_options: int) -> tuple[list[dict], list[str]]:
+    """The options a task shows: the other modality ranked by the current index (top n)."""
+    from xmodal.index.workspace import other
+
+    tgt = other(select)
+    ids = ws.ids(tgt)
+    contents = ws.contents(tgt)
+    item_id = ws.ids(select)[item_row]
+    if snap is not None and snap.has_signal:
+        ranked = [i for i, _ in snap.rank(select, item_id, None, None)]
+    else:  # no signal yet: a fixed spread of the collection
+        step = max(1, len(ids) // max(n_options, 1))
+        ranked = [ids[i] for i in range(0, len(ids), step)]
+        ranked += [x for x in ids if x not in set(ranked)]
+    rows = ws.row_of(tgt)
+    options = []
+    for cid in ranked[:n_options]:
+        html_text = contents[rows[cid]] if tgt == "text" else cid
+        options.append({"value": cid, "html": html_text})
+    return options, ranked
+
+
+def task_options(snap, select: str, row: int, ws, gt: GroundTruth, n_options: int = 10):
+    """(options, full ranking, oracle's answer) of the task for one medoid.
+
+    The options are the model's top candidates; when the oracle's answer is not among them it is
+    appended, as the match a real annotator would find with search / "none of these"."""
+    from xmodal.index.workspace import other
+
+    tgt = other(select)
+    options, ranked = candidate_options(snap, select, row, ws, n_options)
+    truth_row = gt.match(select, row)
+    truth_id = None if truth_row is None else ws.ids(tgt)[truth_row]
+    if truth_id is not None and truth_id not in {o["value"] for o in options}:
+        options.append({"value": truth_id,
+                        "html": ws.contents(tgt)[truth_row] if tgt == "text" else truth_id})
+    return options, ranked, truth_id
+
+
+def _post(url: str, body: dict, timeout: float = 10.0) -> dict:
+    import requests
+
+    try:
+        r = requests.post(url, json=body, timeout=timeout)
+    except requests.RequestException as exc:
+        raise ConfigError(f"the backend at {url} is unreachable: {exc}") from None
+    if r.status_code >= 400:
+        raise ConfigError(f"the backend answered {r.status_code} to {url}: {r.text[:500]}")
+    return r.json()
+
+
+@dataclass
+class SessionResult:
+    curve: list
+    medoids: list
+    label_times: list
+
+
+def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, backend_url: str,
+                watcher: IndexWatcher, select: str, console: Console, annotate=None,
+                ls_project: int | None = None, n_options: int = 10, measure: str = "pearson",
+                n_random: int = 5, baselines: BaselineCache | None = None) -> SessionResult:
+    """Label every medoid in anytime order; measure after each label.
+
+    ``annotate(row, options, choice)`` answers one task through Label Studio when it runs; by
+    default the Label Studio-shaped webhook goes straight to the backend.
+    """
+    from xmodal.index.store import load_current
+    from xmodal.index.workspace import other
+    from xmodal.labelstudio.config import label_fields
+
+    ds, ws = data.ds, boot.ws
+    if ls_project is None:
+        ls_project = webhook_project_id(ws.name)
+        claim_ls_project_id(client, ws, ls_project)
+    from_name, to_name = label_fields(client, ws)
+    tgt = other(select)
+    curve, medoids, label_times = [], [], []
+    rows_tgt = ws.row_of(tgt)
+    pairs: list[tuple[int, int]] = []
+    version = 0
+    t_start = time.perf_counter()
+    snap = None
+    for j, row in enumerate(boot.medoid_rows.tolist(), 1):
+        t_label = time.perf_counter()
+        item_id = ws.ids(select)[row]
+        options, ranked, truth_id = task_options(snap, select, row, ws, gt, n_options)
+        truth_row = None if truth_id is None else rows_tgt[truth_id]
+        has_signal = snap is not None and snap.has_signal
+        truth_rank = (ranked.index(truth_id) + 1) if has_signal and truth_id in ranked else None
+        content = ws.contents(select)[row]
+        task = {"id": j, "data": {"item_id": item_id, select: content, "options": options}}
+        if annotate is not None:
+            annotate(row, options, truth_id)
+        else:
+            _post(f"{backend_url}/webhook",
+                  webhook_payload(ls_project, task, j, truth_id, from_name, to_name))
+        t_posted = time.perf_counter()
+        if truth_row is not None:
+            pairs.append((row, truth_row) if select == "image" else (truth_row, row))
+            info = watcher.wait(len(pairs), version)
+            version = int(info["version"])
+        t_published = time.perf_counter()
+        snap = load_current(ws, client)
+        point = {"labels": j, "index_version": version, "elapsed_s": round(time.perf_counter() - t_start, 3),
+                 "methods": {}}
+        if snap is not None and snap.has_signal:
+            point["methods"]["ssm-al"] = gt.evaluate_index(snap)
+        P = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        compute = lambda: baseline_metrics(gt, boot.X, boot.Y, select, P, measure, n_random)  # noqa: E731
+        point["methods"].update(baselines.get(len(P), compute) if baselines is not None else compute())
+        point["timing"] = {"post_s": round(t_posted - t_label, 4),
+                           "rebuild_wait_s": round(t_published - t_posted, 4),
+                           "measure_s": round(time.perf_counter() - t_published, 4)}
+        curve.append(point)
+        label_times.append(time.perf_counter() - t_label)
+        img_row, txt_row = (row, truth_row) if select == "image" else (truth_row, row)
+        medoids.append({
+            "rank": j, "select": select,
+            "image_id": None if img_row is None else ds.image_ids[img_row],
+            "image_path": None if img_row is None else str(ds.image_paths[img_row]),
+            "text_id": None if txt_row is None else ds.text_ids[txt_row],
+            "text": None if txt_row is None else ds.texts[txt_row],
+            "truth_rank_in_candidates": truth_rank,
+        })
+        ssm = point["methods"].get("ssm-al", {})
+        rnd = point["methods"].get("random", {})
+        r_now = _mean2(ssm, "recall@10")
+        console.progress(
+            f"  label {j}/{len(boot.medoid_rows)} · index v{version} ({snap.n_pairs if snap else 0} pairs) · "
+            f"Recall@10 {_f(r_now)} (random refs {_f(_mean2(rnd, 'recall@10'))}) · "
+            f"true match ranked {truth_rank if truth_rank else '–'} of {len(ranked)} · "
+            f"{label_times[-1]:.2f} s/label",
+            final=(j == len(boot.medoid_rows)))
+    return SessionResult(curve=curve, medoids=medoids, label_times=label_times)
+
+
+def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_images: set,
+                    exclude_texts: set, n: int = 3, k: int = 5) -> dict:
+    """A few /search calls against the final index (through the backend's HTTP API)."""
+    import requests
+
+    ds = data.ds
+    out = {"text_to_image": [], "image_to_text": []}
+    txt_rows = [t for t in gt.text_queries.tolist() if ds.text_ids[t] not in exclude_texts]
+    img_rows = [i for i in gt.image_queries.tolist() if ds.image_ids[i] not in exclude_images]
+    pick = lambda rows: [rows[int(x)] for x in np.linspace(0, len(rows) - 1, min(n, len(rows)))] if rows else []
+    for t in pick(txt_rows):
+        r = requests.get(f"{backend_url}/search", params={"text_id": ds.text_ids[t], "k": k}, timeout=30)
+        if not r.ok:
+            continue
+        body = r.json()
+        out["text_to_image"].append({
+            "query": ds.texts[t], "query_id": ds.text_ids[t],
+            "truth": [ds.image_ids[gt.image_of_text[t]]],
+            "results": [{"id": x["id"], "path": x.get("path"), "score": x["score"]} for x in body["results"]]})
+    for i in pick(img_rows):
+        r = requests.get(f"{backend_url}/search", params={"image_id": ds.image_ids[i], "k": k}, timeout=30)
+        if not r.ok:
+            continue
+        body = r.json()
+        out["image_to_text"].append({
+            "query": ds.image_ids[i], "query_path": str(ds.image_paths[i]),
+            "truth": [ds.text_ids[t] for t in gt.texts_of_image[i]],
+            "results": [{"id": x["id"], "text": x.get("text"), "score": x["score"]} for x in body["results"]]})
+    return out

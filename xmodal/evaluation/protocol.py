@@ -1,0 +1,433 @@
+"""The paper's evaluation protocol (section 4.2), its baselines and the beyond-paper variants.
+
+Usage (Python)::
+
+    from xmodal import datasets
+    from xmodal.evaluation import protocol, report
+    data = protocol.prepare(datasets.load("wikipedia"))            # features, labels, split
+    rows = protocol.evaluate(data, ns=[10, 50, 100], seeds=[0, 1, 2, 3, 4])
+    print(report.markdown_table(rows))
+
+Protocols (chosen from the data):
+
+- **split** (the data set has a train/test split, e.g. Wikipedia's official 2173/693): the N
+  references are chosen among the *train* items (k-medoids on one modality; the oracle returns the
+  coupled item of the other), every *test* item is represented by SSR against them, and each test
+  query is ranked against ALL test targets of the other modality.
+- **pool** (no split: COCO-mini, Pascal-DSCMR, a folder without splits): the N references are
+  chosen among all coupled items, and retrieval runs over the rest (each method is scored on the
+  items that are not its references, so the gallery always has ``pool − N`` items).
+
+Metrics: MAP (eq. 35–36, relevance = same label) when both modalities are labelled, else
+Recall@K (eq. 37, relevant = the coupled item). Evaluation uses one text per image (the first
+one, e.g. COCO's first caption); the other texts of an image are only used by the
+``+captions`` variant to average a reference's text vector.
+
+Methods (``method`` field of the rows):
+
+- ``ssm-al-i`` / ``ssm-al-t``: the paper's SSM-AL_I / SSM-AL_T (k-medoids on images / texts,
+  Pearson eq. 32 on the SSR, :class:`~xmodal.core.ssr.SSRIndex`).
+- ``ssm-al``: the better of the two at each N — one choice per N (by the mean over seeds of the
+  metric averaged over both directions), not per direction; the row's ``selection`` says which.
+- ``random-refs``: N random reference pairs, same SSR (ablation of the active selection).
+- ``cca``: scikit-learn CCA on the same N medoid pairs (better of the image/text medoid pairs,
+  chosen like ``ssm-al``); absent when N < 2.
+- ``all-pairs``: SSR with every pool pair as a reference (the ceiling; split protocol only, its
+  ``n`` is the pool size).
+- ``ssm-al+<variant>``: beyond the paper (:mod:`xmodal.evaluation.enhance`), better of _I/_T like
+  ``ssm-al``; see :data:`VARIANTS`.
+
+Every row: ``{"dataset", "method", "n", "direction", "metric", "value", "std", "seeds", "values",
+"n_eval", "protocol"}`` (+ ``"selection"`` for better-of rows); ``value`` is the mean over seeds,
+``values`` the per-seed values in ``seeds`` order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from xmodal.core.medoids import KMedoidsSelector
+from xmodal.core.metrics import mean_average_precision, recall_at_k
+from xmodal.core.ssr import SSRIndex
+from xmodal.datasets.dataset import CrossModalDataset
+from xmodal.errors import ConfigError, DataError
+from xmodal.evaluation.baselines import cca_similarity, random_references
+from xmodal.evaluation.enhance import Enhancements, average_groups, enhanced_similarity
+
+log = logging.getLogger(__name__)
+
+
+DIRECTIONS = ("i2t", "t2i")
+SELECTIONS = {"image": "i", "text": "t"}
+DEFAULT_KS = (1, 5, 10, 50)
+
+#: beyond-paper variants: name -> Enhancements (``+captions`` needs several texts per image)
+VARIANTS: dict[str, Enhancements] = {
+    "ssm-al+center": Enhancements(center=True),
+    "ssm-al+csls": Enhancements(csls_k=10),
+    "ssm-al+isoftmax": Enhancements(inverted_softmax_beta=20.0),
+    "ssm-al+captions": Enhancements(average_captions=True),
+    "ssm-al+pseudo": Enhancements(pseudo_rounds=2, csls_k=None),
+    "ssm-al+qe": Enhancements(qe_top_m=3, qe_weight=0.5),
+    "ssm-al+asif": Enhancements(sparse_top_k=8, sparse_power=3.0),
+    "ssm-al+zscore": Enhancements(standardize=True),
+    # the recommended combination: helps on COCO-mini and Pascal-DSCMR, never hurts Wikipedia
+    "ssm-al++": Enhancements(standardize=True, csls_k=10, average_captions=True),
+    # the first combination tried (centring instead of z-scores): as good on COCO-mini, but it
+    # loses up to 2 % MAP on Wikipedia
+    "ssm-al++center": Enhancements(center=True, csls_k=10, average_captions=True),
+    # ssm-al++ plus self-training with mutual-NN pseudo-pairs
+    "ssm-al++pseudo": Enhancements(standardize=True, csls_k=10, average_captions=True, pseudo_rounds=2),
+}
+BASE_METHODS = ("ssm-al", "random-refs", "cca", "all-pairs")
+ALL_METHODS = BASE_METHODS + tuple(VARIANTS)
+
+
+# -- data ready for evaluation ---------------------------------------------------------------
+
+@dataclass
+class EvalData:
+    """Row-aligned coupled items: image row i is coupled with text row i (its first text).
+
+    ``train`` is a boolean mask (split protocol) or None (pool protocol). ``caption_groups[i]``
+    lists the rows of ``all_text_features`` that describe image i (for caption averaging).
+    """
+
+    name: str
+    image_features: np.ndarray
+    text_features: np.ndarray
+    image_labels: np.ndarray | None = None
+    text_labels: np.ndarray | None = None
+    train: np.ndarray | None = None
+    all_text_features: np.ndarray | None = None
+    caption_groups: list[np.ndarray] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.image_features)
+
+    @property
+    def protocol(self) -> str:
+        return "split" if self.train is not None else "pool"
+
+    @property
+    def labelled(self) -> bool:
+        return self.image_labels is not None and self.text_labels is not None
+
+    @property
+    def has_captions(self) -> bool:
+        return self.caption_groups is not None and any(len(g) > 1 for g in self.caption_groups)
+
+    def pool_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.train) if self.train is not None else np.arange(self.n)
+
+
+def _embed(items, modality: str, name: str, cache_dir, progress: bool):
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.base import valid_rows
+    from xmodal.encoders.cache import FeatureCache, embed_with_cache
+
+    encoder = get_encoder(modality, name, progress=progress) if name else get_encoder(modality, progress=progress)
+    cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
+    F, failures = embed_with_cache(encoder, [str(i) for i in items], cache, fit=True, progress=progress)
+    return F, valid_rows(F), failures, encoder.encoder_id
+
+
+def _labels(values, n_rows) -> np.ndarray | None:
+    if values is None:
+        return None
+    out = np.asarray(values).astype(str).astype(object)
+    unlabelled = np.flatnonzero((out == "") | (out == "None"))
+    for i in unlabelled:  # never relevant to anything: a unique label per unlabelled item
+        out[i] = f"\x00unlabelled-{i}"
+    return out
+
+
+def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
+            text_encoder: str | None = None, cache_dir=None, progress: bool = True) -> EvalData:
+    """Features (precomputed, or computed with the encoders and cached), one text per image,
+    labels and split, ready for :func:`evaluate`.
+
+    Images the encoder cannot read are skipped and listed in ``meta["failures"]``; images without
+    any text and texts without an image cannot be evaluated and are counted in ``meta``.
+    """
+    meta = {"dataset": dataset.name, **{k: v for k, v in dataset.meta.items()
+                                        if isinstance(v, (str, int, float))}}
+    X = dataset.image_features
+    image_ok = np.ones(dataset.n_images, dtype=bool)
+    failures = []
+    if X is None:
+        if dataset.image_paths is None:
+            raise DataError(f"{dataset.name}: no image features and no image files")
+        X, image_ok, fails, meta["image_encoder"] = _embed(dataset.image_paths, "image", image_encoder,
+                                                          cache_dir, progress)
+        failures += [f"{item}: {why}" for item, why in fails]
+    Y = dataset.text_features
+    text_ok = np.ones(dataset.n_texts, dtype=bool)
+    if Y is None:
+        if dataset.texts is None:
+            raise DataError(f"{dataset.name}: no text features and no texts")
+        Y, text_ok, fails, meta["text_encoder"] = _embed(dataset.texts, "text", text_encoder,
+                                                        cache_dir, progress)
+        failures += [f"text {item!r}: {why}" for item, why in fails]
+    if failures:
+        log.warning("%d item(s) could not be embedded and are skipped: %s", len(failures),
+                    "; ".join(failures[:5]) + (" …" if len(failures) > 5 else ""))
+        meta["failures"] = failures
+    pairs = dataset.pairs[image_ok[dataset.pairs[:, 0]] & text_ok[dataset.pairs[:, 1]]] \
+        if len(dataset.pairs) else dataset.pairs
+    groups: dict[int, list[int]] = {}
+    for i, t in pairs:
+        groups.setdefault(int(i), []).append(int(t))
+    rows = np.array(sorted(groups), dtype=np.int64)
+    if len(rows) < 3:
+        raise DataError(f"{dataset.name}: {len(rows)} coupled image–text pairs after skipping "
+                        "unreadable items; the evaluation needs ground-truth pairs (texts with an "
+                        "\"image\" field in the folder format)")
+    first = np.array([groups[int(i)][0] for i in rows], dtype=np.int64)
+    meta["images_without_text"] = int(dataset.n_images - len(rows))
+    meta["texts_without_image"] = int(dataset.n_texts - len(np.unique(pairs[:, 1])))
+    train = None
+    if dataset.has_split:
+        img_train = np.asarray(dataset.image_split)[rows] == "train"
+        txt_train = np.asarray(dataset.text_split)[first] == "train"
+        if np.any(img_train != txt_train):
+            raise DataError(f"{dataset.name}: {int((img_train != txt_train).sum())} coupled pairs have "
+                            "the image and its text in different splits; give both the same split")
+        train = img_train
+        if train.all() or not train.any():
+            train = None  # one split only: evaluate over the pool
+    text_rows_all = np.unique(np.concatenate([np.asarray(groups[int(i)]) for i in rows]))
+    text_index = {int(t): k for k, t in enumerate(text_rows_all)}
+    caption_groups = [np.array([text_index[t] for t in groups[int(i)]], dtype=np.int64) for i in rows]
+    return EvalData(
+        name=dataset.name, image_features=np.asarray(X, np.float32)[rows],
+        text_features=np.asarray(Y, np.float32)[first],
+        image_labels=None if dataset.image_labels is None else _labels(np.asarray(dataset.image_labels)[rows], len(rows)),
+        text_labels=None if dataset.text_labels is None else _labels(np.asarray(dataset.text_labels)[first], len(rows)),
+        train=train, all_text_features=np.asarray(Y, np.float32)[text_rows_all],
+        caption_groups=caption_groups, meta=meta)
+
+
+# -- one evaluation run ---------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    data: EvalData
+    refs: np.ndarray          # global rows of the reference pairs
+    eval_rows: np.ndarray     # global rows evaluated
+    uncoupled: np.ndarray     # global rows usable as uncoupled data (pseudo-pairs)
+
+
+def _eval_rows(data: EvalData, refs: np.ndarray) -> np.ndarray:
+    if data.train is not None:
+        return np.flatnonzero(~data.train)
+    return np.setdiff1d(np.arange(data.n), refs)
+
+
+def _faithful(run: _Run, measure: str = "pearson"):
+    d = run.data
+    index = SSRIndex(measure=measure).fit(d.image_features[run.refs], d.text_features[run.refs],
+                                          np.stack([np.arange(len(run.refs))] * 2, axis=1))
+    CX = index.transform_images(d.image_features[run.eval_rows])
+    CY = index.transform_texts(d.text_features[run.eval_rows])
+    S = CX @ CY.T
+    return S, S.T
+
+
+def _enhanced(run: _Run, cfg: Enhancements):
+    d = run.data
+    ref_texts = d.text_features[run.refs]
+    if cfg.average_captions and d.has_captions:
+        ref_texts = average_groups(d.all_text_features, [d.caption_groups[r] for r in run.refs])
+    pool = d.pool_rows()
+    S_i2t, S_t2i, _ = enhanced_similarity(
+        d.image_features[run.refs], ref_texts,
+        d.image_features[run.eval_rows], d.text_features[run.eval_rows], cfg,
+        uncoupled_images=d.image_features[run.uncoupled], uncoupled_texts=d.text_features[run.uncoupled],
+        image_mean=d.image_features[pool].mean(axis=0), text_mean=d.text_features[pool].mean(axis=0))
+    return S_i2t, S_t2i
+
+
+def _cca(run: _Run):
+    d = run.data
+    S = cca_similarity(d.image_features[run.refs], d.text_features[run.refs],
+                       d.image_features[run.eval_rows], d.text_features[run.eval_rows])
+    return None if S is None else (S, S.T)
+
+
+def _scores(data: EvalData, S_i2t, S_t2i, rows: np.ndarray, metric: str, ks) -> dict:
+    out = {}
+    if metric == "map":
+        li, lt = data.image_labels[rows], data.text_labels[rows]
+        out[("i2t", "map")] = mean_average_precision(S_i2t, li, lt)
+        out[("t2i", "map")] = mean_average_precision(S_t2i, lt, li)
+    else:
+        ks = [k for k in ks if k <= len(rows)] or [len(rows)]
+        ident = np.arange(len(rows))
+        for direction, S in (("i2t", S_i2t), ("t2i", S_t2i)):
+            for k, v in recall_at_k(S, ident, ks).items():
+                out[(direction, f"recall@{k}")] = v
+    return out
+
+
+def _metric(data: EvalData, metric: str) -> str:
+    if metric == "auto":
+        return "map" if data.labelled else "recall"
+    if metric == "map" and not data.labelled:
+        raise ConfigError(f"{data.name} has no labels on both modalities: MAP needs them; use --metric recall")
+    if metric not in ("map", "recall"):
+        raise ConfigError(f"unknown metric {metric!r}; use auto, map or recall")
+    return metric
+
+
+def check_sizes(data: EvalData, ns) -> None:
+    """N larger than the pool (or leaving fewer than 2 items to retrieve over) is an error."""
+    pool = len(data.pool_rows())
+    limit = pool if data.protocol == "split" else pool - 2
+    bad = [n for n in ns if n < 1 or n > limit]
+    if bad:
+        where = (f"the {pool} training pairs" if data.protocol == "split"
+                 else f"{pool} coupled items (N ≤ {limit} leaves at least 2 to retrieve over)")
+        raise ConfigError(f"N={', '.join(map(str, bad))} is out of range for {data.name}: references "
+                          f"are chosen among {where}")
+
+
+def evaluate(data: EvalData, ns, *, seeds=(0, 1, 2, 3, 4), select=("image", "text"),
+             methods=None, metric: str = "auto", ks=DEFAULT_KS, measure: str = "pearson",
+             variants: dict[str, Enhancements] | None = None,
+             progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Run the protocol; returns the JSON rows (see the module docstring).
+
+    ``methods``: names from :data:`BASE_METHODS` and ``variants`` (default: all that apply to the
+    data); ``ssm-al`` always also yields ``ssm-al-i`` / ``ssm-al-t`` for each selection in
+    ``select``. ``variants`` maps method names to :class:`Enhancements` (default :data:`VARIANTS`).
+    """
+    variants = dict(VARIANTS if variants is None else variants)
+    valid = BASE_METHODS + tuple(variants)
+    ns = sorted({int(n) for n in ns})
+    seeds = [int(s) for s in seeds]
+    if not ns:
+        raise ConfigError("give at least one N")
+    if not seeds:
+        raise ConfigError("give at least one seed")
+    select = tuple(select)
+    bad = [s for s in select if s not in SELECTIONS]
+    if bad or not select:
+        raise ConfigError(f"--select must be image, text or both, not {bad or select}")
+    metric = _metric(data, metric)
+    check_sizes(data, ns)
+    methods = list(methods or valid)
+    unknown = [m for m in methods if m not in valid]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    if "ssm-al" not in methods:
+        methods.insert(0, "ssm-al")
+    if data.protocol != "split" and "all-pairs" in methods:
+        methods.remove("all-pairs")  # no held-out items would be left to retrieve over
+    if not data.has_captions and "ssm-al+captions" in methods:
+        methods.remove("ssm-al+captions")  # one text per image: identical to ssm-al
+    say = progress or (lambda msg: log.info(msg))
+    pool = data.pool_rows()
+    # per-seed results: results[(method, n, selection)][seed] = {(direction, metric): value}
+    results: dict[tuple, dict[int, dict]] = {}
+    n_eval: dict[tuple, int] = {}
+    t0 = time.perf_counter()
+    for n in ns:
+        for seed in seeds:
+            for sel in select:
+                feats = data.image_features if sel == "image" else data.text_features
+                medoids = KMedoidsSelector(n, random_state=seed).fit(feats[pool]).medoid_indices_
+                refs = pool[medoids]
+                rows = _eval_rows(data, refs)
+                uncoupled = np.setdiff1d(pool, refs) if data.protocol == "split" else rows
+                run = _Run(data, refs, rows, uncoupled)
+                todo: list[tuple[str, Callable]] = [("ssm-al", lambda r=run: _faithful(r, measure))]
+                if "cca" in methods:
+                    todo.append(("cca", lambda r=run: _cca(r)))
+                for name in methods:
+                    if name in variants:
+                        cfg = variants[name]
+                        if measure != cfg.measure:
+                            cfg = Enhancements(**{**cfg.as_dict(), "measure": measure})
+                        todo.append((name, lambda r=run, c=cfg: _enhanced(r, c)))
+                for name, fn in todo:
+                    out = fn()
+                    if out is None:
+                        continue
+                    results.setdefault((name, n, sel), {})[seed] = _scores(data, *out, rows, metric, ks)
+                    n_eval[(name, n, sel)] = len(rows)
+            if "random-refs" in methods:
+                refs = pool[random_references(len(pool), n, seed)]
+                rows = _eval_rows(data, refs)
+                run = _Run(data, refs, rows, rows)
+                results.setdefault(("random-refs", n, None), {})[seed] = _scores(
+                    data, *_faithful(run, measure), rows, metric, ks)
+                n_eval[("random-refs", n, None)] = len(rows)
+        say(f"{data.name}: N={n} done ({time.perf_counter() - t0:.1f} s)")
+    if "all-pairs" in methods:
+        rows = _eval_rows(data, pool)
+        run = _Run(data, pool, rows, np.zeros(0, dtype=np.int64))
+        results[("all-pairs", len(pool), None)] = {-1: _scores(data, *_faithful(run, measure), rows, metric, ks)}
+        n_eval[("all-pairs", len(pool), None)] = len(rows)
+    return _rows(data, results, n_eval, select, seeds, metric)
+
+
+def _metric_order(m: str):
+    return (0, 0) if m == "map" else (1, int(m.split("@")[1]))
+
+
+def _primary(metric: str, keys) -> str:
+    if metric == "map":
+        return "map"
+    return "recall@10" if any(k[1] == "recall@10" for k in keys) else sorted({k[1] for k in keys})[-1]
+
+
+def _rows(data, results, n_eval, select, seeds, metric) -> list[dict]:
+    rows = []
+
+    def emit(method, n, per_seed: dict, selection=None, key=None):
+        seed_list = [s for s in seeds if s in per_seed] if -1 not in per_seed else []
+        values_by_key = {}
+        for s in (seed_list or [-1]):
+            for k, v in per_seed[s].items():
+                values_by_key.setdefault(k, []).append(float(v))
+        for (direction, m), values in sorted(values_by_key.items(), key=lambda kv: (kv[0][0], _metric_order(kv[0][1]))):
+            row = {"dataset": data.name, "method": method, "n": int(n), "direction": direction,
+                   "metric": m, "value": float(np.mean(values)), "std": float(np.std(values)),
+                   "seeds": seed_list, "values": values, "n_eval": int(n_eval[key]),
+                   "protocol": data.protocol}
+            if selection is not None:
+                row["selection"] = selection
+            rows.append(row)
+
+    names = []
+    for (name, n, sel) in results:
+        if name not in names:
+            names.append(name)
+    for name in names:
+        ns = sorted({n for (m, n, _) in results if m == name})
+        for n in ns:
+            sels = [s for s in select if (name, n, s) in results]
+            if not sels:  # selection-free methods
+                emit(name, n, results[(name, n, None)], key=(name, n, None))
+                continue
+            primary = _primary(metric, next(iter(results[(name, n, sels[0])].values())).keys())
+
+            def score(sel):
+                per_seed = results[(name, n, sel)]
+                return np.mean([np.mean([v for (d, m), v in r.items() if m == primary]) for r in per_seed.values()])
+
+            best = max(sels, key=score)
+            emit(name, n, results[(name, n, best)], selection=best, key=(name, n, best))
+            if name == "ssm-al":
+                for sel in sels:
+                    emit(f"ssm-al-{SELECTIONS[sel]}", n, results[(name, n, sel)], key=(name, n, sel))
+    return rows

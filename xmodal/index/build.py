@@ -1,0 +1,159 @@
+"""Pairs in Redis + features on disk -> an index snapshot (the heart of a rebuild).
+
+- :func:`take_snapshot`, one Lua script, atomically: clear this job's coalescing flag, take the next version number and
+   read every pair. A pair written after it re-enqueues (the flag is gone); a pair written before
+   it is in this build. Because the version is taken in the same step as the pairs, a higher
+   version always holds at least the pairs of a lower one, and the forward-only current pointer
+   ends on the newest data whatever order racing workers finish in;
+- :func:`build_snapshot`: map annotation ids to feature rows (pairs naming items no longer in the workspace are skipped
+   with a warning), drop duplicate (image, text) pairs, build the SSR index over the workspace
+   features (``SSRIndex``); with fewer pairs than the measure needs the index is "unlabelled":
+   zero-width codes, every score 0 (see :mod:`xmodal.labelstudio.predictions` for what Label Studio gets);
+
+:func:`publish_initial_index` builds version 1 when a project has none (``project create``);
+:func:`unlabelled_snapshot` is version 0, what the backend answers before the first rebuild.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import redis
+
+from xmodal.core.hubness import hubness_terms
+from xmodal.core.ssr import SSRIndex, l2_normalize
+from xmodal.errors import DataError
+from xmodal.index.ann import build_for as build_ann
+from xmodal.index.pairs import pairs_from_records
+from xmodal.index.store import IndexSnapshot, versions_on_disk
+from xmodal.index.workspace import Workspace, parse_enhance
+from xmodal.redis_conn import pkey
+
+
+def publish_initial_index(r, ws):
+    """The current index, building version 1 (or the next) when the project has none yet."""
+    from xmodal.index.store import IndexStore, load_current
+
+    store = IndexStore(r, ws)
+    if store.current_version() is not None:
+        snap = load_current(ws, r)
+        if snap is not None:
+            return snap, False
+    version, changes, pairs, snapshot_at = take_snapshot(r, ws, None)
+    snap, _ = build_snapshot(ws, version, pairs, meta={"job_id": "bootstrap", "changes": changes,
+                                                       "snapshot_at": snapshot_at})
+    store.publish(snap)
+    return load_current(ws, r), True
+
+# KEYS: flag, seq, pairs, changes ; ARGV: job id, version floor
+_SNAPSHOT = """
+local f = redis.call('GET', KEYS[1])
+if f and ARGV[1] ~= '' and string.sub(f, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
+  redis.call('DEL', KEYS[1])
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[2])
+if cur < floor then redis.call('SET', KEYS[2], floor) end
+local v = redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+return {v, redis.call('GET', KEYS[4]) or '0', redis.call('HGETALL', KEYS[3]), t[1], t[2]}
+"""
+
+
+def take_snapshot(redis_client: redis.Redis, ws: Workspace, job_id: str | None):
+    """(version, changes counter, live pair records, snapshot time) — atomically."""
+    project = ws.name
+    disk = versions_on_disk(ws)
+    script = redis_client.register_script(_SNAPSHOT)
+    v, changes, flat, sec, usec = script(
+        keys=[pkey(project, "rebuild", "queued"), pkey(project, "index", "seq"),
+              pkey(project, "pairs"), pkey(project, "pairs", "changes")],
+        args=[job_id or "", disk[-1] if disk else 0])
+    raw = dict(zip(flat[0::2], flat[1::2]))
+    return int(v), int(changes), pairs_from_records(raw), int(sec) + int(usec) / 1e6
+
+
+def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | None = None):
+    """The index of ``pairs`` over the workspace features. Returns (IndexSnapshot, skipped)."""
+    cfg = ws.config
+    select = cfg["select"]
+    image_ids, text_ids = ws.ids("image"), ws.ids("text")
+    X, Y = ws.load_features("image"), ws.load_features("text")
+    img_row, txt_row = ws.row_of("image"), ws.row_of("text")
+    rows, ann_ids, seen, skipped = [], [], set(), []
+    for p in pairs:
+        i, t = img_row.get(str(p.get("image_id"))), txt_row.get(str(p.get("text_id")))
+        if i is None or t is None:
+            skipped.append(p["annotation_id"])
+            continue
+        if (i, t) in seen:
+            continue
+        seen.add((i, t))
+        rows.append((i, t))
+        ann_ids.append(p["annotation_id"])
+    pair_rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+    measure = cfg["measure"]
+    enhance = parse_enhance(cfg.get("enhance"))
+    csls_k = int(cfg.get("csls_k") or 10) if "csls" in enhance else None
+    needed = 2 if measure == "pearson" else 1
+    col_stats = {"image": None, "text": None}
+    hub = {"image": None, "text": None}
+    timings, ann = {}, {}
+    if len(pair_rows) >= needed:
+        index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
+                         sparse_power=float(cfg.get("sparse_power") or 1.0),
+                         standardize="zscore" in enhance, copy=False)  # X, Y are ours: normalise in place
+        index.fit(X, Y, pair_rows)
+        image_codes, text_codes = index.image_codes_, index.text_codes_
+        image_refs = index.image_features_[pair_rows[:, 0]]
+        text_refs = index.text_features_[pair_rows[:, 1]]
+        if index.standardize:
+            col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
+        if csls_k:
+            t0 = time.perf_counter()
+            hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
+            timings["hubness_s"] = round(time.perf_counter() - t0, 4)
+        t0 = time.perf_counter()   # ANN over the codes of a modality above ann_threshold items
+        ann = build_ann({"image": image_codes, "text": text_codes}, cfg)
+        if ann:
+            timings["ann_s"] = round(time.perf_counter() - t0, 4)
+    else:  # unlabelled: no cross-modal signal yet, every score is 0
+        image_codes = np.zeros((len(X), 0), np.float32)
+        text_codes = np.zeros((len(Y), 0), np.float32)
+        image_refs = l2_normalize(X[pair_rows[:, 0]]) if len(pair_rows) else np.zeros((0, X.shape[1]), np.float32)
+        text_refs = l2_normalize(Y[pair_rows[:, 1]]) if len(pair_rows) else np.zeros((0, Y.shape[1]), np.float32)
+    snap = IndexSnapshot(
+        project=ws.name, version=version, measure=measure, select=select,
+        sparse_top_k=cfg.get("sparse_top_k"), sparse_power=float(cfg.get("sparse_power") or 1.0),
+        image_ids=np.asarray(image_ids, dtype=str), text_ids=np.asarray(text_ids, dtype=str),
+        image_codes=np.ascontiguousarray(image_codes, np.float32),
+        text_codes=np.ascontiguousarray(text_codes, np.float32),
+        image_refs=np.asarray(image_refs, np.float32), text_refs=np.asarray(text_refs, np.float32),
+        pair_rows=pair_rows, annotation_ids=np.asarray(ann_ids, dtype=np.int64),
+        medoid_ids=np.asarray(ws.medoid_ids(), dtype=str),
+        image_col_stats=col_stats["image"], text_col_stats=col_stats["text"],
+        image_hub=hub["image"], text_hub=hub["text"], csls_k=csls_k, ann=ann,
+        meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
+                  encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
+    return snap, skipped
+
+
+def _encoder_id(ws: Workspace, modality: str) -> str | None:
+    try:
+        return ws.features_info(modality).get("encoder_id")
+    except DataError:
+        return None
+
+
+def unlabelled_snapshot(ws: Workspace) -> IndexSnapshot:
+    """Version 0: what the backend answers before the first rebuild finished (no signal)."""
+    cfg = ws.config
+    ids_i, ids_t = ws.ids("image"), ws.ids("text")
+    return IndexSnapshot(
+        project=ws.name, version=0, measure=cfg["measure"], select=cfg["select"],
+        image_ids=np.asarray(ids_i, dtype=str), text_ids=np.asarray(ids_t, dtype=str),
+        image_codes=np.zeros((len(ids_i), 0), np.float32), text_codes=np.zeros((len(ids_t), 0), np.float32),
+        image_refs=np.zeros((0, 0), np.float32), text_refs=np.zeros((0, 0), np.float32),
+        pair_rows=np.zeros((0, 2), np.int64), annotation_ids=np.zeros(0, np.int64),
+        medoid_ids=np.asarray(ws.medoid_ids(), dtype=str), meta={"built_at": 0.0})

@@ -1,0 +1,103 @@
+"""The project's medoids (k-medoids on the select modality, anytime order, extended without
+discarding any) and the cold-start candidate pool (k-medoids of the other modality).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+
+from xmodal.errors import ConfigError
+from xmodal.logfmt import Say, quiet
+
+CANDIDATES_FILE = "candidates.json"
+
+
+# -- selection --------------------------------------------------------------------------------
+
+def resolve_k(k, F: np.ndarray, seed: int = 0) -> int:
+    """An int k (checked against the pool) or ``"auto"`` (canopy method, at least 2)."""
+    n = len(F)
+    if isinstance(k, str):
+        if k.strip().lower() != "auto":
+            try:
+                k = int(k)
+            except ValueError:
+                raise ConfigError(f"--k must be a number or 'auto', not {k!r}") from None
+        else:
+            from xmodal.core.medoids import canopy_k
+
+            return int(min(max(canopy_k(F, random_state=seed), 2), n))
+    k = int(k)
+    if k < 1:
+        raise ConfigError(f"--k must be at least 1 (got {k}); the Pearson similarity needs 2 pairs")
+    if k > n:
+        raise ConfigError(f"--k {k} is more than the {n} items to choose medoids from")
+    return k
+
+
+def _selector(k: int, seed: int):
+    from xmodal.core.medoids import KMedoidsSelector
+
+    return KMedoidsSelector(k, random_state=seed)
+
+
+def ensure_selection(ws, F: np.ndarray, select: str, k: int, seed: int = 0,
+                     say: Say = quiet) -> tuple[list[str], int]:
+    """Medoids of ``select`` in anytime order, keeping any existing ones. Returns (ids, added)."""
+    ids = ws.ids(select)
+    sel = ws.selection
+    if sel and sel.get("modality") == select and sel.get("medoid_ids"):
+        current = list(sel["medoid_ids"])
+        rows = ws.row_of(select)
+        if all(m in rows for m in current):
+            if k <= len(current):
+                if k < len(current):
+                    say(f"note: the project already has {len(current)} medoids; a smaller k ({k}) "
+                        "discards none (their pairs may be annotated)")
+                return current, 0
+            return extend_selection(ws, F, select, k - len(current), seed), k - len(current)
+    selector = _selector(k, seed).fit(F)
+    medoids = [ids[r] for r in selector.medoid_indices_]
+    ws.save_selection(medoids, selector.labels_, modality=select)
+    return medoids, len(medoids)
+
+
+def extend_selection(ws, F: np.ndarray, select: str, n_new: int, seed: int = 0) -> list[str]:
+    """Append ``n_new`` medoids (greedy coverage, ``KMedoidsSelector.extend``); old ones stay first."""
+    ids = ws.ids(select)
+    rows = ws.row_of(select)
+    current = ws.medoid_ids()
+    free = len(ids) - len(current)
+    if n_new > free:
+        raise ConfigError(f"cannot add {n_new} medoids: only {free} {select}s are not medoids yet")
+    selector = _selector(max(len(current), 1), seed)
+    selector.medoid_indices_ = np.asarray([rows[m] for m in current], dtype=np.int64)
+    selector.extend(F, n_new)
+    medoids = [ids[r] for r in selector.medoid_indices_]
+    assert medoids[:len(current)] == current
+    ws.save_selection(medoids, selector.labels_, modality=select)
+    return medoids
+
+
+def ensure_candidate_pool(ws, F_other: np.ndarray, other: str, n: int, seed: int = 0) -> list[str]:
+    """The cold-start options: ``n`` k-medoids of the other modality (kept in candidates.json)."""
+    from xmodal.index.workspace import atomic_write_json
+
+    path = ws.root / CANDIDATES_FILE
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(path.read_text())
+        if saved.get("modality") == other and len(saved.get("pool", [])) == min(n, len(F_other)) \
+                and all(c in ws.row_of(other) for c in saved["pool"]):
+            return list(saved["pool"])
+    ids = ws.ids(other)
+    n = min(n, len(ids))
+    if n <= 0:
+        return []
+    pool = [ids[r] for r in _selector(n, seed).fit(F_other).medoid_indices_]
+    atomic_write_json(path, {"modality": other, "pool": pool,
+                             "why": "no cross-modal signal before 2 pairs: a diverse sample "
+                                    "(k-medoids of this modality) is offered to every task"})
+    return pool

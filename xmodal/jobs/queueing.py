@@ -1,0 +1,170 @@
+"""Enqueueing rebuild jobs on RQ, coalesced per project.
+
+At most one rebuild is *queued* per project: the flag ``P:{p}:rebuild:queued`` (value
+``<job id>|<epoch>``) is set with SET NX when a job is enqueued and cleared by that job, atomically
+with its snapshot of the pairs (see :mod:`workers.rebuild`). So
+
+- pairs arriving while a rebuild is queued (not started) add nothing: that job will read them;
+- pairs arriving while a rebuild runs (after its snapshot) enqueue exactly one more;
+- a flag left behind by a job that vanished or failed (worker crash, enqueue error) is replaced;
+  so is one naming a STARTED job that holds no lease (its process died before its snapshot,
+  :mod:`xmodal.jobs.lease`). A job that died *after* its snapshot is re-enqueued by
+  :mod:`workers.recovery`, which every ``xmodal worker`` runs.
+
+Retries: ``Retry(max=$XMODAL_REBUILD_RETRIES, interval=$XMODAL_REBUILD_RETRY_INTERVALS)``; intervals
+above 0 need a worker started with ``--with-scheduler`` (``xmodal worker`` does). After the last
+retry the job lands in RQ's failed registry with its exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from xmodal.jobs import lease
+from xmodal.logfmt import kv
+from xmodal.redis_conn import check_project_name, key_prefix, pkey
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = "xmodal"
+REBUILD_FUNC = "workers.rebuild.rebuild"
+FLAG_TTL_S = 3600          # a flag is never left for longer than this
+FLAG_GRACE_S = 30          # a flag whose job does not exist yet may be an enqueue in flight
+_ALIVE = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED}
+
+# KEYS: flag ; ARGV: expected old value, new value, ttl
+_REPLACE_FLAG = """
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS: flag ; ARGV: value
+_CLEAR_FLAG_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def queue_name() -> str:
+    """``$XMODAL_QUEUE`` (default ``xmodal``): the RQ queue of rebuild jobs."""
+    return os.environ.get("XMODAL_QUEUE") or DEFAULT_QUEUE
+
+
+def embed_queue_for(rebuild_queue: str) -> str:
+    """The feature-extraction queue beside a rebuild queue: ``$XMODAL_EMBED_QUEUE``, default
+    ``<rebuild queue>-embed`` (see :mod:`workers.embed`)."""
+    return os.environ.get("XMODAL_EMBED_QUEUE") or f"{rebuild_queue}-embed"
+
+
+def get_queue(redis_client: redis.Redis, name: str | None = None) -> Queue:
+    return Queue(name or queue_name(), connection=redis_client)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+
+
+def retry_policy() -> Retry | None:
+    """``Retry`` from ``$XMODAL_REBUILD_RETRIES`` (default 3; 0 = no retry) and
+    ``$XMODAL_REBUILD_RETRY_INTERVALS`` (seconds, default ``5,30,120``: backoff)."""
+    n = int(os.environ.get("XMODAL_REBUILD_RETRIES", "3"))
+    if n <= 0:
+        return None
+    intervals = _ints(os.environ.get("XMODAL_REBUILD_RETRY_INTERVALS", "5,30,120")) or [0]
+    return Retry(max=n, interval=intervals)
+
+
+def job_timeout() -> int:
+    return int(os.environ.get("XMODAL_REBUILD_TIMEOUT", "600"))
+
+
+def flag_key(project: str) -> str:
+    return pkey(project, "rebuild", "queued")
+
+
+def new_job_id(project: str) -> str:
+    """RQ job ids allow letters, digits, '_' and '-': ``<prefix>-rebuild-<project>-<hex>``."""
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in check_project_name(project))
+    pre = "".join(c if c.isalnum() or c in "_-" else "_" for c in key_prefix())
+    return f"{pre}-rebuild-{safe}-{uuid.uuid4().hex[:12]}"
+
+
+def job_state(redis_client: redis.Redis, job_id: str, project: str) -> str | None:
+    """``"alive"`` (queued/deferred/scheduled, or started and holding its lease), ``"died"``
+    (STARTED, but its process is gone: no lease, :mod:`xmodal.jobs.lease`), ``"ended"`` (finished,
+    failed, ...), or None when there is no such job."""
+    try:
+        job = Job.fetch(job_id, connection=redis_client)
+    except NoSuchJobError:
+        return None
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        return "alive" if lease.started_job_alive(redis_client, project, job) else "died"
+    return "alive" if status in _ALIVE else "ended"
+
+
+def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
+                    queue: str | None = None) -> tuple[str, bool]:
+    """Make sure a rebuild of ``project`` will run after this call.
+
+    Returns ``(job_id, enqueued)``: ``enqueued`` is False when an already queued job will pick the
+    change up (coalesced)."""
+    flag = flag_key(project)
+    job_id = new_job_id(project)
+    value = f"{job_id}|{time.time():.3f}"
+    if redis_client.set(flag, value, nx=True, ex=FLAG_TTL_S):
+        return _enqueue(redis_client, project, job_id, value, reason, queue), True
+    old = redis_client.get(flag)
+    if old is None:  # cleared between SET NX and GET: the job started; try once more
+        if redis_client.set(flag, value, nx=True, ex=FLAG_TTL_S):
+            return _enqueue(redis_client, project, job_id, value, reason, queue), True
+        old = redis_client.get(flag) or b""
+    old = old.decode()
+    old_id, _, ts = old.partition("|")
+    state = job_state(redis_client, old_id, project)
+    age = time.time() - float(ts or 0)
+    if state == "alive" or (state is None and age < FLAG_GRACE_S):
+        log.debug(kv("rebuild.coalesced", project=project, job=old_id, reason=reason))
+        return old_id, False
+    # stale flag: its job failed, finished or vanished without clearing it
+    if redis_client.register_script(_REPLACE_FLAG)(keys=[flag], args=[old, value, FLAG_TTL_S]):
+        log.warning(kv("rebuild.stale_flag", project=project, job=old_id, replaced_by=job_id))
+        return _enqueue(redis_client, project, job_id, value, reason, queue), True
+    return (redis_client.get(flag) or b"").decode().partition("|")[0], False
+
+
+def _enqueue(redis_client, project, job_id, flag_value, reason, queue) -> str:
+    q = get_queue(redis_client, queue)
+    try:
+        q.enqueue(REBUILD_FUNC, project, job_id=job_id, retry=retry_policy(),
+                  job_timeout=job_timeout(), result_ttl=86400, failure_ttl=7 * 86400,
+                  description=f"rebuild {project} ({reason or 'manual'})",
+                  meta={"project": project, "reason": reason, "enqueued_at": time.time()})
+    except Exception:
+        redis_client.register_script(_CLEAR_FLAG_IF)(keys=[flag_key(project)], args=[flag_value])
+        raise
+    log.info(kv("rebuild.enqueued", project=project, job=job_id, queue=q.name, reason=reason))
+    return job_id
+
+
+def enqueue_resync(redis_client: redis.Redis, project: str, reason: str = "",
+                   queue: str | None = None) -> str:
+    """Replay Label Studio's annotations into the pair store, then rebuild (workers.resync)."""
+    job_id = new_job_id(project).replace("-rebuild-", "-resync-", 1)
+    get_queue(redis_client, queue).enqueue(
+        "workers.resync.resync", project, job_id=job_id, retry=retry_policy(),
+        job_timeout=job_timeout(), result_ttl=86400, failure_ttl=7 * 86400,
+        description=f"resync {project} from Label Studio ({reason or 'manual'})",
+        meta={"project": project, "reason": reason, "enqueued_at": time.time()})
+    log.info(kv("resync.enqueued", project=project, job=job_id, reason=reason))
+    return job_id
