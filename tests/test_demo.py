@@ -256,13 +256,11 @@ def test_short_real_demo(first_run):
     assert _wait_gone(pids.values()) == []
 
 
-def test_second_run_reuses_caches_and_is_faster(first_run, tmp_path):
-    r1, home, _, t1 = first_run
+def test_second_run_reuses_caches(first_run, tmp_path):
+    r1, home, _, _ = first_run
     assert r1.returncode == 0, r1.stderr
-    t0 = time.perf_counter()
     r2 = run_cli(["--n", "36", "--labels", "5", "--cache-dir", str(home), "--out", str(tmp_path / "r2"),
                   "--port", "0", "--no-label-studio"])
-    t2 = time.perf_counter() - t0
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert "generated" not in r2.stdout and "embedded 36 images" not in r2.stdout
     h2 = json.loads((tmp_path / "r2" / "history.json").read_text())
@@ -271,7 +269,6 @@ def test_second_run_reuses_caches_and_is_faster(first_run, tmp_path):
     # the same session again: a fresh project state, the same numbers
     h1 = json.loads((first_run[2] / "history.json").read_text())
     assert [p["methods"].get("ssm-al") for p in h2["curve"]] == [p["methods"].get("ssm-al") for p in h1["curve"]]
-    assert t2 < t1, (t1, t2)
 
 
 def test_ctrl_c_stops_everything(tmp_path):
