@@ -21,7 +21,7 @@ from xmodal.index.build import unlabelled_snapshot
 from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexSnapshot, load_current
 from xmodal.index.workspace import Workspace, other
-from xmodal.jobs.queueing import enqueue_resync
+from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
 from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
     ANNOTATION_ACTIONS,
@@ -167,10 +167,21 @@ class XmodalModel:
     def _annotation(self, data: dict) -> dict:
         from_name, _ = label_fields(self.redis, self.ws)
         ev = parse_annotation_event(data, from_name)
-        out = apply_annotation(self.pairs, self.tasks, self.ws, ev)
+        try:
+            out = apply_annotation(self.pairs, self.tasks, self.ws, ev)
+        except ApiError as exc:
+            if exc.details.get("problem"):   # recorded: show it on the task too
+                self._flag_problems()
+            raise
         if out.pop("pair_changed"):
             out["job_id"], out["enqueued"] = self.backend.enqueue_rebuild(self.project, ev.action)
+        if out.pop("flag_changed"):
+            self._flag_problems()
         return out
+
+    def _flag_problems(self) -> None:
+        if ls_connection(self.redis, self.ws) is not None:
+            enqueue_flags(self.redis, self.project, queue=self.backend.queue)
 
     # -- retrieval -----------------------------------------------------------------------
     def search(self, params: dict) -> dict:

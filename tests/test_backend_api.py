@@ -119,7 +119,8 @@ def test_predict_before_any_label_serves_medoids_in_anytime_order(client):
     results = resp.get_json()["results"]
     assert len(results) == 3
     assert all(p["result"] == [] and p["model_version"] == "v0" for p in results)
-    assert [p["score"] for p in results] == [3 / 12, 0.0, 1.0]  # medoid 3, medoid 0, not a medoid
+    # anytime order (medoid 3, medoid 0, not a medoid) with no claim of confidence: below 0.1 %
+    assert [p["score"] for p in results] == [0.001 * 3 / 12, 0.0, 0.001]
 
 
 def test_predict_ranks_candidates_with_the_latest_index(client, r):
@@ -130,17 +131,27 @@ def test_predict_ranks_candidates_with_the_latest_index(client, r):
     assert resp.status_code == 200
     results = resp.get_json()["results"]
     assert len(results) == len(tasks)
-    top1 = [p["result"][0]["value"]["choices"][0] for p in results]
-    assert all(p["model_version"] == "v1" and -1.0 <= p["score"] <= 1.0 for p in results)
-    assert results[0]["result"][0]["from_name"] == "caption"
-    assert results[0]["result"][0]["to_name"] == "image"
-    assert results[0]["result"][0]["type"] == "choices"
-    hits = np.mean([t == text_id(i) for t, i in zip(top1, range(12, 40))])
+    assert all(p["model_version"] == "v1" and 0.0 <= p["score"] <= 1.0 for p in results)
+    # a pre-selected answer only where the index is confident enough to help
+    shown = [(p, i) for p, i in zip(results, range(12, 40)) if p["result"]]
+    assert all(p["score"] >= 0.5 for p, _ in shown)
+    assert all(not p["result"] for p in results if p["score"] < 0.5)
+    assert shown, [p["score"] for p in results]
+    first = shown[0][0]["result"][0]
+    assert (first["from_name"], first["to_name"], first["type"]) == ("caption", "image", "choices")
+    hits = np.mean([p["result"][0]["value"]["choices"][0] == text_id(i) for p, i in shown])
     assert hits >= 0.35  # chance is 1/40
+    # the confidence is calibrated: the confident answers are right more often than the rest
+    ranked = {i: post(client, "/search", {"image_id": image_id(i), "k": 1, "project": "proj"})
+              .get_json()["results"][0]["id"] for i in range(12, 40)}
+    right = [ranked[i] == text_id(i) for i in range(12, 40)]
+    conf = [p["score"] for p in results]
+    assert np.mean([r for r, c in zip(right, conf) if c >= 0.5]) >= np.mean(right)
 
 
-def test_predict_restricts_to_the_task_options(client, r):
+def test_predict_restricts_to_the_task_options(client, r, monkeypatch):
     build_index(r)
+    monkeypatch.setenv("XMODAL_PRESELECT_MIN", "0")   # pre-select whatever the confidence
     task = task_body(3000, image_id(30))
     task["data"]["options"] = [{"value": text_id(j), "html": "x"} for j in (1, 2, 3)]
     choice = post(client, "/predict", predict_body([task])).get_json()["results"][0]["result"][0]
@@ -197,9 +208,10 @@ def test_webhook_update_none_and_delete(client, r):
     # a late, older UPDATED is ignored
     resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), text_id(9), updated_at=t + 0.5)
     assert resp.get_json()["status"] == "stale"
-    # "none of these" removes the pair
+    # "none of these" with nothing written removes the pair and is a problem the team sees
     resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), "__none__", updated_at=t + 2)
-    assert resp.get_json()["kind"] == "none" and store.all_pairs() == []
+    assert resp.get_json()["kind"] == "problem" and resp.get_json()["problem"] == "no_match"
+    assert store.all_pairs() == [] and [p["annotation_id"] for p in store.problems()] == [1]
     # a cancelled (skipped) annotation names no pair
     webhook(client, "ANNOTATION_CREATED", 2, 1001, image_id(1), text_id(1), updated_at=t)
     webhook(client, "ANNOTATION_UPDATED", 2, 1001, image_id(1), text_id(1), updated_at=t + 1,
@@ -217,39 +229,84 @@ def test_webhook_update_none_and_delete(client, r):
 
 def test_webhook_accepts_a_pasted_id_in_a_textarea(client, r):
     store = PairStore(r, "proj")
-    pasted = {"from_name": "match_id", "to_name": "image", "type": "textarea",
+    pasted = {"from_name": "description", "to_name": "image", "type": "textarea",
               "value": {"text": [f"  {text_id(7)} "]}}
     none = {"from_name": "caption", "to_name": "image", "type": "choices",
             "value": {"choices": ["__none__"]}}
     t = time.time()
     resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=[pasted], updated_at=t)
     assert resp.status_code == 200 and resp.get_json()["text_id"] == text_id(7)
+    assert resp.get_json()["source"] == "pasted_id"
     # the shipped label config: "None of these" + the right id pasted in the text area
     resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), None, updated_at=t + 1,
                    result=[none, dict(pasted, value={"text": [text_id(8)]})])
     assert resp.get_json()["text_id"] == text_id(8)
     assert [p["text_id"] for p in store.all_pairs()] == [text_id(8)]
-    # a mistyped pasted id: "none of these" still holds (the pair goes), with a warning
+    # a mistyped id: not silently "none": a problem, kept with what was typed
     resp = webhook(client, "ANNOTATION_UPDATED", 1, 1000, image_id(0), None, updated_at=t + 2,
                    result=[none, dict(pasted, value={"text": ["t-typo"]})])
-    assert resp.status_code == 200 and resp.get_json()["kind"] == "none"
-    assert "t-typo" in resp.get_json()["warning"] and store.all_pairs() == []
+    assert resp.status_code == 200 and resp.get_json()["kind"] == "problem"
+    assert resp.get_json()["problem"] == "unknown_id" and "t-typo" in resp.get_json()["message"]
+    assert store.all_pairs() == [] and store.problems()[0]["given"] == "t-typo"
+
+
+def test_webhook_turns_what_a_person_typed_into_a_pair(client, r, ws):
+    """Pasted caption text is that text's pair; other words are a written description (a
+    reference text of its own); a real choice wins over a text hidden behind it."""
+    store = PairStore(r, "proj")
+    none = {"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}}
+
+    def typed(text):
+        return [none, {"from_name": "description", "to_name": "image", "type": "textarea",
+                       "value": {"text": [text]}}]
+
+    caption = ws.contents("text")[3]
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=typed(f" {caption.upper()}. "))
+    assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("pasted_text", text_id(3))
+    resp = webhook(client, "ANNOTATION_CREATED", 2, 1001, image_id(1), None,
+                   result=typed("two  red squares on a blue\nbackground"))
+    body = resp.get_json()
+    assert body["source"] == "written" and body["text_id"] is None and body["enqueued"] is not None
+    assert body["description"] == "two red squares on a blue background"
+    chosen = {"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": [text_id(5)]}}
+    resp = webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), None,
+                   result=[chosen, typed("ignored words")[1]])
+    assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("choice", text_id(5))
+    written = [p for p in store.all_pairs() if p["annotation_id"] == 2]
+    assert written[0]["description"] == "two red squares on a blue background"
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("", "no_match"), ("...", "no_match"), ("img-404#9", "unknown_id"), ("word " * 2500, "too_long")])
+def test_webhook_answers_that_cannot_be_pairs_are_problems_kept_whole(client, r, text, problem):
+    store = PairStore(r, "proj")
+    result = [{"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}}]
+    if text:
+        result.append({"from_name": "description", "to_name": "image", "type": "textarea",
+                       "value": {"text": [text]}})
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=result)
+    assert resp.status_code == 200 and resp.get_json()["problem"] == problem, resp.get_json()
+    rec = store.problems()[0]
+    assert rec["problem"] == problem and rec["message"] and rec["task_id"] == 1000
+    assert rec["given"] == (text.strip() or "__none__")   # what was entered, whole
+    assert store.all_pairs() == []
 
 
 @pytest.mark.parametrize("result,expected", [
-    ([], ("none", None, None)),
-    ([{"type": "choices", "value": {"choices": ["t1"]}}], ("pair", "t1", "choices")),
-    ([{"type": "choices", "value": {"choices": ["__none__"]}}], ("none", None, "choices")),
+    ([], (None, None)),
+    ([{"type": "choices", "value": {"choices": ["t1"]}}], ("t1", None)),
+    ([{"type": "choices", "value": {"choices": ["__none__"]}}], ("__none__", None)),
     ([{"type": "choices", "value": {"choices": ["t1"]}}, {"type": "textarea", "value": {"text": ["t2"]}}],
-     ("pair", "t1", "choices")),
-    ([{"type": "rating", "value": {"rating": 3}}], ("none", None, None)),
+     ("t1", "t2")),
+    ([{"type": "textarea", "value": {"text": ["two", "lines"]}}], (None, "two lines")),
+    ([{"type": "rating", "value": {"rating": 3}}], (None, None)),
     ([{"from_name": "other", "type": "choices", "value": {"choices": ["x"]}},
-      {"from_name": "caption", "type": "choices", "value": {"choices": ["t3"]}}], ("pair", "t3", "choices")),
+      {"from_name": "caption", "type": "choices", "value": {"choices": ["t3"]}}], ("t3", None)),
 ])
-def test_extract_choice(result, expected):
-    from xmodal.labelstudio.annotations import extract_choice
+def test_extract_answer(result, expected):
+    from xmodal.labelstudio.annotations import extract_answer
 
-    assert extract_choice(result, "caption") == expected
+    assert extract_answer(result, "caption") == expected
 
 
 def test_tasks_created_fills_the_task_registry(client, r):
@@ -295,7 +352,8 @@ def test_annotation_without_task_data_uses_the_task_seen_in_predict(client, r):
     assert post(client, "/webhook", body).get_json()["image_id"] == image_id(4)
     body = annotation_body("ANNOTATION_CREATED", 2, 4242, image_id(4), text_id(4), project=LS_PID)
     del body["task"]
-    assert post(client, "/webhook", body).status_code == 422  # a task never seen
+    assert post(client, "/webhook", body).status_code == 422  # a task never seen ...
+    assert [p["problem"] for p in PairStore(r, "proj").problems()] == ["unknown_task"]  # ... on record
 
 
 def _bad_bodies():

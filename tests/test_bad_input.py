@@ -289,7 +289,8 @@ def test_images_inside_the_roots_are_searched(image_env):
     assert len(image_env.spy.read) == 2 and not os.path.exists(image_env.spy.read[1])  # temp file gone
 
 
-def test_predict_maps_task_images_and_refuses_outside_ones(image_env):
+def test_predict_maps_task_images_and_refuses_outside_ones(image_env, monkeypatch):
+    monkeypatch.setenv("XMODAL_PRESELECT_MIN", "0")   # a pre-selected answer whatever the confidence
     inside = task_body(1, image_id(2), n_options=6)
     del inside["data"]["item_id"]
     inside["data"]["image"] = "/data/local-files/?d=images/img/0002.jpg"

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from xmodal.datasets import synthetic
+from xmodal.demo.annotator import choice_payload, webhook_payload
 from xmodal.demo.baselines import BaselineCache, baseline_metrics
 from xmodal.demo.console import Console
 from xmodal.demo.processes import STATE_FILE, ProcessManager, _cmdline, stop_recorded
 from xmodal.demo.run import DemoOptions, run_demo
-from xmodal.demo.session import webhook_payload
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
 
@@ -77,13 +77,13 @@ def test_webhook_payload_is_what_the_backend_parses():
 
     task = {"id": 7, "data": {"item_id": "img_0001.png", "image": "/x.png",
                               "options": [{"value": "t1", "html": "a red disc"}]}}
-    body = webhook_payload(3, task, 42, "t1", "caption", "image")
+    body = choice_payload(3, task, 42, "t1", "caption", "image")
     assert webhook_project(body) == 3
     ev = parse_annotation_event(body, "caption")
-    assert (ev.action, ev.annotation_id, ev.task_id, ev.kind, ev.choice, ev.item_id) == \
-        ("ANNOTATION_CREATED", 42, 7, "pair", "t1", "img_0001.png")
-    none = parse_annotation_event(webhook_payload(3, task, 43, None, "caption", "image"), "caption")
-    assert none.kind == "none"
+    assert (ev.action, ev.annotation_id, ev.task_id, ev.choice, ev.text, ev.item_id) == \
+        ("ANNOTATION_CREATED", 42, 7, "t1", None, "img_0001.png")
+    skipped = parse_annotation_event(webhook_payload(3, task, 43, [], cancelled=True), "caption")
+    assert skipped.cancelled and skipped.choice is None
 
 
 def test_ground_truth_metrics_match_the_core(tmp_path):

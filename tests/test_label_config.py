@@ -14,6 +14,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
 SPECS = [("image_to_text.xml", "caption", "image", "Image", "image"),
          ("text_to_image.xml", "image", "text", "Text", "text")]
 
+AREAS = {"image_to_text.xml": "description", "text_to_image.xml": "match_id"}  # what is typed
+
 ls_server = ls_server_fixture()
 
 
@@ -26,20 +28,26 @@ def test_config_structure(name, choices, to_name, obj_tag, key):
     assert len(group) == 1
     assert group[0].get("toName") == to_name and group[0].get("value") == "$options"
     assert group[0].get("choice") in ("single", "single-radio")  # one match per medoid
-    assert [c.get("value") for c in group[0].iter("Choice")] == ["__none__"]
-    area = [e for e in root.iter("TextArea") if e.get("name") == "match_id"]
+    # "None of these" is the one static choice; it stores __none__, its value lets the filter find it
+    assert [c.get("alias") for c in group[0].iter("Choice")] == ["__none__"]
+    area = [e for e in root.iter("TextArea") if e.get("name") == AREAS[name]]
     assert area and area[0].get("toName") == to_name
+    # a person can search the options and the page stays on screen
+    assert [e.get("toName") for e in root.iter("Filter")] == [choices]
     # the first Choices tag is what xmodal.labelstudio.config.choices_fields() picks up
     assert next(root.iter("Choices")).get("name") == choices
 
 
 def _sample_task(name: str) -> dict:
-    options = [{"value": "t1", "html": "a dog on a couch"}, {"value": "t2", "html": "two cats"}]
+    from xmodal.labelstudio.tasks import image_option, text_option
+
+    page = {"cluster": 0, "model_note": "Texts ranked by model v2 (2 labels).", "index_version": 2,
+            "problem": ""}
     if name == "text_to_image.xml":
-        options = [{"value": "img/1.jpg", "html": "<img src='/data/local-files/?d=x/img/1.jpg'>"}]
-        return {"item_id": "t1", "text": "a dog on a couch", "options": options, "cluster": 0}
-    return {"item_id": "img/1.jpg", "image": "/data/local-files/?d=x/img/1.jpg", "options": options,
-            "cluster": 0}
+        return dict(page, item_id="t1", text="a dog on a couch",
+                    options=[image_option("img/1.jpg", "/data/local-files/?d=x/img/1.jpg")])
+    return dict(page, item_id="img/1.jpg", image="/data/local-files/?d=x/img/1.jpg",
+                options=[text_option("t1", "a dog on a couch"), text_option("t2", "two $cats")])
 
 
 @pytest.mark.e2e
@@ -57,7 +65,7 @@ def test_config_is_accepted_by_label_studio(ls_server, name, choices, to_name, o
         task = next(iter(sdk.tasks.list(project=project.id)))
         sdk.annotations.create(id=task.id, result=[
             {"from_name": choices, "to_name": to_name, "type": "choices", "value": {"choices": ["__none__"]}},
-            {"from_name": "match_id", "to_name": to_name, "type": "textarea", "value": {"text": ["t9"]}}])
+            {"from_name": AREAS[name], "to_name": to_name, "type": "textarea", "value": {"text": ["t9"]}}])
         # ... and a task without the candidates is refused
         bad = {k: v for k, v in _sample_task(name).items() if k != "options"}
         with pytest.raises(ApiError):

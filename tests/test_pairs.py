@@ -122,7 +122,7 @@ def test_task_registry_on_fakeredis():
                                                                         {"value": "__none__"}]}},
                     {"id": "x", "data": {}}, "junk", {"id": 6, "data": {"no_item": 1}}])
     assert n == 1
-    assert reg.get(5) == {"item_id": "img/a", "options": ["t1", "t2"]}
+    assert reg.get(5) == {"item_id": "img/a", "options": ["t1", "t2"], "data": {}}
     assert reg.tasks()[0]["data"]["options"] == [{"value": "t1"}, {"value": "t2"}]
     reg.forget([5])
     assert reg.get(5) is None

@@ -115,13 +115,19 @@ def test_create_writes_a_complete_workspace(data, models, fake_embed):
     # tasks.json: Label Studio's import format, one task per medoid in anytime order
     tasks = tasks_of(ws)
     assert [t["data"]["item_id"] for t in tasks] == sel["medoid_ids"]
+    texts = dict(zip(ws.ids("text"), ws.contents("text")))
     for j, t in enumerate(tasks):
         d = t["data"]
-        assert d["cluster"] == j
-        assert [o["value"] for o in d["options"]] == pool
+        assert d["cluster"] == j and d["index_version"] == 0 and d["problem"] == ""
+        # every text of this small project, the diverse pool first, each with its id shown
+        assert [o["alias"] for o in d["options"]][:len(pool)] == pool
+        assert sorted(o["alias"] for o in d["options"]) == sorted(ws.ids("text"))
         assert d["image"].startswith("/data/local-files/?d=") and d["image"].endswith(d["item_id"])
-        texts = dict(zip(ws.ids("text"), ws.contents("text")))
-        assert d["options"][0]["html"] == texts[pool[0]].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        first = d["options"][0]
+        escaped = texts[pool[0]].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert first["html"].startswith(escaped) and pool[0] in first["html"]
+        assert first["value"] == f"{texts[pool[0]]}  {pool[0]}" and first["hotkey"] == "1"
+        assert "No labels yet" in d["model_note"]
     assert any("no Label Studio URL" in n for n in res.notes)
 
 
@@ -174,7 +180,8 @@ def test_select_text_asks_for_images(data, models, fake_embed):
     t = tasks_of(ws)[0]["data"]
     texts = dict(zip(ws.ids("text"), ws.contents("text")))
     assert t["text"] == texts[t["item_id"]]
-    assert len(t["options"]) == 3 and all(o["value"] in ws.row_of("image") for o in t["options"])
+    # a grid of thumbnails: every image of this small project (fewer than 30), the pool first
+    assert len(t["options"]) == len(ws.ids("image")) and all(o["alias"] in ws.row_of("image") for o in t["options"])
     assert "<img src='data:image/jpeg;base64," in t["options"][0]["html"]
 
 

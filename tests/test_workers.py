@@ -326,13 +326,17 @@ def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls, 
     assert pid == LS_PID and version == "v1" and fake_ls.versions == [(LS_PID, "v1")]
     assert sorted(preds) == [1000 + i for i in range(4, 12)]   # annotated tasks 1000..1003 skipped
     p = preds[1004]
-    assert p["model_version"] == "v1" and p["result"][0]["value"]["choices"][0].startswith("t")
+    assert p["model_version"] == "v1" and 0.0 <= p["score"] <= 1.0
+    # pre-selected only where the index is confident, and then one of the texts
+    assert all(q["result"][0]["value"]["choices"][0].startswith("t") for q in preds.values() if q["result"])
+    assert all(q["score"] >= 0.5 for q in preds.values() if q["result"])
     assert result["ls"] == "pushed" and result["ls_unknown"] == 1
     assert result["label_to_prediction_s"] >= 1.0
 
 
 def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, monkeypatch):
     monkeypatch.setenv("XMODAL_LS_FIRST", "3")
+    monkeypatch.setenv("XMODAL_PRESELECT_MIN", "0")   # a pre-selected answer whatever the confidence
     monkeypatch.setenv("XMODAL_LS_PARALLEL", "2")
     fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
     store = PairStore(r, "proj")
@@ -359,14 +363,16 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
     snap = load_current(ws, r)
     for tid, p in first.items():
         item = image_id(tid - 1000)
-        options = [o["value"] for o in fake_ls.updates[0][tid]["options"]]
-        assert options == [c for c, _ in snap.rank("image", item, None, 10)]   # by the new index
+        data = fake_ls.updates[0][tid]
+        options = [o["alias"] for o in data["options"]]
+        assert options == [c for c, _ in snap.rank("image", item, None, 40)]   # every text, by the new index
         assert p["result"][0]["value"]["choices"] == [options[0]]           # top-1 = first option
-        assert p["score"] == pytest.approx(snap.rank("image", item, None, 1)[0][1], abs=1e-5)
-        assert fake_ls.updates[0][tid]["item_id"] == item                   # other data kept
+        assert p["score"] == pytest.approx(snap.confidence(item), abs=1e-5)   # calibrated, in [0, 1]
+        assert data["item_id"] == item and data["index_version"] == 1       # the whole page rebuilt
+        assert data["model_note"].startswith("Texts ranked by model v1")
     from xmodal.labelstudio.tasks import TaskRegistry
     assert TaskRegistry(r, "proj").get(next(iter(first)))["options"] == \
-        [o["value"] for o in fake_ls.updates[0][next(iter(first))]["options"]]
+        [o["alias"] for o in fake_ls.updates[0][next(iter(first))]["options"]]
     assert result["ls"] == "pushed" and result["ls_tasks"] == 8 and result["ls_options"] == 3
     assert result["ls_rest"] == "done"
     last = stats.last_rebuild(r, "proj")
@@ -402,8 +408,10 @@ def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):
     _link(r, ws)
     rebuild("proj", redis_client=r)
     assert list(fake_ls.pushes[0][1]) == [1005]
-    # an unlabelled index proposes no caption; the score is the medoid's anytime position
-    assert fake_ls.pushes[0][1][1005] == {"result": [], "score": round(5 / 12, 6), "model_version": "v1"}
+    # an unlabelled index proposes no caption; the score is the medoid's anytime position, shown
+    # as no confidence at all (below 0.1 %)
+    assert fake_ls.pushes[0][1][1005] == {"result": [], "score": round(0.001 * 5 / 12, 8),
+                                          "model_version": "v1"}
 
 
 def test_no_label_studio_connection_skips_the_step(r, xenv, ws, fake_ls):

@@ -14,6 +14,7 @@ horses never use it).
 
 from rq.worker import SimpleWorker, Worker
 
+import workers.problems  # noqa: F401
 import workers.rebuild  # noqa: F401
 import workers.resync  # noqa: F401
 import xmodal.labelstudio.client  # noqa: F401  (label_studio_sdk)

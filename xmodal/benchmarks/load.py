@@ -2,7 +2,7 @@
 
 ``--annotators`` (default 50) threads play Label Studio annotators for ``--seconds`` (default 60).
 Each one, after a random think time (``--think``, default 0–1 s), takes an unlabelled medoid task
-and posts an ``ANNOTATION_CREATED`` body (:func:`xmodal.demo.webhook_payload`, the body the loop
+and posts an ``ANNOTATION_CREATED`` body (:func:`xmodal.demo.annotator.choice_payload`, the body the loop
 bench and the demo post) to ``/webhook`` of a real ``xmodal serve`` (gunicorn); some of its answers
 are wrong and later corrected with ``ANNOTATION_UPDATED``, and some bodies are delivered twice (Label
 Studio retries). When every task is labelled the annotators keep reviewing (UPDATED). ``--workers``
@@ -189,7 +189,7 @@ def annotator(i: int, ctx: LoadContext, seed: int) -> None:
     """One simulated annotator: think, label; some bodies are delivered twice (Label Studio retries)."""
     import requests
 
-    from xmodal.demo.session import webhook_payload
+    from xmodal.demo.annotator import choice_payload
 
     rng = random.Random(seed * 1000 + i)
     session = requests.Session()
@@ -206,9 +206,8 @@ def annotator(i: int, ctx: LoadContext, seed: int) -> None:
             if label is None:
                 break
             kind, ann, task, choice, new_pair = label
-            body = webhook_payload(ctx.ls_project, task_body(task), ann, choice, ctx.from_name, ctx.to_name)
-            if kind == "update":
-                body["action"] = "ANNOTATION_UPDATED"
+            body = choice_payload(ctx.ls_project, task_body(task), ann, choice, ctx.from_name, ctx.to_name,
+                                  action="ANNOTATION_UPDATED" if kind == "update" else "ANNOTATION_CREATED")
             post = Post(i, kind, ann, (task.item, choice), 0.0, new_pair=new_pair)
         send(session, ctx, post, body)
         last = (body, post)

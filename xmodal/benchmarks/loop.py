@@ -1,11 +1,14 @@
 """Simulated-annotator benchmark of the labelling loop, through the real path.
 
-An oracle that knows the ground truth labels the medoids one by one (anytime order). Each label is
-an ``ANNOTATION_CREATED`` body shaped like Label Studio 1.23's, posted to the ML backend's
-``/webhook`` (a real ``xmodal serve``); the backend stores the pair in Redis and enqueues a rebuild;
-a real ``xmodal worker`` (``rq worker``) builds and publishes the new index version (and, with
-``--label-studio-url``, pushes the predictions to Label Studio and sets its ``model_version``).
-The annotator waits for the new predictions before the next label, like a person would see them.
+A simulated annotator labels the medoids one by one, each the task "Uncertainty sampling" serves
+next, answering from what the task's page shows (``--annotator human``, default: a shown or
+filtered candidate, else a written description, :mod:`xmodal.demo.annotator`; ``oracle`` hands
+over the coupled id, the ceiling). Each label is an annotation body shaped like Label Studio 1.23's,
+posted to the ML backend's ``/webhook`` (a real ``xmodal serve``), or, with ``--label-studio-url``,
+created through Label Studio's API (which posts the webhook itself); the backend stores the pair in
+Redis and enqueues a rebuild; a real ``xmodal worker`` (``rq worker``) builds and publishes the new
+index version (and pushes the predictions to Label Studio and sets its ``model_version``). The
+annotator waits for the new predictions before the next label, like a person would see them.
 
 Measured per label:
 
@@ -14,9 +17,14 @@ Measured per label:
   ``--label-studio-url``, Label Studio's project shows the new ``model_version`` (the worker sets it
   after pushing every prediction);
 - the worker's own split (build / write / Label Studio push) from ``P:{p}:rebuild:last``;
-- **quality** of the published index: Recall@10 image→text and text→image, the coupled item being
-  the only relevant one, over the items that are not references (at most ``--queries`` queries per
-  direction, every non-reference item of the other modality as target).
+- **how** the pair was found (shown / search / written / pasted / skipped), whether it is right
+  (one of the medoid's texts, or a written description), seconds the annotator took;
+- **quality** of the published index: Recall@10 image→text (a hit: any text of the image) and
+  text→image (its image), over the items that are not references (at most ``--queries`` queries
+  per direction, every non-reference item of the other modality as target).
+
+``--json PATH`` writes ``labels``, ``pairs_stored``, ``lost``, ``found_rate`` and ``recall@10``
+(``{"i2t", "t2i"}`` after the last label) at its top level, the per-label rows below.
 
 Data: ``synthetic`` (default ``--n 10000``): features of realistic size — 1280-d "image" and
 384-d "text" vectors that are two different non-linear views of a shared latent mixture (40
@@ -145,12 +153,39 @@ class BenchResult:
     settings: dict
     rows: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    end: dict = field(default_factory=dict)    # pair store and recall after the last label
 
     def summary(self) -> dict:
         lat = [r["latency_s"] for r in self.rows if r.get("latency_s") is not None]
-        return {"labels": len(self.rows), "latency_median_s": percentile(lat, 50),
-                "latency_p95_s": percentile(lat, 95), "latency_max_s": round(max(lat), 4) if lat else None,
+        secs = [r["seconds"] for r in self.rows if r.get("seconds") is not None]
+        n = len(self.rows)
+        return {"annotator": self.settings.get("annotator"), "labels": n,
+                "pairs_stored": self.end.get("pairs_stored"), "problems": self.end.get("problems"),
+                "lost": self.end.get("lost"),
+                "found_rate": round(sum(bool(r.get("found")) for r in self.rows) / n, 4) if n else None,
+                "how": {h: sum(1 for r in self.rows if r.get("how") == h)
+                        for h in ("shown", "search", "written", "pasted", "skipped")},
+                "recall@10": self.end.get("recall@10") or {"i2t": None, "t2i": None},
+                "seconds_per_label_median": percentile(secs, 50),
+                "latency_median_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
+                "latency_max_s": round(max(lat), 4) if lat else None,
                 "final": self.rows[-1] if self.rows else None}
+
+
+class _LabelStudioPage:
+    """The page of a Label Studio the loop bench talks to: the next task as ``/next/`` serves it,
+    answers through its API (Label Studio posts the webhook itself)."""
+
+    def __init__(self, client, pid: int, select: str):
+        self.client, self.pid, self.select = client, pid, select
+
+    def next_task(self, snap) -> dict | None:
+        return self.client.next_task(self.pid)
+
+    def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
+        ann = self.client.sdk.annotations.create(id=int(task["id"]), was_cancelled=answer.how == "skipped",
+                                                 result=answer.result(self.select, from_name, to_name))
+        return int(ann.id)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -159,6 +194,7 @@ def run(args, say=print) -> BenchResult:
     import redis
     import requests
 
+    from xmodal.demo.annotator import Knowledge, annotator
     from xmodal.demo.processes import (
         ProcessManager,
         free_port,
@@ -167,7 +203,9 @@ def run(args, say=print) -> BenchResult:
         wait_backend,
         wait_worker,
     )
-    from xmodal.demo.session import webhook_payload
+    from xmodal.demo.session import WebhookPage
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.selection import candidate_pool
     from xmodal.index.store import IndexStore, load_current
     from xmodal.index.workspace import Workspace
     from xmodal.jobs import stats
@@ -194,6 +232,7 @@ def run(args, say=print) -> BenchResult:
         raise ConfigError(f"cannot reach Redis ({exc}); set REDIS_URL or unset it for the embedded one")
     pm = ProcessManager(home / "logs")
     result = BenchResult(settings={"data": args.data, "n": args.n, "labels": args.labels,
+                                   "annotator": args.annotator, "captions": args.captions,
                                    "worker": args.worker, "label_studio": bool(args.label_studio_url),
                                    "redis": url.split("@")[-1], "home": str(home)})
     env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
@@ -208,17 +247,18 @@ def run(args, say=print) -> BenchResult:
         t0 = time.perf_counter()
         name = "loopbench"
         ls_pid = LS_PROJECT_PLACEHOLDER
+        gt = None
         if args.data == "synthetic":
             ws = Workspace.for_project(name)
             truth = synthetic_workspace(ws, args.n, args.labels, args.seed, say)
-            medoids = ws.medoid_ids()
-            options_of = None
+            knowledge = Knowledge({i: {t} for i, t in truth.items()},
+                                  dict(zip(ws.ids("image"), ws.contents("text"))))
         else:
-            from xmodal.datasets.coco import load_coco_mini
-            from xmodal.datasets.folder import load_folder
+            from xmodal.datasets import load_data
+            from xmodal.evaluation.ground_truth import GroundTruth
             from xmodal.labelstudio.project import ProjectSpec, create_project
 
-            spec = ProjectSpec(name=name, data=args.data, k=args.labels + args.spare,
+            spec = ProjectSpec(name=name, data=args.data, k=args.labels + args.spare, captions=args.captions,
                                label_studio_url=args.label_studio_url, api_key=args.api_key,
                                backend_url=backend_url if args.label_studio_url else None,
                                images="inline" if args.label_studio_url else "auto")
@@ -227,10 +267,9 @@ def run(args, say=print) -> BenchResult:
             boot = create_project(spec, say=lambda m: say("  " + m), redis_client=r)
             result.timings["bootstrap"] = boot.timings
             ws = boot.ws
-            medoids = boot.medoid_ids
-            root = Path(args.data)
-            ds = load_coco_mini(root) if (root / "pairs.json").is_file() and not (root / "texts.jsonl").is_file() \
-                else load_folder(root)
+            ds, _ = load_data(args.data, captions=args.captions)
+            gt = GroundTruth(ds, max_queries=args.queries, seed=args.seed)
+            knowledge = Knowledge.from_dataset(ds, "image", args.seed)
             truth = {}
             for i, t in ds.pairs:
                 truth.setdefault(ds.image_ids[i], ds.text_ids[t])
@@ -238,7 +277,7 @@ def run(args, say=print) -> BenchResult:
                 ls_pid = boot.ls_project_id
             else:   # let the backend resolve the webhooks' project id to this workspace
                 ws.update_config(label_studio={"project_id": ls_pid})
-            options_of = boot.task_ids
+        medoids = ws.medoid_ids()
         result.timings["prepare_s"] = round(time.perf_counter() - t0, 3)
         wait_backend(pm, backend, backend_url)
         wait_worker(pm, worker, r)
@@ -248,18 +287,23 @@ def run(args, say=print) -> BenchResult:
         from xmodal.labelstudio.config import label_fields
 
         from_name, to_name = label_fields(r, ws)
-        store = IndexStore(r, ws)
+        store, pairs_store = IndexStore(r, ws), PairStore(r, name)
         ls_client = None
         if args.label_studio_url:
             from xmodal.labelstudio.client import connect
 
             ls_client = connect(args.label_studio_url, args.api_key)
+            page = _LabelStudioPage(ls_client, ls_pid, select)
+        else:
+            rows = ws.row_of("image")
+            page = WebhookPage(ws, candidate_pool(ws), backend_url, ls_pid,
+                               [rows[m] for m in medoids[:args.labels]])
+        person = annotator(args.annotator, knowledge, select)
         # a task that stays unlabelled: the /predict probe
         probe_item = medoids[args.labels] if len(medoids) > args.labels else \
             next(i for i in ws.ids("image") if i not in set(medoids))
         probe = {"id": 10**9, "data": {"item_id": probe_item, "options": [
             {"value": t} for t in list(truth.values())[:20]]}}
-        exclude = set(medoids[:args.labels]) | {truth[m] for m in medoids[:args.labels] if m in truth}
         session = requests.Session()
 
         def predict_version() -> str:
@@ -269,60 +313,84 @@ def run(args, say=print) -> BenchResult:
             return resp.json()["model_version"]
 
         say(f"backend {backend_url}, worker pid {worker.pid} ({args.worker}), "
-            f"{'Label Studio ' + args.label_studio_url if ls_client else 'no Label Studio'}; logs {pm.log_dir}")
-        header = f"{'label':>5} {'index':>6} {'R@10 i2t':>9} {'R@10 t2i':>9} {'latency s':>10} " \
+            f"{'Label Studio ' + args.label_studio_url if ls_client else 'no Label Studio'}, "
+            f"{args.annotator} annotator; logs {pm.log_dir}")
+        header = f"{'label':>5} {'how':>8} {'index':>6} {'R@10 i2t':>9} {'R@10 t2i':>9} {'latency s':>10} " \
                  f"{'build s':>8} {'push s':>7}"
         say(header)
-        task_ids = options_of or {}
-        for j, item in enumerate(medoids[:args.labels], 1):
-            task_id = task_ids.get(item, j)
-            if ls_client is not None:   # Label Studio delivers the webhook inside this request
-                t_label = time.perf_counter()
-                ls_client.sdk.annotations.create(id=task_id, result=[
-                    {"from_name": from_name, "to_name": to_name, "type": "choices",
-                     "value": {"choices": [truth[item]]}}])
-            else:
-                t_label = time.perf_counter()
-                task = {"id": task_id, "data": {"item_id": item}}
-                resp = session.post(f"{backend_url}/webhook", json=webhook_payload(
-                    ls_pid, task, j, truth[item], from_name, to_name), timeout=30)
-                resp.raise_for_status()
+        refs_i, refs_t, stored = set(), set(), 0
+        snap = load_current(ws, r)
+        for j in range(1, args.labels + 1):
+            t_page = time.perf_counter()
+            task = page.next_task(snap)
+            if task is None:
+                break
+            item = str(task["data"]["item_id"])
+            answer = person.answer(task["data"])
+            t_label = time.perf_counter()
+            annotation_id = page.submit(task, j, answer, from_name, to_name)
+            rec = {}
             deadline = time.monotonic() + args.timeout
-            version = None
-            while True:
-                info = store.info()
-                if int(info.get("n_pairs", -1)) >= j:
-                    version = int(info["version"])
-                    if ls_client is not None:
-                        ready = ls_client.sdk.projects.get(ls_pid).model_version == f"v{version}"
-                    else:
-                        ready = predict_version() == f"v{version}"
-                    if ready:
-                        break
+            while not (rec := pairs_store.get(annotation_id) or {}):
                 if time.monotonic() > deadline:
-                    raise ConfigError(f"label {j}: no new predictions within {args.timeout:.0f} s; "
-                                      f"worker log {worker.log_path}")
-                pm.check_alive(worker, "rebuilding")
+                    raise ConfigError(f"label {j}: the backend stored nothing within {args.timeout:.0f} s; "
+                                      f"backend log {backend.log_path}")
                 time.sleep(0.005)
-            latency = time.perf_counter() - t_label
-            t_wait = time.monotonic() + 5   # the worker records its timings after the push
-            while (last := stats.last_rebuild(r, name)).get("version") != version \
-                    and time.monotonic() < t_wait:
-                time.sleep(0.01)
+            version, latency, last = None, None, {}
+            if rec.get("state") == "pair":
+                stored += 1
+                while True:
+                    info = store.info()
+                    if int(info.get("n_pairs", -1)) >= stored:
+                        version = int(info["version"])
+                        if ls_client is not None:
+                            ready = ls_client.sdk.projects.get(ls_pid).model_version == f"v{version}"
+                        else:
+                            ready = predict_version() == f"v{version}"
+                        if ready:
+                            break
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"label {j}: no new predictions within {args.timeout:.0f} s; "
+                                          f"worker log {worker.log_path}")
+                    pm.check_alive(worker, "rebuilding")
+                    time.sleep(0.005)
+                latency = time.perf_counter() - t_label
+                t_wait = time.monotonic() + 5   # the worker records its timings after the push
+                while (last := stats.last_rebuild(r, name)).get("version") != version \
+                        and time.monotonic() < t_wait:
+                    time.sleep(0.01)
+                refs_i.add(item)
+                if rec.get("text_id"):
+                    refs_t.add(rec["text_id"])
             snap = load_current(ws, r)
-            row = {"labels": j, "version": version, "latency_s": round(latency, 4),
-                   "build_s": last.get("build_s"), "write_s": last.get("write_s"),
-                   "push_s": last.get("push_s"), "worker_total_s": last.get("total_s"),
-                   **recall_non_reference(snap, truth, exclude, args.queries, args.seed)}
+            found = rec.get("state") == "pair" and (rec.get("text_id") in knowledge.right.get(item, ())
+                                                    or bool(rec.get("description")))
+            recall = gt.recall_at_10_excluding(snap, refs_i, refs_t) if gt is not None else \
+                _recall_dict(recall_non_reference(snap, truth, refs_i | refs_t, args.queries, args.seed))
+            row = {"labels": j, "how": answer.how, "found": found, "state": rec.get("state"),
+                   "version": version, "latency_s": None if latency is None else round(latency, 4),
+                   "seconds": round(t_label - t_page, 4), "build_s": last.get("build_s"),
+                   "write_s": last.get("write_s"), "push_s": last.get("push_s"),
+                   "worker_total_s": last.get("total_s"),
+                   "recall@10_i2t": recall["i2t"], "recall@10_t2i": recall["t2i"]}
             result.rows.append(row)
             f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            say(f"{j:>5} {'v' + str(version):>6} {f(row['recall@10_i2t']):>9} {f(row['recall@10_t2i']):>9} "
-                f"{latency:>10.3f} {f(row['build_s']):>8} {f(row['push_s']):>7}")
-        if result.rows:
-            result.settings["chance_recall@10"] = result.rows[-1].get("chance")
+            say(f"{j:>5} {answer.how:>8} {'v' + str(version) if version else '–':>6} {f(row['recall@10_i2t']):>9} "
+                f"{f(row['recall@10_t2i']):>9} {f(latency):>10} {f(row['build_s']):>8} {f(row['push_s']):>7}")
+        records = pairs_store.records().values()
+        final = result.rows[-1] if result.rows else {}
+        result.end = {"pairs_stored": sum(1 for x in records if x.get("state") == "pair"),
+                      "problems": sum(1 for x in records if x.get("state") == "problem"),
+                      "lost": sum(1 for x in result.rows if x["state"] not in ("pair", "problem")
+                                  and x["how"] != "skipped"),
+                      "recall@10": {"i2t": final.get("recall@10_i2t"), "t2i": final.get("recall@10_t2i")}}
         s = result.summary()
-        say(f"label -> new predictions: median {s['latency_median_s']:.3f} s, p95 {s['latency_p95_s']:.3f} s, "
-            f"max {s['latency_max_s']:.3f} s over {s['labels']} labels")
+        say(f"{s['labels']} labels ({', '.join(f'{k} {v}' for k, v in s['how'].items() if v)}): "
+            f"{s['pairs_stored']} pairs stored, {s['problems']} problems, {s['lost']} lost, found rate "
+            f"{s['found_rate']}; Recall@10 non-reference i2t {s['recall@10']['i2t']}, t2i {s['recall@10']['t2i']}")
+        if s["latency_median_s"] is not None:
+            say(f"label -> new predictions: median {s['latency_median_s']:.3f} s, p95 {s['latency_p95_s']:.3f} s, "
+                f"max {s['latency_max_s']:.3f} s")
         return result
     finally:
         pm.stop_all(grace=5)
@@ -332,11 +400,20 @@ def run(args, say=print) -> BenchResult:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def _recall_dict(out: dict) -> dict:
+    return {"i2t": out.get("recall@10_i2t"), "t2i": out.get("recall@10_t2i")}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="synthetic", help="'synthetic' (default) or a data folder (COCO-mini, "
                    "generic format)")
     p.add_argument("--n", type=int, default=10000, help="synthetic items per modality (default 10000)")
     p.add_argument("--labels", type=int, default=30, help="labels to simulate (default 30)")
+    p.add_argument("--annotator", choices=("human", "oracle"), default="human",
+                   help="human (default): answers from what each task's page shows (a shown or "
+                   "filtered candidate, else a written description); oracle: the coupled id (ceiling)")
+    p.add_argument("--captions", choices=("all", "first"), default="all",
+                   help="COCO-mini: every caption of an image is a text item (default), or the first")
     p.add_argument("--spare", type=int, default=4, help="extra medoids left unlabelled (data folders)")
     p.add_argument("--worker", choices=("fork", "simple"), default="fork",
                    help="fork: `xmodal worker` as shipped (a work horse per job, default); simple: "
@@ -371,9 +448,10 @@ def main_args(args) -> int:
     with limit:
         result = run(args)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"settings": result.settings, "summary": result.summary(),
-                                                   "rows": result.rows, "timings": result.timings},
-                                                  indent=1, default=str))
+        summary = result.summary()
+        Path(args.json_out).write_text(json.dumps({**{k: summary[k] for k in (
+            "labels", "pairs_stored", "lost", "found_rate", "recall@10")}, "settings": result.settings,
+            "summary": summary, "rows": result.rows, "timings": result.timings}, indent=1, default=str))
     return 0
 
 

@@ -11,8 +11,9 @@ def register(subparsers) -> None:
         "demo",
         help="run the whole loop locally (simulated annotator) and write an HTML report",
         description="Start Redis (embedded unless $REDIS_URL is set), one RQ worker and the ML "
-        "backend; embed the data, pick k-medoids, let a simulated annotator (the ground truth) label "
-        "them one by one through the backend's webhook (or Label Studio's API when Label Studio runs), "
+        "backend; embed the data, pick k-medoids, let a simulated person label them one by one from "
+        "what each task's page shows, through the backend's webhook (or Label Studio's API when "
+        "Label Studio runs), "
         "measure the index the worker publishes after every label against random references and CCA, "
         "and write OUT/index.html. Every process started is stopped at the end (and on Ctrl-C).",
     )
@@ -43,6 +44,10 @@ def register(subparsers) -> None:
                    help="leave the backend, worker (and Label Studio) running after the report")
     p.add_argument("--stop", action="store_true",
                    help="stop what a previous --keep-serving demo left running, then exit")
+    p.add_argument("--annotator", choices=("human", "oracle"), default="human",
+                   help="human (default): picks a shown or filtered candidate, else writes a "
+                   "description, as a person on the page would; oracle: hands over the ground "
+                   "truth (the ceiling)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 
@@ -66,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         select=args.select, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
         n=args.n, seed=args.seed,
         label_studio="on" if args.with_label_studio else "off" if args.no_label_studio else "auto",
-        keep_serving=args.keep_serving, quiet=args.quiet)
+        keep_serving=args.keep_serving, annotator=args.annotator, quiet=args.quiet)
     run_demo(opt)
     return 0

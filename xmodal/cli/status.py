@@ -1,4 +1,9 @@
-"""``xmodal status``: queues, workers, each project's pairs / index / last rebuild, failures."""
+"""``xmodal status``: queues, workers, each project's pairs / problems / index / last rebuild,
+failures.
+
+A project's answers are told apart: pairs (in the index, or waiting for a rebuild that is queued,
+running, or -- say so -- not queued at all), skips, and problems (annotations that could not become
+a pair, each with what the annotator entered and what to do: ``xmodal.index.pairs``)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from xmodal.index.store import IndexStore
     from xmodal.index.workspace import Workspace, list_workspaces
     from xmodal.jobs import stats
-    from xmodal.jobs.queueing import embed_queue_for, get_queue
+    from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue
 
     q = get_queue(redis_client, queue)
     failed = FailedJobRegistry(queue=q)
@@ -56,11 +61,23 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
         info = IndexStore(redis_client, ws).info()
         last = stats.last_rebuild(redis_client, name)
         pairs = PairStore(redis_client, name)
+        records = list(pairs.records().values())
+        waiting = bool(last) and pairs.changes() > int(last.get("changes", 0)) or \
+            (not last and any(x.get("state") == "pair" for x in records))
+        problems = [{"annotation": x["annotation_id"], "task": x.get("task_id"),
+                     "problem": x.get("problem"), "message": x.get("message"),
+                     "given": (x.get("given") or "")[:120]}
+                    for x in sorted(records, key=lambda x: x.get("received_at") or 0)
+                    if x.get("state") == "problem"]
         out["projects"][name] = {
             "workspace": str(ws.root) if ws.exists() else None,
-            "pairs": pairs.count(),
-            # pairs changed after the last rebuild's snapshot (a rebuild is due or running)
-            "stale": bool(last) and pairs.changes() > int(last.get("changes", 0)),
+            "pairs": sum(1 for x in records if x.get("state") == "pair"),
+            "written_references": sum(1 for x in records if x.get("state") == "pair" and x.get("description")),
+            "skips": sum(1 for x in records if x.get("state") == "none"),
+            "problems": problems,
+            # pairs changed after the last rebuild's snapshot: a rebuild is due (queued or running?)
+            "stale": waiting,
+            "rebuild_queued": bool(redis_client.exists(flag_key(name))),
             "index_version": int(info["version"]) if info.get("version") else None,
             "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
@@ -90,7 +107,21 @@ def run(args) -> int:
     for name, p in data["projects"].items():
         idx = (f"index v{p['index_version']} with {p['index_pairs']} pairs, "
                f"{p['index_age_s']} s old") if p["index_version"] else "no index yet"
-        print(f"  {name}: {p['pairs']} pairs; {idx}" + ("; newer pairs waiting for a rebuild" if p["stale"] else ""))
+        if not p["stale"]:
+            state = "up to date"
+        elif p["rebuild_queued"] or q["started"]:
+            state = "newer pairs waiting for the rebuild that is queued or running"
+        else:
+            state = ("newer pairs waiting, but NO rebuild is queued: start a worker, or "
+                     f"`xmodal project resync --name {name} --enqueue`")
+        written = f" ({p['written_references']} written by annotators)" if p["written_references"] else ""
+        print(f"  {name}: {p['pairs']} pairs{written}, {p['skips']} skips, {len(p['problems'])} problems; "
+              f"{idx}; {state}")
+        for pr in p["problems"][:10]:
+            given = f" (entered: {pr['given']!r})" if pr["given"] else ""
+            print(f"    problem: annotation {pr['annotation']} of task {pr['task']}: {pr['message']}{given}")
+        if len(p["problems"]) > 10:
+            print(f"    ... {len(p['problems']) - 10} more (`xmodal status --json`)")
         last = p["last_rebuild"]
         if last:
             lat = last.get("label_to_prediction_s")

@@ -130,6 +130,11 @@ class SSRIndex:
     j-th reference pair. Adding or removing a pair recomputes only that SSR column (O(n·d)), which
     is what keeps the Label Studio loop fast; the similarity codes (cheap, O(n·k)) are rederived.
 
+    A text reference need not be one of the indexed texts: eq. 10 needs only its feature vector
+    ``x'_j``, and a reference only has to match its image's meaning (e.g. a description an annotator
+    wrote for a medoid). ``pairs[j, 1] = -1`` marks such a reference; its features are the next row
+    of ``text_reference_features`` (rows taken in the order of the -1 entries).
+
     Parameters
     ----------
     measure : "pearson" (eq. 32, default) or "cosine" (eq. 33).
@@ -163,37 +168,64 @@ class SSRIndex:
         self.image_col_stats_ = self.text_col_stats_ = None
 
     # -- building -------------------------------------------------------------------------
-    def fit(self, image_features: np.ndarray, text_features: np.ndarray, pairs) -> "SSRIndex":
+    def fit(self, image_features: np.ndarray, text_features: np.ndarray, pairs,
+            text_reference_features: np.ndarray | None = None) -> "SSRIndex":
         self.image_features_ = l2_normalize(image_features, copy=self.copy)
         self.text_features_ = l2_normalize(text_features, copy=self.copy)
         pairs = _as_pairs(pairs)
-        self._check_pairs(pairs)
+        self._check_pairs(pairs, text_reference_features)
         self.pairs_ = pairs
+        self.text_references_ = self._text_references(pairs, text_reference_features)
         self.image_ssr_ = self.image_features_ @ self.image_features_[pairs[:, 0]].T
-        self.text_ssr_ = self.text_features_ @ self.text_features_[pairs[:, 1]].T
+        self.text_ssr_ = self.text_features_ @ self.text_references_.T
         return self._derive_codes()
 
-    def add_pairs(self, pairs) -> "SSRIndex":
+    def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> "SSRIndex":
         new = _as_pairs(pairs)
-        self._check_pairs(new)
+        self._check_pairs(new, text_reference_features)
+        refs = self._text_references(new, text_reference_features)
         self.pairs_ = np.vstack([self.pairs_, new])
+        self.text_references_ = np.vstack([self.text_references_, refs])
         self.image_ssr_ = np.hstack([self.image_ssr_, self.image_features_ @ self.image_features_[new[:, 0]].T])
-        self.text_ssr_ = np.hstack([self.text_ssr_, self.text_features_ @ self.text_features_[new[:, 1]].T])
+        self.text_ssr_ = np.hstack([self.text_ssr_, self.text_features_ @ refs.T])
         return self._derive_codes()
 
     def remove_pairs(self, pairs) -> "SSRIndex":
+        """Drop the references equal to ``pairs`` (item pairs; a written text reference is removed
+        with :meth:`remove_references` by position)."""
         drop = {tuple(p) for p in _as_pairs(pairs).tolist()}
-        keep = np.array([tuple(p) not in drop for p in self.pairs_.tolist()], dtype=bool)
+        return self.remove_references([tuple(p) in drop for p in self.pairs_.tolist()])
+
+    def remove_references(self, mask) -> "SSRIndex":
+        """Drop the references where ``mask`` (one bool per reference, in ``pairs_`` order) is True."""
+        keep = ~np.asarray(mask, dtype=bool)
         self.pairs_ = self.pairs_[keep]
+        self.text_references_ = self.text_references_[keep]
         self.image_ssr_ = self.image_ssr_[:, keep]
         self.text_ssr_ = self.text_ssr_[:, keep]
         return self._derive_codes()
 
-    def _check_pairs(self, pairs: np.ndarray) -> None:
+    def _text_references(self, pairs: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+        """(len(pairs), d) unit-norm text reference features: indexed rows, or rows of ``extra``."""
+        out = np.empty((len(pairs), self.text_features_.shape[1]), dtype=np.float32)
+        indexed = pairs[:, 1] >= 0
+        out[indexed] = self.text_features_[pairs[indexed, 1]]
+        if (~indexed).any():
+            out[~indexed] = l2_normalize(extra)
+        return out
+
+    def _check_pairs(self, pairs: np.ndarray, extra: np.ndarray | None = None) -> None:
         n_img, n_txt = len(self.image_features_), len(self.text_features_)
         if pairs.size and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= n_img
-                           or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= n_txt):
+                           or pairs[:, 1].min() < -1 or pairs[:, 1].max() >= n_txt):
             raise IndexError(f"a reference pair names an item outside the {n_img} images / {n_txt} texts")
+        n_extra = int((pairs[:, 1] == -1).sum()) if pairs.size else 0
+        have = 0 if extra is None else len(np.atleast_2d(extra))
+        if n_extra != have:
+            raise ValueError(f"{n_extra} text references outside the indexed texts (text row -1) but "
+                             f"{have} rows of text_reference_features")
+        if have and np.atleast_2d(extra).shape[1] != self.text_features_.shape[1]:
+            raise ValueError("text_reference_features must have the text features' dimension")
 
     def _codes(self, R: np.ndarray, stats=None) -> np.ndarray:
         return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power, stats)
@@ -216,7 +248,7 @@ class SSRIndex:
         return self._codes(ssr(features, self.image_features_[self.pairs_[:, 0]]), self.image_col_stats_)
 
     def transform_texts(self, features: np.ndarray) -> np.ndarray:
-        return self._codes(ssr(features, self.text_features_[self.pairs_[:, 1]]), self.text_col_stats_)
+        return self._codes(ssr(features, self.text_references_), self.text_col_stats_)
 
     def similarity(self) -> np.ndarray:
         """Full (n_images, n_texts) similarity matrix S."""

@@ -16,7 +16,7 @@ from xmodal.demo.console import Console
 from xmodal.demo.processes import ProcessManager, _child_env, _tail, free_port
 from xmodal.demo.session import claim_ls_project_id
 from xmodal.errors import ConfigError
-from xmodal.labelstudio.images import images_folder, inline_url
+from xmodal.labelstudio.images import images_folder
 
 if TYPE_CHECKING:
     from xmodal.demo.session import Bootstrap, DemoData
@@ -69,13 +69,13 @@ class LabelStudioSession:
         self.ls_bin, self.pm, self.console = (Path(ls_bin) if ls_bin else None), pm, console
         self.external_token: str | None = None
         self.window = 4  # open tasks kept in Label Studio ahead of the annotator (see _import_upto)
-        self.options_fn = lambda row: []  # candidates of a task at import time (set by the demo)
         self.root = Path(home) / "label-studio"
         self.data_dir = self.root / "data"
         self.url = None
         self.client = None
         self.project_id = None
         self.task_ids: dict[str, int] = {}
+        self.answered: set[str] = set()
         self.select = "image"
         self.document_root: Path | None = None
 
@@ -187,24 +187,20 @@ class LabelStudioSession:
         raise ConfigError(f"Label Studio did not become healthy at {url} within {timeout:.0f} s; "
                           f"its log ({child.log_path}):\n{_tail(child.log_path)}")
 
-    def image_url(self, path) -> str:
-        from urllib.parse import quote
-
-        if self.document_root is None:  # a Label Studio elsewhere: inline a small copy
-            return inline_url(path, 384)
-        rel = Path(path).resolve().relative_to(self.document_root)
-        return "/data/local-files/?d=" + quote(rel.as_posix())
-
     def setup_project(self, data: DemoData, boot: Bootstrap, backend_url: str, select: str,
                       title: str) -> int:
-        """A fresh demo project (the previous run's is deleted), its tasks, the ML backend."""
+        """A fresh demo project (the previous run's is deleted), its tasks, the ML backend.
+
+        The tasks are the pages ``xmodal project create`` makes (:mod:`xmodal.labelstudio.tasks`),
+        and the workspace is linked the same way, so the worker's push rebuilds them alike."""
         from xmodal.labelstudio.client import connect
         from xmodal.labelstudio.config import read_label_config
+        from xmodal.labelstudio.images import ImageURLs
 
         creds = self.credentials()
         self.client = connect(self.url, creds["token"])
         self.select = select
-        label_config, _ = read_label_config(select)
+        label_config, template = read_label_config(select)
         old = self.client.find_project(title)
         if old is not None:
             self.client.sdk.projects.delete(id=old)
@@ -213,51 +209,54 @@ class LabelStudioSession:
         claim_ls_project_id(self.redis, boot.ws, pid)
         if self.document_root is not None:
             self.client.ensure_local_storage(pid, str(self.storage_path), title="demo images")
-        self.ws, self.queue = boot.ws, [int(r) for r in boot.medoid_rows]
-        self._import_upto(self.window)
+            mode, root = "local", self.document_root
+        else:   # a Label Studio elsewhere: inline thumbnails
+            mode, root = "inline", None
+        boot.ws.update_config(label_studio={
+            "project_id": pid, "url": self.url, "label_config": template, "images": mode,
+            "document_root": None if root is None else str(root), "title": title})
+        self.ws, self.pool = boot.ws, boot.pool
+        self.urls = ImageURLs(boot.ws, mode, root)
+        self.queue = [boot.ws.ids(select)[int(r)] for r in boot.medoid_rows]
         self.client.ensure_ml_backend(pid, backend_url, "xmodal")
+        self._import_upto(self.window)
         return pid
 
     def _import_upto(self, n: int) -> None:
-        """Keep the first ``n`` medoids (anytime order) imported as tasks.
+        """Keep the first ``n`` medoids (anytime order) imported as tasks, their predictions pushed.
 
         A rolling window rather than all medoids at once: every rebuild pushes a prediction for
-        every open task, one HTTP request each, which on a small machine costs ~0.3 s per task
+        every open task, one HTTP request each, which on a small machine costs ~0.2 s per task
         with Label Studio's development server; a short queue keeps the loop at ~1 s per label."""
-        rows = self.queue[:n]
-        todo = [r for r in rows if self.ws.ids(self.select)[r] not in self.task_ids]
-        if todo:
-            self.task_ids.update(self.client.import_tasks(self.project_id, [
-                {"data": self.task_data(self.ws, self.select, r, self.options_fn(r))} for r in todo]))
+        from xmodal.index.store import load_current
+        from xmodal.labelstudio.push import push_current_predictions
+        from xmodal.labelstudio.tasks import build_tasks, record_tasks
 
-    def task_data(self, ws, select: str, row: int, options: list[dict]) -> dict:
-        item_id = ws.ids(select)[row]
-        content = ws.contents(select)[row]
-        data = {"item_id": item_id, "options": [dict(o) for o in options]}
-        if select == "image":
-            data["image"] = self.image_url(content)
-        else:
-            data["text"] = content
-            rows = ws.row_of("image")
-            paths = ws.contents("image")
-            for o in data["options"]:
-                src = self.image_url(paths[rows[o["value"]]])
-                o["html"] = f"<img src='{src}' style='max-height:120px'>"
-        return data
-
-    def annotate(self, ws, select: str, row: int, options: list[dict], choice: str | None) -> None:
-        """Answer the medoid's task like an annotator. Its candidates were ranked by the model
-        current when it was imported (at most ``window`` labels ago)."""
-        item_id = ws.ids(select)[row]
-        done = self.queue.index(row) if row in self.queue else 0
-        open_tasks = sum(1 for r in self.queue if self.ws.ids(self.select)[r] in self.task_ids) - done
-        if open_tasks < 2:  # refill in batches: every import lists the project's tasks twice
-            self._import_upto(done + self.window)
-        task_id = self.task_ids[item_id]
-        from_name, to_name = ("caption", "image") if select == "image" else ("image", "text")
-        if choice is None:
-            self.client.sdk.annotations.create(id=task_id, result=[], was_cancelled=True)
+        todo = [m for m in self.queue[:n] if m not in self.task_ids]
+        if not todo:
             return
-        self.client.sdk.annotations.create(id=task_id, was_cancelled=False, result=[
-            {"from_name": from_name, "to_name": to_name, "type": "choices",
-             "value": {"choices": [choice]}}])
+        snap = load_current(self.ws, self.redis)
+        tasks = build_tasks(self.ws, todo, self.pool, self.urls, snap)
+        for t in tasks:   # cluster = position among all medoids
+            t["data"]["cluster"] = self.queue.index(t["data"]["item_id"])
+        ids = self.client.import_tasks(self.project_id, tasks)
+        self.task_ids.update(ids)
+        record_tasks(self.redis, self.ws, ids, tasks)
+        push_current_predictions(self.client, self.redis, self.ws, self.project_id)
+
+    # -- the page, as the simulated annotator sees it (xmodal.demo.session.run_session) ------
+    def next_task(self, snap) -> dict | None:
+        """The task Label Studio serves next ("Uncertainty sampling"), with its data as it is now."""
+        done = sum(1 for m in self.queue if m in self.answered)
+        if len(self.task_ids) - done < 2:   # refill in batches: every import lists the project's tasks
+            self._import_upto(done + self.window)
+        return self.client.next_task(self.project_id)
+
+    def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
+        """Answer like an annotator; Label Studio then calls the backend's /webhook itself.
+        Returns the annotation id Label Studio gave it."""
+        self.answered.add(str(task["data"]["item_id"]))
+        ann = self.client.sdk.annotations.create(
+            id=int(task["id"]), was_cancelled=answer.how == "skipped",
+            result=answer.result(self.select, from_name, to_name))
+        return int(ann.id)

@@ -9,11 +9,13 @@ What it does, in order:
    own process groups and tracked by PID; optionally Label Studio;
 3. **bootstrap** — a workspace under the demo cache: both modalities embedded (features cached
    on disk, so a second run embeds nothing), k-medoids on the selected modality in anytime order;
-4. **session** — a simulated annotator (the oracle is the ground truth) labels the medoids one by
-   one. Each label goes through Label Studio's API when Label Studio runs (which calls the
-   backend's webhook), else straight to ``/webhook`` as a Label Studio-shaped payload. The worker
-   rebuilds the index; the demo waits for the new version and measures it (Recall@10, MAP with
-   labels) next to random references and CCA on the same number of pairs;
+4. **session** — a simulated person (:mod:`xmodal.demo.annotator`: it answers from what each
+   task's page shows; ``--annotator oracle`` hands over the ground truth instead, the ceiling)
+   labels the medoids one by one, least certain first, as Label Studio serves them. Each label
+   goes through Label Studio's API when Label Studio runs (which calls the backend's webhook),
+   else straight to ``/webhook`` as a Label Studio-shaped payload. The worker rebuilds the index;
+   the demo waits for the new version and measures it (Recall@10, MAP with labels) next to random
+   references and CCA on the same number of pairs;
 5. **report** — ``OUT/index.html`` (:mod:`xmodal.demo.report`).
 
 Every process it started is stopped on exit, on Ctrl-C and on SIGTERM (``--keep-serving`` leaves
@@ -56,7 +58,6 @@ from xmodal.demo.session import (
     prepare_data,
     reset_project_state,
     run_session,
-    task_options,
 )
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
@@ -123,6 +124,7 @@ class DemoOptions:
     label_studio: str = "auto"         # auto | on | off
     keep_serving: bool = False
     n_random: int = 5
+    annotator: str = "human"           # human (from the page) | oracle (the ceiling)
     quiet: bool = False
 
 
@@ -133,6 +135,8 @@ def _check_options(opt: DemoOptions) -> None:
         raise ConfigError("--select must be 'image' or 'text'")
     if opt.port is not None and not 0 <= opt.port <= 65535:
         raise ConfigError("--port must be between 0 and 65535")
+    if opt.annotator not in ("human", "oracle"):
+        raise ConfigError("--annotator must be 'human' or 'oracle'")
 
 
 def run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
@@ -149,7 +153,6 @@ def run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
 
 def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     from xmodal.demo import report
-    from xmodal.index.store import load_current
     from xmodal.index.workspace import other
 
     _check_options(opt)
@@ -233,13 +236,11 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
 
             gt = GroundTruth(data.ds)
             watcher = IndexWatcher(client, boot.ws, pm, worker)
-            annotate, ls_info = None, None
+            page, ls_info = None, None
             if ls is not None:
                 t0 = time.perf_counter()
                 if ls.external_token is None:
                     ls.wait()
-                ls.options_fn = lambda row: task_options(load_current(boot.ws, client), opt.select, row,
-                                                         boot.ws, gt)[0]
                 ls.redis = client
                 pid = ls.setup_project(data, boot, backend_url, opt.select, f"xmodal demo {project}")
                 creds = ls.credentials()
@@ -252,11 +253,12 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                             f"Label Studio: {ls.url}/projects/{pid}/data (your server)")
                 watcher.hint = (" (Label Studio delivers webhooks once, with a 1 s timeout: see "
                                 f"{pm.log_dir / 'label-studio.log'} and the backend's log)")
-                annotate = lambda row, options, choice: ls.annotate(  # noqa: E731
-                    boot.ws, opt.select, row, options, choice)
+                page = ls
                 timings["label_studio_s"] = round(time.perf_counter() - t0, 3)
-            console.say(f"annotating {len(boot.medoid_rows)} medoids ({opt.select}s, anytime order); "
-                        f"the oracle picks the ground-truth {other(opt.select)}")
+            console.say(f"annotating {len(boot.medoid_rows)} medoids ({opt.select}s, served least certain "
+                        f"first) as a person would, from what each page shows ({opt.annotator} annotator: "
+                        + ("picks a shown or filtered " + other(opt.select) + ", else writes a description)"
+                           if opt.annotator == "human" else "hands over the ground truth, a ceiling)"))
             baselines = BaselineCache(
                 home / "baselines", version=DEMO_VERSION, features=boot.ws.config.get("demo"),
                 select=opt.select, measure=opt.measure, n_random=opt.n_random, ks=gt.ks,
@@ -265,8 +267,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             try:
                 session = run_session(data=data, boot=boot, gt=gt, client=client, backend_url=backend_url,
                                       watcher=watcher, select=opt.select, console=console,
-                                      annotate=annotate, measure=opt.measure, n_random=opt.n_random,
-                                      baselines=baselines,
+                                      page=page, measure=opt.measure, n_random=opt.n_random,
+                                      baselines=baselines, annotator_kind=opt.annotator,
                                       ls_project=(ls_info or {}).get("project_id"))
             finally:
                 baselines.save()
@@ -287,6 +289,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                              "baselines": f"{baselines.hits} label counts read from the cache"
                              if baselines.hits else "computed"},
                 "chance": gt.chance(),
+                "session": session.summary,
                 "curve": session.curve,
                 "medoids": session.medoids,
                 "examples": examples,

@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +97,7 @@ class Bootstrap:
     medoid_rows: np.ndarray    # rows of the select modality, anytime order
     reused_features: bool
     timings: dict
+    pool: list = field(default_factory=list)   # the diverse cold-start options
 
 
 def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, select: str, labels: int,
@@ -107,8 +107,9 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
     (:mod:`xmodal.index.features`, :mod:`xmodal.index.selection`): items and features of both modalities (through the feature cache;
     reused without loading any encoder when nothing changed), then the medoids in anytime order."""
     from xmodal.index.features import ensure_features
-    from xmodal.index.selection import ensure_selection, resolve_k
-    from xmodal.index.workspace import Workspace
+    from xmodal.index.selection import ensure_candidate_pool, ensure_selection, resolve_k
+    from xmodal.index.workspace import Workspace, other
+    from xmodal.labelstudio.tasks import pool_size
 
     console = console or Console(quiet=True)
     ds = data.ds
@@ -142,8 +143,10 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
     rows = ws.row_of(select)
     # a smaller --labels than last time keeps the stored medoids: label the first k of them
     medoid_rows = np.array([rows[m] for m in medoid_ids[:k]], dtype=np.int64)
+    pool = ensure_candidate_pool(ws, Y if select == "image" else X, other(select), pool_size(ws), seed=0)
     timings["select_s"] = round(time.perf_counter() - t0, 3)
-    return Bootstrap(ws=ws, X=X, Y=Y, medoid_rows=medoid_rows, reused_features=reused, timings=timings)
+    return Bootstrap(ws=ws, X=X, Y=Y, medoid_rows=medoid_rows, reused_features=reused, timings=timings,
+                     pool=pool)
 
 
 def reset_project_state(client, ws) -> int:
@@ -191,27 +194,6 @@ def webhook_project_id(project: str) -> int:
 
 # -- the annotation session -------------------------------------------------------------------
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def webhook_payload(ls_project: int, task: dict, annotation_id: int, choice: str | None,
-                    from_name: str, to_name: str) -> dict:
-    """An ``ANNOTATION_CREATED`` body shaped like Label Studio 1.23's."""
-    now = time.time()
-    result = [] if choice is None else [
-        {"id": f"r{annotation_id}", "from_name": from_name, "to_name": to_name, "type": "choices",
-         "origin": "manual", "value": {"choices": [choice]}}]
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {"id": annotation_id, "result": result, "was_cancelled": False,
-                       "ground_truth": False, "created_at": _iso(now), "updated_at": _iso(now),
-                       "lead_time": 1.0, "task": task["id"], "project": ls_project, "completed_by": 1},
-        "task": {"id": task["id"], "data": task["data"], "is_labeled": True, "project": ls_project},
-        "project": {"id": ls_project, "title": "xmodal demo"},
-    }
-
-
 class IndexWatcher:
     """Waits until the worker published an index holding at least N pairs."""
 
@@ -239,45 +221,6 @@ class IndexWatcher:
             delay = min(delay * 1.5, 0.1)
 
 
-def candidate_options(snap, select: str, item_row: int, ws, n_options: int) -> tuple[list[dict], list[str]]:
-    """The options a task shows: the other modality ranked by the current index (top n)."""
-    from xmodal.index.workspace import other
-
-    tgt = other(select)
-    ids = ws.ids(tgt)
-    contents = ws.contents(tgt)
-    item_id = ws.ids(select)[item_row]
-    if snap is not None and snap.has_signal:
-        ranked = [i for i, _ in snap.rank(select, item_id, None, None)]
-    else:  # no signal yet: a fixed spread of the collection
-        step = max(1, len(ids) // max(n_options, 1))
-        ranked = [ids[i] for i in range(0, len(ids), step)]
-        ranked += [x for x in ids if x not in set(ranked)]
-    rows = ws.row_of(tgt)
-    options = []
-    for cid in ranked[:n_options]:
-        html_text = contents[rows[cid]] if tgt == "text" else cid
-        options.append({"value": cid, "html": html_text})
-    return options, ranked
-
-
-def task_options(snap, select: str, row: int, ws, gt: GroundTruth, n_options: int = 10):
-    """(options, full ranking, oracle's answer) of the task for one medoid.
-
-    The options are the model's top candidates; when the oracle's answer is not among them it is
-    appended, as the match a real annotator would find with search / "none of these"."""
-    from xmodal.index.workspace import other
-
-    tgt = other(select)
-    options, ranked = candidate_options(snap, select, row, ws, n_options)
-    truth_row = gt.match(select, row)
-    truth_id = None if truth_row is None else ws.ids(tgt)[truth_row]
-    if truth_id is not None and truth_id not in {o["value"] for o in options}:
-        options.append({"value": truth_id,
-                        "html": ws.contents(tgt)[truth_row] if tgt == "text" else truth_id})
-    return options, ranked, truth_id
-
-
 def _post(url: str, body: dict, timeout: float = 10.0) -> dict:
     import requests
 
@@ -295,59 +238,106 @@ class SessionResult:
     curve: list
     medoids: list
     label_times: list
+    summary: dict = field(default_factory=dict)
+
+
+class WebhookPage:
+    """Label Studio's part without Label Studio: the page of a task is the data ``xmodal project
+    create`` would import (ranked by the current index), the next task is the one "Uncertainty
+    sampling" would serve (the lowest score), and an answer goes to the backend's /webhook as Label
+    Studio would post it."""
+
+    def __init__(self, ws, pool: list[str], backend_url: str, ls_project: int, medoid_rows):
+        from xmodal.labelstudio.images import ImageURLs
+
+        self.ws, self.pool, self.backend_url, self.ls_project = ws, pool, backend_url, ls_project
+        self.urls = ImageURLs(ws, "local", Path("/"))   # the page's URLs; nothing fetches them
+        self.ids = {ws.ids(ws.select)[int(r)]: j for j, r in enumerate(medoid_rows, 1)}
+        self.done: set[str] = set()
+
+    def next_task(self, snap) -> dict | None:
+        from xmodal.labelstudio.predictions import task_prediction
+        from xmodal.labelstudio.tasks import ranked_candidates, task_data
+
+        left = [i for i in self.ids if i not in self.done]
+        if not left:
+            return None
+        if snap is not None:   # Uncertainty sampling: the least certain first (ties: anytime order)
+            score = {i: task_prediction(snap, {"data": {"item_id": i}}, "", "")["score"] for i in left}
+            left.sort(key=lambda i: (score[i], self.ids[i]))
+        item = left[0]
+        data = task_data(self.ws, item, self.ids[item] - 1, ranked_candidates(self.ws, snap, item, self.pool),
+                         self.urls, snap)
+        return {"id": self.ids[item], "data": data}
+
+    def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
+        """Post the answer; returns its annotation id (the label's number)."""
+        from xmodal.demo.annotator import answer_payload
+
+        self.done.add(task["data"]["item_id"])
+        _post(f"{self.backend_url}/webhook", answer_payload(
+            self.ls_project, task, number, answer, self.ws.select, from_name, to_name))
+        return number
 
 
 def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, backend_url: str,
-                watcher: IndexWatcher, select: str, console: Console, annotate=None,
-                ls_project: int | None = None, n_options: int = 10, measure: str = "pearson",
-                n_random: int = 5, baselines: BaselineCache | None = None) -> SessionResult:
-    """Label every medoid in anytime order; measure after each label.
+                watcher: IndexWatcher, select: str, console: Console, page=None,
+                ls_project: int | None = None, annotator_kind: str = "human", measure: str = "pearson",
+                n_random: int = 5, baselines: BaselineCache | None = None, seed: int = 0) -> SessionResult:
+    """Label every medoid, the next one as Label Studio would serve it, answered by a simulated
+    annotator from what its page shows (:mod:`xmodal.demo.annotator`); measure after each label.
 
-    ``annotate(row, options, choice)`` answers one task through Label Studio when it runs; by
-    default the Label Studio-shaped webhook goes straight to the backend.
-    """
+    ``page``: where tasks come from and answers go (:class:`WebhookPage` by default; the demo's
+    Label Studio session when it runs)."""
+    from xmodal.demo.annotator import Knowledge, annotator
+    from xmodal.index.pairs import PairStore
     from xmodal.index.store import load_current
-    from xmodal.index.workspace import other
     from xmodal.labelstudio.config import label_fields
 
     ds, ws = data.ds, boot.ws
     if ls_project is None:
         ls_project = webhook_project_id(ws.name)
         claim_ls_project_id(client, ws, ls_project)
+    page = page or WebhookPage(ws, boot.pool, backend_url, ls_project, boot.medoid_rows)
     from_name, to_name = label_fields(client, ws)
-    tgt = other(select)
-    curve, medoids, label_times = [], [], []
-    rows_tgt = ws.row_of(tgt)
-    pairs: list[tuple[int, int]] = []
-    version = 0
+    knowledge = Knowledge.from_dataset(ds, select, seed)
+    person = annotator(annotator_kind, knowledge, select)
+    pairs_store = PairStore(client, ws.name)
+    curve, medoids, label_times, ref_images, ref_texts = [], [], [], set(), set()
+    version, stored = 0, 0
     t_start = time.perf_counter()
-    snap = None
-    for j, row in enumerate(boot.medoid_rows.tolist(), 1):
+    snap = load_current(ws, client)
+    n = len(boot.medoid_rows)
+    for j in range(1, n + 1):
         t_label = time.perf_counter()
-        item_id = ws.ids(select)[row]
-        options, ranked, truth_id = task_options(snap, select, row, ws, gt, n_options)
-        truth_row = None if truth_id is None else rows_tgt[truth_id]
-        has_signal = snap is not None and snap.has_signal
-        truth_rank = (ranked.index(truth_id) + 1) if has_signal and truth_id in ranked else None
-        content = ws.contents(select)[row]
-        task = {"id": j, "data": {"item_id": item_id, select: content, "options": options}}
-        if annotate is not None:
-            annotate(row, options, truth_id)
-        else:
-            _post(f"{backend_url}/webhook",
-                  webhook_payload(ls_project, task, j, truth_id, from_name, to_name))
+        task = page.next_task(snap)
+        if task is None:
+            break
+        item_id = str(task["data"]["item_id"])
+        answer = person.answer(task["data"])
+        annotation_id = page.submit(task, j, answer, from_name, to_name)
         t_posted = time.perf_counter()
-        if truth_row is not None:
-            pairs.append((row, truth_row) if select == "image" else (truth_row, row))
-            info = watcher.wait(len(pairs), version)
+        rec = _wait_record(pairs_store, annotation_id)
+        if rec.get("state") == "pair":
+            stored += 1
+            info = watcher.wait(stored, version)
             version = int(info["version"])
         t_published = time.perf_counter()
         snap = load_current(ws, client)
+        chosen = rec.get("text_id") if select == "image" else rec.get("image_id")
+        right = knowledge.right.get(item_id, set())
+        found = rec.get("state") == "pair" and (chosen in right or bool(rec.get("description")))
+        if rec.get("state") == "pair":
+            img, txt = (item_id, chosen) if select == "image" else (chosen, item_id)
+            ref_images.add(img)
+            if txt:
+                ref_texts.add(txt)
         point = {"labels": j, "index_version": version, "elapsed_s": round(time.perf_counter() - t_start, 3),
-                 "methods": {}}
+                 "how": answer.how, "found": found, "state": rec.get("state"), "methods": {}}
         if snap is not None and snap.has_signal:
             point["methods"]["ssm-al"] = gt.evaluate_index(snap)
-        P = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            point["recall@10_non_reference"] = gt.recall_at_10_excluding(snap, ref_images, ref_texts)
+        P = np.asarray([(r, t) for r, t in _pair_rows(pairs_store, ws)], dtype=np.int64).reshape(-1, 2)
         compute = lambda: baseline_metrics(gt, boot.X, boot.Y, select, P, measure, n_random)  # noqa: E731
         point["methods"].update(baselines.get(len(P), compute) if baselines is not None else compute())
         point["timing"] = {"post_s": round(t_posted - t_label, 4),
@@ -355,25 +345,55 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
                            "measure_s": round(time.perf_counter() - t_published, 4)}
         curve.append(point)
         label_times.append(time.perf_counter() - t_label)
-        img_row, txt_row = (row, truth_row) if select == "image" else (truth_row, row)
+        img_row = ws.row_of("image").get(item_id if select == "image" else str(chosen))
+        txt_row = ws.row_of("text").get(str(chosen) if select == "image" else item_id)
         medoids.append({
-            "rank": j, "select": select,
+            "rank": j, "select": select, "how": answer.how, "found": found,
             "image_id": None if img_row is None else ds.image_ids[img_row],
             "image_path": None if img_row is None else str(ds.image_paths[img_row]),
             "text_id": None if txt_row is None else ds.text_ids[txt_row],
-            "text": None if txt_row is None else ds.texts[txt_row],
-            "truth_rank_in_candidates": truth_rank,
+            "text": rec.get("description") or (None if txt_row is None else ds.texts[txt_row]),
         })
         ssm = point["methods"].get("ssm-al", {})
         rnd = point["methods"].get("random", {})
-        r_now = _mean2(ssm, "recall@10")
         console.progress(
-            f"  label {j}/{len(boot.medoid_rows)} · index v{version} ({snap.n_pairs if snap else 0} pairs) · "
-            f"Recall@10 {_f(r_now)} (random refs {_f(_mean2(rnd, 'recall@10'))}) · "
-            f"true match ranked {truth_rank if truth_rank else '–'} of {len(ranked)} · "
-            f"{label_times[-1]:.2f} s/label",
-            final=(j == len(boot.medoid_rows)))
-    return SessionResult(curve=curve, medoids=medoids, label_times=label_times)
+            f"  label {j}/{n} · {answer.how:<7} · index v{version} ({snap.n_pairs if snap else 0} pairs) · "
+            f"Recall@10 {_f(_mean2(ssm, 'recall@10'))} (random references "
+            f"{_f(_mean2(rnd, 'recall@10'))}) · {label_times[-1]:.2f} s/label",
+            final=(j == n))
+    records = pairs_store.records()
+    asked = len(curve)
+    lost = sum(1 for p in curve if p["state"] not in ("pair", "problem") and p["how"] != "skipped")
+    last = curve[-1] if curve else {}
+    summary = {"annotator": annotator_kind, "labels": asked,
+               "pairs_stored": sum(1 for r in records.values() if r.get("state") == "pair"),
+               "problems": sum(1 for r in records.values() if r.get("state") == "problem"),
+               "lost": lost, "found_rate": round(sum(p["found"] for p in curve) / asked, 4) if asked else None,
+               "how": {h: sum(1 for p in curve if p["how"] == h)
+                       for h in ("shown", "search", "written", "pasted", "skipped")},
+               "seconds_per_label": round(float(np.mean(label_times)), 4) if label_times else None,
+               "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None}}
+    return SessionResult(curve=curve, medoids=medoids, label_times=label_times, summary=summary)
+
+
+def _wait_record(pairs_store, annotation_id: int, timeout: float = 30.0) -> dict:
+    """The pair store's record of an annotation (Label Studio delivers the webhook itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = pairs_store.get(annotation_id)
+        if rec is not None:
+            return rec
+        if time.monotonic() > deadline:
+            return {"state": "missing"}
+        time.sleep(0.01)
+
+
+def _pair_rows(pairs_store, ws):
+    """(image row, text row) of the stored item pairs (written references have no text row)."""
+    img, txt = ws.row_of("image"), ws.row_of("text")
+    for p in pairs_store.all_pairs():
+        if p.get("text_id") in txt and p.get("image_id") in img:
+            yield img[p["image_id"]], txt[p["text_id"]]
 
 
 def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_images: set,

@@ -88,3 +88,34 @@ class GroundTruth:
     def evaluate_similarity(self, S: np.ndarray) -> dict:
         """Same metrics for an explicit (n_images, n_texts) similarity (CCA)."""
         return self.evaluate(S, np.eye(S.shape[1], dtype=S.dtype))
+
+    def recall_at_10_excluding(self, snap, images: set, texts: set) -> dict:
+        """Recall@10 of a product index as the COCO protocol counts it (a query is a hit when a
+        relevant item is among its 10 best: for image→text any text of the image, for text→image
+        its image), over the items that are not references: queries and targets both exclude the
+        ids in ``images`` / ``texts``. ``{"i2t", "t2i"}``; None without signal."""
+        if snap is None or not snap.has_signal:
+            return {"i2t": None, "t2i": None}
+        ds = self.ds
+        keep_i = np.asarray([x not in images for x in ds.image_ids])
+        keep_t = np.asarray([x not in texts for x in ds.text_ids])
+        rows_i, rows_t = snap.rows("image"), snap.rows("text")
+        img = np.asarray([rows_i[x] for x in ds.image_ids])
+        txt = np.asarray([rows_t[x] for x in ds.text_ids])
+
+        def hits(query_modality, q_rows, target_rows, keep, relevant) -> float | None:
+            if not len(q_rows):
+                return None
+            S = np.asarray(snap.scores(query_modality, snap.codes(query_modality)[q_rows]), np.float64)
+            S = S[:, target_rows]
+            S[:, ~keep] = -np.inf
+            top = np.argsort(-S, axis=1, kind="stable")[:, :10]
+            return round(float(np.mean(np.take_along_axis(relevant, top, axis=1).any(axis=1))), 4)
+
+        q = [(r, i) for r, i in enumerate(self.image_queries) if keep_i[i]]
+        i2t = hits("image", img[[i for _, i in q]], txt, keep_t, self.rel_i2t[[r for r, _ in q]]) if q else None
+        qt = [t for t in self.text_queries if keep_t[t] and keep_i[self.image_of_text[t]]]
+        rel = np.zeros((len(qt), len(img)), dtype=bool)
+        rel[np.arange(len(qt)), self.image_of_text[qt]] = True
+        t2i = hits("text", txt[qt], img, keep_i, rel) if qt else None
+        return {"i2t": i2t, "t2i": t2i}

@@ -9,6 +9,8 @@
    with a warning), drop duplicate (image, text) pairs, build the SSR index over the workspace
    features (``SSRIndex``); with fewer pairs than the measure needs the index is "unlabelled":
    zero-width codes, every score 0 (see :mod:`xmodal.labelstudio.predictions` for what Label Studio gets);
+   a written description is a reference text of its own (:mod:`xmodal.index.references`); with
+   signal, the index is also calibrated (:func:`calibrate`: how often its top candidate is right).
 
 :func:`publish_initial_index` builds version 1 when a project has none (``project create``);
 :func:`unlabelled_snapshot` is version 0, what the backend answers before the first rebuild.
@@ -16,19 +18,24 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 import redis
 
+from xmodal.core.calibration import PlattCalibrator, leave_one_out
 from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
-from xmodal.errors import DataError
+from xmodal.errors import DataError, XmodalError
 from xmodal.index.ann import build_for as build_ann
 from xmodal.index.pairs import pairs_from_records
 from xmodal.index.store import IndexSnapshot, versions_on_disk
 from xmodal.index.workspace import Workspace, parse_enhance
+from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
+
+log = logging.getLogger(__name__)
 
 
 def publish_initial_index(r, ws):
@@ -74,46 +81,73 @@ def take_snapshot(redis_client: redis.Redis, ws: Workspace, job_id: str | None):
     return int(v), int(changes), pairs_from_records(raw), int(sec) + int(usec) / 1e6
 
 
-def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | None = None):
-    """The index of ``pairs`` over the workspace features. Returns (IndexSnapshot, skipped)."""
+def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | None = None,
+                   text_encoder_loader=None):
+    """The index of ``pairs`` over the workspace features. Returns (IndexSnapshot, skipped).
+
+    A pair whose text is a written description (``text_id`` None) is a reference of its own: its
+    features come from :func:`xmodal.index.references.description_features` (text row -1 in
+    ``pair_rows``, the text in ``meta["written_references"]`` by annotation id)."""
     cfg = ws.config
     select = cfg["select"]
     image_ids, text_ids = ws.ids("image"), ws.ids("text")
     X, Y = ws.load_features("image"), ws.load_features("text")
     img_row, txt_row = ws.row_of("image"), ws.row_of("text")
-    rows, ann_ids, seen, skipped = [], [], set(), []
+    rows, ann_ids, seen, skipped, written = [], [], set(), [], {}
     for p in pairs:
-        i, t = img_row.get(str(p.get("image_id"))), txt_row.get(str(p.get("text_id")))
+        i = img_row.get(str(p.get("image_id")))
+        desc = p.get("description") if p.get("text_id") is None else None
+        t = -1 if desc else txt_row.get(str(p.get("text_id")))
         if i is None or t is None:
             skipped.append(p["annotation_id"])
             continue
-        if (i, t) in seen:
+        key = (i, t if t >= 0 else "written:" + desc)
+        if key in seen:
             continue
-        seen.add((i, t))
+        seen.add(key)
         rows.append((i, t))
         ann_ids.append(p["annotation_id"])
+        if desc:
+            written[int(p["annotation_id"])] = desc
     pair_rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+    extra = None
+    if written:
+        from xmodal.index.references import description_features
+
+        try:
+            extra = description_features(ws, list(written.values()), text_encoder_loader)
+        except (XmodalError, ImportError, OSError, ValueError) as exc:
+            # the other pairs must not wait for the text encoder: build without the written ones
+            log.error(kv("rebuild.written_references_failed", project=ws.name, n=len(written),
+                         error=f"{type(exc).__name__}: {exc}"))
+            keep = pair_rows[:, 1] >= 0
+            skipped += [a for a, k in zip(ann_ids, keep) if not k]
+            ann_ids = [a for a, k in zip(ann_ids, keep) if k]
+            pair_rows, written = pair_rows[keep], {}
     measure = cfg["measure"]
     enhance = parse_enhance(cfg.get("enhance"))
     csls_k = int(cfg.get("csls_k") or 10) if "csls" in enhance else None
     needed = 2 if measure == "pearson" else 1
     col_stats = {"image": None, "text": None}
     hub = {"image": None, "text": None}
-    timings, ann = {}, {}
+    timings, ann, calibration = {}, {}, None
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
                          standardize="zscore" in enhance, copy=False)  # X, Y are ours: normalise in place
-        index.fit(X, Y, pair_rows)
+        index.fit(X, Y, pair_rows, text_reference_features=extra)
         image_codes, text_codes = index.image_codes_, index.text_codes_
         image_refs = index.image_features_[pair_rows[:, 0]]
-        text_refs = index.text_features_[pair_rows[:, 1]]
+        text_refs = index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
         if csls_k:
             t0 = time.perf_counter()
             hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
             timings["hubness_s"] = round(time.perf_counter() - t0, 4)
+        t0 = time.perf_counter()
+        calibration = calibrate(index, select)
+        timings["calibration_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()   # ANN over the codes of a modality above ann_threshold items
         ann = build_ann({"image": image_codes, "text": text_codes}, cfg)
         if ann:
@@ -122,7 +156,16 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         image_codes = np.zeros((len(X), 0), np.float32)
         text_codes = np.zeros((len(Y), 0), np.float32)
         image_refs = l2_normalize(X[pair_rows[:, 0]]) if len(pair_rows) else np.zeros((0, X.shape[1]), np.float32)
-        text_refs = l2_normalize(Y[pair_rows[:, 1]]) if len(pair_rows) else np.zeros((0, Y.shape[1]), np.float32)
+        text_refs = np.zeros((len(pair_rows), Y.shape[1]), np.float32)
+        indexed = pair_rows[:, 1] >= 0
+        if indexed.any():
+            text_refs[indexed] = l2_normalize(Y[pair_rows[indexed, 1]])
+        if extra is not None:
+            text_refs[~indexed] = l2_normalize(extra)
+    if written:
+        meta = dict(meta or {}, written_references={str(a): d for a, d in written.items()})
+    if calibration is not None:
+        meta = dict(meta or {}, calibration=calibration)
     snap = IndexSnapshot(
         project=ws.name, version=version, measure=measure, select=select,
         sparse_top_k=cfg.get("sparse_top_k"), sparse_power=float(cfg.get("sparse_power") or 1.0),
@@ -137,6 +180,18 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped
+
+
+def calibrate(index: SSRIndex, select: str) -> dict:
+    """Platt parameters of "the top candidate is right" for tasks about ``select`` items, from
+    leave-one-out over the references (:mod:`xmodal.core.calibration`)."""
+    pairs = index.pairs_ if select == "image" else index.pairs_[:, ::-1]
+    q, t = (index.image_ssr_, index.text_ssr_) if select == "image" else (index.text_ssr_, index.image_ssr_)
+    qs, ts = (index.image_col_stats_, index.text_col_stats_) if select == "image" \
+        else (index.text_col_stats_, index.image_col_stats_)
+    z, hit = leave_one_out(q, t, pairs, measure=index.measure, query_stats=qs, target_stats=ts,
+                           sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
+    return PlattCalibrator().fit(z, hit).to_dict()
 
 
 def _encoder_id(ws: Workspace, modality: str) -> str | None:

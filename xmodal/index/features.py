@@ -1,18 +1,24 @@
 """Both modalities of a data set embedded into a workspace, through the on-disk feature cache
-(in-process, or on ``xmodal worker`` processes as chunked jobs); the fitted text encoder's state is saved
-with them so that ``/search`` embeds free text the same way. A rerun on the same items and
-encoders reuses the workspace's features and loads no encoder.
+(in-process, or on ``xmodal worker`` processes as chunked jobs); the fitted text encoder's state
+is saved with them so that ``/search`` and written references embed text the same way
+(:func:`workspace_text_encoder`). A rerun on the same items and encoders reuses the workspace's
+features and loads no encoder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 
 import numpy as np
 
 from xmodal.errors import DataError
-from xmodal.logfmt import Say, quiet
+from xmodal.logfmt import Say, kv, quiet
+
+log = logging.getLogger(__name__)
+
 
 # -- features ---------------------------------------------------------------------------------
 
@@ -93,3 +99,52 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
         t_enc.save(tmp)
         os.replace(tmp, state)
     return X, Y, False
+
+
+# -- the workspace's text encoder, fitted state included ---------------------------------------
+
+_encoders: dict[tuple, object] = {}
+_encoders_lock = threading.Lock()
+
+
+def load_text_encoder(ws):
+    """The fitted text encoder of a workspace (an object with ``transform(list[str])``): SIF's
+    corpus-level state (word weights, common component ``u``) belongs to the corpus, so it is
+    loaded from the workspace (``Workspace.text_encoder_state_path``) rather than refit.
+    DataError when the workspace cannot say how its texts were embedded."""
+    name = ws.config["encoders"].get("text")
+    state = ws.text_encoder_state_path
+    if state.exists() and (name or "sif").startswith("sif"):
+        from xmodal.encoders.sif import SIFEncoder
+
+        return SIFEncoder.load(state)
+    if (name or "").startswith("sif"):
+        raise DataError(f"workspace {ws.name!r} has no fitted SIF state at {state} (the project's "
+                        "embedding step writes it): texts cannot be embedded like its own")
+    if not name:
+        raise DataError(f"workspace {ws.name!r} names no text encoder")
+    from xmodal.encoders import get_text_encoder
+
+    return get_text_encoder(name, progress=False)
+
+
+def workspace_text_encoder(ws, loader=None):
+    """:func:`load_text_encoder` (or ``loader(ws)``), cached per process, workspace and state-file
+    mtime, so /search and the rebuild's written references load it once."""
+    state = ws.text_encoder_state_path
+    mtime = state.stat().st_mtime_ns if state.exists() else None
+    key = (str(ws.root), mtime, loader)
+    with _encoders_lock:
+        enc = _encoders.get(key)
+    if enc is None:
+        enc = (loader or load_text_encoder)(ws)
+        try:
+            want = ws.features_info("text").get("encoder_id")
+        except DataError:
+            want = None
+        got = getattr(enc, "encoder_id", None)
+        if want and got and want != got:
+            log.warning(kv("text_encoder.mismatch", project=ws.name, features=want, encoder=got))
+        with _encoders_lock:
+            _encoders[key] = enc
+    return enc

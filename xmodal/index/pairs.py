@@ -2,9 +2,17 @@
 
 One record per Label Studio annotation id in the hash ``P:{project}:pairs`` (JSON values):
 
-- ``state="pair"``: ``{annotation_id, task_id, image_id, text_id, updated_at, received_at}``;
-- ``state="none"``: the annotation exists but names no pair ("none of these", cancelled/skipped,
-  empty result). It may later be UPDATED into a pair;
+- ``state="pair"``: ``{annotation_id, task_id, image_id, text_id, updated_at, received_at,
+  source}``; a pair whose text is a description the annotator wrote has ``text_id`` None and the
+  text in ``description`` (a reference text of its own, :mod:`xmodal.index.references`).
+  ``source`` says how the annotator gave it: ``choice``, ``pasted_id``, ``pasted_text``, ``written``;
+- ``state="none"``: the annotation names no pair on purpose: the task was skipped (cancelled). It
+  may later be UPDATED into a pair;
+- ``state="problem"``: the annotation could not be turned into a pair (an id that is not in the
+  project, "none of these" with nothing written, a task whose item is gone...): ``problem`` (a
+  kind), ``message`` (for the team) and ``given`` (what the annotator entered, kept whole).
+  ``xmodal status`` lists them and the task is flagged in Label Studio; a later UPDATED that names
+  a pair replaces the record;
 - ``state="deleted"``: a tombstone. Label Studio never reuses an annotation id and cannot
   undelete, so a tombstone is final: a late or replayed CREATED/UPDATED does not resurrect it.
 
@@ -15,8 +23,9 @@ Every write is one Lua script (atomic, so concurrent webhooks cannot interleave)
   pair again (a review re-submitting the answer) only moves ``updated_at`` and is not a change;
 - out-of-order safe: an event whose ``updated_at`` (Label Studio's clock, epoch seconds) is older
   than the stored one is ignored;
-- ``P:{project}:pairs:changes`` is incremented on every effective change; a rebuild records the
-  value it saw, so "is the index up to date?" is one comparison.
+- ``P:{project}:pairs:changes`` is incremented on every change of the set of live pairs (a record
+  that was or becomes a pair); a rebuild records the value it saw, so "is the index up to date?" is
+  one comparison, and a skip or a problem never looks like a pair waiting for a rebuild.
 
 Nothing is deleted or overwritten before the incoming event has been validated by the caller;
 a bad request therefore never loses a stored pair.
@@ -24,6 +33,7 @@ a bad request therefore never loses a stored pair.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import datetime
@@ -39,6 +49,7 @@ from xmodal.redis_conn import pkey
 # text: cjson would re-encode the epoch floats with 14 digits.
 _PUT = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local was_pair = false
 if cur then
   local c = cjson.decode(cur)
   if c['state'] == 'deleted' then return 'tombstoned' end
@@ -51,9 +62,10 @@ if cur then
     redis.call('HSET', KEYS[1], ARGV[1], rec)
     return 'same'
   end
+  was_pair = c['state'] == 'pair'
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('INCR', KEYS[2])
+if was_pair or ARGV[6] == 'pair' then redis.call('INCR', KEYS[2]) end
 return 'stored'
 """
 
@@ -114,13 +126,11 @@ def parse_time(value) -> float | None:
     return None
 
 
-def _content(state: str, task_id, image_id, text_id) -> str:
-    """What the annotation says, whatever its time: equal contents are not a pair change."""
-    return f"{state}|{task_id}|{image_id}|{text_id}"
-
-
-def _digest(state: str, task_id, image_id, text_id, updated_at: float) -> str:
-    return f"{_content(state, task_id, image_id, text_id)}|{updated_at!r}"
+def _content(state: str, task_id, image_id, text_id, extra: str | None = None) -> str:
+    """What the annotation says, whatever its time: equal contents are not a pair change.
+    ``extra``: a description's or a problem's text (hashed: records stay small to compare)."""
+    tail = "" if extra is None else "|" + hashlib.sha256(extra.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{state}|{task_id}|{image_id}|{text_id}{tail}"
 
 
 class PairStore:
@@ -138,35 +148,50 @@ class PairStore:
 
     # -- writes --------------------------------------------------------------------------
     def _write(self, annotation_id, state: str, task_id, image_id, text_id, updated_at,
-               received_at) -> str:
+               received_at, extra: str | None = None, **fields) -> str:
         now = time.time()
         updated = parse_time(updated_at)
         updated = now if updated is None else updated
+        content = _content(state, task_id, image_id, text_id, extra)
         record = {
             "annotation_id": int(annotation_id), "task_id": None if task_id is None else int(task_id),
             "state": state, "image_id": image_id, "text_id": text_id,
             "updated_at": updated, "received_at": received_at or now,
-            "digest": _digest(state, task_id, image_id, text_id, updated),
-            "content": _content(state, task_id, image_id, text_id),
+            "digest": f"{content}|{updated!r}", "content": content,
+            **{k: v for k, v in fields.items() if v is not None},
         }
         return self._put(keys=[self.key, self.changes_key],
                          args=[str(int(annotation_id)), json.dumps(record), repr(updated),
-                               record["digest"], record["content"]]).decode()
+                               record["digest"], record["content"], state]).decode()
 
-    def put(self, annotation_id: int, task_id: int, image_id: str, text_id: str,
-            updated_at=None, received_at: float | None = None) -> str:
-        """Store/replace the pair of an annotation.
+    def put(self, annotation_id: int, task_id: int, image_id: str, text_id: str | None,
+            updated_at=None, received_at: float | None = None, *, description: str | None = None,
+            source: str | None = None) -> str:
+        """Store/replace the pair of an annotation: ``text_id``, or a ``description`` the
+        annotator wrote (then ``text_id`` is None).
 
         Returns ``stored`` (changed), ``same`` (idempotent repeat), ``stale`` (older than the
         stored version, ignored) or ``tombstoned`` (the annotation was deleted, ignored).
         """
-        return self._write(annotation_id, "pair", task_id, str(image_id), str(text_id),
-                           updated_at, received_at)
+        if (text_id is None) == (description is None):
+            raise ValueError("a pair names a text id or a description, exactly one of them")
+        return self._write(annotation_id, "pair", task_id, str(image_id),
+                           None if text_id is None else str(text_id), updated_at, received_at,
+                           extra=description, description=description, source=source)
 
     def mark_none(self, annotation_id: int, task_id: int, updated_at=None,
                   received_at: float | None = None) -> str:
-        """The annotation names no pair ("none of these", cancelled): drop its pair, if any."""
+        """The annotation names no pair on purpose (the task was skipped): drop its pair, if any."""
         return self._write(annotation_id, "none", task_id, None, None, updated_at, received_at)
+
+    def mark_problem(self, annotation_id: int, task_id: int | None, problem: str, message: str,
+                     given: str | None = None, item_id: str | None = None, updated_at=None,
+                     received_at: float | None = None) -> str:
+        """The annotation could not become a pair: keep what was entered and why (see the module
+        doc); drops its pair, if any, like any other answer that replaces it."""
+        return self._write(annotation_id, "problem", task_id, None, None, updated_at, received_at,
+                           extra=f"{problem}|{given}", problem=problem, message=message,
+                           given=given, item_id=item_id)
 
     def delete(self, annotation_id: int, deleted_at: float | None = None) -> str:
         """Tombstone an annotation: ``deleted``, ``already`` (repeat) or ``absent`` (never seen;
@@ -212,9 +237,14 @@ class PairStore:
         return int(self.redis.get(self.changes_key) or 0)
 
     def annotated_task_ids(self) -> set[int]:
-        """Tasks with a live annotation (a pair or an explicit "none")."""
+        """Tasks with a live annotation (a pair, a skip or a problem)."""
         return {r["task_id"] for r in self.records().values()
-                if r.get("state") in ("pair", "none") and r.get("task_id") is not None}
+                if r.get("state") in ("pair", "none", "problem") and r.get("task_id") is not None}
+
+    def problems(self) -> list[dict]:
+        """Annotations that could not become a pair, oldest first."""
+        return sorted((r for r in self.records().values() if r.get("state") == "problem"),
+                      key=lambda r: r.get("received_at") or 0)
 
 
 def pairs_from_records(raw: dict) -> list[dict]:

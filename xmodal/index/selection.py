@@ -101,3 +101,10 @@ def ensure_candidate_pool(ws, F_other: np.ndarray, other: str, n: int, seed: int
                              "why": "no cross-modal signal before 2 pairs: a diverse sample "
                                     "(k-medoids of this modality) is offered to every task"})
     return pool
+
+
+def candidate_pool(ws) -> list[str]:
+    """The saved cold-start pool (``[]`` when the project has none yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        return list(json.loads((ws.root / CANDIDATES_FILE).read_text()).get("pool") or [])
+    return []

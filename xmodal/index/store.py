@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from xmodal.core.calibration import PlattCalibrator, top_z
 from xmodal.core.hubness import apply_csls, knn_mean
 from xmodal.core.ssr import ssr, ssr_codes, top_k
 from xmodal.errors import DataError
@@ -96,7 +97,7 @@ class IndexSnapshot:
     text_codes: np.ndarray         # (m, k')
     image_refs: np.ndarray         # (k, d_image) unit-norm reference features
     text_refs: np.ndarray          # (k, d_text)
-    pair_rows: np.ndarray          # (k, 2) image row, text row
+    pair_rows: np.ndarray          # (k, 2) image row, text row (-1: a written reference text)
     annotation_ids: np.ndarray     # (k,) annotation id of each reference (first one if deduplicated)
     medoid_ids: np.ndarray         # selected-modality medoids in anytime order
     select: str = "image"
@@ -294,6 +295,24 @@ class IndexSnapshot:
             idx = np.tile(np.arange(kk), (len(s), 1))
             vals = np.zeros_like(idx, dtype=np.float32)
         return [[(str(ids[i]), float(v)) for i, v in zip(ri, rv)] for ri, rv in zip(idx, vals)]
+
+    def confidence(self, item_id: str) -> float:
+        """Calibrated probability that the top candidate for an item of the select modality is
+        right (:mod:`xmodal.core.calibration`: how far the best score stands out of the item's
+        scores against every candidate, mapped through the index's leave-one-out fit); 0 without
+        signal."""
+        if not self.has_signal:
+            return 0.0
+        row = self.rows(self.select)[str(item_id)]
+        hub = self.hubness(self.select)
+        s = self.scores(self.select, self.codes(self.select)[row], None,
+                        query_hub=None if hub is None else hub[row:row + 1])
+        return float(PlattCalibrator.from_dict(self.meta.get("calibration")).predict(top_z(s))[0])
+
+    @property
+    def written_references(self) -> dict[int, str]:
+        """Descriptions annotators wrote that serve as text references, by annotation id."""
+        return {int(a): d for a, d in (self.meta.get("written_references") or {}).items()}
 
     def medoid_priority(self, item_id: str) -> float:
         """Anytime position of a medoid scaled to [0, 1); 1.0 for items that are not medoids."""

@@ -168,3 +168,16 @@ def enqueue_resync(redis_client: redis.Redis, project: str, reason: str = "",
         meta={"project": project, "reason": reason, "enqueued_at": time.time()})
     log.info(kv("resync.enqueued", project=project, job=job_id, reason=reason))
     return job_id
+
+
+def enqueue_flags(redis_client: redis.Redis, project: str, queue: str | None = None) -> str:
+    """Show the project's problems on their tasks in Label Studio (``workers.problems``); the job
+    reads the pair store when it runs, so several enqueued at once do the work once."""
+    job_id = new_job_id(project).replace("-rebuild-", "-flags-", 1)
+    get_queue(redis_client, queue).enqueue(
+        "workers.problems.flag_problems", project, job_id=job_id, retry=retry_policy(),
+        job_timeout=job_timeout(), result_ttl=3600, failure_ttl=7 * 86400,
+        description=f"flag the problems of {project} in Label Studio",
+        meta={"project": project, "enqueued_at": time.time()})
+    log.info(kv("flags.enqueued", project=project, job=job_id))
+    return job_id

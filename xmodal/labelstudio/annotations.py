@@ -6,9 +6,25 @@ Label Studio 1.23 sends (see docs/label-studio-1.23.md): ``ANNOTATION_CREATED`` 
 (plural) with ``annotations: [{"id": ...}]``; ``TASKS_CREATED`` / ``TASKS_DELETED`` with ``tasks``;
 ``START_TRAINING`` with only ``action`` and ``project``; ``PROJECT_UPDATED`` and others, ignored.
 
-:func:`apply_annotation` then stores one event in the pair store after validation (shared by
-/webhook and the resync job); validation happens before any write, so a refused event
-(409/422) never changes a stored pair.
+:func:`apply_annotation` then turns one event into what the annotator meant, and stores it
+(shared by /webhook and the resync job). Nothing a person enters is lost:
+
+- a chosen option -> the pair (``source="choice"``); a choice that is no longer among the task's
+  options still names an item of the project, so it still counts;
+- "None of these" + text: an id of the other modality -> that pair (``pasted_id``); a text of the
+  project, pasted whole -> that pair (``pasted_text``); anything else on an image task -> a
+  written description, a reference text of its own (``written``, :mod:`xmodal.index.references`);
+- a skip (``was_cancelled``) -> stays a skip (``none``);
+- what cannot become a pair -> a **problem** (:meth:`PairStore.mark_problem`) the team sees in
+  ``xmodal status`` and on the task in Label Studio (``data.problem``): "None of these" with
+  nothing written, an id-like text that is no id, a description over
+  :data:`~xmodal.index.references.MAX_DESCRIPTION_CHARS` characters, a text task answered with
+  words, an answer of a task whose item or chosen item is not in the project. The answer is kept
+  whole in the record.
+
+Validation happens before any write, so a refused event never changes a stored pair; an event
+about a task deleted in Label Studio is a 409, one naming items that are not in the project a 422
+(both also for a replay), and those 422s are recorded as problems too.
 """
 
 from __future__ import annotations
@@ -45,9 +61,9 @@ class AnnotationEvent:
     action: str
     annotation_id: int
     task_id: int
-    kind: str                   # "pair" | "none"
-    choice: str | None          # the chosen item id (other modality), when kind == "pair"
-    source: str | None          # "choices" | "textarea": where the id came from
+    choice: str | None          # what the choices region says (an id, "__none__"), or None
+    text: str | None            # what the text area says (a pasted id or text, a description)
+    cancelled: bool             # the annotator skipped the task
     item_id: str | None         # the task's item (select modality), from the payload's task
     updated_at: object          # Label Studio's timestamp (ISO string) or None
     task: dict | None           # the payload's task object, when present
@@ -72,35 +88,27 @@ def _values(region: dict, key: str) -> list[str]:
     return [str(v).strip() for v in values if isinstance(v, (str, int)) and str(v).strip()]
 
 
-def extract_choice(result, from_name: str | None = None) -> tuple[str, str | None, str | None]:
-    """What an annotation's result says: ``(kind, id, source)``.
+def extract_answer(result, from_name: str | None = None) -> tuple[str | None, str | None]:
+    """What an annotation's result says: ``(choice, text)``, each None when absent.
 
-    - a ``choices`` region naming an id (``value.choices[0]``) -> ("pair", id, "choices");
-    - a ``textarea`` region with a pasted id (``value.text[0]``) -> ("pair", id, "textarea"), also
-      when the choice is "none of these" (``__none__``): the shipped label configs show the text
-      area exactly then, for the annotator to paste the right id;
-    - "none of these" without a pasted id, or nothing usable -> ("none", None, source).
-    The ``choices`` region named ``from_name`` wins over other choices regions.
+    ``choice``: the first value of the ``choices`` region named ``from_name`` (else of the first
+    choices region); ``text``: the entries of the first ``textarea`` region, joined by spaces.
     """
     if not isinstance(result, list):
         raise ApiError(400, "annotation.result must be a list")
     regions = [r for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)]
     if from_name:
         regions.sort(key=lambda r: r.get("from_name") != from_name)
-    choice = pasted = None
+    choice = text = None
     for region in regions:
         kind = str(region.get("type", "")).lower()
         if choice is None and (kind == "choices" or (not kind and "choices" in region["value"])):
             vals = _values(region, "choices")
             choice = vals[0] if vals else None
-        elif pasted is None and (kind == "textarea" or (not kind and "text" in region["value"])):
+        elif text is None and (kind == "textarea" or (not kind and "text" in region["value"])):
             vals = _values(region, "text")
-            pasted = vals[0] if vals else None
-    if choice is not None and choice != NONE_CHOICE:
-        return "pair", choice, "choices"
-    if pasted is not None and pasted != NONE_CHOICE:
-        return "pair", pasted, "textarea"
-    return "none", None, "choices" if choice else None
+            text = " ".join(vals) if vals else None
+    return choice, text
 
 
 def parse_annotation_event(payload: dict, from_name: str | None = None) -> AnnotationEvent:
@@ -120,17 +128,15 @@ def parse_annotation_event(payload: dict, from_name: str | None = None) -> Annot
         raise ApiError(400, f"annotation.task {task_id} and task.id {task['id']} differ")
     if isinstance(ann.get("task"), dict) and task is None:
         task = ann["task"]
-    if ann.get("was_cancelled") is True:
-        kind, choice, source = "none", None, None
-    else:
-        kind, choice, source = extract_choice(ann.get("result", []), from_name)
+    cancelled = ann.get("was_cancelled") is True
+    choice, text = (None, None) if cancelled else extract_answer(ann.get("result", []), from_name)
     item_id = None
     if task is not None and isinstance(task.get("data"), dict):
         raw = task["data"].get("item_id")
         item_id = None if raw is None else str(raw)
-    return AnnotationEvent(action=action, annotation_id=annotation_id, task_id=task_id, kind=kind,
-                           choice=choice, source=source, item_id=item_id, updated_at=ann.get("updated_at"),
-                           task=task)
+    return AnnotationEvent(action=action, annotation_id=annotation_id, task_id=task_id, choice=choice,
+                           text=text, cancelled=cancelled, item_id=item_id,
+                           updated_at=ann.get("updated_at"), task=task)
 
 
 def parse_deleted_annotations(payload: dict) -> list[int]:
@@ -149,56 +155,165 @@ def parse_tasks(payload: dict) -> list[dict]:
     return tasks
 
 
+@dataclass
+class Answer:
+    """What an annotation means (see the module doc)."""
+    kind: str                       # "pair" | "skip" | "problem"
+    source: str | None = None       # pairs: choice | pasted_id | pasted_text | written
+    other_id: str | None = None     # pairs: the item of the other modality
+    description: str | None = None  # written pairs
+    problem: str | None = None      # problems: a kind...
+    message: str | None = None      # ... and what the team should do
+
+
+def _id_like(text: str) -> bool:
+    """One token with a digit or a sign in it (``t-typo``, ``4936#2``, ``img/01.jpg``): meant as
+    an id. Words (``dog``, ``dog.``) are a description."""
+    word = text.rstrip(".!,")
+    return len(text) <= 100 and not any(c.isspace() for c in text) and \
+        any(not (c.isalpha() or c == "'") for c in word)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.casefold().split()).strip(" .!")
+
+
+_texts_by_content: dict[tuple, dict[str, str]] = {}
+
+
+def _text_ids_by_content(ws: Workspace) -> dict[str, str]:
+    """normalised text -> its (first) id, cached per items file."""
+    try:
+        key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
+    except (OSError, AttributeError):
+        key = (str(ws.root), None)
+    found = _texts_by_content.get(key)
+    if found is None:
+        found = {}
+        for tid, text in zip(ws.ids("text"), ws.contents("text")):
+            found.setdefault(_normal(text), tid)
+        _texts_by_content.clear()   # one workspace at a time is the common case; keep memory flat
+        _texts_by_content[key] = found
+    return found
+
+
+def _choice_id(choice: str, known: dict) -> str | None:
+    """The item id a choice names: the id itself (the option's alias), or the id at the end of an
+    option's filter value (``"<text>  <id>"``, a config without aliases)."""
+    if choice in known:
+        return choice
+    tail = choice.rsplit("  ", 1)[-1]
+    return tail if tail in known else None
+
+
+def interpret(ws: Workspace, ev: AnnotationEvent) -> Answer:
+    """The annotator's answer (see the module doc); never raises for what a person typed."""
+    from xmodal.index.references import MAX_DESCRIPTION_CHARS
+
+    tgt = other(ws.select)
+    known = ws.row_of(tgt)
+    if ev.cancelled:
+        return Answer("skip")
+    choice = (ev.choice or "").strip()
+    if choice and not choice.startswith(NONE_CHOICE):
+        found = _choice_id(choice, known)
+        if found is not None:   # a text typed but hidden behind a real choice does not count
+            return Answer("pair", "choice", found)
+        return Answer("problem", problem="unknown_choice",
+                      message=f"the chosen {tgt} {choice[:80]!r} is not in the project (removed?): "
+                              f"pick another one or update the annotation")
+    text = (ev.text or "").strip()
+    if not text:
+        what = "None of these was chosen" if choice else "the annotation has no answer"
+        hint = "describe the image" if ws.select == "image" else "paste an image id shown under a thumbnail"
+        return Answer("problem", problem="no_match",
+                      message=f"{what} and nothing was written: {hint}, pick a match, or skip the task")
+    if text in known:
+        return Answer("pair", "pasted_id", text)
+    if ws.select == "image":
+        same = _text_ids_by_content(ws).get(_normal(text))
+        if same is not None:
+            return Answer("pair", "pasted_text", same)
+        if _id_like(text):
+            return Answer("problem", problem="unknown_id",
+                          message=f"{text[:80]!r} is not a text id of this project (a typo?): paste an "
+                                  "id shown in grey, or write a few words describing the image")
+        if not any(c.isalpha() for c in text):
+            return Answer("problem", problem="no_match",
+                          message="the description has no words: describe the image in a few words")
+        if len(text) > MAX_DESCRIPTION_CHARS:
+            return Answer("problem", problem="too_long",
+                          message=f"the description has {len(text)} characters; the limit is "
+                                  f"{MAX_DESCRIPTION_CHARS}: shorten it to what is in the image")
+        return Answer("pair", "written", description=" ".join(text.split()))
+    return Answer("problem", problem="unknown_id",
+                  message=f"{text[:80]!r} is not an image id of this project: pick a thumbnail, or "
+                          "paste the id shown under it")
+
+
 def apply_annotation(pairs: PairStore, tasks: TaskRegistry, ws: Workspace, ev: AnnotationEvent,
                      received_at: float | None = None) -> dict:
-    """Store the pair (or the "none") an annotation names. Returns what happened, including
-    ``pair_changed`` (whether the set of live pairs changed: the caller enqueues a rebuild).
+    """Store what an annotation means (see the module doc). Returns what happened, including
+    ``pair_changed`` (whether the set of live pairs changed: the caller enqueues a rebuild) and,
+    for a problem, ``problem`` and ``message`` (the caller flags the task in Label Studio).
 
-    Raises ApiError: 409 for a task deleted in Label Studio, 422 for an unknown task or an item
-    that is not in the project."""
+    Raises ApiError: 409 for a task deleted in Label Studio; 422 (recorded as a problem first) for a
+    task the backend never saw without an item id, an item or a chosen item not in the project."""
     project = ws.name
     if pairs.is_task_deleted(ev.task_id):
         raise ApiError(409, f"task {ev.task_id} was deleted in Label Studio; annotation "
                             f"{ev.annotation_id} is not stored", task=ev.task_id)
+    received = received_at or time.time()
+    given = ev.text if ev.text is not None else ev.choice
     item_id = ev.item_id
     if item_id is None:
         known = tasks.get(ev.task_id)
         if known is None:
-            raise ApiError(422, f"unknown task {ev.task_id}: the payload has no task.data.item_id "
-                                "and the backend never saw this task", task=ev.task_id)
+            msg = (f"unknown task {ev.task_id}: the payload has no task.data.item_id and the backend "
+                   "never saw this task")
+            pairs.mark_problem(ev.annotation_id, ev.task_id, "unknown_task", msg, given,
+                               updated_at=ev.updated_at, received_at=received)
+            raise ApiError(422, msg, task=ev.task_id, problem="unknown_task")
         item_id = known["item_id"]
     select = ws.select
     if item_id not in ws.row_of(select):
-        raise ApiError(422, f"task {ev.task_id} names {select} {item_id!r}, which is not in "
-                            f"project {project!r}", task=ev.task_id, item=item_id)
-    received = received_at or time.time()
+        msg = f"task {ev.task_id} names {select} {item_id!r}, which is not in project {project!r}"
+        pairs.mark_problem(ev.annotation_id, ev.task_id, "unknown_item", msg, given, item_id=item_id,
+                           updated_at=ev.updated_at, received_at=received)
+        raise ApiError(422, msg, task=ev.task_id, item=item_id, problem="unknown_item")
     prev = pairs.get(ev.annotation_id)
-    kind, choice, warning = ev.kind, ev.choice, None
-    if kind == "pair" and ev.source == "textarea" and choice not in ws.row_of(other(select)):
-        # "none of these" + a mistyped id: the annotator's "none" still holds
-        warning = (f"pasted {other(select)} id {choice!r} is not in project {project!r}; "
-                   "stored as 'none of these'")
-        log.warning(kv("annotation.unknown_pasted_id", project=project,
-                       annotation=ev.annotation_id, item=choice))
-        kind, choice = "none", None
-    if kind == "pair":
-        if choice not in ws.row_of(other(select)):
-            raise ApiError(422, f"annotation {ev.annotation_id} names {other(select)} {choice!r}, "
-                                f"which is not in project {project!r}",
-                           annotation=ev.annotation_id, item=choice)
-        image_id, text_id = (item_id, choice) if select == "image" else (choice, item_id)
+    answer = interpret(ws, ev)
+    image_id = text_id = None
+    if answer.kind == "pair":
+        image_id, text_id = (item_id, answer.other_id) if select == "image" else (answer.other_id, item_id)
         status = pairs.put(ev.annotation_id, ev.task_id, image_id, text_id, ev.updated_at,
-                           received_at=received)
-    else:
-        image_id = text_id = None
+                           received_at=received, description=answer.description, source=answer.source)
+    elif answer.kind == "skip":
         status = pairs.mark_none(ev.annotation_id, ev.task_id, ev.updated_at, received_at=received)
+    else:
+        status = pairs.mark_problem(ev.annotation_id, ev.task_id, answer.problem, answer.message, given,
+                                    item_id=item_id, updated_at=ev.updated_at, received_at=received)
+        log.warning(kv("annotation.problem", project=project, annotation=ev.annotation_id,
+                       task=ev.task_id, problem=answer.problem))
+        if answer.problem == "unknown_choice":   # the payload names an item the project lacks
+            raise ApiError(422, f"annotation {ev.annotation_id} names {other(select)} "
+                                f"{(ev.choice or '')[:80]!r}, which is not in project {project!r}",
+                           annotation=ev.annotation_id, item=ev.choice, problem=answer.problem)
     if ev.task is not None:
         tasks.record([ev.task])
+    was = (prev or {}).get("state")
     out = {"status": status, "annotation_id": ev.annotation_id, "task_id": ev.task_id,
-           "kind": kind, "image_id": image_id, "text_id": text_id,
-           "pair_changed": status == "stored" and (kind == "pair" or (prev or {}).get("state") == "pair")}
-    if warning:
-        out["warning"] = warning
+           "kind": answer.kind, "source": answer.source, "image_id": image_id, "text_id": text_id,
+           "pair_changed": status == "stored" and (answer.kind == "pair" or was == "pair"),
+           # the task's flag in Label Studio changes when a problem appears or goes away
+           "flag_changed": status == "stored" and (answer.kind == "problem" or was == "problem")}
+    if answer.description is not None:
+        out["description"] = answer.description
+    if answer.kind == "problem":
+        out.update(problem=answer.problem, message=answer.message)
+    if status == "stored" and answer.kind == "pair" and answer.source != "choice" and ev.text is not None:
+        log.info(kv("annotation.from_text", project=project, annotation=ev.annotation_id,
+                    source=answer.source))
     return out
 
 

@@ -13,13 +13,13 @@ Steps (each one idempotent: a rerun with the same arguments adds nothing twice)
 4. **Selection**: k-medoids (cosine) on the selected modality, medoids in anytime order; ``k="auto"``
    uses the canopy method. A rerun keeps the medoids (their pairs may already be annotated); a
    larger k *extends* them (``KMedoidsSelector.extend``), a smaller one is ignored with a note.
-5. **Candidates**: each task offers ``candidates`` items of the other modality, best first by the
-   current index. Before the index can rank (Pearson needs 2 pairs) there is no cross-modal signal
-   at all, so every task offers the same *diverse* set: the k-medoids of the other modality, which
-   span its clusters. When the true match is not among them the annotator picks
-   "None of these" and pastes its id (the label configs' ``match_id`` field); the backend stores
-   that as a pair. Rerunning ``create`` (or ``grow``) re-ranks the options of the unlabelled tasks
-   with the current index (:func:`refresh_task_options`).
+5. **Candidates**: each task's page offers what a person needs to answer it
+   (:mod:`xmodal.labelstudio.tasks`): an image task lists the project's texts best first (all of
+   them up to ``page_texts``, default 1000), with their ids, a filter and a description box; a text
+   task shows ``thumbnails`` images (the ranking merged with image medoids). Before the index can
+   rank (Pearson needs 2 pairs) the *diverse* pool comes first: ``candidates`` k-medoids of the
+   other modality, which span its clusters. Rerunning ``create`` (or ``grow``) re-ranks the options
+   of the unlabelled tasks with the current index (:func:`refresh_task_options`).
 6. **Label Studio** (when a URL is given): the project (``label_config/image_to_text.xml`` for
    ``select=image``, ``text_to_image.xml`` for ``select=text``, "Uncertainty sampling"), image access,
    the medoids imported as tasks in anytime order (``data.item_id``, ``data.cluster``,
@@ -49,7 +49,7 @@ from xmodal.index.selection import ensure_candidate_pool, ensure_selection, exte
 from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
 from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
 from xmodal.labelstudio.push import push_current_predictions, refresh_task_options
-from xmodal.labelstudio.tasks import _record_tasks, build_tasks
+from xmodal.labelstudio.tasks import build_tasks, pool_size, record_tasks
 from xmodal.logfmt import Say, quiet
 
 BACKEND_TITLE = "xmodal"
@@ -73,7 +73,7 @@ class ProjectSpec:
     # None keeps the workspace's setting (new workspace: none = faithful SSM-AL)
     enhance: list[str] | str | None = None
     captions: str = "first"                # COCO-mini: first caption per image, or all 5
-    candidates: int = 10
+    candidates: int = 10                   # the diverse cold-start pool (image tasks)
     label_studio_url: str | None = None
     api_key: str | None = None
     backend_url: str | None = None
@@ -223,7 +223,7 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
     with _Timer(timings, "select_s"):
         k = resolve_k(spec.k, F, spec.seed)
         medoids, added = ensure_selection(ws, F, select, k, spec.seed, say)
-        pool = ensure_candidate_pool(ws, F_other, tgt, int(spec.candidates), spec.seed)
+        pool = ensure_candidate_pool(ws, F_other, tgt, pool_size(ws), spec.seed)
     if isinstance(spec.k, str) and spec.k.strip().lower() == "auto":
         say(f"k = {k} (canopy method on the {select}s)")
     say(f"{len(medoids)} medoids ({select}s, anytime order)"
@@ -236,7 +236,7 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
 
         with _Timer(timings, "tasks_s"):
             urls = _offline_urls(ws, spec)
-            tasks = build_tasks(ws, medoids, pool, int(spec.candidates), urls)
+            tasks = build_tasks(ws, medoids, pool, urls)
             atomic_write_json(ws.root / TASKS_FILE, tasks)
         result.images = urls.mode
         result.notes.append(f"no Label Studio URL: tasks written to {ws.root / TASKS_FILE} "
@@ -309,14 +309,14 @@ def _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, re
     snap = load_current(ws, r)
     have = {str((t.get("data") or {}).get("item_id")) for t in client.list_tasks(pid)}
     missing = [m for m in medoids if m not in have]
-    tasks = build_tasks(ws, missing, pool, int(spec.candidates), urls, snap)
+    tasks = build_tasks(ws, missing, pool, urls, snap)
     for t, m in zip(tasks, missing):  # cluster = position among all medoids
         t["data"]["cluster"] = medoids.index(m)
     task_ids = client.import_tasks(pid, tasks) if tasks else {}
     all_ids = {str((t.get("data") or {}).get("item_id")): int(t["id"]) for t in client.list_tasks(pid)}
     result.task_ids = {m: all_ids[m] for m in medoids if m in all_ids}
     result.new_tasks = len(task_ids)
-    _record_tasks(r, ws, result.task_ids,
+    record_tasks(r, ws, result.task_ids,
                   [{"data": t["data"]} for t in client.list_tasks(pid) if "data" in t])
     say(f"tasks: {len(result.task_ids)} in Label Studio ({result.new_tasks} imported now)")
 
@@ -325,7 +325,7 @@ def _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, re
     if built:
         say(f"index {snap.model_version} published ({snap.n_pairs} pairs)")
     elif snap.has_signal:
-        n = refresh_task_options(client, r, ws, pid, int(spec.candidates), urls, snap)
+        n = refresh_task_options(client, r, ws, pid, snap)
         if n:
             say(f"re-ranked the options of {n} unlabelled tasks with index {snap.model_version}")
 
@@ -374,8 +374,7 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
                           "to grow it (medoids are never removed: their pairs may be annotated)")
     medoids = extend_selection(ws, F, select, k - len(current), seed)
     say(f"{k - len(current)} new medoids; {len(medoids)} in all")
-    pool = ensure_candidate_pool(ws, ws.load_features(other(select)), other(select),
-                                 int(cfg.get("candidates") or 10), seed)
+    pool = ensure_candidate_pool(ws, ws.load_features(other(select)), other(select), pool_size(ws), seed)
     result = BootstrapResult(ws=ws, k=len(medoids), medoid_ids=medoids, candidate_pool=pool,
                              new_medoids=k - len(current))
     ls = cfg["label_studio"]
@@ -385,7 +384,7 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
         from xmodal.index.workspace import atomic_write_json
 
         urls = _offline_urls(ws, ProjectSpec(name=name, data=""))
-        atomic_write_json(ws.root / TASKS_FILE, build_tasks(ws, medoids, pool, int(cfg.get("candidates") or 10), urls))
+        atomic_write_json(ws.root / TASKS_FILE, build_tasks(ws, medoids, pool, urls))
         result.notes.append(f"not linked to Label Studio: tasks rewritten to {ws.root / TASKS_FILE}")
         result.timings["total_s"] = round(time.perf_counter() - t_all, 3)
         return result

@@ -1,20 +1,30 @@
-"""Pushing an index's predictions into Label Studio.
+"""Pushing an index into Label Studio: task options, predictions, the model version, problem flags.
 
-The push (``refresh_label_studio``) runs only when the project is linked to a Label Studio project
-and a URL and API key are known, and only for the index that is still current: it holds a Redis
-lock per project, so two racing workers cannot leave Label Studio's ``model_version`` on the older
-index. Label Studio stores predictions one request at a time (~0.1-0.2 s each), so the push is
-prioritised:
+The push (:func:`refresh_label_studio`) runs only when the project is linked to a Label Studio
+project and a URL and API key are known, and only for the index that is still current: it holds a
+Redis lock per project, so two racing workers cannot leave Label Studio's ``model_version`` on the
+older index. Label Studio stores predictions one request at a time (~0.1-0.2 s each), so the push
+is prioritised:
 
-1. the ``$XMODAL_LS_FIRST`` (default 3) open tasks with the lowest scores -- the ones "Uncertainty
-   sampling" serves next -- get their options re-ranked by the new index (top ``candidates``; the
-   paste-an-id field of the label config still reaches any item) and their predictions (top-1 =
-   first option), then the project's ``model_version`` flips to the new index: from here on
-   ``/next/`` serves by the new scores (it only considers tasks with a prediction of that version),
-   and this is when the label counts as having reached Label Studio;
+1. the ``$XMODAL_LS_FIRST`` (default 2) open tasks with the lowest scores -- the ones "Uncertainty
+   sampling" serves next (two: one of them may be the task the annotator has open) -- get their
+   whole data rebuilt with options ranked by the new index, and their predictions, then the
+   project's ``model_version`` flips to the new index: from here on ``/next/`` serves by the new
+   scores (it only considers tasks with a prediction of that version), and this is when the label
+   counts as having reached Label Studio;
 2. the other open tasks get their predictions in chunks, ``$XMODAL_LS_PARALLEL`` (default 4)
    requests at a time, stopping early when a newer rebuild is queued (its index supersedes this one
-   and it pushes its own first batch sooner).
+   and it pushes its own first batch sooner);
+3. superseded predictions are deleted: each open task keeps one current prediction (the ids of the
+   predictions pushed are kept in Redis, ``P:{p}:ls:predictions``, so nothing is listed to find
+   them).
+
+The tasks come from the task registry (:class:`~xmodal.labelstudio.tasks.TaskRegistry`), filled at
+import and from every webhook; Label Studio's task list is read only when the registry is empty.
+
+A problem (an annotation that could not become a pair) is shown on its task: :func:`flag_problems`
+sets ``data.problem`` (a line of the labelling page and a column of the Data Manager), and clears
+it once the annotation is fixed.
 
 ``xmodal project create`` / ``grow`` use :func:`push_current_predictions` and
 :func:`refresh_task_options` (every open task, under the same lock).
@@ -23,103 +33,36 @@ prioritised:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 
 import redis
 
 from xmodal.index.pairs import PairStore
-from xmodal.index.store import IndexSnapshot, IndexStore
+from xmodal.index.selection import candidate_pool
+from xmodal.index.store import IndexSnapshot, IndexStore, load_current
 from xmodal.index.workspace import Workspace
 from xmodal.jobs.queueing import flag_key
 from xmodal.labelstudio.client import connect
 from xmodal.labelstudio.config import label_fields
-from xmodal.labelstudio.images import ImageURLs, document_root
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
-from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry, ranked_candidates, task_data
+from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry
 from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)
 
 
-
-def push_current_predictions(client, r, ws, pid: int) -> tuple[str | None, int]:
-    """Predictions of the current index for every unlabelled task, then the project's
-    model_version = the index's version. Under the same Redis lock as the workers' push, so a
-    rebuild finishing meanwhile cannot be overwritten by an older version."""
-    from xmodal.index.pairs import PairStore
-    from xmodal.index.store import load_current
-    from xmodal.labelstudio.config import label_fields
-    from xmodal.labelstudio.predictions import UnknownItem, task_prediction
-    from xmodal.redis_conn import pkey
-
-    with r.lock(pkey(ws.name, "ls", "lock"), timeout=600, blocking_timeout=600):
-        snap = load_current(ws, r)
-        if snap is None:
-            return None, 0
-        annotated = PairStore(r, ws.name).annotated_task_ids()
-        from_name, to_name = label_fields(r, ws)
-        preds = {}
-        for task in client.list_tasks(pid):
-            if task.get("is_labeled") or int(task["id"]) in annotated:
-                continue
-            with contextlib.suppress(UnknownItem, ValueError):
-                preds[int(task["id"])] = task_prediction(snap, task, from_name, to_name)
-        pushed = client.push_predictions(pid, preds, snap.model_version) if preds else 0
-        client.set_model_version(pid, snap.model_version)
-        return snap.model_version, pushed
-
-
-def refresh_task_options(client, r, ws, pid: int, n_candidates: int, urls: ImageURLs | None = None,
-                         snap=None) -> int:
-    """Re-rank the options of unlabelled tasks with the current index (PATCH their data) and drop
-    their predictions of that version (the caller pushes them again: they named old options).
-
-    One request per changed task, so the rebuild job should call it only for the next few tasks;
-    ``xmodal project create``/``grow`` call it for all. Returns how many tasks changed."""
-    from xmodal.index.pairs import PairStore
-    from xmodal.index.store import load_current
-
-    snap = snap if snap is not None else load_current(ws, r)
-    if snap is None or not snap.has_signal:
-        return 0
-    annotated = PairStore(r, ws.name).annotated_task_ids()
-    mode = ws.config["label_studio"].get("images") or "inline"
-    urls = urls or ImageURLs(ws, mode, document_root(ws.config["label_studio"].get("document_root")))
-    stale: dict[int, list[int]] = {}
-    for p in client.sdk.predictions.list(project=pid):
-        if p.model_version == snap.model_version:
-            stale.setdefault(int(p.task), []).append(int(p.id))
-    changed = 0
-    for task in client.list_tasks(pid):
-        data = task.get("data") or {}
-        if task.get("is_labeled") or int(task["id"]) in annotated or data.get("item_id") is None:
-            continue
-        item = str(data["item_id"])
-        if item not in snap.rows(ws.select):
-            continue
-        ranked = ranked_candidates(snap, ws.select, item, [], n_candidates)
-        old = [o.get("value") for o in data.get("options") or [] if isinstance(o, dict)]
-        if old == ranked:
-            continue
-        new = task_data(ws, item, int(data.get("cluster", 0)), ranked, urls)
-        client.sdk.tasks.update(id=int(task["id"]), data=dict(data, **new))
-        # its prediction of this version named an option of the old list: push it again
-        for prediction_id in stale.get(int(task["id"]), []):
-            client.sdk.predictions.delete(id=prediction_id)
-        changed += 1
-    return changed
-
-
-# -- one task -------------------------------------------------------------------------------
 class LabelStudioPushError(RuntimeError):
     """The index was published but Label Studio could not be updated (RQ retries the job)."""
 
 
-# -- the Label Studio step of a rebuild -----------------------------------------------------
+# -- connection ---------------------------------------------------------------------------------
+
 def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
     """``{"url", "api_key", "project_id"}`` or None when the project has no Label Studio link.
 
@@ -138,37 +81,54 @@ def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
 
 
 class LabelStudioAPI:
-    """What the rebuild's push needs from Label Studio, over :class:`LabelStudioClient` (tests
-    stand a recording fake in for it through :func:`open_label_studio`)."""
+    """What the push needs from Label Studio, over :class:`LabelStudioClient` (tests stand a
+    recording fake in for it through :func:`open_label_studio`)."""
 
     def __init__(self, url: str, api_key: str):
         self.client = connect(url, api_key)
 
     def list_tasks(self, project_id: int, fields: str = "task_only") -> list[dict] | None:
-        """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all");
-        None when they cannot be listed (the push falls back on the task registry)."""
+        """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all")."""
         return self.client.list_tasks(project_id, fields=fields)
 
-    def push_predictions(self, project_id: int, predictions: dict, model_version: str):
-        # each rebuild (a retry too) pushes a version number of its own: no duplicate check needed
+    def push_predictions(self, project_id: int, predictions: dict, model_version: str) -> dict:
+        """``{task id: new prediction id}``. Each rebuild (a retry too) pushes a version number of
+        its own: no duplicate check needed."""
         return self.client.push_predictions(project_id, predictions, model_version,
                                             parallel=ls_parallel(), skip_existing=False)
 
+    def delete_predictions(self, prediction_ids: list[int]) -> int:
+        return self.client.delete_predictions(prediction_ids, parallel=ls_parallel())
+
     def update_tasks_data(self, project_id: int, data_by_task_id: dict) -> int:
         return self.client.update_tasks_data(data_by_task_id, parallel=ls_parallel())
+
+    def task_data(self, task_id: int) -> dict:
+        return self.client.task_data(task_id)
 
     def set_model_version(self, project_id: int, version: str):
         return self.client.set_model_version(project_id, version)
 
 
+_apis: dict[tuple[str, str], LabelStudioAPI] = {}
+_apis_lock = threading.Lock()
+
+
 def open_label_studio(url: str, api_key: str):
-    """Factory used by the rebuild job (tests replace it with a fake)."""
-    return LabelStudioAPI(url, api_key)
+    """The client the push uses, one per Label Studio and key in this process: connecting checks
+    the key with a request, which every rebuild would otherwise pay again."""
+    with _apis_lock:
+        api = _apis.get((url, api_key))
+    if api is None:
+        api = LabelStudioAPI(url, api_key)
+        with _apis_lock:
+            _apis[(url, api_key)] = api
+    return api
 
 
 def ls_first() -> int:
     """``$XMODAL_LS_FIRST``: open tasks pushed (options re-ranked) before ``model_version`` flips."""
-    return max(1, int(os.environ.get("XMODAL_LS_FIRST", "3")))
+    return max(1, int(os.environ.get("XMODAL_LS_FIRST", "2")))
 
 
 def ls_parallel() -> int:
@@ -176,12 +136,55 @@ def ls_parallel() -> int:
     return max(1, int(os.environ.get("XMODAL_LS_PARALLEL", "4")))
 
 
+# -- one current prediction per task ------------------------------------------------------------
+
+class PredictionLog:
+    """The Label Studio prediction ids this project pushed, by task: what to delete once a newer
+    prediction of the task is stored."""
+
+    def __init__(self, redis_client: redis.Redis, project: str):
+        self.redis = redis_client
+        self.key = pkey(project, "ls", "predictions")
+
+    def replace(self, pushed: dict) -> list[int]:
+        """Record ``{task id: new prediction id}``; returns the superseded prediction ids."""
+        if not pushed:
+            return []
+        old = self.redis.hmget(self.key, [str(t) for t in pushed])
+        self.redis.hset(self.key, mapping={str(t): json.dumps([int(p)]) for t, p in pushed.items()})
+        superseded = []
+        for raw, new in zip(old, pushed.values()):
+            superseded += [p for p in json.loads(raw or "[]") if p != int(new)]
+        return superseded
+
+
+def _delete_superseded(api, ids: list[int]) -> int:
+    if not ids:
+        return 0
+    try:
+        return api.delete_predictions(ids)
+    except Exception as exc:  # noqa: BLE001 - cleanup; the next push tries again
+        log.warning(kv("ls.delete_failed", n=len(ids), error=f"{type(exc).__name__}: {exc}"))
+        return 0
+
+
+# -- the push of a rebuild -----------------------------------------------------------------------
+
+def _open_tasks(redis_client, ws: Workspace, api, pid: int) -> tuple[list[dict], str]:
+    registry = TaskRegistry(redis_client, ws.name)
+    tasks = registry.tasks()
+    if tasks:
+        return tasks, "registry"
+    tasks = api.list_tasks(pid) or []
+    registry.record(tasks)
+    return tasks, "label_studio"
+
+
 def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSnapshot,
                          job_id: str | None = None, lock_timeout: float = 600,
                          on_ready: Callable[[dict], None] | None = None) -> dict:
-    """Push predictions of the current index for every not-yet-annotated task, the next-served ones
-    first with re-ranked options, and point the project's ``model_version`` at it (see the module
-    doc). ``on_ready(info)`` is called right after the flip. Returns what was done (for the stats)."""
+    """Push the current index into Label Studio (see the module doc). ``on_ready(info)`` is called
+    right after the flip. Returns what was done (for the stats)."""
     conn = ls_connection(redis_client, ws)
     if conn is None:
         return {"ls": "skipped: no Label Studio connection"}
@@ -189,6 +192,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
     lock = redis_client.lock(pkey(ws.name, "ls", "lock"), timeout=lock_timeout,
                              blocking_timeout=lock_timeout)
     pid = conn["project_id"]
+    registry, log_ = TaskRegistry(redis_client, ws.name), PredictionLog(redis_client, ws.name)
 
     def failed(what: str, exc: Exception) -> LabelStudioPushError:
         return LabelStudioPushError(
@@ -204,12 +208,9 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         t0 = time.perf_counter()
         try:
             api = open_label_studio(conn["url"], conn["api_key"])
-            tasks = api.list_tasks(pid)
+            tasks, source = _open_tasks(redis_client, ws, api, pid)
         except Exception as exc:
             raise failed("listing the tasks of", exc) from exc
-        source = "label_studio"
-        if tasks is None:
-            tasks, source = TaskRegistry(redis_client, ws.name).tasks(), "registry"
         annotated = PairStore(redis_client, ws.name).annotated_task_ids()
         from_name, to_name = label_fields(redis_client, ws)
         preds, by_id, unknown = {}, {}, 0
@@ -226,23 +227,23 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         order = sorted(preds, key=lambda t: (preds[t]["score"], t))
         first, rest = order[:ls_first()], order[ls_first():]
 
-        # 1. the next-served tasks: options re-ranked by this index, predictions, model_version
-        new_data = {}
-        if snap.has_signal and hasattr(api, "update_tasks_data"):
-            ranker = OptionRanker(ws, snap)
-            new_data = {t: d for t in first if (d := ranker.new_data(by_id[t])) is not None}
+        # 1. the next-served tasks: data rebuilt with options ranked by this index, predictions,
+        #    model_version
+        ranker = OptionRanker(ws, snap, candidate_pool(ws))
+        new_data = {t: d for t in first if (d := ranker.new_data(by_id[t])) is not None}
+        superseded: list[int] = []
         try:
             if new_data:
                 api.update_tasks_data(pid, new_data)
-                TaskRegistry(redis_client, ws.name).record(
-                    [{"id": t, "data": d} for t, d in new_data.items()])
+                registry.record([{"id": t, "data": d} for t, d in new_data.items()])
                 for t, d in new_data.items():
                     preds[t] = task_prediction(snap, {"data": d}, from_name, to_name)
             if first:
-                api.push_predictions(pid, {t: preds[t] for t in first}, snap.model_version)
+                superseded += log_.replace(
+                    api.push_predictions(pid, {t: preds[t] for t in first}, snap.model_version) or {})
             api.set_model_version(pid, snap.model_version)
         except Exception as exc:
-            raise failed(f"pushing {len(first)} predictions (after re-ranking the options of "
+            raise failed(f"pushing {len(first)} predictions (after rebuilding the data of "
                          f"{len(new_data)} tasks) and the model version to", exc) from exc
         ready_s = time.perf_counter() - t0
         info = {"ls": "pushed", "ls_tasks": len(first), "ls_options": len(new_data),
@@ -252,7 +253,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         if on_ready is not None:
             on_ready(dict(info))
 
-        # 2. everything else, unless a newer index is on its way
+        # 2. everything else, unless a newer index is on its way; 3. the superseded predictions
         chunk = 2 * ls_parallel()
         pushed, stopped = 0, None
         for i in range(0, len(rest), chunk):
@@ -261,14 +262,106 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 break
             part = rest[i:i + chunk]
             try:
-                api.push_predictions(pid, {t: preds[t] for t in part}, snap.model_version)
+                superseded += log_.replace(
+                    api.push_predictions(pid, {t: preds[t] for t in part}, snap.model_version) or {})
             except Exception as exc:
                 raise failed(f"pushing {len(part)} more predictions to", exc) from exc
             pushed += len(part)
+        deleted = _delete_superseded(api, superseded)
         push_s = time.perf_counter() - t0
     log.info(kv("ls.pushed", project=ws.name, job=job_id, version=snap.model_version,
-                tasks=len(first) + pushed, options=len(new_data), skipped_unknown=unknown,
-                stopped=stopped, source=source, s=push_s))
-    return dict(info, ls_tasks=len(first) + pushed, ls_rest=f"stopped: {stopped}" if stopped else "done",
-                push_all_s=round(push_s, 4))
+                tasks=len(first) + pushed, options=len(new_data), deleted=deleted,
+                skipped_unknown=unknown, stopped=stopped, source=source, s=push_s))
+    return dict(info, ls_tasks=len(first) + pushed, ls_deleted=deleted,
+                ls_rest=f"stopped: {stopped}" if stopped else "done", push_all_s=round(push_s, 4))
 
+
+# -- problems on their tasks ---------------------------------------------------------------------
+
+def flag_problems(redis_client: redis.Redis, ws: Workspace) -> dict:
+    """Show each problem on its task in Label Studio (``data.problem``), and clear the flag of a
+    task whose annotation is no longer a problem. Returns what changed."""
+    conn = ls_connection(redis_client, ws)
+    if conn is None:
+        return {"flags": "skipped: no Label Studio connection"}
+    records = PairStore(redis_client, ws.name).records().values()
+    want: dict[int, str] = {}
+    for rec in sorted(records, key=lambda r: r.get("updated_at") or 0):
+        if rec.get("task_id") is None or rec.get("state") == "deleted":
+            continue
+        tid = int(rec["task_id"])
+        if rec.get("state") == "problem":
+            want[tid] = f"⚠ xmodal could not use the last answer: {rec.get('message')}"
+        else:
+            want.pop(tid, None)
+    registry = TaskRegistry(redis_client, ws.name)
+    shown = {t["id"]: (t["data"].get("problem") or "") for t in registry.tasks()}
+    todo = {t: want.get(t, "") for t in set(shown) | set(want) if shown.get(t, "") != want.get(t, "")}
+    if not todo:
+        return {"flags": "unchanged"}
+    api = open_label_studio(conn["url"], conn["api_key"])
+    changed = {}
+    for tid, text in todo.items():
+        with contextlib.suppress(Exception):   # a task deleted meanwhile: nothing to flag
+            changed[tid] = dict(api.task_data(tid), problem=text)
+    if changed:
+        api.update_tasks_data(conn["project_id"], changed)
+        registry.record([{"id": t, "data": d} for t, d in changed.items()])
+    log.info(kv("ls.flags", project=ws.name, flagged=sum(1 for v in todo.values() if v),
+                cleared=sum(1 for v in todo.values() if not v)))
+    return {"flags": len(changed)}
+
+
+# -- project create / grow -----------------------------------------------------------------------
+
+def push_current_predictions(client, r, ws, pid: int) -> tuple[str | None, int]:
+    """Predictions of the current index for every unlabelled task, then the project's
+    model_version = the index's version; the tasks' older predictions are deleted. Under the same
+    Redis lock as the workers' push, so a rebuild finishing meanwhile cannot be overwritten by an
+    older version."""
+    with r.lock(pkey(ws.name, "ls", "lock"), timeout=600, blocking_timeout=600):
+        snap = load_current(ws, r)
+        if snap is None:
+            return None, 0
+        annotated = PairStore(r, ws.name).annotated_task_ids()
+        from_name, to_name = label_fields(r, ws)
+        preds = {}
+        for task in client.list_tasks(pid):
+            if task.get("is_labeled") or int(task["id"]) in annotated:
+                continue
+            with contextlib.suppress(UnknownItem, ValueError):
+                preds[int(task["id"])] = task_prediction(snap, task, from_name, to_name)
+        pushed = client.push_predictions(pid, preds, snap.model_version) if preds else {}
+        client.set_model_version(pid, snap.model_version)
+        superseded = PredictionLog(r, ws.name).replace(pushed)
+        if superseded:
+            client.delete_predictions(superseded)
+        return snap.model_version, len(pushed)
+
+
+def refresh_task_options(client, r, ws, pid: int, snap=None) -> int:
+    """Rebuild the data of every unlabelled task with options ranked by the current index (PATCH)
+    and drop their predictions of that version (the caller pushes them again: they named options of
+    the old list). Returns how many tasks changed."""
+    snap = snap if snap is not None else load_current(ws, r)
+    if snap is None or not snap.has_signal:
+        return 0
+    annotated = PairStore(r, ws.name).annotated_task_ids()
+    stale: dict[int, list[int]] = {}
+    for p in client.sdk.predictions.list(project=pid):
+        if p.model_version == snap.model_version:
+            stale.setdefault(int(p.task), []).append(int(p.id))
+    ranker = OptionRanker(ws, snap, candidate_pool(ws))
+    changed = {}
+    for task in client.list_tasks(pid):
+        data = task.get("data") or {}
+        if task.get("is_labeled") or int(task["id"]) in annotated or data.get("item_id") is None:
+            continue
+        new = ranker.new_data(task)
+        if new is not None:
+            changed[int(task["id"])] = new
+    if changed:
+        client.update_tasks_data(changed)
+        TaskRegistry(r, ws.name).record([{"id": t, "data": d} for t, d in changed.items()])
+        client.delete_predictions([p for t in changed for p in stale.get(t, [])])
+    return len(changed)

@@ -1,13 +1,28 @@
-"""Label Studio tasks: the data of one medoid's task (its item and ranked options) and the
-registry of the tasks the backend has seen.
+"""Label Studio tasks: what the labelling page of one medoid shows, and the registry of tasks.
 
-Options: before the index can rank (Pearson needs 2 pairs) every task offers the same diverse
-pool (k-medoids of the other modality); after, the top ``candidates`` by the current index
-(:func:`ranked_candidates`, :class:`OptionRanker` for the rebuild's re-ranking).
+A task asks about one item of the select modality (``data.item_id``) and offers items of the other
+modality as choices (``data.options``, rendered by ``<Choices value="$options">`` and narrowed by
+a ``<Filter>``, see ``label_config/``). What a person needs to answer it from the page alone:
 
-The registry is filled from every task the backend sees (``/predict`` bodies, webhook payloads, TASKS_CREATED) and
-by whoever imports the tasks; the rebuild job falls back on it to know which tasks to refresh
-predictions for when the Label Studio client cannot list them.
+- **image tasks** (SSM-AL_I): the project's texts, best first, up to ``page_texts`` (default
+  1000: every text of a smaller project), so that typing a word in the filter searches them all;
+  each shows its id, so "paste an id" is always possible; and a description to write when
+  nothing fits;
+- **text tasks** (SSM-AL_T): ``thumbnails`` (default 30) images: the current ranking merged with
+  the image medoids, which span the clusters, in a grid, narrowed by typing part of an id;
+- **before the index can rank** (Pearson needs 2 pairs): the diverse pool (k-medoids of the other
+  modality, ``candidates`` of them, or ``thumbnails`` for text tasks) first; after, the ranking;
+- ``data.model_note``: one line saying which index ranked the options (``index_version``).
+
+Each option is ``{"value", "alias", "html"}``: Label Studio's filter matches ``value`` (the text
+and its id, so typing a word of either finds it), the annotation stores ``alias`` (the item id),
+the page shows ``html``. ``$`` is escaped in ``value`` (Label Studio would substitute ``$name``
+with a task data field). The first nine options get the keys 1–9; "None of these" has 0.
+
+The registry: every task the backend sees (``/predict`` bodies, webhook payloads, TASKS_CREATED,
+the import), by task id, with its data minus the options (their ids are kept): the rebuild's push
+works from it instead of listing every task from Label Studio, and re-ranks a task by rebuilding
+its data whole.
 """
 
 from __future__ import annotations
@@ -22,89 +37,178 @@ from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import MEDOID_THUMB, OPTION_THUMB, ImageURLs, document_root
 from xmodal.redis_conn import pkey
 
-# -- tasks ------------------------------------------------------------------------------------
-
-def ranked_candidates(snap, select: str, item_id: str, pool: list[str], n: int) -> list[str]:
-    """Top ``n`` of the other modality for ``item_id`` by the index, or the diverse pool."""
-    if snap is not None and snap.has_signal:
-        return [cid for cid, _ in snap.rank(select, item_id, None, n)]
-    return list(pool[:n])
+NONE_CHOICE = "__none__"
+PAGE_TEXTS = 1000        # texts an image task carries at most (the page filters ~800 at ~0.1-0.4 s a key)
+THUMBNAILS = 30          # images a text task shows
+HOTKEYS = "123456789"
 
 
-def task_options(ws, candidates: list[str], urls: ImageURLs, texts: dict | None = None) -> list[dict]:
-    """``data.options`` of a task: one ``{"value": id, "html": ...}`` per candidate (captions for
-    image tasks, thumbnails for text tasks). ``texts``: id -> text, if the caller has it already."""
+# -- settings of a workspace ---------------------------------------------------------------------
+
+def page_texts(ws: Workspace) -> int:
+    return max(1, int(ws.config.get("page_texts") or PAGE_TEXTS))
+
+
+def thumbnails(ws: Workspace) -> int:
+    return max(1, int(ws.config.get("thumbnails") or THUMBNAILS))
+
+
+def pool_size(ws: Workspace) -> int:
+    """How many diverse items open the option list before the index can rank."""
+    return thumbnails(ws) if ws.select == "text" else max(1, int(ws.config.get("candidates") or 10))
+
+
+# -- options -------------------------------------------------------------------------------------
+
+def ranked_candidates(ws: Workspace, snap: IndexSnapshot | None, item_id: str,
+                      pool: list[str]) -> list[str]:
+    """The ids a task about ``item_id`` offers, best first (see the module doc)."""
+    tgt = "text" if ws.select == "image" else "image"
+    ids = ws.ids(tgt)
+    signal = snap is not None and snap.has_signal
+    if ws.select == "image":
+        n = min(page_texts(ws), len(ids))
+        if signal:
+            return [c for c, _ in snap.rank("image", item_id, None, n)]
+        head = [c for c in pool if c in ws.row_of(tgt)]
+        seen = set(head)
+        return (head + [c for c in ids if c not in seen])[:n]
+    n = min(thumbnails(ws), len(ids))
+    if not signal:
+        head = [c for c in pool if c in ws.row_of(tgt)][:n]
+        seen = set(head)
+        return head + [c for c in ids if c not in seen][:n - len(head)]
+    # the ranking, with a third of the grid kept for medoids that span the image clusters
+    ranked = [c for c, _ in snap.rank("text", item_id, None, n)]
+    n_spread = n // 3
+    out = ranked[:n - n_spread]
+    taken = set(out)
+    for c in pool + ranked[n - n_spread:]:
+        if len(out) >= n:
+            break
+        if c not in taken and c in ws.row_of(tgt):
+            out.append(c)
+            taken.add(c)
+    return out
+
+
+def _filter_value(text: str) -> str:
+    return text.replace("$", "\uff04")   # Label Studio substitutes $name in choice values
+
+
+def text_option(text_id: str, text: str) -> dict:
+    return {"value": _filter_value(f"{text}  {text_id}"), "alias": text_id,
+            "html": f"{html.escape(text, quote=False)}<span class='xm-id'>{html.escape(text_id)}</span>"}
+
+
+def image_option(image_id: str, src: str) -> dict:
+    return {"value": _filter_value(image_id), "alias": image_id,
+            "html": f"<img src='{html.escape(src)}' alt='{html.escape(image_id)}' class='xm-thumb'>"
+                    f"<span class='xm-id'>{html.escape(image_id)}</span>"}
+
+
+def task_options(ws: Workspace, candidates: list[str], urls: ImageURLs | None,
+                 texts: dict | None = None) -> list[dict]:
+    """``data.options`` for the candidate ids (texts for image tasks, thumbnails for text tasks).
+    ``texts``: id -> text, if the caller has it already."""
     if ws.select == "image":
         texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
-        return [{"value": c, "html": html.escape(texts[c], quote=False)} for c in candidates]
-    return [{"value": c, "html": f"<img src='{urls(c, OPTION_THUMB)}' style='max-height:120px' "
-                                 f"title='{html.escape(c)}'>"} for c in candidates]
+        out = [text_option(c, texts[c]) for c in candidates]
+    else:
+        out = [image_option(c, urls(c, OPTION_THUMB)) for c in candidates]
+    for o, key in zip(out, HOTKEYS):
+        o["hotkey"] = key
+    return out
 
 
-def task_data(ws, item_id: str, cluster: int, candidates: list[str], urls: ImageURLs) -> dict:
+def option_values(options) -> list[str] | None:
+    """Item ids of ``data.options`` (each option's ``alias``, else its ``value``; plain strings
+    too), without the "none of these" choice. None when the task has no option list."""
+    if not isinstance(options, list):
+        return None
+    out = []
+    for o in options:
+        v = (o.get("alias") if o.get("alias") is not None else o.get("value")) if isinstance(o, dict) else o
+        if isinstance(v, (str, int)) and str(v) != NONE_CHOICE:
+            out.append(str(v))
+    return out
+
+
+def model_note(snap: IndexSnapshot | None, select: str) -> str:
+    what = "texts" if select == "image" else "images"
+    if snap is None or not snap.has_signal:
+        return (f"No labels yet: a spread of the {what} comes first. The ids in grey can be "
+                "pasted; type a word to filter.")
+    return (f"{what.capitalize()} ranked by model {snap.model_version} ({snap.n_pairs} labels). "
+            "The ids in grey can be pasted; type a word to filter.")
+
+
+# -- task data -----------------------------------------------------------------------------------
+
+def task_data(ws: Workspace, item_id: str, cluster: int, candidates: list[str], urls: ImageURLs,
+              snap: IndexSnapshot | None = None, texts: dict | None = None) -> dict:
     """``data`` of one Label Studio task (keys documented in label_config/README.md)."""
-    texts = dict(zip(ws.ids("text"), ws.contents("text")))
-    options = task_options(ws, candidates, urls, texts)
+    texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
+    data = {"item_id": item_id, "options": task_options(ws, candidates, urls, texts),
+            "cluster": int(cluster), "model_note": model_note(snap, ws.select),
+            "index_version": 0 if snap is None else int(snap.version), "problem": ""}
     if ws.select == "image":
-        return {"item_id": item_id, "image": urls(item_id, MEDOID_THUMB), "options": options,
-                "cluster": int(cluster)}
-    return {"item_id": item_id, "text": texts[item_id], "options": options, "cluster": int(cluster)}
+        data["image"] = urls(item_id, MEDOID_THUMB)
+    else:
+        data["text"] = texts[item_id]
+    return data
 
 
-def build_tasks(ws, medoid_ids: list[str], pool: list[str], n_candidates: int, urls: ImageURLs,
-                snap=None) -> list[dict]:
+def build_tasks(ws: Workspace, medoid_ids: list[str], pool: list[str], urls: ImageURLs,
+                snap: IndexSnapshot | None = None) -> list[dict]:
     """One task per medoid, in anytime order; ``cluster`` = the medoid's position."""
-    select = ws.select
-    return [{"data": task_data(ws, m, j, ranked_candidates(snap, select, m, pool, n_candidates), urls)}
+    texts = dict(zip(ws.ids("text"), ws.contents("text")))
+    return [{"data": task_data(ws, m, j, ranked_candidates(ws, snap, m, pool), urls, snap, texts)}
             for j, m in enumerate(medoid_ids)]
 
 
-def _record_tasks(r, ws, task_ids: dict[str, int], tasks: list[dict]) -> None:
-
+def record_tasks(r: redis.Redis, ws: Workspace, task_ids: dict[str, int], tasks: list[dict]) -> None:
+    """Remember imported tasks (``{item_id: task id}`` and their ``{"data"}``) in the registry."""
     by_item = {t["data"]["item_id"]: t for t in tasks}
     TaskRegistry(r, ws.name).record([{"id": tid, "data": by_item[item]["data"]}
                                      for item, tid in task_ids.items() if item in by_item])
 
 
 class OptionRanker:
-    """Re-ranked ``data.options`` for tasks of the workspace, by an index with signal."""
+    """Task data re-ranked by an index with signal, for tasks of the workspace."""
 
-    def __init__(self, ws: Workspace, snap: IndexSnapshot):
+    def __init__(self, ws: Workspace, snap: IndexSnapshot, pool: list[str] | None = None):
         self.ws, self.snap = ws, snap
-        self.n = int(ws.config.get("candidates") or 10)
-        self._urls = self._texts = None
+        self.pool = list(pool or [])
+        self._urls = None
+        self._texts = dict(zip(ws.ids("text"), ws.contents("text")))
 
-    def new_data(self, task: dict) -> dict | None:
-        """The task's data with options re-ranked by the index, or None if they already are."""
-        data = task.get("data") or {}
-        ranked = ranked_candidates(self.snap, self.ws.select, str(data["item_id"]), [],
-                                                  self.n)
-        if not ranked or option_values(data.get("options")) == ranked:
-            return None
-        if self.ws.select == "image":
-            if self._texts is None:
-                self._texts = dict(zip(self.ws.ids("text"), self.ws.contents("text")))
-        elif self._urls is None:
+    def urls(self) -> ImageURLs:
+        if self._urls is None:
             ls = self.ws.config["label_studio"]
             self._urls = ImageURLs(self.ws, ls.get("images") or "inline",
-                                                  document_root(ls.get("document_root")))
-        return dict(data, options=task_options(self.ws, ranked, self._urls, self._texts))
+                                   document_root(ls.get("document_root")))
+        return self._urls
 
-NONE_CHOICE = "__none__"
+    def new_data(self, task: dict) -> dict | None:
+        """The task's whole data with its options ranked by the index, or None when they already
+        are (same ids in the same order, same index version)."""
+        data = task.get("data") or {}
+        item = str(data["item_id"])
+        if item not in self.ws.row_of(self.ws.select):
+            return None
+        ranked = ranked_candidates(self.ws, self.snap, item, self.pool)
+        if not ranked or (option_values(data.get("options")) == ranked
+                          and data.get("index_version") == self.snap.version):
+            return None
+        fresh = task_data(self.ws, item, int(data.get("cluster", 0)), ranked, self.urls(), self.snap,
+                          self._texts)
+        keep = {k: v for k, v in data.items() if k not in fresh}   # a team's own fields stay
+        fresh["problem"] = data.get("problem") or ""
+        return {**keep, **fresh}
 
 
-def option_values(options) -> list[str] | None:
-    """Choice values of ``data.options`` (``[{"value", "html"}]`` or plain strings), without the
-    "none of these" choice. None when the task has no option list."""
-    if not isinstance(options, list):
-        return None
-    out = []
-    for o in options:
-        v = o.get("value") if isinstance(o, dict) else o
-        if isinstance(v, (str, int)) and str(v) != NONE_CHOICE:
-            out.append(str(v))
-    return out
-
+# -- the registry --------------------------------------------------------------------------------
 
 class TaskRegistry:
     def __init__(self, redis_client: redis.Redis, project: str):
@@ -112,20 +216,22 @@ class TaskRegistry:
         self.key = pkey(project, "tasks")
 
     def record(self, tasks) -> int:
-        """Remember ``{"id", "data": {"item_id", "options"}}`` tasks; returns how many."""
+        """Remember ``{"id", "data": {"item_id", "options", ...}}`` tasks; returns how many."""
         mapping = {}
         for t in tasks or []:
             if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
                 continue
             try:
                 tid = int(t.get("id"))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 continue
             item = t["data"].get("item_id")
             if item is None:
                 continue
+            rest = {k: v for k, v in t["data"].items() if k not in ("item_id", "options")}
             mapping[str(tid)] = json.dumps({"item_id": str(item),
-                                            "options": option_values(t["data"].get("options"))})
+                                            "options": option_values(t["data"].get("options")),
+                                            "data": rest})
         if mapping:
             self.redis.hset(self.key, mapping=mapping)
         return len(mapping)
@@ -135,11 +241,12 @@ class TaskRegistry:
         return json.loads(raw) if raw else None
 
     def tasks(self) -> list[dict]:
-        """As Label Studio-shaped tasks: ``{"id", "data": {"item_id", "options"}}``."""
+        """As Label Studio-shaped tasks: ``{"id", "data": {"item_id", "options", ...}}``, the
+        options as ``[{"value": id}]``."""
         out = []
         for k, v in self.redis.hgetall(self.key).items():
             rec = json.loads(v)
-            data = {"item_id": rec["item_id"]}
+            data = dict(rec.get("data") or {}, item_id=rec["item_id"])
             if rec.get("options") is not None:
                 data["options"] = [{"value": o} for o in rec["options"]]
             out.append({"id": int(k), "data": data})

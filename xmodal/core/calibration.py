@@ -1,0 +1,130 @@
+"""How sure the index is that its top candidate for an item is right (beyond the paper).
+
+SSM-AL ranks the other modality by eq. 32/33 but does not say how far a ranking can be trusted.
+A person reading a pre-selected answer, and "Uncertainty sampling" choosing the next task, both
+need a probability. It is learnt from the labels themselves:
+
+1. **leave-one-out over the reference pairs** (:func:`leave_one_out`): reference j is the item the
+   annotator matched with its pair; dropping SSR column j (eq. 10) gives exactly the codes an index
+   built without that pair would have, so ranking the other modality for the reference's query
+   item with those codes says whether the index *would have* put its true match first;
+2. **the feature** (:func:`top_z`): how far the best candidate stands out of the query's scores,
+   ``z = (s_1 - mean(s)) / std(s)``;
+3. **Platt scaling** (:class:`PlattCalibrator`): ``P(top-1 right) = sigmoid(a·z + b)``, fitted to the
+   leave-one-out points by penalised maximum likelihood with a Gaussian prior on ``(a, b)``, so that
+   a handful of labels gives a cautious answer instead of an over-fitted one.
+
+The leave-one-out hit counts only the annotated match as right; when an item has several right
+answers (five captions per COCO image) the probability is an underestimate, i.e. cautious.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xmodal.core.ssr import ssr_codes
+
+
+def top_z(scores: np.ndarray) -> np.ndarray:
+    """``(s_1 - mean(s)) / std(s)`` of every row of ``scores`` (0 where a row is constant)."""
+    S = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    if S.shape[1] == 0:
+        return np.zeros(len(S))
+    sd = S.std(axis=1)
+    z = (S.max(axis=1) - S.mean(axis=1)) / np.where(sd > 0, sd, 1.0)
+    return np.where(sd > 0, z, 0.0)
+
+
+def leave_one_out(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray, *,
+                  measure: str = "pearson", query_stats=None, target_stats=None,
+                  sparse_top_k: int | None = None, sparse_power: float = 1.0,
+                  max_references: int = 40, max_targets: int = 20000,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, hit)`` for up to ``max_references`` reference pairs (the most recent ones).
+
+    ``query_ssr`` (n_q, k) and ``target_ssr`` (n_t, k) are the raw SSR matrices (eq. 10) of the
+    modality tasks ask about and of the one they offer; ``pairs[j] = (query row, target row)``
+    (a row -1: a reference outside the indexed items, skipped; its SSR column stays). ``*_stats`` are the column
+    z-score statistics ``(mean, std)`` when the index standardises its columns. Reference j is
+    scored with column j dropped; above ``max_targets`` targets a seeded sample (plus the true
+    match) stands in for them all.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    k = len(pairs)
+    needed = 3 if measure == "pearson" else 2   # k - 1 references must still rank (eq. 32: >= 2)
+    usable = [j for j in range(k) if pairs[j, 0] >= 0 and pairs[j, 1] >= 0]
+    if k < needed or not usable:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    usable = usable[-max_references:]
+    rng = np.random.default_rng(seed)
+    n_t = len(target_ssr)
+    sample = np.sort(rng.choice(n_t, max_targets, replace=False)) if n_t > max_targets else None
+    z, hit = [], []
+    for j in usable:
+        keep = np.arange(k) != j
+        q_row, t_row = int(pairs[j, 0]), int(pairs[j, 1])
+        rows = np.arange(n_t) if sample is None else np.union1d(sample, [t_row])
+        qs = None if query_stats is None else (query_stats[0][keep], query_stats[1][keep])
+        ts = None if target_stats is None else (target_stats[0][keep], target_stats[1][keep])
+        q = ssr_codes(query_ssr[q_row:q_row + 1, keep], measure, sparse_top_k, sparse_power, qs)
+        T = ssr_codes(target_ssr[rows][:, keep], measure, sparse_top_k, sparse_power, ts)
+        s = (q @ T.T)[0]
+        z.append(float(top_z(s)[0]))
+        hit.append(bool(rows[int(np.argmax(s))] == t_row))
+    return np.asarray(z), np.asarray(hit, dtype=bool)
+
+
+class PlattCalibrator:
+    """``P(right) = sigmoid(a·z + b)``, fitted by penalised maximum likelihood.
+
+    Parameters
+    ----------
+    prior : (a, b) before any evidence; the default says "right half of the time when the top
+        candidate stands 4 standard deviations out", a cautious start.
+    prior_strength : inverse variance of the Gaussian prior on (a, b); about that many points of
+        evidence weigh as much as the prior.
+    """
+
+    def __init__(self, prior: tuple[float, float] = (1.0, -4.0), prior_strength: float = 4.0):
+        self.prior = (float(prior[0]), float(prior[1]))
+        self.prior_strength = float(prior_strength)
+        self.coef_ = np.asarray(self.prior)
+        self.n_, self.hits_ = 0, 0
+
+    def fit(self, z: np.ndarray, hit: np.ndarray, iterations: int = 25) -> "PlattCalibrator":
+        z = np.asarray(z, dtype=np.float64).ravel()
+        y = np.asarray(hit, dtype=np.float64).ravel()
+        w0 = np.asarray(self.prior)
+        w = w0.copy()
+        A = np.column_stack([z, np.ones_like(z)])
+        lam = self.prior_strength
+        for _ in range(iterations):           # Newton steps on the penalised log-likelihood
+            p = _sigmoid(A @ w)
+            grad = A.T @ (p - y) + lam * (w - w0)
+            hess = (A * (p * (1 - p))[:, None]).T @ A + lam * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            w -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        self.coef_ = w
+        self.n_, self.hits_ = int(len(y)), int(y.sum())
+        return self
+
+    def predict(self, z) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float64)
+        return _sigmoid(self.coef_[0] * z + self.coef_[1])
+
+    def to_dict(self) -> dict:
+        return {"a": float(self.coef_[0]), "b": float(self.coef_[1]), "n": self.n_, "hits": self.hits_}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PlattCalibrator":
+        cal = cls()
+        if d:
+            cal.coef_ = np.asarray([float(d["a"]), float(d["b"])])
+            cal.n_, cal.hits_ = int(d.get("n", 0)), int(d.get("hits", 0))
+        return cal
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
