@@ -195,7 +195,7 @@ class FakeLabelStudio:
     def list_tasks(self, project_id, fields="task_only"):
         return self.tasks
 
-    def push_predictions(self, project_id, predictions, model_version):
+    def push_predictions(self, project_id, predictions, model_version, existing=None):
         if self.fail is not None:
             raise self.fail
         self.pushes.append((project_id, predictions, model_version))
@@ -220,3 +220,31 @@ def fake_ls(monkeypatch):
     monkeypatch.setattr("xmodal.labelstudio.push.open_label_studio", fake)
     monkeypatch.setattr("workers.resync.open_label_studio", fake)
     return fake
+
+
+# -- the services, as shipped ---------------------------------------------------------------
+@pytest.fixture
+def services(xenv, tmp_path):
+    """`xmodal serve` (1 gunicorn worker) and `xmodal worker` as tracked child processes."""
+    from xmodal.demo.processes import (
+        ProcessManager,
+        free_port,
+        start_backend,
+        start_worker,
+        wait_backend,
+        wait_worker,
+    )
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    pm = ProcessManager(tmp_path / "logs")
+    port = free_port()
+    try:
+        worker = start_worker(pm, env, simple=False)     # `xmodal worker` as shipped (forking)
+        backend = start_backend(pm, env, port)
+        url = f"http://127.0.0.1:{port}"
+        wait_backend(pm, backend, url, timeout=60)
+        wait_worker(pm, worker, xenv.redis, timeout=60)
+        yield {"url": url, "backend": backend, "worker": worker, "procs": [backend, worker], "pm": pm}
+    finally:
+        pm.stop_all(grace=5)

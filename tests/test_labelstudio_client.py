@@ -78,8 +78,8 @@ def test_uncertainty_order_follows_pushed_scores(ls, project):
     ids = ls.import_tasks(project, tasks(4))
     scores = {"img/0.jpg": 0.9, "img/1.jpg": 0.2, "img/2.jpg": 0.05, "img/3.jpg": 0.6}
     preds = {ids[item]: {"result": choice("t1"), "score": s, "model_version": "v7"} for item, s in scores.items()}
-    assert ls.push_predictions(project, preds, "v7") == 4
-    assert ls.push_predictions(project, preds, "v7") == 0           # a retry adds nothing
+    assert len(ls.push_predictions(project, preds, "v7")) == 4
+    assert ls.push_predictions(project, preds, "v7") == {}          # a retry adds nothing
     assert len(ls.sdk.predictions.list(project=project)) == 4
     ls.set_model_version(project, "v7")
     assert ls.sdk.projects.get(project).model_version == "v7"
@@ -89,7 +89,7 @@ def test_uncertainty_order_follows_pushed_scores(ls, project):
     ls.sdk.annotations.create(id=nxt["id"], result=choice("t2"))
     assert ls.next_task(project)["id"] == ids["img/1.jpg"]
     # empty results (the "no signal yet" predictions) are accepted too
-    assert ls.push_predictions(project, {ids["img/0.jpg"]: {"result": [], "score": 0.5}}, "v8") == 1
+    assert len(ls.push_predictions(project, {ids["img/0.jpg"]: {"result": [], "score": 0.5}}, "v8")) == 1
 
 
 def test_next_task_none_when_everything_is_labelled(ls, project):

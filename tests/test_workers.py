@@ -352,14 +352,18 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
 
     fake_ls.set_model_version = set_model_version
     result = rebuild("proj", redis_client=r)
-    # options of the 3 next-served tasks, then their predictions, the flip, then the rest in chunks
-    assert fake_ls.calls == ["update", "push", "version", "push", "push"]
+    # the pages and predictions of the next-served tasks, the flip, then every other task's page
+    # and prediction in chunks
+    assert sorted(fake_ls.calls[:2]) == ["push", "update"] and fake_ls.calls[2] == "version"
+    assert sorted(fake_ls.calls[3:]) == ["push", "update"]
     first = fake_ls.pushes[0][1]
-    assert len(first) == 3 and sorted(fake_ls.updates[0]) == sorted(first)
+    assert sorted(fake_ls.updates[0]) == sorted(first)
     rest = {t: p for _, preds, _ in fake_ls.pushes[1:] for t, p in preds.items()}
     assert sorted([*first, *rest]) == [1000 + i for i in range(4, 12)]
-    # Uncertainty sampling serves the lowest scores first: those are the first batch
-    assert max(p["score"] for p in first.values()) <= min(p["score"] for p in rest.values())
+    assert sorted(t for u in fake_ls.updates for t in u) == [1000 + i for i in range(4, 12)]
+    # served next: the lowest scores (Uncertainty sampling) and the lowest ids (a Data Manager tab)
+    by_score = sorted({**first, **rest}, key=lambda t: ({**first, **rest}[t]["score"], t))
+    assert set(first) == set(by_score[:3]) | {1004, 1005, 1006}
     snap = load_current(ws, r)
     for tid, p in first.items():
         item = image_id(tid - 1000)
@@ -373,7 +377,8 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
     from xmodal.labelstudio.tasks import TaskRegistry
     assert TaskRegistry(r, "proj").get(next(iter(first)))["options"] == \
         [o["alias"] for o in fake_ls.updates[0][next(iter(first))]["options"]]
-    assert result["ls"] == "pushed" and result["ls_tasks"] == 8 and result["ls_options"] == 3
+    assert result["ls"] == "pushed" and result["ls_tasks"] == 8 and result["ls_options"] == len(first)
+    assert result["ls_options_all"] == 8
     assert result["ls_rest"] == "done"
     last = stats.last_rebuild(r, "proj")
     assert last["ls_tasks"] == 8 and last["ls_rest"] == "done" and last["version"] == 1
@@ -396,8 +401,9 @@ def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fa
 
     fake_ls.set_model_version = set_model_version
     result = rebuild("proj", redis_client=r)
-    assert fake_ls.calls == ["update", "push", "version"]
-    assert result["ls_tasks"] == 2 and result["ls_rest"] == "stopped: newer labels"
+    assert sorted(fake_ls.calls[:2]) == ["push", "update"] and fake_ls.calls[2:] == ["version"]
+    first = fake_ls.pushes[0][1]
+    assert result["ls_tasks"] == len(first) <= 4 and result["ls_rest"] == "stopped: newer labels"
     assert stats.last_rebuild(r, "proj")["ls_rest"] == "stopped: newer labels"
 
 

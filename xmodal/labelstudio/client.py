@@ -211,41 +211,41 @@ class LabelStudioClient:
 
     # -- predictions and annotations -------------------------------------------------------------
     def push_predictions(self, project_id: int, predictions_by_task_id: Mapping[int, Mapping],
-                         model_version: str, *, parallel: int = 1,
-                         skip_existing: bool = True) -> dict[int, int]:
+                         model_version: str, *, parallel: int = 1, skip_existing: bool = True,
+                         existing: Mapping[int, int] | None = None) -> dict[int, int]:
         """Store one prediction per task: values are ``{"result": [...], "score": float}`` (other keys
-        ignored). Tasks that already have a prediction of ``model_version`` are skipped, so a retry
-        does not duplicate. Returns ``{task id: new prediction id}`` for the ones created.
+        ignored). ``existing[task]``: the task's prediction, updated in place (``PATCH``; created
+        anew if it is gone). Tasks that already have a prediction of ``model_version`` are skipped
+        with ``skip_existing``, so a retry does not duplicate. Returns ``{task id: prediction id}``
+        for the ones written.
 
         Label Studio stores predictions one request at a time (~0.1-0.2 s each on its dev server);
         ``parallel`` > 1 sends that many at once (its threaded server overlaps them, SQLite still
         serialises the writes). The duplicate check asks per task (``GET /api/predictions/?task=``,
-        ~0.07 s), never for the whole project's list, which grows with every version;
-        ``skip_existing=False`` leaves it out for a caller that never pushes a version twice."""
+        ~0.07 s), never for the whole project's list, which grows with every version."""
+        existing = existing or {}
+
         def push(item) -> tuple[int, int | None]:
             task_id, pred = int(item[0]), item[1]
             if skip_existing and any(p.model_version == model_version
                                      for p in self.sdk.predictions.list(task=task_id)):
                 return task_id, None
             kwargs = {"score": float(pred["score"])} if pred.get("score") is not None else {}
-            created = self.sdk.predictions.create(task=task_id, result=list(pred.get("result") or []),
+            result = list(pred.get("result") or [])
+            if task_id in existing:
+                try:
+                    self.sdk.predictions.update(id=int(existing[task_id]), result=result,
+                                                model_version=model_version, **kwargs)
+                    return task_id, int(existing[task_id])
+                except ApiError as exc:
+                    if exc.status_code != 404:
+                        raise
+            created = self.sdk.predictions.create(task=task_id, result=result,
                                                   model_version=model_version, **kwargs)
             return task_id, int(created.id)
 
         done = self._each(push, list(predictions_by_task_id.items()), parallel)
         return {t: p for t, p in done if p is not None}
-
-    def delete_predictions(self, prediction_ids: Iterable[int], *, parallel: int = 1) -> int:
-        """Delete predictions by id (one request each); one already gone counts as deleted."""
-        def delete(pid: int) -> int:
-            try:
-                self.sdk.predictions.delete(id=int(pid))
-            except ApiError as exc:
-                if exc.status_code != 404:
-                    raise
-            return 1
-
-        return sum(self._each(delete, list(prediction_ids), parallel))
 
     def task_data(self, task_id: int) -> dict:
         """A task's ``data`` as Label Studio has it now."""

@@ -6,18 +6,23 @@ Redis lock per project, so two racing workers cannot leave Label Studio's ``mode
 older index. Label Studio stores predictions one request at a time (~0.1-0.2 s each), so the push
 is prioritised:
 
-1. the ``$XMODAL_LS_FIRST`` (default 2) open tasks with the lowest scores -- the ones "Uncertainty
-   sampling" serves next (two: one of them may be the task the annotator has open) -- get their
-   whole data rebuilt with options ranked by the new index, and their predictions, then the
-   project's ``model_version`` flips to the new index: from here on ``/next/`` serves by the new
-   scores (it only considers tasks with a prediction of that version), and this is when the label
-   counts as having reached Label Studio;
-2. the other open tasks get their predictions in chunks, ``$XMODAL_LS_PARALLEL`` (default 4)
-   requests at a time, stopping early when a newer rebuild is queued (its index supersedes this one
-   and it pushes its own first batch sooner);
-3. superseded predictions are deleted: each open task keeps one current prediction (the ids of the
-   predictions pushed are kept in Redis, ``P:{p}:ls:predictions``, so nothing is listed to find
-   them).
+1. the tasks served next get their whole data rebuilt with options ranked by the new index, and
+   their predictions, then the project's ``model_version`` flips to the new index: from here on
+   ``/next/`` serves by the new scores (it only considers tasks with a prediction of that version),
+   and this is when the label counts as having reached Label Studio. "Served next" depends on how
+   the annotator opened the stream: "Uncertainty sampling" takes the lowest scores, a labelling
+   stream started from a Data Manager tab follows the tab's order (by default the task id; measured
+   with a real browser on 1.23.2). So the first batch is the ``$XMODAL_LS_FIRST`` (default 2)
+   lowest-scored open tasks and the ``$XMODAL_LS_FIRST`` first by id (two: one of them may be the
+   task the annotator has open);
+2. every other open task gets its data and prediction in chunks, ``$XMODAL_LS_PARALLEL``
+   (default 4) requests at a time, so that whatever order serves a task its page is the newest,
+   stopping early when a newer rebuild is queued (its index supersedes this one and it pushes its
+   own first batch sooner);
+Each task has **one** prediction, updated in place for every new index (its id is kept in Redis,
+``P:{p}:ls:predictions``): predictions never pile up, and the annotation of a page that is open
+while a newer index arrives still names an existing prediction (Label Studio refuses a submit whose
+``parent_prediction`` was deleted: 400 "object does not exist", the label would be lost).
 
 The tasks come from the task registry (:class:`~xmodal.labelstudio.tasks.TaskRegistry`), filled at
 import and from every webhook; Label Studio's task list is read only when the registry is empty.
@@ -33,12 +38,12 @@ it once the annotation is fixed.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -91,14 +96,14 @@ class LabelStudioAPI:
         """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all")."""
         return self.client.list_tasks(project_id, fields=fields)
 
-    def push_predictions(self, project_id: int, predictions: dict, model_version: str) -> dict:
-        """``{task id: new prediction id}``. Each rebuild (a retry too) pushes a version number of
-        its own: no duplicate check needed."""
+    def push_predictions(self, project_id: int, predictions: dict, model_version: str,
+                         existing: dict | None = None) -> dict:
+        """``{task id: prediction id}``: the task's prediction ``existing[task]`` updated in place,
+        else a new one. Each rebuild (a retry too) pushes a version number of its own: no duplicate
+        check needed."""
         return self.client.push_predictions(project_id, predictions, model_version,
-                                            parallel=ls_parallel(), skip_existing=False)
-
-    def delete_predictions(self, prediction_ids: list[int]) -> int:
-        return self.client.delete_predictions(prediction_ids, parallel=ls_parallel())
+                                            parallel=ls_parallel(), skip_existing=False,
+                                            existing=existing)
 
     def update_tasks_data(self, project_id: int, data_by_task_id: dict) -> int:
         return self.client.update_tasks_data(data_by_task_id, parallel=ls_parallel())
@@ -139,33 +144,31 @@ def ls_parallel() -> int:
 # -- one current prediction per task ------------------------------------------------------------
 
 class PredictionLog:
-    """The Label Studio prediction ids this project pushed, by task: what to delete once a newer
-    prediction of the task is stored."""
+    """The one Label Studio prediction of each task this project pushed to, by task id."""
 
     def __init__(self, redis_client: redis.Redis, project: str):
         self.redis = redis_client
         self.key = pkey(project, "ls", "predictions")
 
-    def replace(self, pushed: dict) -> list[int]:
-        """Record ``{task id: new prediction id}``; returns the superseded prediction ids."""
-        if not pushed:
-            return []
-        old = self.redis.hmget(self.key, [str(t) for t in pushed])
-        self.redis.hset(self.key, mapping={str(t): json.dumps([int(p)]) for t, p in pushed.items()})
-        superseded = []
-        for raw, new in zip(old, pushed.values()):
-            superseded += [p for p in json.loads(raw or "[]") if p != int(new)]
-        return superseded
+    def ids(self, task_ids) -> dict[int, int]:
+        task_ids = [int(t) for t in task_ids]
+        if not task_ids:
+            return {}
+        raw = self.redis.hmget(self.key, [str(t) for t in task_ids])
+        return {t: int(v) for t, v in zip(task_ids, raw) if v}
 
+    def record(self, pushed: dict | None) -> None:
+        if pushed:
+            self.redis.hset(self.key, mapping={str(t): str(int(p)) for t, p in pushed.items()})
 
-def _delete_superseded(api, ids: list[int]) -> int:
-    if not ids:
-        return 0
-    try:
-        return api.delete_predictions(ids)
-    except Exception as exc:  # noqa: BLE001 - cleanup; the next push tries again
-        log.warning(kv("ls.delete_failed", n=len(ids), error=f"{type(exc).__name__}: {exc}"))
-        return 0
+    def push(self, api, pid: int, preds: dict, model_version: str) -> int:
+        """Push ``preds`` ({task: prediction}), updating each task's prediction in place; returns
+        how many were written."""
+        if not preds:
+            return 0
+        pushed = api.push_predictions(pid, preds, model_version, existing=self.ids(preds)) or {}
+        self.record(pushed)
+        return len(preds)
 
 
 # -- the push of a rebuild -----------------------------------------------------------------------
@@ -223,37 +226,48 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 by_id[int(tid)] = task
             except (UnknownItem, ValueError):
                 unknown += 1
-        # "Uncertainty sampling" serves the lowest score first
+        # served next: "Uncertainty sampling" takes the lowest score, a Data Manager tab (the
+        # labelling stream opened from it) its own order, by default the task id
         order = sorted(preds, key=lambda t: (preds[t]["score"], t))
-        first, rest = order[:ls_first()], order[ls_first():]
-
-        # 1. the next-served tasks: data rebuilt with options ranked by this index, predictions,
-        #    model_version
+        first = list(dict.fromkeys(order[:ls_first()] + sorted(preds)[:ls_first()]))
+        rest = [t for t in order if t not in set(first)]
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
-        new_data = {t: d for t in first if (d := ranker.new_data(by_id[t])) is not None}
-        superseded: list[int] = []
-        try:
+
+        def push(part: list[int]) -> int:
+            """Rebuild the data of ``part`` with this index's ranking and push its predictions,
+            both at once (the prediction names the best of the new options, known here); returns
+            how many tasks' data changed."""
+            new_data = {t: d for t in part if (d := ranker.new_data(by_id[t])) is not None}
+            for t, d in new_data.items():
+                preds[t] = task_prediction(snap, {"data": d}, from_name, to_name)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                pending = [pool.submit(log_.push, api, pid, {t: preds[t] for t in part}, snap.model_version)]
+                if new_data:
+                    pending.append(pool.submit(api.update_tasks_data, pid, new_data))
+                for f in pending:
+                    f.result()
             if new_data:
-                api.update_tasks_data(pid, new_data)
                 registry.record([{"id": t, "data": d} for t, d in new_data.items()])
-                for t, d in new_data.items():
-                    preds[t] = task_prediction(snap, {"data": d}, from_name, to_name)
-            if first:
-                superseded += log_.replace(
-                    api.push_predictions(pid, {t: preds[t] for t in first}, snap.model_version) or {})
+            return len(new_data)
+
+        # 1. the tasks served next: data rebuilt with options ranked by this index, predictions,
+        #    model_version
+        try:
+            reranked = push(first)
             api.set_model_version(pid, snap.model_version)
         except Exception as exc:
             raise failed(f"pushing {len(first)} predictions (after rebuilding the data of "
-                         f"{len(new_data)} tasks) and the model version to", exc) from exc
+                         f"{len(first)} tasks) and the model version to", exc) from exc
         ready_s = time.perf_counter() - t0
-        info = {"ls": "pushed", "ls_tasks": len(first), "ls_options": len(new_data),
+        info = {"ls": "pushed", "ls_tasks": len(first), "ls_options": reranked,
                 "ls_unknown": unknown, "ls_task_source": source, "push_s": round(ready_s, 4)}
         log.info(kv("ls.ready", project=ws.name, job=job_id, version=snap.model_version,
-                    tasks=len(first), options=len(new_data), s=ready_s))
+                    tasks=len(first), options=reranked, s=ready_s))
         if on_ready is not None:
             on_ready(dict(info))
 
-        # 2. everything else, unless a newer index is on its way; 3. the superseded predictions
+        # 2. every other open task, its page too (whatever order serves it), unless a newer index
+        #    is on its way
         chunk = 2 * ls_parallel()
         pushed, stopped = 0, None
         for i in range(0, len(rest), chunk):
@@ -262,17 +276,15 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 break
             part = rest[i:i + chunk]
             try:
-                superseded += log_.replace(
-                    api.push_predictions(pid, {t: preds[t] for t in part}, snap.model_version) or {})
+                reranked += push(part)
             except Exception as exc:
-                raise failed(f"pushing {len(part)} more predictions to", exc) from exc
+                raise failed(f"pushing {len(part)} more tasks to", exc) from exc
             pushed += len(part)
-        deleted = _delete_superseded(api, superseded)
         push_s = time.perf_counter() - t0
     log.info(kv("ls.pushed", project=ws.name, job=job_id, version=snap.model_version,
-                tasks=len(first) + pushed, options=len(new_data), deleted=deleted,
+                tasks=len(first) + pushed, options=reranked,
                 skipped_unknown=unknown, stopped=stopped, source=source, s=push_s))
-    return dict(info, ls_tasks=len(first) + pushed, ls_deleted=deleted,
+    return dict(info, ls_tasks=len(first) + pushed, ls_options_all=reranked,
                 ls_rest=f"stopped: {stopped}" if stopped else "done", push_all_s=round(push_s, 4))
 
 
@@ -316,7 +328,7 @@ def flag_problems(redis_client: redis.Redis, ws: Workspace) -> dict:
 
 def push_current_predictions(client, r, ws, pid: int) -> tuple[str | None, int]:
     """Predictions of the current index for every unlabelled task, then the project's
-    model_version = the index's version; the tasks' older predictions are deleted. Under the same
+    model_version = the index's version; a task's prediction is updated in place. Under the same
     Redis lock as the workers' push, so a rebuild finishing meanwhile cannot be overwritten by an
     older version."""
     with r.lock(pkey(ws.name, "ls", "lock"), timeout=600, blocking_timeout=600):
@@ -331,26 +343,22 @@ def push_current_predictions(client, r, ws, pid: int) -> tuple[str | None, int]:
                 continue
             with contextlib.suppress(UnknownItem, ValueError):
                 preds[int(task["id"])] = task_prediction(snap, task, from_name, to_name)
-        pushed = client.push_predictions(pid, preds, snap.model_version) if preds else {}
+        log_ = PredictionLog(r, ws.name)
+        pushed = client.push_predictions(pid, preds, snap.model_version, skip_existing=False,
+                                         existing=log_.ids(preds)) if preds else {}
+        log_.record(pushed)
         client.set_model_version(pid, snap.model_version)
-        superseded = PredictionLog(r, ws.name).replace(pushed)
-        if superseded:
-            client.delete_predictions(superseded)
         return snap.model_version, len(pushed)
 
 
 def refresh_task_options(client, r, ws, pid: int, snap=None) -> int:
-    """Rebuild the data of every unlabelled task with options ranked by the current index (PATCH)
-    and drop their predictions of that version (the caller pushes them again: they named options of
-    the old list). Returns how many tasks changed."""
+    """Rebuild the data of every unlabelled task with options ranked by the current index (PATCH);
+    the caller pushes their predictions again (they named options of the old list). Returns how
+    many tasks changed."""
     snap = snap if snap is not None else load_current(ws, r)
     if snap is None or not snap.has_signal:
         return 0
     annotated = PairStore(r, ws.name).annotated_task_ids()
-    stale: dict[int, list[int]] = {}
-    for p in client.sdk.predictions.list(project=pid):
-        if p.model_version == snap.model_version:
-            stale.setdefault(int(p.task), []).append(int(p.id))
     ranker = OptionRanker(ws, snap, candidate_pool(ws))
     changed = {}
     for task in client.list_tasks(pid):
@@ -363,5 +371,4 @@ def refresh_task_options(client, r, ws, pid: int, snap=None) -> int:
     if changed:
         client.update_tasks_data(changed)
         TaskRegistry(r, ws.name).record([{"id": t, "data": d} for t, d in changed.items()])
-        client.delete_predictions([p for t in changed for p in stale.get(t, [])])
     return len(changed)

@@ -14,9 +14,9 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
   modality, ``candidates`` of them, or ``thumbnails`` for text tasks) first; after, the ranking;
 - ``data.model_note``: one line saying which index ranked the options (``index_version``).
 
-Each option is ``{"value", "alias", "html"}``: Label Studio's filter matches ``value`` (the text
-and its id, so typing a word of either finds it), the annotation stores ``alias`` (the item id),
-the page shows ``html``. ``$`` is escaped in ``value`` (Label Studio would substitute ``$name``
+Each option is ``{"value", "alias"}`` (plus ``html`` for a thumbnail): Label Studio's filter
+matches ``value`` (the text and its id, so typing a word of either finds it), the page shows it,
+the annotation stores ``alias`` (the item id). ``$`` is escaped in ``value`` (Label Studio would substitute ``$name``
 with a task data field). The first nine options get the keys 1–9; "None of these" has 0.
 
 The registry: every task the backend sees (``/predict`` bodies, webhook payloads, TASKS_CREATED,
@@ -97,8 +97,9 @@ def _filter_value(text: str) -> str:
 
 
 def text_option(text_id: str, text: str) -> dict:
-    return {"value": _filter_value(f"{text}  {text_id}"), "alias": text_id,
-            "html": f"{html.escape(text, quote=False)}<span class='xm-id'>{html.escape(text_id)}</span>"}
+    # no "html": the value is shown as it is, the id at its end; an html copy of every text would
+    # double what each task carries (~160 KB for COCO-mini's 795 texts) and what the page renders
+    return {"value": _filter_value(f"{text}  {text_id}"), "alias": text_id}
 
 
 def image_option(image_id: str, src: str) -> dict:
@@ -135,12 +136,19 @@ def option_values(options) -> list[str] | None:
 
 
 def model_note(snap: IndexSnapshot | None, select: str) -> str:
+    """One line: which index ordered the options and how many labels it holds."""
     what = "texts" if select == "image" else "images"
+    ids = "the id at the end of each text" if select == "image" else "the id under each image"
     if snap is None or not snap.has_signal:
-        return (f"No labels yet: a spread of the {what} comes first. The ids in grey can be "
-                "pasted; type a word to filter.")
-    return (f"{what.capitalize()} ranked by model {snap.model_version} ({snap.n_pairs} labels). "
-            "The ids in grey can be pasted; type a word to filter.")
+        held = f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank" if snap is not None \
+            else "no labels yet"
+        return f"{held.capitalize()}: a spread of the {what} comes first. Type a word to filter; {ids} can be pasted."
+    return (f"{what.capitalize()} ranked by model {snap.model_version} ({_labels(snap.n_pairs)}). "
+            f"Type a word to filter; {ids} can be pasted.")
+
+
+def _labels(n: int) -> str:
+    return f"{n} label" if n == 1 else f"{n} labels"
 
 
 # -- task data -----------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""A real Chromium, driven by selenium, as a person on Label Studio's labelling page.
+
+Only what the page shows is used: the note lines under the medoid (which index ranked the options,
+how many labels it holds, the item's name), the option list as it is on screen (each text with its
+id in grey), the filter box, the "None of these" choice and the description box, Submit and Skip.
+
+Chromium and ChromeDriver are Debian packages (``apt-get install chromium chromium-driver``),
+selenium is on PyPI; a test that needs them is skipped with that message when they are absent.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage")
+NOTE = re.compile(r"model v(\d+) \((\d+) labels?\)")
+
+# one round trip instead of one per option (a page carries ~800): what is displayed, in order
+# an option reads "<text>  <id>" (a thumbnail: its id under it), Label Studio appends "[key]"
+_SPLIT = """
+function option(el) {
+  const shown = el.querySelector('.xm-id');
+  const text = el.textContent.replace(/\\[[^\\]]*\\]\\s*$/, '');
+  if (shown) return [shown.textContent.trim(), text.slice(0, text.lastIndexOf(shown.textContent)).trim()];
+  const cut = text.lastIndexOf('  ');
+  return cut < 0 ? null : [text.slice(cut).trim(), text.slice(0, cut).trim()];
+}"""
+_VISIBLE = _SPLIT + """
+const out = [];
+for (const el of document.querySelectorAll('.lsf-choice')) {
+  if (el.offsetParent === null) continue;
+  const o = option(el);
+  if (o && !o[1].startsWith('None of these')) out.push(o);
+  if (out.length >= arguments[0]) break;
+}
+return out;"""
+_OPTION = _SPLIT + """
+for (const el of document.querySelectorAll('.lsf-choice')) {
+  const o = option(el);
+  if (o && el.offsetParent !== null && o[0] === arguments[0]) return el;
+}
+return null;"""
+
+
+def chromium_driver(width: int = 1280, height: int = 900):
+    """A headless Chromium (skips the test when Chromium, ChromeDriver or selenium is missing)."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install selenium)")
+    binary = next((b for b in CHROMIUM if Path(b).exists()), shutil.which("chromium"))
+    driver_bin = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not binary or not Path(driver_bin).exists():
+        pytest.skip("Chromium and ChromeDriver are not installed: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in FLAGS + (f"--window-size={width},{height}",):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(driver_bin), options=options)
+
+
+@dataclass
+class ShownTask:
+    item: str                 # the item the page is about (its note line)
+    version: int | None       # the index that ranked its options (None: no labels yet)
+    labels: int               # how many labels that index holds
+    loaded_at: float          # time.time() when it appeared
+    served_at: float          # when the page asked Label Studio for it (the next_task request)
+
+
+class LabellingPage:
+    """Label Studio's labelling stream of one project, seen and used as a person would."""
+
+    def __init__(self, driver, url: str, shots: Path):
+        self.d, self.url, self.shots = driver, url.rstrip("/"), Path(shots)
+        self.shots.mkdir(parents=True, exist_ok=True)
+        self.n_shots = 0
+
+    # -- navigation ---------------------------------------------------------------------------
+    def login(self, user: str, password: str) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        self.d.get(f"{self.url}/user/login/")
+        self.d.find_element(By.NAME, "email").send_keys(user)
+        self.d.find_element(By.NAME, "password").send_keys(password + Keys.ENTER)
+        self._until(lambda d: "/user/login" not in d.current_url, 30, "the login")
+
+    def open_stream(self, project_id: int) -> None:
+        """"Label All Tasks": Label Studio serves the next task after each submit (the Data
+        Manager's ``next_task`` action, in the tab's order)."""
+        self.d.get(f"{self.url}/projects/{project_id}/data?labeling=1")
+        self.d.execute_script("performance.setResourceTimingBufferSize(100000);")
+
+    def wait_task(self, previous: ShownTask | None = None, timeout: float = 90) -> ShownTask | None:
+        """The next task once it is on screen (its note and options rendered); None when Label
+        Studio says there is nothing left."""
+        from selenium.webdriver.common.by import By
+
+        def shown(d):
+            if d.find_elements(By.XPATH, "//*[contains(text(), 'No more tasks') or contains(text(), 'all tasks')]"):
+                return "done"
+            notes = d.find_elements(By.CSS_SELECTOR, ".xm-note")
+            if not notes or not d.find_elements(By.CSS_SELECTOR, ".lsf-choice"):
+                return False
+            text = notes[0].text
+            item = next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(("image ", "text "))), None)
+            if item is None or (previous is not None and item == previous.item):
+                return False
+            return text, item
+
+        got = self._until(shown, timeout, "the next task")
+        if got == "done":
+            return None
+        text, item = got
+        m = NOTE.search(text)
+        loaded = time.time()
+        return ShownTask(item=item, version=int(m.group(1)) if m else None,
+                         labels=int(m.group(2)) if m else 0, loaded_at=loaded,
+                         served_at=self._last_request("next_task") or loaded)
+
+    def _last_request(self, path: str) -> float | None:
+        """Epoch seconds at which the page sent its latest request for ``path`` (its own resource
+        timing): when Label Studio chose what to serve, from what its database held then."""
+        ms = self.d.execute_script(
+            "const e = performance.getEntriesByType('resource').filter(x => x.name.includes(arguments[0]));"
+            "return e.length ? performance.timeOrigin + (e[e.length - 1].requestStart"
+            " || e[e.length - 1].startTime) : null;", path)
+        return None if ms is None else ms / 1000.0
+
+    # -- reading ------------------------------------------------------------------------------
+    def visible_options(self, limit: int) -> list[tuple[str, str]]:
+        """(id, text) of the first ``limit`` options a person sees (the filter applied)."""
+        return [tuple(x) for x in self.d.execute_script(_VISIBLE, limit)]
+
+    # -- acting -------------------------------------------------------------------------------
+    def filter(self, word: str) -> None:
+        box = self._filter_box()
+        self.clear_filter()
+        box.send_keys(word)
+
+    def clear_filter(self) -> None:
+        from selenium.webdriver.common.keys import Keys
+
+        box = self._filter_box()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+
+    def choose(self, item_id: str) -> None:
+        element = self.d.execute_script(_OPTION, item_id)
+        if element is None:
+            raise AssertionError(f"option {item_id} is not on the page")
+        self._click(element)
+
+    def describe(self, text: str) -> None:
+        """"None of these", then the description in the box it reveals."""
+        from selenium.webdriver.common.by import By
+
+        none = [el for el in self.d.find_elements(By.CSS_SELECTOR, ".lsf-choice")
+                if el.text.startswith("None of these")]
+        if not none[0].is_displayed():
+            self.clear_filter()
+        self._click(none[0])
+        box = self._until(lambda d: next((t for t in d.find_elements(By.TAG_NAME, "textarea")
+                                          if t.is_displayed()), False), 10, "the description box")
+        box.send_keys(text)
+
+    def submit(self) -> float:
+        """Press Submit; returns the time it was pressed."""
+        return self._press("Submit")
+
+    def skip(self) -> float:
+        return self._press("Skip")
+
+    def screenshot(self, name: str) -> Path:
+        self.n_shots += 1
+        path = self.shots / f"{self.n_shots:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+        self.d.save_screenshot(str(path))
+        return path
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _filter_box(self):
+        from selenium.webdriver.common.by import By
+
+        return self.d.find_element(By.CSS_SELECTOR, "input[placeholder^='Filter the texts'], "
+                                                    "input[placeholder^='Narrow the images']")
+
+    def _press(self, label: str) -> float:
+        from selenium.webdriver.common.by import By
+
+        button = next(b for b in self.d.find_elements(By.TAG_NAME, "button") if b.text.strip() == label)
+        t = time.time()
+        self._click(button)
+        return t
+
+    def _click(self, element) -> None:
+        """Scroll the element into the middle of its list, as a person would, then click it."""
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.click()
+
+    def _until(self, condition, timeout: float, what: str):
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        try:
+            return WebDriverWait(self.d, timeout, poll_frequency=0.05).until(condition)
+        except TimeoutException:
+            shot = self.screenshot(f"timeout-{what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; screenshot {shot}") from None

@@ -1,0 +1,167 @@
+"""A person labels medoid tasks on Label Studio's real page, in a real browser.
+
+Real Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, `xmodal serve` and an
+`xmodal worker` process; COCO-mini with all 795 captions as the project's texts. A headless
+Chromium (selenium) plays the human-like annotator of :mod:`xmodal.demo.annotator`, using only
+the page: the item's name on it (a person sees the picture; the simulation knows the image's
+captions and has one of them in mind), the options as they are shown, the filter box, "None of
+these" and the description box. Per task: take a shown text if one is right, else type two or
+three content words of its caption into the filter one at a time and take a right text it shows,
+else describe the image with that caption. Then Submit; Label Studio serves the next task itself.
+
+Asserted:
+- no silent loss: every submitted annotation is a stored pair or a problem the team sees;
+- at least 90 % of the tasks give a right pair (one of the image's captions, or the description);
+- freshness: every task served carries (its note line: "ranked by model vN (k labels)") an index
+  holding every label submitted more than 1.5 s before it appeared, one miss in ten allowed;
+- Recall@10 (non-reference items) after the last label is above Recall@10 after the first 3.
+
+Screenshots of every task are kept under the test's tmp_path (``shots/``); a failure names them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from browser import LabellingPage, chromium_driver
+from ls_server import ls_server_fixture
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+COCO = Path(os.environ.get("XMODAL_COCO_MINI")
+            or Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini")
+K = 16            # medoid tasks
+LABELS = 12       # labelled by the browser
+FRESH_S = 1.5     # labels submitted longer ago than this must be in the served task's index
+
+ls_server = ls_server_fixture()
+
+
+@pytest.fixture
+def coco_mini():
+    if not (COCO / "pairs.json").is_file():
+        pytest.skip(f"COCO-mini is not at {COCO} (set XMODAL_COCO_MINI to its folder): the browser "
+                    "test labels real images")
+    return COCO
+
+
+@pytest.fixture
+def page(ls_server, tmp_path):
+    driver = chromium_driver()
+    try:
+        yield LabellingPage(driver, ls_server.url, tmp_path / "shots")
+    finally:
+        driver.quit()
+
+
+def _wait(what: str, fn, timeout: float = 60.0, procs=()):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        for child in procs:
+            assert child.alive(), f"{child.name} exited while waiting for {what}: see {child.log_path}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _references(pairs) -> tuple[set, set]:
+    live = pairs.all_pairs()
+    return {p["image_id"] for p in live}, {p["text_id"] for p in live if p.get("text_id")}
+
+
+def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, services, page):
+    from xmodal.datasets.coco import load_coco_mini
+    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.evaluation.ground_truth import GroundTruth
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.store import IndexStore, load_current
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="image", k=K, captions="all",
+        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
+        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    ws, pid = boot.ws, boot.ls_project_id
+    ds = load_coco_mini(coco_mini, captions="all")
+    knowledge = Knowledge.from_dataset(ds, "image", seed=0)
+    gt = GroundTruth(ds)
+    pairs, store = PairStore(r, name), IndexStore(r, ws)
+    ls = connect(ls_server.url, ls_server.token)
+
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    served, submitted, recall_3 = [], [], None   # submitted: (time, item, how)
+    shown = None
+    for n in range(LABELS):
+        shown = page.wait_task(shown)
+        assert shown is not None, f"Label Studio ran out of tasks after {n}; shots in {page.shots}"
+        served.append(shown)
+        right = knowledge.right[shown.item]
+        caption = knowledge.in_mind[shown.item]
+        hit = next((i for i, _ in page.visible_options(10) if i in right), None)
+        how = "shown"
+        if hit is None:
+            how = "search"
+            for word in content_words(caption):
+                page.filter(word)
+                hit = next((i for i, _ in page.visible_options(15) if i in right), None)
+                if hit is not None:
+                    break
+        if hit is not None:
+            page.choose(hit)
+        else:
+            how = "written"
+            page.describe(caption)
+        page.screenshot(f"{n + 1}-{how}-{shown.item}")
+        submitted.append((page.submit(), shown.item, how))
+        if n == 2:   # the index after the first 3 labels, for the learning check below
+            _wait("an index with the first 3 labels", lambda: int(store.info().get("n_pairs", 0)) >= 3,
+                  procs=procs)
+            recall_3 = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
+
+    # -- every submit reached the pair store as a pair or a problem -----------------------------
+    anns = _wait("every annotation in Label Studio",
+                 lambda: (a := [x for x in ls.list_annotations(pid)]) and len(a) == LABELS and a)
+    records = {a.annotation_id: _wait(f"annotation {a.annotation_id} in the pair store",
+                                      lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns}
+    silent = [a for a, rec in records.items() if rec.get("state") not in ("pair", "problem")]
+    assert not silent, f"answers neither stored nor flagged: {[records[a] for a in silent]}; shots {page.shots}"
+
+    # -- right pairs ------------------------------------------------------------------------------
+    by_item = {rec.get("image_id") or rec.get("item_id"): rec for rec in records.values()}
+    right = [item for _, item, _ in submitted
+             if by_item.get(item, {}).get("text_id") in knowledge.right[item] or by_item.get(item, {}).get("description")]
+    hows = [h for _, _, h in submitted]
+    assert len(right) >= 0.9 * LABELS, (f"{len(right)} of {LABELS} right; how: {hows}; "
+                                        f"records {list(records.values())}; shots {page.shots}")
+
+    # -- freshness: what each served task's page says about its index ----------------------------
+    pair_times = sorted(t for t, item, _ in submitted if by_item.get(item, {}).get("state") == "pair")
+    misses = []
+    for task in served[1:]:
+        due = sum(1 for t in pair_times if t < task.served_at - FRESH_S)
+        if task.labels < due:
+            misses.append((task.item, task.version, task.labels, due))
+    assert len(misses) <= max(1, len(served) // 10), (
+        f"served tasks ranked by an index missing labels older than {FRESH_S} s: {misses}; "
+        f"shots {page.shots}")
+
+    # -- learning ----------------------------------------------------------------------------------
+    n_pairs = sum(1 for rec in records.values() if rec.get("state") == "pair")
+    _wait("the index with every pair", lambda: int(store.info().get("n_pairs", 0)) >= n_pairs,
+          timeout=90, procs=procs)
+    final = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
+    mean = lambda d: (d["i2t"] + d["t2i"]) / 2  # noqa: E731
+    print(f"\n[browser] {LABELS} labels: {hows.count('shown')} shown, {hows.count('search')} by filter, "
+          f"{hows.count('written')} written; {len(right)} right; freshness misses {len(misses)} of "
+          f"{len(served) - 1}; Recall@10 non-reference after 3 labels {recall_3}, after {LABELS} {final}; "
+          f"seconds per task {(submitted[-1][0] - served[0].loaded_at) / LABELS:.1f}")
+    assert mean(final) > mean(recall_3), (recall_3, final)
