@@ -205,6 +205,9 @@ class FakeLabelStudio:
         self.versions.append((project_id, version))
         self.calls.append("version")
 
+    def task_data(self, task_id):
+        return dict(next(t for t in self.tasks or [] if t["id"] == task_id)["data"])
+
     def update_tasks_data(self, project_id, data_by_task_id):
         self.updates.append(dict(data_by_task_id))
         self.calls.append("update")

@@ -22,6 +22,7 @@ from workers.rebuild import rebuild
 from xmodal.index.pairs import PairStore
 from xmodal.index.store import clear_cache
 from xmodal.jobs.queueing import get_queue
+from xmodal.redis_conn import pkey
 
 LS_PID = 7
 
@@ -513,3 +514,19 @@ def test_an_incomplete_workspace_is_a_503_that_says_why(client, ws):
     ws.items_path.unlink()
     resp = post(client, "/predict", predict_body([task_body(1, image_id(1))]))
     assert resp.status_code == 503 and "items.json" in resp.get_json()["error"]
+
+
+def test_a_choice_no_longer_among_the_options_still_counts(client, r):
+    """The options were re-ranked while the page was open: the chosen id is still an item."""
+    body = annotation_body("ANNOTATION_CREATED", 1, 1000, image_id(0), text_id(33), project=LS_PID)
+    body["task"]["data"]["options"] = [{"value": text_id(j), "alias": text_id(j)} for j in range(5)]
+    resp = post(client, "/webhook", body)
+    assert resp.status_code == 200 and resp.get_json()["text_id"] == text_id(33)
+
+
+def test_a_problem_is_queued_to_be_flagged_in_label_studio(client, r):
+    r.hset(pkey("proj", "ls"), mapping={"url": "http://ls.example", "api_key": "tok"})
+    result = [{"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}}]
+    webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=result)
+    jobs = [j.func_name for j in get_queue(r).jobs]
+    assert jobs == ["workers.problems.flag_problems"]

@@ -236,3 +236,63 @@ def test_l2_normalize_zeroes_bad_rows_and_copies_only_when_asked():
     assert np.isnan(X[0, 0])  # the input is untouched
     Y = np.array([[3.0, 4.0]], dtype=np.float32)
     assert l2_normalize(Y, copy=False) is Y and Y.tolist() == [[pytest.approx(0.6), pytest.approx(0.8)]]
+
+
+def test_a_text_reference_outside_the_indexed_texts_is_a_reference_like_any_other():
+    """A written description (text row -1) gives the index a text reference fitted as if it were
+    one more text item: same codes for every indexed item, same query codes."""
+    from xmodal.core.ssr import SSRIndex
+
+    X, Y = _linked(60, seed=4)
+    pairs = np.c_[np.arange(8), np.arange(8)]
+    extra = Y[50:51] + 0.01                     # "a description" of image 50
+    written = SSRIndex().fit(X, Y[:50], np.vstack([pairs, [50, -1]]), text_reference_features=extra)
+    as_item = SSRIndex().fit(X, np.vstack([Y[:50], extra]), np.vstack([pairs, [50, 50]]))
+    np.testing.assert_allclose(written.text_codes_, as_item.text_codes_[:50], atol=1e-5)
+    np.testing.assert_allclose(written.image_codes_, as_item.image_codes_, atol=1e-5)
+    np.testing.assert_allclose(written.transform_texts(Y[:3]), as_item.transform_texts(Y[:3]), atol=1e-5)
+    # removed by position, like any reference
+    np.testing.assert_allclose(written.remove_references([False] * 8 + [True]).text_codes_,
+                               SSRIndex().fit(X, Y[:50], pairs).text_codes_, atol=1e-5)
+    with pytest.raises(ValueError, match="text_reference_features"):
+        SSRIndex().fit(X, Y[:50], np.vstack([pairs, [50, -1]]))
+
+
+def test_leave_one_out_equals_refitting_without_the_reference():
+    from xmodal.core.calibration import leave_one_out, top_z
+    from xmodal.core.ssr import SSRIndex
+
+    X, Y = _linked(80, seed=5)
+    pairs = np.c_[np.arange(10), np.arange(10)]
+    full = SSRIndex().fit(X, Y, pairs)
+    z, hit = leave_one_out(full.image_ssr_, full.text_ssr_, pairs)
+    assert len(z) == len(hit) == 10
+    for j in (0, 7):
+        keep = np.arange(10) != j
+        refit = SSRIndex().fit(X, Y, pairs[keep])
+        s = refit.image_codes_[j] @ refit.text_codes_.T
+        assert z[j] == pytest.approx(top_z(s)[0], abs=1e-4)
+        assert hit[j] == (int(np.argmax(s)) == j)
+
+
+def test_platt_calibration_is_cautious_then_follows_the_evidence():
+    from xmodal.core.calibration import PlattCalibrator
+
+    prior = PlattCalibrator()
+    assert prior.predict(1.0) < 0.1 and prior.predict(4.0) == pytest.approx(0.5)
+    z = np.r_[np.linspace(1, 2, 20), np.linspace(3, 4, 20)]
+    hit = np.r_[np.zeros(20, bool), np.ones(20, bool)]
+    fitted = PlattCalibrator().fit(z, hit)
+    assert fitted.predict(1.5) < 0.3 < 0.7 < fitted.predict(3.5)     # it learnt the boundary
+    assert np.all(np.diff(fitted.predict(np.linspace(0, 6, 13))) >= 0)   # and stays monotone
+    assert PlattCalibrator.from_dict(fitted.to_dict()).predict(2.5) == pytest.approx(fitted.predict(2.5))
+    assert fitted.to_dict()["n"] == 40 and fitted.to_dict()["hits"] == 20
+
+
+def _linked(n: int, seed: int = 0):
+    """Images and texts that are two linear views of one latent vector (item i <-> item i)."""
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, 6))
+    X = Z @ rng.normal(size=(6, 20)) + 0.2 * rng.normal(size=(n, 20))
+    Y = Z @ rng.normal(size=(6, 12)) + 0.2 * rng.normal(size=(n, 12))
+    return X.astype(np.float32), Y.astype(np.float32)

@@ -149,6 +149,9 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         # -- labelling through Label Studio ----------------------------------------------
         ds = load_coco_mini(coco_mini, captions="first")
         truth = {ds.image_ids[i]: ds.text_ids[t] for i, t in ds.pairs}
+        truth_any = {}
+        for i, t in ds.pairs:
+            truth_any.setdefault(ds.image_ids[i], set()).add(ds.text_ids[t])
         labelled: list[str] = []
         labelled_tasks: set[int] = set()
         latencies: list[float] = []
@@ -304,6 +307,18 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         with_pred = {p.task for p in ls.sdk.predictions.list(project=pid) if p.model_version == current}
         assert with_pred == {t["id"] for t in ls.list_tasks(pid)} - labelled_tasks
         assert ls.sdk.projects.get(pid).model_version == current
+        # -- a problem is flagged on its task, and cleared once fixed -------------------------
+        tid = added[0]["id"]
+        none = [{"from_name": "caption", "to_name": "image", "type": "choices",
+                 "value": {"choices": ["__none__"]}}]
+        ann = ls.sdk.annotations.create(id=tid, result=none)
+        _poll("the problem on its task", lambda: ls.sdk.tasks.get(tid).data.get("problem"), procs=procs)
+        assert "None of these was chosen" in ls.sdk.tasks.get(tid).data["problem"]
+        answer = sorted(truth_any[added[0]["data"]["item_id"]])[0]
+        ls.sdk.annotations.update(id=ann.id, result=[{"from_name": "caption", "to_name": "image",
+                                                      "type": "choices", "value": {"choices": [answer]}}])
+        _poll("the flag cleared", lambda: ls.sdk.tasks.get(tid).data.get("problem") == "", procs=procs)
+        assert pairs.get(ann.id)["state"] == "pair"
         print(f"e2e loop test body: {time.perf_counter() - t_start:.1f} s")
     finally:
         with contextlib.suppress(Exception):

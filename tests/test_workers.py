@@ -605,3 +605,83 @@ def test_resync_without_label_studio_is_a_readable_failure(r, xenv, ws):
 
     with pytest.raises(DataError, match="no Label Studio connection"):
         resync("proj", redis_client=r)
+
+
+# -- what a person typed ---------------------------------------------------------------------------
+class WordsEncoder:
+    """Embeds a written description as the features of the text it names ("caption <i>")."""
+
+    encoder_id = "synthetic-text"
+
+    def __init__(self, ws):
+        self.Y = ws.load_features("text")
+        self.calls = 0
+
+    def transform(self, texts):
+        self.calls += 1
+        return np.stack([self.Y[int(t.split()[-1])] + 0.01 for t in texts])
+
+
+def test_a_written_description_is_a_reference_embedded_once(r, xenv, ws, monkeypatch):
+    enc = WordsEncoder(ws)
+    monkeypatch.setattr("xmodal.index.features.load_text_encoder", lambda w: enc)
+    store = PairStore(r, "proj")
+    for i in range(4):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0)
+    store.put(104, 1004, image_id(4), None, 1.0, description="looks like caption 4", source="written")
+    first = rebuild("proj", redis_client=r)
+    snap = load_current(ws, r)
+    assert first["pairs"] == 5 and snap.n_pairs == 5 and snap.written_references == {104: "looks like caption 4"}
+    assert snap.pair_rows[-1].tolist() == [4, -1] and len(snap.text_refs) == 5
+    # the description works like the text it describes: image 4 ranks text 4 as well as the item pair
+    from xmodal.index.build import build_snapshot
+
+    as_item, _ = build_snapshot(ws, 99, store.all_pairs()[:4] + [
+        {"annotation_id": 104, "image_id": image_id(4), "text_id": text_id(4)}])
+    assert [t for t, _ in snap.rank("image", image_id(20), None, 3)] == \
+        [t for t, _ in as_item.rank("image", image_id(20), None, 3)]
+    # embedded once: the next rebuild reads the workspace's copy
+    store.put(105, 1005, image_id(5), text_id(5), 1.0)
+    rebuild("proj", redis_client=r)
+    assert enc.calls == 1
+
+
+def test_a_text_encoder_that_cannot_load_does_not_block_the_other_pairs(r, xenv, ws):
+    store = PairStore(r, "proj")
+    for i in range(3):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0)
+    store.put(103, 1003, image_id(3), None, 1.0, description="a dog", source="written")
+    result = rebuild("proj", redis_client=r)   # "synthetic" names no loadable text encoder
+    assert result["pairs"] == 3 and result["skipped_pairs"] == 1
+
+
+def test_status_tells_problems_skips_and_waiting_pairs_apart(r, xenv, ws):
+    from xmodal.cli.status import collect
+
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    store.mark_none(2, 1001, 1.0)
+    store.mark_problem(3, 1002, "unknown_id", "'t-typo' is not a text id", given="t-typo")
+    p = collect(r, xenv.models)["projects"]["proj"]
+    assert (p["pairs"], p["skips"]) == (1, 1) and p["stale"] and not p["rebuild_queued"]
+    assert p["problems"] == [{"annotation": 3, "task": 1002, "problem": "unknown_id",
+                              "message": "'t-typo' is not a text id", "given": "t-typo"}]
+    rebuild("proj", redis_client=r)
+    store.mark_none(4, 1003, 1.0)            # a skip changes no pair: nothing waits for a rebuild
+    assert collect(r, xenv.models)["projects"]["proj"]["stale"] is False
+
+
+def test_problems_are_flagged_on_their_tasks_and_cleared_when_fixed(r, xenv, ws, fake_ls):
+    from xmodal.labelstudio.push import flag_problems
+    from xmodal.labelstudio.tasks import TaskRegistry
+
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(3)]
+    TaskRegistry(r, "proj").record(fake_ls.tasks)
+    _link(r, ws)
+    store = PairStore(r, "proj")
+    store.mark_problem(7, 1001, "no_match", "None of these was chosen and nothing was written", updated_at=1.0)
+    assert flag_problems(r, ws) == {"flags": 1}
+    assert fake_ls.tasks[1]["data"]["problem"].endswith("None of these was chosen and nothing was written")
+    assert fake_ls.tasks[1]["data"]["options"] and flag_problems(r, ws) == {"flags": "unchanged"}
+    store.put(7, 1001, image_id(1), text_id(1), 2.0)        # the annotator fixed it
+    assert flag_problems(r, ws) == {"flags": 1} and fake_ls.tasks[1]["data"]["problem"] == ""

@@ -1,0 +1,69 @@
+"""The human-like simulated annotator answers from what a task's page shows (xmodal.demo.annotator)."""
+
+from __future__ import annotations
+
+from xmodal.demo.annotator import (
+    Answer,
+    HumanLikeAnnotator,
+    Knowledge,
+    OracleAnnotator,
+    content_words,
+    page_filter,
+)
+from xmodal.labelstudio.tasks import image_option, text_option
+
+TEXTS = {"a": "a red bus at a bus stop near a tower", "b": "a man looking at himself in a mirror",
+         "c": "two horses on a beach with waves", "d": "the red double decker bus drives past a church",
+         "e": "a kitchen with a microwave oven"}
+
+
+def page(order):
+    return {"item_id": "img/bus.jpg", "options": [text_option(t, TEXTS[t]) for t in order]}
+
+
+KNOW = Knowledge({"img/bus.jpg": {"a", "d"}}, {"img/bus.jpg": TEXTS["d"]})
+
+
+def test_content_words_skip_stop_words_and_take_the_rarest_first():
+    words = content_words("the red double decker bus drives past a church")
+    assert len(words) == 3 and "the" not in words and "decker" in words
+
+
+def test_the_filter_matches_a_substring_of_each_value_like_label_studio():
+    options = page("abcde")["options"]
+    assert [o["alias"] for o in page_filter(options, "BUS")] == ["a", "d"]
+    assert [o["alias"] for o in page_filter(options, "#nothing")] == []
+
+
+def test_takes_a_right_option_that_is_shown():
+    ans = HumanLikeAnnotator(KNOW, "image", shown=3).answer(page("bae"))
+    assert (ans.how, ans.choice) == ("shown", "a")
+
+
+def test_searches_with_words_of_its_caption_when_nothing_shown_is_right():
+    # the right texts are beyond the first screen; "decker" (rarest word of d) finds d
+    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bcead"))
+    assert ans.how == "search" and ans.choice == "d" and ans.words[0] in TEXTS["d"]
+
+
+def test_writes_its_caption_when_the_page_has_no_right_text():
+    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"))
+    assert ans.how == "written" and ans.text == TEXTS["d"] and ans.choice is None
+    result = ans.result("image", "caption", "image")
+    assert result[0]["value"] == {"choices": ["__none__"]}
+    assert result[1] == {"from_name": "description", "to_name": "image", "type": "textarea",
+                         "value": {"text": [TEXTS["d"]]}}
+
+
+def test_text_tasks_pick_a_shown_thumbnail_or_skip():
+    know = Knowledge({"t1": {"img/1.jpg"}})
+    data = {"item_id": "t1", "options": [image_option(i, "/x") for i in ("img/2.jpg", "img/1.jpg")]}
+    assert HumanLikeAnnotator(know, "text").answer(data).choice == "img/1.jpg"
+    data["options"] = data["options"][:1]
+    skip = HumanLikeAnnotator(know, "text").answer(data)
+    assert skip.how == "skipped" and skip.result("text", "image", "text") == []
+
+
+def test_the_oracle_pastes_what_is_not_an_option():
+    assert OracleAnnotator(KNOW, "image").answer(page("bce")).how == "pasted"
+    assert OracleAnnotator(KNOW, "image").answer(page("bca")) == Answer("shown", choice="a")
