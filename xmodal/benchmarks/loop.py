@@ -259,6 +259,7 @@ def run(args, say=print) -> BenchResult:
             from xmodal.labelstudio.project import ProjectSpec, create_project
 
             spec = ProjectSpec(name=name, data=args.data, k=args.labels + args.spare, captions=args.captions,
+                               title=f"xmodal simulate {tag}",   # a project of its own in that Label Studio
                                label_studio_url=args.label_studio_url, api_key=args.api_key,
                                backend_url=backend_url if args.label_studio_url else None,
                                images="inline" if args.label_studio_url else "auto")
@@ -434,7 +435,7 @@ def main_args(args) -> int:
     import logging
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):   # keep the table readable
-        for name in ("xmodal", "workers", "backend"):
+        for name in ("xmodal", "workers", "backend", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data}: no such folder")

@@ -232,20 +232,31 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         first = list(dict.fromkeys(order[:ls_first()] + sorted(preds)[:ls_first()]))
         rest = [t for t in order if t not in set(first)]
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
+        timing: dict[str, float] = {}
 
-        def push(part: list[int]) -> int:
-            """Rebuild the data of ``part`` with this index's ranking and push its predictions,
-            both at once (the prediction names the best of the new options, known here); returns
-            how many tasks' data changed."""
+        def push(part: list[int], flip: bool = False) -> int:
+            """Rebuild the data of ``part`` with this index's ranking and push its predictions
+            (then, with ``flip``, the project's model_version), both at once: the prediction names
+            the best of the new options, known here, and the flip needs only the predictions.
+            Returns how many tasks' data changed."""
             new_data = {t: d for t in part if (d := ranker.new_data(by_id[t])) is not None}
             for t, d in new_data.items():
                 preds[t] = task_prediction(snap, {"data": d}, from_name, to_name)
+
+            def predictions_then_flip():
+                spent = {"predictions_s": _timed(log_.push, api, pid, {t: preds[t] for t in part},
+                                                 snap.model_version)}
+                if flip:
+                    spent["flip_s"] = _timed(api.set_model_version, pid, snap.model_version)
+                return spent
+
             with ThreadPoolExecutor(max_workers=2) as pool:
-                pending = [pool.submit(log_.push, api, pid, {t: preds[t] for t in part}, snap.model_version)]
+                pending = [pool.submit(predictions_then_flip)]
                 if new_data:
-                    pending.append(pool.submit(api.update_tasks_data, pid, new_data))
+                    pending.append(pool.submit(lambda: {"data_s": _timed(api.update_tasks_data, pid, new_data)}))
                 for f in pending:
-                    f.result()
+                    for k, v in f.result().items():
+                        timing[k] = round(timing.get(k, 0) + v, 4)
             if new_data:
                 registry.record([{"id": t, "data": d} for t, d in new_data.items()])
             return len(new_data)
@@ -253,22 +264,25 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         # 1. the tasks served next: data rebuilt with options ranked by this index, predictions,
         #    model_version
         try:
-            reranked = push(first)
-            api.set_model_version(pid, snap.model_version)
+            reranked = push(first, flip=True)
+            first_timing = dict(timing)
         except Exception as exc:
             raise failed(f"pushing {len(first)} predictions (after rebuilding the data of "
                          f"{len(first)} tasks) and the model version to", exc) from exc
         ready_s = time.perf_counter() - t0
         info = {"ls": "pushed", "ls_tasks": len(first), "ls_options": reranked,
-                "ls_unknown": unknown, "ls_task_source": source, "push_s": round(ready_s, 4)}
+                "ls_unknown": unknown, "ls_task_source": source, "push_s": round(ready_s, 4),
+                "ls_first_data_s": first_timing.get("data_s"),
+                "ls_first_predictions_s": first_timing.get("predictions_s"), "ls_flip_s": first_timing.get("flip_s")}
         log.info(kv("ls.ready", project=ws.name, job=job_id, version=snap.model_version,
-                    tasks=len(first), options=reranked, s=ready_s))
+                    tasks=len(first), options=reranked, s=ready_s, data_s=first_timing.get("data_s"),
+                    predictions_s=first_timing.get("predictions_s"), flip_s=first_timing.get("flip_s")))
         if on_ready is not None:
             on_ready(dict(info))
 
         # 2. every other open task, its page too (whatever order serves it), unless a newer index
         #    is on its way
-        chunk = 2 * ls_parallel()
+        chunk = max(1, ls_parallel() // 2)   # small: a newer rebuild waits for at most one chunk
         pushed, stopped = 0, None
         for i in range(0, len(rest), chunk):
             if redis_client.exists(flag_key(ws.name)) or store.current_version() != snap.version:
@@ -286,6 +300,12 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 skipped_unknown=unknown, stopped=stopped, source=source, s=push_s))
     return dict(info, ls_tasks=len(first) + pushed, ls_options_all=reranked,
                 ls_rest=f"stopped: {stopped}" if stopped else "done", push_all_s=round(push_s, 4))
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 # -- problems on their tasks ---------------------------------------------------------------------
