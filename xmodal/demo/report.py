@@ -287,10 +287,11 @@ def _medoid_cards(medoids: list[dict]) -> str:
     for m in medoids:
         alt = m.get("image_id", "")
         caption = m.get("text") or "(no match)"
-        rank = m.get("truth_rank_in_candidates")
-        where = "" if "truth_rank_in_candidates" not in m else (
-            f'<br><span class="score">the model ranked this match #{_esc(rank)} before the label</span>'
-            if rank else '<br><span class="score">no model yet when labelled</span>')
+        how = {"shown": "picked among the texts shown first", "search": "found with the filter",
+               "written": "described by the annotator", "pasted": "pasted id (oracle)",
+               "skipped": "skipped"}.get(m.get("how"))
+        where = "" if how is None else f'<br><span class="score">{_esc(how)}' + (
+            "" if m.get("found", True) else " — not a match") + "</span>"
         cards.append(f'<div class="card">{_img_tag(m.get("image_path"), alt)}'
                      f'<b>#{_esc(m.get("rank", "?"))}</b> {_esc(caption)}{where}</div>')
     return f'<div class="grid">{"".join(cards)}</div>'
@@ -374,6 +375,14 @@ def write_report(history: dict, out_dir: str | os.PathLike) -> Path:
                      'published. Random references: the same number of pairs drawn at random '
                      '(mean of several draws). CCA: fitted on the same pairs as SSM-AL.</p>')
         parts.append(_curve_table(curve, metrics))
+        session = history.get("session") or {}
+        if session:
+            how = ", ".join(f"{n} {k}" for k, n in (session.get("how") or {}).items() if n)
+            parts.append(f'<p>Annotator: <b>{_esc(session.get("annotator"))}</b> ({_esc(how)}); '
+                         f'{_esc(session.get("pairs_stored"))} pairs stored, {_esc(session.get("problems"))} '
+                         f'problems, {_esc(session.get("lost"))} lost; right pairs '
+                         f'{_esc(session.get("found_rate"))}; Recall@10 over the items that are not '
+                         f'references: {_esc(session.get("recall@10"))}.</p>')
     else:
         parts.append("<p>No quality measurements were recorded.</p>")
     if medoids:

@@ -357,7 +357,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         ssm = point["methods"].get("ssm-al", {})
         rnd = point["methods"].get("random", {})
         console.progress(
-            f"  label {j}/{n} · {answer.how:<7} · index v{version} ({snap.n_pairs if snap else 0} pairs) · "
+            f"  label {j}/{n} · {answer.how:<7} · index v{version} ({_pairs(snap.n_pairs if snap else 0)}) · "
             f"Recall@10 {_f(_mean2(ssm, 'recall@10'))} (random references "
             f"{_f(_mean2(rnd, 'recall@10'))}) · {label_times[-1]:.2f} s/label",
             final=(j == n))
@@ -425,3 +425,7 @@ def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_i
             "truth": [ds.text_ids[t] for t in gt.texts_of_image[i]],
             "results": [{"id": x["id"], "text": x.get("text"), "score": x["score"]} for x in body["results"]]})
     return out
+
+
+def _pairs(n: int) -> str:
+    return "1 pair" if n == 1 else f"{n} pairs"
