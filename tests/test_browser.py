@@ -22,11 +22,11 @@ Screenshots of every task are kept under the test's tmp_path (``shots/``); a fai
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from browser import LabellingPage, chromium_driver
+from conftest import poll
 from ls_server import ls_server_fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -55,18 +55,6 @@ def page(ls_server, tmp_path):
         yield LabellingPage(driver, ls_server.url, tmp_path / "shots")
     finally:
         driver.quit()
-
-
-def _wait(what: str, fn, timeout: float = 60.0, procs=()):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        for child in procs:
-            assert child.alive(), f"{child.name} exited while waiting for {what}: see {child.log_path}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _references(pairs) -> tuple[set, set]:
@@ -123,14 +111,14 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
         page.screenshot(f"{n + 1}-{how}-{shown.item}")
         submitted.append((page.submit(), shown.item, how))
         if n == 2:   # the index after the first 3 labels, for the learning check below
-            _wait("an index with the first 3 labels", lambda: int(store.info().get("n_pairs", 0)) >= 3,
+            poll("an index with the first 3 labels", lambda: int(store.info().get("n_pairs", 0)) >= 3,
                   procs=procs)
             recall_3 = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
 
     # -- every submit reached the pair store as a pair or a problem -----------------------------
-    anns = _wait("every annotation in Label Studio",
+    anns = poll("every annotation in Label Studio",
                  lambda: (a := [x for x in ls.list_annotations(pid)]) and len(a) == LABELS and a)
-    records = {a.annotation_id: _wait(f"annotation {a.annotation_id} in the pair store",
+    records = {a.annotation_id: poll(f"annotation {a.annotation_id} in the pair store",
                                       lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns}
     silent = [a for a, rec in records.items() if rec.get("state") not in ("pair", "problem")]
     assert not silent, f"answers neither stored nor flagged: {[records[a] for a in silent]}; shots {page.shots}"
@@ -156,7 +144,7 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
 
     # -- learning ----------------------------------------------------------------------------------
     n_pairs = sum(1 for rec in records.values() if rec.get("state") == "pair")
-    _wait("the index with every pair", lambda: int(store.info().get("n_pairs", 0)) >= n_pairs,
+    poll("the index with every pair", lambda: int(store.info().get("n_pairs", 0)) >= n_pairs,
           timeout=90, procs=procs)
     final = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
     mean = lambda d: (d["i2t"] + d["t2i"]) / 2  # noqa: E731

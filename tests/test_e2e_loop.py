@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import poll
 from ls_server import ls_server_fixture
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,6 @@ COCO = Path(os.environ.get("XMODAL_COCO_MINI")
 K = 24
 LABELS = 20
 EARLY = 5
-TIMEOUT = 90.0
 
 ls_server = ls_server_fixture()
 
@@ -57,28 +57,6 @@ def coco_mini():
         pytest.skip(f"COCO-mini is not at {COCO} (set XMODAL_COCO_MINI to its folder): the e2e loop "
                     "test needs real images and captions")
     return COCO
-
-
-def _poll(what: str, fn, timeout: float = TIMEOUT, procs=None, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        for child in procs or []:
-            if not child.alive():
-                pytest.fail(f"{child.name} exited ({child.popen.returncode}) while waiting for {what}:\n"
-                            + _tail(child.log_path))
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {c.name} ---\n{_tail(c.log_path)}" for c in procs or [])
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
-        time.sleep(interval)
-
-
-def _tail(path, n: int = 40) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    return "<no log>"
 
 
 def recall_at_10(snap, image_rows: np.ndarray, text_rows: np.ndarray) -> tuple[float, float]:
@@ -187,7 +165,7 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
                     return None
                 v = int(info["version"])
                 return v if ls.sdk.projects.get(pid).model_version == f"v{v}" else None
-            v = _poll(f"an index with {n_pairs} pairs pushed to Label Studio", ready, procs=procs)
+            v = poll(f"an index with {n_pairs} pairs pushed to Label Studio", ready, procs=procs)
             if t_label is not None:
                 latencies.append(time.perf_counter() - t_label)
             return v
@@ -195,10 +173,10 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         # the first label: webhook -> PairStore, worker -> a new index version
         t_label = time.perf_counter()
         first_label = label_next()
-        rec = _poll("the webhook's pair in the PairStore", lambda: pair_of(first_label["annotation"]),
+        rec = poll("the webhook's pair in the PairStore", lambda: pair_of(first_label["annotation"]),
                     procs=procs)
         assert (rec["image_id"], rec["text_id"]) == (first_label["item"], first_label["answer"])
-        _poll("a rebuilt index", lambda: (store.current_version() or 0) > v1, procs=procs)
+        poll("a rebuilt index", lambda: (store.current_version() or 0) > v1, procs=procs)
         wait_index(1, t_label)
 
         for _ in range(EARLY - 1):
@@ -214,7 +192,7 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
 
         def preds_of(v):
             return {p.task: p for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v}"}
-        _poll("predictions of the new version for every open task",
+        poll("predictions of the new version for every open task",
               lambda: len(preds_of(v5)) >= len(open_tasks), procs=procs, timeout=30, interval=0.2)
         preds5 = preds_of(v5)
         assert set(preds5) == set(open_tasks)
@@ -242,7 +220,7 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         learned = r.hget(pkey(name, "ls"), "api_key")
         assert learned and os.environ.get("LABEL_STUDIO_API_KEY", "") == ""
         last = pkey(name, "rebuild", "last")   # recorded just after the push: poll
-        _poll("the rebuild's stats", lambda: r.hmget(last, "version", "ls") == [str(v5).encode(), b"pushed"],
+        poll("the rebuild's stats", lambda: r.hmget(last, "version", "ls") == [str(v5).encode(), b"pushed"],
               procs=procs, timeout=10)
 
         for _ in range(LABELS - EARLY):
@@ -266,7 +244,7 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         assert min(r20) > 2 * chance, r20
 
         # the remaining tasks carry predictions of the final version
-        _poll("predictions of the final version for every open task",
+        poll("predictions of the final version for every open task",
               lambda: len(preds_of(v20)) >= K - LABELS, procs=procs, timeout=30, interval=0.2)
         final = {p.task for p in ls.sdk.predictions.list(project=pid) if p.model_version == f"v{v20}"}
         # the tasks we did not annotate: LS 1.23 itself works around an "inconsistent is_labeled
@@ -312,12 +290,12 @@ def test_label_studio_loop(coco_mini, ls_server, xenv, services):
         none = [{"from_name": "caption", "to_name": "image", "type": "choices",
                  "value": {"choices": ["__none__"]}}]
         ann = ls.sdk.annotations.create(id=tid, result=none)
-        _poll("the problem on its task", lambda: ls.sdk.tasks.get(tid).data.get("problem"), procs=procs)
+        poll("the problem on its task", lambda: ls.sdk.tasks.get(tid).data.get("problem"), procs=procs)
         assert "None of these was chosen" in ls.sdk.tasks.get(tid).data["problem"]
         answer = sorted(truth_any[added[0]["data"]["item_id"]])[0]
         ls.sdk.annotations.update(id=ann.id, result=[{"from_name": "caption", "to_name": "image",
                                                       "type": "choices", "value": {"choices": [answer]}}])
-        _poll("the flag cleared", lambda: ls.sdk.tasks.get(tid).data.get("problem") == "", procs=procs)
+        poll("the flag cleared", lambda: ls.sdk.tasks.get(tid).data.get("problem") == "", procs=procs)
         assert pairs.get(ann.id)["state"] == "pair"
         print(f"e2e loop test body: {time.perf_counter() - t_start:.1f} s")
     finally:
