@@ -42,8 +42,12 @@ def preselect_min() -> float:
         return 0.5
 
 
-def task_prediction(snap: IndexSnapshot, task: dict, from_name: str, to_name: str) -> dict:
-    """Label Studio prediction for one task (see the module doc). Raises UnknownItem / ValueError."""
+def task_prediction(snap: IndexSnapshot, task: dict, from_name: str, to_name: str,
+                    score: float | None = None) -> dict:
+    """Label Studio prediction for one task (see the module doc). Raises UnknownItem / ValueError.
+
+    ``score``: the item's confidence when the caller has it already (it depends on the item, not
+    on the options, so a task whose options were just rebuilt keeps it)."""
     data = task.get("data") if isinstance(task, dict) else None
     if not isinstance(data, dict) or data.get("item_id") is None:
         raise ValueError("task has no data.item_id")
@@ -53,7 +57,8 @@ def task_prediction(snap: IndexSnapshot, task: dict, from_name: str, to_name: st
     if not snap.has_signal:
         return {"result": [], "score": round(UNLABELLED_SCALE * snap.medoid_priority(item_id), 8),
                 "model_version": snap.model_version}
-    score = snap.confidence(item_id)
+    if score is None:
+        score = snap.confidence(item_id)
     result = []
     if score >= preselect_min():
         ranking = snap.rank(snap.select, item_id, option_values(data.get("options")), k=1)

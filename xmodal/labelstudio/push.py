@@ -241,7 +241,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             Returns how many tasks' data changed."""
             new_data = {t: d for t in part if (d := ranker.new_data(by_id[t])) is not None}
             for t, d in new_data.items():
-                preds[t] = task_prediction(snap, {"data": d}, from_name, to_name)
+                preds[t] = task_prediction(snap, {"data": d}, from_name, to_name, score=preds[t]["score"])
 
             def predictions_then_flip():
                 spent = {"predictions_s": _timed(log_.push, api, pid, {t: preds[t] for t in part},
