@@ -277,7 +277,7 @@ def test_embed_command_writes_features_sidecar_and_encoder(tmp_path):
     texts = tmp_path / "captions.txt"
     texts.write_text("\n".join(CAPTIONS + [""]) + "\n", encoding="utf-8")
     out = tmp_path / "out" / "texts.npy"
-    assert run_embed("--texts", str(texts), "--out", str(out), "--no-progress") == 0
+    assert run_embed("--texts", str(texts), "--out", str(out), "--encoder", "sif", "--no-progress") == 0
     X = np.load(out)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert X.shape == (11, 50) and meta["items"][-1] == "" and len(meta["failures"]) == 1
@@ -288,3 +288,44 @@ def test_embed_command_writes_features_sidecar_and_encoder(tmp_path):
 def test_embed_command_reports_a_missing_folder_as_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         run_embed("--images", str(tmp_path / "nope"), "--out", str(tmp_path / "x.npy"))
+
+
+# -- texts in other languages ---------------------------------------------------------------------
+
+
+def test_sif_segments_chinese_into_words():
+    tokens = tokenize("一只猫坐在桌子上")
+    assert len(tokens) > 1 and "".join(tokens) == "一只猫坐在桌子上" and "桌子" in tokens
+    assert tokenize("iPhone手机 ok") == ["iphone", "手机", "ok"]
+    assert len(tokenize("ねこがすき")) == 5  # kana: no segmenter shipped, one token per character
+
+
+def test_sif_self_on_chinese_gives_more_than_one_token_and_real_vectors():
+    from xmodal.datasets.synthetic import make_scenes
+
+    texts = [c for s in make_scenes(40, captions_per_image=2, lang="zh") for c in s.captions]
+    assert all(len(tokenize(t)) > 3 for t in texts)
+    enc = get_text_encoder("sif-self", vector_size=16, epochs=3, progress=False)
+    X = enc.fit_transform(texts)
+    assert valid_rows(X).all() and not enc.failures_
+
+
+def test_e5_embeds_any_language_with_the_meaning_kept():
+    enc = get_text_encoder("e5", progress=False)
+    X = enc.transform(["一只猫坐在桌子上", "a cat sitting on a table", "a red bus on the street", ""])
+    assert X.shape == (4, 384) and enc.failures_ == [("", "empty text")]
+    np.testing.assert_allclose(np.linalg.norm(X[:3], axis=1), 1, atol=1e-4)
+    assert X[0] @ X[1] > X[0] @ X[2]  # the Chinese cat is closer to the English cat than to the bus
+    # a lone surrogate and a very long text are embedded, the latter cut at the model's window
+    long = " ".join(["a man riding a horse in a field"] * 800)
+    Y = enc.transform(["x\ud800y", long])
+    assert valid_rows(Y).all()
+    assert enc._e5().token_count(enc._fit_window(enc._e5(), long)) <= enc.max_tokens
+
+
+def test_most_texts_failing_to_embed_stops_with_a_clear_error():
+    from xmodal.encoders.base import check_failures
+
+    check_failures(10, [("x", "no known words")] * 5, "text", "sif")  # half: go on, with a warning
+    with pytest.raises(DataError, match=r"9 of 10 texts could not be embedded with sif .*e5"):
+        check_failures(10, [("x", "no known words")] * 9, "text", "sif")

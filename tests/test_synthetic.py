@@ -155,3 +155,11 @@ def test_generate_command(tmp_path, capsys):
     assert args.func(args) == 0
     assert "8 images" in capsys.readouterr().out
     assert len(list((tmp_path / "g" / "images").iterdir())) == 8
+
+
+def test_chinese_captions_name_the_same_scenes():
+    en = synthetic.make_scenes(30, seed=3, captions_per_image=2)
+    zh = synthetic.make_scenes(30, seed=3, captions_per_image=2, lang="zh")
+    assert [(s.shape, s.colour, s.size, s.position) for s in en] == \
+        [(s.shape, s.colour, s.size, s.position) for s in zh]
+    assert all(" " not in c and any("\u4e00" <= ch <= "\u9fff" for ch in c) for s in zh for c in s.captions)

@@ -103,8 +103,12 @@ def _bench_items(n_images: int, n_texts: int, tmp: Path):
                            "generated 10-word sentences (COCO-mini not found)")
 
 
-def bench_encoders(image_encoders=("efficientnet-lite0",), text_encoders=("sif", "minilm"),
-                   n_images: int = 64, n_texts: int = 500, repeats: int = 3) -> list[Result]:
+def bench_encoders(image_encoders=("efficientnet-lite0",), text_encoders=("sif", "minilm", "e5"),
+                   n_images: int = 64, n_texts: int = 500, repeats: int = 3,
+                   n_long: int = 24) -> list[Result]:
+    """Items/s of each encoder, uncached; text encoders also on ``n_long`` long texts (~25
+    captions, ~250 words each, like an article paragraph: MiniLM truncates at its 256-token
+    window, e5 windows over 512 tokens, SIF averages every word)."""
     import tempfile
 
     out = []
@@ -124,6 +128,12 @@ def bench_encoders(image_encoders=("efficientnet-lite0",), text_encoders=("sif",
                     t, _ = timed(lambda: enc.transform(items), repeats)
                     out.append(Result("encoders", f"{kind} {name}", len(items) / t, "items/s",
                                       f"{len(items)} items, no cache; {source}"))
+                    if kind == "text" and n_long:
+                        long = [" ".join(items[(i * 25 + j) % len(items)] for j in range(25))
+                                for i in range(n_long)]
+                        t, _ = timed(lambda: enc.transform(long), repeats)
+                        out.append(Result("encoders", f"text {name}, long texts", n_long / t, "items/s",
+                                          f"{n_long} texts of ~{len(long[0].split())} words"))
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other lines
                     out.append(Result("encoders", f"{kind} {name}", None, "items/s", f"skipped: {exc}"))
     return out

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                    help="captions written for every image (default 1)")
     p.add_argument("--label-by", default="shape", choices=("shape", "colour", "shape+colour"),
                    help="what the class label of an item is (default: shape)")
+    p.add_argument("--lang", default="en", choices=("en", "zh"),
+                   help="language of the captions: en (default) or zh (Chinese, written without spaces)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=run)
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = synthetic.generate(args.out, n=args.n, seed=args.seed, image_size=args.size,
                              captions_per_image=args.captions_per_image, label_by=args.label_by,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, lang=args.lang)
     n_texts = args.n * args.captions_per_image
     print(f"wrote {args.n} images and {n_texts} captions to {out} "
           f"in {time.perf_counter() - start:.1f} s")

@@ -81,6 +81,35 @@ TEMPLATES = [
     "{a} {size} {colour} {shape} drawn {where} on a pale background",
 ]
 
+# the same scenes captioned in Chinese (``lang="zh"``): a language written without spaces, for
+# the multilingual encoder and the word segmenter (docs/results.md, "Texts in other languages")
+ZH_WORDS: dict[str, dict[str, list[str]]] = {
+    "shape": {"circle": ["圆形", "圆盘", "圆点"], "square": ["正方形", "方块", "方形"],
+              "triangle": ["三角形", "楔形", "金字塔形"], "star": ["星形", "五角星"],
+              "diamond": ["菱形", "钻石形", "斜方形"], "cross": ["十字形", "加号"]},
+    "colour": {"red": ["红色", "深红色", "猩红色"], "green": ["绿色", "翠绿色", "草绿色"],
+               "blue": ["蓝色", "海军蓝", "钴蓝色"], "yellow": ["黄色", "金色", "柠檬黄"],
+               "purple": ["紫色", "紫罗兰色", "品红色"], "orange": ["橙色", "琥珀色", "橘色"]},
+    "size": {"small": ["小", "很小", "微小"], "medium": ["中等大小", "中号", "不大不小"],
+             "large": ["大", "很大", "巨大"]},
+    "where": {"top left": ["在左上角", "靠近左上方", "位于左上"],
+              "top right": ["在右上角", "靠近右上方", "位于右上"],
+              "bottom left": ["在左下角", "靠近左下方", "位于左下"],
+              "bottom right": ["在右下角", "靠近右下方", "位于右下"],
+              "center": ["在中间", "在正中央", "位于中心"]},
+}
+ZH_TEMPLATES = [
+    "一个{size}的{colour}{shape}{where}",
+    "{where}有一个{size}的{colour}{shape}",
+    "一张图片，画着一个{size}的{colour}{shape}{where}",
+    "{colour}的{shape}，{size}，{where}",
+    "一个涂成{colour}的{size}{shape}{where}",
+    "{where}放着一个{size}的{shape}，颜色是{colour}",
+    "这张图显示一个{size}的{colour}{shape}{where}",
+    "浅色背景上{where}画着一个{size}的{colour}{shape}",
+]
+LANGS = ("en", "zh")
+
 LABEL_BY = ("shape", "colour", "shape+colour")
 
 
@@ -112,8 +141,15 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_caption(rng: random.Random, shape: str, colour: str, size: str, position: str) -> str:
-    """One caption for a scene: a random template filled with random synonyms."""
+def make_caption(rng: random.Random, shape: str, colour: str, size: str, position: str,
+                 lang: str = "en") -> str:
+    """One caption for a scene: a random template filled with random synonyms (the same number
+    of draws in every language, so a scene's attributes do not depend on ``lang``)."""
+    if lang == "zh":
+        template = _pick(rng, ZH_TEMPLATES)
+        words = {"shape": _pick(rng, ZH_WORDS["shape"][shape]), "colour": _pick(rng, ZH_WORDS["colour"][colour]),
+                 "size": _pick(rng, ZH_WORDS["size"][size]), "where": _pick(rng, ZH_WORDS["where"][position])}
+        return template.format(**words)
     template = _pick(rng, TEMPLATES)
     words = {
         "shape": _pick(rng, SHAPES[shape]),
@@ -199,7 +235,7 @@ def render_scene(rng: random.Random, shape: str, colour: str, size: str, positio
     return canvas.resize((image_size, image_size), Image.LANCZOS)
 
 
-def make_scenes(n: int = 300, seed: int = 0, captions_per_image: int = 1) -> list[Scene]:
+def make_scenes(n: int = 300, seed: int = 0, captions_per_image: int = 1, lang: str = "en") -> list[Scene]:
     """The scene list (attributes + captions) without rendering anything.
 
     Shapes cycle so that every class has the same number of images (± 1); colour, size and
@@ -209,6 +245,8 @@ def make_scenes(n: int = 300, seed: int = 0, captions_per_image: int = 1) -> lis
         raise ConfigError("the synthetic data set needs at least one image (--n >= 1)")
     if captions_per_image < 1:
         raise ConfigError("captions_per_image must be at least 1")
+    if lang not in LANGS:
+        raise ConfigError(f"unknown caption language {lang!r}; use one of {', '.join(LANGS)}")
     rng = random.Random(seed)
     shapes = list(SHAPES)
     scenes = []
@@ -217,7 +255,7 @@ def make_scenes(n: int = 300, seed: int = 0, captions_per_image: int = 1) -> lis
         colour = _pick(rng, COLOURS)
         size = _pick(rng, SIZES)
         position = _pick(rng, POSITIONS)
-        captions = tuple(make_caption(rng, shape, colour, size, position) for _ in range(captions_per_image))
+        captions = tuple(make_caption(rng, shape, colour, size, position, lang) for _ in range(captions_per_image))
         scenes.append(Scene(f"img_{i:04d}.png", shape, colour, size, position, captions))
     return scenes
 
@@ -228,13 +266,15 @@ def _write_jsonl(path: Path, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def _params(n, seed, image_size, captions_per_image, label_by) -> dict:
+def _params(n, seed, image_size, captions_per_image, label_by, lang="en") -> dict:
     return {"generator": "xmodal.synthetic", "version": GENERATOR_VERSION, "n": n, "seed": seed,
-            "image_size": image_size, "captions_per_image": captions_per_image, "label_by": label_by}
+            "image_size": image_size, "captions_per_image": captions_per_image, "label_by": label_by,
+            **({"lang": lang} if lang != "en" else {})}
 
 
 def generate(out: str | os.PathLike, n: int = 300, seed: int = 0, image_size: int = 96,
-             captions_per_image: int = 1, label_by: str = "shape", overwrite: bool = False) -> Path:
+             captions_per_image: int = 1, label_by: str = "shape", overwrite: bool = False,
+             lang: str = "en") -> Path:
     """Write the data set to ``out`` (generic folder format) and return its path.
 
     The folder is built in a temporary sibling and moved into place, so an interrupted run never
@@ -249,7 +289,7 @@ def generate(out: str | os.PathLike, n: int = 300, seed: int = 0, image_size: in
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
-    scenes = make_scenes(n, seed, captions_per_image)
+    scenes = make_scenes(n, seed, captions_per_image, lang)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -263,7 +303,7 @@ def generate(out: str | os.PathLike, n: int = 300, seed: int = 0, image_size: in
         _write_jsonl(tmp / "texts.jsonl", (
             {"id": f"t{i:04d}_{j}", "text": caption, "image": s.id, "label": s.label(label_by)}
             for i, s in enumerate(scenes) for j, caption in enumerate(s.captions)))
-        meta = dict(_params(n, seed, image_size, captions_per_image, label_by),
+        meta = dict(_params(n, seed, image_size, captions_per_image, label_by, lang),
                     scenes=[{k: v for k, v in asdict(s).items() if k != "captions"} for s in scenes])
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         if out.exists():

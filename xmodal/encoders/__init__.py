@@ -7,6 +7,7 @@ Pick one by name::
     images = get_image_encoder("efficientnet-lite0")           # 1280-d, ONNX Runtime on CPU
     X = images.fit_transform(paths)                            # NaN rows: see images.failures_
     texts = get_text_encoder("sif").fit(captions)              # eq. 6-7, u fitted on captions
+    name, why = resolve_text_encoder("auto", captions)         # "minilm", "texts in en (100% ...)"
     Y = texts.transform(captions)
     texts.save("sif.npz")                                      # SIFEncoder.load: same u later
 
@@ -15,8 +16,11 @@ Pick one by name::
     Y, failures = embed_with_cache(texts, captions, FeatureCache(), fit=True)  # misses only
 
 Image names: ``efficientnet-lite0`` (default), ``torchvision:<arch>`` (needs
-``weights=<local .pth>``). Text names: ``sif`` (default; GloVe 6B 50-d + wordfreq),
-``sif:<word-vector file>``, ``sif-self`` (Word2Vec trained on your texts), ``minilm``.
+``weights=<local .pth>``). Text names: ``auto`` (default: ``minilm`` for English texts, ``e5`` for
+any other language, chosen from the texts by :func:`xmodal.encoders.language.resolve_text_encoder`),
+``minilm`` (all-MiniLM-L6-v2), ``e5`` (multilingual-e5-small, 4-bit, no PyTorch), ``sif`` (GloVe
+6B 50-d + wordfreq, the paper's), ``sif:<word-vector file>``, ``sif-self`` (Word2Vec trained on
+your texts; any language).
 Options are the encoder class's keyword arguments. Every encoder has ``fit``, ``transform``,
 ``fit_transform``, ``dim``, ``encoder_id`` and ``failures_``; :mod:`xmodal.encoders.cache` adds an
 on-disk feature cache. Heavy libraries load only when an encoder is built.
@@ -30,10 +34,14 @@ import inspect
 from xmodal.encoders.base import Encoder, NotFittedError, default_cache_dir, valid_rows
 from xmodal.errors import ConfigError
 
+# the defaults of `project create`, `demo`, `simulate` and `eval` alike (docs/results.md,
+# "Text encoders", has the measurements behind them)
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
-DEFAULT_TEXT_ENCODER = "sif"
+DEFAULT_TEXT_ENCODER = "auto"
 IMAGE_ENCODERS = ("efficientnet-lite0", "torchvision:<arch>")
-TEXT_ENCODERS = ("sif", "sif:<word-vector file>", "sif-self", "minilm")
+TEXT_ENCODERS = ("auto", "minilm", "e5", "sif", "sif:<word-vector file>", "sif-self")
+TEXT_ENCODER_HELP = ("auto (default: minilm for English texts, e5 for any other language), minilm, "
+                     "e5 (multilingual), sif (GloVe, the paper's), sif:<vector file>, sif-self")
 
 # classes and helpers importable from here, each loaded on first use (PEP 562)
 _LAZY = {
@@ -41,7 +49,9 @@ _LAZY = {
     "TorchvisionEncoder": "xmodal.encoders.image",
     "SIFEncoder": "xmodal.encoders.sif",
     "MiniLMEncoder": "xmodal.encoders.minilm",
+    "E5Encoder": "xmodal.encoders.e5",
     "FeatureCache": "xmodal.encoders.cache",
+    "resolve_text_encoder": "xmodal.encoders.language",
     "embed_with_cache": "xmodal.encoders.cache",
 }
 
@@ -52,6 +62,7 @@ __all__ = [
     "IMAGE_ENCODERS",
     "NotFittedError",
     "TEXT_ENCODERS",
+    "TEXT_ENCODER_HELP",
     "default_cache_dir",
     "get_encoder",
     "get_image_encoder",
@@ -79,13 +90,21 @@ def get_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, **options) -> Encoder:
     raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
 
 
-def get_text_encoder(name: str = DEFAULT_TEXT_ENCODER, **options) -> Encoder:
-    """A text encoder by name; ``options`` go to its constructor (see :class:`SIFEncoder` and
-    :class:`MiniLMEncoder`)."""
+def get_text_encoder(name: str, **options) -> Encoder:
+    """A text encoder by name; ``options`` go to its constructor (see :class:`SIFEncoder`,
+    :class:`MiniLMEncoder` and :class:`E5Encoder`). ``auto`` is chosen from texts first:
+    :func:`resolve_text_encoder`."""
+    if name == "auto":
+        raise ConfigError("the text encoder 'auto' is chosen from the texts: resolve it with "
+                          "xmodal.encoders.resolve_text_encoder(name, texts) first")
     if name == "minilm":
         from xmodal.encoders.minilm import MiniLMEncoder
 
         return _build(MiniLMEncoder, name, options)
+    if name == "e5":
+        from xmodal.encoders.e5 import E5Encoder
+
+        return _build(E5Encoder, name, options)
     if name == "sif" or name == "sif-self" or (name.startswith("sif:") and name[4:]):
         from xmodal.encoders.sif import GLOVE, SELF, SIFEncoder
 
@@ -99,7 +118,9 @@ def get_encoder(modality: str, name: str | None = None, **options) -> Encoder:
     if modality == "image":
         return get_image_encoder(name or DEFAULT_IMAGE_ENCODER, **options)
     if modality == "text":
-        return get_text_encoder(name or DEFAULT_TEXT_ENCODER, **options)
+        if not name:
+            raise ConfigError("a text encoder needs a name (see resolve_text_encoder for auto)")
+        return get_text_encoder(name, **options)
     raise ConfigError(f"unknown modality {modality!r}; valid: image, text")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -88,6 +89,24 @@ class Encoder:
         except NotFittedError:
             ident = "unfitted"
         return f"{type(self).__name__}({ident!r})"
+
+
+# more than this share of a corpus failing to embed is a wrong encoder, not a few bad items
+MAX_FAILED_SHARE = 0.5
+
+
+def check_failures(n_items: int, failures: Sequence[Failure], modality: str, encoder: str) -> None:
+    """Stop (DataError) when most of ``n_items`` could not be embedded by ``encoder``: evaluating
+    or serving the few that could would look like a result and mean nothing."""
+    from xmodal.errors import DataError
+
+    if n_items and len(failures) > MAX_FAILED_SHARE * n_items:
+        reasons = Counter(why for _, why in failures).most_common(2)
+        hint = (" — texts in a language the word vectors do not cover? Try --text-encoder e5 "
+                "(multilingual) or auto" if modality == "text" else "")
+        raise DataError(
+            f"{len(failures)} of {n_items} {modality}s could not be embedded with {encoder} "
+            f"({', '.join(f'{n}× {why}' for why, n in reasons)}){hint}")
 
 
 def valid_rows(X: np.ndarray) -> np.ndarray:

@@ -15,7 +15,10 @@ for the given language, or ``"corpus"``: counts over the texts passed to ``fit``
 
 Tokenisation (:func:`tokenize`): lowercase, then maximal runs of Unicode letters and digits
 (regex ``[^\\W_]+``); punctuation, apostrophes, underscores and spaces separate words, so
-"Don't stop!" gives ``["don", "t", "stop"]``.
+"Don't stop!" gives ``["don", "t", "stop"]``. Scripts written without spaces would make a whole
+sentence one "word": a run with Chinese characters is segmented by ``jieba``
+("一只猫坐在桌子上" gives ``["一只", "猫", "坐在", "桌子", "上"]``), a run of Japanese kana, Thai,
+Lao, Khmer or Myanmar (no segmenter shipped) is split into its characters.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ from xmodal.encoders.wordvectors import GLOVE, load_word_vectors, source_id
 from xmodal.errors import ConfigError, DataError
 
 _WORD = re.compile(r"[^\W_]+")
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# kana, Thai, Lao, Myanmar, Khmer: written without spaces between words
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
 # bump when tokenize() changes: it is part of the encoder id
-TOKENIZER_VERSION = "re1"
+TOKENIZER_VERSION = "re2-jieba"
 SELF = "self"
 FREQUENCY_SOURCES = ("wordfreq", "corpus")
 SAVE_FORMAT = "xmodal-sif/1"
@@ -53,8 +59,35 @@ _CONFIG_KEYS = "a frequencies lang n_components vector_size window min_count epo
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase word tokens: maximal runs of letters/digits (see the module docstring)."""
-    return _WORD.findall(text.lower())
+    """Lowercase word tokens: maximal runs of letters/digits, segmented where a script has no
+    spaces (see the module docstring)."""
+    words = []
+    for run in _WORD.findall(text.lower()):
+        if _HAN.search(run):
+            words.extend(w for w in _jieba().lcut(run) if w.strip())
+        elif _UNSPACED.search(run):
+            words.extend(run)
+        else:
+            words.append(run)
+    return words
+
+
+_segmenter = None
+
+
+def _jieba():
+    """jieba's default segmenter, loaded once and quietly (it logs its dictionary build)."""
+    global _segmenter
+    if _segmenter is None:
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        tk = jieba.Tokenizer()
+        tk.initialize()
+        _segmenter = tk
+    return _segmenter
 
 
 class SIFEncoder(Encoder):
