@@ -90,7 +90,7 @@ def tasks_of(ws) -> list[dict]:
 
 def test_create_writes_a_complete_workspace(data, models, fake_embed):
     notes = []
-    res = create_project(spec(data, k=6, candidates=4), say=notes.append)
+    res = create_project(spec(data, k=6, candidates=4, text_encoder="sif"), say=notes.append)
     ws = Workspace(models / "proj")
     assert res.ws.root == ws.root and ws.exists()
     cfg = ws.config
@@ -263,7 +263,8 @@ def test_cli_create_enhance_sets_and_validates_the_config(data, models, fake_emb
     err = capsys.readouterr().err
     assert "--enhance" in err and "'center'" in err and "valid: zscore, csls" in err
     assert not (models / "bad").exists()
-    assert Workspace(models / "plain").save_config({})["enhance"] == []
+    assert Workspace(models / "plain").save_config({})["enhance"] == ["zscore", "csls"]  # the default
+    assert Workspace(models / "faithful").save_config({"enhance": "none"})["enhance"] == []
 
 
 def test_cli_help_has_examples(capsys):
@@ -289,7 +290,8 @@ def test_initial_index_is_published_once(data, models, fake_embed, xenv):
 @pytest.mark.slow
 def test_real_encoders_on_a_small_folder(tmp_path, models):
     folder = make_folder(tmp_path / "real", n=12)
-    res = create_project(spec(folder, k=3, candidates=3, feature_cache=str(tmp_path / "cache")))
+    res = create_project(spec(folder, k=3, candidates=3, text_encoder="sif",
+                              feature_cache=str(tmp_path / "cache")))
     ws = res.ws
     assert ws.load_features("image").shape == (12, 1280)
     assert ws.load_features("text").shape[0] == 12 and np.isfinite(ws.load_features("text")).all()
@@ -297,7 +299,7 @@ def test_real_encoders_on_a_small_folder(tmp_path, models):
 
     enc = SIFEncoder.load(ws.text_encoder_state_path)
     assert enc.transform(["caption number 1"]).shape == (1, ws.load_features("text").shape[1])
-    assert create_project(spec(folder, k=3, candidates=3)).reused_features
+    assert create_project(spec(folder, k=3, candidates=3, text_encoder="sif")).reused_features
 
 
 if __name__ == "__main__":  # pragma: no cover

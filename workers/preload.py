@@ -12,6 +12,8 @@ of the worker process that re-enqueues rebuilds whose process died (its own Redi
 horses never use it).
 """
 
+import contextlib
+
 from rq.worker import SimpleWorker, Worker
 
 import workers.problems  # noqa: F401
@@ -21,6 +23,13 @@ import xmodal.labelstudio.client  # noqa: F401  (label_studio_sdk)
 import xmodal.labelstudio.push  # noqa: F401
 from workers.recovery import start_sweeper
 from xmodal.logfmt import setup_worker_logging
+
+# MiniLM (the English default text encoder) embeds written references in the rebuild: importing
+# PyTorch and sentence-transformers takes ~10 s here, loading the model from its package 0.3 s.
+# Imported once in the parent, a horse pays only the 0.3 s. Only imports: no model runs in the
+# parent, so no thread pool exists to be lost in the fork.
+with contextlib.suppress(ImportError):
+    import sentence_transformers  # noqa: F401
 
 
 class _Recovering:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xmodal.encoders import DEFAULT_TEXT_ENCODER, TEXT_ENCODER_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--select", choices=("image", "text"), default="image",
                    help="modality clustered into medoids: image = SSM-AL_I (default), text = SSM-AL_T")
     p.add_argument("--image-encoder", default="efficientnet-lite0")
-    p.add_argument("--text-encoder", default="sif", help="sif (default, the paper's) or minilm")
+    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME", help=TEXT_ENCODER_HELP)
     p.add_argument("--n", type=int, default=300, help="size of the synthetic data set (default 300)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data set")
     p.add_argument("--cache-dir", type=Path, default=None,

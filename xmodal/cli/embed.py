@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
+from xmodal.encoders import TEXT_ENCODER_HELP
 from xmodal.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--encoder",
         metavar="NAME",
-        help="image: efficientnet-lite0 (default), torchvision:<arch>; "
-        "text: sif (default), sif:<vector file>, sif-self, minilm",
+        help="image: efficientnet-lite0 (default), torchvision:<arch>; text: " + TEXT_ENCODER_HELP,
     )
     parser.add_argument(
         "--weights", metavar="FILE", help="local .pth weights for a torchvision:<arch> encoder"
@@ -82,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
     options = {"cache_dir": cache_dir, "progress": not args.no_progress}
     if args.weights:
         options["weights"] = args.weights
-    if modality == "text" and args.encoder == "minilm":
-        options.pop("cache_dir")  # MiniLM's weights come from its package, nothing to cache
-    encoder = get_encoder(modality, args.encoder, **options)
+    name = args.encoder
+    if modality == "text":
+        from xmodal.encoders.language import resolve_text_encoder
+
+        name, why = resolve_text_encoder(name, items)
+        print(f"text encoder: {name} ({why})", file=sys.stderr)
+        if not name.startswith("sif"):
+            options.pop("cache_dir")  # MiniLM's and e5's weights come from their packages
+    encoder = get_encoder(modality, name, **options)
     cache = FeatureCache(Path(cache_dir) / "features")
     if getattr(args, "distributed", False):
         from xmodal.encoders.distributed import embed_distributed

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from xmodal.encoders import DEFAULT_TEXT_ENCODER, TEXT_ENCODER_HELP
 from xmodal.errors import ConfigError
 
 DATASETS = ("wikipedia", "coco-mini", "pascal-dscmr", "folder")
@@ -46,9 +47,8 @@ def register(subparsers) -> None:
                    help="SSR similarity: pearson (eq. 32, default) or cosine (eq. 33)")
     p.add_argument("--image-encoder", default=None,
                    help="image encoder for raw images (default efficientnet-lite0)")
-    p.add_argument("--text-encoder", default=None,
-                   help="text encoder for raw texts (default: minilm for coco-mini, the encoders' "
-                   "default (sif) for folders)")
+    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME",
+                   help="text encoder for raw texts: " + TEXT_ENCODER_HELP)
     p.add_argument("--captions", default="all", choices=("first", "all"),
                    help="coco-mini: load the first or all 5 captions (evaluation always uses the first; "
                    "the +captions variants average all of a reference's captions). Default all")
@@ -74,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"captions": args.captions} if args.dataset == "coco-mini" else {}
     dataset = datasets.load(args.dataset, args.data, **kwargs)
     say(dataset.describe())
-    text_encoder = args.text_encoder or ("minilm" if args.dataset == "coco-mini" else None)
-    data = protocol.prepare(dataset, image_encoder=args.image_encoder, text_encoder=text_encoder,
+    data = protocol.prepare(dataset, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                             cache_dir=args.cache_dir, progress=not args.quiet)
+    if data.meta.get("text_encoder_choice"):
+        say(f"text encoder: {data.meta['text_encoder_name']} ({data.meta['text_encoder_choice']})")
     protocol.check_sizes(data, ns)  # before any long computation
     say(f"{data.n} coupled items, protocol {data.protocol}, "
         f"{'MAP' if data.labelled and args.metric != 'recall' else 'Recall@K'}; seeds {seeds}")

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from xmodal.encoders import DEFAULT_TEXT_ENCODER, TEXT_ENCODER_HELP
 from xmodal.errors import ConfigError
 
 CREATE_EXAMPLES = """\
@@ -23,8 +24,8 @@ examples:
   # SSM-AL_T: cluster the texts, annotators pick images; k chosen by the canopy method
   xmodal project create --data my_data/ --name shop --select text --k auto
 
-  # the enhanced index (z-scored SSR columns + CSLS hubness correction, "ssm-al++")
-  xmodal project create --data /data/coco_mini --name coco --k 20 --enhance zscore,csls
+  # the paper's faithful index (the default adds z-scored SSR columns + CSLS hubness correction)
+  xmodal project create --data /data/coco_mini --name coco --k 20 --enhance none
 
 Data: a COCO-mini folder (pairs.json) or the generic format: images/ (nested folders allowed)
 and texts.jsonl, one {"id": ..., "text": ..., "image": <optional id of its image>} per line.
@@ -75,13 +76,12 @@ def register(subparsers) -> None:
                    help="number of medoids = labels to collect; 'auto' = canopy method (default)")
     c.add_argument("--image-encoder", default="efficientnet-lite0", metavar="NAME",
                    help="efficientnet-lite0 (default) or torchvision:<arch>")
-    c.add_argument("--text-encoder", default="sif", metavar="NAME",
-                   help="sif (default), sif:<vector file>, sif-self, minilm")
+    c.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME", help=TEXT_ENCODER_HELP)
     c.add_argument("--measure", choices=("pearson", "cosine"), default="pearson")
     c.add_argument("--enhance", metavar="NAMES",
                    help="index enhancements beyond the paper, comma-separated: zscore (z-scored SSR "
-                   "columns), csls (hubness correction); 'zscore,csls' = ssm-al++ (docs/results.md). "
-                   "Default: the workspace's setting, none for a new one (faithful SSM-AL)")
+                   "columns), csls (hubness correction); 'none' = faithful SSM-AL. Default: the "
+                   "workspace's setting, zscore,csls for a new one (measured best, docs/results.md)")
     c.add_argument("--captions", choices=("first", "all"), default="first",
                    help="COCO-mini: the first caption of each image (default) or all five")
     c.add_argument("--candidates", type=int, default=10, metavar="N",

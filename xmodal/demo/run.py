@@ -59,6 +59,7 @@ from xmodal.demo.session import (
     reset_project_state,
     run_session,
 )
+from xmodal.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
 
@@ -116,8 +117,8 @@ class DemoOptions:
     home: Path | None = None
     port: int | None = None
     select: str = "image"
-    image_encoder: str = "efficientnet-lite0"
-    text_encoder: str = "sif"
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
+    text_encoder: str = DEFAULT_TEXT_ENCODER   # "auto": chosen from the texts' language
     measure: str = "pearson"
     n: int = 300
     seed: int = 0
@@ -281,7 +282,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                 "title": f"xmodal demo — {data.name}",
                 "dataset": dict(data.info),
                 "settings": {"select": opt.select, "labels": opt.labels, "measure": opt.measure,
-                             "encoders": {"image": opt.image_encoder, "text": opt.text_encoder},
+                             "encoders": dict(boot.ws.config["encoders"]),
                              "random_draws": opt.n_random, "project": project, "backend": backend_url,
                              "label_studio": {k: v for k, v in ls_info.items() if k != "password"}
                              if ls_info else "not used",

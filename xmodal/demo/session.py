@@ -106,6 +106,7 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
     """Create (or reuse) the demo workspace with ``xmodal project create``'s steps
     (:mod:`xmodal.index.features`, :mod:`xmodal.index.selection`): items and features of both modalities (through the feature cache;
     reused without loading any encoder when nothing changed), then the medoids in anytime order."""
+    from xmodal.encoders.language import resolve_text_encoder
     from xmodal.index.features import ensure_features
     from xmodal.index.selection import ensure_candidate_pool, ensure_selection, resolve_k
     from xmodal.index.workspace import Workspace, other
@@ -113,6 +114,8 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
 
     console = console or Console(quiet=True)
     ds = data.ds
+    text_encoder, why = resolve_text_encoder(text_encoder, ds.texts)
+    console.say(f"text encoder: {text_encoder} ({why})")
     ws = Workspace.for_project(project, models_dir)
     timings = {}
     key = {"demo_version": DEMO_VERSION, "data": data.fingerprint, "image_encoder": image_encoder,

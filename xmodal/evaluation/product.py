@@ -21,7 +21,7 @@ import tempfile
 
 def measure_product(data, enhance: str | None, *, labels: int = 20, name: str = "product",
                     model_dir=None, image_encoder: str = "efficientnet-lite0",
-                    text_encoder: str = "minilm", captions: str = "all", select: str = "image",
+                    text_encoder: str = "auto", captions: str = "all", select: str = "image",
                     feature_cache=None, seed: int = 0) -> dict:
     """Metrics of the product index after ``labels`` oracle pairs; see the module doc."""
     from xmodal.datasets import load_data
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--labels", type=int, default=20)
     p.add_argument("--enhance", default="zscore,csls", help="compared with the faithful index")
     p.add_argument("--image-encoder", default="efficientnet-lite0")
-    p.add_argument("--text-encoder", default="minilm")
+    p.add_argument("--text-encoder", default="auto")
     p.add_argument("--captions", default="all", choices=("first", "all"))
     p.add_argument("--select", default="image", choices=("image", "text"))
     p.add_argument("--json", action="store_true")

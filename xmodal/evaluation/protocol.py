@@ -131,12 +131,13 @@ class EvalData:
 
 def _embed(items, modality: str, name: str, cache_dir, progress: bool):
     from xmodal.encoders import get_encoder
-    from xmodal.encoders.base import valid_rows
+    from xmodal.encoders.base import check_failures, valid_rows
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
 
     encoder = get_encoder(modality, name, progress=progress) if name else get_encoder(modality, progress=progress)
     cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
     F, failures = embed_with_cache(encoder, [str(i) for i in items], cache, fit=True, progress=progress)
+    check_failures(len(items), failures, modality, encoder.name or name)
     return F, valid_rows(F), failures, encoder.encoder_id
 
 
@@ -174,6 +175,10 @@ def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
     if Y is None:
         if dataset.texts is None:
             raise DataError(f"{dataset.name}: no text features and no texts")
+        from xmodal.encoders.language import resolve_text_encoder
+
+        text_encoder, meta["text_encoder_choice"] = resolve_text_encoder(text_encoder, dataset.texts)
+        meta["text_encoder_name"] = text_encoder
         Y, text_ok, fails, meta["text_encoder"] = _embed(dataset.texts, "text", text_encoder,
                                                         cache_dir, progress)
         failures += [f"text {item!r}: {why}" for item, why in fails]

@@ -33,6 +33,7 @@ def _embed_on_workers(modality: str, name: str, items: list[str], cache_root, fi
 def _embed_with(modality: str, name: str, items: list[str], cache_root, fit: bool, say: Say,
                 workers: bool):
     from xmodal.encoders import get_encoder
+    from xmodal.encoders.base import check_failures
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
 
     t0 = time.perf_counter()
@@ -45,6 +46,7 @@ def _embed_with(modality: str, name: str, items: list[str], cache_root, fit: boo
     else:
         F, failures = embed_with_cache(enc, items, FeatureCache(cache_root), fit=fit, progress=False)
     F = np.asarray(F, dtype=np.float32)
+    check_failures(len(items), failures, modality, name)
     if failures:
         bad = ", ".join(f"{item}: {why}" for item, why in failures[:3])
         say(f"warning: {len(failures)} {modality}(s) could not be embedded and will never rank "

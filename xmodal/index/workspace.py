@@ -44,8 +44,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "measure": "pearson",
     "sparse_top_k": None,
     "sparse_power": 1.0,
-    # beyond the paper: "zscore" (z-scored SSR columns), "csls" (hubness correction); [] = faithful
-    "enhance": [],
+    # beyond the paper: "zscore" (z-scored SSR columns), "csls" (hubness correction), the default
+    # of a new workspace: through the product path (20 labels, docs/results.md) they gained
+    # +12.7%/+9.7% Recall@10 on COCO-mini, +42%/+15% and +56%/+10% on the English and Chinese
+    # shapes. [] (`--enhance none`) = faithful SSM-AL. A config.json written before this default
+    # holds its own "enhance" and keeps it.
+    "enhance": ["zscore", "csls"],
     "csls_k": 10,
     "label_studio": {
         "project_id": None,      # Label Studio project id (int) this workspace is linked to
@@ -65,14 +69,14 @@ ENHANCEMENTS = ("zscore", "csls")
 def parse_enhance(value: Any) -> list[str]:
     """The enhancement names of ``value`` (a list, or a comma-separated string like
     ``"zscore,csls"``), in canonical order; an unknown name is a :class:`ConfigError`."""
-    if value is None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
     names = {str(x).strip().lower() for x in items if str(x).strip()}
     unknown = sorted(names - set(ENHANCEMENTS))
     if unknown:
         raise ConfigError(f"unknown enhancement {', '.join(map(repr, unknown))}; valid: "
-                          f"{', '.join(ENHANCEMENTS)} (comma-separated; none = faithful SSM-AL)")
+                          f"{', '.join(ENHANCEMENTS)} (comma-separated; 'none' = faithful SSM-AL)")
     return [name for name in ENHANCEMENTS if name in names]
 
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xmodal.datasets import load_data
+from xmodal.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
+from xmodal.encoders.language import resolve_text_encoder
 from xmodal.errors import ConfigError, XmodalError
 from xmodal.index.build import publish_initial_index
 from xmodal.index.features import ensure_features
@@ -66,8 +68,8 @@ class ProjectSpec:
     data: str | os.PathLike
     select: str = "image"
     k: int | str = "auto"                  # an int, or "auto" (canopy)
-    image_encoder: str = "efficientnet-lite0"
-    text_encoder: str = "sif"
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
+    text_encoder: str = DEFAULT_TEXT_ENCODER  # "auto": chosen from the texts' language
     measure: str = "pearson"
     # index enhancements beyond the paper ("zscore", "csls"; list or "zscore,csls"):
     # None keeps the workspace's setting (new workspace: none = faithful SSM-AL)
@@ -201,6 +203,8 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
     with _Timer(timings, "load_data_s"):
         ds, fmt = load_data(spec.data, spec.captions)
     say(f"data: {ds.describe()}")
+    spec.text_encoder, why = resolve_text_encoder(spec.text_encoder, ds.texts)
+    say(f"text encoder: {spec.text_encoder} ({why})")
     ws = Workspace.for_project(spec.name, spec.model_dir)
     _check_existing(ws, spec, select)
     ws.root.mkdir(parents=True, exist_ok=True)
