@@ -84,3 +84,62 @@ def test_status_help_has_a_description():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["status"]
     assert sub.description and "never starts a Redis server" in sub.description
+
+
+def test_unknown_encoder_is_reported_before_redis_starts_or_anything_is_embedded(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    for command in (["demo", "--cache-dir", str(tmp_path / "demo"), "--image-encoder", "nope"],
+                    ["eval", "--dataset", "folder", "--data", str(tmp_path / "nope"), "--text-encoder", "nope"],
+                    ["project", "create", "--data", str(tmp_path / "nope"), "--name", "x",
+                     "--model-dir", str(tmp_path / "models"), "--text-encoder", "nope"]):
+        r = subprocess.run([sys.executable, "-m", "xmodal.cli", *command], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=120)
+        assert r.returncode == 1, (command, r.stdout, r.stderr)
+        assert "unknown" in r.stderr and "encoder 'nope'; valid:" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert r.stdout.strip() == "", command  # nothing generated, started or embedded first
+    assert not (tmp_path / "demo" / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_too_many_labels_says_the_maximum(tmp_path):
+    r = run_cli("simulate", "--n", "300", "--labels", "1000")
+    assert r.returncode == 1
+    assert "at most --labels 300" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("demo", "--n", "20", "--labels", "1000", "--no-label-studio",
+                "--cache-dir", str(tmp_path / "demo"))
+    assert r.returncode == 1
+    assert "at most --labels 20" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_progress_bars_leave_the_next_line_alone_in_a_log(capsys):
+    from xmodal.encoders.base import progress_bar
+
+    with progress_bar(0, "nothing", "item", True):
+        pass
+    assert capsys.readouterr().err == ""  # no bar for nothing to do
+    with progress_bar(3, "three", "item", True) as bar:
+        bar.update(3)
+    err = capsys.readouterr().err
+    assert err.endswith("\n")  # an error printed next starts its own line
+
+
+def test_simulate_help_has_one_examples_block():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["simulate"]
+    assert sub.format_help().count("examples:") == 1
+
+
+def test_http_request_logs_are_off_unless_debug(tmp_path, monkeypatch):
+    import logging
+
+    from xmodal.cli.main import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    try:
+        assert main(["status"]) == 0
+        assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
+        assert logging.getLogger("matplotlib").getEffectiveLevel() >= logging.WARNING
+    finally:
+        for name in ("httpx", "matplotlib", "xmodal"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
