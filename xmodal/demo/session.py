@@ -358,8 +358,8 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         rnd = point["methods"].get("random", {})
         console.progress(
             f"  label {j}/{n} · {answer.how:<7} · index v{version} ({_pairs(snap.n_pairs if snap else 0)}) · "
-            f"Recall@10 {_f(_mean2(ssm, 'recall@10'))} (random references "
-            f"{_f(_mean2(rnd, 'recall@10'))}) · {label_times[-1]:.2f} s/label",
+            f"{_recall_text(_mean2(ssm, 'recall@10'), _mean2(rnd, 'recall@10'))} · "
+            f"{label_times[-1]:.2f} s/label",
             final=(j == n))
     records = pairs_store.records()
     asked = len(curve)
@@ -425,6 +425,13 @@ def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_i
             "truth": [ds.text_ids[t] for t in gt.texts_of_image[i]],
             "results": [{"id": x["id"], "text": x.get("text"), "score": x["score"]} for x in body["results"]]})
     return out
+
+
+def _recall_text(ssm, rnd) -> str:
+    """The label line's quality part; before there is a score, say why rather than print a dash."""
+    if ssm is None:
+        return "Recall@10 not yet (the index ranks from 2 pairs on)"
+    return f"Recall@10 {_f(ssm)}" + (f" (random references {_f(rnd)})" if rnd is not None else "")
 
 
 def _pairs(n: int) -> str:
