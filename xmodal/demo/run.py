@@ -287,7 +287,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             history = {
                 "title": f"xmodal demo — {data.name}",
                 "dataset": dict(data.info),
-                "settings": {"select": opt.select, "labels": opt.labels, "measure": opt.measure,
+                "settings": {"select": opt.select, "labels to annotate": opt.labels, "measure": opt.measure,
                              "encoders": {"image": opt.image_encoder, "text": opt.text_encoder},
                              "random_draws": opt.n_random, "project": project, "backend": backend_url,
                              "label_studio": {k: v for k, v in ls_info.items() if k != "password"}
