@@ -151,6 +151,11 @@ def _say(args):
 
 
 def _model_dir(args):
+    import logging
+
+    if not getattr(args, "debug", False):
+        # the command prints its own steps; the library's timestamped INFO lines are for services
+        logging.getLogger("xmodal").setLevel(logging.WARNING)
     if args.model_dir:
         os.environ["MODEL_DIR"] = str(Path(args.model_dir).resolve())  # for the index store too
     return None
