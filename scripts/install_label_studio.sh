@@ -23,11 +23,18 @@ installed_version() {
 if [[ -x "$LS_VENV/bin/label-studio" && "$(installed_version)" == "$LS_VERSION" ]]; then
     echo "label-studio $LS_VERSION already installed in $LS_VENV" >&2
 else
-    echo "installing label-studio==$LS_VERSION into $LS_VENV (~90 s, ~1 GB)" >&2
+    # ~3 min measured on a 2-core machine with a fresh pip cache (2 min 54 s), ~1 GB
+    echo "installing label-studio==$LS_VERSION into $LS_VENV (~3 min, ~1 GB; pip's progress below)" >&2
     mkdir -p "$(dirname "$LS_VENV")"
-    [[ -x "$LS_VENV/bin/python" ]] || "$LS_PYTHON" -m venv "$LS_VENV"
-    "$LS_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-    "$LS_VENV/bin/python" -m pip install --quiet "label-studio==$LS_VERSION" >&2
+    if [[ ! -x "$LS_VENV/bin/python" ]]; then
+        echo "==> [label-studio 1/3] creating the virtualenv $LS_VENV" >&2
+        "$LS_PYTHON" -m venv "$LS_VENV"
+    fi
+    echo "==> [label-studio 2/3] upgrading pip in $LS_VENV" >&2
+    "$LS_VENV/bin/python" -m pip install --upgrade pip >&2
+    echo "==> [label-studio 3/3] installing label-studio==$LS_VERSION" >&2
+    progress=raw; [[ -t 2 ]] && progress=on
+    "$LS_VENV/bin/python" -m pip install --progress-bar "$progress" "label-studio==$LS_VERSION" >&2
     got="$(installed_version)"
     if [[ "$got" != "$LS_VERSION" ]]; then
         echo "error: expected label-studio $LS_VERSION in $LS_VENV, found '${got:-nothing}'" >&2

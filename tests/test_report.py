@@ -112,3 +112,78 @@ def test_bad_history(tmp_path, images):
     with pytest.raises(DataError):
         load_history(tmp_path / "h.json")
     json.dumps(fake_history(images))  # the format is plain JSON
+
+
+def wide_history(images):
+    """A history shaped like the demo's: label 1 has no scores yet, every method and metric after."""
+    history = fake_history(images)
+    history["curve"].insert(0, {"labels": 1, "index_version": 2, "elapsed_s": 0.4, "methods": {}})
+    for p in history["curve"]:
+        p["labels"] = p["labels"] * 10  # two- and three-digit label counts
+    history["examples"]["text_to_image"][0].update(truth=["nothing-shown"], truth_rank=37, ranked_of=300)
+    history["examples"]["image_to_text"][0].update(truth_rank=2, ranked_of=300)
+    history["dataset"]["class labels (for MAP)"] = "yes"
+    history["settings"]["labels to annotate"] = 30
+    return history
+
+
+def test_curve_table_is_compact_and_explains_the_first_row(tmp_path, images):
+    html = write_report(wide_history(images), tmp_path / "r").read_text()
+    table = html[html.index('<table class="curve">'):]
+    table = table[:table.index("</table>")]
+    assert 'colspan="3">Recall@10<br>image→text' in table
+    assert "<th>SSM-AL</th><th>random</th><th>CCA</th>" in table
+    first_row = table.split("<tr>")[3]
+    assert "not measured yet" in first_row and "–" not in first_row  # row 1 is not all dashes
+    assert "– = not measured" in html  # the legend for the remaining dashes
+
+
+def test_examples_say_where_the_true_match_ranks(tmp_path, images):
+    html = write_report(wide_history(images), tmp_path / "r").read_text()
+    assert "true image: rank 37 of 300, not among the 4 shown" in html
+    assert "true text: rank 2 of 300 (green)" in html
+    assert "1 of 2 queries have it there" in html
+    assert "Green = the ground-truth match.</p>" not in html
+
+
+def test_medoid_captions_wrap_to_the_cell():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from xmodal.demo.report import _sheet_font, _wrap
+
+    font = _sheet_font(ImageFont, 11)
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    fits = lambda line: draw.textlength(line, font=font) <= 138  # noqa: E731
+    text = "#12: A grass green rhombus, medium, at the bottom right of a supercalifragilisticexpialidocious"
+    lines = _wrap(text, fits, 6).split("\n")
+    assert all(fits(line) for line in lines), lines
+    assert lines[0].startswith("#12: A grass")
+    assert _wrap("one two three", 7) == "one two\nthree"
+
+
+def test_report_tables_fit_the_page_at_1280px_in_chromium(tmp_path, images):
+    """Headless Debian Chromium (selenium) renders the report; a table wider than the page fails."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "check_report", Path(__file__).resolve().parents[1] / "scripts" / "check_report.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    binary, driver = check.chromium_paths()
+    if not binary or not driver:
+        pytest.skip("Chromium and ChromeDriver are not installed (apt-get install chromium chromium-driver; "
+                    "`make test` installs them when it can): the report's width check did not run")
+    pytest.importorskip("selenium", reason="selenium is not installed: the report's width check did not run")
+    history = wide_history(images)
+    # many methods' worth of columns, as the demo writes with MAP and Recall@10
+    index = write_report(history, tmp_path / "r")
+    result = check.measure(index, width=1280, screenshot=tmp_path / "shot.png")
+    assert len(result["tables"]) >= 3
+    assert check.too_wide(result) == [], check.too_wide(result)
+    assert (tmp_path / "shot.png").stat().st_size > 0
+    # and the check does catch a table that is too wide
+    html = index.read_text().replace("</body>", "<table><tr>" + "<td>0.123456789</td>" * 60
+                                     + "</tr></table></body>")
+    index.write_text(html)
+    assert any("table" in line for line in check.too_wide(check.measure(index, width=1280)))

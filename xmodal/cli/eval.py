@@ -62,8 +62,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xmodal import datasets
+    from xmodal.encoders import check_encoder_name
     from xmodal.evaluation import protocol, report
 
+    check_encoder_name("image", args.image_encoder)  # before the data set is loaded and embedded
+    check_encoder_name("text", args.text_encoder)
     ns = _int_list(args.n, "--n")
     seeds = _int_list(args.seeds, "--seeds")
     select = ("image", "text") if args.select == "both" else (args.select,)

@@ -67,10 +67,6 @@ EXAMPLES = {
     "generate": """examples:
   xmodal generate --out shapes --n 300 --seed 0
   xmodal demo --data shapes""",
-    "simulate": """examples:
-  xmodal simulate --data synthetic --n 10000 --labels 30
-  xmodal simulate --data ../shared/data/coco_mini --labels 20 \\
-      --label-studio-url http://127.0.0.1:8080 --api-key $TOKEN""",
 }
 
 
@@ -97,9 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # commands may quieten loggers for their own output; put them back afterwards (main() also
+    # runs in-process, in tests)
+    saved = {name: logging.getLogger(name).level for name in ("httpx", "matplotlib", "xmodal")}
+    if not args.debug:
+        # one INFO line per HTTP request (project create: ~60) and matplotlib's font-cache notice
+        # bury what the commands print; --debug shows them
+        for name in ("httpx", "matplotlib"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    try:
+        return _run(args)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except XmodalError as exc:

@@ -151,6 +151,11 @@ def _say(args):
 
 
 def _model_dir(args):
+    import logging
+
+    if not getattr(args, "debug", False):
+        # the command prints its own steps; the library's timestamped INFO lines are for services
+        logging.getLogger("xmodal").setLevel(logging.WARNING)
     if args.model_dir:
         os.environ["MODEL_DIR"] = str(Path(args.model_dir).resolve())  # for the index store too
     return None
@@ -170,8 +175,11 @@ def _print_result(args, result) -> None:
 
 
 def run_create(args) -> int:
+    from xmodal.encoders import check_encoder_name
     from xmodal.labelstudio.project import ProjectSpec, create_project
 
+    check_encoder_name("image", args.image_encoder)  # before anything is embedded
+    check_encoder_name("text", args.text_encoder)
     _model_dir(args)
     spec = ProjectSpec(name=args.name, data=args.data, select=args.select, k=args.k,
                        image_encoder=args.image_encoder, text_encoder=args.text_encoder,

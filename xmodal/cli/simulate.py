@@ -7,6 +7,7 @@ import argparse
 EXAMPLES = """\
 examples:
   xmodal simulate                                   # 10k synthetic items, 30 labels, /predict
+  xmodal simulate --data synthetic --n 10000 --labels 30 --json sim.json
   xmodal simulate --data /data/coco_mini --labels 20
   xmodal simulate --data /data/coco_mini --labels 20 \\
       --label-studio-url http://127.0.0.1:8080 --api-key TOKEN   # latency to Label Studio

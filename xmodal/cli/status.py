@@ -12,7 +12,12 @@ import time
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("status", help="show queues, workers, indexes and failed rebuilds")
+    p = subparsers.add_parser(
+        "status", help="show queues, workers, indexes and failed rebuilds",
+        description="Show the RQ queues and workers, each project's pairs, skips and problems, its "
+        "current index version and last rebuild, and recent failed rebuilds. Reads $REDIS_URL, else "
+        "the embedded Redis that `xmodal serve`, `xmodal worker` or `xmodal demo` started for this "
+        "$MODEL_DIR (default ./models); it never starts a Redis server itself.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--failures", type=int, default=5, help="failed jobs to show (default 5)")
     p.set_defaults(func=run)
@@ -87,12 +92,35 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
 
 
 def run(args) -> int:
-    from xmodal.redis_conn import get_redis, model_dir
+    import logging
+    import os
 
-    data = collect(get_redis(), model_dir(), n_failures=args.failures)
+    from xmodal.index.workspace import list_workspaces
+    from xmodal.redis_conn import get_redis, model_dir, redact, running_embedded_url
+
+    if not getattr(args, "debug", False):
+        logging.getLogger("xmodal").setLevel(logging.WARNING)  # the output below says which Redis
+    url = os.environ.get("REDIS_URL")
+    source = "REDIS_URL"
+    if not url:
+        # read-only: attach to a running embedded server, never start one (it would outlive us)
+        url, source = running_embedded_url(), "embedded"
+    if not url:
+        names = [w.name for w in list_workspaces(model_dir())]
+        if args.json:
+            print(json.dumps({"redis": None, "projects": names}, indent=1))
+            return 0
+        print(f"redis: REDIS_URL is unset and no embedded Redis is running for MODEL_DIR={model_dir()} "
+              "(`xmodal serve`, `xmodal worker` or `xmodal demo` start one); set REDIS_URL to read "
+              "another Redis")
+        print("workspaces: " + (", ".join(names) if names else f"none in {model_dir()}"))
+        return 0
+    data = collect(get_redis(url), model_dir(), n_failures=args.failures)
+    data["redis"] = {"url": redact(url), "source": source}
     if args.json:
         print(json.dumps(data, indent=1, default=str))
         return 0
+    print(f"redis: {data['redis']['url']} ({data['redis']['source']})")
     q = data["queue"]
     print(f"queue {q['name']}: {q['queued']} queued, {q['started']} running, "
           f"{q['scheduled']} scheduled (retry backoff), {q['failed']} failed")

@@ -116,7 +116,7 @@ class CrossModalDataset:
     def describe(self) -> str:
         parts = [f"{self.name}: {self.n_images} images, {self.n_texts} texts, {len(self.pairs)} pairs"]
         if self.has_labels:
-            parts.append(f"{len(np.unique(np.concatenate([self.image_labels, self.text_labels]).astype(str)))} labels")
+            parts.append(f"{len(np.unique(np.concatenate([self.image_labels, self.text_labels]).astype(str)))} classes")
         if self.has_split:
             parts.append(f"train/test {int((self.image_split == 'train').sum())}/"
                          f"{int((self.image_split == 'test').sum())} images")

@@ -43,4 +43,4 @@ def _mean2(metrics: dict, name: str):
 
 
 def _f(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
+    return "n/a" if v is None else f"{v:.3f}"

@@ -44,11 +44,13 @@ def install_label_studio(console: Console) -> Path:
         raise ConfigError(f"--with-label-studio: {script} is missing; install Label Studio into its "
                           "own virtualenv and set LABEL_STUDIO_BIN")
     console.say("installing Label Studio into its own virtualenv (scripts/install_label_studio.sh, "
-                "~90 s)…")
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+                "~3 min the first time; pip's progress follows)…")
+    # pip's progress goes to stderr: shown as it happens (captured only when --quiet)
+    proc = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE if console.quiet else None, text=True)
     if proc.returncode != 0:
         raise ConfigError("scripts/install_label_studio.sh failed (installing Label Studio needs "
-                          f"network access to PyPI):\n{proc.stderr[-2000:]}")
+                          "network access to PyPI)" + (f":\n{proc.stderr[-2000:]}" if proc.stderr else ""))
     venv = Path(proc.stdout.strip().splitlines()[-1])
     found = venv / "bin" / "label-studio"
     if not os.access(found, os.X_OK):

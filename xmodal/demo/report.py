@@ -150,6 +150,7 @@ def plot_learning_curve(curve: list[dict], path: Path, chance: dict | None = Non
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = shown_metrics(curve)
     if not metrics:
@@ -169,6 +170,7 @@ def plot_learning_curve(curve: list[dict], path: Path, chance: dict | None = Non
             ax.axhline(chance[metric], color="grey", linewidth=0.8, linestyle="-", label="chance")
         ax.set_title(metric.replace("recall@", "Recall@").replace("map", "MAP"))
         ax.set_xlabel("number of labels (reference pairs)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count of labels: no 2.5, 7.5
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -190,10 +192,7 @@ def plot_medoids(medoids: list[dict], path: Path, columns: int = 6, limit: int =
     medoids = [m for m in medoids if m.get("image_path")][:limit]
     if not medoids:
         return False
-    try:
-        font = ImageFont.load_default(size=11)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = _sheet_font(ImageFont, 11)
     text_h = 4 * 13 + 6
     rows = math.ceil(len(medoids) / columns)
     sheet = Image.new("RGB", (columns * cell, rows * (cell + text_h)), "white")
@@ -208,22 +207,57 @@ def plot_medoids(medoids: list[dict], path: Path, columns: int = 6, limit: int =
         except (OSError, ValueError):
             draw.text((x + 10, y + cell // 2), "unreadable", fill="grey", font=font)
         caption = f"#{m.get('rank', '?')}: " + str(m.get("text") or "(no match)")
-        draw.multiline_text((x + 5, y + cell), _wrap(caption, 26, 4), fill="black", font=font, spacing=2)
+        fits = lambda line: draw.textlength(line, font=font) <= cell - 12  # noqa: E731
+        draw.multiline_text((x + 6, y + cell), _wrap(caption, fits, 4), fill="black", font=font, spacing=2)
     sheet.save(path, format="PNG")
     return True
 
 
-def _wrap(text: str, width: int, max_lines: int = 3) -> str:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
+def _sheet_font(ImageFont, size: int):
+    """DejaVu Sans from matplotlib's own data (always installed with it): Pillow's default font
+    draws a space so narrow that "A grass" reads "Agrass"."""
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        pass
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, fits, max_lines: int = 3) -> str:
+    """Greedy word wrap; ``fits(line)`` says whether a line fits (a pixel width for the sheet), or
+    ``fits`` is a number of characters. A word longer than a line is cut, never left to run into
+    the neighbouring caption."""
+    if isinstance(fits, int):
+        width = fits
+        fits = lambda line: len(line) <= width  # noqa: E731
+    lines, line = [], ""
+    for w in text.split():
+        while not fits(w) and len(w) > 1:  # cut an over-long word
+            cut = max(1, next((n for n in range(len(w) - 1, 0, -1) if fits(w[:n] + "-")), 1))
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(w[:cut] + "-")
+            w = w[cut:]
+        candidate = f"{line} {w}".strip()
+        if line and not fits(candidate):
             lines.append(line)
             line = w
         else:
-            line = f"{line} {w}".strip()
+            line = candidate
     if line:
         lines.append(line)
-    return "\n".join(lines[:max_lines]) + ("…" if len(lines) > max_lines else "")
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and not fits(last + "…"):
+            last = last[:-1]
+        lines = lines[:max_lines - 1] + [last.rstrip() + "…"]
+    return "\n".join(lines)
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -234,33 +268,54 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .sub{color:#666;margin-top:0} table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right} th{background:#f6f6f6}
-td.l,th.l{text-align:left}
+td.l,th.l{text-align:left} table.curve{font-size:.8em} table.curve td,table.curve th{padding:.2em .4em}
+td.none{color:#888;text-align:center;font-style:italic} th[colspan]{text-align:center}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 .card{width:160px;font-size:.8em;border:1px solid #eee;padding:4px;border-radius:4px}
 .card img,.card .missing{display:block;margin:0 auto 4px auto}
 .missing{background:#eee;color:#888;font-size:.7em;display:flex;align-items:center;justify-content:center}
 .query{margin:1em 0;padding:.6em;border:1px solid #eee;border-radius:4px}
 .results{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
-.res{width:100px;font-size:.7em;text-align:center}
+.res{width:100px;font-size:.7em;text-align:center} .res img,.res .missing{display:block;margin:0 auto 2px auto}
 .hit img,.hit .missing{outline:3px solid #2ca02c} li.hit{color:#1a7f1a;font-weight:600}
 ol{margin:.3em 0 0 0;font-size:.85em} .score{color:#888;font-size:.85em}
 code{background:#f3f3f3;padding:0 .2em}
 """
 
 
+SHORT = {"ssm-al": "SSM-AL", "random": "random", "cca": "CCA"}
+
+
+def _metric_title(metric: str) -> str:
+    return metric.replace("recall@", "Recall@").replace("map", "MAP")
+
+
 def _curve_table(curve: list[dict], metrics: list[str]) -> str:
+    """One row per label count; a header group per metric and direction, short method names under
+    it (the long ones are in the figure's legend), so that it fits a 1280 px page."""
     methods = _methods(curve)
-    cols = [(m, f"{metric}_{d}") for metric in metrics for d in DIRECTIONS for m in methods]
-    head = "".join(
-        f"<th>{_esc(METHOD_STYLE.get(m, (m,))[0].split(' (')[0])}<br>"
-        f"{_esc(k.replace('_i2t', ' i→t').replace('_t2i', ' t→i'))}</th>" for m, k in cols)
+    groups = [(metric, d) for metric in metrics for d in DIRECTIONS]
+    cols = [(m, f"{metric}_{d}") for metric, d in groups for m in methods]
+    top = "".join(f'<th colspan="{len(methods)}">{_esc(_metric_title(metric))}<br>{_esc(DIRECTIONS[d])}</th>'
+                  for metric, d in groups)
+    sub = "".join(f"<th>{_esc(SHORT.get(m, m))}</th>" for _ in groups for m in methods)
     rows = []
     for p in curve:
-        cells = "".join(f"<td>{_fmt(((p.get('methods') or {}).get(m) or {}).get(k))}</td>" for m, k in cols)
+        values = [((p.get("methods") or {}).get(m) or {}).get(k) for m, k in cols]
         extra = f"<td>{_fmt(p.get('index_version'))}</td><td>{_fmt(p.get('elapsed_s'), 1)}</td>"
+        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            n = p.get("labels")
+            cells = (f'<td class="none" colspan="{len(cols)}">not measured yet: with {_esc(n)} '
+                     f'pair{"" if n == 1 else "s"} the index cannot rank (SSR needs 2 references)</td>')
+        else:
+            cells = "".join(f"<td>{_fmt(v)}</td>" for v in values)
         rows.append(f"<tr><td>{_esc(p.get('labels'))}</td>{cells}{extra}</tr>")
-    return (f"<table><tr><th>labels</th>{head}<th>index<br>version</th><th>elapsed<br>s</th></tr>"
-            + "".join(rows) + "</table>")
+    return ('<table class="curve">'
+            f'<tr><th rowspan="2">labels</th>{top}<th rowspan="2">index<br>version</th>'
+            f'<th rowspan="2">elapsed<br>s</th></tr><tr>{sub}</tr>'
+            + "".join(rows) + "</table>"
+            + '<p class="sub">SSM-AL = k-medoid references, random = random references, CCA = CCA on '
+              'the same pairs; – = not measured for that method.</p>')
 
 
 def _summary(curve: list[dict], metrics: list[str]) -> str:
@@ -311,7 +366,7 @@ def _examples_html(examples: dict) -> str:
                            f'{_img_tag(r.get("path"), str(r.get("id")), 88)}'
                            f'{i}. <span class="score">{_fmt(r.get("score"))}</span></div>')
             out.append(f'<div class="query"><b>“{_esc(ex.get("query"))}”</b>'
-                       f'<div class="results">{"".join(res)}</div></div>')
+                       f'{_truth_line(ex, "image")}<div class="results">{"".join(res)}</div></div>')
     i2t = examples.get("image_to_text") or []
     if i2t:
         out.append("<h3>Image → texts</h3>")
@@ -323,10 +378,35 @@ def _examples_html(examples: dict) -> str:
                 for r in ex.get("results") or [])
             out.append(f'<div class="query" style="display:flex;gap:1em">'
                        f'<div>{_img_tag(ex.get("query_path"), str(ex.get("query")), 120)}</div>'
-                       f'<ol>{items}</ol></div>')
+                       f'<div>{_truth_line(ex, "text")}<ol>{items}</ol></div></div>')
     if out:
-        out.insert(0, '<p class="sub">Green = the ground-truth match.</p>')
+        queries = t2i + i2t
+        shown = sum(1 for ex in queries if _top_hit(ex))
+        out.insert(0, f'<p class="sub">The top {max((len(ex.get("results") or []) for ex in queries), default=5)} '
+                      f'results of each query. A result outlined in green is the ground-truth match; '
+                      f'{shown} of {len(queries)} queries have it there, and under each query is where it ranks.</p>')
     return "".join(out)
+
+
+def _top_hit(ex: dict) -> bool:
+    truth = set(map(str, ex.get("truth") or []))
+    return any(str(r.get("id")) in truth for r in ex.get("results") or [])
+
+
+def _truth_line(ex: dict, kind: str) -> str:
+    """Where the ground-truth match ranks: in the shown results (green), further down, or unknown."""
+    rank, of = ex.get("truth_rank"), ex.get("ranked_of")
+    n_shown = len(ex.get("results") or [])
+    if rank is None and _top_hit(ex):
+        return '<div class="score">the true match is among these (green)</div>'
+    if rank is None:
+        where = (f"not in the first {of}" if of else "not recorded") if "truth_rank" in ex else "not recorded"
+        return f'<div class="score">true {kind}: {_esc(where)}</div>'
+    of_txt = f" of {of}" if of else ""
+    if rank <= n_shown:
+        return f'<div class="score">true {kind}: rank {rank}{of_txt} (green)</div>'
+    return f'<div class="score">true {kind}: rank {rank}{of_txt}, not among the {n_shown} shown</div>'
+
 
 
 def _kv_table(d: dict) -> str:

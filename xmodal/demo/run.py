@@ -138,6 +138,11 @@ def _check_options(opt: DemoOptions) -> None:
         raise ConfigError("--port must be between 0 and 65535")
     if opt.annotator not in ("human", "oracle"):
         raise ConfigError("--annotator must be 'human' or 'oracle'")
+    from xmodal.encoders import check_encoder_name
+
+    # before Redis starts or a single image is embedded
+    check_encoder_name("image", opt.image_encoder)
+    check_encoder_name("text", opt.text_encoder)
 
 
 def run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
@@ -192,8 +197,10 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             data = prepare_data(opt.data, home, n=opt.n, seed=opt.seed, console=console)
             timings["data_s"] = round(time.perf_counter() - t0, 3)
             console.say(f"data: {data.ds.describe()}")
-            if opt.labels > (data.ds.n_images if opt.select == "image" else data.ds.n_texts):
-                raise ConfigError(f"--labels {opt.labels} is more than the {opt.select}s of the data set")
+            most = data.ds.n_images if opt.select == "image" else data.ds.n_texts
+            if opt.labels > most:
+                raise ConfigError(f"--labels {opt.labels} is more than the {most} {opt.select}s of the data "
+                                  f"set: at most --labels {most} (each label is one {opt.select} medoid)")
 
             # services first: they boot while the features are computed
             t0 = time.perf_counter()
@@ -281,7 +288,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             history = {
                 "title": f"xmodal demo — {data.name}",
                 "dataset": dict(data.info),
-                "settings": {"select": opt.select, "labels": opt.labels, "measure": opt.measure,
+                "settings": {"select": opt.select, "labels to annotate": opt.labels, "measure": opt.measure,
                              "encoders": dict(boot.ws.config["encoders"]),
                              "random_draws": opt.n_random, "project": project, "backend": backend_url,
                              "label_studio": {k: v for k, v in ls_info.items() if k != "password"}

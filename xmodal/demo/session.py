@@ -84,7 +84,8 @@ def prepare_data(spec: str, home: Path, n: int = 300, seed: int = 0, console: Co
     return DemoData(ds=ds, name=name, source=str(path.resolve()), fingerprint=_fingerprint_dataset(ds),
                     info={"name": name, "source": str(path.resolve()), "n_images": ds.n_images,
                           "n_texts": ds.n_texts, "n_pairs": int(len(ds.pairs)),
-                          "labels": "yes" if ds.has_labels else "no"})
+                          # class labels of the data (what MAP needs), not the demo's annotations
+                          "class labels (for MAP)": "yes" if ds.has_labels else "no"})
 
 
 # -- workspace bootstrap ----------------------------------------------------------------------
@@ -361,8 +362,8 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         rnd = point["methods"].get("random", {})
         console.progress(
             f"  label {j}/{n} · {answer.how:<7} · index v{version} ({_pairs(snap.n_pairs if snap else 0)}) · "
-            f"Recall@10 {_f(_mean2(ssm, 'recall@10'))} (random references "
-            f"{_f(_mean2(rnd, 'recall@10'))}) · {label_times[-1]:.2f} s/label",
+            f"{_recall_text(_mean2(ssm, 'recall@10'), _mean2(rnd, 'recall@10'))} · "
+            f"{label_times[-1]:.2f} s/label",
             final=(j == n))
     records = pairs_store.records()
     asked = len(curve)
@@ -400,8 +401,10 @@ def _pair_rows(pairs_store, ws):
 
 
 def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_images: set,
-                    exclude_texts: set, n: int = 3, k: int = 5) -> dict:
-    """A few /search calls against the final index (through the backend's HTTP API)."""
+                    exclude_texts: set, n: int = 3, k: int = 5, rank_k: int = 1000) -> dict:
+    """A few /search calls against the final index (through the backend's HTTP API): the top ``k``
+    results, and where the ground-truth match ranks (``truth_rank``, 1-based, among ``ranked_of``
+    candidates; None when it is not in the first ``rank_k``)."""
     import requests
 
     ds = data.ds
@@ -409,25 +412,43 @@ def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_i
     txt_rows = [t for t in gt.text_queries.tolist() if ds.text_ids[t] not in exclude_texts]
     img_rows = [i for i in gt.image_queries.tolist() if ds.image_ids[i] not in exclude_images]
     pick = lambda rows: [rows[int(x)] for x in np.linspace(0, len(rows) - 1, min(n, len(rows)))] if rows else []
+
+    def search(params: dict, truth: list[str]):
+        r = requests.get(f"{backend_url}/search", params={**params, "k": rank_k}, timeout=30)
+        if not r.ok:
+            return None
+        results = r.json()["results"]
+        rank = next((j for j, x in enumerate(results, 1) if str(x["id"]) in set(truth)), None)
+        return results[:k], rank, len(results)
+
     for t in pick(txt_rows):
-        r = requests.get(f"{backend_url}/search", params={"text_id": ds.text_ids[t], "k": k}, timeout=30)
-        if not r.ok:
+        truth = [ds.image_ids[gt.image_of_text[t]]]
+        found = search({"text_id": ds.text_ids[t]}, truth)
+        if found is None:
             continue
-        body = r.json()
+        results, rank, of = found
         out["text_to_image"].append({
-            "query": ds.texts[t], "query_id": ds.text_ids[t],
-            "truth": [ds.image_ids[gt.image_of_text[t]]],
-            "results": [{"id": x["id"], "path": x.get("path"), "score": x["score"]} for x in body["results"]]})
+            "query": ds.texts[t], "query_id": ds.text_ids[t], "truth": truth,
+            "truth_rank": rank, "ranked_of": of,
+            "results": [{"id": x["id"], "path": x.get("path"), "score": x["score"]} for x in results]})
     for i in pick(img_rows):
-        r = requests.get(f"{backend_url}/search", params={"image_id": ds.image_ids[i], "k": k}, timeout=30)
-        if not r.ok:
+        truth = [ds.text_ids[t] for t in gt.texts_of_image[i]]
+        found = search({"image_id": ds.image_ids[i]}, truth)
+        if found is None:
             continue
-        body = r.json()
+        results, rank, of = found
         out["image_to_text"].append({
-            "query": ds.image_ids[i], "query_path": str(ds.image_paths[i]),
-            "truth": [ds.text_ids[t] for t in gt.texts_of_image[i]],
-            "results": [{"id": x["id"], "text": x.get("text"), "score": x["score"]} for x in body["results"]]})
+            "query": ds.image_ids[i], "query_path": str(ds.image_paths[i]), "truth": truth,
+            "truth_rank": rank, "ranked_of": of,
+            "results": [{"id": x["id"], "text": x.get("text"), "score": x["score"]} for x in results]})
     return out
+
+
+def _recall_text(ssm, rnd) -> str:
+    """The label line's quality part; before there is a score, say why rather than print a dash."""
+    if ssm is None:
+        return "Recall@10 not yet (the index ranks from 2 pairs on)"
+    return f"Recall@10 {_f(ssm)}" + (f" (random references {_f(rnd)})" if rnd is not None else "")
 
 
 def _pairs(n: int) -> str:

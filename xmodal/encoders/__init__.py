@@ -63,6 +63,7 @@ __all__ = [
     "NotFittedError",
     "TEXT_ENCODERS",
     "TEXT_ENCODER_HELP",
+    "check_encoder_name",
     "default_cache_dir",
     "get_encoder",
     "get_image_encoder",
@@ -76,6 +77,22 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_encoder_name(modality: str, name: str | None) -> None:
+    """Raise ConfigError for an encoder name ``get_encoder`` would refuse, without loading anything:
+    commands call it on their arguments before they start Redis or embed a single item."""
+    if name is None:
+        return
+    if modality == "image":
+        if name == "efficientnet-lite0" or (name.startswith("torchvision:") and name.partition(":")[2]):
+            return
+        raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
+    if modality == "text":
+        if name in ("auto", "minilm", "e5", "sif", "sif-self") or (name.startswith("sif:") and name[4:]):
+            return
+        raise ConfigError(f"unknown text encoder {name!r}; valid: {', '.join(TEXT_ENCODERS)}")
+    raise ConfigError(f"unknown modality {modality!r}; valid: image, text")
 
 
 def get_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, **options) -> Encoder:

@@ -145,6 +145,12 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar on stderr: none for nothing to do; on a terminal it vanishes when done, in a log
+    or pipe it stays as a finished line, so that the next message (an error...) starts a line of
+    its own instead of being glued to the bar's carriage returns."""
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
+    live = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, leave=not live)

@@ -327,7 +327,7 @@ def _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, re
     snap, built = publish_initial_index(r, ws)
     result.index_version = snap.version
     if built:
-        say(f"index {snap.model_version} published ({snap.n_pairs} pairs)")
+        say(f"index {snap.model_version} published ({snap.n_pairs} pair{'' if snap.n_pairs == 1 else 's'})")
     elif snap.has_signal:
         n = refresh_task_options(client, r, ws, pid, snap)
         if n:
