@@ -283,3 +283,30 @@ def test_bench_smoke_tiny_sizes():
     assert all(r.value is not None and r.value > 0 for r in results)
     table = bench.format_table(results)
     assert "add_pairs(1 pair)" in table and "p95" in table
+
+
+def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
+    """``product`` in eval = a new workspace's defaults (its selection, its enhancements), with the
+    same default text encoder as ``project create``; no hindsight choice of the selection."""
+    from xmodal.cli.eval import register
+    from xmodal.encoders import DEFAULT_TEXT_ENCODER
+    from xmodal.evaluation.protocol import PRODUCT, product_settings
+    from xmodal.index.workspace import Workspace
+    from xmodal.labelstudio.project import ProjectSpec
+
+    select, cfg = product_settings()
+    new = Workspace(tmp_path / "new").save_config({})
+    assert select == new["select"] and cfg.measure == new["measure"]
+    assert (["zscore"] if cfg.standardize else []) + (["csls"] if cfg.csls_k else []) == new["enhance"]
+    assert cfg.csls_k in (None, new["csls_k"])
+    import argparse
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    eval_args = sub.choices["eval"].parse_args(["--dataset", "folder"])
+    assert eval_args.text_encoder == ProjectSpec(name="x", data=".").text_encoder == DEFAULT_TEXT_ENCODER
+
+    rows = evaluate(synthetic(), [5], seeds=[0, 1], methods=[PRODUCT])
+    product = [r for r in rows if r["method"] == PRODUCT]
+    assert {r["direction"] for r in product} == {"i2t", "t2i"}
+    assert all(r["selection"] == select for r in product)

@@ -85,8 +85,25 @@ VARIANTS: dict[str, Enhancements] = {
     # ssm-al++ plus self-training with mutual-NN pseudo-pairs
     "ssm-al++pseudo": Enhancements(standardize=True, csls_k=10, average_captions=True, pseudo_rounds=2),
 }
+PRODUCT = "product"
+
+
+def product_settings() -> tuple[str, Enhancements]:
+    """What a new project does by default, as an evaluation method: the modality it clusters and
+    the enhancements of its index, both read from :data:`xmodal.index.workspace.DEFAULT_CONFIG`
+    (the encoders are the command's, ``auto`` by default as for ``project create``). Unlike
+    ``ssm-al``, which reports the better of its two selections in hindsight, ``product`` uses the
+    project's one."""
+    from xmodal.index.workspace import DEFAULT_CONFIG
+
+    enhance = DEFAULT_CONFIG["enhance"]
+    return DEFAULT_CONFIG["select"], Enhancements(
+        standardize="zscore" in enhance, csls_k=int(DEFAULT_CONFIG["csls_k"]) if "csls" in enhance else None,
+        measure=DEFAULT_CONFIG["measure"])
+
+
 BASE_METHODS = ("ssm-al", "random-refs", "cca", "all-pairs")
-ALL_METHODS = BASE_METHODS + tuple(VARIANTS)
+ALL_METHODS = BASE_METHODS + (PRODUCT,) + tuple(VARIANTS)
 
 
 # -- data ready for evaluation ---------------------------------------------------------------
@@ -316,6 +333,7 @@ def evaluate(data: EvalData, ns, *, seeds=(0, 1, 2, 3, 4), select=("image", "tex
     ``select``. ``variants`` maps method names to :class:`Enhancements` (default :data:`VARIANTS`).
     """
     variants = dict(VARIANTS if variants is None else variants)
+    product_select, variants[PRODUCT] = product_settings()
     valid = BASE_METHODS + tuple(variants)
     ns = sorted({int(n) for n in ns})
     seeds = [int(s) for s in seeds]
@@ -358,6 +376,8 @@ def evaluate(data: EvalData, ns, *, seeds=(0, 1, 2, 3, 4), select=("image", "tex
                 if "cca" in methods:
                     todo.append(("cca", lambda r=run: _cca(r)))
                 for name in methods:
+                    if name == PRODUCT and sel != product_select:
+                        continue
                     if name in variants:
                         cfg = variants[name]
                         if measure != cfg.measure:
