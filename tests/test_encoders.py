@@ -329,3 +329,78 @@ def test_most_texts_failing_to_embed_stops_with_a_clear_error():
     check_failures(10, [("x", "no known words")] * 5, "text", "sif")  # half: go on, with a warning
     with pytest.raises(DataError, match=r"9 of 10 texts could not be embedded with sif .*e5"):
         check_failures(10, [("x", "no known words")] * 9, "text", "sif")
+
+
+# -- a team's own encoder (py:<module>:<factory>) ---------------------------------------------------
+
+TEAM_ENCODER = '''
+import zlib
+import numpy as np
+
+class Letters:
+    """A toy text encoder of a team: letter counts; 'nothing' maps to a zero row."""
+    dim = 26
+    def transform(self, items):
+        out = np.zeros((len(items), 26), np.float32)
+        for r, text in enumerate(items):
+            for ch in text.lower():
+                if "a" <= ch <= "z" and text != "nothing":
+                    out[r, ord(ch) - 97] += 1
+        return out
+
+def make():
+    return Letters()
+
+def broken():
+    return object()
+'''
+
+
+@pytest.fixture
+def team_module(tmp_path, monkeypatch):
+    (tmp_path / "team_enc.py").write_text(TEAM_ENCODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "team_enc"
+    import sys
+
+    sys.modules.pop("team_enc", None)
+
+
+def test_a_team_encoder_by_entry_point_is_used_like_a_built_in(team_module, tmp_path):
+    from xmodal.encoders import check_encoder_name
+
+    enc = get_text_encoder(f"py:{team_module}:make", progress=False)
+    X, failures = embed_with_cache(enc, ["abc", "nothing", "zz"], FeatureCache(tmp_path / "c"), fit=True,
+                                   progress=False)
+    assert X.shape == (3, 26) and X[0, :3].tolist() == [1, 1, 1] and X[2, 25] == 2
+    assert failures == [("nothing", "the team's encoder returned no usable vector")]
+    assert enc.encoder_id == f"py:{team_module}:make@{team_module}==unversioned"
+    check_encoder_name("text", f"py:{team_module}:make")  # accepted before anything runs
+    for bad, match in ((f"py:{team_module}", "py:<module>:<factory>"),
+                       ("py:no_such_module_xyz:make", "cannot load"),
+                       (f"py:{team_module}:broken", "no transform")):
+        with pytest.raises(ConfigError, match=match):
+            get_text_encoder(bad, progress=False).transform(["a"])
+
+
+def test_a_project_with_a_team_encoder_serves_search_texts_with_it(team_module, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from xmodal.index.features import load_text_encoder
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
+        lines.append(json.dumps({"id": f"t{i}", "text": f"caption number {i}", "image": f"{i}.png"}))
+    (folder / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    name = f"py:{team_module}:make"
+    ws = create_project(ProjectSpec(name="team", data=folder, k=3, text_encoder=name,
+                                    feature_cache=str(tmp_path / "cache"))).ws
+    assert ws.config["encoders"]["text"] == name and ws.load_features("text").shape == (8, 26)
+    q = load_text_encoder(ws).transform(["caption number 1"])  # what /search does with a query
+    np.testing.assert_allclose(q[0], ws.load_features("text")[1])

@@ -38,10 +38,11 @@ from xmodal.errors import ConfigError
 # "Text encoders", has the measurements behind them)
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "auto"
-IMAGE_ENCODERS = ("efficientnet-lite0", "torchvision:<arch>")
-TEXT_ENCODERS = ("auto", "minilm", "e5", "sif", "sif:<word-vector file>", "sif-self")
+IMAGE_ENCODERS = ("efficientnet-lite0", "torchvision:<arch>", "py:<module>:<factory>")
+TEXT_ENCODERS = ("auto", "minilm", "e5", "sif", "sif:<word-vector file>", "sif-self", "py:<module>:<factory>")
 TEXT_ENCODER_HELP = ("auto (default: minilm for English texts, e5 for any other language), minilm, "
-                     "e5 (multilingual), sif (GloVe, the paper's), sif:<vector file>, sif-self")
+                     "e5 (multilingual), sif (GloVe, the paper's), sif:<vector file>, sif-self, "
+                     "py:<module>:<factory> (your own; xmodal/encoders/external.py)")
 
 # classes and helpers importable from here, each loaded on first use (PEP 562)
 _LAZY = {
@@ -84,6 +85,11 @@ def check_encoder_name(modality: str, name: str | None) -> None:
     commands call it on their arguments before they start Redis or embed a single item."""
     if name is None:
         return
+    if name.startswith("py:") and modality in ("image", "text"):
+        from xmodal.encoders.external import parse_entry_point
+
+        parse_entry_point(name)
+        return
     if modality == "image":
         if name == "efficientnet-lite0" or (name.startswith("torchvision:") and name.partition(":")[2]):
             return
@@ -102,6 +108,8 @@ def get_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, **options) -> Encoder:
 
     if name == "efficientnet-lite0":
         return _build(image.EfficientNetLite0Encoder, name, options)
+    if name.startswith("py:"):
+        return _external(name, "image", options)
     if name.startswith("torchvision:") and name.partition(":")[2]:
         return _build(image.TorchvisionEncoder, name, options, name.partition(":")[2])
     raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
@@ -122,6 +130,8 @@ def get_text_encoder(name: str, **options) -> Encoder:
         from xmodal.encoders.e5 import E5Encoder
 
         return _build(E5Encoder, name, options)
+    if name.startswith("py:"):
+        return _external(name, "text", options)
     if name == "sif" or name == "sif-self" or (name.startswith("sif:") and name[4:]):
         from xmodal.encoders.sif import GLOVE, SELF, SIFEncoder
 
@@ -139,6 +149,13 @@ def get_encoder(modality: str, name: str | None = None, **options) -> Encoder:
             raise ConfigError("a text encoder needs a name (see resolve_text_encoder for auto)")
         return get_text_encoder(name, **options)
     raise ConfigError(f"unknown modality {modality!r}; valid: image, text")
+
+
+def _external(name: str, modality: str, options: dict) -> Encoder:
+    """A team's encoder by entry point; of the options only ``progress`` applies to it."""
+    from xmodal.encoders.external import ExternalEncoder
+
+    return ExternalEncoder(name, modality, progress=bool(options.get("progress", True)))
 
 
 def _build(cls, name: str, options: dict, *args) -> Encoder:
