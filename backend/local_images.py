@@ -39,6 +39,7 @@ class ImageRef:
 
     path: str | None = None
     data: bytes | None = None
+    shown: str | None = None    # ``path`` relative to its root: what an error message names
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,18 @@ def resolve_image(ref, ws: Workspace) -> ImageRef:
     roots = allowed_roots(ws)
     real = os.path.realpath(_candidate_path(ref, ws, roots))
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-        raise ApiError(403, f"image {ref!r} is outside the allowed local roots; it was not read "
-                            "(set XMODAL_IMAGE_ROOTS to allow more folders)"[:400],
-                       allowed_roots=roots)
-    return ImageRef(path=real)
+        # the caller's own string, never the roots or the resolved path (server layout)
+        raise ApiError(403, f"image {ref[:200]!r} is outside the allowed local roots; it was not "
+                            "read (the operator can allow more folders with XMODAL_IMAGE_ROOTS)")
+    return ImageRef(path=real, shown=_shown(real, roots))
+
+
+def _shown(real: str, roots: list[str]) -> str:
+    """How an error names a file: relative to the allowed root holding it."""
+    for root in roots:
+        if real.startswith(root.rstrip(os.sep) + os.sep):
+            return os.path.relpath(real, root)
+    return os.path.basename(real)
 
 
 def known_item(ref: ImageRef, ws: Workspace) -> str | None:
@@ -145,7 +154,7 @@ def readable_path(ref: ImageRef, tmp_dir: str) -> str:
     ``tmp_dir``."""
     if ref.path is not None:
         if not Path(ref.path).is_file():
-            raise ApiError(404, f"image {ref.path} does not exist")
+            raise ApiError(404, f"image {ref.shown!r} does not exist (under the allowed roots)")
         return ref.path
     path = os.path.join(tmp_dir, "query-image")
     with open(path, "wb") as fh:

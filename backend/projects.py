@@ -51,7 +51,8 @@ class ProjectResolver:
         if ws is None:
             ws = self._workspaces[name] = Workspace(self.base / name)
         if not ws.exists():
-            raise ApiError(404, f"no xmodal project {name!r} under {self.base}")
+            raise ApiError(404, f"no xmodal project {name!r}",
+                           hint="`xmodal status` lists the projects; `xmodal project create` makes one")
         return ws
 
     def _linked_id(self, ws: Workspace) -> int | None:
@@ -81,7 +82,7 @@ class ProjectResolver:
             ws = Workspace(self.base / self.default_project)
             if not ws.exists():
                 raise ApiError(404, f"XMODAL_PROJECT={self.default_project!r} but there is no "
-                                    f"workspace at {ws.root}")
+                                    "such xmodal project (create it with `xmodal project create`)")
             linked = self._linked_id(ws)
             if linked is not None and linked != ls_id:
                 raise ApiError(404, f"xmodal project {ws.name!r} is linked to Label Studio project "

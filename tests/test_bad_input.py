@@ -308,3 +308,55 @@ def test_xmodal_image_roots_widens_the_allowed_roots(image_env, monkeypatch):
     monkeypatch.setenv("XMODAL_IMAGE_ROOTS", os.pathsep.join([str(image_env.root), str(image_env.tmp)]))
     resp = post(image_env.client, "/search", {"image": str(image_env.secret), "k": 2})
     assert resp.status_code == 200 and image_env.spy.read == [str(image_env.secret)]
+
+
+# -- what error bodies say: no internals, no server paths ---------------------------------------
+def _no_server_paths(resp, *paths):
+    text = resp.get_data(as_text=True)
+    for p in paths:
+        assert str(p) not in text, (resp.status_code, text)
+
+
+def test_an_unexpected_exception_is_a_json_500_without_internals(client, xenv, monkeypatch, caplog):
+    def boom(self, params):
+        raise RuntimeError(f"cannot open {xenv.models}/proj/index/v3.npz")
+
+    monkeypatch.setattr("backend.model.XmodalModel.search", boom)
+    resp = post(client, "/search", {"text_id": text_id(2), "k": 3, "project": "proj"})
+    assert resp.status_code == 500
+    body = resp.get_json()
+    assert set(body) == {"error", "error_id"} and "RuntimeError" not in body["error"]
+    _no_server_paths(resp, xenv.models, "v3.npz", "cannot open")
+    # the details are in the log, under the id the caller got
+    assert any(body["error_id"] in rec.getMessage() and "v3.npz" in rec.getMessage()
+               for rec in caplog.records)
+
+
+def test_a_503_names_files_relative_to_the_project(client, ws, xenv):
+    ws.items_path.unlink()
+    resp = post(client, "/predict", predict_body([task_body(1, image_id(1))]))
+    assert resp.status_code == 503 and "proj/items.json" in resp.get_json()["error"]
+    _no_server_paths(resp, xenv.models)
+
+
+def test_404_bodies_name_no_server_path(client, xenv, monkeypatch):
+    resp = post(client, "/search", {"text_id": text_id(2), "project": "nosuch"})
+    assert resp.status_code == 404
+    _no_server_paths(resp, xenv.models)
+    monkeypatch.setenv("XMODAL_PROJECT", "gone")
+    from backend.app import create_app
+
+    resp = post(create_app().test_client(), "/setup", setup_body(project=99))
+    assert resp.status_code == 404 and "gone" in resp.get_json()["error"]
+    _no_server_paths(resp, xenv.models)
+
+
+def test_403_and_404_of_images_name_no_root(image_env):
+    resp = post(image_env.client, "/search", {"image": str(image_env.secret), "k": 3})
+    assert resp.status_code == 403 and "allowed_roots" not in resp.get_json()
+    _no_server_paths(resp, image_env.root)
+    resp = post(image_env.client, "/search", {"image": f"{image_env.root}/sub/missing.jpg", "k": 3})
+    assert resp.status_code == 404
+    assert "'sub/missing.jpg'" in resp.get_json()["error"], resp.get_json()
+    # the caller's own string is not echoed for a 404: only the root-relative name
+    _no_server_paths(resp, image_env.root)
