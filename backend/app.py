@@ -32,6 +32,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
+from backend.jsonbody import json_object
 from backend.metrics import observe_webhook, render
 from backend.model import XmodalModel
 from backend.services import Backend
@@ -47,10 +48,7 @@ ENV_KEYS = ("REDIS_URL", "MODEL_DIR", "XMODAL_QUEUE", "XMODAL_PROJECT", "BASIC_A
 
 
 def _json_body() -> dict:
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
+    return json_object(request)
 
 
 def create_app(config: dict | None = None) -> Flask:

@@ -12,8 +12,8 @@ tasks that carry ``data.image`` but no ``data.item_id`` name an image as
 A file is opened only when its real path (symlinks and ``..`` resolved) lies under an allowed root:
 ``$XMODAL_IMAGE_ROOTS`` (``os.pathsep``-separated), else the folder holding the project's images.
 Everything else is refused before any file is touched: a path outside the roots (403), remote
-``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes or an unreadable
-``data:`` URL (400). The check is on strings and ``realpath`` only; nothing is opened to decide.
+``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes (also ``%00``),
+a component over 255 bytes or an unreadable ``data:`` URL (400). The check is on strings and ``realpath`` only; nothing is opened to decide.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from xmodal.labelstudio.images import images_folder
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_INLINE_BYTES = 20 * 1024 * 1024
+NAME_MAX = 255   # bytes per path component (ext4, xfs, apfs)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,20 @@ def _candidate_path(ref: str, ws: Workspace, roots: list[str]) -> str:
     return path
 
 
+def _usable(path: str) -> str:
+    """A path the OS can take: no NUL (``%00`` decodes to one), encodable, every component within
+    NAME_MAX (else ``realpath``/``stat`` raise ValueError, UnicodeEncodeError, ENAMETOOLONG)."""
+    if "\x00" in path:
+        raise ApiError(400, "the image path holds a NUL byte (after URL decoding)")
+    try:
+        parts = os.fsencode(path).split(os.fsencode(os.sep))
+    except UnicodeError:
+        raise ApiError(400, "the image path is not valid Unicode") from None
+    if any(len(part) > NAME_MAX for part in parts):
+        raise ApiError(400, f"a component of the image path is longer than {NAME_MAX} bytes")
+    return path
+
+
 def resolve_image(ref, ws: Workspace) -> ImageRef:
     """A request's image reference -> :class:`ImageRef`, or an :class:`ApiError` (module doc)."""
     if not isinstance(ref, str) or not ref.strip():
@@ -128,7 +143,7 @@ def resolve_image(ref, ws: Workspace) -> ImageRef:
     if "\x00" in ref or len(ref) > 4096:
         raise ApiError(400, "image reference is not a usable path")
     roots = allowed_roots(ws)
-    real = os.path.realpath(_candidate_path(ref, ws, roots))
+    real = os.path.realpath(_usable(_candidate_path(ref, ws, roots)))
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
         # the caller's own string, never the roots or the resolved path (server layout)
         raise ApiError(403, f"image {ref[:200]!r} is outside the allowed local roots; it was not "

@@ -26,6 +26,7 @@ from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
     ANNOTATION_ACTIONS,
     apply_annotation,
+    int_id,
     parse_annotation_event,
     parse_deleted_annotations,
     parse_tasks,
@@ -139,11 +140,7 @@ class XmodalModel:
             removed = [a for a in ids if self.pairs.delete(a) == "deleted"]
             return self._changed(event, bool(removed), removed=removed, annotations=ids)
         if event == "TASKS_DELETED":
-            ids = [t.get("id") if isinstance(t, dict) else t for t in parse_tasks(data)]
-            try:
-                ids = [int(t) for t in ids]
-            except (TypeError, ValueError):
-                raise ApiError(400, "TASKS_DELETED: task ids must be integers") from None
+            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data)]
             removed = self.pairs.delete_tasks(ids)
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)

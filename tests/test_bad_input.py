@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 import os
 
 import numpy as np
@@ -360,3 +361,160 @@ def test_403_and_404_of_images_name_no_root(image_env):
     assert "'sub/missing.jpg'" in resp.get_json()["error"], resp.get_json()
     # the caller's own string is not echoed for a 404: only the root-relative name
     _no_server_paths(resp, image_env.root)
+
+
+# -- hostile JSON: depth, non-finite numbers, huge integers, surrogates, NUL, long names --------
+ROUTES = ("/webhook", "/predict", "/setup", "/search")
+DIGITS_300 = "9" * 300
+
+
+def raw_post(client, route, text: str, **kw):
+    return client.post(route, data=text, content_type="application/json", **kw)
+
+
+def hostile_bodies():
+    """(route, raw body text, a word the 4xx message must contain): the cases of issue 11."""
+    deleted_tasks = {"action": "TASKS_DELETED", "project": {"id": LS_PID}, "tasks": [1]}
+    created_tasks = {"action": "TASKS_CREATED", "project": {"id": LS_PID},
+                     "tasks": [task_body(1030, image_id(5), n_options=3)]}
+    training = {"action": "START_TRAINING", "project": {"id": LS_PID}}
+    ann = annotation_body("ANNOTATION_CREATED", 41, 1041, image_id(5), text_id(5), project=LS_PID)
+    out = []
+    for route in ROUTES:
+        out.append((route, "[" * 1000 + "]" * 1000, "nested"))
+        out.append((route, '{"a":' * 100 + "1" + "}" * 100, "nested"))
+    out += [
+        ("/search", '{"text": "a", "k": Infinity}', "Infinity"),
+        ("/search", '{"text": "a", "k": NaN}', "NaN"),
+        ("/search", '{"text": "a", "k": 1e999}', "finite"),
+        ("/webhook", json.dumps(created_tasks).replace('"id": 1030', '"id": Infinity'), "Infinity"),
+        ("/webhook", json.dumps(deleted_tasks).replace("[1]", "[Infinity]"), "Infinity"),
+        ("/webhook", json.dumps(deleted_tasks).replace("[1]", "[1e300]"), "integer"),
+        ("/predict", json.dumps(predict_body([task_body(1, image_id(1))])).replace('"id": 1,', '"id": -Infinity,'),
+         "Infinity"),
+        ("/webhook", json.dumps(training).replace(f'"id": {LS_PID}', f'"id": {DIGITS_300}'), "digits"),
+        ("/setup", json.dumps(setup_body()).replace(f'"{LS_PID}.', f'"{DIGITS_300}.'), "project"),
+        ("/predict", json.dumps(predict_body([task_body(1, image_id(1))])).replace(f'"{LS_PID}.', f'"{DIGITS_300}.'),
+         "project"),
+        ("/webhook", json.dumps(ann).replace('"updated_at": "', '"updated_at": ' + "9" * 400 + ', "x": "'),
+         "digits"),
+        ("/setup", json.dumps(dict(setup_body(), access_token="tok")).replace('"tok"', '"\\ud800"'), "surrogate"),
+        ("/setup", json.dumps(dict(setup_body(), hostname="http://h")).replace('"http://h"', '"http://\\udfff"'),
+         "surrogate"),
+        ("/search", '{"image": "/x/\\ud800.jpg", "k": 2}', "surrogate"),
+        ("/setup", json.dumps(dict(setup_body(), schema='<View><Choices name="N" toName="image"/></View>'))
+         .replace('name=\\"N\\"', 'name=\\"\\ud800\\"'), "surrogate"),
+    ]
+    return out
+
+
+@pytest.mark.parametrize("route,text,word", hostile_bodies(),
+                         ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(hostile_bodies())])
+def test_hostile_json_is_a_clear_400(client, r, route, text, word):
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    resp = raw_post(client, route, text)
+    assert resp.status_code == 400, (resp.status_code, resp.get_data(as_text=True)[:300])
+    assert word.lower() in resp.get_json()["error"].lower(), resp.get_json()
+    assert store.get(1)["state"] == "pair" and store.get(41) is None
+
+
+def test_updated_at_as_a_huge_number_string_is_not_a_500(client, r):
+    ann = annotation_body("ANNOTATION_CREATED", 42, 1042, image_id(5), text_id(5), project=LS_PID)
+    ann["annotation"]["updated_at"] = "9" * 400
+    resp = post(client, "/webhook", ann)
+    assert resp.status_code == 200, resp.get_json()
+    assert PairStore(r, "proj").get(42)["state"] == "pair"
+
+
+@pytest.mark.parametrize("ref,word", [
+    ("file:///etc/passwd%00.png", "NUL"),
+    ("/data/local-files/?d=x%00", "NUL"),
+    ("{root}/" + "a" * 300 + ".jpg", "255"),
+    ("{root}/" + "é" * 200 + "/x.jpg", "255"),            # 400 bytes in UTF-8
+    ("/data/local-files/?d=images/img/" + "b" * 256, "255"),
+])
+def test_nul_and_overlong_path_components_are_400(image_env, ref, word):
+    resp = post(image_env.client, "/search", {"image": ref.format(root=image_env.root), "k": 3})
+    assert resp.status_code == 400, resp.get_data(as_text=True)[:300]
+    assert word in resp.get_json()["error"]
+    _no_server_paths(resp, image_env.root)
+    assert image_env.spy.read == []
+
+
+def test_a_chunked_body_over_the_limit_is_413(xenv, ws):
+    """gunicorn hands a chunked body to the app with no Content-Length and wsgi.input_terminated;
+    werkzeug then stops reading at the limit and returned a truncated body (a 400)."""
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 16384}).test_client()
+    chunked = {"wsgi.input_terminated": True}
+    for route in ROUTES:
+        big = io.BytesIO(b'{"text": "' + b"x" * 40_000 + b'"}')
+        resp = client.post(route, input_stream=big, content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides=chunked)
+        assert resp.status_code == 413, (route, resp.get_json())
+    ok = io.BytesIO(b'{"action": "SOMETHING_ELSE", "project": {"id": 7}}')
+    resp = client.post("/webhook", input_stream=ok, content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides=chunked)
+    assert resp.status_code == 200, resp.get_json()
+
+
+SENTINEL = "\x01hostile\x01"
+hostile_snippets = st.one_of(
+    st.integers(65, 3000).map(lambda d: "[" * d + "]" * d),                        # depth
+    st.integers(65, 500).map(lambda d: '{"a":' * d + "0" + "}" * d),
+    st.sampled_from(["Infinity", "-Infinity", "NaN", "1e999", "-1e400"]),           # non-finite
+    st.integers(20, 400).map(lambda n: "9" * n),                                    # huge integers
+    st.integers(20, 400).map(lambda n: "-" + "1" * n),
+    st.integers(19, 300).map(lambda n: '"' + "7" * n + '.1764300000"'),           # huge id strings
+    st.sampled_from(['"\\ud800"', '"a\\udfffb"', '"img/\\udc80.jpg"',               # lone surrogates
+                     '"<View><Choices name=\\"\\ud800\\" toName=\\"i\\"/></View>"']),
+    st.sampled_from(['"\\u0000"', '"file:///etc/passwd%00.png"', '"/data/local-files/?d=x%00"',  # NUL
+                     '"a\\u0000b"', '"/data/local-files/?d=%2500"']),
+    st.integers(256, 5000).map(lambda n: '"' + "n" * n + '"'),                      # long names
+    st.integers(256, 1000).map(lambda n: '"/tmp/' + "n" * n + '.jpg"'),
+    st.integers(256, 1000).map(lambda n: '"/data/local-files/?d=' + "n" * n + '"'),
+)
+
+
+@st.composite
+def hostile_requests(draw):
+    """A valid body with one value (or the whole body) replaced by a hostile JSON snippet: raw text,
+    since ``json.dumps`` cannot write most of them."""
+    route = draw(st.sampled_from(sorted(valid_bodies())))
+    body = draw(st.sampled_from(valid_bodies()[route]))
+    path = draw(st.sampled_from(list(paths_of(body))))
+    text = json.dumps(mutate(body, path, "replace", SENTINEL))
+    return route, text.replace(json.dumps(SENTINEL), draw(hostile_snippets), 1)
+
+
+@settings(FUZZ, max_examples=300)
+@given(req=hostile_requests())
+def test_hostile_values_anywhere_are_4xx_with_a_message_and_lose_no_pair(client, r, req):
+    route, text = req
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    resp = raw_post(client, route, text)
+    assert_clear_4xx_or_ok(resp, text[:300])
+    assert store.get(1)["state"] == "pair"
+
+
+@settings(FUZZ, max_examples=40)
+@given(route=st.sampled_from(ROUTES + ("/metrics", "/health", "/nosuch")),
+       size=st.integers(16385, 200_000), declared=st.booleans())
+def test_bodies_over_the_limit_are_413_chunked_or_not(xenv, ws, route, size, declared):
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 16384}).test_client()
+    data = b'{"text": "' + b"x" * size + b'"}'
+    if declared:
+        resp = client.post(route, data=data, content_type="application/json")
+    else:
+        resp = client.post(route, input_stream=io.BytesIO(data), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    if route in ROUTES:
+        assert resp.status_code == 413, (route, declared, resp.get_json())
+    else:   # routes that read no body: never a 5xx
+        assert resp.status_code < 500, (route, resp.status_code)

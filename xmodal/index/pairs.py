@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from datetime import datetime
 
@@ -114,16 +115,22 @@ def parse_time(value) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            out = float(value)
+        except OverflowError:   # an integer of hundreds of digits
+            return None
+    elif isinstance(value, str):
+        try:
+            out = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 return None
-    return None
+    else:
+        return None
+    # inf/nan compare as nothing (Lua's tonumber('inf') is nil): no time, the receive time is used
+    return out if math.isfinite(out) else None
 
 
 def _content(state: str, task_id, image_id, text_id, extra: str | None = None) -> str:
