@@ -85,3 +85,104 @@ def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(serve):
     head = ("POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     assert raw_http(serve.port, head, small) == (200, {"status": "ignored", "action": "PROJECT_UPDATED"})
+
+
+# -- the API key goes only to configured hosts ------------------------------------------------
+class Listener:
+    """A TCP listener on loopback that records every byte sent to it (and answers 401)."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.received = b""
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def _setup_and_rebuild(xenv, listener):
+    import contextlib
+
+    from test_backend_api import build_index, post, setup_body
+
+    from backend.app import create_app
+    from workers.resync import resync
+    from xmodal.index.store import clear_cache
+
+    clear_cache()
+    client = create_app({"TESTING": True}).test_client()
+    body = dict(setup_body(), hostname=listener.url, access_token="caller-token")
+    assert post(client, "/setup", body).status_code == 200
+    with contextlib.suppress(Exception):   # the push fails either way (401 or no connection)
+        build_index(xenv.redis, n_pairs=4)
+    with contextlib.suppress(Exception):
+        resync("proj", redis_client=xenv.redis)
+    return client
+
+
+def test_the_api_key_never_reaches_a_host_named_by_setup(xenv, ws, listener, monkeypatch, caplog):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", "http://ls.example")
+    _setup_and_rebuild(xenv, listener)
+    import time
+
+    time.sleep(0.3)   # anything in flight would have arrived
+    assert listener.received == b""
+    assert any("ls.untrusted_host" in rec.getMessage() and listener.url in rec.getMessage()
+               for rec in caplog.records)
+    from xmodal.cli.status import collect
+
+    status = collect(xenv.redis, xenv.models, queue=xenv.tag)
+    assert status["projects"]["proj"]["ls_refused_url"] == listener.url
+
+
+def test_a_configured_host_gets_the_key(xenv, ws, listener, monkeypatch):
+    """The same steps with the listener allowed: it does get the key (the test above can see it)."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", f"http://ls.example,{listener.url}/")
+    _setup_and_rebuild(xenv, listener)
+    from conftest import poll
+
+    poll("the key at the listener", lambda: b"operator-secret-key" in listener.received, timeout=10)
+
+
+def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    _setup_and_rebuild(xenv, listener)
+    out = subprocess.run([sys.executable, "-m", "xmodal.cli", "status"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" in out.stdout and listener.url in out.stdout and "XMODAL_LABEL_STUDIO_HOSTS" in out.stdout

@@ -41,6 +41,11 @@ def run(args) -> int:
     if args.dry_run:
         print(" ".join(argv))
         return 0
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (
+            os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS")):
+        log.warning("listening on %s without BASIC_AUTH_USER/BASIC_AUTH_PASS: anyone who reaches "
+                    "port %s can send labels and /setup; set both (and the same in Label Studio's "
+                    "ML backend connection)", args.host, args.port)
     log.info("serving on http://%s:%s (redis %s, MODEL_DIR %s)", args.host, args.port,
              url.split("@")[-1], os.environ.get("MODEL_DIR", "models"))
     sys.stdout.flush()
