@@ -518,3 +518,41 @@ def test_bodies_over_the_limit_are_413_chunked_or_not(xenv, ws, route, size, dec
         assert resp.status_code == 413, (route, declared, resp.get_json())
     else:   # routes that read no body: never a 5xx
         assert resp.status_code < 500, (route, resp.status_code)
+
+
+# -- webhooks of unlinked projects, times from the future -------------------------------------
+def test_a_webhook_of_an_unlinked_project_is_refused_not_stored_in_the_default(xenv, make_workspace, r):
+    from backend.app import create_app
+
+    make_workspace("solo", ls_project_id=None)
+    client = create_app({"XMODAL_PROJECT": "solo"}).test_client()
+    ann = annotation_body("ANNOTATION_CREATED", 51, 1051, image_id(3), text_id(3), project=55)
+    resp = post(client, "/webhook", ann)
+    assert resp.status_code == 404, resp.get_json()
+    out = resp.get_json()
+    assert "55" in out["error"] and "resync --name solo" in out["hint"], out
+    assert PairStore(r, "solo").get(51) is None
+    assert post(client, "/predict", predict_body([task_body(1, image_id(1))], project=55)).status_code == 404
+    # the refusal was not cached: the Label Studio project's /setup still links the workspace
+    assert post(client, "/setup", setup_body(project=55)).status_code == 200
+    assert post(client, "/webhook", ann).status_code == 200
+    assert PairStore(r, "solo").get(51)["state"] == "pair"
+    # ...and now another Label Studio project is refused as before
+    other = annotation_body("ANNOTATION_CREATED", 52, 1052, image_id(4), text_id(4), project=56)
+    assert post(client, "/webhook", other).status_code == 404
+    assert PairStore(r, "solo").get(52) is None
+
+
+def test_an_updated_at_from_the_future_is_clamped_to_the_receive_time(client, r):
+    import time
+
+    ann = annotation_body("ANNOTATION_CREATED", 61, 1061, image_id(3), text_id(3), project=LS_PID)
+    ann["annotation"]["updated_at"] = "9999-12-31T23:59:59Z"
+    before = time.time()
+    assert post(client, "/webhook", ann).get_json()["status"] == "stored"
+    assert before <= PairStore(r, "proj").get(61)["updated_at"] <= time.time()
+    edit = annotation_body("ANNOTATION_UPDATED", 61, 1061, image_id(3), text_id(4), project=LS_PID,
+                           updated_at=time.time() + 1)
+    out = post(client, "/webhook", edit).get_json()
+    assert out["status"] == "stored", out          # a later real edit is not 'stale'
+    assert PairStore(r, "proj").get(61)["text_id"] == text_id(4)
