@@ -556,3 +556,51 @@ def test_an_updated_at_from_the_future_is_clamped_to_the_receive_time(client, r)
     out = post(client, "/webhook", edit).get_json()
     assert out["status"] == "stored", out          # a later real edit is not 'stale'
     assert PairStore(r, "proj").get(61)["text_id"] == text_id(4)
+
+
+# -- a corrupt or missing current index -------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garbage", "wrong_shapes"])
+def test_a_corrupt_current_index_falls_back_to_the_newest_valid_version(client, r, ws, damage):
+    from workers.rebuild import rebuild
+    from xmodal.index.store import IndexStore, index_path
+    from xmodal.jobs.queueing import get_queue
+
+    build_index(r, n_pairs=4)                     # v1
+    store = PairStore(r, "proj")
+    store.put(900, 1900, image_id(9), text_id(9), 1.0)
+    rebuild("proj", redis_client=r)               # v2, current
+    assert IndexStore(r, ws).current_version() == 2
+    path = index_path(ws, 2)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "delete":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    else:
+        with np.load(path) as z:
+            arrays = dict(z)
+        arrays["image_codes"] = arrays["image_codes"][:3]
+        np.savez(path.with_suffix(".tmp.npz"), **arrays)
+        path.with_suffix(".tmp.npz").replace(path)
+    clear_cache()                                 # a fresh gunicorn worker
+    get_queue(r).empty()
+    for _ in range(10):
+        for route, body in [("/predict", predict_body([task_body(1, image_id(1), n_options=6)])),
+                            ("/search", {"image_id": image_id(2), "k": 3}), ("/setup", setup_body())]:
+            resp = post(client, route, body)
+            assert resp.status_code == 200, (route, resp.get_json())
+            assert resp.get_json()["model_version"] == "v1"
+    assert [j.func_name for j in get_queue(r).jobs] == ["workers.rebuild.rebuild"]   # one, coalesced
+    rebuild("proj", redis_client=r)               # v3 replaces the broken one
+    assert post(client, "/search", {"image_id": image_id(2), "k": 3}).get_json()["model_version"] == "v3"
+
+
+def test_no_valid_index_at_all_serves_the_unlabelled_order(client, r, ws):
+    from xmodal.index.store import index_path
+
+    build_index(r, n_pairs=4)
+    index_path(ws, 1).write_bytes(b"not a zip")
+    clear_cache()
+    resp = post(client, "/predict", predict_body([task_body(1, image_id(1), n_options=6)]))
+    assert resp.status_code == 200 and resp.get_json()["model_version"] == "v0", resp.get_json()
