@@ -13,18 +13,22 @@ A file is opened only when its real path (symlinks and ``..`` resolved) lies und
 ``$XMODAL_IMAGE_ROOTS`` (``os.pathsep``-separated), else the folder holding the project's images.
 Everything else is refused before any file is touched: a path outside the roots (403), remote
 ``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes (also ``%00``),
-a component over 255 bytes or an unreadable ``data:`` URL (400). The check is on strings and ``realpath`` only; nothing is opened to decide.
+a component over 255 bytes or an unreadable ``data:`` URL (400). Before an image is decoded its
+size and header are checked: over ``$XMODAL_MAX_IMAGE_BYTES`` is 413, over
+``$XMODAL_MAX_IMAGE_PIXELS`` or no image at all 422 (:func:`check_decodable`). The check is on strings and ``realpath`` only; nothing is opened to decide.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from xmodal.encoders.image import max_image_bytes, max_image_pixels
 from xmodal.errors import ApiError
 from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import images_folder
@@ -164,13 +168,33 @@ def known_item(ref: ImageRef, ws: Workspace) -> str | None:
     return None if ref.path is None else _project_images(ws).by_path.get(ref.path)
 
 
+def check_decodable(ref: ImageRef) -> None:
+    """Refuse, before decoding, an image over the byte limit (413) or the pixel limit, or one that
+    is no image at all (422): only its header is read."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = len(ref.data or b"") if ref.path is None else os.path.getsize(ref.path)
+    if size > max_image_bytes():
+        raise ApiError(413, f"the image is larger than {max_image_bytes()} bytes (XMODAL_MAX_IMAGE_BYTES)")
+    try:
+        with Image.open(ref.path if ref.path is not None else io.BytesIO(ref.data or b"")) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        raise ApiError(422, "the image cannot be read as an image (unknown or broken format)") from None
+    if width * height > max_image_pixels():
+        raise ApiError(422, f"the image has {width}x{height} pixels, more than the limit of "
+                            f"{max_image_pixels()} (XMODAL_MAX_IMAGE_PIXELS)")
+
+
 def readable_path(ref: ImageRef, tmp_dir: str) -> str:
     """A path the image encoder can open: the file itself, or the inline bytes written to
     ``tmp_dir``."""
     if ref.path is not None:
         if not Path(ref.path).is_file():
             raise ApiError(404, f"image {ref.shown!r} does not exist (under the allowed roots)")
+        check_decodable(ref)
         return ref.path
+    check_decodable(ref)
     path = os.path.join(tmp_dir, "query-image")
     with open(path, "wb") as fh:
         fh.write(ref.data or b"")

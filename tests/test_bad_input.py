@@ -604,3 +604,48 @@ def test_no_valid_index_at_all_serves_the_unlabelled_order(client, r, ws):
     clear_cache()
     resp = post(client, "/predict", predict_body([task_body(1, image_id(1), n_options=6)]))
     assert resp.status_code == 200 and resp.get_json()["model_version"] == "v0", resp.get_json()
+
+
+# -- decode bombs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bomb_png() -> bytes:
+    """A 13000 x 13000 PNG of about 20 KB: 169 MP, over 1 GB to decode as RGB."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_decode_bomb_is_422_before_it_is_decoded(image_env, bomb_png):
+    assert len(bomb_png) < 100_000
+    bomb = image_env.root / "bomb.png"
+    bomb.write_bytes(bomb_png)
+    inline = "data:image/png;base64," + base64.b64encode(bomb_png).decode()
+    for ref in (str(bomb), inline):
+        resp = post(image_env.client, "/search", {"image": ref, "k": 3})
+        assert resp.status_code == 422, resp.get_json()
+        assert "13000x13000 pixels" in resp.get_json()["error"]
+    assert image_env.spy.read == []
+
+
+def test_image_byte_limit_and_non_images(image_env, monkeypatch):
+    monkeypatch.setenv("XMODAL_MAX_IMAGE_BYTES", "100")
+    resp = post(image_env.client, "/search", {"image": str(image_env.new), "k": 3})
+    assert resp.status_code == 413 and "XMODAL_MAX_IMAGE_BYTES" in resp.get_json()["error"]
+    monkeypatch.delenv("XMODAL_MAX_IMAGE_BYTES")
+    (image_env.root / "fake.jpg").write_bytes(b"this is not a JPEG at all")
+    resp = post(image_env.client, "/search", {"image": str(image_env.root / "fake.jpg"), "k": 3})
+    assert resp.status_code == 422, resp.get_json()
+    assert image_env.spy.read == []
+
+
+def test_the_image_encoder_skips_images_over_the_pixel_limit(tmp_path, bomb_png):
+    from xmodal.encoders.image import ImageEncoder
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png)
+    enc = ImageEncoder.__new__(ImageEncoder)   # no weights needed: the check precedes the network
+    enc.image_size = 224
+    reason = enc._load(str(path))
+    assert isinstance(reason, str) and "XMODAL_MAX_IMAGE_PIXELS" in reason
