@@ -226,7 +226,7 @@ def image_env(xenv, make_workspace, tmp_path, monkeypatch, fake_ls):
         Image.new("RGB", (8, 8), (200, 10, 10)).save(p, format="JPEG")
     ws.save_items(items["image_ids"], paths, items["text_ids"], items["texts"])
     secret = tmp_path / "secret.jpg"
-    secret.write_bytes(b"not for the backend")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret, format="JPEG")   # not for the backend
     new_image = root / "new.jpg"
     Image.new("RGB", (8, 8), (0, 0, 200)).save(new_image, format="JPEG")
     (root / "escape.jpg").symlink_to(secret)
