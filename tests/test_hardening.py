@@ -186,3 +186,27 @@ def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatc
                          text=True, timeout=60, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert "WARNING" in out.stdout and listener.url in out.stdout and "XMODAL_LABEL_STUDIO_HOSTS" in out.stdout
+
+
+# -- slow clients -------------------------------------------------------------------------------
+def test_a_stalled_body_is_408_and_does_not_hold_the_server(serve):
+    """A client that sends headers and 10 of 100 bytes, then nothing: 408 after the body deadline
+    (1 s here), while /health is answered meanwhile (sync workers answered nothing for 60 s)."""
+    import requests
+
+    url = serve(workers=1, XMODAL_BODY_TIMEOUT_S="1", XMODAL_THREADS="8")
+    stalled = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", serve.port), timeout=10)
+        s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n" + b'{"action":')
+        stalled.append(s)
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+    for s in stalled:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = s.recv(4096)
+            assert part, data
+            data += part
+        assert data.startswith(b"HTTP/1.1 408"), data[:200]
+        s.close()
