@@ -11,6 +11,7 @@ import os
 import socket
 
 import pytest
+from conftest import poll
 
 from xmodal.demo.processes import ProcessManager, free_port, wait_backend
 
@@ -171,7 +172,6 @@ def test_a_configured_host_gets_the_key(xenv, ws, listener, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", f"http://ls.example,{listener.url}/")
     _setup_and_rebuild(xenv, listener)
-    from conftest import poll
 
     poll("the key at the listener", lambda: b"operator-secret-key" in listener.received, timeout=10)
 
@@ -210,3 +210,35 @@ def test_a_stalled_body_is_408_and_does_not_hold_the_server(serve):
             data += part
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
         s.close()
+
+
+# -- worker supervision -------------------------------------------------------------------------
+def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xenv, ws, tmp_path):
+    """rq restarted it only in its 10-minute maintenance (and an idle worker woke every 405 s)."""
+    import signal
+    import sys
+    from datetime import timedelta
+
+    from test_faults import _descendants
+
+    from xmodal.demo.processes import wait_worker
+    from xmodal.jobs.queueing import get_queue
+
+    pm = ProcessManager(tmp_path / "logs")
+    try:
+        worker = pm.start("worker", [sys.executable, "-m", "xmodal.cli", "worker", "--name",
+                                     f"{xenv.tag}-w"],
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", XMODAL_SCHEDULER_CHECK_S="1"))
+        wait_worker(pm, worker, xenv.redis, timeout=60)
+        scheduler = poll("the scheduler child", lambda: _descendants(worker.pid), timeout=30,
+                         procs=[worker])[0]
+        os.kill(scheduler, signal.SIGKILL)
+        poll("a new scheduler child", lambda: [p for p in _descendants(worker.pid) if p != scheduler],
+             timeout=30, procs=[worker])
+        # a retry with a backoff is a scheduled job: it runs on time
+        job = get_queue(xenv.redis).enqueue_in(timedelta(seconds=1), "os.getpid")
+        poll("the scheduled job to run", lambda: job.get_status(refresh=True) == "finished",
+             timeout=30, procs=[worker])
+        assert "worker.scheduler_dead" in worker.log_path.read_text()
+    finally:
+        pm.stop_all(grace=3)
