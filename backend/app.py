@@ -15,8 +15,9 @@ name): ``REDIS_URL`` (or ``REDIS``, a client object), ``MODEL_DIR``, ``XMODAL_QU
 (``$XMODAL_MAX_CONTENT_LENGTH``, bytes, default 32 MiB), ``TEXT_ENCODER_LOADER`` (callable).
 
 Every bad request gets a 4xx JSON ``{"error": ...}`` and a log line; Redis being unreachable or a
-workspace that is incomplete on disk is a 503 that says so; anything else unexpected a 500 JSON
-with the exception logged.
+workspace that is incomplete on disk is a 503 that says so (paths relative to ``MODEL_DIR``);
+anything else unexpected is a 500 JSON naming only an ``error_id``, with the exception logged under
+that id: no response carries an exception's text or a server path.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 
 import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
+from backend.jsonbody import json_object
 from backend.metrics import observe_webhook, render
 from backend.model import XmodalModel
 from backend.services import Backend
-from xmodal.errors import ApiError, XmodalError
+from xmodal.errors import ApiError, XmodalError, redact
 from xmodal.labelstudio.annotations import ls_project_id, webhook_project
 from xmodal.logfmt import kv
 
@@ -45,10 +48,7 @@ ENV_KEYS = ("REDIS_URL", "MODEL_DIR", "XMODAL_QUEUE", "XMODAL_PROJECT", "BASIC_A
 
 
 def _json_body() -> dict:
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
+    return json_object(request)
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -122,7 +122,7 @@ def create_app(config: dict | None = None) -> Flask:
         # the workspace on disk is incomplete or unreadable: the server's state, not the request
         g.error = str(exc)
         log.error(kv("project.not_ready", path=request.path, project=g.get("project"), error=str(exc)))
-        return jsonify({"error": str(exc)}), 503
+        return jsonify({"error": redact(str(exc), backend.model_dir)}), 503
 
     @app.errorhandler(redis.RedisError)
     def _redis_error(exc):
@@ -132,9 +132,14 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
-        g.error = f"{type(exc).__name__}: {exc}"
-        log.exception(kv("unexpected", path=request.path, project=g.get("project")))
-        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}"}), 500
+        # the one place an unexpected exception becomes a response: the details (exception text,
+        # paths under MODEL_DIR) go to the log under an id; the caller gets the id only
+        error_id = uuid.uuid4().hex[:12]
+        g.error = f"{type(exc).__name__} error_id={error_id}"
+        log.exception(kv("unexpected", path=request.path, project=g.get("project"), error_id=error_id,
+                         error=f"{type(exc).__name__}: {exc}"))
+        return jsonify({"error": "internal error; the backend's log has the details under this "
+                                 "error_id", "error_id": error_id}), 500
 
     # -- routes ----------------------------------------------------------------------------
     @app.get("/health")

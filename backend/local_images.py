@@ -12,25 +12,30 @@ tasks that carry ``data.image`` but no ``data.item_id`` name an image as
 A file is opened only when its real path (symlinks and ``..`` resolved) lies under an allowed root:
 ``$XMODAL_IMAGE_ROOTS`` (``os.pathsep``-separated), else the folder holding the project's images.
 Everything else is refused before any file is touched: a path outside the roots (403), remote
-``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes or an unreadable
-``data:`` URL (400). The check is on strings and ``realpath`` only; nothing is opened to decide.
+``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes (also ``%00``),
+a component over 255 bytes or an unreadable ``data:`` URL (400). Before an image is decoded its
+size and header are checked: over ``$XMODAL_MAX_IMAGE_BYTES`` is 413, over
+``$XMODAL_MAX_IMAGE_PIXELS`` or no image at all 422 (:func:`check_decodable`). The check is on strings and ``realpath`` only; nothing is opened to decide.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from xmodal.encoders.image import max_image_bytes, max_image_pixels
 from xmodal.errors import ApiError
 from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import images_folder
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_INLINE_BYTES = 20 * 1024 * 1024
+NAME_MAX = 255   # bytes per path component (ext4, xfs, apfs)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class ImageRef:
 
     path: str | None = None
     data: bytes | None = None
+    shown: str | None = None    # ``path`` relative to its root: what an error message names
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,20 @@ def _candidate_path(ref: str, ws: Workspace, roots: list[str]) -> str:
     return path
 
 
+def _usable(path: str) -> str:
+    """A path the OS can take: no NUL (``%00`` decodes to one), encodable, every component within
+    NAME_MAX (else ``realpath``/``stat`` raise ValueError, UnicodeEncodeError, ENAMETOOLONG)."""
+    if "\x00" in path:
+        raise ApiError(400, "the image path holds a NUL byte (after URL decoding)")
+    try:
+        parts = os.fsencode(path).split(os.fsencode(os.sep))
+    except UnicodeError:
+        raise ApiError(400, "the image path is not valid Unicode") from None
+    if any(len(part) > NAME_MAX for part in parts):
+        raise ApiError(400, f"a component of the image path is longer than {NAME_MAX} bytes")
+    return path
+
+
 def resolve_image(ref, ws: Workspace) -> ImageRef:
     """A request's image reference -> :class:`ImageRef`, or an :class:`ApiError` (module doc)."""
     if not isinstance(ref, str) or not ref.strip():
@@ -127,12 +147,20 @@ def resolve_image(ref, ws: Workspace) -> ImageRef:
     if "\x00" in ref or len(ref) > 4096:
         raise ApiError(400, "image reference is not a usable path")
     roots = allowed_roots(ws)
-    real = os.path.realpath(_candidate_path(ref, ws, roots))
+    real = os.path.realpath(_usable(_candidate_path(ref, ws, roots)))
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
-        raise ApiError(403, f"image {ref!r} is outside the allowed local roots; it was not read "
-                            "(set XMODAL_IMAGE_ROOTS to allow more folders)"[:400],
-                       allowed_roots=roots)
-    return ImageRef(path=real)
+        # the caller's own string, never the roots or the resolved path (server layout)
+        raise ApiError(403, f"image {ref[:200]!r} is outside the allowed local roots; it was not "
+                            "read (the operator can allow more folders with XMODAL_IMAGE_ROOTS)")
+    return ImageRef(path=real, shown=_shown(real, roots))
+
+
+def _shown(real: str, roots: list[str]) -> str:
+    """How an error names a file: relative to the allowed root holding it."""
+    for root in roots:
+        if real.startswith(root.rstrip(os.sep) + os.sep):
+            return os.path.relpath(real, root)
+    return os.path.basename(real)
 
 
 def known_item(ref: ImageRef, ws: Workspace) -> str | None:
@@ -140,13 +168,33 @@ def known_item(ref: ImageRef, ws: Workspace) -> str | None:
     return None if ref.path is None else _project_images(ws).by_path.get(ref.path)
 
 
+def check_decodable(ref: ImageRef) -> None:
+    """Refuse, before decoding, an image over the byte limit (413) or the pixel limit, or one that
+    is no image at all (422): only its header is read."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = len(ref.data or b"") if ref.path is None else os.path.getsize(ref.path)
+    if size > max_image_bytes():
+        raise ApiError(413, f"the image is larger than {max_image_bytes()} bytes (XMODAL_MAX_IMAGE_BYTES)")
+    try:
+        with Image.open(ref.path if ref.path is not None else io.BytesIO(ref.data or b"")) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        raise ApiError(422, "the image cannot be read as an image (unknown or broken format)") from None
+    if width * height > max_image_pixels():
+        raise ApiError(422, f"the image has {width}x{height} pixels, more than the limit of "
+                            f"{max_image_pixels()} (XMODAL_MAX_IMAGE_PIXELS)")
+
+
 def readable_path(ref: ImageRef, tmp_dir: str) -> str:
     """A path the image encoder can open: the file itself, or the inline bytes written to
     ``tmp_dir``."""
     if ref.path is not None:
         if not Path(ref.path).is_file():
-            raise ApiError(404, f"image {ref.path} does not exist")
+            raise ApiError(404, f"image {ref.shown!r} does not exist (under the allowed roots)")
+        check_decodable(ref)
         return ref.path
+    check_decodable(ref)
     path = os.path.join(tmp_dir, "query-image")
     with open(path, "wb") as fh:
         fh.write(ref.data or b"")

@@ -26,11 +26,13 @@ from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
     ANNOTATION_ACTIONS,
     apply_annotation,
+    int_id,
     parse_annotation_event,
     parse_deleted_annotations,
     parse_tasks,
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
+from xmodal.labelstudio.hosts import is_trusted, refuse
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
 from xmodal.labelstudio.tasks import TaskRegistry
@@ -74,10 +76,14 @@ class XmodalModel:
     # -- Label Studio protocol -----------------------------------------------------------
     def setup(self, body: dict) -> dict:
         self._learn_label_config(body.get("schema") or body.get("label_config"))
-        learned = {}
-        if isinstance(body.get("hostname"), str) and body["hostname"].startswith(("http://", "https://")):
-            learned["url"] = body["hostname"]
-        if isinstance(body.get("access_token"), str) and body["access_token"]:
+        learned, host = {}, body.get("hostname")
+        if isinstance(host, str) and host.startswith(("http://", "https://")):
+            if is_trusted(host, self.ws.config["label_studio"]):
+                learned["url"] = host
+            else:   # recorded and logged; the API key is never sent there, its token not kept
+                refuse(self.redis, self.project, host, where="setup")
+                host = None
+        if host is not None and isinstance(body.get("access_token"), str) and body["access_token"]:
             learned["api_key"] = body["access_token"]
         if learned:
             self.redis.hset(pkey(self.project, "ls"), mapping=learned)
@@ -139,11 +145,7 @@ class XmodalModel:
             removed = [a for a in ids if self.pairs.delete(a) == "deleted"]
             return self._changed(event, bool(removed), removed=removed, annotations=ids)
         if event == "TASKS_DELETED":
-            ids = [t.get("id") if isinstance(t, dict) else t for t in parse_tasks(data)]
-            try:
-                ids = [int(t) for t in ids]
-            except (TypeError, ValueError):
-                raise ApiError(400, "TASKS_DELETED: task ids must be integers") from None
+            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data)]
             removed = self.pairs.delete_tasks(ids)
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)

@@ -9,7 +9,8 @@ project object (``{"id": ...}``) or an id in webhooks. The id maps to a workspac
    writes it when it creates the Label Studio project);
 3. a workspace directory named by the id itself (``$MODEL_DIR/12/``);
 4. ``$XMODAL_PROJECT``, the single-project default: on /setup it is linked to the Label Studio
-   project (``label_studio.project_id`` written to its config) so that the workers can push.
+   project (``label_studio.project_id`` written to its config) so that the workers can push. Until
+   then a webhook or /predict of that Label Studio project is a 404 (never stored into it).
 
 Anything else is a 404 with the list of what was tried.
 """
@@ -51,7 +52,8 @@ class ProjectResolver:
         if ws is None:
             ws = self._workspaces[name] = Workspace(self.base / name)
         if not ws.exists():
-            raise ApiError(404, f"no xmodal project {name!r} under {self.base}")
+            raise ApiError(404, f"no xmodal project {name!r}",
+                           hint="`xmodal status` lists the projects; `xmodal project create` makes one")
         return ws
 
     def _linked_id(self, ws: Workspace) -> int | None:
@@ -62,6 +64,10 @@ class ProjectResolver:
         return None if pid is None else int(pid)
 
     def for_label_studio(self, ls_id: int | None, link_default: bool = False) -> Workspace:
+        """The workspace of Label Studio project ``ls_id``. ``$XMODAL_PROJECT`` stands in for an
+        unlinked one only on /setup (``link_default``), which links it: a webhook or /predict of
+        a project nothing is linked to is a 404 saying what to run, never stored into (or served
+        from) the default project. Only links are cached."""
         if ls_id is None:
             raise ApiError(400, "the request names no Label Studio project "
                                 "(expected \"project\": \"<id>.<epoch>\" or a project object)")
@@ -69,32 +75,51 @@ class ProjectResolver:
         if cached:
             name = cached.decode()
             ws = Workspace(self.base / name)
-            if ws.exists() and self._linked_id(ws) in (None, ls_id):
+            if ws.exists() and self._is_link(ws, ls_id):
                 return self._workspaces.setdefault(name, ws)
             self.redis.hdel(self.map_key, str(ls_id))
         ws = find_by_label_studio_id(ls_id, self.base)
         if ws is None:
             by_dir = Workspace(self.base / str(ls_id))
-            if by_dir.exists() and self._linked_id(by_dir) in (None, ls_id):
+            if by_dir.exists() and self._is_link(by_dir, ls_id):
                 ws = by_dir
         if ws is None and self.default_project:
-            ws = Workspace(self.base / self.default_project)
-            if not ws.exists():
-                raise ApiError(404, f"XMODAL_PROJECT={self.default_project!r} but there is no "
-                                    f"workspace at {ws.root}")
-            linked = self._linked_id(ws)
-            if linked is not None and linked != ls_id:
-                raise ApiError(404, f"xmodal project {ws.name!r} is linked to Label Studio project "
-                                    f"{linked}, not {ls_id}")
-            if linked is None and link_default:
-                ws.link_label_studio(ls_id)
-                log.info(kv("project.linked", project=ws.name, ls_project=ls_id))
+            ws = self._link_default(ls_id, link_default)
         if ws is None:
             raise ApiError(404, f"no xmodal project is linked to Label Studio project {ls_id}",
                            hint="create it with `xmodal project create` (which links it), name a "
-                                "workspace directory after the id, or set XMODAL_PROJECT")
+                                "workspace directory after the id, or set XMODAL_PROJECT and "
+                                "connect the ML backend in the Label Studio project's settings "
+                                "(its /setup links it)")
         self.redis.hset(self.map_key, str(ls_id), ws.name)
         return self._workspaces.setdefault(ws.name, ws)
+
+    def _is_link(self, ws: Workspace, ls_id: int) -> bool:
+        """``ws`` is Label Studio project ``ls_id``'s: linked to it in its config, or an unlinked
+        workspace named by the id."""
+        linked = self._linked_id(ws)
+        return linked == ls_id or (linked is None and ws.name == str(ls_id))
+
+    def _link_default(self, ls_id: int, link: bool) -> Workspace:
+        ws = Workspace(self.base / self.default_project)
+        if not ws.exists():
+            raise ApiError(404, f"XMODAL_PROJECT={self.default_project!r} but there is no "
+                                "such xmodal project (create it with `xmodal project create`)")
+        linked = self._linked_id(ws)
+        if linked is not None and linked != ls_id:
+            raise ApiError(404, f"xmodal project {ws.name!r} is linked to Label Studio project "
+                                f"{linked}, not {ls_id}",
+                           hint=f"create a project for {ls_id} with `xmodal project create`")
+        if linked is None:
+            if not link:
+                raise ApiError(404, f"Label Studio project {ls_id} is not linked to xmodal project "
+                                    f"{ws.name!r} (XMODAL_PROJECT) yet; nothing was stored",
+                               hint="connect the ML backend in that Label Studio project's "
+                                    "settings (its /setup links it), then run `xmodal project "
+                                    f"resync --name {ws.name}` for the labels sent before")
+            ws.link_label_studio(ls_id)
+            log.info(kv("project.linked", project=ws.name, ls_project=ls_id))
+        return ws
 
     def for_query(self, project) -> Workspace:
         """/search and friends: a workspace name, a Label Studio id, or the default/only one."""

@@ -54,7 +54,9 @@ def xenv(redis_url, tmp_path, monkeypatch):
     env = {"REDIS_URL": redis_url, "XMODAL_REDIS_PREFIX": tag, "XMODAL_QUEUE": tag,
            "MODEL_DIR": str(models), "XMODAL_REBUILD_RETRIES": "0", "XMODAL_PROJECT": "",
            "BASIC_AUTH_USER": "", "BASIC_AUTH_PASS": "", "LABEL_STUDIO_URL": "",
-           "LABEL_STUDIO_API_KEY": ""}
+           "LABEL_STUDIO_API_KEY": "",
+           # the fake Label Studio the tests link projects to is a host the operator configured
+           "XMODAL_LABEL_STUDIO_HOSTS": "http://ls.example"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     client = redis.Redis.from_url(redis_url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 import os
 
 import numpy as np
@@ -225,7 +226,7 @@ def image_env(xenv, make_workspace, tmp_path, monkeypatch, fake_ls):
         Image.new("RGB", (8, 8), (200, 10, 10)).save(p, format="JPEG")
     ws.save_items(items["image_ids"], paths, items["text_ids"], items["texts"])
     secret = tmp_path / "secret.jpg"
-    secret.write_bytes(b"not for the backend")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(secret, format="JPEG")   # not for the backend
     new_image = root / "new.jpg"
     Image.new("RGB", (8, 8), (0, 0, 200)).save(new_image, format="JPEG")
     (root / "escape.jpg").symlink_to(secret)
@@ -308,3 +309,343 @@ def test_xmodal_image_roots_widens_the_allowed_roots(image_env, monkeypatch):
     monkeypatch.setenv("XMODAL_IMAGE_ROOTS", os.pathsep.join([str(image_env.root), str(image_env.tmp)]))
     resp = post(image_env.client, "/search", {"image": str(image_env.secret), "k": 2})
     assert resp.status_code == 200 and image_env.spy.read == [str(image_env.secret)]
+
+
+# -- what error bodies say: no internals, no server paths ---------------------------------------
+def _no_server_paths(resp, *paths):
+    text = resp.get_data(as_text=True)
+    for p in paths:
+        assert str(p) not in text, (resp.status_code, text)
+
+
+def test_an_unexpected_exception_is_a_json_500_without_internals(client, xenv, monkeypatch, caplog):
+    def boom(self, params):
+        raise RuntimeError(f"cannot open {xenv.models}/proj/index/v3.npz")
+
+    monkeypatch.setattr("backend.model.XmodalModel.search", boom)
+    resp = post(client, "/search", {"text_id": text_id(2), "k": 3, "project": "proj"})
+    assert resp.status_code == 500
+    body = resp.get_json()
+    assert set(body) == {"error", "error_id"} and "RuntimeError" not in body["error"]
+    _no_server_paths(resp, xenv.models, "v3.npz", "cannot open")
+    # the details are in the log, under the id the caller got
+    assert any(body["error_id"] in rec.getMessage() and "v3.npz" in rec.getMessage()
+               for rec in caplog.records)
+
+
+def test_a_503_names_files_relative_to_the_project(client, ws, xenv):
+    ws.items_path.unlink()
+    resp = post(client, "/predict", predict_body([task_body(1, image_id(1))]))
+    assert resp.status_code == 503 and "proj/items.json" in resp.get_json()["error"]
+    _no_server_paths(resp, xenv.models)
+
+
+def test_404_bodies_name_no_server_path(client, xenv, monkeypatch):
+    resp = post(client, "/search", {"text_id": text_id(2), "project": "nosuch"})
+    assert resp.status_code == 404
+    _no_server_paths(resp, xenv.models)
+    monkeypatch.setenv("XMODAL_PROJECT", "gone")
+    from backend.app import create_app
+
+    resp = post(create_app().test_client(), "/setup", setup_body(project=99))
+    assert resp.status_code == 404 and "gone" in resp.get_json()["error"]
+    _no_server_paths(resp, xenv.models)
+
+
+def test_403_and_404_of_images_name_no_root(image_env):
+    resp = post(image_env.client, "/search", {"image": str(image_env.secret), "k": 3})
+    assert resp.status_code == 403 and "allowed_roots" not in resp.get_json()
+    _no_server_paths(resp, image_env.root)
+    resp = post(image_env.client, "/search", {"image": f"{image_env.root}/sub/missing.jpg", "k": 3})
+    assert resp.status_code == 404
+    assert "'sub/missing.jpg'" in resp.get_json()["error"], resp.get_json()
+    # the caller's own string is not echoed for a 404: only the root-relative name
+    _no_server_paths(resp, image_env.root)
+
+
+# -- hostile JSON: depth, non-finite numbers, huge integers, surrogates, NUL, long names --------
+ROUTES = ("/webhook", "/predict", "/setup", "/search")
+DIGITS_300 = "9" * 300
+
+
+def raw_post(client, route, text: str, **kw):
+    return client.post(route, data=text, content_type="application/json", **kw)
+
+
+def hostile_bodies():
+    """(route, raw body text, a word the 4xx message must contain): the cases of issue 11."""
+    deleted_tasks = {"action": "TASKS_DELETED", "project": {"id": LS_PID}, "tasks": [1]}
+    created_tasks = {"action": "TASKS_CREATED", "project": {"id": LS_PID},
+                     "tasks": [task_body(1030, image_id(5), n_options=3)]}
+    training = {"action": "START_TRAINING", "project": {"id": LS_PID}}
+    ann = annotation_body("ANNOTATION_CREATED", 41, 1041, image_id(5), text_id(5), project=LS_PID)
+    out = []
+    for route in ROUTES:
+        out.append((route, "[" * 1000 + "]" * 1000, "nested"))
+        out.append((route, '{"a":' * 100 + "1" + "}" * 100, "nested"))
+    out += [
+        ("/search", '{"text": "a", "k": Infinity}', "Infinity"),
+        ("/search", '{"text": "a", "k": NaN}', "NaN"),
+        ("/search", '{"text": "a", "k": 1e999}', "finite"),
+        ("/webhook", json.dumps(created_tasks).replace('"id": 1030', '"id": Infinity'), "Infinity"),
+        ("/webhook", json.dumps(deleted_tasks).replace("[1]", "[Infinity]"), "Infinity"),
+        ("/webhook", json.dumps(deleted_tasks).replace("[1]", "[1e300]"), "integer"),
+        ("/predict", json.dumps(predict_body([task_body(1, image_id(1))])).replace('"id": 1,', '"id": -Infinity,'),
+         "Infinity"),
+        ("/webhook", json.dumps(training).replace(f'"id": {LS_PID}', f'"id": {DIGITS_300}'), "digits"),
+        ("/setup", json.dumps(setup_body()).replace(f'"{LS_PID}.', f'"{DIGITS_300}.'), "project"),
+        ("/predict", json.dumps(predict_body([task_body(1, image_id(1))])).replace(f'"{LS_PID}.', f'"{DIGITS_300}.'),
+         "project"),
+        ("/webhook", json.dumps(ann).replace('"updated_at": "', '"updated_at": ' + "9" * 400 + ', "x": "'),
+         "digits"),
+        ("/setup", json.dumps(dict(setup_body(), access_token="tok")).replace('"tok"', '"\\ud800"'), "surrogate"),
+        ("/setup", json.dumps(dict(setup_body(), hostname="http://h")).replace('"http://h"', '"http://\\udfff"'),
+         "surrogate"),
+        ("/search", '{"image": "/x/\\ud800.jpg", "k": 2}', "surrogate"),
+        ("/setup", json.dumps(dict(setup_body(), schema='<View><Choices name="N" toName="image"/></View>'))
+         .replace('name=\\"N\\"', 'name=\\"\\ud800\\"'), "surrogate"),
+    ]
+    return out
+
+
+@pytest.mark.parametrize("route,text,word", hostile_bodies(),
+                         ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(hostile_bodies())])
+def test_hostile_json_is_a_clear_400(client, r, route, text, word):
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    resp = raw_post(client, route, text)
+    assert resp.status_code == 400, (resp.status_code, resp.get_data(as_text=True)[:300])
+    assert word.lower() in resp.get_json()["error"].lower(), resp.get_json()
+    assert store.get(1)["state"] == "pair" and store.get(41) is None
+
+
+def test_updated_at_as_a_huge_number_string_is_not_a_500(client, r):
+    ann = annotation_body("ANNOTATION_CREATED", 42, 1042, image_id(5), text_id(5), project=LS_PID)
+    ann["annotation"]["updated_at"] = "9" * 400
+    resp = post(client, "/webhook", ann)
+    assert resp.status_code == 200, resp.get_json()
+    assert PairStore(r, "proj").get(42)["state"] == "pair"
+
+
+@pytest.mark.parametrize("ref,word", [
+    ("file:///etc/passwd%00.png", "NUL"),
+    ("/data/local-files/?d=x%00", "NUL"),
+    ("{root}/" + "a" * 300 + ".jpg", "255"),
+    ("{root}/" + "é" * 200 + "/x.jpg", "255"),            # 400 bytes in UTF-8
+    ("/data/local-files/?d=images/img/" + "b" * 256, "255"),
+])
+def test_nul_and_overlong_path_components_are_400(image_env, ref, word):
+    resp = post(image_env.client, "/search", {"image": ref.format(root=image_env.root), "k": 3})
+    assert resp.status_code == 400, resp.get_data(as_text=True)[:300]
+    assert word in resp.get_json()["error"]
+    _no_server_paths(resp, image_env.root)
+    assert image_env.spy.read == []
+
+
+def test_a_chunked_body_over_the_limit_is_413(xenv, ws):
+    """gunicorn hands a chunked body to the app with no Content-Length and wsgi.input_terminated;
+    werkzeug then stops reading at the limit and returned a truncated body (a 400)."""
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 16384}).test_client()
+    chunked = {"wsgi.input_terminated": True}
+    for route in ROUTES:
+        big = io.BytesIO(b'{"text": "' + b"x" * 40_000 + b'"}')
+        resp = client.post(route, input_stream=big, content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides=chunked)
+        assert resp.status_code == 413, (route, resp.get_json())
+    ok = io.BytesIO(b'{"action": "SOMETHING_ELSE", "project": {"id": 7}}')
+    resp = client.post("/webhook", input_stream=ok, content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides=chunked)
+    assert resp.status_code == 200, resp.get_json()
+
+
+SENTINEL = "\x01hostile\x01"
+hostile_snippets = st.one_of(
+    st.integers(65, 3000).map(lambda d: "[" * d + "]" * d),                        # depth
+    st.integers(65, 500).map(lambda d: '{"a":' * d + "0" + "}" * d),
+    st.sampled_from(["Infinity", "-Infinity", "NaN", "1e999", "-1e400"]),           # non-finite
+    st.integers(20, 400).map(lambda n: "9" * n),                                    # huge integers
+    st.integers(20, 400).map(lambda n: "-" + "1" * n),
+    st.integers(19, 300).map(lambda n: '"' + "7" * n + '.1764300000"'),           # huge id strings
+    st.sampled_from(['"\\ud800"', '"a\\udfffb"', '"img/\\udc80.jpg"',               # lone surrogates
+                     '"<View><Choices name=\\"\\ud800\\" toName=\\"i\\"/></View>"']),
+    st.sampled_from(['"\\u0000"', '"file:///etc/passwd%00.png"', '"/data/local-files/?d=x%00"',  # NUL
+                     '"a\\u0000b"', '"/data/local-files/?d=%2500"']),
+    st.integers(256, 5000).map(lambda n: '"' + "n" * n + '"'),                      # long names
+    st.integers(256, 1000).map(lambda n: '"/tmp/' + "n" * n + '.jpg"'),
+    st.integers(256, 1000).map(lambda n: '"/data/local-files/?d=' + "n" * n + '"'),
+)
+
+
+@st.composite
+def hostile_requests(draw):
+    """A valid body with one value (or the whole body) replaced by a hostile JSON snippet: raw text,
+    since ``json.dumps`` cannot write most of them."""
+    route = draw(st.sampled_from(sorted(valid_bodies())))
+    body = draw(st.sampled_from(valid_bodies()[route]))
+    path = draw(st.sampled_from(list(paths_of(body))))
+    text = json.dumps(mutate(body, path, "replace", SENTINEL))
+    return route, text.replace(json.dumps(SENTINEL), draw(hostile_snippets), 1)
+
+
+@settings(FUZZ, max_examples=300)
+@given(req=hostile_requests())
+def test_hostile_values_anywhere_are_4xx_with_a_message_and_lose_no_pair(client, r, req):
+    route, text = req
+    store = PairStore(r, "proj")
+    store.put(1, 1000, image_id(0), text_id(0), 1.0)
+    resp = raw_post(client, route, text)
+    assert_clear_4xx_or_ok(resp, text[:300])
+    assert store.get(1)["state"] == "pair"
+
+
+@settings(FUZZ, max_examples=40)
+@given(route=st.sampled_from(ROUTES + ("/metrics", "/health", "/nosuch")),
+       size=st.integers(16385, 200_000), declared=st.booleans())
+def test_bodies_over_the_limit_are_413_chunked_or_not(xenv, ws, route, size, declared):
+    from backend.app import create_app
+
+    client = create_app({"MAX_CONTENT_LENGTH": 16384}).test_client()
+    data = b'{"text": "' + b"x" * size + b'"}'
+    if declared:
+        resp = client.post(route, data=data, content_type="application/json")
+    else:
+        resp = client.post(route, input_stream=io.BytesIO(data), content_type="application/json",
+                           headers={"Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True})
+    if route in ROUTES:
+        assert resp.status_code == 413, (route, declared, resp.get_json())
+    else:   # routes that read no body: never a 5xx
+        assert resp.status_code < 500, (route, resp.status_code)
+
+
+# -- webhooks of unlinked projects, times from the future -------------------------------------
+def test_a_webhook_of_an_unlinked_project_is_refused_not_stored_in_the_default(xenv, make_workspace, r):
+    from backend.app import create_app
+
+    make_workspace("solo", ls_project_id=None)
+    client = create_app({"XMODAL_PROJECT": "solo"}).test_client()
+    ann = annotation_body("ANNOTATION_CREATED", 51, 1051, image_id(3), text_id(3), project=55)
+    resp = post(client, "/webhook", ann)
+    assert resp.status_code == 404, resp.get_json()
+    out = resp.get_json()
+    assert "55" in out["error"] and "resync --name solo" in out["hint"], out
+    assert PairStore(r, "solo").get(51) is None
+    assert post(client, "/predict", predict_body([task_body(1, image_id(1))], project=55)).status_code == 404
+    # the refusal was not cached: the Label Studio project's /setup still links the workspace
+    assert post(client, "/setup", setup_body(project=55)).status_code == 200
+    assert post(client, "/webhook", ann).status_code == 200
+    assert PairStore(r, "solo").get(51)["state"] == "pair"
+    # ...and now another Label Studio project is refused as before
+    other = annotation_body("ANNOTATION_CREATED", 52, 1052, image_id(4), text_id(4), project=56)
+    assert post(client, "/webhook", other).status_code == 404
+    assert PairStore(r, "solo").get(52) is None
+
+
+def test_an_updated_at_from_the_future_is_clamped_to_the_receive_time(client, r):
+    import time
+
+    ann = annotation_body("ANNOTATION_CREATED", 61, 1061, image_id(3), text_id(3), project=LS_PID)
+    ann["annotation"]["updated_at"] = "9999-12-31T23:59:59Z"
+    before = time.time()
+    assert post(client, "/webhook", ann).get_json()["status"] == "stored"
+    assert before <= PairStore(r, "proj").get(61)["updated_at"] <= time.time()
+    edit = annotation_body("ANNOTATION_UPDATED", 61, 1061, image_id(3), text_id(4), project=LS_PID,
+                           updated_at=time.time() + 1)
+    out = post(client, "/webhook", edit).get_json()
+    assert out["status"] == "stored", out          # a later real edit is not 'stale'
+    assert PairStore(r, "proj").get(61)["text_id"] == text_id(4)
+
+
+# -- a corrupt or missing current index -------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garbage", "wrong_shapes"])
+def test_a_corrupt_current_index_falls_back_to_the_newest_valid_version(client, r, ws, damage):
+    from workers.rebuild import rebuild
+    from xmodal.index.store import IndexStore, index_path
+    from xmodal.jobs.queueing import get_queue
+
+    build_index(r, n_pairs=4)                     # v1
+    store = PairStore(r, "proj")
+    store.put(900, 1900, image_id(9), text_id(9), 1.0)
+    rebuild("proj", redis_client=r)               # v2, current
+    assert IndexStore(r, ws).current_version() == 2
+    path = index_path(ws, 2)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "delete":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    else:
+        with np.load(path) as z:
+            arrays = dict(z)
+        arrays["image_codes"] = arrays["image_codes"][:3]
+        np.savez(path.with_suffix(".tmp.npz"), **arrays)
+        path.with_suffix(".tmp.npz").replace(path)
+    clear_cache()                                 # a fresh gunicorn worker
+    get_queue(r).empty()
+    for _ in range(10):
+        for route, body in [("/predict", predict_body([task_body(1, image_id(1), n_options=6)])),
+                            ("/search", {"image_id": image_id(2), "k": 3}), ("/setup", setup_body())]:
+            resp = post(client, route, body)
+            assert resp.status_code == 200, (route, resp.get_json())
+            assert resp.get_json()["model_version"] == "v1"
+    assert [j.func_name for j in get_queue(r).jobs] == ["workers.rebuild.rebuild"]   # one, coalesced
+    rebuild("proj", redis_client=r)               # v3 replaces the broken one
+    assert post(client, "/search", {"image_id": image_id(2), "k": 3}).get_json()["model_version"] == "v3"
+
+
+def test_no_valid_index_at_all_serves_the_unlabelled_order(client, r, ws):
+    from xmodal.index.store import index_path
+
+    build_index(r, n_pairs=4)
+    index_path(ws, 1).write_bytes(b"not a zip")
+    clear_cache()
+    resp = post(client, "/predict", predict_body([task_body(1, image_id(1), n_options=6)]))
+    assert resp.status_code == 200 and resp.get_json()["model_version"] == "v0", resp.get_json()
+
+
+# -- decode bombs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bomb_png() -> bytes:
+    """A 13000 x 13000 PNG of about 20 KB: 169 MP, over 1 GB to decode as RGB."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_decode_bomb_is_422_before_it_is_decoded(image_env, bomb_png):
+    assert len(bomb_png) < 100_000
+    bomb = image_env.root / "bomb.png"
+    bomb.write_bytes(bomb_png)
+    inline = "data:image/png;base64," + base64.b64encode(bomb_png).decode()
+    for ref in (str(bomb), inline):
+        resp = post(image_env.client, "/search", {"image": ref, "k": 3})
+        assert resp.status_code == 422, resp.get_json()
+        assert "13000x13000 pixels" in resp.get_json()["error"]
+    assert image_env.spy.read == []
+
+
+def test_image_byte_limit_and_non_images(image_env, monkeypatch):
+    monkeypatch.setenv("XMODAL_MAX_IMAGE_BYTES", "100")
+    resp = post(image_env.client, "/search", {"image": str(image_env.new), "k": 3})
+    assert resp.status_code == 413 and "XMODAL_MAX_IMAGE_BYTES" in resp.get_json()["error"]
+    monkeypatch.delenv("XMODAL_MAX_IMAGE_BYTES")
+    (image_env.root / "fake.jpg").write_bytes(b"this is not a JPEG at all")
+    resp = post(image_env.client, "/search", {"image": str(image_env.root / "fake.jpg"), "k": 3})
+    assert resp.status_code == 422, resp.get_json()
+    assert image_env.spy.read == []
+
+
+def test_the_image_encoder_skips_images_over_the_pixel_limit(tmp_path, bomb_png):
+    from xmodal.encoders.image import ImageEncoder
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png)
+    enc = ImageEncoder.__new__(ImageEncoder)   # no weights needed: the check precedes the network
+    enc.image_size = 224
+    reason = enc._load(str(path))
+    assert isinstance(reason, str) and "XMODAL_MAX_IMAGE_PIXELS" in reason

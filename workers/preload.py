@@ -13,7 +13,10 @@ horses never use it).
 """
 
 import contextlib
+import logging
+import os
 
+from rq.utils import now
 from rq.worker import SimpleWorker, Worker
 
 import workers.problems  # noqa: F401
@@ -22,7 +25,14 @@ import workers.resync  # noqa: F401
 import xmodal.labelstudio.client  # noqa: F401  (label_studio_sdk)
 import xmodal.labelstudio.push  # noqa: F401
 from workers.recovery import start_sweeper
-from xmodal.logfmt import setup_worker_logging
+from xmodal.logfmt import kv, setup_worker_logging
+
+log = logging.getLogger(__name__)
+
+
+def scheduler_check_s() -> float:
+    """``$XMODAL_SCHEDULER_CHECK_S`` (default 15): how often a worker checks its scheduler child."""
+    return float(os.environ.get("XMODAL_SCHEDULER_CHECK_S") or 15)
 
 # MiniLM (the English default text encoder) embeds written references in the rebuild: importing
 # PyTorch and sentence-transformers takes ~10 s here, loading the model from its package 0.3 s.
@@ -39,6 +49,30 @@ class _Recovering:
         setup_worker_logging()
         start_sweeper(self)
         return super().work(*args, **kwargs)
+
+    # -- a dead scheduler child is restarted ---------------------------------------------------
+    # rq restarts its scheduler process only in its maintenance step, every 10 minutes, and an
+    # idle worker wakes from BLPOP every 405 s: scheduled retries sat overdue for minutes. The
+    # worker now wakes every $XMODAL_SCHEDULER_CHECK_S (default 15) and runs rq's own restart
+    # (maintenance in the main process) as soon as the scheduler child is gone.
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        if timeout is not None:
+            timeout = max(1, min(int(timeout), int(scheduler_check_s())))
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    @property
+    def should_run_maintenance_tasks(self):
+        if super().should_run_maintenance_tasks:
+            return True
+        sched = getattr(self, "scheduler", None)
+        if sched is None or (sched._process is not None and sched._process.is_alive()):
+            return False
+        if (now() - self.last_cleaned_at).total_seconds() < scheduler_check_s():
+            return False
+        if sched._process is not None:   # ours died (the lock of another worker's is not ours)
+            log.warning(kv("worker.scheduler_dead", worker=self.name, pid=sched._process.pid,
+                           exitcode=sched._process.exitcode, action="restarting"))
+        return True
 
 
 class PreloadedWorker(_Recovering, Worker):

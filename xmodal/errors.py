@@ -28,3 +28,17 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": self.message, **self.details}
+
+
+def redact(text: str, *bases) -> str:
+    """``text`` with every absolute path under one of ``bases`` (and the bases themselves) made
+    relative, for a message that goes to an API caller: ``/srv/models/coco/items.json`` ->
+    ``coco/items.json``. Callers name things by project-relative ids, never by server paths."""
+    import os
+
+    for base in bases:
+        for form in {str(base), os.path.realpath(str(base))}:
+            form = form.rstrip(os.sep)
+            if form:
+                text = text.replace(form + os.sep, "").replace(form, "$MODEL_DIR")
+    return text

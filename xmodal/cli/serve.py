@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")),
                    help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)")
     p.add_argument("--timeout", type=int, default=60, help="gunicorn worker timeout (s)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("XMODAL_THREADS", "64")),
+                   help="threads per worker (gthread; default $XMODAL_THREADS or 64): a client "
+                        "that stalls mid-body holds one for at most $XMODAL_BODY_TIMEOUT_S")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=run)
 
@@ -28,7 +31,11 @@ def gunicorn_argv(args) -> list[str]:
     exe = shutil.which("gunicorn", path=os.path.dirname(sys.executable) + os.pathsep
                        + os.environ.get("PATH", ""))
     cmd = [exe] if exe else [sys.executable, "-m", "gunicorn"]
+    # gthread, not sync: a sync worker reading a stalled body (headers and part of it, then
+    # nothing) serves no one else until the worker timeout; threads keep /health and webhooks
+    # answering (docs/operations.md, "Slow clients"), the body deadline frees them
     return cmd + ["--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
+                  "--worker-class", "gthread", "--threads", str(args.threads),
                   "--timeout", str(args.timeout), "--access-logfile", "-",
                   "--error-logfile", "-", "backend.wsgi:app"]
 
@@ -41,6 +48,11 @@ def run(args) -> int:
     if args.dry_run:
         print(" ".join(argv))
         return 0
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (
+            os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS")):
+        log.warning("listening on %s without BASIC_AUTH_USER/BASIC_AUTH_PASS: anyone who reaches "
+                    "port %s can send labels and /setup; set both (and the same in Label Studio's "
+                    "ML backend connection)", args.host, args.port)
     log.info("serving on http://%s:%s (redis %s, MODEL_DIR %s)", args.host, args.port,
              url.split("@")[-1], os.environ.get("MODEL_DIR", "models"))
     sys.stdout.flush()

@@ -33,6 +33,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from xmodal.index.workspace import Workspace, list_workspaces
     from xmodal.jobs import stats
     from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue
+    from xmodal.labelstudio.hosts import refused
 
     q = get_queue(redis_client, queue)
     failed = FailedJobRegistry(queue=q)
@@ -87,6 +88,8 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
             "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
             "last_rebuild": last or None,
+            # a /setup named a Label Studio that is not configured: nothing is sent there
+            "ls_refused_url": refused(redis_client, name),
         }
     return out
 
@@ -145,6 +148,10 @@ def run(args) -> int:
         written = f" ({p['written_references']} written by annotators)" if p["written_references"] else ""
         print(f"  {name}: {p['pairs']} pairs{written}, {p['skips']} skips, {len(p['problems'])} problems; "
               f"{idx}; {state}")
+        if p.get("ls_refused_url"):
+            print(f"    WARNING: Label Studio at {p['ls_refused_url']} (named by /setup) is not a "
+                  "configured host: the API key is not sent there and nothing is pushed. If it is "
+                  "yours, set LABEL_STUDIO_URL or XMODAL_LABEL_STUDIO_HOSTS")
         for pr in p["problems"][:10]:
             given = f" (entered: {pr['given']!r})" if pr["given"] else ""
             print(f"    problem: annotation {pr['annotation']} of task {pr['task']}: {pr['message']}{given}")

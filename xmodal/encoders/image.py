@@ -27,6 +27,17 @@ from xmodal.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch")
+
+
+def max_image_pixels() -> int:
+    """``$XMODAL_MAX_IMAGE_PIXELS`` (default 50 MP): images with more pixels are not decoded (a
+    13k x 13k PNG of 20 KB would take over 1 GB to decode)."""
+    return int(os.environ.get("XMODAL_MAX_IMAGE_PIXELS") or 50_000_000)
+
+
+def max_image_bytes() -> int:
+    """``$XMODAL_MAX_IMAGE_BYTES`` (default 20 MiB): larger image files are not read."""
+    return int(os.environ.get("XMODAL_MAX_IMAGE_BYTES") or 20 * 2**20)
 # ONNX output must match eager torch this closely, or the export is refused
 ONNX_TOLERANCE = 1e-4
 # bump when the preprocessing changes: it is part of every image encoder id
@@ -101,10 +112,15 @@ class ImageEncoder(Encoder):
 
         if not os.path.isfile(path):
             return "missing file"
+        if os.path.getsize(path) > max_image_bytes():
+            return f"file larger than {max_image_bytes()} bytes (XMODAL_MAX_IMAGE_BYTES)"
         # shorter side to size*256/224, centre crop to size: the usual ImageNet evaluation crop
         resize_to = round(self.image_size * 256 / 224)
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:   # reads the header only
+                if img.width * img.height > max_image_pixels():
+                    return (f"{img.width}x{img.height} pixels, more than {max_image_pixels()} "
+                            "(XMODAL_MAX_IMAGE_PIXELS)")
                 # JPEG only: let libjpeg decode at 1/2..1/8 scale when the photo is much larger
                 img.draft("RGB", (resize_to, resize_to))
                 # upright as annotators see it in the browser (phone photos carry EXIF rotation)

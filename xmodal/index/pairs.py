@@ -22,7 +22,8 @@ Every write is one Lua script (atomic, so concurrent webhooks cannot interleave)
   (which is what the label->prediction latency is measured from); an UPDATED that names the same
   pair again (a review re-submitting the answer) only moves ``updated_at`` and is not a change;
 - out-of-order safe: an event whose ``updated_at`` (Label Studio's clock, epoch seconds) is older
-  than the stored one is ignored;
+  than the stored one is ignored; a ``updated_at`` more than :data:`FUTURE_SLACK_S` after the
+  event's receive time is clamped to the receive time (else it would freeze the annotation);
 - ``P:{project}:pairs:changes`` is incremented on every change of the set of live pairs (a record
   that was or becomes a pair); a rebuild records the value it saw, so "is the index up to date?" is
   one comparison, and a skip or a problem never looks like a pair waiting for a rebuild.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from datetime import datetime
 
@@ -107,6 +109,9 @@ return gone
 """
 
 
+FUTURE_SLACK_S = 300.0   # how far Label Studio's clock may run ahead of ours
+
+
 def parse_time(value) -> float | None:
     """Label Studio timestamps (ISO 8601, 'Z' suffix) or epoch numbers -> epoch seconds."""
     if value is None or value == "":
@@ -114,16 +119,22 @@ def parse_time(value) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            out = float(value)
+        except OverflowError:   # an integer of hundreds of digits
+            return None
+    elif isinstance(value, str):
+        try:
+            out = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 return None
-    return None
+    else:
+        return None
+    # inf/nan compare as nothing (Lua's tonumber('inf') is nil): no time, the receive time is used
+    return out if math.isfinite(out) else None
 
 
 def _content(state: str, task_id, image_id, text_id, extra: str | None = None) -> str:
@@ -150,13 +161,17 @@ class PairStore:
     def _write(self, annotation_id, state: str, task_id, image_id, text_id, updated_at,
                received_at, extra: str | None = None, **fields) -> str:
         now = time.time()
+        received_at = received_at or now
         updated = parse_time(updated_at)
-        updated = now if updated is None else updated
+        if updated is None or updated > received_at + FUTURE_SLACK_S:
+            # a time from the future (9999-12-31) would make every later real edit 'stale':
+            # beyond the clock skew allowed, the event counts as made when it arrived
+            updated = received_at
         content = _content(state, task_id, image_id, text_id, extra)
         record = {
             "annotation_id": int(annotation_id), "task_id": None if task_id is None else int(task_id),
             "state": state, "image_id": image_id, "text_id": text_id,
-            "updated_at": updated, "received_at": received_at or now,
+            "updated_at": updated, "received_at": received_at,
             "digest": f"{content}|{updated!r}", "content": content,
             **{k: v for k, v in fields.items() if v is not None},
         }

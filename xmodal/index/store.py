@@ -8,6 +8,9 @@
 - ``load_current(project)`` keeps the loaded index in a process-global cache keyed by version: one
   Redis GET per call, a file load only when the version changed.
 - Old versions are pruned, keeping the newest ``keep`` files and never the current one.
+- A file is validated when it is read (whole zip, every array, consistent shapes); a current file
+  that is missing or corrupt is not served: the newest valid older version is, and a rebuild is
+  enqueued (:func:`load_current`).
 
 An index file is self-contained: the similarity codes of every image and text (rows in the order of
 the stored ids), the reference features (to encode new queries), the pairs it was built from and
@@ -47,6 +50,7 @@ from xmodal.core.ssr import ssr, ssr_codes, top_k
 from xmodal.errors import DataError
 from xmodal.index import ann as ann_mod
 from xmodal.index.workspace import Workspace, atomic_write_bytes, other
+from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)
@@ -368,20 +372,53 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
 _OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub")
 
 
+class CorruptIndex(DataError):
+    """An index file that cannot be read whole or does not hold a consistent index."""
+
+
 def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        optional = {name: z[name] for name in _OPTIONAL if name in z.files}
-        return IndexSnapshot(
-            project=project or meta.get("project", ""), version=int(meta["version"]),
-            measure=meta["measure"], select=meta.get("select", "image"),
-            sparse_top_k=meta.get("sparse_top_k"), sparse_power=float(meta.get("sparse_power") or 1.0),
-            image_ids=z["image_ids"], text_ids=z["text_ids"],
-            image_codes=z["image_codes"], text_codes=z["text_codes"],
-            image_refs=z["image_refs"], text_refs=z["text_refs"],
-            pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
-            medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
-            **optional)
+    """Read and validate an index file: FileNotFoundError if it is missing, :class:`CorruptIndex`
+    for anything unreadable (a truncated zip, a missing array, inconsistent shapes)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            optional = {name: z[name] for name in _OPTIONAL if name in z.files}
+            snap = IndexSnapshot(
+                project=project or meta.get("project", ""), version=int(meta["version"]),
+                measure=meta["measure"], select=meta.get("select", "image"),
+                sparse_top_k=meta.get("sparse_top_k"), sparse_power=float(meta.get("sparse_power") or 1.0),
+                image_ids=z["image_ids"], text_ids=z["text_ids"],
+                image_codes=z["image_codes"], text_codes=z["text_codes"],
+                image_refs=z["image_refs"], text_refs=z["text_refs"],
+                pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
+                medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
+                **optional)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, KeyError, ValueError, EOFError...
+        raise CorruptIndex(f"index file {Path(path).name} is unreadable: {type(exc).__name__}") from exc
+    problem = _inconsistency(snap, Path(path))
+    if problem:
+        raise CorruptIndex(f"index file {Path(path).name} is inconsistent: {problem}")
+    return snap
+
+
+def _inconsistency(snap: IndexSnapshot, path: Path) -> str | None:
+    """What makes a loaded index unusable (shapes only: cheap at any size), or None."""
+    m = _FILE_RE.match(path.name)
+    if m and int(m.group(1)) != snap.version:
+        return f"it says version {snap.version}"
+    k = len(snap.pair_rows)
+    checks = [
+        (snap.image_codes.ndim == 2 and snap.image_codes.shape[0] == len(snap.image_ids), "image codes"),
+        (snap.text_codes.ndim == 2 and snap.text_codes.shape[0] == len(snap.text_ids), "text codes"),
+        (snap.image_codes.shape[1:] == snap.text_codes.shape[1:], "code widths"),
+        (snap.pair_rows.ndim == 2 and snap.pair_rows.shape[1] == 2, "pair rows"),
+        (len(snap.annotation_ids) == k, "annotation ids"),
+        (len(snap.image_refs) == k and len(snap.text_refs) == k, "reference features"),
+    ]
+    bad = [what for ok, what in checks if not ok]
+    return ", ".join(bad) + " do not match" if bad else None
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -455,11 +492,17 @@ class IndexStore:
 
 
 _cache: dict[tuple[str, str], IndexSnapshot] = {}
+# a current version that could not be loaded -> what serves instead (None: no valid version)
+_fallback: dict[tuple[str, str], tuple[int, IndexSnapshot | None]] = {}
 _cache_lock = threading.Lock()
 
 
 def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSnapshot | None:
-    """The current index of a project (None if none was built yet), cached per process by version."""
+    """The current index of a project (None if none was built yet), cached per process by version.
+
+    A current file that is missing or corrupt (:func:`read_snapshot` validates it) is not served:
+    the newest valid older version on disk is (None when there is none), a rebuild is enqueued,
+    and the choice is kept for this process until the pointer moves on."""
     ws = project if isinstance(project, Workspace) else Workspace.for_project(project)
     store = IndexStore(redis_client, ws)
     key = (str(ws.root.resolve()), store.current_key)
@@ -470,13 +513,20 @@ def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSn
         cached = _cache.get(key)
         if cached is not None and cached.version == version:
             return cached
+        fallback = _fallback.get(key)
+        if fallback is not None and fallback[0] == version:
+            return fallback[1]
         try:
             t0 = time.perf_counter()
             snap = store.load(version)
         except FileNotFoundError:
-            # the pointer moved on and the file was pruned between GET and open: read it again
-            log.warning("project=%s index v%s vanished while loading; retrying", ws.name, version)
-            continue
+            if store.current_version() != version:
+                # the pointer moved on and the file was pruned between GET and open: read it again
+                log.warning("project=%s index v%s vanished while loading; retrying", ws.name, version)
+                continue
+            return _fall_back(store, key, version, "missing")
+        except CorruptIndex as exc:
+            return _fall_back(store, key, version, str(exc))
         with _cache_lock:
             prev = _cache.get(key)
             if prev is None or prev.version < snap.version:
@@ -487,6 +537,30 @@ def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSn
     raise DataError(f"project {ws.name!r}: the current index file could not be loaded")
 
 
+def _fall_back(store: IndexStore, key, version: int, why: str) -> IndexSnapshot | None:
+    from xmodal.jobs.queueing import enqueue_rebuild
+
+    snap = None
+    for older in reversed([v for v in versions_on_disk(store.ws) if v < version]):
+        try:
+            snap = store.load(older)
+            break
+        except (FileNotFoundError, CorruptIndex) as exc:
+            log.warning(kv("index.unreadable", project=store.project, version=older, error=str(exc)))
+    try:
+        job_id, _ = enqueue_rebuild(store.redis, store.project,
+                                    reason=f"index v{version} unreadable ({why})")
+    except Exception as exc:  # noqa: BLE001 - serving the fallback matters more than the enqueue
+        job_id = f"not enqueued: {type(exc).__name__}"
+    log.error(kv("index.fallback", project=store.project, current=version,
+                 serving=snap.version if snap is not None else "none (unlabelled)", why=why,
+                 rebuild=job_id))
+    with _cache_lock:
+        _fallback[key] = (version, snap)
+    return snap
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _fallback.clear()

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
 
-def _int_id(value, what: str) -> int:
+def int_id(value, what: str) -> int:
     if isinstance(value, dict):
         value = value.get("id")
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
@@ -118,13 +118,13 @@ def parse_annotation_event(payload: dict, from_name: str | None = None) -> Annot
         raise ApiError(400, f"{action} without an 'annotation' object")
     if "id" not in ann:
         raise ApiError(400, "annotation.id is missing")
-    annotation_id = _int_id(ann.get("id"), "annotation.id")
+    annotation_id = int_id(ann.get("id"), "annotation.id")
     task = payload.get("task") if isinstance(payload.get("task"), dict) else None
     task_ref = ann.get("task", task.get("id") if task else None)
     if task_ref is None:
         raise ApiError(400, "annotation.task is missing")
-    task_id = _int_id(task_ref, "annotation.task")
-    if task is not None and task.get("id") is not None and _int_id(task["id"], "task.id") != task_id:
+    task_id = int_id(task_ref, "annotation.task")
+    if task is not None and task.get("id") is not None and int_id(task["id"], "task.id") != task_id:
         raise ApiError(400, f"annotation.task {task_id} and task.id {task['id']} differ")
     if isinstance(ann.get("task"), dict) and task is None:
         task = ann["task"]
@@ -145,7 +145,7 @@ def parse_deleted_annotations(payload: dict) -> list[int]:
         anns = [payload["annotation"]]
     if not isinstance(anns, list) or not anns:
         raise ApiError(400, "ANNOTATIONS_DELETED needs a non-empty 'annotations' list")
-    return [_int_id(a, "annotations[].id") for a in anns]
+    return [int_id(a, "annotations[].id") for a in anns]
 
 
 def parse_tasks(payload: dict) -> list[dict]:
@@ -323,11 +323,13 @@ def ls_project_id(value) -> int | None:
         value = value.get("id")
     if isinstance(value, bool) or value is None:
         return None
+    # ids beyond 64 bits are no Label Studio project's (and a 300-digit one, used as a directory
+    # name, was an ENAMETOOLONG 500)
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer():
+        return value if 0 <= value < 2**63 else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value < 2**63:
         return int(value)
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)(?:\.\d+)?\s*", value)
+        m = re.fullmatch(r"\s*(\d{1,18})(?:\.\d{1,30})?\s*", value)
         return int(m.group(1)) if m else None
     return None

@@ -54,6 +54,7 @@ from xmodal.index.workspace import Workspace
 from xmodal.jobs.queueing import flag_key
 from xmodal.labelstudio.client import connect
 from xmodal.labelstudio.config import label_fields
+from xmodal.labelstudio.hosts import is_trusted, refuse
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry
 from xmodal.logfmt import kv
@@ -72,7 +73,9 @@ def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
     """``{"url", "api_key", "project_id"}`` or None when the project has no Label Studio link.
 
     URL: ``$LABEL_STUDIO_URL``, else the workspace config, else the ``hostname`` Label Studio sent
-    to /setup. Key: ``$LABEL_STUDIO_API_KEY``, else the ``access_token`` sent to /setup."""
+    to /setup. Key: ``$LABEL_STUDIO_API_KEY``, else the ``access_token`` sent to /setup. None as
+    well when the URL is not one the operator configured (:mod:`xmodal.labelstudio.hosts`): the
+    key never goes to a host a /setup request picked."""
     ls = ws.config["label_studio"]
     pid = ls.get("project_id")
     if pid is None:
@@ -81,6 +84,9 @@ def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
     url = os.environ.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
     key = os.environ.get("LABEL_STUDIO_API_KEY") or learned.get("api_key")
     if not url or not key:
+        return None
+    if not is_trusted(url, ls):
+        refuse(redis_client, ws.name, url, where="connection")
         return None
     return {"url": url.rstrip("/"), "api_key": key, "project_id": int(pid)}
 

@@ -1,0 +1,244 @@
+"""Issue 11's findings that need the shipped processes: `xmodal serve` (gunicorn) on loopback with
+a real Redis, raw sockets for what an HTTP client library would not send.
+
+Every process is a tracked child in its own process group, stopped in the fixture's teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+from conftest import poll
+
+from xmodal.demo.processes import ProcessManager, free_port, wait_backend
+
+LS_PID = 7
+
+
+@pytest.fixture
+def serve(xenv, ws, tmp_path):
+    """``serve(**env)`` -> the URL of a running `xmodal serve` for the test's MODEL_DIR."""
+    pm = ProcessManager(tmp_path / "logs")
+
+    def start(workers: int = 1, **env) -> str:
+        port = free_port()
+        child = pm.start("backend", [os.sys.executable, "-m", "xmodal.cli", "serve", "--host",
+                                     "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                         env=dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", **env))
+        url = f"http://127.0.0.1:{port}"
+        wait_backend(pm, child, url, timeout=60)
+        start.port, start.child = port, child
+        return url
+
+    yield start
+    pm.stop_all(grace=3)
+
+
+def raw_http(port: int, head: str, chunks: list[bytes] = (), timeout: float = 10.0) -> tuple[int, dict]:
+    """Send ``head`` then ``chunks`` as-is; -> (status, JSON body or {})."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head.encode())
+        for c in chunks:
+            try:
+                s.sendall(c)
+            except (BrokenPipeError, ConnectionResetError):   # answered and closed before the end
+                break
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not part:
+                break
+            data += part
+            if b"\r\n\r\n" in data:
+                head_b, _, rest = data.partition(b"\r\n\r\n")
+                length = [int(h.split(b":")[1]) for h in head_b.split(b"\r\n")
+                          if h.lower().startswith(b"content-length:")]
+                if length and len(rest) >= length[0]:
+                    break
+    status = int(data.split(b" ", 2)[1])
+    body = data.partition(b"\r\n\r\n")[2]
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {}
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(serve):
+    serve(XMODAL_MAX_CONTENT_LENGTH="16384")
+    for route in ("/webhook", "/predict", "/setup", "/search"):
+        head = (f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        body = [chunk(b'{"text": "')] + [chunk(b"x" * 4096) for _ in range(10)] + [chunk(b'"}'), b"0\r\n\r\n"]
+        status, out = raw_http(serve.port, head, body)
+        assert status == 413, (route, status, out)
+        assert "16384 bytes" in out["error"]
+    small = [chunk(b'{"action": "PROJECT_UPDATED", '), chunk(b'"project": {"id": 7}}'), b"0\r\n\r\n"]
+    head = ("POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    assert raw_http(serve.port, head, small) == (200, {"status": "ignored", "action": "PROJECT_UPDATED"})
+
+
+# -- the API key goes only to configured hosts ------------------------------------------------
+class Listener:
+    """A TCP listener on loopback that records every byte sent to it (and answers 401)."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.received = b""
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def _setup_and_rebuild(xenv, listener):
+    import contextlib
+
+    from test_backend_api import build_index, post, setup_body
+
+    from backend.app import create_app
+    from workers.resync import resync
+    from xmodal.index.store import clear_cache
+
+    clear_cache()
+    client = create_app({"TESTING": True}).test_client()
+    body = dict(setup_body(), hostname=listener.url, access_token="caller-token")
+    assert post(client, "/setup", body).status_code == 200
+    with contextlib.suppress(Exception):   # the push fails either way (401 or no connection)
+        build_index(xenv.redis, n_pairs=4)
+    with contextlib.suppress(Exception):
+        resync("proj", redis_client=xenv.redis)
+    return client
+
+
+def test_the_api_key_never_reaches_a_host_named_by_setup(xenv, ws, listener, monkeypatch, caplog):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", "http://ls.example")
+    _setup_and_rebuild(xenv, listener)
+    import time
+
+    time.sleep(0.3)   # anything in flight would have arrived
+    assert listener.received == b""
+    assert any("ls.untrusted_host" in rec.getMessage() and listener.url in rec.getMessage()
+               for rec in caplog.records)
+    from xmodal.cli.status import collect
+
+    status = collect(xenv.redis, xenv.models, queue=xenv.tag)
+    assert status["projects"]["proj"]["ls_refused_url"] == listener.url
+
+
+def test_a_configured_host_gets_the_key(xenv, ws, listener, monkeypatch):
+    """The same steps with the listener allowed: it does get the key (the test above can see it)."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", f"http://ls.example,{listener.url}/")
+    _setup_and_rebuild(xenv, listener)
+
+    poll("the key at the listener", lambda: b"operator-secret-key" in listener.received, timeout=10)
+
+
+def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+    _setup_and_rebuild(xenv, listener)
+    out = subprocess.run([sys.executable, "-m", "xmodal.cli", "status"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" in out.stdout and listener.url in out.stdout and "XMODAL_LABEL_STUDIO_HOSTS" in out.stdout
+
+
+# -- slow clients -------------------------------------------------------------------------------
+def test_a_stalled_body_is_408_and_does_not_hold_the_server(serve):
+    """A client that sends headers and 10 of 100 bytes, then nothing: 408 after the body deadline
+    (1 s here), while /health is answered meanwhile (sync workers answered nothing for 60 s)."""
+    import requests
+
+    url = serve(workers=1, XMODAL_BODY_TIMEOUT_S="1", XMODAL_THREADS="8")
+    stalled = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", serve.port), timeout=10)
+        s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n" + b'{"action":')
+        stalled.append(s)
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+    for s in stalled:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = s.recv(4096)
+            assert part, data
+            data += part
+        assert data.startswith(b"HTTP/1.1 408"), data[:200]
+        s.close()
+
+
+# -- worker supervision -------------------------------------------------------------------------
+def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xenv, ws, tmp_path):
+    """rq restarted it only in its 10-minute maintenance (and an idle worker woke every 405 s)."""
+    import signal
+    import sys
+    from datetime import timedelta
+
+    from test_faults import _descendants
+
+    from xmodal.demo.processes import wait_worker
+    from xmodal.jobs.queueing import get_queue
+
+    pm = ProcessManager(tmp_path / "logs")
+    try:
+        worker = pm.start("worker", [sys.executable, "-m", "xmodal.cli", "worker", "--name",
+                                     f"{xenv.tag}-w"],
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", XMODAL_SCHEDULER_CHECK_S="1"))
+        wait_worker(pm, worker, xenv.redis, timeout=60)
+        scheduler = poll("the scheduler child", lambda: _descendants(worker.pid), timeout=30,
+                         procs=[worker])[0]
+        os.kill(scheduler, signal.SIGKILL)
+        poll("a new scheduler child", lambda: [p for p in _descendants(worker.pid) if p != scheduler],
+             timeout=30, procs=[worker])
+        # a retry with a backoff is a scheduled job: it runs on time
+        job = get_queue(xenv.redis).enqueue_in(timedelta(seconds=1), "os.getpid")
+        poll("the scheduled job to run", lambda: job.get_status(refresh=True) == "finished",
+             timeout=30, procs=[worker])
+        assert "worker.scheduler_dead" in worker.log_path.read_text()
+    finally:
+        pm.stop_all(grace=3)
