@@ -98,6 +98,35 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path):
     assert load_folder(root).image_ids == ["a.png", "b.png", "sub/c.png"]
 
 
+def test_links_leaving_the_folder_and_unreadable_files_are_skipped_and_listed(tmp_path):
+    import os
+
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(PNG)
+    root = make_folder(tmp_path / "data", TEXTS)
+    (root / "images" / "passwd.png").symlink_to("/etc/passwd")
+    (root / "images" / "elsewhere.png").symlink_to(outside)
+    (root / "images" / "gone.png").symlink_to(root / "images" / "nothing-here.png")
+    (root / "images" / "inside.png").symlink_to(root / "images" / "a.png")   # stays: inside the folder
+    locked = root / "images" / "locked.png"
+    locked.write_bytes(PNG)
+    locked.chmod(0)
+    texts = TEXTS + [{"id": "t6", "text": "the passwd file", "image": "passwd.png"}]
+    (root / "texts.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    ds = load_folder(root)
+    readable = os.access(locked, os.R_OK)  # root reads anything
+    assert ds.image_ids == ["a.png", "b.png", "inside.png"] + (["locked.png"] if readable else []) + ["sub/c.png"]
+    skipped = ds.meta["skipped_images"]
+    assert "passwd.png (a link that leaves the data folder)" in skipped
+    assert "elsewhere.png (a link that leaves the data folder)" in skipped
+    assert "gone.png (a broken link)" in skipped
+    assert readable or "locked.png (not readable)" in skipped
+    assert "skipped: " in ds.describe() and "passwd.png" in ds.describe()
+    # the text that named a skipped image stays, without a pair
+    t6 = ds.text_ids.index("t6")
+    assert t6 not in set(ds.pairs[:, 1].tolist())
+
+
 @pytest.mark.parametrize("case, fragment", [
     ("missing_folder", "does not exist"),
     ("no_images_dir", "images/"),

@@ -120,6 +120,10 @@ class CrossModalDataset:
         if self.has_split:
             parts.append(f"train/test {int((self.image_split == 'train').sum())}/"
                          f"{int((self.image_split == 'test').sum())} images")
+        skipped = self.meta.get("skipped_images") or []
+        if skipped:
+            parts.append(f"{len(skipped)} image file(s) skipped: {', '.join(skipped[:5])}"
+                         + (" …" if len(skipped) > 5 else ""))
         return ", ".join(parts)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +56,29 @@ def _read_csv(file: Path, what: str) -> list[tuple[int, dict]]:
         raise DataError(f"{what}: cannot read {file}: {exc}") from exc
 
 
-def _scan_images(images_dir: Path) -> list[str]:
-    ids = []
+def _scan_images(images_dir: Path, root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image ids (paths relative to images/) and the files skipped, with why: a link whose
+    target lies outside the data folder (it would make any file of the machine an item) and a
+    file this process cannot read (it would become an all-zero feature row)."""
+    ids, skipped = [], []
+    inside = root.resolve()
     for p in images_dir.rglob("*"):
         rel = p.relative_to(images_dir)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.is_symlink() and not p.exists():
+            skipped.append((rel.as_posix(), "a broken link"))
+        elif not p.is_file():
+            continue
+        elif not p.resolve().is_relative_to(inside):
+            skipped.append((rel.as_posix(), "a link that leaves the data folder"))
+        elif not os.access(p, os.R_OK):
+            skipped.append((rel.as_posix(), "not readable"))
+        else:
             ids.append(rel.as_posix())
-    return sorted(ids)
+    return sorted(ids), sorted(skipped)
 
 
 def _label_value(v):
@@ -93,7 +108,8 @@ def load_folder(path) -> CrossModalDataset:
         raise DataError(f"folder data set: neither {jsonl.name} nor {csv_file.name} found in {root}; "
                         "write one {\"id\", \"text\", \"image\"?, \"label\"?} record per text")
 
-    image_ids = _scan_images(images_dir)
+    image_ids, skipped = _scan_images(images_dir, root)
+    skipped_ids = {i for i, _ in skipped}
     if not image_ids:
         raise DataError(f"folder data set: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                         f"under {images_dir}")
@@ -121,7 +137,8 @@ def load_folder(path) -> CrossModalDataset:
         raise DataError(f"folder data set: {len(empty)} text(s) in {text_file.name} are empty or lack "
                         f"a \"text\" field: {_short_list(empty)}; fill them in or remove them")
     unknown = [(str(r["id"]), str(r["image"])) for _, r in text_rows
-               if r.get("image") not in (None, "") and str(r["image"]) not in image_row]
+               if r.get("image") not in (None, "") and str(r["image"]) not in image_row
+               and str(r["image"]) not in skipped_ids]
     if unknown:
         listed = _short_list(f"{t} -> {i}" for t, i in unknown)
         raise DataError(f"folder data set: {len(unknown)} text(s) name an image that is not under "
@@ -129,7 +146,7 @@ def load_folder(path) -> CrossModalDataset:
                         f"relative to images/ with '/' separators, e.g. 'cats/001.jpg'")
     texts = [r["text"].strip() for _, r in text_rows]
     pairs = [(image_row[str(r["image"])], t) for t, (_, r) in enumerate(text_rows)
-             if r.get("image") not in (None, "")]
+             if r.get("image") not in (None, "") and str(r["image"]) in image_row]
     text_labels = [_label_value(r.get("label")) for _, r in text_rows]
     text_split = [_split_value(r.get("split"), f"{text_file.name} text {r['id']!r}") for _, r in text_rows]
 
@@ -178,6 +195,8 @@ def load_folder(path) -> CrossModalDataset:
         img_split = np.array([v or "train" for v in image_split])
         txt_split = np.array([v or "train" for v in text_split])
     meta = {"source": str(root), "text_file": text_file.name}
+    if skipped:
+        meta["skipped_images"] = [f"{i} ({why})" for i, why in skipped]
     if img_lab is not None and txt_lab is not None and (np.any(img_lab == "") or np.any(txt_lab == "")):
         meta["unlabelled_items"] = int((img_lab == "").sum() + (txt_lab == "").sum())
     return CrossModalDataset(
