@@ -32,7 +32,7 @@ from xmodal.labelstudio.annotations import (
     parse_tasks,
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
-from xmodal.labelstudio.hosts import is_trusted, refuse
+from xmodal.labelstudio.hosts import configured_urls, is_trusted, refuse
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
 from xmodal.labelstudio.tasks import TaskRegistry
@@ -76,14 +76,18 @@ class XmodalModel:
     # -- Label Studio protocol -----------------------------------------------------------
     def setup(self, body: dict) -> dict:
         self._learn_label_config(body.get("schema") or body.get("label_config"))
-        learned, host = {}, body.get("hostname")
+        learned, host, ls = {}, body.get("hostname"), self.ws.config["label_studio"]
         if isinstance(host, str) and host.startswith(("http://", "https://")):
-            if is_trusted(host, self.ws.config["label_studio"]):
+            if is_trusted(host, ls):
                 learned["url"] = host
-            else:   # recorded and logged; the API key is never sent there, its token not kept
+            else:   # recorded and logged; nothing is ever sent there
                 refuse(self.redis, self.project, host, where="setup")
                 host = None
-        if host is not None and isinstance(body.get("access_token"), str) and body["access_token"]:
+        # the token is kept when the calls it authorises go to a configured URL: the one /setup
+        # named (trusted), or the operator's own (a Label Studio that calls itself "localhost"
+        # while the operator configured 127.0.0.1 still gets its predictions)
+        if ((host is not None or configured_urls(ls)) and isinstance(body.get("access_token"), str)
+                and body["access_token"]):
             learned["api_key"] = body["access_token"]
         if learned:
             self.redis.hset(pkey(self.project, "ls"), mapping=learned)

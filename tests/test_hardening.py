@@ -176,6 +176,21 @@ def test_a_configured_host_gets_the_key(xenv, ws, listener, monkeypatch):
     poll("the key at the listener", lambda: b"operator-secret-key" in listener.received, timeout=10)
 
 
+def test_a_setup_token_goes_only_to_the_configured_url_never_to_the_named_host(xenv, ws, listener,
+                                                                           monkeypatch):
+    """Label Studio calls itself "localhost" while the operator configured 127.0.0.1: its token
+    still serves the configured URL; the host /setup named gets nothing."""
+    configured = Listener()
+    try:
+        monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+        monkeypatch.setenv("LABEL_STUDIO_URL", configured.url)
+        _setup_and_rebuild(xenv, listener)   # hostname = the other listener, token "caller-token"
+        poll("the token at the configured URL", lambda: b"caller-token" in configured.received, timeout=10)
+        assert listener.received == b""
+    finally:
+        configured.close()
+
+
 def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatch):
     import subprocess
     import sys
