@@ -8,6 +8,7 @@ twice. Image tests use a few real COCO-mini photos (../shared/data/coco_mini) an
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp
     (data / "images").mkdir(parents=True)
     lines = []
     for i, src in enumerate(coco_images(8)):
-        (data / "images" / f"{i}.jpg").symlink_to(src)
+        shutil.copyfile(src, data / "images" / f"{i}.jpg")  # a link would leave the data folder
         lines.append(f'{{"id": "t{i}", "text": "{sentences(1, seed=i)[0]}", "image": "{i}.jpg"}}')
     (data / "texts.jsonl").write_text("\n".join(lines) + "\n")
     workers(2)

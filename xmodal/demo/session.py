@@ -173,8 +173,9 @@ def reset_project_state(client, ws) -> int:
 
 
 def claim_ls_project_id(client, ws, ls_id: int) -> None:
-    """Make Label Studio project ``ls_id`` resolve to ``ws`` in the backend: drop the cached
-    id -> workspace mapping and unlink the demo's other workspaces that claim the id (left from
+    """Make Label Studio project ``ls_id`` resolve to ``ws`` in the backend: link it in the
+    workspace (the backend refuses webhooks of unlinked projects), drop the cached id ->
+    workspace mapping and unlink the demo's other workspaces that claim the id (left from
     earlier runs, e.g. on another data set)."""
     from xmodal.index.workspace import list_workspaces
     from xmodal.redis_conn import gkey
@@ -186,6 +187,7 @@ def claim_ls_project_id(client, ws, ls_id: int) -> None:
         with contextlib.suppress(XmodalError, OSError, ValueError, KeyError):
             if other_ws.config["label_studio"].get("project_id") == int(ls_id):
                 other_ws.update_config(label_studio={"project_id": None})
+    ws.update_config(label_studio={"project_id": int(ls_id)})
 
 
 def webhook_project_id(project: str) -> int:
