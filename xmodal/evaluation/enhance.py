@@ -59,6 +59,23 @@ class Enhancements:
     sparse_power: float = 1.0
     qe_top_m: int = 0
     qe_weight: float = 0.5
+    # -- transductive matching of the searched items (beyond the paper, issue 10) --
+    # entropic OT (Sinkhorn, uniform marginals) on the final similarity: ranking by the log plan
+    # is the similarity plus per-item dual potentials (a converged, two-sided hubness correction)
+    sinkhorn_eps: float | None = None
+    sinkhorn_iters: int = 100
+    sinkhorn_weight: float = 1.0       # scale of the potentials added (1 = rank by the log plan)
+    sinkhorn_plan_weight: float = 0.0  # > 0: add weight · n · P (the plan itself) instead
+    # Wasserstein-Procrustes self-training: an orthogonal map of the image codes onto the text
+    # codes, fitted on the reference pairs plus the Sinkhorn plan's soft pseudo-pairs
+    procrustes_rounds: int = 0
+    procrustes_reg: float = 1.0        # pull towards the identity (in units of the pair mass)
+    procrustes_eps: float = 0.05
+    # fused Gromov-Wasserstein: intra-modal structure (centred feature cosines) aligned by the plan
+    gw_alpha: float | None = None
+    gw_rounds: int = 5
+    gw_eps: float = 0.05
+    gw_knn: int | None = None          # keep each item's gw_knn most similar items in its structure
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +141,110 @@ def query_expansion(query_codes: np.ndarray, target_codes: np.ndarray, top_m: in
     return Q2 @ T.T
 
 
+def _logsumexp(Z: np.ndarray, axis: int) -> np.ndarray:
+    m = Z.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(Z - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def sinkhorn_potentials(S: np.ndarray, eps: float = 0.05, iters: int = 100, tol: float = 1e-6):
+    """Log-domain Sinkhorn for the plan ``P ∝ exp(S / eps)`` with uniform marginals (rows 1/n,
+    columns 1/m). Returns ``(f, g)`` with ``log P = S/eps + f[:, None] + g[None, :]``.
+
+    Ranking a row of P is ranking ``S[i, :] + eps·g`` (and a column, ``S[:, j] + eps·f``): the
+    potentials are per-item scores, like CSLS terms, that an index can store (O(n·m) per
+    iteration, chunkable)."""
+    K = np.asarray(S, dtype=np.float64) / eps
+    n, m = K.shape
+    f, g = np.zeros(n), np.zeros(m)
+    la, lb = -np.log(n), -np.log(m)
+    for _ in range(iters):
+        f = la - _logsumexp(K + g[None, :], axis=1)
+        g_new = lb - _logsumexp(K + f[:, None], axis=0)
+        done = np.max(np.abs(g_new - g)) < tol
+        g = g_new
+        if done:
+            break
+    return f, g
+
+
+def sinkhorn_plan(S: np.ndarray, eps: float = 0.05, iters: int = 100) -> np.ndarray:
+    """The entropic OT plan of :func:`sinkhorn_potentials` (rows sum to 1/n, columns to 1/m)."""
+    f, g = sinkhorn_potentials(S, eps, iters)
+    return np.exp(np.asarray(S, np.float64) / eps + f[:, None] + g[None, :])
+
+
+def sinkhorn_rescore(S: np.ndarray, eps: float, iters: int = 100, weight: float = 1.0,
+                     plan_weight: float = 0.0) -> np.ndarray:
+    """``S + weight·eps·(f_i + g_j)`` (``weight`` 1: the log plan times eps), or, with
+    ``plan_weight``, ``S + plan_weight · n · P``."""
+    S = np.asarray(S, np.float32)
+    f, g = sinkhorn_potentials(S, eps, iters)
+    if plan_weight:
+        P = np.exp(S.astype(np.float64) / eps + f[:, None] + g[None, :])
+        return (S + plan_weight * S.shape[0] * P).astype(np.float32)
+    return (S + weight * eps * (f[:, None] + g[None, :])).astype(np.float32)
+
+
+def _polar(M: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(M)
+    return U @ Vt
+
+
+def procrustes_self_training(CX: np.ndarray, CY: np.ndarray, ref_cx: np.ndarray, ref_cy: np.ndarray,
+                             rounds: int = 2, reg: float = 1.0, eps: float = 0.05,
+                             csls_k: int | None = None, iters: int = 100) -> np.ndarray:
+    """Orthogonal W (k×k) with ``CX @ W ≈ CY``, fitted on the reference pairs' codes plus, in each
+    round, the soft pseudo-pairs of the Sinkhorn plan over the searched items (each pair weighted
+    by its plan mass; the pseudo-pairs have total mass 1, every reference pair mass 1/N·…, i.e.
+    references and pseudo-pairs count alike), pulled towards the identity by ``reg``."""
+    k = CX.shape[1]
+    M_ref = ref_cx.T @ ref_cy / max(len(ref_cx), 1)
+    W = np.eye(k, dtype=np.float32)
+    for _ in range(rounds):
+        S = (CX @ W) @ CY.T
+        if csls_k:
+            S = csls(S, csls_k)
+        P = sinkhorn_plan(S, eps, iters).astype(np.float32)
+        M = CX.T @ P @ CY + M_ref + reg * np.eye(k, dtype=np.float32) / k
+        W = _polar(M).astype(np.float32)
+    return W
+
+
+def _structure(F: np.ndarray, knn: int | None = None) -> np.ndarray:
+    """Intra-modal structure for GW: cosine of mean-centred features, z-scored over all entries,
+    self-similarity zeroed (it would only reinforce the current plan); with ``knn``, every row
+    keeps its knn largest entries (symmetrised), the rest 0."""
+    F = l2_normalize(np.asarray(F, np.float32) - np.asarray(F, np.float32).mean(axis=0))
+    C = F @ F.T
+    C = (C - C.mean()) / (C.std() + 1e-6)
+    np.fill_diagonal(C, 0.0)
+    if knn and knn < len(C) - 1:
+        drop = np.argpartition(-C, knn, axis=1)[:, knn:]
+        M = np.ones_like(C, dtype=bool)
+        np.put_along_axis(M, drop, False, axis=1)
+        C = np.where(M | M.T, C, 0.0).astype(np.float32)
+    return C
+
+
+def fused_gw_scores(S: np.ndarray, X: np.ndarray, Y: np.ndarray, alpha: float = 0.3,
+                    rounds: int = 5, eps: float = 0.05, iters: int = 100,
+                    knn: int | None = None) -> np.ndarray:
+    """Entropic fused Gromov–Wasserstein (square loss, mirror descent as in Peyré et al. 2016)
+    between the searched images X and texts Y: the linear term is the SSR similarity S (itself the
+    GW cross term of the labelled pairs), the quadratic term aligns the intra-modal structures.
+    Returns the final fused similarity ``(1-α)·S + α·n·C_X P C_Yᵀ`` (rank rows/columns)."""
+    S = np.asarray(S, np.float32)
+    CXs, CYs = _structure(X, knn), _structure(Y, knn)
+    sd = S.std() + 1e-6
+    P = sinkhorn_plan(S, eps, iters).astype(np.float32)
+    G = S
+    for _ in range(rounds):
+        Q = CXs @ P @ CYs.T * S.shape[0]
+        G = (1 - alpha) * S + alpha * Q * (sd / (Q.std() + 1e-6))
+        P = sinkhorn_plan(G, eps, iters).astype(np.float32)
+    return G.astype(np.float32)
+
+
 def _codes(R: np.ndarray, cfg: Enhancements) -> np.ndarray:
     return ssr_codes(R, cfg.measure, cfg.sparse_top_k, cfg.sparse_power,
                      column_stats(R) if cfg.standardize else None)
@@ -182,8 +303,19 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
             Yref = np.vstack([Yr, Yu[pseudo[:, 1]]])
         Xr, Yr = Xref, Yref
         info["pseudo_pairs"] = pseudo
-    CX = _codes(ssr(Xq, Xr), cfg)
-    CY = _codes(ssr(Yq, Yr), cfg)
+    RXq, RYq = ssr(Xq, Xr), ssr(Yq, Yr)
+    CX = _codes(RXq, cfg)
+    CY = _codes(RYq, cfg)
+    if cfg.procrustes_rounds:
+        # the references' own codes, with the searched items' column statistics
+        def ref_codes(F, R):
+            st = column_stats(R) if cfg.standardize else None
+            return ssr_codes(ssr(F, F), cfg.measure, cfg.sparse_top_k, cfg.sparse_power, st)
+        W = procrustes_self_training(CX, CY, ref_codes(Xr, RXq), ref_codes(Yr, RYq),
+                                     cfg.procrustes_rounds, cfg.procrustes_reg, cfg.procrustes_eps,
+                                     cfg.csls_k, cfg.sinkhorn_iters)
+        CX = CX @ W
+        info["procrustes"] = W
     if cfg.qe_top_m:
         S_i2t = query_expansion(CX, CY, cfg.qe_top_m, cfg.qe_weight)
         S_t2i = query_expansion(CY, CX, cfg.qe_top_m, cfg.qe_weight)
@@ -196,4 +328,11 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
     if cfg.inverted_softmax_beta:
         S_i2t = inverted_softmax(S_i2t, cfg.inverted_softmax_beta)
         S_t2i = inverted_softmax(S_t2i, cfg.inverted_softmax_beta)
+    if cfg.gw_alpha:
+        S_i2t = fused_gw_scores(S_i2t, Xq, Yq, cfg.gw_alpha, cfg.gw_rounds, cfg.gw_eps, cfg.sinkhorn_iters, cfg.gw_knn)
+        S_t2i = S_i2t.T
+    if cfg.sinkhorn_eps:
+        S_i2t = sinkhorn_rescore(S_i2t, cfg.sinkhorn_eps, cfg.sinkhorn_iters, cfg.sinkhorn_weight,
+                                 cfg.sinkhorn_plan_weight)
+        S_t2i = S_i2t.T
     return S_i2t, S_t2i, info

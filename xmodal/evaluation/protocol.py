@@ -84,6 +84,14 @@ VARIANTS: dict[str, Enhancements] = {
     "ssm-al++center": Enhancements(center=True, csls_k=10, average_captions=True),
     # ssm-al++ plus self-training with mutual-NN pseudo-pairs
     "ssm-al++pseudo": Enhancements(standardize=True, csls_k=10, average_captions=True, pseudo_rounds=2),
+    # issue 10, on top of the product index's settings (z-scores + CSLS); docs/results.md
+    # entropic OT (Sinkhorn) over the searched items: rank by the log plan
+    "product+sinkhorn": Enhancements(standardize=True, csls_k=10, sinkhorn_eps=0.1),
+    # Wasserstein-Procrustes self-training of an orthogonal map between the two code spaces
+    "product+procrustes": Enhancements(standardize=True, csls_k=10, procrustes_rounds=3),
+    # fused Gromov-Wasserstein (intra-modal structure of the searched items), then Sinkhorn
+    "product+gw": Enhancements(standardize=True, csls_k=10, gw_alpha=0.2),
+    "product+gw+sinkhorn": Enhancements(standardize=True, csls_k=10, gw_alpha=0.3, sinkhorn_eps=0.1),
 }
 PRODUCT = "product"
 
