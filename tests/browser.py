@@ -22,7 +22,7 @@ CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage")
-NOTE = re.compile(r"model v(\d+) \((\d+) labels?\)")
+NOTE = re.compile(r"model v(\d+) \((\d+) labels?\)", re.IGNORECASE)  # "Model v2 (1 label) is too new"
 
 # one round trip instead of one per option (a page carries ~800): what is displayed, in order
 # an option reads "<text>  <id>" (a thumbnail: its id under it), Label Studio appends "[key]"
@@ -202,10 +202,22 @@ class LabellingPage:
         self._click(button)
         return t
 
-    def _click(self, element) -> None:
-        """Scroll the element into the middle of its list, as a person would, then click it."""
+    def _click(self, element, timeout: float = 10) -> None:
+        """Scroll the element into the middle of its list, as a person would, then click it; when
+        something covers it (Label Studio's "Annotation saved" toast over Skip), wait as a person
+        would until it is gone."""
+        from selenium.common.exceptions import ElementClickInterceptedException
+
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
-        element.click()
+        end = time.time() + timeout
+        while True:
+            try:
+                element.click()
+                return
+            except ElementClickInterceptedException:
+                if time.time() > end:
+                    raise
+                time.sleep(0.2)
 
     def _until(self, condition, timeout: float, what: str):
         from selenium.common.exceptions import TimeoutException

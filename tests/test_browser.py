@@ -153,3 +153,64 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
           f"{len(served) - 1}; Recall@10 non-reference after 3 labels {recall_3}, after {LABELS} {final}; "
           f"seconds per task {(submitted[-1][0] - served[0].loaded_at) / LABELS:.1f}")
     assert mean(final) > mean(recall_3), (recall_3, final)
+
+
+def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server, xenv, services, page):
+    """SSM-AL_T: the medoid is a caption, the page a grid of thumbnails (the ranking merged with
+    image medoids). The person takes the right image when it is among the thumbnails, else skips
+    (the id of an image it cannot see is nothing a person knows). Asserted: every submit is a pair
+    or a problem and every skip a skip; each pair is the caption's image; the grid carries the
+    newest index (as above); some image is found on the page."""
+    from xmodal.datasets.coco import load_coco_mini
+    from xmodal.demo.annotator import Knowledge
+    from xmodal.index.pairs import PairStore
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-t-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="text", k=K, captions="first",
+        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
+        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    pid = boot.ls_project_id
+    knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="first"), "text")
+    pairs, ls = PairStore(r, name), connect(ls_server.url, ls_server.token)
+
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    served, submitted, shown = [], [], None    # submitted: (time, item, how)
+    for n in range(LABELS):
+        shown = page.wait_task(shown)
+        assert shown is not None, f"Label Studio ran out of tasks after {n}; shots in {page.shots}"
+        served.append(shown)
+        thumbnails = page.visible_options(60)
+        assert len(thumbnails) >= 20, f"{len(thumbnails)} thumbnails on the page; shots {page.shots}"
+        hit = next((i for i, _ in thumbnails if i in knowledge.right[shown.item]), None)
+        page.screenshot(f"{n + 1}-{'shown' if hit else 'skip'}-{shown.item}")
+        if hit is not None:
+            page.choose(hit)
+            submitted.append((page.submit(), shown.item, "shown"))
+        else:
+            submitted.append((page.skip(), shown.item, "skip"))
+
+    anns = poll("every answer in Label Studio",
+                lambda: (a := list(ls.list_annotations(pid))) and len(a) == LABELS and a)
+    records = {a.annotation_id: poll(f"annotation {a.annotation_id} in the pair store",
+                                     lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns}
+    hows = [h for _, _, h in submitted]
+    states = sorted(rec.get("state") for rec in records.values())
+    assert states == sorted(["pair"] * hows.count("shown") + ["none"] * hows.count("skip")), (
+        f"a pair per image picked, a skip ('none') per skip: {states} for {hows}; shots {page.shots}")
+    by_text = {rec["text_id"]: rec for rec in records.values() if rec.get("state") == "pair"}
+    for _, item, how in submitted:
+        if how == "shown":
+            assert by_text[item]["image_id"] in knowledge.right[item], (item, by_text.get(item))
+    assert "shown" in hows, f"no caption's image was among the thumbnails in {LABELS} tasks; shots {page.shots}"
+
+    pair_times = sorted(t for t, _, how in submitted if how == "shown")
+    misses = [(t.item, t.labels) for t in served[1:]
+              if t.labels < sum(1 for s in pair_times if s < t.served_at - FRESH_S)]
+    assert len(misses) <= max(1, len(served) // 10), (misses, page.shots)
+    print(f"\n[browser text->image] {LABELS} captions: {hows.count('shown')} images found among the "
+          f"thumbnails, {hows.count('skip')} skipped; freshness misses {len(misses)} of {len(served) - 1}")

@@ -138,13 +138,14 @@ def option_values(options) -> list[str] | None:
 def model_note(snap: IndexSnapshot | None, select: str) -> str:
     """One line: which index ordered the options and how many labels it holds."""
     what = "texts" if select == "image" else "images"
-    ids = "the id at the end of each text" if select == "image" else "the id under each image"
+    # the filter matches an option's value: a text's words and id, an image's id (its file path)
+    how = ("Type a word to filter; the id at the end of each text can be pasted" if select == "image"
+           else "Type part of a file name to narrow them; the id under each image can be pasted")
     if snap is None or not snap.has_signal:
         held = f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank" if snap is not None \
             else "no labels yet"
-        return f"{held.capitalize()}: a spread of the {what} comes first. Type a word to filter; {ids} can be pasted."
-    return (f"{what.capitalize()} ranked by model {snap.model_version} ({_labels(snap.n_pairs)}). "
-            f"Type a word to filter; {ids} can be pasted.")
+        return f"{held.capitalize()}: a spread of the {what} comes first. {how}."
+    return f"{what.capitalize()} ranked by model {snap.model_version} ({_labels(snap.n_pairs)}). {how}."
 
 
 def _labels(n: int) -> str:
