@@ -3,6 +3,7 @@ what the tests it claims to run need, and CI runs exactly the README's test comm
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -11,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_dry_run(*targets: str, venv: str = "/nonexistent/xmodal-venv") -> list[str]:
-    out = subprocess.run(["make", "-n", *targets, f"VENV={venv}"], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
+    # under `make test` the parent's MAKEFLAGS would add "Entering directory" lines and -w
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", *targets, f"VENV={venv}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True, env=env)
     return out.stdout.splitlines()
 
 
