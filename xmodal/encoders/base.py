@@ -109,6 +109,22 @@ def check_failures(n_items: int, failures: Sequence[Failure], modality: str, enc
             f"({', '.join(f'{n}× {why}' for why, n in reasons)}){hint}")
 
 
+def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch) -> np.ndarray:
+    """The ``features`` of a sentence encoder: empty texts get a zero row and a ``failures_``
+    entry; the others go to ``embed_batch(list_of_texts) -> (n, dim)`` in ``encoder.batch_size``
+    chunks, under a progress bar."""
+    texts = list(items)
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    encoder.failures_ = [(t, "empty text") for t in texts if not t.strip()]
+    todo = [i for i, t in enumerate(texts) if t.strip()]
+    with progress_bar(len(todo), encoder.name, "text", encoder.progress and bool(todo)) as bar:
+        for chunk in batches(len(todo), encoder.batch_size):
+            rows = todo[chunk]
+            out[rows] = embed_batch([texts[i] for i in rows])
+            bar.update(len(rows))
+    return out
+
+
 def valid_rows(X: np.ndarray) -> np.ndarray:
     """Boolean mask of rows that hold a real embedding (not a NaN or all-zero failure row)."""
     X = np.asarray(X)

@@ -18,7 +18,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from xmodal.encoders.base import Encoder, batches, progress_bar
+from xmodal.encoders.base import Encoder, embed_nonempty_texts
 
 
 class E5Encoder(Encoder):
@@ -52,20 +52,12 @@ class E5Encoder(Encoder):
         return self._model
 
     def features(self, items: Sequence[str]) -> np.ndarray:
-        texts = list(items)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        self.failures_ = [(t, "empty text") for t in texts if not t.strip()]
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        if not todo:
-            return out
-        model = self._e5()
-        with progress_bar(len(todo), self.name, "text", self.progress) as bar:
-            for chunk in batches(len(todo), self.batch_size):
-                rows = todo[chunk]
-                batch = [self._fit_window(model, texts[i]) for i in rows]
-                out[rows] = model.passage(batch) if len(batch) > 1 else model.passage(batch[0])[None]
-                bar.update(len(rows))
-        return out
+        def embed(batch: list[str]) -> np.ndarray:
+            model = self._e5()
+            batch = [self._fit_window(model, t) for t in batch]
+            return model.passage(batch) if len(batch) > 1 else model.passage(batch[0])[None]
+
+        return embed_nonempty_texts(self, items, embed)
 
     def _fit_window(self, model, text: str) -> str:
         """``text`` as valid UTF-8 (a lone surrogate would raise in the engine), cut to about

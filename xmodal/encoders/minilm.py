@@ -11,7 +11,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from xmodal.encoders.base import Encoder, batches, progress_bar
+from xmodal.encoders.base import Encoder, embed_nonempty_texts
 
 
 class MiniLMEncoder(Encoder):
@@ -57,22 +57,9 @@ class MiniLMEncoder(Encoder):
     def features(self, items: Sequence[str]) -> np.ndarray:
         import torch
 
-        texts = list(items)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        self.failures_ = [(t, "empty text") for t in texts if not t.strip()]
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        if not todo:
-            return out
-        model = self._sentence_transformer()
-        with progress_bar(len(todo), self.name, "text", self.progress) as bar:
-            for chunk in batches(len(todo), self.batch_size):
-                rows = todo[chunk]
-                with torch.inference_mode():
-                    out[rows] = model.encode(
-                        [texts[i] for i in rows],
-                        batch_size=self.batch_size,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                bar.update(len(rows))
-        return out
+        def embed(batch: list[str]) -> np.ndarray:
+            with torch.inference_mode():
+                return self._sentence_transformer().encode(
+                    batch, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+        return embed_nonempty_texts(self, items, embed)
