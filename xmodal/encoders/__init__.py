@@ -83,36 +83,15 @@ def __getattr__(name: str):
 def check_encoder_name(modality: str, name: str | None) -> None:
     """Raise ConfigError for an encoder name ``get_encoder`` would refuse, without loading anything:
     commands call it on their arguments before they start Redis or embed a single item."""
-    if name is None:
+    if name is None or (modality == "text" and name == "auto"):
         return
-    if name.startswith("py:") and modality in ("image", "text"):
-        from xmodal.encoders.external import parse_entry_point
-
-        parse_entry_point(name)
-        return
-    if modality == "image":
-        if name == "efficientnet-lite0" or (name.startswith("torchvision:") and name.partition(":")[2]):
-            return
-        raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
-    if modality == "text":
-        if name in ("auto", "minilm", "e5", "sif", "sif-self") or (name.startswith("sif:") and name[4:]):
-            return
-        raise ConfigError(f"unknown text encoder {name!r}; valid: {', '.join(TEXT_ENCODERS)}")
-    raise ConfigError(f"unknown modality {modality!r}; valid: image, text")
+    _builder(modality, name)
 
 
 def get_image_encoder(name: str = DEFAULT_IMAGE_ENCODER, **options) -> Encoder:
     """An image encoder by name; ``options`` go to its constructor (image_size, batch_size,
     backend="onnx"|"torch", cache_dir, num_threads, progress; weights for torchvision)."""
-    from xmodal.encoders import image
-
-    if name == "efficientnet-lite0":
-        return _build(image.EfficientNetLite0Encoder, name, options)
-    if name.startswith("py:"):
-        return _external(name, "image", options)
-    if name.startswith("torchvision:") and name.partition(":")[2]:
-        return _build(image.TorchvisionEncoder, name, options, name.partition(":")[2])
-    raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
+    return _builder("image", name)(options)
 
 
 def get_text_encoder(name: str, **options) -> Encoder:
@@ -122,22 +101,41 @@ def get_text_encoder(name: str, **options) -> Encoder:
     if name == "auto":
         raise ConfigError("the text encoder 'auto' is chosen from the texts: resolve it with "
                           "xmodal.encoders.resolve_text_encoder(name, texts) first")
-    if name == "minilm":
-        from xmodal.encoders.minilm import MiniLMEncoder
+    return _builder("text", name)(options)
 
-        return _build(MiniLMEncoder, name, options)
-    if name == "e5":
-        from xmodal.encoders.e5 import E5Encoder
 
-        return _build(E5Encoder, name, options)
-    if name.startswith("py:"):
-        return _external(name, "text", options)
-    if name == "sif" or name == "sif-self" or (name.startswith("sif:") and name[4:]):
-        from xmodal.encoders.sif import GLOVE, SELF, SIFEncoder
+def _builder(modality: str, name: str):
+    """The one place that knows the encoder names: ``name`` parsed into a function of the
+    options that builds the encoder (its module is imported only then); ConfigError if unknown."""
+    if name.startswith("py:") and modality in ("image", "text"):
+        from xmodal.encoders.external import parse_entry_point
 
-        vectors = {"sif": GLOVE, "sif-self": SELF}.get(name, name[4:])
-        return _build(SIFEncoder, name, options, vectors)
-    raise ConfigError(f"unknown text encoder {name!r}; valid: {', '.join(TEXT_ENCODERS)}")
+        parse_entry_point(name)
+        return lambda options: _external(name, modality, options)
+    if modality == "image":
+        arch = name.partition(":")[2] if name.startswith("torchvision:") else ""
+        if name == "efficientnet-lite0":
+            return lambda options: _build(_class("image", "EfficientNetLite0Encoder"), name, options)
+        if arch:
+            return lambda options: _build(_class("image", "TorchvisionEncoder"), name, options, arch)
+        raise ConfigError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")
+    if modality == "text":
+        if name == "minilm":
+            return lambda options: _build(_class("minilm", "MiniLMEncoder"), name, options)
+        if name == "e5":
+            return lambda options: _build(_class("e5", "E5Encoder"), name, options)
+        if name in ("sif", "sif-self") or (name.startswith("sif:") and name[4:]):
+            def sif(options):
+                from xmodal.encoders.sif import GLOVE, SELF, SIFEncoder
+
+                return _build(SIFEncoder, name, options, {"sif": GLOVE, "sif-self": SELF}.get(name, name[4:]))
+            return sif
+        raise ConfigError(f"unknown text encoder {name!r}; valid: {', '.join(TEXT_ENCODERS)}")
+    raise ConfigError(f"unknown modality {modality!r}; valid: image, text")
+
+
+def _class(module: str, cls: str):
+    return getattr(importlib.import_module(f"xmodal.encoders.{module}"), cls)
 
 
 def get_encoder(modality: str, name: str | None = None, **options) -> Encoder:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.errors import DataError
+
 # (item, reason): the image path or the text that could not be embedded, and why
 Failure = tuple[str, str]
 
@@ -98,8 +100,6 @@ MAX_FAILED_SHARE = 0.5
 def check_failures(n_items: int, failures: Sequence[Failure], modality: str, encoder: str) -> None:
     """Stop (DataError) when most of ``n_items`` could not be embedded by ``encoder``: evaluating
     or serving the few that could would look like a result and mean nothing."""
-    from xmodal.errors import DataError
-
     if n_items and len(failures) > MAX_FAILED_SHARE * n_items:
         reasons = Counter(why for _, why in failures).most_common(2)
         hint = (" — texts in a language the word vectors do not cover? Try --text-encoder e5 "

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from xmodal.datasets import load_data
@@ -203,8 +203,9 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
     with _Timer(timings, "load_data_s"):
         ds, fmt = load_data(spec.data, spec.captions)
     say(f"data: {ds.describe()}")
-    spec.text_encoder, why = resolve_text_encoder(spec.text_encoder, ds.texts)
-    say(f"text encoder: {spec.text_encoder} ({why})")
+    text_encoder, why = resolve_text_encoder(spec.text_encoder, ds.texts)
+    spec = replace(spec, text_encoder=text_encoder)   # "auto" -> a name; the caller's spec is theirs
+    say(f"text encoder: {text_encoder} ({why})")
     ws = Workspace.for_project(spec.name, spec.model_dir)
     _check_existing(ws, spec, select)
     ws.root.mkdir(parents=True, exist_ok=True)
