@@ -64,6 +64,21 @@ def test_text_tasks_pick_a_shown_thumbnail_or_skip():
     assert skip.how == "skipped" and skip.result("text", "image", "text") == []
 
 
+def test_text_tasks_narrow_the_grid_by_the_words_under_the_thumbnails():
+    # the right image is beyond what it scans; "frisbee" (the rarest word of the text) is among
+    # the words under its thumbnail, so the filter brings it up
+    know = Knowledge({"t1": {"img/1.jpg"}})
+    grid = [image_option(f"img/{k}.jpg", "/x", "dog puppy golden retriever") for k in range(2, 6)]
+    grid.append(image_option("img/1.jpg", "/x", "frisbee dog puppy border collie"))
+    data = {"item_id": "t1", "text": "a dog catches a frisbee in the park", "options": grid}
+    ans = HumanLikeAnnotator(know, "text", scan_images=3, per_filter_images=2).answer(data)
+    assert (ans.how, ans.choice, ans.words) == ("search", "img/1.jpg", ["frisbee"])
+    # the words of the text find nothing right among what it looks at: skip, never a guess
+    data["text"] = "a dog on the grass"
+    ans = HumanLikeAnnotator(know, "text", scan_images=3, per_filter_images=2).answer(data)
+    assert ans.how == "skipped" and ans.words and ans.choice is None
+
+
 def test_the_oracle_pastes_what_is_not_an_option():
     assert OracleAnnotator(KNOW, "image").answer(page("bce")).how == "pasted"
     assert OracleAnnotator(KNOW, "image").answer(page("bca")) == Answer("shown", choice="a")

@@ -157,12 +157,14 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
 
 def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server, xenv, services, page):
     """SSM-AL_T: the medoid is a caption, the page a grid of thumbnails (the ranking merged with
-    image medoids). The person takes the right image when it is among the thumbnails, else skips
-    (the id of an image it cannot see is nothing a person knows). Asserted: every submit is a pair
-    or a problem and every skip a skip; each pair is the caption's image; the grid carries the
-    newest index (as above); some image is found on the page."""
+    image medoids), each with the words of what the image encoder sees in it. The person takes the
+    right image when it is among the first 60 thumbnails; else types content words of the caption
+    into the filter one at a time and looks at the first 30 thumbnails left; else skips (the id of
+    an image it cannot see is nothing a person knows). Asserted: every submit is a pair or a
+    problem and every skip a skip; each pair is the caption's image; the grid carries the newest
+    index (as above); some image is found on the page."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.demo.annotator import Knowledge
+    from xmodal.demo.annotator import Knowledge, content_words
     from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
@@ -174,7 +176,8 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
         label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
         images="local", document_root=str(ls_server.document_root)), redis_client=r)
     pid = boot.ls_project_id
-    knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="first"), "text")
+    ds = load_coco_mini(coco_mini, captions="first")
+    knowledge, texts = Knowledge.from_dataset(ds, "text"), dict(zip(ds.text_ids, ds.texts))
     pairs, ls = PairStore(r, name), connect(ls_server.url, ls_server.token)
 
     page.login(ls_server.username, ls_server.password)
@@ -186,11 +189,19 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
         served.append(shown)
         thumbnails = page.visible_options(60)
         assert len(thumbnails) >= 20, f"{len(thumbnails)} thumbnails on the page; shots {page.shots}"
-        hit = next((i for i, _ in thumbnails if i in knowledge.right[shown.item]), None)
-        page.screenshot(f"{n + 1}-{'shown' if hit else 'skip'}-{shown.item}")
+        right = knowledge.right[shown.item]
+        hit, how = next((i for i, _ in thumbnails if i in right), None), "shown"
+        if hit is None:
+            how = "search"
+            for word in content_words(texts[shown.item]):
+                page.filter(word)
+                hit = next((i for i, _ in page.visible_options(30) if i in right), None)
+                if hit is not None:
+                    break
+        page.screenshot(f"{n + 1}-{how if hit else 'skip'}-{shown.item}")
         if hit is not None:
             page.choose(hit)
-            submitted.append((page.submit(), shown.item, "shown"))
+            submitted.append((page.submit(), shown.item, how))
         else:
             submitted.append((page.skip(), shown.item, "skip"))
 
@@ -200,17 +211,19 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
                                      lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns}
     hows = [h for _, _, h in submitted]
     states = sorted(rec.get("state") for rec in records.values())
-    assert states == sorted(["pair"] * hows.count("shown") + ["none"] * hows.count("skip")), (
+    found = len(hows) - hows.count("skip")
+    assert states == sorted(["pair"] * found + ["none"] * hows.count("skip")), (
         f"a pair per image picked, a skip ('none') per skip: {states} for {hows}; shots {page.shots}")
     by_text = {rec["text_id"]: rec for rec in records.values() if rec.get("state") == "pair"}
     for _, item, how in submitted:
-        if how == "shown":
+        if how != "skip":
             assert by_text[item]["image_id"] in knowledge.right[item], (item, by_text.get(item))
-    assert "shown" in hows, f"no caption's image was among the thumbnails in {LABELS} tasks; shots {page.shots}"
+    assert found, f"no caption's image was found on the page in {LABELS} tasks; shots {page.shots}"
 
-    pair_times = sorted(t for t, _, how in submitted if how == "shown")
+    pair_times = sorted(t for t, _, how in submitted if how != "skip")
     misses = [(t.item, t.labels) for t in served[1:]
               if t.labels < sum(1 for s in pair_times if s < t.served_at - FRESH_S)]
     assert len(misses) <= max(1, len(served) // 10), (misses, page.shots)
     print(f"\n[browser text->image] {LABELS} captions: {hows.count('shown')} images found among the "
-          f"thumbnails, {hows.count('skip')} skipped; freshness misses {len(misses)} of {len(served) - 1}")
+          f"first 60 thumbnails, {hows.count('search')} by the filter, {hows.count('skip')} skipped; "
+          f"freshness misses {len(misses)} of {len(served) - 1}")

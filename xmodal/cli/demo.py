@@ -48,8 +48,8 @@ def register(subparsers) -> None:
                    help="stop what a previous --keep-serving demo left running, then exit")
     p.add_argument("--annotator", choices=("human", "oracle"), default="human",
                    help="human (default): picks a shown or filtered candidate, else writes a "
-                   "description, as a person on the page would; oracle: hands over the ground "
-                   "truth (the ceiling)")
+                   "description (image tasks) or skips (text tasks), as a person on the page "
+                   "would; oracle: hands over the ground truth (the ceiling)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
 

@@ -9,8 +9,11 @@ plays a person who looks at the page, not an oracle that knows the coupled id.
   three content words of its caption into the filter, one at a time (the rarest first, as Label
   Studio's filter matches a substring of each option's value), and takes a right option among the
   first ``per_filter`` it then sees; else it writes its caption as the description.
-- **text task** (SSM-AL_T): it picks the right image among the thumbnails shown, and skips the task
-  when none is right.
+- **text task** (SSM-AL_T): it looks at the first ``scan_images`` thumbnails of the grid and
+  takes the right image if it is there; else it types up to three content words of the text into
+  the filter (which matches the words under each thumbnail: what the image encoder sees in it) and
+  takes the right image among the first ``per_filter_images`` left; else it skips the task (the id
+  of an image it has not seen is nothing a person knows).
 
 :class:`OracleAnnotator` hands over the coupled id (pasted when it is not among the options): the
 ceiling line of a report, never the proof.
@@ -112,41 +115,46 @@ def _alias(option: dict) -> str:
 
 
 class HumanLikeAnnotator:
-    """See the module doc. ``shown``: options a person reads before filtering (the first screen of
-    the list); ``per_filter``: options read after each filter word."""
+    """See the module doc. ``shown``: texts a person reads before filtering (the first screen of
+    the list); ``per_filter``: texts read after each filter word; ``scan_images`` and
+    ``per_filter_images``: the same for thumbnails, which are quicker to take in."""
 
     def __init__(self, knowledge: Knowledge, select: str, *, shown: int = 10, per_filter: int = 15,
-                 max_words: int = 3):
+                 max_words: int = 3, scan_images: int = 60, per_filter_images: int = 30):
         self.knowledge, self.select = knowledge, select
         self.shown, self.per_filter, self.max_words = shown, per_filter, max_words
+        self.scan_images, self.per_filter_images = scan_images, per_filter_images
 
     def answer(self, data: dict) -> Answer:
         t0 = time.perf_counter()
         item = str(data.get("item_id"))
         right = self.knowledge.right.get(item, set())
         options = [o for o in data.get("options") or [] if isinstance(o, dict)]
-        answer = self._answer(item, right, options)
+        answer = self._answer(item, right, options, str(data.get("text") or ""))
         answer.seconds = time.perf_counter() - t0
         return answer
 
-    def _answer(self, item: str, right: set[str], options: list[dict]) -> Answer:
-        if self.select == "text":   # a grid of thumbnails: all of them are in view
-            hit = next((_alias(o) for o in options if _alias(o) in right), None)
-            return Answer("shown", choice=hit) if hit is not None else Answer("skipped")
-        hit = next((_alias(o) for o in options[:self.shown] if _alias(o) in right), None)
+    def _answer(self, item: str, right: set[str], options: list[dict], text: str) -> Answer:
+        images = self.select == "text"     # a text task is a grid of thumbnails
+        first, per_filter = ((self.scan_images, self.per_filter_images) if images
+                             else (self.shown, self.per_filter))
+        hit = next((_alias(o) for o in options[:first] if _alias(o) in right), None)
         if hit is not None:
             return Answer("shown", choice=hit)
-        caption = self.knowledge.in_mind.get(item)
-        if not caption:
+        # what it types: words of the task's text, or of the caption it has in mind for the image
+        words_from = text if images else self.knowledge.in_mind.get(item)
+        if not words_from:
             return Answer("skipped")
         typed: list[str] = []
-        for word in content_words(caption, self.max_words):
+        for word in content_words(words_from, self.max_words):
             typed.append(word)
-            visible = page_filter(options, word)[:self.per_filter]
+            visible = page_filter(options, word)[:per_filter]
             hit = next((_alias(o) for o in visible if _alias(o) in right), None)
             if hit is not None:
                 return Answer("search", choice=hit, words=typed)
-        return Answer("written", text=caption, words=typed)
+        if images:
+            return Answer("skipped", words=typed)
+        return Answer("written", text=words_from, words=typed)
 
 
 class OracleAnnotator:

@@ -87,7 +87,10 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
              and (not text_encoder.startswith("sif") or ws.text_encoder_state_path.exists()))
     if reuse:
         say(f"reusing the features in {ws.root} (same items and encoders)")
-        return ws.load_features("image"), ws.load_features("text"), True
+        X = ws.load_features("image")
+        if not ws.image_words_path.is_file():   # a workspace made before image words existed
+            _save_image_words(ws, X, ws.features_info("image").get("encoder_id", ""))
+        return X, ws.load_features("text"), True
     ws.save_items(ds.image_ids, [str(p) for p in ds.image_paths], ds.text_ids, ds.texts)
     embed = _embed_on_workers if workers_embed else _embed
     i_enc, X = embed("image", image_encoder, [str(p) for p in ds.image_paths],
@@ -95,12 +98,23 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
     t_enc, Y = embed("text", text_encoder, list(ds.texts), feature_cache, True, say)
     ws.save_features("image", X, i_enc.encoder_id)
     ws.save_features("text", Y, t_enc.encoder_id)
+    _save_image_words(ws, X, i_enc.encoder_id)
     if hasattr(t_enc, "save"):
         state = ws.text_encoder_state_path
         tmp = state.with_name(f".{state.stem}.{os.getpid()}.tmp{state.suffix}")
         t_enc.save(tmp)
         os.replace(tmp, state)
     return X, Y, False
+
+
+def _save_image_words(ws, X, encoder_id: str) -> None:
+    from xmodal.encoders.image_words import image_words
+
+    words = image_words(X, encoder_id)
+    if words is None:
+        ws.image_words_path.unlink(missing_ok=True)   # features of another encoder: no stale words
+    else:
+        ws.save_image_words(words)
 
 
 # -- the workspace's text encoder, fitted state included ---------------------------------------

@@ -172,6 +172,10 @@ class Workspace:
         return self.root / "text_encoder.npz"
 
     @property
+    def image_words_path(self) -> Path:
+        return self.root / "features" / "image_words.json"
+
+    @property
     def selection_path(self) -> Path:
         return self.root / "selection.json"
 
@@ -300,6 +304,19 @@ class Workspace:
     def features_info(self, modality: str) -> dict:
         return self._read_json(self.features_path(modality).with_suffix(".json"),
                                f"{modality} features metadata")
+
+    def save_image_words(self, words: list[str]) -> None:
+        """What the image encoder sees in each image, in image-id order
+        (``xmodal.encoders.image_words``): the words a text task's filter matches."""
+        if len(words) != len(self.ids("image")):
+            raise DataError(f"{len(words)} image word lists for {len(self.ids('image'))} images")
+        atomic_write_json(self.image_words_path, dict(zip(self.ids("image"), words)))
+
+    def image_words(self) -> dict[str, str]:
+        """``{image id: words}``; empty when the image encoder has no classifier to name them."""
+        if not self.image_words_path.is_file():
+            return {}
+        return self._read_json(self.image_words_path, "image words")
 
     # -- selection -----------------------------------------------------------------------
     def save_selection(self, medoid_ids, labels=None, modality: str | None = None) -> None:

@@ -8,15 +8,19 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
   1000: every text of a smaller project), so that typing a word in the filter searches them all;
   each shows its id, so "paste an id" is always possible; and a description to write when
   nothing fits;
-- **text tasks** (SSM-AL_T): ``thumbnails`` (default 60; with 30 a person found the caption's
-  image on 2 of 12 COCO-mini pages, with 60 on 5 of 12) images: the current ranking merged with
-  the image medoids, which span the clusters, in a grid, narrowed by typing part of an id;
+- **text tasks** (SSM-AL_T): ``thumbnails`` images (default 200: every image of a smaller
+  project; with 30 a person found the caption's image on 2 of 12 COCO-mini pages, with 60 on 5
+  of 12), lazily loaded: the current ranking merged with the image medoids, which span the
+  clusters, in a grid. Under each thumbnail its id and what the image encoder sees in it
+  (``Workspace.image_words``: "dog puppy golden retriever …"), which the filter matches, so
+  typing *dog* narrows the grid to the dogs;
 - **before the index can rank** (Pearson needs 2 pairs): the diverse pool (k-medoids of the other
   modality, ``candidates`` of them, or ``thumbnails`` for text tasks) first; after, the ranking;
 - ``data.model_note``: one line saying which index ranked the options (``index_version``).
 
 Each option is ``{"value", "alias"}`` (plus ``html`` for a thumbnail): Label Studio's filter
-matches ``value`` (the text and its id, so typing a word of either finds it), the page shows it,
+matches ``value`` (the text and its id, or the image's id and words, so typing a word of either
+finds it), the page shows it,
 the annotation stores ``alias`` (the item id). ``$`` is escaped in ``value`` (Label Studio would substitute ``$name``
 with a task data field). The first nine options get the keys 1–9; "None of these" has 0.
 
@@ -40,7 +44,7 @@ from xmodal.redis_conn import pkey
 
 NONE_CHOICE = "__none__"
 PAGE_TEXTS = 1000        # texts an image task carries at most (the page filters ~800 at ~0.1-0.4 s a key)
-THUMBNAILS = 60          # images a text task shows
+THUMBNAILS = 200         # images a text task carries (lazily loaded: the browser fetches what is in view)
 HOTKEYS = "123456789"
 
 
@@ -103,10 +107,13 @@ def text_option(text_id: str, text: str) -> dict:
     return {"value": _filter_value(f"{text}  {text_id}"), "alias": text_id}
 
 
-def image_option(image_id: str, src: str) -> dict:
-    return {"value": _filter_value(image_id), "alias": image_id,
-            "html": f"<img src='{html.escape(src)}' alt='{html.escape(image_id)}' class='xm-thumb'>"
-                    f"<span class='xm-id'>{html.escape(image_id)}</span>"}
+def image_option(image_id: str, src: str, words: str = "") -> dict:
+    """A thumbnail with its id and ``words`` (what the image encoder sees) under it; the filter
+    matches both."""
+    shown = f"<span class='xm-words'>{html.escape(words)}</span>" if words else ""
+    return {"value": _filter_value(f"{image_id}  {words}" if words else image_id), "alias": image_id,
+            "html": f"<img src='{html.escape(src)}' alt='{html.escape(image_id)}' class='xm-thumb' "
+                    f"loading='lazy'><span class='xm-id'>{html.escape(image_id)}</span>{shown}"}
 
 
 def task_options(ws: Workspace, candidates: list[str], urls: ImageURLs | None,
@@ -117,7 +124,8 @@ def task_options(ws: Workspace, candidates: list[str], urls: ImageURLs | None,
         texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
         out = [text_option(c, texts[c]) for c in candidates]
     else:
-        out = [image_option(c, urls(c, OPTION_THUMB)) for c in candidates]
+        words = ws.image_words()
+        out = [image_option(c, urls(c, OPTION_THUMB), words.get(c, "")) for c in candidates]
     for o, key in zip(out, HOTKEYS):
         o["hotkey"] = key
     return out
@@ -141,7 +149,8 @@ def model_note(snap: IndexSnapshot | None, select: str) -> str:
     what = "texts" if select == "image" else "images"
     # the filter matches an option's value: a text's words and id, an image's id (its file path)
     how = ("Type a word to filter; the id at the end of each text can be pasted" if select == "image"
-           else "Type part of a file name to narrow them; the id under each image can be pasted")
+           else "Type a word (dog, pizza, bus) or part of a file name to narrow them; the id under "
+                "each image can be pasted")
     if snap is None or not snap.has_signal:
         held = f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank" if snap is not None \
             else "no labels yet"

@@ -1,0 +1,82 @@
+"""Words for images from the image encoder's own ImageNet classifier (xmodal.encoders.image_words):
+what a text task's filter matches under each thumbnail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xmodal.encoders.image_words import GROUPS, _classifier, image_words, imagenet_classes
+
+ENCODER_ID = "efficientnet-lite0|weights=x|size=224|prep=v1|backend=onnx"
+
+
+def _features_seeing(classes):
+    """Feature rows whose top class is each of ``classes`` (solved through the real classifier)."""
+    W, b = _classifier("efficientnet-lite0")
+    target = np.zeros((len(classes), len(b)), np.float32)
+    target[np.arange(len(classes)), classes] = 20.0
+    return np.linalg.lstsq(W, (target - b).T, rcond=None)[0].T.astype(np.float32)
+
+
+def test_group_ranges_name_the_classes_they_say():
+    names = imagenet_classes()
+
+    ends = {"dog puppy": ("Chihuahua", "Mexican hairless"), "cat kitten": ("tabby", "cheetah"),
+            "monkey": ("orangutan", "squirrel monkey"), "fruit": ("Granny Smith", "pomegranate")}
+    for words, (first, last) in ends.items():
+        lo, hi = GROUPS[words][0][0], GROUPS[words][-1][1]
+        assert (names[lo], names[hi]) == (first, last), words
+    for words, ranges in GROUPS.items():
+        assert all(0 <= lo <= hi < len(names) for lo, hi in ranges), words
+    assert names[404] == "airliner" and 404 in range(GROUPS["plane airplane"][0][0], 405)
+
+
+def test_an_image_gets_its_class_names_and_their_everyday_words_first():
+    words = image_words(_features_seeing([207, 963]), ENCODER_ID)
+    assert words[0].startswith("golden retriever dog puppy")
+    assert words[1].startswith("pizza food")
+    assert all(len(w.split()) == len(set(w.split())) for w in words)   # no word twice
+
+
+def test_no_words_without_a_known_classifier_and_none_for_broken_rows():
+    X = _features_seeing([207])
+    assert image_words(X, "torchvision:resnet50|weights=y") is None
+    assert image_words(X[:, :100], ENCODER_ID) is None          # not this classifier's input
+    X[0, 3] = np.nan                                             # an image that could not be read
+    assert image_words(X, ENCODER_ID) == [""]
+
+
+def test_coco_images_are_named_by_what_is_in_them():
+    """On real photos: the pizza images of COCO-mini have 'pizza' among their words."""
+    import json
+
+    from xmodal.datasets import DEFAULT_DATA_ROOT
+    from xmodal.encoders import get_image_encoder
+
+    coco_mini_path = DEFAULT_DATA_ROOT / "coco_mini"
+    if not coco_mini_path.is_dir():
+        pytest.skip(f"real data not found at {coco_mini_path} (../shared/data; see its README)")
+    entries = json.loads((coco_mini_path / "pairs.json").read_text())
+    pizza = [e for e in entries if "pizza" in e["categories"]][:4]
+    if not pizza:
+        pytest.skip("no pizza image in this COCO-mini")
+    enc = get_image_encoder("efficientnet-lite0", progress=False)
+    X = enc.features([str(coco_mini_path / e["file"]) for e in pizza])
+    words = image_words(X, enc.encoder_id)
+    assert sum("pizza" in w for w in words) >= len(pizza) // 2, words
+
+
+def test_text_task_thumbnails_carry_the_words_the_filter_matches(make_workspace):
+    from xmodal.demo.annotator import page_filter
+    from xmodal.labelstudio.tasks import task_options
+
+    ws = make_workspace("words", n=6, n_medoids=3, select="text")
+    ws.save_image_words(["pizza food", "", "dog puppy", "bus", "", "dog puppy beagle"])
+    options = task_options(ws, ws.ids("image"), lambda image_id, side: f"/img/{image_id}")
+    assert [o["alias"] for o in page_filter(options, "dog")] == [ws.ids("image")[2], ws.ids("image")[5]]
+    assert "<span class='xm-words'>pizza food</span>" in options[0]["html"]
+    assert "xm-words" not in options[1]["html"] and options[1]["value"] == ws.ids("image")[1]
+    assert "loading='lazy'" in options[0]["html"]
+    with pytest.raises(Exception, match="6 images"):
+        ws.save_image_words(["one"])
