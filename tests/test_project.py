@@ -263,7 +263,7 @@ def test_cli_create_enhance_sets_and_validates_the_config(data, models, fake_emb
     err = capsys.readouterr().err
     assert "--enhance" in err and "'center'" in err and "valid: zscore, csls" in err
     assert not (models / "bad").exists()
-    assert Workspace(models / "plain").save_config({})["enhance"] == ["zscore", "csls"]  # the default
+    assert Workspace(models / "plain").save_config({})["enhance"] == ["zscore", "csls", "bridge"]  # the default
     assert Workspace(models / "faithful").save_config({"enhance": "none"})["enhance"] == []
 
 

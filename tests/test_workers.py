@@ -242,7 +242,7 @@ def test_enhance_names_are_validated(xenv, tmp_path):
         parse_enhance("zscore,center")
     with pytest.raises(ConfigError, match="csls_k"):
         Workspace(tmp_path / "w").save_config({"csls_k": 0})
-    assert Workspace(tmp_path / "w").save_config({})["enhance"] == ["zscore", "csls"]  # a new one's default
+    assert Workspace(tmp_path / "w").save_config({})["enhance"] == ["zscore", "csls", "bridge"]  # a new one's default
     assert parse_enhance("none") == [] == parse_enhance("")
 
 

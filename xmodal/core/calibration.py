@@ -35,32 +35,32 @@ def top_z(scores: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, z, 0.0)
 
 
-def leave_one_out(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray, *,
-                  measure: str = "pearson", query_stats=None, target_stats=None,
-                  sparse_top_k: int | None = None, sparse_power: float = 1.0,
-                  max_references: int = 40, max_targets: int = 20000,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(z, hit)`` for up to ``max_references`` reference pairs (the most recent ones).
+def loo_scores(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray, *,
+               measure: str = "pearson", query_stats=None, target_stats=None,
+               sparse_top_k: int | None = None, sparse_power: float = 1.0,
+               max_references: int = 40, max_targets: int = 20000, seed: int = 0):
+    """Yield ``(j, rows, s)`` for up to ``max_references`` reference pairs (the most recent ones):
+    ``s`` are the scores of query row ``pairs[j, 0]`` against the target ``rows`` by an index
+    built without pair j.
 
     ``query_ssr`` (n_q, k) and ``target_ssr`` (n_t, k) are the raw SSR matrices (eq. 10) of the
     modality tasks ask about and of the one they offer; ``pairs[j] = (query row, target row)``
-    (a row -1: a reference outside the indexed items, skipped; its SSR column stays). ``*_stats`` are the column
-    z-score statistics ``(mean, std)`` when the index standardises its columns. Reference j is
-    scored with column j dropped; above ``max_targets`` targets a seeded sample (plus the true
-    match) stands in for them all.
+    (a row -1: a reference outside the indexed items, skipped; its SSR column stays). ``*_stats``
+    are the column z-score statistics ``(mean, std)`` when the index standardises its columns.
+    Reference j is scored with column j dropped; above ``max_targets`` targets a seeded sample
+    (plus the true match) stands in for them all. Nothing is yielded below 3 references (2 for
+    cosine): the k - 1 left must still rank (eq. 32 needs 2).
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     k = len(pairs)
-    needed = 3 if measure == "pearson" else 2   # k - 1 references must still rank (eq. 32: >= 2)
+    needed = 3 if measure == "pearson" else 2
     usable = [j for j in range(k) if pairs[j, 0] >= 0 and pairs[j, 1] >= 0]
     if k < needed or not usable:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    usable = usable[-max_references:]
+        return
     rng = np.random.default_rng(seed)
     n_t = len(target_ssr)
     sample = np.sort(rng.choice(n_t, max_targets, replace=False)) if n_t > max_targets else None
-    z, hit = [], []
-    for j in usable:
+    for j in usable[-max_references:]:
         keep = np.arange(k) != j
         q_row, t_row = int(pairs[j, 0]), int(pairs[j, 1])
         rows = np.arange(n_t) if sample is None else np.union1d(sample, [t_row])
@@ -68,9 +68,22 @@ def leave_one_out(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarr
         ts = None if target_stats is None else (target_stats[0][keep], target_stats[1][keep])
         q = ssr_codes(query_ssr[q_row:q_row + 1, keep], measure, sparse_top_k, sparse_power, qs)
         T = ssr_codes(target_ssr[rows][:, keep], measure, sparse_top_k, sparse_power, ts)
-        s = (q @ T.T)[0]
+        yield j, rows, (q @ T.T)[0]
+
+
+def leave_one_out(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray, *,
+                  fuse=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, hit)`` of the reference pairs scored by :func:`loo_scores` (same ``options``): how far
+    each one's best candidate stands out, and whether it is the true match. ``fuse = (query
+    embeddings, target embeddings, w)`` scores as an index fused with them does:
+    ``(1 - w) · s + w · cos`` (the class bridge, :mod:`xmodal.core.bridge`)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    z, hit = [], []
+    for j, rows, s in loo_scores(query_ssr, target_ssr, pairs, **options):
+        if fuse is not None:
+            s = (1 - fuse[2]) * s + fuse[2] * (fuse[1][rows] @ fuse[0][pairs[j, 0]])
         z.append(float(top_z(s)[0]))
-        hit.append(bool(rows[int(np.argmax(s))] == t_row))
+        hit.append(bool(rows[int(np.argmax(s))] == pairs[j, 1]))
     return np.asarray(z), np.asarray(hit, dtype=bool)
 
 

@@ -122,24 +122,45 @@ def _classifier(encoder_name: str):
     return state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
 
 
-def image_words(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES) -> list[str] | None:
-    """Per image (row of ``features``), the words of its ``top`` ImageNet classes, most likely
-    first and without repeats; None when the encoder (``encoder_id``, as stored with the features)
-    has no known classifier. Images whose features are not finite get an empty string."""
+def top_classes(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES):
+    """``(classes (n, top) int, probabilities (n, top) summing to 1 per row)`` of the encoder's
+    ImageNet classifier, most likely first; None when the encoder (``encoder_id``, as stored with
+    the features) has no known classifier. Rows that are not finite get probabilities 0."""
     head = _classifier(str(encoder_id).split("|", 1)[0])
     X = np.asarray(features, dtype=np.float32)
     if head is None or X.ndim != 2 or X.shape[1] != head[0].shape[1]:
         return None
-    vocab = _vocabulary()
-    out = []
+    classes = np.zeros((len(X), top), np.int64)
+    probs = np.zeros((len(X), top), np.float32)
+    ok = np.isfinite(X).all(axis=1)
     for start in range(0, len(X), 4096):     # (4096, 1000) logits at a time
-        block = X[start:start + 4096]
+        block = np.nan_to_num(X[start:start + 4096])
         logits = block @ head[0].T + head[1]
         best = np.argsort(-logits, axis=1)[:, :top]
-        for row, classes in zip(block, best):
-            if not np.isfinite(row).all():
-                out.append("")
-                continue
-            words = dict.fromkeys(w for k in classes for w in vocab[k].split())
-            out.append(" ".join(words))
+        z = np.take_along_axis(logits, best, axis=1)
+        p = np.exp(z - z[:, :1])              # softmax over the top classes
+        classes[start:start + len(block)] = best
+        probs[start:start + len(block)] = p / p.sum(axis=1, keepdims=True)
+    probs[~ok] = 0.0
+    return classes, probs
+
+
+def class_prompts(classes) -> list[str]:
+    """What the text encoder embeds for each class: "a photo of a <name>"."""
+    names = imagenet_classes()
+    return [f"a photo of a {names[int(k)]}" for k in classes]
+
+
+def image_words(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES) -> list[str] | None:
+    """Per image (row of ``features``), the words of its ``top`` ImageNet classes, most likely
+    first and without repeats; None when the encoder has no known classifier (see
+    :func:`top_classes`). Images whose features are not finite get an empty string."""
+    found = top_classes(features, encoder_id, top)
+    if found is None:
+        return None
+    vocab = _vocabulary()
+    out = []
+    for classes, probs in zip(*found):
+        words = dict.fromkeys(w for k in classes for w in vocab[k].split()) if probs.any() else {}
+        out.append(" ".join(words))
     return out

@@ -76,6 +76,8 @@ class Enhancements:
     gw_rounds: int = 5
     gw_eps: float = 0.05
     gw_knn: int | None = None          # keep each item's gw_knn most similar items in its structure
+    # the class bridge (xmodal.core.bridge): fused with the weight the references support
+    bridge: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -256,14 +258,16 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
                         uncoupled_images: np.ndarray | None = None,
                         uncoupled_texts: np.ndarray | None = None,
                         image_mean: np.ndarray | None = None,
-                        text_mean: np.ndarray | None = None):
+                        text_mean: np.ndarray | None = None,
+                        bridge: tuple[np.ndarray, np.ndarray, float] | None = None):
     """SSM-AL similarity between ``query_images`` and ``query_texts`` from matched references,
     with the improvements enabled in ``cfg``.
 
     ``ref_images[j]`` / ``ref_texts[j]`` are the features of reference pair j (for caption
     averaging, pass the averaged text features, :func:`average_groups`). ``uncoupled_*`` are the
     items pseudo-pairs may be mined from; ``image_mean``/``text_mean`` the collection means used by
-    ``cfg.center`` (default: the mean of the query items).
+    ``cfg.center`` (default: the mean of the query items). ``bridge``: (centred bridge embeddings
+    of the query images, of the query texts, weight w), fused as the index does, before CSLS.
 
     Returns ``(S_i2t, S_t2i, info)``: S_i2t is (n_query_images, n_query_texts), rank its rows for
     image→text; S_t2i is (n_query_texts, n_query_images); ``info`` holds the pseudo-pairs used.
@@ -321,6 +325,9 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
         S_t2i = query_expansion(CY, CX, cfg.qe_top_m, cfg.qe_weight)
     else:
         S_i2t = CX @ CY.T
+        S_t2i = S_i2t.T
+    if bridge is not None and bridge[2] > 0:
+        S_i2t = (1 - bridge[2]) * S_i2t + bridge[2] * (bridge[0] @ bridge[1].T)
         S_t2i = S_i2t.T
     if cfg.csls_k:
         S_i2t = csls(S_i2t, cfg.csls_k)

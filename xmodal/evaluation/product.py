@@ -8,7 +8,8 @@ as it serves /predict, /search and Label Studio (``scores``: z-score statistics 
 
     python -m xmodal.evaluation.product --data ../shared/data/coco_mini --labels 20
 
-compares the faithful index with ``--enhance zscore,csls`` (docs/results.md, "Beyond the paper").
+compares the faithful index with a new project's default enhancements (``--enhance``, default
+``zscore,csls,bridge``; docs/results.md, "Beyond the paper").
 """
 
 from __future__ import annotations
@@ -48,17 +49,21 @@ def measure_product(data, enhance: str | None, *, labels: int = 20, name: str = 
         snap, _ = build_snapshot(ws, 1, pairs)
         out = gt.evaluate_index(snap)
         out.update(pairs=snap.n_pairs, enhance=snap.enhance,
-                   hubness_s=snap.meta.get("hubness_s"), images=len(snap.image_ids),
+                   hubness_s=snap.meta.get("hubness_s"), bridge_weight=snap.bridge_weight,
+                   images=len(snap.image_ids),
                    texts=len(snap.text_ids))
         return out
 
 
 def main(argv=None) -> int:
+    from xmodal.index.workspace import DEFAULT_CONFIG
+
     p = argparse.ArgumentParser(prog="python -m xmodal.evaluation.product", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--labels", type=int, default=20)
-    p.add_argument("--enhance", default="zscore,csls", help="compared with the faithful index")
+    p.add_argument("--enhance", default=",".join(DEFAULT_CONFIG["enhance"]),
+                   help="compared with the faithful index (default: a new project's)")
     p.add_argument("--image-encoder", default="efficientnet-lite0")
     p.add_argument("--text-encoder", default="auto")
     p.add_argument("--captions", default="all", choices=("first", "all"))
@@ -80,8 +85,9 @@ def main(argv=None) -> int:
             gain = "" if label == "faithful" or not base.get(f"recall@10_{d}") else \
                 f" ({100 * (v / base[f'recall@10_{d}'] - 1):+.1f}%)"
             parts.append(f"R@10 {d} {v:.3f}{gain}")
+        bridge = f", bridge weight {m['bridge_weight']:g}" if m.get("bridge_weight") else ""
         print(f"{label:<14} {m['pairs']} pairs, {m['images']} images / {m['texts']} texts: "
-              + ", ".join(parts))
+              + ", ".join(parts) + bridge)
     return 0
 
 

@@ -107,7 +107,7 @@ def product_settings() -> tuple[str, Enhancements]:
     enhance = DEFAULT_CONFIG["enhance"]
     return DEFAULT_CONFIG["select"], Enhancements(
         standardize="zscore" in enhance, csls_k=int(DEFAULT_CONFIG["csls_k"]) if "csls" in enhance else None,
-        measure=DEFAULT_CONFIG["measure"])
+        measure=DEFAULT_CONFIG["measure"], bridge="bridge" in enhance)
 
 
 BASE_METHODS = ("ssm-al", "random-refs", "cca", "all-pairs")
@@ -133,6 +133,9 @@ class EvalData:
     all_text_features: np.ndarray | None = None
     caption_groups: list[np.ndarray] | None = None
     meta: dict = field(default_factory=dict)
+    # the class bridge (xmodal.core.bridge): each image in the text encoder's space; None when the
+    # image features come with no classifier (precomputed) or the text encoder is fitted (SIF)
+    image_bridge: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -234,6 +237,11 @@ def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
         train = img_train
         if train.all() or not train.any():
             train = None  # one split only: evaluate over the pool
+    image_bridge = None
+    if meta.get("image_encoder") and meta.get("text_encoder_name") and \
+            not str(meta["text_encoder_name"]).startswith("sif"):
+        image_bridge = _image_bridge(np.asarray(X, np.float32)[rows], meta["image_encoder"],
+                                     meta["text_encoder_name"], cache_dir, progress)
     text_rows_all = np.unique(np.concatenate([np.asarray(groups[int(i)]) for i in rows]))
     text_index = {int(t): k for k, t in enumerate(text_rows_all)}
     caption_groups = [np.array([text_index[t] for t in groups[int(i)]], dtype=np.int64) for i in rows]
@@ -243,7 +251,21 @@ def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
         image_labels=None if dataset.image_labels is None else _labels(np.asarray(dataset.image_labels)[rows], len(rows)),
         text_labels=None if dataset.text_labels is None else _labels(np.asarray(dataset.text_labels)[first], len(rows)),
         train=train, all_text_features=np.asarray(Y, np.float32)[text_rows_all],
-        caption_groups=caption_groups, meta=meta)
+        caption_groups=caption_groups, meta=meta, image_bridge=image_bridge)
+
+
+def _image_bridge(X, image_encoder_id: str, text_encoder: str, cache_dir, progress: bool):
+    """Bridge embeddings of the images (as ``project create`` makes them), or None."""
+    from xmodal.core.bridge import bridge_embeddings
+    from xmodal.encoders.image_words import class_prompts, top_classes
+
+    found = top_classes(X, image_encoder_id)
+    if found is None:
+        return None
+    classes, probs = found
+    used, inverse = np.unique(classes, return_inverse=True)
+    C, _, _, _ = _embed(class_prompts(used), "text", text_encoder, cache_dir, progress)
+    return bridge_embeddings(probs, inverse.reshape(classes.shape), C)
 
 
 # -- one evaluation run ---------------------------------------------------------------------
@@ -278,12 +300,36 @@ def _enhanced(run: _Run, cfg: Enhancements):
     if cfg.average_captions and d.has_captions:
         ref_texts = average_groups(d.all_text_features, [d.caption_groups[r] for r in run.refs])
     pool = d.pool_rows()
+    bridge = _bridge(run, cfg) if cfg.bridge and d.image_bridge is not None else None
     S_i2t, S_t2i, _ = enhanced_similarity(
         d.image_features[run.refs], ref_texts,
         d.image_features[run.eval_rows], d.text_features[run.eval_rows], cfg,
         uncoupled_images=d.image_features[run.uncoupled], uncoupled_texts=d.text_features[run.uncoupled],
-        image_mean=d.image_features[pool].mean(axis=0), text_mean=d.text_features[pool].mean(axis=0))
+        image_mean=d.image_features[pool].mean(axis=0), text_mean=d.text_features[pool].mean(axis=0),
+        bridge=bridge)
     return S_i2t, S_t2i
+
+
+def _bridge(run: _Run, cfg: Enhancements):
+    """(centred image bridge, centred text features, weight) of the evaluated rows, the weight
+    chosen from the references as the index chooses it (:func:`xmodal.core.bridge.choose_weight`,
+    images asking for texts, over the references and the evaluated items)."""
+    from xmodal.core.bridge import centred, choose_weight
+    from xmodal.core.ssr import column_stats, ssr
+
+    d = run.data
+    rows = np.concatenate([run.refs, run.eval_rows])
+    Bi, _ = centred(d.image_bridge[rows])
+    Bt, _ = centred(d.text_features[rows])
+    RX = ssr(d.image_features[rows], d.image_features[run.refs])
+    RY = ssr(d.text_features[rows], d.text_features[run.refs])
+    stats = (column_stats(RX), column_stats(RY)) if cfg.standardize else (None, None)
+    pairs = np.stack([np.arange(len(run.refs))] * 2, axis=1)
+    weight, _ = choose_weight(RX, RY, Bi, Bt, pairs, measure=cfg.measure, query_stats=stats[0],
+                              target_stats=stats[1], sparse_top_k=cfg.sparse_top_k,
+                              sparse_power=cfg.sparse_power)
+    n = len(run.refs)
+    return Bi[n:], Bt[n:], weight
 
 
 def _cca(run: _Run):

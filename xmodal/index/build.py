@@ -24,6 +24,7 @@ import time
 import numpy as np
 import redis
 
+from xmodal.core.bridge import centred, choose_weight, fuse_codes
 from xmodal.core.calibration import PlattCalibrator, leave_one_out
 from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
@@ -130,7 +131,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     needed = 2 if measure == "pearson" else 1
     col_stats = {"image": None, "text": None}
     hub = {"image": None, "text": None}
-    timings, ann, calibration = {}, {}, None
+    timings, ann, calibration, bridge = {}, {}, None, None
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
@@ -141,12 +142,20 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         text_refs = index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
+        bridge = ws.bridge() if "bridge" in enhance else None
+        if bridge is not None:
+            t0 = time.perf_counter()
+            bridge = _bridge(index, select, bridge, Y)
+            timings["bridge_s"] = round(time.perf_counter() - t0, 4)
+            if bridge["weight"] > 0:
+                image_codes = fuse_codes(image_codes, bridge["image"], bridge["weight"])
+                text_codes = fuse_codes(text_codes, bridge["text"], bridge["weight"])
         if csls_k:
             t0 = time.perf_counter()
             hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
             timings["hubness_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
-        calibration = calibrate(index, select)
+        calibration = calibrate(index, select, bridge)
         timings["calibration_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()   # ANN over the codes of a modality above ann_threshold items
         ann = build_ann({"image": image_codes, "text": text_codes}, cfg)
@@ -166,6 +175,9 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         meta = dict(meta or {}, written_references={str(a): d for a, d in written.items()})
     if calibration is not None:
         meta = dict(meta or {}, calibration=calibration)
+    fused = bridge is not None and bridge["weight"] > 0
+    if bridge is not None:
+        meta = dict(meta or {}, bridge={"weight": bridge["weight"], **bridge["evidence"]})
     snap = IndexSnapshot(
         project=ws.name, version=version, measure=measure, select=select,
         sparse_top_k=cfg.get("sparse_top_k"), sparse_power=float(cfg.get("sparse_power") or 1.0),
@@ -177,20 +189,51 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         medoid_ids=np.asarray(ws.medoid_ids(), dtype=str),
         image_col_stats=col_stats["image"], text_col_stats=col_stats["text"],
         image_hub=hub["image"], text_hub=hub["text"], csls_k=csls_k, ann=ann,
+        bridge_weight=bridge["weight"] if fused else 0.0,
+        bridge_means=np.stack(bridge["means"]) if fused else None,
+        bridge_classes=bridge["classes"] if fused else None,
+        bridge_class_emb=bridge["class_embeddings"] if fused else None,
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped
 
 
-def calibrate(index: SSRIndex, select: str) -> dict:
+def _task_view(index: SSRIndex, select: str):
+    """``(query SSR, target SSR, pairs as (query row, target row), loo options)`` for tasks about
+    ``select`` items: the orientation leave-one-out scores them in."""
+    if select == "image":
+        q, t, pairs = index.image_ssr_, index.text_ssr_, index.pairs_
+        qs, ts = index.image_col_stats_, index.text_col_stats_
+    else:
+        q, t, pairs = index.text_ssr_, index.image_ssr_, index.pairs_[:, ::-1]
+        qs, ts = index.text_col_stats_, index.image_col_stats_
+    return q, t, pairs, dict(measure=index.measure, query_stats=qs, target_stats=ts,
+                             sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
+
+
+def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray) -> dict:
+    """The class bridge of this index (``xmodal.core.bridge``): centred embeddings of both
+    modalities and the weight the labels support (0: SSR alone ranks better)."""
+    B_img, mean_img = centred(saved["image"])
+    B_txt, mean_txt = centred(text_features)
+    q, t, pairs, options = _task_view(index, select)
+    qb, tb = (B_img, B_txt) if select == "image" else (B_txt, B_img)
+    weight, evidence = choose_weight(q, t, qb, tb, pairs, **options)
+    return {"weight": weight, "evidence": {"mrr": {str(w): round(v, 4) for w, v in evidence["mrr"].items()},
+                                           "references": evidence["references"]},
+            "image": B_img, "text": B_txt, "query_bridge": qb, "target_bridge": tb,
+            "means": (mean_img, mean_txt),
+            "classes": saved["classes"], "class_embeddings": saved["class_embeddings"]}
+
+
+def calibrate(index: SSRIndex, select: str, bridge: dict | None = None) -> dict:
     """Platt parameters of "the top candidate is right" for tasks about ``select`` items, from
-    leave-one-out over the references (:mod:`xmodal.core.calibration`)."""
-    pairs = index.pairs_ if select == "image" else index.pairs_[:, ::-1]
-    q, t = (index.image_ssr_, index.text_ssr_) if select == "image" else (index.text_ssr_, index.image_ssr_)
-    qs, ts = (index.image_col_stats_, index.text_col_stats_) if select == "image" \
-        else (index.text_col_stats_, index.image_col_stats_)
-    z, hit = leave_one_out(q, t, pairs, measure=index.measure, query_stats=qs, target_stats=ts,
-                           sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
+    leave-one-out over the references (:mod:`xmodal.core.calibration`), scored as the index
+    scores: fused with the class bridge (:func:`_bridge`) when it has a weight."""
+    q, t, pairs, options = _task_view(index, select)
+    fuse = None if not bridge or not bridge["weight"] else \
+        (bridge["query_bridge"], bridge["target_bridge"], bridge["weight"])
+    z, hit = leave_one_out(q, t, pairs, fuse=fuse, **options)
     return PlattCalibrator().fit(z, hit).to_dict()
 
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from xmodal.errors import DataError
+from xmodal.errors import DataError, XmodalError
 from xmodal.logfmt import Say, kv, quiet
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,11 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
     if reuse:
         say(f"reusing the features in {ws.root} (same items and encoders)")
         X = ws.load_features("image")
+        encoder_id = ws.features_info("image").get("encoder_id", "")
         if not ws.image_words_path.is_file():   # a workspace made before image words existed
-            _save_image_words(ws, X, ws.features_info("image").get("encoder_id", ""))
+            _save_image_words(ws, X, encoder_id)
+        if not ws.bridge_path.is_file():         # ... or before the class bridge
+            _save_bridge(ws, X, encoder_id, say)
         return X, ws.load_features("text"), True
     ws.save_items(ds.image_ids, [str(p) for p in ds.image_paths], ds.text_ids, ds.texts)
     embed = _embed_on_workers if workers_embed else _embed
@@ -104,6 +107,7 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
         tmp = state.with_name(f".{state.stem}.{os.getpid()}.tmp{state.suffix}")
         t_enc.save(tmp)
         os.replace(tmp, state)
+    _save_bridge(ws, X, i_enc.encoder_id, say, lambda _ws: t_enc)   # t_enc: fitted, state saved
     return X, Y, False
 
 
@@ -115,6 +119,32 @@ def _save_image_words(ws, X, encoder_id: str) -> None:
         ws.image_words_path.unlink(missing_ok=True)   # features of another encoder: no stale words
     else:
         ws.save_image_words(words)
+
+
+def _save_bridge(ws, X, encoder_id: str, say: Say = quiet, text_encoder_loader=None) -> None:
+    """The class bridge of the images (``xmodal.core.bridge``): their top ImageNet classes, each
+    class's prompt embedded with the workspace's text encoder (``text_encoder_loader(ws)`` when the
+    caller holds it)."""
+    from xmodal.core.bridge import bridge_embeddings
+    from xmodal.encoders.image_words import class_prompts, top_classes
+    from xmodal.index.references import description_features
+
+    found = top_classes(X, encoder_id)
+    if found is None:
+        ws.bridge_path.unlink(missing_ok=True)
+        return
+    classes, probs = found
+    used, inverse = np.unique(classes, return_inverse=True)
+    t0 = time.perf_counter()
+    try:
+        C = description_features(ws, class_prompts(used), text_encoder_loader)
+    except (XmodalError, ImportError, OSError, ValueError) as exc:   # the project works without it
+        log.warning(kv("bridge.failed", project=ws.name, error=f"{type(exc).__name__}: {exc}"))
+        ws.bridge_path.unlink(missing_ok=True)
+        return
+    ws.save_bridge(bridge_embeddings(probs, inverse.reshape(classes.shape), C), used, C)
+    say(f"class bridge: {len(used)} ImageNet classes seen in the images, embedded with the text "
+        f"encoder ({time.perf_counter() - t0:.1f} s)")
 
 
 # -- the workspace's text encoder, fitted state included ---------------------------------------

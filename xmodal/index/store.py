@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from xmodal.core.bridge import bridge_embeddings, centred, fuse_codes
 from xmodal.core.calibration import PlattCalibrator, top_z
 from xmodal.core.hubness import apply_csls, knn_mean
 from xmodal.core.ssr import ssr, ssr_codes, top_k
@@ -114,6 +115,11 @@ class IndexSnapshot:
     image_hub: np.ndarray | None = None         # (n,) mean top-k similarity to the texts ("csls")
     text_hub: np.ndarray | None = None          # (m,) mean top-k similarity to the images
     csls_k: int | None = None                   # k of the hubness terms; None = no CSLS
+    # the class bridge ("bridge", xmodal.core.bridge): codes end with sqrt(w)·bridge embedding
+    bridge_weight: float = 0.0                  # w; 0 = codes are SSR codes only
+    bridge_means: np.ndarray | None = None      # (2, d_text) collection means: images', texts'
+    bridge_classes: np.ndarray | None = None    # (c,) ImageNet classes seen in the images
+    bridge_class_emb: np.ndarray | None = None  # (c, d_text) their prompts' text embeddings
     # approximate search (xmodal.index.ann): built indexes by modality (the rebuild), else loaded lazily
     # from the files beside ``path`` that meta["ann"] names
     ann: dict = field(default_factory=dict, repr=False)
@@ -219,7 +225,31 @@ class IndexSnapshot:
         if features.shape[1] != refs.shape[1]:
             raise DataError(f"query features have dimension {features.shape[1]}; the index's "
                             f"{modality} features have {refs.shape[1]}")
-        return self._to_codes(ssr(features, refs), modality)
+        codes = self._to_codes(ssr(features, refs), modality)
+        if not self.bridge_weight:
+            return codes
+        return fuse_codes(codes, self._bridge_of(modality, features), self.bridge_weight)
+
+    def _bridge_of(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """Centred bridge embeddings of new items: a text's own features; an image's top classes
+        among those the collection's images showed (the only ones with embeddings here)."""
+        mean = self.bridge_means[0 if modality == "image" else 1]
+        if modality == "text":
+            return centred(features, mean)[0]
+        from xmodal.encoders.image_words import TOP_CLASSES, top_classes
+
+        known = {int(c): j for j, c in enumerate(np.asarray(self.bridge_classes).astype(np.int64))}
+        found = top_classes(features, (self.meta.get("encoders") or {}).get("image") or "", 4 * TOP_CLASSES)
+        if found is None:
+            raise DataError("this index's class bridge needs the image encoder it was built with")
+        pos = np.zeros((len(features), TOP_CLASSES), np.int64)
+        probs = np.zeros((len(features), TOP_CLASSES), np.float32)
+        for i, (classes, p) in enumerate(zip(*found)):
+            seen = [(known[int(c)], q) for c, q in zip(classes, p) if int(c) in known][:TOP_CLASSES]
+            for j, (row, q) in enumerate(seen):
+                pos[i, j], probs[i, j] = row, q
+        probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+        return centred(bridge_embeddings(probs, pos, self.bridge_class_emb), mean)[0]
 
     def scores(self, query_modality: str, query_codes: np.ndarray,
                candidate_rows: np.ndarray | None = None,
@@ -352,7 +382,7 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
         index.save(ann_mod.path_for(path, modality))
     meta = dict(snap.meta, project=snap.project, version=snap.version, measure=snap.measure,
                 select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power,
-                csls_k=snap.csls_k, ann=sorted(built))
+                csls_k=snap.csls_k, ann=sorted(built), bridge_weight=snap.bridge_weight)
     optional = {name: np.asarray(getattr(snap, name), dtype=np.float32) for name in _OPTIONAL
                 if getattr(snap, name) is not None}
     buf = io.BytesIO()
@@ -369,7 +399,8 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
     return path
 
 
-_OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub")
+_OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub", "bridge_means",
+             "bridge_classes", "bridge_class_emb")
 
 
 class CorruptIndex(DataError):
@@ -392,7 +423,7 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
                 image_refs=z["image_refs"], text_refs=z["text_refs"],
                 pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
                 medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
-                **optional)
+                bridge_weight=float(meta.get("bridge_weight") or 0.0), **optional)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, KeyError, ValueError, EOFError...

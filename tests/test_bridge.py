@@ -1,0 +1,162 @@
+"""The class bridge (xmodal.core.bridge): the image encoder's classes in the text encoder's space,
+fused with SSR at the weight the references support; in the index, its files and new queries."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import image_id, synthetic_features, text_id
+from test_image_words import ENCODER_ID, _features_seeing
+
+from xmodal.core.bridge import bridge_embeddings, centred, choose_weight, fuse_codes
+from xmodal.core.ssr import l2_normalize, ssr
+from xmodal.errors import DataError
+
+
+def test_fused_codes_score_the_weighted_sum():
+    rng = np.random.default_rng(0)
+    a, b = l2_normalize(rng.normal(size=(5, 8))), l2_normalize(rng.normal(size=(5, 3)))
+    c, d = l2_normalize(rng.normal(size=(7, 8))), l2_normalize(rng.normal(size=(7, 3)))
+    fused = fuse_codes(a, b, 0.3) @ fuse_codes(c, d, 0.3).T
+    np.testing.assert_allclose(fused, 0.7 * a @ c.T + 0.3 * b @ d.T, atol=1e-6)
+    np.testing.assert_allclose(fuse_codes(a, b, 0.0)[:, :8], a, atol=1e-7)
+
+
+def test_bridge_embedding_is_the_probability_weighted_class_mean():
+    C = np.eye(4, dtype=np.float32)
+    B = bridge_embeddings([[0.75, 0.25], [1.0, 0.0]], [[0, 2], [3, 1]], C)
+    np.testing.assert_allclose(B[0], l2_normalize(np.array([[0.75, 0, 0.25, 0]]))[0], atol=1e-6)
+    np.testing.assert_allclose(B[1], [0, 0, 0, 1], atol=1e-6)
+    Bc, mean = centred(B)
+    np.testing.assert_allclose(mean, B.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(Bc, axis=1), 1.0, atol=1e-5)
+
+
+def _problem(n=120, k=12, seed=0):
+    """SSR of image/text i (a shared latent), k references, and two candidate bridges: the latent
+    itself (a bridge that knows the match) and noise."""
+    rng = np.random.default_rng(seed)
+    X, Y = synthetic_features(n, seed=seed, noise=1.2)   # noisy: SSR alone ranks far from perfect
+    refs = np.arange(k)
+    RX, RY = ssr(X, X[refs]), ssr(Y, Y[refs])
+    Z = np.random.default_rng(seed).normal(size=(n, 6))   # synthetic_features' latent (same seed)
+    informative = centred(Z + 0.3 * rng.normal(size=Z.shape))[0], centred(Z)[0]
+    noise = centred(rng.normal(size=(n, 6)))[0], centred(rng.normal(size=(n, 6)))[0]
+    return RX, RY, np.stack([refs, refs], axis=1), informative, noise
+
+
+def test_the_weight_follows_what_the_references_show():
+    RX, RY, pairs, informative, noise = _problem()
+    w, evidence = choose_weight(RX, RY, *informative, pairs)
+    assert w > 0 and evidence["references"] == 12
+    assert evidence["mrr"][w] > evidence["mrr"][0.0]
+    w, evidence = choose_weight(RX, RY, *noise, pairs)
+    assert w == 0.0                                   # no clear gain: SSM-AL as in the paper
+
+
+def test_below_three_references_the_bridge_alone_is_the_evidence():
+    RX, RY, pairs, informative, noise = _problem(k=2)
+    w, evidence = choose_weight(RX, RY, *informative, pairs)
+    assert w > 0 and set(evidence["mrr"]) == {1.0}
+    assert choose_weight(RX, RY, *noise, pairs)[0] == 0.0
+    assert choose_weight(RX, RY, *noise, np.array([[-1, 0]]))[0] == 0.0   # only a written reference
+
+
+# -- in the index ------------------------------------------------------------------------------
+def _pairs(n):
+    return [{"annotation_id": 100 + i, "image_id": image_id(i), "text_id": text_id(i)} for i in range(n)]
+
+
+def _bridged_workspace(make_workspace, n=60):
+    """A workspace whose saved bridge knows the matches: image i's bridge is text i's features
+    (its "classes" are the texts, so the class embeddings are the text features)."""
+    ws = make_workspace("br", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
+    X, Y = synthetic_features(n, noise=1.2)              # noisy: room for the bridge to help
+    ws.save_features("image", X, "synthetic-image")
+    ws.save_features("text", Y, "synthetic-text")
+    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    return ws, Y
+
+
+def test_the_index_fuses_the_bridge_and_keeps_it_in_its_file(r, xenv, make_workspace):
+    from xmodal.index.build import build_snapshot
+    from xmodal.index.store import read_snapshot, write_snapshot
+
+    ws, Y = _bridged_workspace(make_workspace)
+    snap, _ = build_snapshot(ws, 1, _pairs(12))
+    assert snap.bridge_weight > 0 and snap.meta["bridge"]["weight"] == snap.bridge_weight
+    assert snap.meta["bridge"]["references"] == 12 and snap.meta["bridge_s"] >= 0
+    assert snap.text_codes.shape[1] == 12 + Y.shape[1]            # SSR codes, then the bridge
+    np.testing.assert_allclose(snap.encode("text", Y[3:9]), snap.text_codes[3:9], atol=1e-5)
+    back = read_snapshot(write_snapshot(ws, snap), "br")
+    assert back.bridge_weight == snap.bridge_weight
+    for name in ("bridge_means", "bridge_classes", "bridge_class_emb"):
+        np.testing.assert_allclose(getattr(back, name), getattr(snap, name), atol=1e-6)
+    np.testing.assert_allclose(back.encode("text", Y[:4]), snap.text_codes[:4], atol=1e-5)
+    # the synthetic image encoder has no classifier: a new image cannot be placed, and says so
+    with pytest.raises(DataError, match="image encoder it was built with"):
+        back.encode("image", ws.load_features("image")[:1])
+
+
+def test_without_bridge_in_enhance_or_on_disk_the_index_is_ssr_alone(r, xenv, make_workspace):
+    from xmodal.index.build import build_snapshot
+
+    ws = make_workspace("plain", n=40, n_medoids=12, enhance=["zscore", "csls", "bridge"])
+    snap, _ = build_snapshot(ws, 1, _pairs(12))      # no bridge.npz: an encoder without classes
+    assert snap.bridge_weight == 0 and "bridge" not in snap.meta and snap.text_codes.shape[1] == 12
+    ws2, _ = _bridged_workspace(make_workspace)
+    for n in (0, 1):                                  # too few pairs for an index: no bridge yet
+        snap, _ = build_snapshot(ws2, 1, _pairs(n))
+        assert snap.bridge_weight == 0 and snap.text_codes.shape[1] == 0
+    ws2.save_config(dict(ws2.config, enhance=["zscore", "csls"]))
+    snap, _ = build_snapshot(ws2, 1, _pairs(12))
+    assert snap.bridge_weight == 0 and snap.text_codes.shape[1] == 12
+
+
+def test_a_saved_bridge_must_fit_the_images_and_a_broken_file_is_ignored(make_workspace, caplog):
+    ws, Y = _bridged_workspace(make_workspace)
+    assert ws.bridge()["image"].shape == Y.shape
+    with pytest.raises(DataError, match="bridge rows"):
+        ws.save_bridge(Y[:3], np.arange(3), Y[:3])
+    ws.bridge_path.write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING):
+        assert ws.bridge() is None
+    assert "no class bridge" in caplog.text
+
+
+def test_a_new_image_is_placed_by_the_classes_the_collection_showed(r, xenv, make_workspace):
+    """A photo uploaded to /search: its classifier's top classes, restricted to those the indexed
+    images showed, give its bridge exactly as they gave the indexed images theirs."""
+    from xmodal.core.bridge import centred as centre
+    from xmodal.index.build import build_snapshot
+
+    ws, Y = _bridged_workspace(make_workspace)
+    snap, _ = build_snapshot(ws, 1, _pairs(12))
+    # pretend the collection's images showed ImageNet classes 207 and 963 (golden retriever, pizza)
+    snap.bridge_classes = np.array([207, 963])
+    snap.bridge_class_emb = Y[:2]
+    snap.meta["encoders"] = {"image": ENCODER_ID, "text": "synthetic-text"}
+    mean = snap.bridge_means[0]
+    got = snap._bridge_of("image", _features_seeing([963, 207]))
+    np.testing.assert_allclose(got[0], centre(l2_normalize(Y[1:2]), mean)[0][0], atol=1e-3)
+    np.testing.assert_allclose(got[1], centre(l2_normalize(Y[0:1]), mean)[0][0], atol=1e-3)
+
+
+def test_a_gain_counts_only_above_the_noise_of_few_references():
+    from xmodal.core.bridge import _clear_gain
+
+    assert _clear_gain(np.array([0.1, 0.12, 0.08, 0.1]))          # small, steady
+    assert not _clear_gain(np.array([0.6, -0.4, 0.5, -0.3]))      # larger mean, but noise
+    assert not _clear_gain(np.array([0.01, 0.01, 0.01]))          # below MIN_GAIN
+    assert not _clear_gain(np.array([0.5, 0.5]))                  # too few to judge
+
+
+def test_calibration_scores_the_references_as_the_fused_index_does():
+    from xmodal.core.calibration import leave_one_out
+
+    RX, RY, pairs, informative, _ = _problem()
+    _, hit = leave_one_out(RX, RY, pairs)
+    _, fused = leave_one_out(RX, RY, pairs, fuse=(*informative, 0.7))
+    assert fused.sum() > hit.sum()     # the bridge finds matches SSR alone misses
