@@ -225,3 +225,23 @@ def test_pascal_dscmr_features():
     assert ds.image_features.shape == (100, 4096) and ds.text_features.shape == (100, 300)
     assert np.bincount(ds.image_labels).tolist() == [5] * 20
     assert not ds.has_split
+
+
+def test_coco_mini_zh_is_a_folder_data_set_of_real_photos_with_chinese_captions(tmp_path):
+    """scripts/coco_mini_zh: every COCO-mini image, its first caption in Chinese, as a folder
+    data set (hard links or copies: the folder format refuses links that leave it)."""
+    import importlib.util
+    import re
+
+    coco = DEFAULT_DATA_ROOT / "coco_mini"
+    if not coco.is_dir():
+        pytest.skip(f"real data not found at {coco} (../shared/data; see its README)")
+    script = Path(__file__).parents[1] / "scripts" / "coco_mini_zh" / "build.py"
+    spec = importlib.util.spec_from_file_location("coco_mini_zh", script)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert builder.build(coco, tmp_path / "zh") == 159
+    ds = load_folder(tmp_path / "zh")
+    assert len(ds.image_ids) == len(ds.texts) == 159
+    assert all(re.search(r"[\u4e00-\u9fff]", t) and " " not in t for t in ds.texts)
+    assert sorted(e["file"] for e in json.loads((coco / "pairs.json").read_text())) == sorted(ds.image_ids)

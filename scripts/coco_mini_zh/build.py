@@ -1,0 +1,60 @@
+"""COCO-mini with Chinese captions, in the folder format (`xmodal.datasets`): a real-photo data set
+whose texts are in a language written without spaces.
+
+    python scripts/coco_mini_zh/build.py --coco ../shared/data/coco_mini --out /tmp/coco-mini-zh
+    xmodal eval --dataset folder --data /tmp/coco-mini-zh --n 10,20,50,100      # auto = e5
+    xmodal eval --dataset folder --data /tmp/coco-mini-zh --n 10,20,50,100 --text-encoder minilm
+
+`captions_zh.json` holds the first COCO caption of each of the 159 images, translated into
+Simplified Chinese by hand (an engineer of this project, 2026-12; COCO captions are CC BY 4.0, so
+are these translations). `images/` gets hard links to the COCO-mini images where the file system
+allows, else copies (a folder data set refuses symbolic links that leave it). Write OUT outside
+this repository: the data stays out of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(coco: Path, out: Path) -> int:
+    entries = {e["image_id"]: e for e in json.loads((coco / "pairs.json").read_text())}
+    captions = json.loads((HERE / "captions_zh.json").read_text(encoding="utf-8"))
+    missing = [c["image_id"] for c in captions if c["image_id"] not in entries]
+    if missing:
+        raise SystemExit(f"{coco} is not COCO-mini: no images {missing[:5]}…")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with open(out / "texts.jsonl", "w", encoding="utf-8") as texts:
+        for c in captions:
+            file = entries[c["image_id"]]["file"]
+            link = out / "images" / file
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                try:
+                    os.link(coco / file, link)
+                except OSError:                       # another file system
+                    shutil.copy2(coco / file, link)
+            texts.write(json.dumps({"id": f"zh-{c['image_id']}", "text": c["caption"], "image": file},
+                                   ensure_ascii=False) + "\n")
+    return len(captions)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--coco", type=Path, default=Path("../shared/data/coco_mini"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    n = build(args.coco, args.out)
+    print(f"wrote {n} Chinese captions and images to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
