@@ -12,9 +12,12 @@ is prioritised:
    and this is when the label counts as having reached Label Studio. "Served next" depends on how
    the annotator opened the stream: "Uncertainty sampling" takes the lowest scores, a labelling
    stream started from a Data Manager tab follows the tab's order (by default the task id; measured
-   with a real browser on 1.23.2). So the first batch is the ``$XMODAL_LS_FIRST`` (default 2)
-   lowest-scored open tasks and the ``$XMODAL_LS_FIRST`` first by id (two: one of them may be the
-   task the annotator has open);
+   with a real browser on 1.23.2). So the first batch is the ``$XMODAL_LS_FIRST`` (default 1)
+   lowest-scored open tasks and the ``$XMODAL_LS_FIRST`` first by id. Each carries a whole page
+   (every text of a smaller project), 0.3-0.5 s apiece for a busy Label Studio: in the browser
+   test, label -> flip took 0.66-1.48 s with 1 (0 of 11 served tasks behind) and 1.4-2.7 s with
+   2 (3-4 of 11 behind). A team with several annotators at once can raise it (each annotator's
+   next task is one of the lowest-scored), or rely on step 2, which pushes them next;
 2. every other open task gets its data and prediction in chunks, ``$XMODAL_LS_PARALLEL``
    (default 4) requests at a time, so that whatever order serves a task its page is the newest,
    stopping early when a newer rebuild is queued (its index supersedes this one and it pushes its
@@ -139,7 +142,7 @@ def open_label_studio(url: str, api_key: str):
 
 def ls_first() -> int:
     """``$XMODAL_LS_FIRST``: open tasks pushed (options re-ranked) before ``model_version`` flips."""
-    return max(1, int(os.environ.get("XMODAL_LS_FIRST", "2")))
+    return max(1, int(os.environ.get("XMODAL_LS_FIRST", "1")))
 
 
 def ls_parallel() -> int:
