@@ -92,7 +92,7 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
         if not ws.image_words_path.is_file():   # a workspace made before image words existed
             _save_image_words(ws, X, encoder_id)
         if not ws.bridge_path.is_file():         # ... or before the class bridge
-            _save_bridge(ws, X, encoder_id, say)
+            _save_bridge(ws, X, encoder_id, text_encoder, say, feature_cache=feature_cache)
         return X, ws.load_features("text"), True
     ws.save_items(ds.image_ids, [str(p) for p in ds.image_paths], ds.text_ids, ds.texts)
     embed = _embed_on_workers if workers_embed else _embed
@@ -107,7 +107,7 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
         tmp = state.with_name(f".{state.stem}.{os.getpid()}.tmp{state.suffix}")
         t_enc.save(tmp)
         os.replace(tmp, state)
-    _save_bridge(ws, X, i_enc.encoder_id, say, lambda _ws: t_enc)   # t_enc: fitted, state saved
+    _save_bridge(ws, X, i_enc.encoder_id, text_encoder, say, lambda _ws: t_enc, feature_cache)
     return X, Y, False
 
 
@@ -121,13 +121,30 @@ def _save_image_words(ws, X, encoder_id: str) -> None:
         ws.save_image_words(words)
 
 
-def _save_bridge(ws, X, encoder_id: str, say: Say = quiet, text_encoder_loader=None) -> None:
+def _prompt_features(ws, name: str, prompts: list[str], text_encoder_loader, feature_cache) -> np.ndarray:
+    """The prompts embedded with the workspace's text encoder: through the feature cache for a
+    pretrained one (the same ~400 prompts serve every project: a rerun loads no model), else by
+    the fitted encoder (``text_encoder_loader(ws)`` when the caller holds it)."""
+    if name.startswith("sif"):           # fitted on this project's texts: its own vectors
+        from xmodal.index.references import description_features
+
+        return description_features(ws, prompts, text_encoder_loader)
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.cache import FeatureCache, embed_with_cache
+
+    F, failures = embed_with_cache(get_encoder("text", name, progress=False), prompts,
+                                   FeatureCache(feature_cache), progress=False)
+    if failures:
+        raise DataError(f"{len(failures)} class prompts could not be embedded")
+    return np.asarray(F, np.float32)
+
+
+def _save_bridge(ws, X, encoder_id: str, text_encoder: str, say: Say = quiet,
+                 text_encoder_loader=None, feature_cache=None) -> None:
     """The class bridge of the images (``xmodal.core.bridge``): their top ImageNet classes, each
-    class's prompt embedded with the workspace's text encoder (``text_encoder_loader(ws)`` when the
-    caller holds it)."""
+    class's prompt embedded with the workspace's text encoder (:func:`_prompt_features`)."""
     from xmodal.core.bridge import bridge_embeddings
     from xmodal.encoders.image_words import class_prompts, top_classes
-    from xmodal.index.references import description_features
 
     found = top_classes(X, encoder_id)
     if found is None:
@@ -137,7 +154,7 @@ def _save_bridge(ws, X, encoder_id: str, say: Say = quiet, text_encoder_loader=N
     used, inverse = np.unique(classes, return_inverse=True)
     t0 = time.perf_counter()
     try:
-        C = description_features(ws, class_prompts(used), text_encoder_loader)
+        C = _prompt_features(ws, text_encoder, class_prompts(used), text_encoder_loader, feature_cache)
     except (XmodalError, ImportError, OSError, ValueError) as exc:   # the project works without it
         log.warning(kv("bridge.failed", project=ws.name, error=f"{type(exc).__name__}: {exc}"))
         ws.bridge_path.unlink(missing_ok=True)
