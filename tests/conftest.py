@@ -223,6 +223,9 @@ class FakeLabelStudio:
 @pytest.fixture
 def fake_ls(monkeypatch):
     fake = FakeLabelStudio()
+    # the rest of a push waits for a quiet moment in production (a real Label Studio's queue); a
+    # recording fake has none to protect
+    monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "0")
     # both names: workers.resync binds the function at its import
     monkeypatch.setattr("xmodal.labelstudio.push.open_label_studio", fake)
     monkeypatch.setattr("workers.resync.open_label_studio", fake)

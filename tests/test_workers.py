@@ -409,6 +409,37 @@ def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fa
     assert stats.last_rebuild(r, "proj")["ls_rest"] == "stopped: newer labels"
 
 
+def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monkeypatch):
+    """While a person labels quickly, the next label comes within a second or two: the tasks not
+    served next wait ``XMODAL_LS_REST_DELAY_S`` and are left to the newer index when a label comes
+    meanwhile (through a real Label Studio: median 2.15 -> 1.31 s label -> flip)."""
+    import threading
+
+    monkeypatch.setenv("XMODAL_LS_FIRST", "2")
+    monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "30")
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
+    store = PairStore(r, "proj")
+    for i in range(2):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time())
+    _link(r, ws)
+    flip = fake_ls.set_model_version
+
+    def set_model_version(pid, version):   # a label arrives a moment after the flip
+        flip(pid, version)
+        threading.Timer(0.3, lambda: r.set(flag_key("proj"), "someone|0")).start()
+
+    fake_ls.set_model_version = set_model_version
+    result = rebuild("proj", redis_client=r)       # returns at the label, not after 30 s
+    assert fake_ls.calls.count("push") == fake_ls.calls.count("update") == 1   # the first batch only
+    assert result["ls_rest"] == "stopped: newer labels"
+    monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "0.2")
+    fake_ls.set_model_version = flip
+    r.delete(flag_key("proj"))
+    store.put(102, 1002, image_id(2), text_id(2), 1.0, received_at=time.time())
+    result = rebuild("proj", redis_client=r)       # nobody labels: the rest follows
+    assert result["ls_rest"] == "done" and result["ls_tasks"] == 9
+
+
 def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):
     from xmodal.labelstudio.tasks import TaskRegistry
 

@@ -21,7 +21,9 @@ is prioritised:
 2. every other open task gets its data and prediction in chunks, ``$XMODAL_LS_PARALLEL``
    (default 4) requests at a time, so that whatever order serves a task its page is the newest,
    stopping early when a newer rebuild is queued (its index supersedes this one and it pushes its
-   own first batch sooner);
+   own first batch sooner). It starts after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet
+   seconds, cut short by any other job waiting on the queue: while a person labels quickly, the
+   next label's first batch must not queue in Label Studio behind these page PATCHes;
 Each task has **one** prediction, updated in place for every new index (its id is kept in Redis,
 ``P:{p}:ls:predictions``): predictions never pile up, and the annotation of a page that is open
 while a newer index arrives still names an existing prediction (Label Studio refuses a submit whose
@@ -54,7 +56,7 @@ from xmodal.index.pairs import PairStore
 from xmodal.index.selection import candidate_pool
 from xmodal.index.store import IndexSnapshot, IndexStore, load_current
 from xmodal.index.workspace import Workspace
-from xmodal.jobs.queueing import flag_key
+from xmodal.jobs.queueing import flag_key, get_queue
 from xmodal.labelstudio.client import connect
 from xmodal.labelstudio.config import label_fields
 from xmodal.labelstudio.hosts import is_trusted, refuse
@@ -143,6 +145,19 @@ def open_label_studio(url: str, api_key: str):
 def ls_first() -> int:
     """``$XMODAL_LS_FIRST``: open tasks pushed (options re-ranked) before ``model_version`` flips."""
     return max(1, int(os.environ.get("XMODAL_LS_FIRST", "1")))
+
+
+def ls_rest_delay() -> float:
+    """``$XMODAL_LS_REST_DELAY_S``: quiet seconds before the tasks not served next are pushed."""
+    return max(0.0, float(os.environ.get("XMODAL_LS_REST_DELAY_S", "1")))
+
+
+def _others_waiting(redis_client: redis.Redis) -> bool:
+    """Whether another job waits on the queue of the job running this (none outside a worker)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job is not None and get_queue(redis_client, job.origin).count > 0
 
 
 def ls_parallel() -> int:
@@ -292,9 +307,16 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         # 2. every other open task, its page too (whatever order serves it), unless a newer index
         #    is on its way
         chunk = max(1, ls_parallel() // 2)   # small: a newer rebuild waits for at most one chunk
+
+        def superseded() -> bool:
+            return bool(redis_client.exists(flag_key(ws.name))) or store.current_version() != snap.version
+
         pushed, stopped = 0, None
+        quiet_until = time.monotonic() + (ls_rest_delay() if rest else 0.0)
+        while time.monotonic() < quiet_until and not superseded() and not _others_waiting(redis_client):
+            time.sleep(0.05)
         for i in range(0, len(rest), chunk):
-            if redis_client.exists(flag_key(ws.name)) or store.current_version() != snap.version:
+            if superseded():
                 stopped = "newer labels"
                 break
             part = rest[i:i + chunk]
