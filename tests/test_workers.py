@@ -388,13 +388,19 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
     assert seen_at_flip["last"] == {}   # nothing recorded before the flip
 
 
-def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fake_ls, monkeypatch):
-    monkeypatch.setenv("XMODAL_LS_FIRST", "2")
+def _twelve_tasks_two_labelled(r, ws, fake_ls) -> PairStore:
+    """12 open tasks in a linked project, the first two labelled just now."""
     fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
     store = PairStore(r, "proj")
     for i in range(2):
         store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time())
     _link(r, ws)
+    return store
+
+
+def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fake_ls, monkeypatch):
+    monkeypatch.setenv("XMODAL_LS_FIRST", "2")
+    _twelve_tasks_two_labelled(r, ws, fake_ls)
     flip = fake_ls.set_model_version
 
     def set_model_version(pid, version):   # a label arrives right after the flip
@@ -417,11 +423,7 @@ def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monke
 
     monkeypatch.setenv("XMODAL_LS_FIRST", "2")
     monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "30")
-    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12)]
-    store = PairStore(r, "proj")
-    for i in range(2):
-        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time())
-    _link(r, ws)
+    store = _twelve_tasks_two_labelled(r, ws, fake_ls)
     flip = fake_ls.set_model_version
 
     def set_model_version(pid, version):   # a label arrives a moment after the flip
