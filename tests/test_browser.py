@@ -226,4 +226,4 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     assert len(misses) <= max(1, len(served) // 10), (misses, page.shots)
     print(f"\n[browser text->image] {LABELS} captions: {hows.count('shown')} images found among the "
           f"first 60 thumbnails, {hows.count('search')} by the filter, {hows.count('skip')} skipped; "
-          f"freshness misses {len(misses)} of {len(served) - 1}")
+          f"freshness misses {len(misses)} of {len(served) - 1} {misses}")

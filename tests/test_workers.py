@@ -416,9 +416,10 @@ def test_the_rest_of_a_push_stops_when_a_newer_rebuild_is_queued(r, xenv, ws, fa
 
 
 def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monkeypatch):
-    """While a person labels quickly, the next label comes within a second or two: the tasks not
-    served next wait ``XMODAL_LS_REST_DELAY_S`` and are left to the newer index when a label comes
-    meanwhile (through a real Label Studio: median 2.15 -> 1.31 s label -> flip)."""
+    """While a person labels quickly, the next label comes within a second or two: beyond the
+    next-lowest chunk, the tasks not served next wait ``XMODAL_LS_REST_DELAY_S`` and are left to the
+    newer index when a label comes meanwhile (through a real Label Studio: median 2.15 -> 1.31 s
+    label -> flip)."""
     import threading
 
     monkeypatch.setenv("XMODAL_LS_FIRST", "2")
@@ -432,7 +433,9 @@ def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monke
 
     fake_ls.set_model_version = set_model_version
     result = rebuild("proj", redis_client=r)       # returns at the label, not after 30 s
-    assert fake_ls.calls.count("push") == fake_ls.calls.count("update") == 1   # the first batch only
+    # the first batch, then at once the next-lowest chunk (a skip is served it), then nothing
+    assert fake_ls.calls.count("push") == fake_ls.calls.count("update") == 2
+    assert len(fake_ls.pushes[1][1]) == 2
     assert result["ls_rest"] == "stopped: newer labels"
     monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "0.2")
     fake_ls.set_model_version = flip

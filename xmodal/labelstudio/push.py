@@ -21,9 +21,10 @@ is prioritised:
 2. every other open task gets its data and prediction in chunks, ``$XMODAL_LS_PARALLEL``
    (default 4) requests at a time, so that whatever order serves a task its page is the newest,
    stopping early when a newer rebuild is queued (its index supersedes this one and it pushes its
-   own first batch sooner). It starts after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet
-   seconds, cut short by any other job waiting on the queue: while a person labels quickly, the
-   next label's first batch must not queue in Label Studio behind these page PATCHes;
+   own first batch sooner). The first chunk (the next-lowest scores: what a skip is served next)
+   goes at once, the others after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet seconds, cut
+   short by any other job waiting on the queue: while a person labels quickly, the next label's
+   first batch must not queue in Label Studio behind these page PATCHes;
 Each task has **one** prediction, updated in place for every new index (its id is kept in Redis,
 ``P:{p}:ls:predictions``): predictions never pile up, and the annotation of a page that is open
 while a newer index arrives still names an existing prediction (Label Studio refuses a submit whose
@@ -312,10 +313,12 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             return bool(redis_client.exists(flag_key(ws.name))) or store.current_version() != snap.version
 
         pushed, stopped = 0, None
-        quiet_until = time.monotonic() + (ls_rest_delay() if rest else 0.0)
-        while time.monotonic() < quiet_until and not superseded() and not _others_waiting(redis_client):
-            time.sleep(0.05)
         for i in range(0, len(rest), chunk):
+            if i == chunk:   # the next-lowest went first (a skip serves it); now a quiet moment
+                quiet_until = time.monotonic() + ls_rest_delay()
+                while time.monotonic() < quiet_until and not superseded() \
+                        and not _others_waiting(redis_client):
+                    time.sleep(0.05)
             if superseded():
                 stopped = "newer labels"
                 break
