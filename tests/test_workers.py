@@ -433,7 +433,7 @@ def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monke
 
     fake_ls.set_model_version = set_model_version
     result = rebuild("proj", redis_client=r)       # returns at the label, not after 30 s
-    # the first batch, then at once the next-lowest chunk (a skip is served it), then nothing
+    # the first batch, then at once the next served (by score and by id), then nothing
     assert fake_ls.calls.count("push") == fake_ls.calls.count("update") == 2
     assert len(fake_ls.pushes[1][1]) == 2
     assert result["ls_rest"] == "stopped: newer labels"
@@ -443,6 +443,16 @@ def test_the_rest_of_a_push_waits_for_a_quiet_moment(r, xenv, ws, fake_ls, monke
     store.put(102, 1002, image_id(2), text_id(2), 1.0, received_at=time.time())
     result = rebuild("proj", redis_client=r)       # nobody labels: the rest follows
     assert result["ls_rest"] == "done" and result["ls_tasks"] == 9
+
+
+def test_the_push_takes_both_serving_orders_in_turns():
+    from xmodal.labelstudio.push import serving_order
+
+    scores = {10: 0.9, 11: 0.8, 12: 0.5, 13: 0.1, 14: 0.2, 15: 0.3}
+    first, rest = serving_order(scores, 1)
+    assert first == [13, 10]               # the lowest score (Uncertainty sampling), the first id
+    assert rest == [14, 11, 15, 12]        # then the next of each, in turns
+    assert serving_order(scores, 2)[0] == [13, 14, 10, 11]
 
 
 def test_without_listing_the_task_registry_is_used(r, xenv, ws, fake_ls):

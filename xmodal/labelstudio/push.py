@@ -21,8 +21,9 @@ is prioritised:
 2. every other open task gets its data and prediction in chunks, ``$XMODAL_LS_PARALLEL``
    (default 4) requests at a time, so that whatever order serves a task its page is the newest,
    stopping early when a newer rebuild is queued (its index supersedes this one and it pushes its
-   own first batch sooner). The first chunk (the next-lowest scores: what a skip is served next)
-   goes at once, the others after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet seconds, cut
+   own first batch sooner). The rest takes the two orders in turns (:func:`serving_order`); its
+   first chunk (the next-lowest score and the next by id: what is served after the task now on
+   screen) goes at once, the others after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet seconds, cut
    short by any other job waiting on the queue: while a person labels quickly, the next label's
    first batch must not queue in Label Studio behind these page PATCHes;
 Each task has **one** prediction, updated in place for every new index (its id is kept in Redis,
@@ -251,11 +252,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 by_id[int(tid)] = task
             except (UnknownItem, ValueError):
                 unknown += 1
-        # served next: "Uncertainty sampling" takes the lowest score, a Data Manager tab (the
-        # labelling stream opened from it) its own order, by default the task id
-        order = sorted(preds, key=lambda t: (preds[t]["score"], t))
-        first = list(dict.fromkeys(order[:ls_first()] + sorted(preds)[:ls_first()]))
-        rest = [t for t in order if t not in set(first)]
+        first, rest = serving_order({t: p["score"] for t, p in preds.items()}, ls_first())
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
         timing: dict[str, float] = {}
 
@@ -314,7 +311,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
 
         pushed, stopped = 0, None
         for i in range(0, len(rest), chunk):
-            if i == chunk:   # the next-lowest went first (a skip serves it); now a quiet moment
+            if i == chunk:   # the next served went first; now a quiet moment
                 quiet_until = time.monotonic() + ls_rest_delay()
                 while time.monotonic() < quiet_until and not superseded() \
                         and not _others_waiting(redis_client):
@@ -334,6 +331,21 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 skipped_unknown=unknown, stopped=stopped, source=source, s=push_s))
     return dict(info, ls_tasks=len(first) + pushed, ls_options_all=reranked,
                 ls_rest=f"stopped: {stopped}" if stopped else "done", push_all_s=round(push_s, 4))
+
+
+def serving_order(scores: dict[int, float], n_first: int) -> tuple[list[int], list[int]]:
+    """(first batch, the rest) of the open tasks ``{task id: score}``, in the order Label Studio
+    may serve them. "Uncertainty sampling" takes the lowest score, a labelling stream opened from a
+    Data Manager tab the tab's order (by default the task id), so both orders take turns: the first
+    batch is the ``n_first`` lowest-scored and the ``n_first`` first by id, the rest starts with
+    the next of each (what is served after the task now on screen: in the browser test, 2 of 11
+    served tasks were behind when the rest went by score alone, the next by id coming last)."""
+    by_score = sorted(scores, key=lambda t: (scores[t], t))
+    by_id = sorted(scores)
+    first = list(dict.fromkeys(by_score[:n_first] + by_id[:n_first]))
+    taken = set(first)
+    turns = (t for pair in zip(by_score, by_id) for t in pair)
+    return first, [t for t in dict.fromkeys(turns) if t not in taken]
 
 
 def _timed(fn, *args) -> float:
