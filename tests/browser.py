@@ -50,6 +50,11 @@ for (const el of document.querySelectorAll('.lsf-choice')) {
 }
 return null;"""
 
+_CHECKED = """
+const el = arguments[0];
+return Boolean(el.querySelector('input:checked') || el.querySelector('[class*="checked"]')
+               || /checked/.test(el.className));"""
+
 
 def chromium_driver(width: int = 1280, height: int = 900):
     """A headless Chromium (skips the test when Chromium, ChromeDriver or selenium is missing)."""
@@ -156,20 +161,36 @@ class LabellingPage:
         box.send_keys(Keys.DELETE)
 
     def choose(self, item_id: str) -> None:
-        element = self.d.execute_script(_OPTION, item_id)
-        if element is None:
-            raise AssertionError(f"option {item_id} is not on the page")
-        self._click(element)
+        """Click the option, and again when the page did not take the click (seen in CI: a click
+        on a thumbnail while the page re-rendered left nothing selected), as a person would who
+        sees nothing ticked."""
+        for _ in range(3):
+            element = self.d.execute_script(_OPTION, item_id)
+            if element is None:
+                raise AssertionError(f"option {item_id} is not on the page; shots {self.shots}")
+            self._click(element)
+            if self._checked(element):
+                return
+        shot = self.screenshot(f"not-selected-{item_id}")
+        raise AssertionError(f"three clicks on option {item_id} selected nothing; screenshot {shot}")
 
     def describe(self, text: str) -> None:
         """"None of these", then the description in the box it reveals."""
         from selenium.webdriver.common.by import By
 
-        none = [el for el in self.d.find_elements(By.CSS_SELECTOR, ".lsf-choice")
-                if el.text.startswith("None of these")]
-        if not none[0].is_displayed():
+        def none_of_these(d):   # textContent: the filter hides it, and .text is only what shows
+            return next((el for el in d.find_elements(By.CSS_SELECTOR, ".lsf-choice")
+                         if (el.get_attribute("textContent") or "").strip().startswith("None of these")),
+                        False)
+
+        none = self._until(none_of_these, 10, "the 'None of these' choice")
+        if not none.is_displayed():
             self.clear_filter()
-        self._click(none[0])
+            none = self._until(none_of_these, 10, "the 'None of these' choice")
+        for _ in range(3):
+            self._click(none)
+            if self._checked(none):
+                break
         box = self._until(lambda d: next((t for t in d.find_elements(By.TAG_NAME, "textarea")
                                           if t.is_displayed()), False), 10, "the description box")
         box.send_keys(text)
@@ -201,6 +222,20 @@ class LabellingPage:
         t = time.time()
         self._click(button)
         return t
+
+    def _checked(self, element, timeout: float = 2) -> bool:
+        """Whether the choice shows as ticked within ``timeout`` (its checkbox or radio input)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if self.d.execute_script(_CHECKED, element):
+                    return True
+            except StaleElementReferenceException:
+                return False
+            time.sleep(0.05)
+        return False
 
     def _click(self, element, timeout: float = 10) -> None:
         """Scroll the element into the middle of its list, as a person would, then click it; when
