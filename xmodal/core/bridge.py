@@ -74,18 +74,21 @@ def _reciprocal_rank(scores: np.ndarray, right: int) -> float:
 
 def choose_weight(query_ssr: np.ndarray, target_ssr: np.ndarray, query_bridge: np.ndarray,
                   target_bridge: np.ndarray, pairs: np.ndarray, *, weights=WEIGHTS,
-                  **loo_options) -> tuple[float, dict]:
+                  scored=None, **loo_options) -> tuple[float, dict]:
     """The bridge weight the labels support, and the evidence: ``{"mrr": {w: mean reciprocal
     rank}, "references": n}``.
 
     ``query_*`` are the rows of the modality tasks ask about, ``target_*`` the other; ``pairs[j] =
     (query row, target row)``. ``loo_options`` go to :func:`~xmodal.core.calibration.loo_scores`
-    (measure, column statistics, sparsification, sample sizes).
+    (measure, column statistics, sparsification, sample sizes); ``scored`` is its output when
+    already computed (the index calibrates on the same leave-one-out scores).
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     Bq, Bt = np.asarray(query_bridge, np.float32), np.asarray(target_bridge, np.float32)
     rr = {float(w): [] for w in weights}
-    for j, rows, s in loo_scores(query_ssr, target_ssr, pairs, **loo_options):
+    if scored is None:
+        scored = loo_scores(query_ssr, target_ssr, pairs, **loo_options)
+    for j, rows, s in scored:
         right = int(np.searchsorted(rows, pairs[j, 1]))
         b = Bt[rows] @ Bq[pairs[j, 0]]
         for w in rr:

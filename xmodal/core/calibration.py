@@ -72,14 +72,17 @@ def loo_scores(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray,
 
 
 def leave_one_out(query_ssr: np.ndarray, target_ssr: np.ndarray, pairs: np.ndarray, *,
-                  fuse=None, **options) -> tuple[np.ndarray, np.ndarray]:
-    """``(z, hit)`` of the reference pairs scored by :func:`loo_scores` (same ``options``): how far
-    each one's best candidate stands out, and whether it is the true match. ``fuse = (query
-    embeddings, target embeddings, w)`` scores as an index fused with them does:
-    ``(1 - w) · s + w · cos`` (the class bridge, :mod:`xmodal.core.bridge`)."""
+                  fuse=None, scored=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, hit)`` of the reference pairs scored by :func:`loo_scores` (same ``options``; or
+    ``scored``, its output already computed): how far each one's best candidate stands out, and
+    whether it is the true match. ``fuse = (query embeddings, target embeddings, w)`` scores as
+    an index fused with them does: ``(1 - w) · s + w · cos`` (the class bridge,
+    :mod:`xmodal.core.bridge`)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     z, hit = [], []
-    for j, rows, s in loo_scores(query_ssr, target_ssr, pairs, **options):
+    if scored is None:
+        scored = loo_scores(query_ssr, target_ssr, pairs, **options)
+    for j, rows, s in scored:
         if fuse is not None:
             s = (1 - fuse[2]) * s + fuse[2] * (fuse[1][rows] @ fuse[0][pairs[j, 0]])
         z.append(float(top_z(s)[0]))

@@ -151,6 +151,22 @@ def class_prompts(classes) -> list[str]:
     return [f"a photo of a {names[int(k)]}" for k in classes]
 
 
+def class_bridge(features: np.ndarray, encoder_id: str, embed_prompts):
+    """``(bridge embeddings, classes used, their prompt embeddings)`` of the images
+    (:mod:`xmodal.core.bridge`): each image's top ImageNet classes, each class's prompt embedded
+    by ``embed_prompts(list[str]) -> array`` (the text encoder of the project or the evaluation);
+    None when the encoder has no known classifier (see :func:`top_classes`)."""
+    from xmodal.core.bridge import bridge_embeddings
+
+    found = top_classes(features, encoder_id)
+    if found is None:
+        return None
+    classes, probs = found
+    used, inverse = np.unique(classes, return_inverse=True)
+    C = np.asarray(embed_prompts(class_prompts(used)), dtype=np.float32)
+    return bridge_embeddings(probs, inverse.reshape(classes.shape), C), used, C
+
+
 def image_words(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES) -> list[str] | None:
     """Per image (row of ``features``), the words of its ``top`` ImageNet classes, most likely
     first and without repeats; None when the encoder has no known classifier (see

@@ -256,16 +256,11 @@ def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
 
 def _image_bridge(X, image_encoder_id: str, text_encoder: str, cache_dir, progress: bool):
     """Bridge embeddings of the images (as ``project create`` makes them), or None."""
-    from xmodal.core.bridge import bridge_embeddings
-    from xmodal.encoders.image_words import class_prompts, top_classes
+    from xmodal.encoders.image_words import class_bridge
 
-    found = top_classes(X, image_encoder_id)
-    if found is None:
-        return None
-    classes, probs = found
-    used, inverse = np.unique(classes, return_inverse=True)
-    C, _, _, _ = _embed(class_prompts(used), "text", text_encoder, cache_dir, progress)
-    return bridge_embeddings(probs, inverse.reshape(classes.shape), C)
+    found = class_bridge(X, image_encoder_id,
+                         lambda prompts: _embed(prompts, "text", text_encoder, cache_dir, progress)[0])
+    return None if found is None else found[0]
 
 
 # -- one evaluation run ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import redis
 
 from xmodal.core.bridge import centred, choose_weight, fuse_codes
-from xmodal.core.calibration import PlattCalibrator, leave_one_out
+from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
 from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
@@ -143,9 +143,14 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
         bridge = ws.bridge() if "bridge" in enhance else None
+        # leave-one-out over the references, once: the bridge's weight and the calibration
+        t0 = time.perf_counter()
+        query_ssr, target_ssr, loo_pairs, options = _task_view(index, select)
+        scored = list(loo_scores(query_ssr, target_ssr, loo_pairs, **options))
+        timings["leave_one_out_s"] = round(time.perf_counter() - t0, 4)
         if bridge is not None:
             t0 = time.perf_counter()
-            bridge = _bridge(index, select, bridge, Y)
+            bridge = _bridge(index, select, bridge, Y, scored)
             timings["bridge_s"] = round(time.perf_counter() - t0, 4)
             if bridge["weight"] > 0:
                 image_codes = fuse_codes(image_codes, bridge["image"], bridge["weight"])
@@ -155,7 +160,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
             timings["hubness_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
-        calibration = calibrate(index, select, bridge)
+        calibration = calibrate(index, select, bridge, scored)
         timings["calibration_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()   # ANN over the codes of a modality above ann_threshold items
         ann = build_ann({"image": image_codes, "text": text_codes}, cfg)
@@ -211,14 +216,15 @@ def _task_view(index: SSRIndex, select: str):
                              sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
 
 
-def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray) -> dict:
+def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray,
+            scored=None) -> dict:
     """The class bridge of this index (``xmodal.core.bridge``): centred embeddings of both
     modalities and the weight the labels support (0: SSR alone ranks better)."""
     B_img, mean_img = centred(saved["image"])
     B_txt, mean_txt = centred(text_features)
     q, t, pairs, options = _task_view(index, select)
     qb, tb = (B_img, B_txt) if select == "image" else (B_txt, B_img)
-    weight, evidence = choose_weight(q, t, qb, tb, pairs, **options)
+    weight, evidence = choose_weight(q, t, qb, tb, pairs, scored=scored, **options)
     return {"weight": weight, "evidence": {"mrr": {str(w): round(v, 4) for w, v in evidence["mrr"].items()},
                                            "references": evidence["references"]},
             "image": B_img, "text": B_txt, "query_bridge": qb, "target_bridge": tb,
@@ -226,14 +232,15 @@ def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray
             "classes": saved["classes"], "class_embeddings": saved["class_embeddings"]}
 
 
-def calibrate(index: SSRIndex, select: str, bridge: dict | None = None) -> dict:
+def calibrate(index: SSRIndex, select: str, bridge: dict | None = None, scored=None) -> dict:
     """Platt parameters of "the top candidate is right" for tasks about ``select`` items, from
-    leave-one-out over the references (:mod:`xmodal.core.calibration`), scored as the index
-    scores: fused with the class bridge (:func:`_bridge`) when it has a weight."""
+    leave-one-out over the references (:mod:`xmodal.core.calibration`; ``scored``: its scores
+    already computed), scored as the index scores: fused with the class bridge (:func:`_bridge`)
+    when it has a weight."""
     q, t, pairs, options = _task_view(index, select)
     fuse = None if not bridge or not bridge["weight"] else \
         (bridge["query_bridge"], bridge["target_bridge"], bridge["weight"])
-    z, hit = leave_one_out(q, t, pairs, fuse=fuse, **options)
+    z, hit = leave_one_out(q, t, pairs, fuse=fuse, scored=scored, **options)
     return PlattCalibrator().fit(z, hit).to_dict()
 
 

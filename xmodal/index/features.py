@@ -143,23 +143,20 @@ def _save_bridge(ws, X, encoder_id: str, text_encoder: str, say: Say = quiet,
                  text_encoder_loader=None, feature_cache=None) -> None:
     """The class bridge of the images (``xmodal.core.bridge``): their top ImageNet classes, each
     class's prompt embedded with the workspace's text encoder (:func:`_prompt_features`)."""
-    from xmodal.core.bridge import bridge_embeddings
-    from xmodal.encoders.image_words import class_prompts, top_classes
+    from xmodal.encoders.image_words import class_bridge
 
-    found = top_classes(X, encoder_id)
+    t0 = time.perf_counter()
+    try:
+        found = class_bridge(X, encoder_id, lambda prompts: _prompt_features(
+            ws, text_encoder, prompts, text_encoder_loader, feature_cache))
+    except (XmodalError, ImportError, OSError, ValueError) as exc:   # the project works without it
+        log.warning(kv("bridge.failed", project=ws.name, error=f"{type(exc).__name__}: {exc}"))
+        found = None
     if found is None:
         ws.bridge_path.unlink(missing_ok=True)
         return
-    classes, probs = found
-    used, inverse = np.unique(classes, return_inverse=True)
-    t0 = time.perf_counter()
-    try:
-        C = _prompt_features(ws, text_encoder, class_prompts(used), text_encoder_loader, feature_cache)
-    except (XmodalError, ImportError, OSError, ValueError) as exc:   # the project works without it
-        log.warning(kv("bridge.failed", project=ws.name, error=f"{type(exc).__name__}: {exc}"))
-        ws.bridge_path.unlink(missing_ok=True)
-        return
-    ws.save_bridge(bridge_embeddings(probs, inverse.reshape(classes.shape), C), used, C)
+    bridge, used, C = found
+    ws.save_bridge(bridge, used, C)
     say(f"class bridge: {len(used)} ImageNet classes seen in the images, embedded with the text "
         f"encoder ({time.perf_counter() - t0:.1f} s)")
 
