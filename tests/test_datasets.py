@@ -245,3 +245,22 @@ def test_coco_mini_zh_is_a_folder_data_set_of_real_photos_with_chinese_captions(
     assert len(ds.image_ids) == len(ds.texts) == 159
     assert all(re.search(r"[\u4e00-\u9fff]", t) and " " not in t for t in ds.texts)
     assert sorted(e["file"] for e in json.loads((coco / "pairs.json").read_text())) == sorted(ds.image_ids)
+
+
+def test_coco_mini_large_hides_the_captions_among_thousands_of_texts(tmp_path):
+    """scripts/coco_mini_large: the 159 images, their 795 captions and the 4,998 Pascal Sentences
+    (texts of no image of the set), shuffled: more texts than an image task's page carries."""
+    import importlib.util
+
+    coco, pascal = DEFAULT_DATA_ROOT / "coco_mini", DEFAULT_DATA_ROOT / "pascal_sentences"
+    if not (coco.is_dir() and (pascal / "pascal_sentences.json").is_file()):
+        pytest.skip(f"real data not found at {DEFAULT_DATA_ROOT} (../shared/data; see its README)")
+    script = Path(__file__).parents[1] / "scripts" / "coco_mini_large" / "build.py"
+    spec = importlib.util.spec_from_file_location("coco_mini_large", script)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert builder.build(coco, pascal, tmp_path / "large") == (795, 4998)
+    ds = load_folder(tmp_path / "large")
+    assert len(ds.image_ids) == 159 and len(ds.texts) == 5793
+    first_thousand = ds.text_ids[:1000]
+    assert 50 < sum(not t.startswith("pascal:") for t in first_thousand) < 400   # not the captions first

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,24 +23,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def build(coco: Path, out: Path) -> int:
+    from xmodal.datasets import write_folder
+
     entries = {e["image_id"]: e for e in json.loads((coco / "pairs.json").read_text())}
     captions = json.loads((HERE / "captions_zh.json").read_text(encoding="utf-8"))
     missing = [c["image_id"] for c in captions if c["image_id"] not in entries]
     if missing:
         raise SystemExit(f"{coco} is not COCO-mini: no images {missing[:5]}…")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    with open(out / "texts.jsonl", "w", encoding="utf-8") as texts:
-        for c in captions:
-            file = entries[c["image_id"]]["file"]
-            link = out / "images" / file
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                try:
-                    os.link(coco / file, link)
-                except OSError:                       # another file system
-                    shutil.copy2(coco / file, link)
-            texts.write(json.dumps({"id": f"zh-{c['image_id']}", "text": c["caption"], "image": file},
-                                   ensure_ascii=False) + "\n")
+    files = {c["image_id"]: entries[c["image_id"]]["file"] for c in captions}
+    write_folder(out, {f: coco / f for f in files.values()},
+                 [{"id": f"zh-{c['image_id']}", "text": c["caption"], "image": files[c["image_id"]]}
+                  for c in captions])
     return len(captions)
 
 

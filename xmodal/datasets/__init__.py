@@ -6,7 +6,8 @@ paths (to be embedded by :mod:`xmodal.encoders`) or as precomputed feature rows;
 
 Loaders (one module each; all importable from ``xmodal.datasets``)
 ------------------------------------------------------------------
-- :func:`load_folder` — the generic format users bring (spec below; :mod:`.folder`).
+- :func:`load_folder` — the generic format users bring (spec below; :mod:`.folder`);
+  :func:`write_folder` writes it.
 - :func:`load_data` — what ``xmodal project create --data`` takes: a COCO-mini folder or the
   generic format.
 - :func:`load_wikipedia` — Rasiwasia et al. 2010, official features and 2173/693 split (:mod:`.wikipedia`).
@@ -55,13 +56,13 @@ from pathlib import Path
 
 from xmodal.datasets.coco import load_coco_mini
 from xmodal.datasets.dataset import IMAGE_EXTENSIONS, CrossModalDataset
-from xmodal.datasets.folder import load_folder
+from xmodal.datasets.folder import load_folder, write_folder
 from xmodal.datasets.pascal import load_pascal_dscmr
 from xmodal.datasets.wikipedia import load_wikipedia
 from xmodal.errors import ConfigError, DataError
 
 __all__ = ["CrossModalDataset", "IMAGE_EXTENSIONS", "DATASETS", "DEFAULT_DATA_ROOT", "load",
-           "load_data", "default_data_path", "load_coco_mini", "load_folder", "load_pascal_dscmr",
+           "load_data", "default_data_path", "load_coco_mini", "load_folder", "write_folder", "load_pascal_dscmr",
            "load_wikipedia"]
 
 # -- data -------------------------------------------------------------------------------------

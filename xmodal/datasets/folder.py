@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,25 @@ def load_folder(path) -> CrossModalDataset:
         image_labels=img_lab, text_labels=txt_lab,
         image_split=img_split, text_split=txt_split,
         meta=meta)
+
+
+def write_folder(out, images: dict, texts: list[dict]) -> Path:
+    """Write a data set in the folder format (the inverse of :func:`load_folder`): ``images``
+    maps an image id (its path under ``images/``) to the file it comes from, hard-linked where the
+    file system allows, else copied (the format refuses links that leave the folder); ``texts``
+    are the ``texts.jsonl`` records (``id``, ``text``, optional ``image`` / ``label`` / ``split``).
+    Returns the folder."""
+    out = Path(out)
+    for image_id, source in images.items():
+        target = out / "images" / image_id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:                       # another file system
+                shutil.copy2(source, target)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with open(out / "texts.jsonl", "w", encoding="utf-8") as fh:
+        for record in texts:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return out
