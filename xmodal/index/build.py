@@ -225,8 +225,9 @@ def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray
     q, t, pairs, options = _task_view(index, select)
     qb, tb = (B_img, B_txt) if select == "image" else (B_txt, B_img)
     weight, evidence = choose_weight(q, t, qb, tb, pairs, scored=scored, **options)
-    return {"weight": weight, "evidence": {"mrr": {str(w): round(v, 4) for w, v in evidence["mrr"].items()},
-                                           "references": evidence["references"]},
+    return {"weight": weight, "evidence": {
+                "bridge_percentile": evidence["bridge_percentile"], "references": evidence["references"],
+                **{k: {str(w): round(v, 4) for w, v in evidence[k].items()} for k in ("mrr", "log_rank")}},
             "image": B_img, "text": B_txt, "query_bridge": qb, "target_bridge": tb,
             "means": (mean_img, mean_txt),
             "classes": saved["classes"], "class_embeddings": saved["class_embeddings"]}
