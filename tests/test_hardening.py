@@ -191,6 +191,22 @@ def test_a_setup_token_goes_only_to_the_configured_url_never_to_the_named_host(x
         configured.close()
 
 
+def test_the_names_of_this_machine_are_one_host_and_nothing_else_is(monkeypatch):
+    """Label Studio names itself "localhost" to a backend configured with 127.0.0.1: the same
+    server (a new user saw status warn "nothing is pushed" while predictions arrived)."""
+    from xmodal.labelstudio.hosts import is_trusted
+
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("XMODAL_LABEL_STUDIO_HOSTS", raising=False)
+    configured = {"url": "http://127.0.0.1:8080"}
+    for same in ("http://localhost:8080", "http://LOCALHOST:8080/", "http://[::1]:8080", "http://127.0.0.1:8080/x"):
+        assert is_trusted(same, configured), same
+    for other in ("http://localhost:8081", "https://localhost:8080", "http://ls.localhost:8080",
+                  "http://localhost.evil.example:8080",
+                  "http://127.0.0.1.evil.example:8080", "http://10.0.0.1:8080"):
+        assert not is_trusted(other, configured), other
+
+
 def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatch):
     import subprocess
     import sys

@@ -150,8 +150,9 @@ def run(args) -> int:
               f"{idx}; {state}")
         if p.get("ls_refused_url"):
             print(f"    WARNING: Label Studio at {p['ls_refused_url']} (named by /setup) is not a "
-                  "configured host: the API key is not sent there and nothing is pushed. If it is "
-                  "yours, set LABEL_STUDIO_URL or XMODAL_LABEL_STUDIO_HOSTS")
+                  "configured host: the API key is not sent there (the push goes only to "
+                  "LABEL_STUDIO_URL, XMODAL_LABEL_STUDIO_HOSTS or the project's --label-studio-url). "
+                  "If it is yours, add it to one of them")
         for pr in p["problems"][:10]:
             given = f" (entered: {pr['given']!r})" if pr["given"] else ""
             print(f"    problem: annotation {pr['annotation']} of task {pr['task']}: {pr['message']}{given}")

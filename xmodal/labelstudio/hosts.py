@@ -2,8 +2,8 @@
 
 Label Studio's ``/setup`` names a ``hostname`` (its own URL, as the person who connected the
 backend typed it), but anyone who can reach the backend can send ``/setup``: a key sent to whatever
-URL it names would go to whoever asks. So outgoing calls go only to an origin (scheme, host, port)
-of
+URL it names would go to whoever asks. So outgoing calls go only to an origin (scheme, host, port;
+the names of this machine, ``localhost`` / ``127.0.0.1`` / ``::1``, count as one host) of
 
 - ``$LABEL_STUDIO_URL``;
 - ``$XMODAL_LABEL_STUDIO_HOSTS``: comma-separated URLs (``https://ls.example.org``,
@@ -16,6 +16,7 @@ A ``/setup`` hostname outside them is recorded (``P:{p}:ls`` ``refused_url``), l
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import urllib.parse
 
@@ -34,7 +35,24 @@ def origin(url: str) -> tuple[str, str, int] | None:
         return None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         return None
-    return parts.scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[parts.scheme]
+    host = parts.hostname.lower().rstrip(".")
+    return parts.scheme, LOOPBACK if _is_loopback(host) else host, port or _DEFAULT_PORTS[parts.scheme]
+
+
+LOOPBACK = "loopback"
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost``, ``127.x.x.x``, ``::1``: this machine, so the same port on any of them is the
+    same server (Label Studio names itself ``localhost`` to a backend configured with
+    ``127.0.0.1``, seen by a new user). Not ``*.localhost``: a resolver may send those to DNS, and
+    the name comes from whoever sent /setup."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def configured_urls(label_studio_config: dict | None = None) -> list[str]:
