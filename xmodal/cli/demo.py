@@ -74,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
         n=args.n, seed=args.seed,
         label_studio="on" if args.with_label_studio else "off" if args.no_label_studio else "auto",
         keep_serving=args.keep_serving, annotator=args.annotator, quiet=args.quiet)
-    run_demo(opt)
-    return 0
+    history = run_demo(opt)
+    return 1 if history and history.get("session", {}).get("stopped") else 0

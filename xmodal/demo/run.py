@@ -305,7 +305,9 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                 "timings": timings,
                 "notes": ["Quality is measured on the whole collection (queries of both modalities "
                           "against all items of the other), the labelled medoids included.",
-                          f"Logs of the processes: {pm.log_dir}"],
+                          f"Logs of the processes: {pm.log_dir}"]
+                + ([f"Label Studio's /next/ answered 'no task' {page.empty_next} time(s) while tasks "
+                    "were open; the demo asked again"] if getattr(page, "empty_next", 0) else []),
             }
             t0 = time.perf_counter()
             timings["total_s"] = round(time.perf_counter() - t_total, 3)
@@ -342,4 +344,7 @@ def _summary(console: Console, history: dict, index: Path) -> None:
     console.say(f"after {last.get('labels', 0)} labels, Recall@10 (mean of both directions): "
                 + ", ".join(parts) + f" · chance {_f(history['chance'].get('recall@10'))}")
     console.say(f"report: {index.resolve()}")
+    if history["session"].get("stopped"):
+        console.say(f"WARNING: the demo stopped early: {history['session']['stopped']} "
+                    f"(the labels above are all it measured)")
     console.say(f"demo finished in {history['timings']['total_s']:.1f} s")

@@ -314,10 +314,12 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     t_start = time.perf_counter()
     snap = load_current(ws, client)
     n = len(boot.medoid_rows)
+    stopped = None
     for j in range(1, n + 1):
         t_label = time.perf_counter()
         task = page.next_task(snap)
         if task is None:
+            stopped = f"Label Studio served no task after {j - 1} of {n} labels"
             break
         item_id = str(task["data"]["item_id"])
         answer = person.answer(task["data"])
@@ -378,7 +380,8 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
                "how": {h: sum(1 for p in curve if p["how"] == h)
                        for h in ("shown", "search", "written", "pasted", "skipped")},
                "seconds_per_label": round(float(np.mean(label_times)), 4) if label_times else None,
-               "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None}}
+               "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None},
+               "stopped": stopped}
     return SessionResult(curve=curve, medoids=medoids, label_times=label_times, summary=summary)
 
 
