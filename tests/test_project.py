@@ -211,6 +211,11 @@ def test_bad_input_errors(data, models, fake_embed, tmp_path):
         create_project(spec(data, k=0))
     with pytest.raises(ConfigError, match="number or 'auto'"):
         create_project(spec(data, k="many"))
+    with pytest.raises(ConfigError, match="title of 3 to 50 characters"):
+        create_project(spec(data, name="t", label_studio_url="http://127.0.0.1:9", api_key="k" * 40))
+    # each found before anything was embedded or written (a new user was left a workspace
+    # with 0 medoids after --k 100 on 30 items)
+    assert fake_embed == [] and not (models / "proj").exists() and not (models / "t").exists()
     with pytest.raises(ConfigError, match="API key"):
         create_project(spec(data, label_studio_url="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="--label-studio-url"):

@@ -17,24 +17,31 @@ CANDIDATES_FILE = "candidates.json"
 
 # -- selection --------------------------------------------------------------------------------
 
-def resolve_k(k, F: np.ndarray, seed: int = 0) -> int:
-    """An int k (checked against the pool) or ``"auto"`` (canopy method, at least 2)."""
-    n = len(F)
+def check_k(k, n: int) -> int | str:
+    """``k`` as an int checked against the ``n`` items to choose from, or ``"auto"``; ConfigError
+    otherwise (``project create`` checks it before embedding anything)."""
     if isinstance(k, str):
-        if k.strip().lower() != "auto":
-            try:
-                k = int(k)
-            except ValueError:
-                raise ConfigError(f"--k must be a number or 'auto', not {k!r}") from None
-        else:
-            from xmodal.core.medoids import canopy_k
-
-            return int(min(max(canopy_k(F, random_state=seed), 2), n))
+        if k.strip().lower() == "auto":
+            return "auto"
+        try:
+            k = int(k)
+        except ValueError:
+            raise ConfigError(f"--k must be a number or 'auto', not {k!r}") from None
     k = int(k)
     if k < 1:
         raise ConfigError(f"--k must be at least 1 (got {k}); the Pearson similarity needs 2 pairs")
     if k > n:
         raise ConfigError(f"--k {k} is more than the {n} items to choose medoids from")
+    return k
+
+
+def resolve_k(k, F: np.ndarray, seed: int = 0) -> int:
+    """An int k (checked against the pool) or ``"auto"`` (canopy method, at least 2)."""
+    k = check_k(k, len(F))
+    if k == "auto":
+        from xmodal.core.medoids import canopy_k
+
+        return int(min(max(canopy_k(F, random_state=seed), 2), len(F)))
     return k
 
 

@@ -47,7 +47,13 @@ from xmodal.encoders.language import resolve_text_encoder
 from xmodal.errors import ConfigError, XmodalError
 from xmodal.index.build import publish_initial_index
 from xmodal.index.features import ensure_features
-from xmodal.index.selection import ensure_candidate_pool, ensure_selection, extend_selection, resolve_k
+from xmodal.index.selection import (
+    check_k,
+    ensure_candidate_pool,
+    ensure_selection,
+    extend_selection,
+    resolve_k,
+)
 from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
 from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
 from xmodal.labelstudio.push import push_current_predictions, refresh_task_options
@@ -157,6 +163,10 @@ def _check_spec(spec: ProjectSpec) -> None:
     if spec.label_studio_url and not spec.api_key:
         raise ConfigError("a Label Studio URL needs an API key: pass --api-key or set "
                           "LABEL_STUDIO_API_KEY (Label Studio: Account & Settings > Access Token)")
+    title = spec.title or spec.name
+    if spec.label_studio_url and not 3 <= len(title) <= 50:
+        raise ConfigError(f"Label Studio needs a project title of 3 to 50 characters, not {title!r}: "
+                          "pass --title (or a longer --name)")
     if spec.backend_url and not spec.label_studio_url:
         raise ConfigError("--backend-url connects the ML backend to a Label Studio project: pass "
                           "--label-studio-url too")
@@ -203,6 +213,7 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
     with _Timer(timings, "load_data_s"):
         ds, fmt = load_data(spec.data, spec.captions)
     say(f"data: {ds.describe()}")
+    check_k(spec.k, len(ds.image_ids) if select == "image" else len(ds.texts))   # before any embedding
     text_encoder, why = resolve_text_encoder(spec.text_encoder, ds.texts)
     spec = replace(spec, text_encoder=text_encoder)   # "auto" -> a name; the caller's spec is theirs
     say(f"text encoder: {text_encoder} ({why})")
