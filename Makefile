@@ -1,9 +1,10 @@
-# The two commands of the README: `make demo` and `make test`.
+# What the README's quick start runs: `make demo`, `make test`, `make bench`.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= synthetic
 LABELS ?= 30
+PORT   ?=
 # pip's progress: a live bar on a terminal, one line per step otherwise (CI logs, pipes)
 PIP_PROGRESS ?= $(shell [ -t 2 ] && echo on || echo raw)
 
@@ -36,7 +37,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not e2e and not slow"
 
 demo: venv
-	$(BIN)/xmodal demo --data $(DATA) --labels $(LABELS) --out reports
+	$(BIN)/xmodal demo --data $(DATA) --labels $(LABELS) --out reports $(if $(PORT),--port $(PORT))
 
 bench: venv
 	$(BIN)/xmodal bench

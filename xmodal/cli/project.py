@@ -24,7 +24,7 @@ examples:
   # SSM-AL_T: cluster the texts, annotators pick images; k chosen by the canopy method
   xmodal project create --data my_data/ --name shop --select text --k auto
 
-  # the paper's faithful index (the default adds z-scored SSR columns + CSLS hubness correction)
+  # the paper's faithful index (the default adds z-scored SSR columns, CSLS and the class bridge)
   xmodal project create --data /data/coco_mini --name coco --k 20 --enhance none
 
 Data: a COCO-mini folder (pairs.json) or the generic format: images/ (nested folders allowed)
@@ -34,7 +34,7 @@ Rerunning the same command adds nothing twice: features come from the workspace,
 The backend (`xmodal serve`) and the worker (`xmodal worker`) must use the same MODEL_DIR and
 REDIS_URL as this command. Label Studio needs LABEL_STUDIO_ML_BLOCK_LOCAL_IP=false and
 LABEL_STUDIO_SSRF_PROTECTION_ENABLED=false to reach a backend on localhost, and
-LOCAL_FILES_SERVING_ENABLED=true for --images local (else images are sent inline).
+LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true for --images local (else images are sent inline).
 """
 
 GROW_EXAMPLES = """\

@@ -49,6 +49,9 @@ def choose_text_encoder(texts: Sequence[str]) -> tuple[str, str]:
     found = f"texts in {lang} ({share:.0%} of {n} sampled)"
     if lang == "en" and share >= ENGLISH_SHARE:
         return ENGLISH_ENCODER, f"{found}: the English encoder"
+    if lang == "en":   # mostly English, but not enough for an English-only encoder
+        return MULTILINGUAL_ENCODER, (f"{found}, under the {ENGLISH_SHARE:.0%} an English-only encoder "
+                                      "needs: the multilingual encoder")
     return MULTILINGUAL_ENCODER, f"{found}: the multilingual encoder"
 
 
