@@ -27,7 +27,11 @@ STATE_FILE = "processes.json"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port``. SO_REUSEADDR as gunicorn sets it: a port whose
+    last connections are in TIME_WAIT (a demo just finished) is free to it, and was reported "in
+    use" to a new user."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
