@@ -115,3 +115,35 @@ def candidate_pool(ws) -> list[str]:
     with contextlib.suppress(OSError, ValueError):
         return list(json.loads((ws.root / CANDIDATES_FILE).read_text()).get("pool") or [])
     return []
+
+
+_bridges: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def bridge_order(ws, item_id: str) -> list[str] | None:
+    """The other modality's ids by the class bridge's label-free similarity to ``item_id`` (an
+    item of the select modality), best first; None where the project has no bridge (not in its
+    ``enhance``, or its image encoder has no classifier). What a page offers after the diverse
+    pool before the index can rank, instead of the file order: among 5,793 texts, the first
+    task's right caption was not in the 1000 a page carries."""
+    from xmodal.core.bridge import centred
+
+    if "bridge" not in (ws.config.get("enhance") or []):
+        return None
+    try:
+        key = (str(ws.root), ws.bridge_path.stat().st_mtime_ns, ws.features_path("text").stat().st_mtime_ns)
+    except OSError:
+        return None
+    if key not in _bridges:
+        saved = ws.bridge()
+        if saved is None:
+            return None
+        _bridges.clear()   # one workspace at a time is the common case; keep memory flat
+        _bridges[key] = (centred(saved["image"])[0], centred(ws.load_features("text"))[0])
+    images, texts = _bridges[key]
+    query, targets, other = (images, texts, "text") if ws.select == "image" else (texts, images, "image")
+    row = ws.row_of(ws.select).get(str(item_id))
+    if row is None:
+        return None
+    ids = ws.ids(other)
+    return [ids[i] for i in np.argsort(-(targets @ query[row]), kind="stable")]

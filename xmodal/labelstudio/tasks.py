@@ -15,7 +15,9 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
   (``Workspace.image_words``: "dog puppy golden retriever …"), which the filter matches, so
   typing *dog* narrows the grid to the dogs;
 - **before the index can rank** (Pearson needs 2 pairs): the diverse pool (k-medoids of the other
-  modality, ``candidates`` of them, or ``thumbnails`` for text tasks) first; after, the ranking;
+  modality, ``candidates`` of them, or ``thumbnails`` for text tasks) first, then the rest by the
+  class bridge's label-free similarity where the project has one (else in file order); after,
+  the ranking;
 - ``data.model_note``: one line saying which index ranked the options (``index_version``).
 
 Each option is ``{"value", "alias"}`` (plus ``html`` for a thumbnail): Label Studio's filter
@@ -37,6 +39,7 @@ import json
 
 import redis
 
+from xmodal.index.selection import bridge_order
 from xmodal.index.store import IndexSnapshot
 from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import MEDOID_THUMB, OPTION_THUMB, ImageURLs, document_root
@@ -77,12 +80,12 @@ def ranked_candidates(ws: Workspace, snap: IndexSnapshot | None, item_id: str,
             return [c for c, _ in snap.rank("image", item_id, None, n)]
         head = [c for c in pool if c in ws.row_of(tgt)]
         seen = set(head)
-        return (head + [c for c in ids if c not in seen])[:n]
+        return (head + [c for c in bridge_order(ws, item_id) or ids if c not in seen])[:n]
     n = min(thumbnails(ws), len(ids))
     if not signal:
         head = [c for c in pool if c in ws.row_of(tgt)][:n]
         seen = set(head)
-        return head + [c for c in ids if c not in seen][:n - len(head)]
+        return head + [c for c in bridge_order(ws, item_id) or ids if c not in seen][:n - len(head)]
     # the ranking, with a third of the grid kept for medoids that span the image clusters
     ranked = [c for c, _ in snap.rank("text", item_id, None, n)]
     n_spread = n // 3
