@@ -243,6 +243,28 @@ def test_a_stalled_body_is_408_and_does_not_hold_the_server(serve):
         s.close()
 
 
+def test_stalled_request_heads_do_not_hold_the_server(serve):
+    """More clients than threads, each sending half a request head and then nothing: /health
+    still answers once the socket deadline (1 s here) frees the threads, and each stalled client
+    is closed (a fuzzing run: 300 of them left /health unanswered for as long as they stayed)."""
+    import requests
+
+    url = serve(workers=1, XMODAL_THREADS="4", XMODAL_SOCKET_TIMEOUT_S="1")
+    stalled = []
+    for _ in range(12):
+        s = socket.create_connection(("127.0.0.1", serve.port), timeout=20)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        stalled.append(s)
+    assert requests.get(f"{url}/health", timeout=15).status_code == 200
+    for s in stalled:   # closed by the server, or answered with a 4xx
+        data = s.recv(4096)
+        assert data == b"" or data.startswith(b"HTTP/1.1 4"), data[:200]
+        s.close()
+    log = serve.child.log_path.read_text(errors="replace")
+    assert "sent nothing for 1 s in the middle of a request" in log
+    assert "Socket error processing request" not in log
+
+
 # -- worker supervision -------------------------------------------------------------------------
 def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xenv, ws, tmp_path):
     """rq restarted it only in its 10-minute maintenance (and an idle worker woke every 405 s)."""

@@ -33,9 +33,11 @@ def gunicorn_argv(args) -> list[str]:
     cmd = [exe] if exe else [sys.executable, "-m", "gunicorn"]
     # gthread, not sync: a sync worker reading a stalled body (headers and part of it, then
     # nothing) serves no one else until the worker timeout; threads keep /health and webhooks
-    # answering (docs/operations.md, "Slow clients"), the body deadline frees them
+    # answering (docs/operations.md, "Slow clients"), the body deadline frees them, and the
+    # socket deadline of backend.gunicorn_worker frees those held by a stalled request head
     return cmd + ["--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
-                  "--worker-class", "gthread", "--threads", str(args.threads),
+                  "--worker-class", "backend.gunicorn_worker.DeadlineThreadWorker",
+                  "--threads", str(args.threads),
                   "--timeout", str(args.timeout), "--access-logfile", "-",
                   "--error-logfile", "-", "backend.wsgi:app"]
 
