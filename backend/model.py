@@ -146,8 +146,9 @@ class XmodalModel:
             return self._annotation(data)
         if event == "ANNOTATIONS_DELETED":
             ids = parse_deleted_annotations(data)
-            removed = [a for a in ids if self.pairs.delete(a) == "deleted"]
-            return self._changed(event, bool(removed), removed=removed, annotations=ids)
+            removed = [a for a, state in zip(ids, self.pairs.delete_many(ids)) if state == "deleted"]
+            return self._changed(event, bool(removed), removed=removed[:100], n_removed=len(removed),
+                                 annotations=len(ids))
         if event == "TASKS_DELETED":
             ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data)]
             removed = self.pairs.delete_tasks(ids)

@@ -211,14 +211,27 @@ class PairStore:
     def delete(self, annotation_id: int, deleted_at: float | None = None) -> str:
         """Tombstone an annotation: ``deleted``, ``already`` (repeat) or ``absent`` (never seen;
         the tombstone is still written so that a late CREATED cannot bring it back)."""
-        record = {"annotation_id": int(annotation_id), "state": "deleted",
-                  "deleted_at": deleted_at or time.time()}
-        cur = self.get(annotation_id)
-        if cur:
-            record.update(task_id=cur.get("task_id"), image_id=cur.get("image_id"),
-                          text_id=cur.get("text_id"), updated_at=cur.get("updated_at"))
-        return self._delete(keys=[self.key, self.changes_key],
-                            args=[str(int(annotation_id)), json.dumps(record)]).decode()
+        return self.delete_many([annotation_id], deleted_at)[0]
+
+    def delete_many(self, annotation_ids, deleted_at: float | None = None) -> list[str]:
+        """:meth:`delete` for each id, in pipelined batches: one round trip per 1000 ids, not two
+        per id (200,000 ids of one ANNOTATIONS_DELETED took 59 s one by one)."""
+        ids = [int(a) for a in annotation_ids]
+        at = deleted_at or time.time()
+        out: list[str] = []
+        for start in range(0, len(ids), 1000):
+            part = ids[start:start + 1000]
+            pipe = self.redis.pipeline(transaction=False)
+            for a, raw in zip(part, self.redis.hmget(self.key, [str(a) for a in part])):
+                record = {"annotation_id": a, "state": "deleted", "deleted_at": at}
+                if raw:
+                    cur = json.loads(raw)
+                    record.update(task_id=cur.get("task_id"), image_id=cur.get("image_id"),
+                                  text_id=cur.get("text_id"), updated_at=cur.get("updated_at"))
+                self._delete(keys=[self.key, self.changes_key], args=[str(a), json.dumps(record)],
+                             client=pipe)
+            out += [r.decode() for r in pipe.execute()]
+        return out
 
     def delete_tasks(self, task_ids) -> list[int]:
         """Label Studio deleted these tasks (and their annotations): tombstone them."""
