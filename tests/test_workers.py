@@ -622,6 +622,28 @@ def test_resync_replays_missed_webhooks(r, xenv, ws, fake_ls):
     assert store.get(88)["state"] == "pair"
 
 
+def test_a_resync_from_a_listing_that_cannot_be_the_project_deletes_nothing(r, xenv, ws, fake_ls):
+    """A fuzzing run's fake Label Studio answered the task list with nothing usable: 16 of 16
+    pairs were tombstoned. A listing sharing no task with the stored annotations, or not made of
+    tasks with ids, is refused and changes nothing."""
+    from workers.resync import resync
+    from xmodal.errors import DataError
+
+    store = PairStore(r, "proj")
+    for i in range(3):
+        store.put(70 + i, 1000 + i, image_id(i), text_id(i), 1.0, received_at=time.time() - 60)
+    _link(r, ws)
+    for listing, says in (([], "none of the 3 tasks"), ([_ls_task(9, [])], "none of the 3 tasks"),
+                          ([{}], "not tasks with ids"), ([{"id": None, "data": {}}], "not tasks with ids")):
+        fake_ls.tasks = listing
+        with pytest.raises(DataError, match=says):
+            resync("proj", redis_client=r)
+        assert len(store.all_pairs()) == 3, listing
+    fake_ls.tasks = [_ls_task(0, [(70, text_id(0))])]   # the project's own listing: 71, 72 deleted
+    out = resync("proj", redis_client=r)
+    assert out["deleted"] == 2 and [p["annotation_id"] for p in store.all_pairs()] == [70]
+
+
 def test_project_resync_command_prints_what_changed(r, xenv, ws, fake_ls, capsys):
     from xmodal.cli.main import main
 

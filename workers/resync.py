@@ -61,6 +61,8 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     tasks = api.list_tasks(conn["project_id"], fields="all")
     if tasks is None:
         raise DataError(f"resync {project}: the Label Studio client cannot list tasks")
+    tasks = _checked_listing(project, conn, tasks)
+    _check_overlap(project, conn, pairs, tasks)
     registry.record(tasks)
     counts = {"stored": 0, "same": 0, "stale": 0, "tombstoned": 0, "invalid": 0, "deleted": 0}
     seen_annotations, seen_tasks, changed = set(), set(), False
@@ -68,6 +70,9 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     for task in tasks:
         seen_tasks.add(int(task["id"]))
         for ann in task.get("annotations") or []:
+            if not isinstance(ann, dict) or not _is_id(ann.get("id")):
+                counts["invalid"] += 1
+                continue
             seen_annotations.add(int(ann["id"]))
             payload = {"action": "ANNOTATION_UPDATED", "annotation": dict(ann, task=task["id"]),
                        "task": task}
@@ -101,3 +106,35 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     log.info(kv("resync.done", **{k: v for k, v in result.items() if k not in ("added", "removed")},
                 added_ids=",".join(map(str, added[:20])), removed_ids=",".join(map(str, removed[:20]))))
     return result
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _checked_listing(project: str, conn: dict, tasks) -> list[dict]:
+    """The listing, if it is a list of tasks with ids; DataError before anything is changed
+    otherwise (a fuzzing run's fake Label Studio answered ``{}`` for every task: TypeErrors)."""
+    bad = [t for t in tasks if not isinstance(t, dict) or not _is_id(t.get("id"))] \
+        if isinstance(tasks, list) else tasks
+    if bad:
+        raise DataError(f"resync {project}: Label Studio at {conn['url']} answered the task list of "
+                        f"project {conn['project_id']} with {str(bad)[:120]!r}, not tasks with ids: "
+                        "nothing changed")
+    return tasks
+
+
+def _check_overlap(project: str, conn: dict, pairs: PairStore, tasks: list[dict]) -> None:
+    """A resync tombstones every stored annotation the listing lacks. An empty listing, or one
+    that shares none of three or more tasks with the stored annotations (another or a recreated
+    Label Studio project, a proxy's empty answer), would delete them all: refuse instead (a
+    fuzzing run's fake Label Studio answered an empty list and 16 of 16 pairs went)."""
+    live = {int(rec["task_id"]) for rec in pairs.records().values()
+            if rec.get("state") != "deleted" and rec.get("task_id") is not None}
+    listed = {int(t["id"]) for t in tasks}
+    # one or two: tasks deleted in Label Studio while the webhook was lost, as likely as not
+    if live and (not listed or (len(live) >= 3 and not live & listed)):
+        raise DataError(f"resync {project}: Label Studio at {conn['url']} listed {len(listed)} tasks for "
+                        f"project {conn['project_id']}, none of the {len(live)} tasks the stored "
+                        "annotations belong to: nothing deleted. Is it the project's Label Studio and "
+                        "project id (LABEL_STUDIO_URL, xmodal project list)?")
