@@ -192,9 +192,12 @@ class XmodalModel:
 
     # -- retrieval -----------------------------------------------------------------------
     def search(self, params: dict) -> dict:
-        try:
-            k = int(params.get("k", 10))
-        except (TypeError, ValueError):
+        raw_k = params.get("k", 10)
+        try:   # a query string gives "5"; JSON true or 2.5 are no count (int() took them as 1 and 2)
+            if isinstance(raw_k, bool) or (isinstance(raw_k, float) and not raw_k.is_integer()):
+                raise ValueError
+            k = int(raw_k)
+        except (TypeError, ValueError, OverflowError):
             raise ApiError(400, "k must be an integer") from None
         if not 1 <= k <= MAX_K:
             raise ApiError(400, f"k must be between 1 and {MAX_K}")

@@ -492,6 +492,10 @@ def test_search(xenv, ws, r):
     assert client.get("/search?text_id=t0030&project=7").status_code == 200  # by Label Studio id
     assert client.get("/search?image_id=nope").status_code == 404
     assert client.get("/search?text=x&k=0").status_code == 400
+    assert client.get("/search?text=caption%205&k=3").status_code == 200
+    for k in (True, 2.5, "many", [3], 1e300):   # no count (a fuzzing run)
+        assert post(client, "/search", {"text": "x", "k": k, "project": "proj"}).status_code == 400, k
+    assert post(client, "/search", {"text": "caption 5", "k": 3.0, "project": "proj"}).status_code == 200
     assert client.get("/search?text=x&image_id=y").status_code == 400
     assert client.get("/search?text=x&project=zzz").status_code == 404
 
