@@ -130,6 +130,22 @@ def test_chunked_hubness_terms_equal_the_full_matrix():
     assert empty_a.shape == (0,) and np.all(empty_b == 0)
 
 
+def test_above_the_exact_budget_hubness_terms_come_from_a_sample(monkeypatch):
+    """Exact terms cost n·m (hours at 1M × 1M per rebuild): above the budget a fixed sample of
+    targets and the same quantile of its top stand in; close to the exact terms, deterministic."""
+    import xmodal.core.hubness as hub
+
+    rng = np.random.default_rng(9)
+    Z = rng.normal(size=(3000, 8))                     # clustered enough for densities to differ
+    A = (Z + 0.5 * rng.normal(size=Z.shape)).astype(np.float32)
+    B = (Z + 0.5 * rng.normal(size=Z.shape)).astype(np.float32)
+    exact_a, exact_b = hubness_terms(A, B, k=10)
+    monkeypatch.setattr(hub, "MAX_EXACT_SCORES", 3000 * 600)   # a sample of 600 targets, top 2
+    approx_a, approx_b = hubness_terms(A, B, k=10)
+    assert np.corrcoef(exact_a, approx_a)[0, 1] > 0.8 and np.corrcoef(exact_b, approx_b)[0, 1] > 0.8
+    np.testing.assert_array_equal(approx_a, hubness_terms(A, B, k=10)[0])   # the same sample
+
+
 def test_sparsify_keeps_top_k_positive_values():
     R = np.array([[0.9, -0.5, 0.1, 0.4]])
     np.testing.assert_allclose(sparsify(R, 2, power=2.0), [[0.81, 0.0, 0.0, 0.16]], atol=1e-6)
