@@ -167,13 +167,17 @@ def bench_ann(n: int, queries: int = 200, k: int = 10, big_k: int = 1000, seed: 
 
 # -- rebuild --------------------------------------------------------------------------------
 def prepare_workspace(root: Path, n: int, d_image: int, d_text: int = 384, k: int = K_REFS,
-                      seed: int = 0) -> list[dict]:
+                      seed: int = 0, bridge: bool = False) -> list[dict]:
     """A workspace at ``root`` with n images and n texts (features written chunk-wise to .npy, so
-    generating never holds them whole) and the k reference pairs a rebuild would read."""
+    generating never holds them whole) and the k reference pairs a rebuild would read. With
+    ``bridge``, a class bridge too (each image's bridge row: its text's features plus as much
+    noise, a bridge that knows something), so the rebuild fuses it and the codes are
+    k + d_text wide, as a COCO-like project's."""
     from xmodal.index.workspace import Workspace
 
     ws = Workspace(root)
-    ws.save_config({"select": "image", "encoders": {"image": "synthetic", "text": "synthetic"}})
+    ws.save_config({"select": "image", "encoders": {"image": "synthetic", "text": "synthetic"},
+                    "enhance": ["zscore", "csls", "bridge"] if bridge else ["zscore", "csls"]})
     image_ids = [f"img/{i:07d}.jpg" for i in range(n)]
     text_ids = [f"t{i:07d}" for i in range(n)]
     ws.save_items(image_ids, [f"/data/{x}" for x in image_ids], text_ids,
@@ -190,6 +194,14 @@ def prepare_workspace(root: Path, n: int, d_image: int, d_text: int = 384, k: in
         mm[m].flush()
         paths[m].with_suffix(".json").write_text(json.dumps(
             {"encoder_id": f"synthetic-{m}", "shape": [n, d]}))
+    if bridge:
+        rng = np.random.default_rng(seed + 2)
+        B = np.empty((n, d_text), np.float32)
+        for s in range(0, n, CHUNK):
+            T = np.asarray(mm["text"][s:s + CHUNK])
+            B[s:s + len(T)] = T + rng.normal(0, 1, T.shape).astype(np.float32) * np.linalg.norm(T, axis=1, keepdims=True) / np.sqrt(d_text)
+        ws.save_bridge(B, np.zeros(0, np.int64), np.zeros((0, d_text), np.float32))
+        del B
     del mm
     refs = np.random.default_rng(seed + 1).choice(n, k, replace=False)
     ws.save_selection([image_ids[i] for i in refs], modality="image")
@@ -219,13 +231,13 @@ def measure_rebuild(root: Path, pairs: list[dict]) -> dict:
             "files": {p.name: p.stat().st_size for p in files}}
 
 
-def bench_rebuild(n: int, d_image: int, workdir: Path, keep: bool = False) -> dict:
-    root = workdir / f"ws_{n}_{d_image}"
+def bench_rebuild(n: int, d_image: int, workdir: Path, keep: bool = False, bridge: bool = False) -> dict:
+    root = workdir / f"ws_{n}_{d_image}{'_bridge' if bridge else ''}"
     if root.exists():
         shutil.rmtree(root)
     t0 = time.perf_counter()
     prep = subprocess.run([sys.executable, "-m", "xmodal.benchmarks.scale", "_prepare", str(root),
-                           "--n", str(n), "--image-dim", str(d_image)],
+                           "--n", str(n), "--image-dim", str(d_image)] + (["--bridge"] if bridge else []),
                           capture_output=True, text=True, check=False)
     if prep.returncode != 0:
         raise RuntimeError(f"preparing n={n} failed:\n{prep.stderr[-3000:]}")
@@ -238,7 +250,8 @@ def bench_rebuild(n: int, d_image: int, workdir: Path, keep: bool = False) -> di
     out = json.loads(run.stdout.strip().splitlines()[-1])
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
-    return {"n": n, "d_image": d_image, "d_text": 384, "k_refs": K_REFS, "features_mb": round(feats / 2**20, 1),
+    return {"n": n, "d_image": d_image, "d_text": 384, "k_refs": K_REFS, "bridge": bridge,
+            "features_mb": round(feats / 2**20, 1),
             "prepare_s": round(prepare_s, 1), **out, "load": load_note()}
 
 
@@ -264,7 +277,7 @@ def rebuild_table(rows: list[dict]) -> str:
         npz = sum(v for k, v in files.items() if k.endswith(".npz"))
         ann = sum(v for k, v in files.items() if k.endswith(".faiss"))
         size = f"{npz / 2**20:.0f} MiB" + (f" + {ann / 2**20:.0f} MiB ANN" if ann else "")
-        lines.append(f"| {r['n']:,} | {r['d_image']} / {r['d_text']} ({r['features_mb'] / 1024:.2f} GiB) | "
+        lines.append(f"| {r['n']:,}{' (+ bridge)' if r.get('bridge') else ''} | {r['d_image']} / {r['d_text']} ({r['features_mb'] / 1024:.2f} GiB) | "
                      f"{r['ssr_s']:.1f} s | {r['ann_s']:.1f} s | {r['write_s']:.1f} s | {r['total_s']:.1f} s | "
                      f"{r['peak_rss_mb'] / 1024:.2f} GiB | {size} |")
     return "\n".join(lines)
@@ -290,17 +303,20 @@ def main(argv=None) -> int:
     b.add_argument("--workdir", help="where the workspaces go (default a temporary folder)")
     b.add_argument("--threshold", type=int, default=None,
                    help="XMODAL_ANN_THRESHOLD for the rebuilds (default: the product default)")
+    b.add_argument("--bridge", action="store_true",
+                   help="with a class bridge fused into the codes (k + 384 wide), as a COCO-like project")
     b.add_argument("--json")
     p = sub.add_parser("_prepare")
     p.add_argument("root")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--image-dim", type=int, required=True)
+    p.add_argument("--bridge", action="store_true")
     m = sub.add_parser("_measure")
     m.add_argument("root")
     args = ap.parse_args(argv)
 
     if args.cmd == "_prepare":
-        pairs = prepare_workspace(Path(args.root), args.n, args.image_dim)
+        pairs = prepare_workspace(Path(args.root), args.n, args.image_dim, bridge=args.bridge)
         (Path(args.root) / "bench_pairs.json").write_text(json.dumps(pairs))
         return 0
     if args.cmd == "_measure":
@@ -322,7 +338,7 @@ def main(argv=None) -> int:
         try:
             for n in _ints(args.n):
                 d = (1280 if n <= 100_000 else 256) if args.image_dim == "auto" else int(args.image_dim)
-                rows.append(bench_rebuild(n, d, work))
+                rows.append(bench_rebuild(n, d, work, bridge=args.bridge))
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             if not args.workdir:
