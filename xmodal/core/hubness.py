@@ -12,12 +12,13 @@ to the images, the same numbers in both retrieval directions.
 
 :func:`hubness_terms` computes the two vectors over two code matrices in row chunks (memory
 ``chunk × m + k × m``, never the full n × m matrix), which is what an index stores at build time.
-Its cost grows with n·m (6.2 s at 20k × 20k on this 2-core machine, so minutes at 100k and hours
+Its cost grows with n·m (6.2 s at 20k × 20k on this 2-core machine, 178.6 s at 100k × 100k, hours
 at 1M per rebuild, with CSLS in the default index): above ``MAX_EXACT_SCORES`` scores per
 direction, a fixed sample of ``MAX_EXACT_SCORES / n`` targets stands in for them all, and each
 term is the mean of its top ``k·sample/m`` (at least 1) among them, the same quantile of the
 neighbourhood. On 20k × 20k synthetic clustered codes the sampled terms correlate .71 (1,000
-targets, top 1), .76 (2,000) and .88 (5,000, top 2) with the exact ones, in 0.1-0.7 s;
+targets, top 1), .76 (2,000) and .88 (5,000, top 2) with the exact ones, in 0.1-0.7 s, and
+100k × 100k takes 1.6 s;
 :func:`knn_mean` gives a new query its own term on the fly; :func:`csls` applies everything to a
 full similarity matrix (the evaluation's form). Measured in ``docs/results.md`` ("Beyond the
 paper"): +15.5 % / +4.9 % Recall@10 at N=20 on COCO-mini alone, +31 % / +16 % with z-scored SSR
