@@ -257,7 +257,7 @@ def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp
 
 
 def test_a_rebuild_does_not_wait_behind_the_embedding(xenv, tmp_path, make_workspace):
-    """One `xmodal worker` (default queues: rebuilds, then embed chunks) busy with 24 image chunks:
+    """One `xmodal worker` (default queues: rebuilds, then embed chunks) busy with 48 image chunks:
     a rebuild enqueued meanwhile runs after the current chunk, not after all of them."""
     import threading
 
@@ -266,7 +266,7 @@ def test_a_rebuild_does_not_wait_behind_the_embedding(xenv, tmp_path, make_works
 
     from xmodal.jobs.queueing import enqueue_rebuild
 
-    paths = coco_images(24)
+    paths = coco_images(48)
     make_workspace("proj")
     log = open(tmp_path / "worker.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "worker", "--name",
@@ -284,15 +284,19 @@ def test_a_rebuild_does_not_wait_behind_the_embedding(xenv, tmp_path, make_works
             enc, paths, FeatureCache(tmp_path / "b"), chunk_size=1, progress=False,
             worker_cache_root="")[0]))
         t.start()
-        while len(embed_q) > 22:            # the worker is into the chunks
-            time.sleep(0.02)
+        # the chunks are queued (an empty queue before that let the rebuild run first, and the
+        # test pass without testing anything), and the worker is into them
+        while len(embed_q) < 40:
+            time.sleep(0.005)
+        while len(embed_q) > 46:
+            time.sleep(0.005)
         job_id, _ = enqueue_rebuild(xenv.redis, "proj", reason="test")
         while Job.fetch(job_id, connection=xenv.redis).get_status() in ("queued", "started"):
             time.sleep(0.02)
         left = len(embed_q)
         t.join(timeout=300)
-        assert left >= 10, f"the rebuild ran after the embedding ({left} chunks left)"
-        assert out["F"].shape == (24, 1280) and not np.isnan(out["F"]).any()
+        assert left >= 20, f"the rebuild ran after the embedding ({left} chunks left)"
+        assert out["F"].shape == (48, 1280) and not np.isnan(out["F"]).any()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
