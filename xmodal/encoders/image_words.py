@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from xmodal.fileio import atomic_write_bytes
 
 TOP_CLASSES = 5
 
@@ -108,7 +109,7 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import MobileNet_V2_Weights
 
     names = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
-    _write_atomic(cache, json.dumps(names).encode("utf-8"))
+    _write_cache(cache, json.dumps(names).encode("utf-8"))
     return names
 
 
@@ -118,13 +119,9 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "classifiers"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a concurrent reader sees the old file or the new)."""
+def _write_cache(path: Path, data: bytes) -> None:
     with contextlib.suppress(OSError):   # a read-only cache: recomputed next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
 
 
 @lru_cache(maxsize=1)
@@ -158,7 +155,7 @@ def _classifier(encoder_name: str):
     head = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
     buf = io.BytesIO()
     np.savez(buf, weight=head[0], bias=head[1])
-    _write_atomic(cache, buf.getvalue())
+    _write_cache(cache, buf.getvalue())
     return head
 
 

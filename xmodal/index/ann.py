@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.index.workspace import atomic_file
+from xmodal.fileio import atomic_file
 
 log = logging.getLogger(__name__)
 

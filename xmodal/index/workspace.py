@@ -20,13 +20,11 @@ the old file or the new one, never a partial one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from xmodal.errors import ConfigError, DataError
+from xmodal.fileio import atomic_file, atomic_write_bytes
 from xmodal.redis_conn import check_project_name, model_dir
 
 log = logging.getLogger(__name__)
@@ -91,32 +90,6 @@ def other(modality: str) -> str:
     if modality not in MODALITIES:
         raise ConfigError(f"unknown modality {modality!r}; use one of {MODALITIES}")
     return "text" if modality == "image" else "image"
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary file that appears at ``path`` whole or not at all: written to a temporary file in
-    the same folder, fsynced, then moved into place with ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
