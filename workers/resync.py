@@ -115,9 +115,9 @@ def _is_id(value) -> bool:
 def _checked_listing(project: str, conn: dict, tasks) -> list[dict]:
     """The listing, if it is a list of tasks with ids; DataError before anything is changed
     otherwise (a fuzzing run's fake Label Studio answered ``{}`` for every task: TypeErrors)."""
-    bad = [t for t in tasks if not isinstance(t, dict) or not _is_id(t.get("id"))] \
+    bad = next((t for t in tasks if not isinstance(t, dict) or not _is_id(t.get("id"))), None) \
         if isinstance(tasks, list) else tasks
-    if bad:
+    if bad is not None:
         raise DataError(f"resync {project}: Label Studio at {conn['url']} answered the task list of "
                         f"project {conn['project_id']} with {str(bad)[:120]!r}, not tasks with ids: "
                         "nothing changed")
