@@ -22,9 +22,10 @@ steps:
    the starting weight is ``PRIOR_WEIGHT``, else 0 (the paper's method);
 2. **leave-one-out** (:func:`xmodal.core.calibration.loo_scores`, from 3 references): each
    reference is scored by an index built without it, fused with the bridge at every candidate
-   weight; the weight whose fused scores rank the true matches best (mean log rank) replaces the
-   starting one only if its gain stands clear of the noise of so few references (a paired gain
-   above two standard errors and ``MIN_LOG_GAIN``).
+   weight, and the fused scores are compared by the mean log rank of the true matches. A bridge
+   that started on takes its best positive weight, and goes off only if SSR alone beats that
+   clearly; one that started off comes on (at its best weight among those) only if it beats SSR
+   alone clearly. Clearly: a paired gain above two standard errors and ``MIN_LOG_GAIN``.
 
 Leave-one-out is pessimistic for SSR (a medoid loses the column that matched its own cluster),
 so it must show a clear difference, not a bare maximum. Before the label-free start, the weight
