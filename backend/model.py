@@ -33,6 +33,7 @@ from xmodal.labelstudio.annotations import (
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
 from xmodal.labelstudio.hosts import configured_urls, is_trusted, refuse
+from xmodal.labelstudio.page_search import hits_lines, hits_result, search_query
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
 from xmodal.labelstudio.tasks import TaskRegistry
@@ -101,6 +102,8 @@ class XmodalModel:
     def predict(self, tasks: list, context=None) -> dict:
         if not isinstance(tasks, list):
             raise ApiError(400, "'tasks' must be a list of tasks")
+        if isinstance(context, dict) and isinstance(context.get("result"), list):
+            return self.interactive(tasks, context)
         snap = self.index()
         self.tasks.record(tasks)
         from_name, to_name = label_fields(self.redis, self.ws)
@@ -126,6 +129,22 @@ class XmodalModel:
         if errors:
             out["errors"] = errors[:20]
         return out
+
+    def interactive(self, tasks: list, context) -> dict:
+        """Label Studio's interactive call (a region was made on the page, ``context.result``): the
+        page search over all texts (:mod:`xmodal.labelstudio.page_search`) when the region is a
+        search of an image task, else no suggestion, so a click on the page never changes what
+        the person chose."""
+        query = search_query(context) if self.ws.select == "image" else None
+        model_version = self.index().model_version
+        if query is None:
+            return {"results": [{"result": [], "score": 0.0, "model_version": model_version}]}
+        _, to_name = label_fields(self.redis, self.ws)
+        lines = hits_lines(self.ws, query)
+        log.info(kv("predict.page_search", project=self.project, words=len(query.split()),
+                    hits=len(lines)))
+        return {"results": [{"result": hits_result(lines, to_name), "score": 0.0,
+                             "model_version": model_version}]}
 
     def _with_item_id(self, task: dict) -> dict:
         """A task imported without ``data.item_id`` but with the image of an image project (a path

@@ -50,6 +50,23 @@ for (const el of document.querySelectorAll('.lsf-choice')) {
 }
 return null;"""
 
+# the search box's result lines, as shown under it ("<n>. <text>  <id>", or "No text ... has the words")
+_HITS = """
+const box = document.querySelector('.xm-hits');
+if (!box || box.offsetParent === null) return [];
+const out = [];
+for (const el of box.querySelectorAll('*')) {
+  if (el.children.length) continue;
+  const t = el.textContent.trim();
+  if (/^[0-9]+\\. /.test(t) || t.startsWith('No text of this project')) out.push(el.textContent);
+}
+return out;"""
+_HIT_CHOICE = """
+for (const el of document.querySelectorAll('.xm-hit .lsf-choice')) {
+  if (el.textContent.replace(/\\[[^\\]]*\\]\\s*$/, '').trim() === arguments[0]) return el;
+}
+return null;"""
+
 _CHECKED = """
 const el = arguments[0];
 return Boolean(el.querySelector('input:checked') || el.querySelector('[class*="checked"]')
@@ -174,8 +191,42 @@ class LabellingPage:
         shot = self.screenshot(f"not-selected-{item_id}")
         raise AssertionError(f"three clicks on option {item_id} selected nothing; screenshot {shot}")
 
+    def search_all(self, words: str, timeout: float = 30) -> list[str]:
+        """"None of these", then ``words`` into the search box it reveals and Enter: the result
+        lines the page then shows (Label Studio asks the backend; each search replaces them)."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        self.none_of_these()
+        box = self._until(lambda d: next((b for b in d.find_elements(
+            By.CSS_SELECTOR, "input[placeholder^='Search all texts']") if b.is_displayed()), False),
+            10, "the search box")
+        before = self.d.execute_script(_HITS)
+        box.send_keys(words + Keys.ENTER)
+        return self._until(lambda d: (lines := d.execute_script(_HITS)) and lines != before and lines,
+                           timeout, f"the search results for {words!r}")
+
+    def pick_hit(self, n: int) -> None:
+        """Click result number ``n`` (the radio buttons under the result lines)."""
+        element = self.d.execute_script(_HIT_CHOICE, str(n))
+        if element is None:
+            raise AssertionError(f"no result number {n} on the page; shots {self.shots}")
+        for _ in range(3):
+            self._click(element)
+            if self._checked(element):
+                return
+        raise AssertionError(f"three clicks on result {n} selected nothing; shots {self.shots}")
+
     def describe(self, text: str) -> None:
         """"None of these", then the description in the box it reveals."""
+        from selenium.webdriver.common.by import By
+
+        self.none_of_these()
+        box = self._until(lambda d: next((t for t in d.find_elements(By.TAG_NAME, "textarea")
+                                          if t.is_displayed()), False), 10, "the description box")
+        box.send_keys(text)
+
+    def none_of_these(self) -> None:
         from selenium.webdriver.common.by import By
 
         def none_of_these(d):   # textContent: the filter hides it, and .text is only what shows
@@ -188,12 +239,11 @@ class LabellingPage:
             self.clear_filter()
             none = self._until(none_of_these, 10, "the 'None of these' choice")
         for _ in range(3):
+            if self._checked(none, timeout=0.1):
+                return
             self._click(none)
             if self._checked(none):
-                break
-        box = self._until(lambda d: next((t for t in d.find_elements(By.TAG_NAME, "textarea")
-                                          if t.is_displayed()), False), 10, "the description box")
-        box.send_keys(text)
+                return
 
     def submit(self) -> float:
         """Press Submit; returns the time it was pressed."""

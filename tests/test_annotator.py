@@ -43,7 +43,7 @@ def test_takes_a_right_option_that_is_shown():
 def test_searches_with_words_of_its_caption_when_nothing_shown_is_right():
     # the right texts are beyond the first screen; "decker" (rarest word of d) finds d
     ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bcead"))
-    assert ans.how == "search" and ans.choice == "d" and ans.words[0] in TEXTS["d"]
+    assert ans.how == "filter" and ans.choice == "d" and ans.words[0] in TEXTS["d"]
 
 
 def test_writes_its_caption_when_the_page_has_no_right_text():
@@ -53,6 +53,31 @@ def test_writes_its_caption_when_the_page_has_no_right_text():
     assert result[0]["value"] == {"choices": ["__none__"]}
     assert result[1] == {"from_name": "description", "to_name": "image", "type": "textarea",
                          "value": {"text": [TEXTS["d"]]}}
+
+
+def test_searches_all_texts_when_the_filter_finds_nothing_and_picks_the_number():
+    """The page carries b, c, e; its search box reaches every text: the person types the words
+    it tried in the filter, reads the numbered lines and picks the right one's number."""
+    from xmodal.index.text_search import TextSearch
+    from xmodal.labelstudio.page_search import hit_line
+
+    ts, queries = TextSearch(list(TEXTS), list(TEXTS.values())), []
+
+    def search(query):
+        queries.append(query)
+        return [hit_line(n, t, TEXTS[t]) for n, (t, _) in enumerate(ts.search(query), 1)]
+
+    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"), search=search)
+    assert ans.how == "search" and queries == [" ".join(ans.words)] and ans.query == queries[0]
+    assert ans.hits[ans.hit - 1].endswith("  d")
+    result = ans.result("image", "caption", "image")
+    assert [(r["from_name"], r["type"]) for r in result] == [
+        ("caption", "choices"), ("search", "textarea"), ("hits", "textarea"), ("hit", "choices")]
+    assert result[3]["value"] == {"choices": [str(ans.hit)]} and result[2]["value"]["text"] == ans.hits
+    # nothing right among the results: it writes its caption, the search kept with the answer
+    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"), search=lambda q: ["1. no  b"])
+    assert ans.how == "written" and ans.text == TEXTS["d"] and ans.hit is None
+    assert ans.result("image", "caption", "image")[-1]["from_name"] == "description"
 
 
 def test_text_tasks_pick_a_shown_thumbnail_or_skip():
@@ -72,7 +97,7 @@ def test_text_tasks_narrow_the_grid_by_the_words_under_the_thumbnails():
     grid.append(image_option("img/1.jpg", "/x", "frisbee dog puppy border collie"))
     data = {"item_id": "t1", "text": "a dog catches a frisbee in the park", "options": grid}
     ans = HumanLikeAnnotator(know, "text", scan_images=3, per_filter_images=2).answer(data)
-    assert (ans.how, ans.choice, ans.words) == ("search", "img/1.jpg", ["frisbee"])
+    assert (ans.how, ans.choice, ans.words) == ("filter", "img/1.jpg", ["frisbee"])
     # the words of the text find nothing right among what it looks at: skip, never a guess
     data["text"] = "a dog on the grass"
     ans = HumanLikeAnnotator(know, "text", scan_images=3, per_filter_images=2).answer(data)

@@ -326,6 +326,11 @@ def test_webhook_answers_that_cannot_be_pairs_are_problems_kept_whole(client, r,
     ([{"type": "rating", "value": {"rating": 3}}], (None, None)),
     ([{"from_name": "other", "type": "choices", "value": {"choices": ["x"]}},
       {"from_name": "caption", "type": "choices", "value": {"choices": ["t3"]}}], ("t3", None)),
+    # the page search's regions are not the answer: words searched, result lines, the number
+    ([{"from_name": "hit", "type": "choices", "value": {"choices": ["2"]}},
+      {"from_name": "search", "type": "textarea", "value": {"text": ["dog"]}},
+      {"from_name": "hits", "type": "textarea", "value": {"text": ["1. a dog  t1"]}},
+      {"from_name": "caption", "type": "choices", "value": {"choices": ["__none__"]}}], ("__none__", None)),
 ])
 def test_extract_answer(result, expected):
     from xmodal.labelstudio.annotations import extract_answer
@@ -557,3 +562,71 @@ def test_a_problem_is_queued_to_be_flagged_in_label_studio(client, r):
     webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=result)
     jobs = [j.func_name for j in get_queue(r).jobs]
     assert jobs == ["workers.problems.flag_problems"]
+
+
+# -- the page's search over all texts (Label Studio's interactive call) ----------------------
+def search_region(query):
+    return {"from_name": "search", "to_name": "image", "type": "textarea", "value": {"text": [query]}}
+
+
+def test_the_search_box_gets_the_matching_texts_of_the_whole_project(client, ws):
+    """Label Studio posts /predict with the page's regions in params.context: the search box
+    gets the best texts of all of the project's, numbered, each with its id."""
+    body = predict_body([task_body(1000, image_id(0), n_options=3)])
+    searched = dict(search_region("dog"), value={"text": ["dog", "caption 17"]})   # two searches
+    body["params"] = {"context": {"result": [searched]}}
+    got = post(client, "/predict", body).get_json()
+    assert len(got["results"]) == 1
+    (region,) = got["results"][0]["result"]
+    assert (region["from_name"], region["to_name"], region["type"]) == ("hits", "image", "textarea")
+    lines = region["value"]["text"]
+    # the last search counts; text 17 is not among the task's 3 options, the search finds it
+    assert lines[0] == f"1. caption 17  {text_id(17)}" and len(lines) == 10
+    assert all(line.startswith(f"{n}. ") for n, line in enumerate(lines, 1))
+    # nothing matches: one line that says so
+    body["params"]["context"]["result"] = [search_region("zebra")]
+    (region,) = post(client, "/predict", body).get_json()["results"][0]["result"]
+    assert region["value"]["text"][0].startswith("No text of this project has the words 'zebra'")
+
+
+@pytest.mark.parametrize("context", [
+    {"result": [{"from_name": "caption", "to_name": "image", "type": "choices",
+                 "value": {"choices": ["__none__"]}}]},              # a click with auto-annotation on
+    {"result": []}, {"result": [search_region("   ")]}, {"result": [{"from_name": "search", "value": 7}]},
+    {"result": [None, "x", {"from_name": "search", "value": {"text": [None, 3]}}]},
+])
+def test_other_interactive_calls_suggest_nothing(client, context):
+    body = predict_body([task_body(1000, image_id(0))])
+    body["params"] = {"context": context}
+    resp = post(client, "/predict", body)
+    assert resp.status_code == 200 and resp.get_json()["results"] == [
+        {"result": [], "score": 0.0, "model_version": resp.get_json()["results"][0]["model_version"]}]
+
+
+def test_a_picked_search_result_is_the_pair(client, r, ws):
+    """The annotation carries the result lines and the number picked: the pair is that line's
+    text; a number that names no text is a problem the team sees, not a silent none."""
+    store = PairStore(r, "proj")
+    none = {"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}}
+    lines = [f"1. caption 17  {text_id(17)}", f"2. caption 4  {text_id(4)}"]
+
+    def picked(n, lines=lines, extra=()):
+        return [none, search_region("caption"), {"from_name": "hits", "to_name": "image", "type": "textarea",
+                                                  "value": {"text": lines}},
+                {"from_name": "hit", "to_name": "image", "type": "choices", "value": {"choices": [n]}}, *extra]
+
+    resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=picked("2"))
+    assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("search", text_id(4))
+    assert [p["text_id"] for p in store.all_pairs()] == [text_id(4)]
+    for n, rows in (("3", lines), ("1", ["1. caption 17  t-gone"]), ("1", [])):
+        resp = webhook(client, "ANNOTATION_CREATED", 2, 1001, image_id(1), None, result=picked(n, rows))
+        assert resp.status_code == 200 and resp.get_json()["problem"] == "unknown_hit", resp.get_json()
+        assert store.get(2)["given"] == f"search result {n}"
+    # a description written next to a number that names nothing: the description counts
+    desc = {"from_name": "description", "to_name": "image", "type": "textarea", "value": {"text": ["a red bus"]}}
+    resp = webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), None, result=picked("9", extra=[desc]))
+    assert resp.get_json()["source"] == "written"
+    # a real choice wins over a search left behind it
+    chosen = dict(none, value={"choices": [text_id(5)]})
+    resp = webhook(client, "ANNOTATION_CREATED", 4, 1003, image_id(3), None, result=[chosen, *picked("1")[1:]])
+    assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("choice", text_id(5))

@@ -5,9 +5,12 @@ Real Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, `xmodal se
 Chromium (selenium) plays the human-like annotator of :mod:`xmodal.demo.annotator`, using only
 the page: the item's name on it (a person sees the picture; the simulation knows the image's
 captions and has one of them in mind), the options as they are shown, the filter box, "None of
-these" and the description box. Per task: take a shown text if one is right, else type two or
-three content words of its caption into the filter one at a time and take a right text it shows,
-else describe the image with that caption. Then Submit; Label Studio serves the next task itself.
+these", the search box over all texts and the description box. The page carries 300 of the 795
+texts, so the filter cannot reach them all. Per task: take a shown text if one is right, else
+type two or three content words of its caption into the filter one at a time and take a right
+text it shows, else choose None of these, type those words into the search box and pick the
+number of a right result, else describe the image with that caption. Then Submit; Label Studio
+serves the next task itself.
 
 Asserted:
 - no silent loss: every submitted annotation is a stored pair or a problem the team sees;
@@ -36,6 +39,7 @@ COCO = Path(os.environ.get("XMODAL_COCO_MINI")
 K = 16            # medoid tasks
 LABELS = 12       # labelled by the browser
 FRESH_S = 1.5     # labels submitted longer ago than this must be in the served task's index
+PAGE_TEXTS = 300  # of COCO-mini's 795 captions, an image task's page carries these
 
 ls_server = ls_server_fixture()
 
@@ -76,7 +80,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     boot = create_project(ProjectSpec(
         name=name, data=coco_mini, select="image", k=K, captions="all",
         label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+        images="local", document_root=str(ls_server.document_root), page_texts=PAGE_TEXTS),
+        redis_client=r)
     ws, pid = boot.ws, boot.ls_project_id
     ds = load_coco_mini(coco_mini, captions="all")
     knowledge = Knowledge.from_dataset(ds, "image", seed=0)
@@ -87,6 +92,7 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     served, submitted, recall_3 = [], [], None   # submitted: (time, item, how)
+    searches = []                                # (item, words, lines shown, number picked)
     shown = None
     for n in range(LABELS):
         shown = page.wait_task(shown)
@@ -95,10 +101,10 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
         right = knowledge.right[shown.item]
         caption = knowledge.in_mind[shown.item]
         hit = next((i for i, _ in page.visible_options(10) if i in right), None)
-        how = "shown"
+        how, words = "shown", content_words(caption)
         if hit is None:
-            how = "search"
-            for word in content_words(caption):
+            how = "filter"
+            for word in words:
                 page.filter(word)
                 hit = next((i for i, _ in page.visible_options(15) if i in right), None)
                 if hit is not None:
@@ -106,8 +112,15 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
         if hit is not None:
             page.choose(hit)
         else:
-            how = "written"
-            page.describe(caption)
+            lines = page.search_all(" ".join(words))
+            number = next((n for n, line in enumerate(lines, 1) if line.split()[-1] in right), None)
+            searches.append((shown.item, " ".join(words), len(lines), number))
+            if number is not None:
+                how = "search"
+                page.pick_hit(number)
+            else:
+                how = "written"
+                page.describe(caption)
         page.screenshot(f"{n + 1}-{how}-{shown.item}")
         submitted.append((page.submit(), shown.item, how))
         if n == 2:   # the index after the first 3 labels, for the learning check below
@@ -148,11 +161,63 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
           timeout=90, procs=procs)
     final = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
     mean = lambda d: (d["i2t"] + d["t2i"]) / 2  # noqa: E731
-    print(f"\n[browser] {LABELS} labels: {hows.count('shown')} shown, {hows.count('search')} by filter, "
-          f"{hows.count('written')} written; {len(right)} right; freshness misses {len(misses)} of "
+    print(f"\n[browser] {LABELS} labels: {hows.count('shown')} shown, {hows.count('filter')} by filter, "
+          f"{hows.count('search')} by the search box, {hows.count('written')} written; searches {searches}; {len(right)} right; freshness misses {len(misses)} of "
           f"{len(served) - 1}; Recall@10 non-reference after 3 labels {recall_3}, after {LABELS} {final}; "
           f"seconds per task {(submitted[-1][0] - served[0].loaded_at) / LABELS:.1f}")
     assert mean(final) > mean(recall_3), (recall_3, final)
+
+
+def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server, xenv, services, page):
+    """A page that carries only 10 of the 795 captions: the person chooses None of these, types
+    content words of the caption it has in mind into the search box (Label Studio asks the
+    backend, which searches every text) and picks the number of a right line. Asserted: words
+    nothing has give a line saying so; every pick is stored as that text's pair (``search``);
+    most tasks are answered that way."""
+    from xmodal.datasets.coco import load_coco_mini
+    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.index.pairs import PairStore
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-s-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="image", k=4, captions="all", page_texts=10,
+        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
+        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
+    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    shown, picked = None, {}
+    for n in range(3):
+        shown = page.wait_task(shown)
+        assert shown is not None, f"Label Studio ran out of tasks after {n}; shots in {page.shots}"
+        if n == 0:
+            lines = page.search_all("zzqxv")
+            assert lines[0].startswith("No text of this project has the words 'zzqxv'"), lines
+        right, words = knowledge.right[shown.item], " ".join(content_words(knowledge.in_mind[shown.item]))
+        lines = page.search_all(words)
+        assert 1 <= len(lines) <= 10 and lines[0].startswith("1. "), (words, lines, page.shots)
+        number = next((k for k, line in enumerate(lines, 1) if line.split()[-1] in right), None)
+        if number is None:
+            page.describe(knowledge.in_mind[shown.item])
+        else:
+            page.pick_hit(number)
+            picked[shown.item] = lines[number - 1].split()[-1]
+        page.screenshot(f"{n + 1}-{'search' if number else 'written'}-{shown.item}")
+        page.submit()
+
+    anns = poll("every annotation in Label Studio",
+                lambda: (a := list(ls.list_annotations(pid))) and len(a) == 3 and a)
+    records = [poll(f"annotation {a.annotation_id} in the pair store",
+                    lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns]
+    assert all(rec.get("state") == "pair" for rec in records), records
+    found = {rec["image_id"]: rec["text_id"] for rec in records if rec.get("source") == "search"}
+    assert found == picked and len(picked) >= 2, (found, picked, records, page.shots)
+    print(f"\n[browser search box] {len(picked)} of 3 found by the search box: {picked}")
 
 
 def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server, xenv, services, page):
@@ -192,7 +257,7 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
         right = knowledge.right[shown.item]
         hit, how = next((i for i, _ in thumbnails if i in right), None), "shown"
         if hit is None:
-            how = "search"
+            how = "filter"
             for word in content_words(texts[shown.item]):
                 page.filter(word)
                 hit = next((i for i, _ in page.visible_options(30) if i in right), None)
@@ -225,5 +290,5 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
               if t.labels < sum(1 for s in pair_times if s < t.served_at - FRESH_S)]
     assert len(misses) <= max(1, len(served) // 10), (misses, page.shots)
     print(f"\n[browser text->image] {LABELS} captions: {hows.count('shown')} images found among the "
-          f"first 60 thumbnails, {hows.count('search')} by the filter, {hows.count('skip')} skipped; "
+          f"first 60 thumbnails, {hows.count('filter')} by the filter, {hows.count('skip')} skipped; "
           f"freshness misses {len(misses)} of {len(served) - 1} {misses}")

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.demo.annotator import HOWS
 from xmodal.errors import ConfigError
 
 LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims without Label Studio
@@ -164,7 +165,7 @@ class BenchResult:
                 "lost": self.end.get("lost"),
                 "found_rate": round(sum(bool(r.get("found")) for r in self.rows) / n, 4) if n else None,
                 "how": {h: sum(1 for r in self.rows if r.get("how") == h)
-                        for h in ("shown", "search", "written", "pasted", "skipped")},
+                        for h in HOWS},
                 "recall@10": self.end.get("recall@10") or {"i2t": None, "t2i": None},
                 "seconds_per_label_median": percentile(secs, 50),
                 "latency_median_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
@@ -181,6 +182,11 @@ class _LabelStudioPage:
 
     def next_task(self, snap) -> dict | None:
         return self.client.next_task(self.pid)
+
+    def search(self, task: dict, query: str, to_name: str) -> list[str]:
+        from xmodal.labelstudio.page_search import lines_of, search_context
+
+        return lines_of(self.client.interactive(self.pid, int(task["id"]), search_context(query, to_name)))
 
     def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
         ann = self.client.sdk.annotations.create(id=int(task["id"]), was_cancelled=answer.how == "skipped",
@@ -203,7 +209,7 @@ def run(args, say=print) -> BenchResult:
         wait_backend,
         wait_worker,
     )
-    from xmodal.demo.session import WebhookPage
+    from xmodal.demo.session import WebhookPage, page_search
     from xmodal.index.pairs import PairStore
     from xmodal.index.selection import candidate_pool
     from xmodal.index.store import IndexStore, load_current
@@ -330,7 +336,7 @@ def run(args, say=print) -> BenchResult:
             if task is None:
                 break
             item = str(task["data"]["item_id"])
-            answer = person.answer(task["data"])
+            answer = person.answer(task["data"], search=page_search(page, task, to_name, select))
             t_label = time.perf_counter()
             annotation_id = page.submit(task, j, answer, from_name, to_name)
             rec = {}

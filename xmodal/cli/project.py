@@ -87,7 +87,11 @@ def register(subparsers) -> None:
     c.add_argument("--captions", choices=("first", "all"), default="first",
                    help="COCO-mini: the first caption of each image (default) or all five")
     c.add_argument("--candidates", type=int, default=10, metavar="N",
-                   help="options per task (default 10)")
+                   help="image tasks: the diverse texts (k-medoids) listed first until the index can "
+                        "rank (default 10)")
+    c.add_argument("--page-texts", type=int, default=None, metavar="N",
+                   help="image tasks: texts each page carries for its filter, best first (default "
+                        "1000); the search box under 'None of these' reaches every text")
     c.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"), metavar="URL",
                    help="Label Studio base URL (default $LABEL_STUDIO_URL)")
     c.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), metavar="KEY",
@@ -186,6 +190,7 @@ def run_create(args) -> int:
     spec = ProjectSpec(name=args.name, data=args.data, select=args.select, k=args.k,
                        image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                        measure=args.measure, enhance=args.enhance, captions=args.captions, candidates=args.candidates,
+                       page_texts=args.page_texts,
                        label_studio_url=args.label_studio_url or None, api_key=args.api_key or None,
                        backend_url=args.backend_url or None, title=args.title, images=args.images,
                        document_root=args.document_root, label_config=args.label_config,

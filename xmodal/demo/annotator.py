@@ -8,7 +8,9 @@ plays a person who looks at the page, not an oracle that knows the coupled id.
   if one of the first ``shown`` options is right (any caption of the image); else it types two or
   three content words of its caption into the filter, one at a time (the rarest first, as Label
   Studio's filter matches a substring of each option's value), and takes a right option among the
-  first ``per_filter`` it then sees; else it writes its caption as the description.
+  first ``per_filter`` it then sees; else it chooses "None of these" and types those words into
+  the search over all texts (when the page has one: ``search``), and picks the number of a right
+  text among the results; else it writes its caption as the description.
 - **text task** (SSM-AL_T): it looks at the first ``scan_images`` thumbnails of the grid and
   takes the right image if it is there; else it types up to three content words of the text into
   the filter (which matches the words under each thumbnail: what the image encoder sees in it) and
@@ -31,6 +33,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE
 
 # words that say nothing about what is in a picture
@@ -39,15 +42,21 @@ next beside behind top front back its his her their this that these those some t
 is are was were be being been has have had it as up down out off very while there here other""".split())
 
 TEXTAREA = {"image": "description", "text": "match_id"}   # the text area of each shipped config
+# how an answer was found: a shown option, one left by the page's filter, a result of the search
+# over all texts, a written description, a pasted id (the oracle), or none (a skip)
+HOWS = ("shown", "filter", "search", "written", "pasted", "skipped")
 
 
 @dataclass
 class Answer:
-    how: str                         # shown | search | written | pasted | skipped
+    how: str                         # one of HOWS
     choice: str | None = None        # the option's alias (the item id) that was picked
     text: str | None = None          # what was written (a description, or a pasted id)
     words: list[str] = field(default_factory=list)   # what was typed into the filter, in order
     seconds: float = 0.0
+    query: str | None = None         # what was typed into the search over all texts
+    hits: list[str] | None = None    # the result lines it showed
+    hit: int | None = None           # the number picked among them
 
     def result(self, select: str, from_name: str, to_name: str) -> list[dict]:
         """The annotation result of this answer (empty for a skip: ``was_cancelled``)."""
@@ -56,10 +65,20 @@ class Answer:
         if self.choice is not None:
             return [{"from_name": from_name, "to_name": to_name, "type": "choices",
                      "value": {"choices": [self.choice]}}]
-        return [{"from_name": from_name, "to_name": to_name, "type": "choices",
-                 "value": {"choices": [NONE_CHOICE]}},
-                {"from_name": TEXTAREA[select], "to_name": to_name, "type": "textarea",
-                 "value": {"text": [self.text or ""]}}]
+        out = [{"from_name": from_name, "to_name": to_name, "type": "choices",
+                "value": {"choices": [NONE_CHOICE]}}]
+        if self.query is not None:   # what Label Studio keeps of a search: the words, the lines
+            out += [{"from_name": SEARCH_FIELD, "to_name": to_name, "type": "textarea",
+                     "value": {"text": [self.query]}},
+                    {"from_name": HITS_FIELD, "to_name": to_name, "type": "textarea",
+                     "value": {"text": list(self.hits or [])}}]
+        if self.hit is not None:
+            out.append({"from_name": HIT_FIELD, "to_name": to_name, "type": "choices",
+                        "value": {"choices": [str(self.hit)]}})
+        if self.text is not None:
+            out.append({"from_name": TEXTAREA[select], "to_name": to_name, "type": "textarea",
+                        "value": {"text": [self.text]}})
+        return out
 
 
 class Knowledge:
@@ -125,16 +144,18 @@ class HumanLikeAnnotator:
         self.shown, self.per_filter, self.max_words = shown, per_filter, max_words
         self.scan_images, self.per_filter_images = scan_images, per_filter_images
 
-    def answer(self, data: dict) -> Answer:
+    def answer(self, data: dict, search=None) -> Answer:
+        """``search``: the page's search over all texts (words -> the result lines the page then
+        shows, :func:`xmodal.labelstudio.page_search.hits_lines`); None for a page without one."""
         t0 = time.perf_counter()
         item = str(data.get("item_id"))
         right = self.knowledge.right.get(item, set())
         options = [o for o in data.get("options") or [] if isinstance(o, dict)]
-        answer = self._answer(item, right, options, str(data.get("text") or ""))
+        answer = self._answer(item, right, options, str(data.get("text") or ""), search)
         answer.seconds = time.perf_counter() - t0
         return answer
 
-    def _answer(self, item: str, right: set[str], options: list[dict], text: str) -> Answer:
+    def _answer(self, item: str, right: set[str], options: list[dict], text: str, search) -> Answer:
         images = self.select == "text"     # a text task is a grid of thumbnails
         first, per_filter = ((self.scan_images, self.per_filter_images) if images
                              else (self.shown, self.per_filter))
@@ -151,9 +172,16 @@ class HumanLikeAnnotator:
             visible = page_filter(options, word)[:per_filter]
             hit = next((_alias(o) for o in visible if _alias(o) in right), None)
             if hit is not None:
-                return Answer("search", choice=hit, words=typed)
+                return Answer("filter", choice=hit, words=typed)
         if images:
             return Answer("skipped", words=typed)
+        if search is not None and typed:
+            query = " ".join(typed)
+            lines = search(query)
+            for n in range(1, len(lines) + 1):
+                if picked_id(lines, n, right) is not None:
+                    return Answer("search", words=typed, query=query, hits=lines, hit=n)
+            return Answer("written", text=words_from, words=typed, query=query, hits=lines)
         return Answer("written", text=words_from, words=typed)
 
 
@@ -163,7 +191,7 @@ class OracleAnnotator:
     def __init__(self, knowledge: Knowledge, select: str):
         self.knowledge, self.select = knowledge, select
 
-    def answer(self, data: dict) -> Answer:
+    def answer(self, data: dict, search=None) -> Answer:
         right = sorted(self.knowledge.right.get(str(data.get("item_id")), ()))
         if not right:
             return Answer("skipped")

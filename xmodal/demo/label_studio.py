@@ -265,6 +265,13 @@ class LabelStudioSession:
             task = self.client.next_task(self.project_id)
         return task
 
+    def search(self, task: dict, query: str, to_name: str) -> list[str]:
+        """The page's search box: Label Studio's interactive call, as the browser makes it."""
+        from xmodal.labelstudio.page_search import lines_of, search_context
+
+        return lines_of(self.client.interactive(self.project_id, int(task["id"]),
+                                                search_context(query, to_name)))
+
     def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
         """Answer like an annotator; Label Studio then calls the backend's /webhook itself.
         Returns the annotation id Label Studio gave it."""

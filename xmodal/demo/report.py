@@ -342,7 +342,7 @@ def _medoid_cards(medoids: list[dict]) -> str:
     for m in medoids:
         alt = m.get("image_id", "")
         caption = m.get("text") or "(no match)"
-        how = {"shown": "picked among the texts shown first", "search": "found with the filter",
+        how = {"shown": "picked among the texts shown first", "filter": "found with the filter", "search": "found by the search over all texts",
                "written": "described by the annotator", "pasted": "pasted id (oracle)",
                "skipped": "skipped"}.get(m.get("how"))
         where = "" if how is None else f'<br><span class="score">{_esc(how)}' + (

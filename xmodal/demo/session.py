@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.demo.annotator import HOWS
 from xmodal.demo.baselines import BaselineCache, baseline_metrics
 from xmodal.demo.console import Console, _f, _mean2
 from xmodal.demo.processes import Child, ProcessManager, _tail
@@ -276,6 +277,16 @@ class WebhookPage:
                          self.urls, snap)
         return {"id": self.ids[item], "data": data}
 
+    def search(self, task: dict, query: str, to_name: str) -> list[str]:
+        """The page's search over all texts, as Label Studio asks it of the backend (/predict with
+        the search box in ``params.context``); the result lines."""
+        from xmodal.labelstudio.page_search import lines_of, search_context
+
+        body = {"tasks": [task], "project": f"{self.ls_project}.0",
+                "params": {"context": search_context(query, to_name)}}
+        got = _post(f"{self.backend_url}/predict", body)
+        return lines_of((got.get("results") or [{}])[0].get("result"))
+
     def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
         """Post the answer; returns its annotation id (the label's number)."""
         from xmodal.demo.annotator import answer_payload
@@ -284,6 +295,14 @@ class WebhookPage:
         _post(f"{self.backend_url}/webhook", answer_payload(
             self.ls_project, task, number, answer, self.ws.select, from_name, to_name))
         return number
+
+
+def page_search(page, task: dict, to_name: str, select: str):
+    """The search box of ``task``'s page as the annotator uses it (words -> result lines), or None
+    (text tasks have none)."""
+    if select != "image" or not hasattr(page, "search"):
+        return None
+    return lambda query: page.search(task, query, to_name)
 
 
 def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, backend_url: str,
@@ -322,7 +341,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
             stopped = f"Label Studio served no task after {j - 1} of {n} labels"
             break
         item_id = str(task["data"]["item_id"])
-        answer = person.answer(task["data"])
+        answer = person.answer(task["data"], search=page_search(page, task, to_name, select))
         annotation_id = page.submit(task, j, answer, from_name, to_name)
         t_posted = time.perf_counter()
         rec = _wait_record(pairs_store, annotation_id)
@@ -378,7 +397,7 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
                "problems": sum(1 for r in records.values() if r.get("state") == "problem"),
                "lost": lost, "found_rate": round(sum(p["found"] for p in curve) / asked, 4) if asked else None,
                "how": {h: sum(1 for p in curve if p["how"] == h)
-                       for h in ("shown", "search", "written", "pasted", "skipped")},
+                       for h in HOWS},
                "seconds_per_label": round(float(np.mean(label_times)), 4) if label_times else None,
                "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None},
                "stopped": stopped}

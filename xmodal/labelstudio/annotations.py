@@ -11,6 +11,8 @@ Label Studio 1.23 sends (see docs/label-studio-1.23.md): ``ANNOTATION_CREATED`` 
 
 - a chosen option -> the pair (``source="choice"``); a choice that is no longer among the task's
   options still names an item of the project, so it still counts;
+- "None of these" + a result of the page's search over all texts picked -> that pair
+  (``search``, :mod:`xmodal.labelstudio.page_search`);
 - "None of these" + text: an id of the other modality -> that pair (``pasted_id``); a text of the
   project, pasted whole -> that pair (``pasted_text``); anything else on an image task -> a
   written description, a reference text of its own (``written``, :mod:`xmodal.index.references`);
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from xmodal.errors import ApiError
 from xmodal.index.pairs import PairStore
 from xmodal.index.workspace import Workspace, other
+from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE, TaskRegistry
 from xmodal.logfmt import kv
 
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+SEARCH_REGIONS = (SEARCH_FIELD, HITS_FIELD, HIT_FIELD)
 
 
 def int_id(value, what: str) -> int:
@@ -67,6 +71,8 @@ class AnnotationEvent:
     item_id: str | None         # the task's item (select modality), from the payload's task
     updated_at: object          # Label Studio's timestamp (ISO string) or None
     task: dict | None           # the payload's task object, when present
+    hit: str | None = None      # the number picked among the search results ("3"), or None
+    hits: list | None = None    # the search result lines the page showed (page_search)
 
 
 def webhook_project(payload: dict) -> int | None:
@@ -93,10 +99,13 @@ def extract_answer(result, from_name: str | None = None) -> tuple[str | None, st
 
     ``choice``: the first value of the ``choices`` region named ``from_name`` (else of the first
     choices region); ``text``: the entries of the first ``textarea`` region, joined by spaces.
+    The page search's regions (``search``, ``hits``, ``hit``: :func:`extract_search`) are not
+    the answer's choice or text.
     """
     if not isinstance(result, list):
         raise ApiError(400, "annotation.result must be a list")
-    regions = [r for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)]
+    regions = [r for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)
+               and r.get("from_name") not in SEARCH_REGIONS]
     if from_name:
         regions.sort(key=lambda r: r.get("from_name") != from_name)
     choice = text = None
@@ -109,6 +118,20 @@ def extract_answer(result, from_name: str | None = None) -> tuple[str | None, st
             vals = _values(region, "text")
             text = " ".join(vals) if vals else None
     return choice, text
+
+
+def extract_search(result) -> tuple[str | None, list[str] | None]:
+    """The page search's part of a result: the number picked in ``hit`` and the ``hits`` lines."""
+    hit = hits = None
+    for region in result if isinstance(result, list) else []:
+        if not isinstance(region, dict) or not isinstance(region.get("value"), dict):
+            continue
+        if region.get("from_name") == HIT_FIELD:
+            vals = _values(region, "choices")
+            hit = vals[0] if vals else None
+        elif region.get("from_name") == HITS_FIELD:
+            hits = _values(region, "text")
+    return hit, hits
 
 
 def parse_annotation_event(payload: dict, from_name: str | None = None) -> AnnotationEvent:
@@ -130,13 +153,14 @@ def parse_annotation_event(payload: dict, from_name: str | None = None) -> Annot
         task = ann["task"]
     cancelled = ann.get("was_cancelled") is True
     choice, text = (None, None) if cancelled else extract_answer(ann.get("result", []), from_name)
+    hit, hits = (None, None) if cancelled else extract_search(ann.get("result", []))
     item_id = None
     if task is not None and isinstance(task.get("data"), dict):
         raw = task["data"].get("item_id")
         item_id = None if raw is None else str(raw)
     return AnnotationEvent(action=action, annotation_id=annotation_id, task_id=task_id, choice=choice,
                            text=text, cancelled=cancelled, item_id=item_id,
-                           updated_at=ann.get("updated_at"), task=task)
+                           updated_at=ann.get("updated_at"), task=task, hit=hit, hits=hits)
 
 
 MAX_DELETED = 100_000   # ids one ANNOTATIONS_DELETED may carry (~1.5 s of Redis work)
@@ -166,7 +190,7 @@ def parse_tasks(payload: dict) -> list[dict]:
 class Answer:
     """What an annotation means (see the module doc)."""
     kind: str                       # "pair" | "skip" | "problem"
-    source: str | None = None       # pairs: choice | pasted_id | pasted_text | written
+    source: str | None = None       # pairs: choice | search | pasted_id | pasted_text | written
     other_id: str | None = None     # pairs: the item of the other modality
     description: str | None = None  # written pairs
     problem: str | None = None      # problems: a kind...
@@ -229,6 +253,16 @@ def interpret(ws: Workspace, ev: AnnotationEvent) -> Answer:
         return Answer("problem", problem="unknown_choice",
                       message=f"the chosen {tgt} {choice[:80]!r} is not in the project (removed?): "
                               f"pick another one or update the annotation")
+    if ev.hit is not None:   # a search result picked (under "None of these")
+        found = picked_id(ev.hits, ev.hit, known)
+        if found is not None:
+            return Answer("pair", "search", found)
+        if not (ev.text or "").strip():
+            shown = "no search results were on the page" if not ev.hits else \
+                f"result {ev.hit[:10]!r} of the search is not a text of this project"
+            return Answer("problem", problem="unknown_hit",
+                          message=f"a search result was picked but {shown}: search again and pick "
+                                  "a result, or describe the image")
     text = (ev.text or "").strip()
     if not text:
         what = "None of these was chosen" if choice else "the annotation has no answer"
@@ -271,7 +305,7 @@ def apply_annotation(pairs: PairStore, tasks: TaskRegistry, ws: Workspace, ev: A
         raise ApiError(409, f"task {ev.task_id} was deleted in Label Studio; annotation "
                             f"{ev.annotation_id} is not stored", task=ev.task_id)
     received = received_at or time.time()
-    given = ev.text if ev.text is not None else ev.choice
+    given = ev.text if ev.text is not None else (f"search result {ev.hit}" if ev.hit else ev.choice)
     item_id = ev.item_id
     if item_id is None:
         known = tasks.get(ev.task_id)

@@ -173,13 +173,17 @@ class LabelStudioClient:
 
         ``ml.create`` makes LS call the backend's /health and /setup (so it must be up) and
         register ``<url>/webhook`` as a project webhook for all events: do not add one yourself.
+        It is connected for interactive pre-annotations: the page's search box asks it for the
+        texts that match (``xmodal.labelstudio.page_search``).
         LS also sets the project's model_version to ``title``; call ``set_model_version`` after
         pushing predictions."""
         for backend in self.sdk.ml.list(project=project_id):
             if _url(backend.url) == _url(url):
+                if not backend.is_interactive:   # connected before the page search existed
+                    self.sdk.ml.update(id=backend.id, url=backend.url, is_interactive=True)
                 return backend.id
         try:
-            return self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=False).id
+            return self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=True).id
         except ApiError as exc:
             raise ConfigError(
                 f"Label Studio could not connect the ML backend at {url} (HTTP {exc.status_code}: "
@@ -187,6 +191,25 @@ class LabelStudioClient:
                 "host; for a backend on localhost Label Studio needs "
                 "LABEL_STUDIO_ML_BLOCK_LOCAL_IP=false and LABEL_STUDIO_SSRF_PROTECTION_ENABLED=false."
             ) from exc
+
+    def interactive(self, project_id: int, task_id: int, context: dict) -> list[dict]:
+        """What the labelling page gets when a region is made with interactive pre-annotation on
+        (the page search: ``xmodal.labelstudio.page_search``): Label Studio's
+        ``/api/ml/<id>/interactive-annotating``, which calls the backend's /predict with
+        ``context``. Returns the result regions (empty when it gave none)."""
+        backend = next((b for b in self.sdk.ml.list(project=project_id) if b.is_interactive), None)
+        if backend is None:
+            raise ConfigError(f"project {project_id} has no ML backend connected for interactive "
+                              "pre-annotations")
+        wrapper = self.sdk._client_wrapper
+        r = httpx.post(f"{self.url}/api/ml/{backend.id}/interactive-annotating",
+                       json={"task": int(task_id), "context": context},
+                       headers=wrapper.get_headers(), timeout=wrapper.get_timeout())
+        r.raise_for_status()
+        body = r.json()
+        if body.get("errors"):
+            raise ConfigError(f"Label Studio's interactive call failed: {body['errors']}")
+        return list((body.get("data") or {}).get("result") or [])
 
     def ensure_local_storage(self, project_id: int, path: str, title: str | None = None) -> int:
         """Register ``path`` as a local-files import storage (once) so LS serves its files at

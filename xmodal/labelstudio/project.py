@@ -82,6 +82,7 @@ class ProjectSpec:
     enhance: list[str] | str | None = None
     captions: str = "first"                # COCO-mini: first caption per image, or all 5
     candidates: int = 10                   # the diverse cold-start pool (image tasks)
+    page_texts: int | None = None          # texts an image task carries (None: the workspace's, 1000)
     label_studio_url: str | None = None
     api_key: str | None = None
     backend_url: str | None = None
@@ -160,6 +161,9 @@ def _check_spec(spec: ProjectSpec) -> None:
             raise ConfigError(f"--enhance: {exc}") from None
     if int(spec.candidates) < 1:
         raise ConfigError("--candidates must be at least 1")
+    if spec.page_texts is not None and not 1 <= int(spec.page_texts) <= 10_000:
+        raise ConfigError("--page-texts must be between 1 and 10000 (a page with more is slow to "
+                          "filter; the search box under None of these reaches every text)")
     if spec.label_studio_url and not spec.api_key:
         raise ConfigError("a Label Studio URL needs an API key: pass --api-key or set "
                           "LABEL_STUDIO_API_KEY (Label Studio: Account & Settings > Access Token)")
@@ -227,6 +231,8 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
                            "captions": spec.captions if fmt == "coco-mini" else None}}
     if spec.enhance is not None:
         cfg_update["enhance"] = parse_enhance(spec.enhance)
+    if spec.page_texts is not None:
+        cfg_update["page_texts"] = int(spec.page_texts)
     if not ws.exists():
         ws.save_config(dict(cfg_update, encoders={"image": None, "text": None}))
 

@@ -1,0 +1,44 @@
+"""BM25 word search over a project's texts (the labelling page's search box)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xmodal.index.text_search import TextSearch, search_words, text_search
+
+IDS = ["t0", "t1", "t2", "t3", "t4"]
+TEXTS = ["Two men throwing a frisbee in a forest", "A dog sleeping on a couch",
+         "两只狗在草地上玩耍", "Dogs playing with a frisbee on the beach", "A red bus on a city street"]
+
+
+def test_the_texts_with_the_words_come_first():
+    ts = TextSearch(IDS, TEXTS)
+    found = [i for i, _ in ts.search("frisbee forest")]
+    assert found == ["t0", "t3"]                       # both words first, one word next
+    assert [i for i, _ in ts.search("dog")] == ["t1", "t3"]   # "dogs" is found by "dog"
+    assert [i for i, _ in ts.search("DOGS  frisbee")][0] == "t3"
+    assert [i for i, _ in ts.search("bus")] == ["t4"]
+    assert len(ts.search("frisbee dog", k=1)) == 1
+
+
+def test_chinese_is_searched_by_its_words():
+    ts = TextSearch(IDS, TEXTS)
+    assert [i for i, _ in ts.search("狗")] == ["t2"]
+    assert [i for i, _ in ts.search("草地")] == ["t2"]
+    assert len(search_words("两只狗在草地上玩耍")) > 1
+
+
+@pytest.mark.parametrize("query", ["", "   ", "zebra", "\x00", "\ud800", "a" * 10_000,
+                                   "!!! ???", "1e309"])
+def test_nothing_matched_is_an_empty_list(query):
+    assert TextSearch(IDS, TEXTS).search(query) == []
+
+
+def test_one_search_per_items_file(ws):
+    first = text_search(ws)
+    assert text_search(ws) is first
+    assert [i for i, _ in first.search("caption 7")][0] == ws.ids("text")[7]
+    ws.save_items(ws.ids("image"), [f"/data/{x}" for x in ws.ids("image")], ws.ids("text"),
+                  [f"label {i}" for i in range(len(ws.ids("text")))])
+    again = text_search(ws)
+    assert again is not first and again.search("caption") == []

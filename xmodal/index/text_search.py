@@ -1,0 +1,71 @@
+"""Word search over all texts of a project (BM25, ``bm25s``), for the labelling page.
+
+An image task's page carries at most ``page_texts`` texts (Label Studio's ``<Filter>`` only
+matches those); this searches every text of the workspace, so a person who typed a few words of
+what they see finds the caption even when the index has not ranked it near the top. The words
+are those of the SIF tokenizer (:func:`xmodal.encoders.sif.tokenize`: Chinese is segmented by
+``jieba``, kana and Thai split into characters), folded so that a plural finds its singular.
+
+One :class:`TextSearch` per items file is kept in the process (:func:`text_search`); building it
+takes ~0.3 s for 10k captions.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from xmodal.encoders.sif import tokenize
+
+
+def search_words(text: str) -> list[str]:
+    """The words BM25 matches: tokens, an English plural ``s`` dropped (``dogs`` finds ``dog``;
+    applied to texts and queries alike, so ``bus`` -> ``bu`` is harmless)."""
+    return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in tokenize(text)]
+
+
+class TextSearch:
+    """BM25 over ``texts`` (ids ``ids``, in the workspace's order)."""
+
+    def __init__(self, ids: list[str], texts: list[str]):
+        import bm25s
+
+        self.ids = list(ids)
+        self.texts = list(texts)
+        self._bm25 = bm25s.BM25()
+        docs = [search_words(t) or [""] for t in self.texts]
+        self._vocab = {w for d in docs for w in d}
+        self._bm25.index(docs, show_progress=False)
+
+    def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
+        """Up to ``k`` ``(id, score)`` of the texts that share a word with ``query``, best first
+        (ties in the workspace's order). Empty when no word of the query is in any text."""
+        words = [w for w in dict.fromkeys(search_words(query or "")) if w in self._vocab]
+        if not words or not self.ids or k <= 0:
+            return []
+        scores = np.asarray(self._bm25.get_scores(words), dtype=np.float64)
+        top = np.flatnonzero(scores > 0)
+        top = top[np.lexsort((top, -scores[top]))][:k]
+        return [(self.ids[i], float(scores[i])) for i in top]
+
+
+_cache: dict[tuple, TextSearch] = {}
+_lock = threading.Lock()
+
+
+def text_search(ws) -> TextSearch:
+    """The workspace's :class:`TextSearch`, built once per items file (rebuilt when it changes)."""
+    try:
+        key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
+    except OSError:
+        key = (str(ws.root), None)
+    with _lock:
+        found = _cache.get(key)
+        if found is None:
+            found = TextSearch(ws.ids("text"), ws.contents("text"))
+            for old in [k for k in _cache if k[0] == key[0]]:
+                del _cache[old]
+            _cache[key] = found
+    return found

@@ -1,0 +1,103 @@
+"""The "search all texts" box of an image task's page (Label Studio interactive pre-annotation).
+
+The page's ``<Filter>`` only matches the texts a task carries (``page_texts``). Under "None of
+these" the page has a search box over *every* text of the project (``label_config/``):
+
+1. the person types words into the ``search`` text area and presses Enter;
+2. Label Studio (the ML backend is connected with ``is_interactive``; the box has
+   ``smartOnly="true"``, so no toggle is needed) POSTs ``/predict`` with
+   ``params.context.result`` = the regions of the annotation so far, among them ``search``;
+3. the backend answers one result: the ``hits`` text area filled with the best
+   :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`), one per line,
+   ``"<n>. <text>  <id>"``; Label Studio shows the lines under the box (each new search
+   replaces them);
+4. the person picks the number of the right line in the ``hit`` choices (or pastes its id into
+   the description box);
+5. the annotation carries the lines and the number, so the webhook reads the id off the chosen
+   line (:func:`picked_id`) and nothing has to be searched again.
+"""
+
+from __future__ import annotations
+
+SEARCH_FIELD = "search"     # text area: what the person typed (one entry per search)
+HITS_FIELD = "hits"         # text area the backend fills: one line per text found
+HIT_FIELD = "hit"           # choices "1".."10": the line the person picked
+MAX_HITS = 10
+MAX_QUERY_CHARS = 500
+LINE_CHARS = 240            # a long text is cut in its line (the page shows one line per hit)
+
+
+def search_query(context) -> str | None:
+    """The last search typed on the page, from ``/predict``'s ``params.context``; None when the
+    context is not a search (another interactive trigger)."""
+    if not isinstance(context, dict) or not isinstance(context.get("result"), list):
+        return None
+    for region in context["result"]:
+        if isinstance(region, dict) and region.get("from_name") == SEARCH_FIELD \
+                and isinstance(region.get("value"), dict):
+            texts = region["value"].get("text")
+            texts = [texts] if isinstance(texts, str) else texts
+            if isinstance(texts, list):
+                typed = [t for t in texts if isinstance(t, str) and t.strip()]
+                if typed:
+                    return " ".join(typed[-1].split())[:MAX_QUERY_CHARS]
+    return None
+
+
+def hit_line(n: int, text_id: str, text: str) -> str:
+    text = " ".join(str(text).split())
+    if len(text) > LINE_CHARS:
+        text = text[:LINE_CHARS - 1].rstrip() + "…"
+    return f"{n}. {text}  {text_id}"
+
+
+def hits_lines(ws, query: str, k: int = MAX_HITS) -> list[str]:
+    """What the page shows for ``query``: the numbered lines, or one line saying nothing matched."""
+    from xmodal.index.text_search import text_search
+
+    found = text_search(ws).search(query, k)
+    if not found:
+        return [f"No text of this project has the words {query[:80]!r}: try other words, or "
+                "describe the image below"]
+    texts = dict(zip(ws.ids("text"), ws.contents("text")))
+    return [hit_line(n, tid, texts[tid]) for n, (tid, _) in enumerate(found, 1)]
+
+
+def hits_result(lines: list[str], to_name: str) -> list[dict]:
+    """The interactive answer Label Studio merges into the annotation: the ``hits`` text area."""
+    return [{"from_name": HITS_FIELD, "to_name": to_name, "type": "textarea",
+             "value": {"text": lines}}]
+
+
+def search_context(query: str, to_name: str) -> dict:
+    """The ``context`` Label Studio sends when ``query`` is typed into the search box."""
+    return {"result": [{"from_name": SEARCH_FIELD, "to_name": to_name, "type": "textarea",
+                        "value": {"text": [query]}}]}
+
+
+def lines_of(result) -> list[str]:
+    """The ``hits`` lines of an interactive answer's result regions."""
+    for region in result or []:
+        if isinstance(region, dict) and region.get("from_name") == HITS_FIELD:
+            return [str(t) for t in (region.get("value") or {}).get("text") or []]
+    return []
+
+
+def picked_id(lines, number, known) -> str | None:
+    """The text id at the end of line ``number`` (1-based) of ``lines``, if it is in ``known``."""
+    try:
+        n = int(str(number).strip())
+    except ValueError:
+        return None
+    if not isinstance(lines, list) or not 1 <= n <= len(lines) or not isinstance(lines[n - 1], str):
+        return None
+    line = lines[n - 1].strip()
+    prefix = f"{n}. "
+    if not line.startswith(prefix):
+        return None
+    parts = line.split("  ")   # the id is what follows the last double space (or one before it)
+    for j in range(len(parts) - 1, 0, -1):
+        tail = "  ".join(parts[j:])
+        if tail in known:
+            return tail
+    return None
