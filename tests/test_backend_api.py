@@ -630,3 +630,15 @@ def test_a_picked_search_result_is_the_pair(client, r, ws):
     chosen = dict(none, value={"choices": [text_id(5)]})
     resp = webhook(client, "ANNOTATION_CREATED", 4, 1003, image_id(3), None, result=[chosen, *picked("1")[1:]])
     assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("choice", text_id(5))
+
+
+@pytest.mark.parametrize("query", ["\x00", "caption " * 20_000, "1e309 NaN -0",
+                                   "caption\n17\t", "$options", "<script>alert(1)</script>"])
+def test_a_search_of_any_words_gets_lines_or_says_nothing_matched(client, query):
+    body = predict_body([task_body(1000, image_id(0))])
+    body["params"] = {"context": {"result": [search_region(query)]}}
+    resp = post(client, "/predict", body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
+    lines = resp.get_json()["results"][0]["result"][0]["value"]["text"]
+    assert 1 <= len(lines) <= 10 and all(len(line) < 400 for line in lines)
+    assert lines[0].startswith(("1. caption", "No text of this project has the words"))

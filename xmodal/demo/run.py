@@ -266,7 +266,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             console.say(f"annotating {len(boot.medoid_rows)} medoids ({opt.select}s, served least certain "
                         f"first) as a person would, from what each page shows ({opt.annotator} annotator: "
                         + ("picks a shown or filtered " + other(opt.select)
-                           + (", else writes a description)" if opt.select == "image" else ", else skips)")
+                           + (", else searches all texts, else writes a description)" if opt.select == "image"
+                              else ", else skips)")
                            if opt.annotator == "human" else "hands over the ground truth, a ceiling)"))
             baselines = BaselineCache(
                 home / "baselines", version=DEMO_VERSION, features=boot.ws.config.get("demo"),

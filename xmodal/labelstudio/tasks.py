@@ -6,8 +6,9 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
 
 - **image tasks** (SSM-AL_I): the project's texts, best first, up to ``page_texts`` (default
   1000: every text of a smaller project), so that typing a word in the filter searches them all;
-  each shows its id, so "paste an id" is always possible; and a description to write when
-  nothing fits;
+  each shows its id, so "paste an id" is always possible; under "None of these" a search box over
+  every text of the project (:mod:`xmodal.labelstudio.page_search`) and a description to write
+  when nothing fits;
 - **text tasks** (SSM-AL_T): ``thumbnails`` images (default 200: every image of a smaller
   project; with 30 a person found the caption's image on 2 of 12 COCO-mini pages, with 60 on 5
   of 12), lazily loaded: the current ranking merged with the image medoids, which span the
