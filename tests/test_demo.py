@@ -283,13 +283,15 @@ def test_ctrl_c_stops_everything(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "demo", "--n", "36", "--labels", "20",
                              "--cache-dir", str(home), "--out", str(tmp_path / "r"), "--port", "0",
                              "--no-label-studio"],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a pytest started in the background (`pytest &`) ignores SIGINT, and so
+                            # would the demo: give it the default, as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            # as the labelling starts: 20 labels of 36 items take well under a second after it
-            if line.startswith("annotating"):
+            if "label 2/" in line:
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
