@@ -111,18 +111,26 @@ def test_list_annotations(ls, project):
 
 
 class _Backend:
-    """The smallest ML backend Label Studio accepts (GET /health, POST /setup)."""
+    """The smallest ML backend Label Studio accepts (GET /health, POST /setup); POST /predict with
+    a context answers the words of its search box back in a ``hits`` region."""
 
     def __init__(self):
         self.paths: list[str] = []
-        seen = self.paths
+        self.contexts: list = []
+        seen, contexts = self.paths, self.contexts
 
         class Handler(BaseHTTPRequestHandler):
             def _do(self):
                 n = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(n)
+                body = json.loads(self.rfile.read(n) or b"{}")
                 seen.append(self.path)
-                out = json.dumps({"status": "UP", "model_version": "m0"}).encode()
+                answer = {"status": "UP", "model_version": "m0"}
+                if self.path == "/predict":
+                    contexts.append((body.get("params") or {}).get("context"))
+                    words = [r["value"]["text"][-1] for r in (contexts[-1] or {}).get("result", [])]
+                    answer = {"results": [{"result": [{"from_name": "hits", "to_name": "image", "type": "textarea",
+                                                       "value": {"text": [f"1. {w}  t1" for w in words]}}]}]}
+                out = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
@@ -153,6 +161,24 @@ def test_ensure_ml_backend_once_and_one_webhook(ls, project):
         backend.server.shutdown()
     with pytest.raises(ConfigError, match="ML backend"):
         ls.ensure_ml_backend(project, "http://127.0.0.1:9", "nobody")
+
+
+def test_the_backend_is_connected_for_the_page_search(ls, project):
+    """Connected for interactive pre-annotation (an older non-interactive connection is switched),
+    so the page's search box reaches the backend: ``interactive`` makes the call the page makes."""
+    from xmodal.labelstudio.page_search import lines_of, search_context
+
+    backend = _Backend()
+    try:
+        old = ls.sdk.ml.create(project=project, url=backend.url, title="old", is_interactive=False).id
+        assert ls.ensure_ml_backend(project, backend.url, "xmodal") == old
+        assert ls.sdk.ml.get(old).is_interactive is True
+        task = ls.import_tasks(project, tasks(1))["img/0.jpg"]
+        got = ls.interactive(project, task, search_context("frisbee forest", "image"))
+        assert lines_of(got) == ["1. frisbee forest  t1"]
+        assert backend.contexts[-1]["result"][0]["from_name"] == "search"
+    finally:
+        backend.server.shutdown()
 
 
 def test_ensure_local_storage_once(ls, project, tmp_path):

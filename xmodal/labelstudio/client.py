@@ -180,7 +180,7 @@ class LabelStudioClient:
         for backend in self.sdk.ml.list(project=project_id):
             if _url(backend.url) == _url(url):
                 if not backend.is_interactive:   # connected before the page search existed
-                    self.sdk.ml.update(id=backend.id, url=backend.url, is_interactive=True)
+                    self.sdk.ml.update(id=backend.id, project=project_id, url=backend.url, is_interactive=True)
                 return backend.id
         try:
             return self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=True).id
