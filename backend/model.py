@@ -20,6 +20,7 @@ from xmodal.errors import ApiError
 from xmodal.index.build import unlabelled_snapshot
 from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexSnapshot, load_current
+from xmodal.index.text_search import warm as warm_text_search
 from xmodal.index.workspace import Workspace, other
 from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
 from xmodal.jobs.stats import remember_project
@@ -93,6 +94,8 @@ class XmodalModel:
         if learned:
             self.redis.hset(pkey(self.project, "ls"), mapping=learned)
         remember_project(self.redis, self.project)
+        if self.ws.select == "image":   # the page's search box: ready before the first search
+            warm_text_search(self.ws)
         snap = self.index()
         if snap.version == 0:
             job_id, _ = self.backend.enqueue_rebuild(self.project, "setup: no index yet")

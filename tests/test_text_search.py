@@ -42,3 +42,18 @@ def test_one_search_per_items_file(ws):
                   [f"label {i}" for i in range(len(ws.ids("text")))])
     again = text_search(ws)
     assert again is not first and again.search("caption") == []
+
+
+def test_warm_builds_it_in_the_background_once(ws):
+    import time
+
+    from xmodal.index import text_search as mod
+
+    mod._cache.clear()
+    mod.warm(ws)
+    deadline = time.monotonic() + 10
+    while mod._key(ws) not in mod._cache and time.monotonic() < deadline:
+        time.sleep(0.01)
+    built = mod._cache[mod._key(ws)]
+    mod.warm(ws)
+    assert text_search(ws) is built

@@ -7,7 +7,8 @@ are those of the SIF tokenizer (:func:`xmodal.encoders.sif.tokenize`: Chinese is
 ``jieba``, kana and Thai split into characters), folded so that a plural finds its singular.
 
 One :class:`TextSearch` per items file is kept in the process (:func:`text_search`); building it
-takes ~0.3 s for 10k captions.
+took 0.16 s for 5,793 texts and 1.6 s for 100k here (a query: 0.2 ms median at 100k), so the
+backend starts building it when Label Studio first calls /setup (:func:`warm`).
 """
 
 from __future__ import annotations
@@ -55,12 +56,16 @@ _cache: dict[tuple, TextSearch] = {}
 _lock = threading.Lock()
 
 
+def _key(ws) -> tuple:
+    try:
+        return str(ws.root), ws.items_path.stat().st_mtime_ns
+    except OSError:
+        return str(ws.root), None
+
+
 def text_search(ws) -> TextSearch:
     """The workspace's :class:`TextSearch`, built once per items file (rebuilt when it changes)."""
-    try:
-        key = (str(ws.root), ws.items_path.stat().st_mtime_ns)
-    except OSError:
-        key = (str(ws.root), None)
+    key = _key(ws)
     with _lock:
         found = _cache.get(key)
         if found is None:
@@ -69,3 +74,10 @@ def text_search(ws) -> TextSearch:
                 del _cache[old]
             _cache[key] = found
     return found
+
+
+def warm(ws) -> None:
+    """Build the workspace's search in a background thread unless it is built (the first search
+    then does not wait for it)."""
+    if _key(ws) not in _cache:
+        threading.Thread(target=text_search, args=(ws,), name="xmodal-text-search", daemon=True).start()
