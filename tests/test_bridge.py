@@ -17,6 +17,8 @@ from xmodal.core.bridge import (
     centred,
     choose_weight,
     fuse_codes,
+    principal_basis,
+    project,
 )
 from xmodal.core.ssr import l2_normalize, ssr
 from xmodal.errors import DataError
@@ -131,6 +133,38 @@ def test_the_index_fuses_the_bridge_and_keeps_it_in_its_file(r, xenv, make_works
     # the synthetic image encoder has no classifier: a new image cannot be placed, and says so
     with pytest.raises(DataError, match="image encoder it was built with"):
         back.encode("image", ws.load_features("image")[:1])
+
+
+def test_the_bridge_keeps_its_principal_directions():
+    """Embeddings that live in 8 of 96 dimensions: on the 8-d basis their cosines are unchanged;
+    a bridge no wider than the basis is kept whole."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(8, 96))
+    Bi, Bt = (l2_normalize(rng.normal(size=(n, 8)) @ mix) for n in (50, 70))
+    P = principal_basis(Bi, Bt, dims=8)
+    assert P.shape == (96, 8)
+    np.testing.assert_allclose(P.T @ P, np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(project(Bi, P) @ project(Bt, P).T, Bi @ Bt.T, atol=1e-4)
+    assert principal_basis(Bi[:, :8], Bt[:, :8], dims=8) is None and project(Bi, None) is Bi
+
+
+def test_a_wide_bridge_is_stored_and_queried_on_its_basis(r, xenv, make_workspace):
+    from xmodal.core.bridge import BRIDGE_DIMS
+    from xmodal.index.build import build_snapshot
+    from xmodal.index.store import read_snapshot, write_snapshot
+
+    n = 120
+    ws = make_workspace("wide", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
+    X, Y = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2)
+    ws.save_features("image", X, "synthetic-image")
+    ws.save_features("text", Y, "synthetic-text")
+    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    snap, _ = build_snapshot(ws, 1, _pairs(12))
+    assert snap.bridge_weight > 0 and snap.bridge_basis.shape == (Y.shape[1], BRIDGE_DIMS)
+    assert snap.text_codes.shape[1] == 12 + BRIDGE_DIMS
+    back = read_snapshot(write_snapshot(ws, snap), "wide")
+    np.testing.assert_allclose(back.bridge_basis, snap.bridge_basis, atol=1e-6)
+    np.testing.assert_allclose(back.encode("text", Y[:5]), snap.text_codes[:5], atol=1e-5)
 
 
 def test_without_bridge_in_enhance_or_on_disk_the_index_is_ssr_alone(r, xenv, make_workspace):

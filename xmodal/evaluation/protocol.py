@@ -309,13 +309,15 @@ def _bridge(run: _Run, cfg: Enhancements):
     """(centred image bridge, centred text features, weight) of the evaluated rows, the weight
     chosen from the references as the index chooses it (:func:`xmodal.core.bridge.choose_weight`,
     images asking for texts, over the references and the evaluated items)."""
-    from xmodal.core.bridge import centred, choose_weight
+    from xmodal.core.bridge import centred, choose_weight, principal_basis, project
     from xmodal.core.ssr import column_stats, ssr
 
     d = run.data
     rows = np.concatenate([run.refs, run.eval_rows])
     Bi, _ = centred(d.image_bridge[rows])
     Bt, _ = centred(d.text_features[rows])
+    basis = principal_basis(Bi, Bt)   # the index keeps the bridge on its principal directions
+    Bi, Bt = project(Bi, basis), project(Bt, basis)
     RX = ssr(d.image_features[rows], d.image_features[run.refs])
     RY = ssr(d.text_features[rows], d.text_features[run.refs])
     stats = (column_stats(RX), column_stats(RY)) if cfg.standardize else (None, None)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import redis
 
-from xmodal.core.bridge import centred, choose_weight, fuse_codes
+from xmodal.core.bridge import centred, choose_weight, fuse_codes, principal_basis, project
 from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
 from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
@@ -198,6 +198,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         bridge_means=np.stack(bridge["means"]) if fused else None,
         bridge_classes=bridge["classes"] if fused else None,
         bridge_class_emb=bridge["class_embeddings"] if fused else None,
+        bridge_basis=bridge["basis"] if fused else None,
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped
@@ -222,6 +223,8 @@ def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray
     modalities and the weight the labels support (0: SSR alone ranks better)."""
     B_img, mean_img = centred(saved["image"])
     B_txt, mean_txt = centred(text_features)
+    basis = principal_basis(B_img, B_txt)   # the bridge part of the codes: its top directions
+    B_img, B_txt = project(B_img, basis), project(B_txt, basis)
     q, t, pairs, options = _task_view(index, select)
     qb, tb = (B_img, B_txt) if select == "image" else (B_txt, B_img)
     weight, evidence = choose_weight(q, t, qb, tb, pairs, scored=scored, **options)
@@ -229,7 +232,7 @@ def _bridge(index: SSRIndex, select: str, saved: dict, text_features: np.ndarray
                 "bridge_percentile": evidence["bridge_percentile"], "references": evidence["references"],
                 **{k: {str(w): round(v, 4) for w, v in evidence[k].items()} for k in ("mrr", "log_rank")}},
             "image": B_img, "text": B_txt, "query_bridge": qb, "target_bridge": tb,
-            "means": (mean_img, mean_txt),
+            "means": (mean_img, mean_txt), "basis": basis,
             "classes": saved["classes"], "class_embeddings": saved["class_embeddings"]}
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from xmodal.core.bridge import bridge_embeddings, centred, fuse_codes
+from xmodal.core.bridge import bridge_embeddings, centred, fuse_codes, project
 from xmodal.core.calibration import PlattCalibrator, top_z
 from xmodal.core.hubness import apply_csls, knn_mean
 from xmodal.core.ssr import ssr, ssr_codes, top_k
@@ -120,6 +120,7 @@ class IndexSnapshot:
     bridge_means: np.ndarray | None = None      # (2, d_text) collection means: images', texts'
     bridge_classes: np.ndarray | None = None    # (c,) ImageNet classes seen in the images
     bridge_class_emb: np.ndarray | None = None  # (c, d_text) their prompts' text embeddings
+    bridge_basis: np.ndarray | None = None      # (d_text, b) the bridge part's principal directions
     # approximate search (xmodal.index.ann): built indexes by modality (the rebuild), else loaded lazily
     # from the files beside ``path`` that meta["ann"] names
     ann: dict = field(default_factory=dict, repr=False)
@@ -235,7 +236,7 @@ class IndexSnapshot:
         among those the collection's images showed (the only ones with embeddings here)."""
         mean = self.bridge_means[0 if modality == "image" else 1]
         if modality == "text":
-            return centred(features, mean)[0]
+            return project(centred(features, mean)[0], self.bridge_basis)
         from xmodal.encoders.image_words import TOP_CLASSES, top_classes
 
         known = {int(c): j for j, c in enumerate(np.asarray(self.bridge_classes).astype(np.int64))}
@@ -249,7 +250,8 @@ class IndexSnapshot:
             for j, (row, q) in enumerate(seen):
                 pos[i, j], probs[i, j] = row, q
         probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
-        return centred(bridge_embeddings(probs, pos, self.bridge_class_emb), mean)[0]
+        return project(centred(bridge_embeddings(probs, pos, self.bridge_class_emb), mean)[0],
+                       self.bridge_basis)
 
     def scores(self, query_modality: str, query_codes: np.ndarray,
                candidate_rows: np.ndarray | None = None,
@@ -400,7 +402,7 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
 
 
 _OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub", "bridge_means",
-             "bridge_classes", "bridge_class_emb")
+             "bridge_classes", "bridge_class_emb", "bridge_basis")
 
 
 class CorruptIndex(DataError):
