@@ -50,6 +50,12 @@ for (const el of document.querySelectorAll('.lsf-choice')) {
 }
 return null;"""
 
+# Label Studio 1.23.2: "No More Tasks Left in Queue", "All tasks in the queue have been completed"
+_LOWER = "translate(text(), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+_DONE = f"//*[contains({_LOWER}, 'no more tasks') or contains({_LOWER}, 'all tasks in the queue')]"
+_ANSWERS = """return performance.getEntriesByType('resource').filter(
+  x => x.name.includes('interactive-annotating') && x.responseEnd > 0).length;"""
+
 # the search box's result lines, as shown under it ("<n>. <text>  <id>", or "No text ... has the words")
 _HITS = """
 const box = document.querySelector('.xm-hits');
@@ -58,7 +64,7 @@ const out = [];
 for (const el of box.querySelectorAll('*')) {
   if (el.children.length) continue;
   const t = el.textContent.trim();
-  if (/^[0-9]+\\. /.test(t) || t.startsWith('No text of this project')) out.push(el.textContent);
+  if (/^[0-9]+\\. /.test(t) || t.startsWith('No text of this project') || t.startsWith('Texts with the words')) out.push(el.textContent);
 }
 return out;"""
 _HIT_CHOICE = """
@@ -129,7 +135,7 @@ class LabellingPage:
         from selenium.webdriver.common.by import By
 
         def shown(d):
-            if d.find_elements(By.XPATH, "//*[contains(text(), 'No more tasks') or contains(text(), 'all tasks')]"):
+            if d.find_elements(By.XPATH, _DONE):
                 return "done"
             notes = d.find_elements(By.CSS_SELECTOR, ".xm-note")
             if not notes or not d.find_elements(By.CSS_SELECTOR, ".lsf-choice"):
@@ -201,9 +207,13 @@ class LabellingPage:
         box = self._until(lambda d: next((b for b in d.find_elements(
             By.CSS_SELECTOR, "input[placeholder^='Search all texts']") if b.is_displayed()), False),
             10, "the search box")
-        before = self.d.execute_script(_HITS)
+        before, answered = self.d.execute_script(_HITS), self.d.execute_script(_ANSWERS)
         box.send_keys(words + Keys.ENTER)
-        return self._until(lambda d: (lines := d.execute_script(_HITS)) and lines != before and lines,
+        self._until(lambda d: d.execute_script(_ANSWERS) > answered, timeout,
+                    f"Label Studio's answer to the search {words!r}")
+        at = time.time()   # the same lines again (another search, the same texts) also count, a moment later
+        return self._until(lambda d: (lines := d.execute_script(_HITS)) and
+                           (lines != before or time.time() > at + 1) and lines,
                            timeout, f"the search results for {words!r}")
 
     def pick_hit(self, n: int) -> None:
@@ -216,6 +226,13 @@ class LabellingPage:
             if self._checked(element):
                 return
         raise AssertionError(f"three clicks on result {n} selected nothing; shots {self.shots}")
+
+    def picked_hit(self) -> int | None:
+        """The result number ticked on the page, or None."""
+        ticked = self.d.execute_script(
+            "return Array.from(document.querySelectorAll('.xm-hit .lsf-choice'))"
+            ".filter(el => el.querySelector('input:checked')).map(el => el.textContent);")
+        return int(re.sub(r"\[[^\]]*\]\s*$", "", ticked[0]).strip()) if ticked else None
 
     def describe(self, text: str) -> None:
         """"None of these", then the description in the box it reveals."""

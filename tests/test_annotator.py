@@ -69,13 +69,13 @@ def test_searches_all_texts_when_the_filter_finds_nothing_and_picks_the_number()
 
     ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"), search=search)
     assert ans.how == "search" and queries == [" ".join(ans.words)] and ans.query == queries[0]
-    assert ans.hits[ans.hit - 1].endswith("  d")
+    assert next(x for x in ans.hits if x.startswith(f"{ans.hit}. ")).endswith(" · d")
     result = ans.result("image", "caption", "image")
     assert [(r["from_name"], r["type"]) for r in result] == [
         ("caption", "choices"), ("search", "textarea"), ("hits", "textarea"), ("hit", "choices")]
     assert result[3]["value"] == {"choices": [str(ans.hit)]} and result[2]["value"]["text"] == ans.hits
     # nothing right among the results: it writes its caption, the search kept with the answer
-    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"), search=lambda q: ["1. no  b"])
+    ans = HumanLikeAnnotator(KNOW, "image", shown=2).answer(page("bce"), search=lambda q: ["1. no · b"])
     assert ans.how == "written" and ans.text == TEXTS["d"] and ans.hit is None
     assert ans.result("image", "caption", "image")[-1]["from_name"] == "description"
 

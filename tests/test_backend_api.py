@@ -577,16 +577,20 @@ def test_the_search_box_gets_the_matching_texts_of_the_whole_project(client, ws)
     body["params"] = {"context": {"result": [searched]}}
     got = post(client, "/predict", body).get_json()
     assert len(got["results"]) == 1
-    (region,) = got["results"][0]["result"]
+    region, cleared = got["results"][0]["result"]
     assert (region["from_name"], region["to_name"], region["type"]) == ("hits", "image", "textarea")
-    lines = region["value"]["text"]
+    # a new search clears a number picked among the previous results: it would name another text
+    assert cleared == {"from_name": "hit", "to_name": "image", "type": "choices", "value": {"choices": []}}
+    header, *lines = region["value"]["text"]
     # the last search counts; text 17 is not among the task's 3 options, the search finds it
-    assert lines[0] == f"1. caption 17  {text_id(17)}" and len(lines) == 10
+    assert header.startswith("Texts with the words 'caption 17'")
+    assert lines[0] == f"1. caption 17 · {text_id(17)}" and len(lines) == 10
     assert all(line.startswith(f"{n}. ") for n, line in enumerate(lines, 1))
     # nothing matches: one line that says so
     body["params"]["context"]["result"] = [search_region("zebra")]
-    (region,) = post(client, "/predict", body).get_json()["results"][0]["result"]
-    assert region["value"]["text"][0].startswith("No text of this project has the words 'zebra'")
+    region, _ = post(client, "/predict", body).get_json()["results"][0]["result"]
+    assert region["value"]["text"] == [
+        "No text of this project has the words 'zebra': try other words, or describe the image below"]
 
 
 @pytest.mark.parametrize("context", [
@@ -608,7 +612,8 @@ def test_a_picked_search_result_is_the_pair(client, r, ws):
     text; a number that names no text is a problem the team sees, not a silent none."""
     store = PairStore(r, "proj")
     none = {"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}}
-    lines = [f"1. caption 17  {text_id(17)}", f"2. caption 4  {text_id(4)}"]
+    lines = ["Texts with the words 'caption', best first: …", f"1. caption 17 · {text_id(17)}",
+             f"2. caption 4 · {text_id(4)}"]
 
     def picked(n, lines=lines, extra=()):
         return [none, search_region("caption"), {"from_name": "hits", "to_name": "image", "type": "textarea",
@@ -618,10 +623,14 @@ def test_a_picked_search_result_is_the_pair(client, r, ws):
     resp = webhook(client, "ANNOTATION_CREATED", 1, 1000, image_id(0), None, result=picked("2"))
     assert (resp.get_json()["source"], resp.get_json()["text_id"]) == ("search", text_id(4))
     assert [p["text_id"] for p in store.all_pairs()] == [text_id(4)]
-    for n, rows in (("3", lines), ("1", ["1. caption 17  t-gone"]), ("1", [])):
+    for n, rows in (("3", lines), ("1", ["1. caption 17 · t-gone"]), ("1", [])):
         resp = webhook(client, "ANNOTATION_CREATED", 2, 1001, image_id(1), None, result=picked(n, rows))
         assert resp.status_code == 200 and resp.get_json()["problem"] == "unknown_hit", resp.get_json()
         assert store.get(2)["given"] == f"search result {n}"
+    # searched, nothing picked (a new search clears the number), nothing written: says so
+    searched = [r for r in picked("1") if r["from_name"] != "hit"]
+    resp = webhook(client, "ANNOTATION_CREATED", 5, 1004, image_id(4), None, result=searched)
+    assert resp.get_json()["problem"] == "no_match" and "no result was picked" in resp.get_json()["message"]
     # a description written next to a number that names nothing: the description counts
     desc = {"from_name": "description", "to_name": "image", "type": "textarea", "value": {"text": ["a red bus"]}}
     resp = webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), None, result=picked("9", extra=[desc]))
@@ -640,5 +649,5 @@ def test_a_search_of_any_words_gets_lines_or_says_nothing_matched(client, query)
     resp = post(client, "/predict", body)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:300]
     lines = resp.get_json()["results"][0]["result"][0]["value"]["text"]
-    assert 1 <= len(lines) <= 10 and all(len(line) < 400 for line in lines)
-    assert lines[0].startswith(("1. caption", "No text of this project has the words"))
+    assert 1 <= len(lines) <= 11 and all(len(line) < 400 for line in lines)
+    assert lines[0].startswith(("Texts with the words", "No text of this project has the words"))

@@ -113,7 +113,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
             page.choose(hit)
         else:
             lines = page.search_all(" ".join(words))
-            number = next((n for n, line in enumerate(lines, 1) if line.split()[-1] in right), None)
+            number = next((int(line.split(".", 1)[0]) for line in lines
+                           if line[:1].isdigit() and line.split()[-1] in right), None)
             searches.append((shown.item, " ".join(words), len(lines), number))
             if number is not None:
                 how = "search"
@@ -172,8 +173,9 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     """A page that carries only 10 of the 795 captions: the person chooses None of these, types
     content words of the caption it has in mind into the search box (Label Studio asks the
     backend, which searches every text) and picks the number of a right line. Asserted: words
-    nothing has give a line saying so; every pick is stored as that text's pair (``search``);
-    most tasks are answered that way."""
+    nothing has give a line saying so; a new search clears a number picked among the previous
+    results; every pick is stored as that text's pair (``search``); most tasks are answered that
+    way."""
     from xmodal.datasets.coco import load_coco_mini
     from xmodal.demo.annotator import Knowledge, content_words
     from xmodal.index.pairs import PairStore
@@ -200,13 +202,21 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
             assert lines[0].startswith("No text of this project has the words 'zzqxv'"), lines
         right, words = knowledge.right[shown.item], " ".join(content_words(knowledge.in_mind[shown.item]))
         lines = page.search_all(words)
-        assert 1 <= len(lines) <= 10 and lines[0].startswith("1. "), (words, lines, page.shots)
-        number = next((k for k, line in enumerate(lines, 1) if line.split()[-1] in right), None)
+        numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+        assert lines[0].startswith("Texts with the words") and sorted(numbered) == list(
+            range(1, len(numbered) + 1)) and 1 <= len(numbered) <= 10, (words, lines, page.shots)
+        number = next((k for k, tid in numbered.items() if tid in right), None)
         if number is None:
             page.describe(knowledge.in_mind[shown.item])
         else:
             page.pick_hit(number)
-            picked[shown.item] = lines[number - 1].split()[-1]
+            assert page.picked_hit() == number
+            if n == 1:   # a new search clears the number: it would name a line of other results
+                page.search_all(words.split()[0])
+                assert page.picked_hit() is None, page.screenshot("a number kept across searches")
+                lines = page.search_all(words)
+                page.pick_hit(number)
+            picked[shown.item] = numbered[number]
         page.screenshot(f"{n + 1}-{'search' if number else 'written'}-{shown.item}")
         page.submit()
 

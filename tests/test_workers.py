@@ -335,6 +335,32 @@ def test_rebuild_pushes_predictions_for_unannotated_tasks(r, xenv, ws, fake_ls, 
     assert result["label_to_prediction_s"] >= 1.0
 
 
+def test_once_every_task_is_labelled_the_rebuild_pushes_nothing_and_does_not_fail(r, xenv, ws, fake_ls):
+    """Label Studio refuses a model_version that no prediction carries (HTTP 400): with no open
+    task there is nothing to push or flip, and the rebuild must not fail and retry for ever."""
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(4)]
+    store = PairStore(r, "proj")
+    for i in range(4):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0)
+    _link(r, ws)
+    result = rebuild("proj", redis_client=r)
+    assert result["ls"] == "skipped: no open task" and fake_ls.pushes == [] and fake_ls.versions == []
+
+
+def test_a_label_studio_error_is_told_without_its_headers():
+    """The SDK's ApiError prints every response header, Label Studio's session cookie included:
+    what reaches the log and `xmodal status` is the status and the body."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    from xmodal.labelstudio.client import describe_error
+
+    exc = ApiError(status_code=400, headers={"set-cookie": "sessionid=s3cr3t; HttpOnly"},
+                   body={"model_version": ["Model version doesn't exist"]})
+    told = describe_error(exc)
+    assert "s3cr3t" not in told and "set-cookie" not in told
+    assert told.startswith("ApiError: HTTP 400: ") and "Model version doesn't exist" in told
+
+
 def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, monkeypatch):
     monkeypatch.setenv("XMODAL_LS_FIRST", "3")
     monkeypatch.setenv("XMODAL_PRESELECT_MIN", "0")   # a pre-selected answer whatever the confidence

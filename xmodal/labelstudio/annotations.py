@@ -264,6 +264,10 @@ def interpret(ws: Workspace, ev: AnnotationEvent) -> Answer:
                           message=f"a search result was picked but {shown}: search again and pick "
                                   "a result, or describe the image")
     text = (ev.text or "").strip()
+    if not text and ev.hits:
+        return Answer("problem", problem="no_match",
+                      message="the texts were searched but no result was picked and nothing was "
+                              "written: pick the number of a right result, or describe the image")
     if not text:
         what = "None of these was chosen" if choice else "the annotation has no answer"
         hint = "describe the image" if ws.select == "image" else "paste an image id shown under a thumbnail"

@@ -56,6 +56,17 @@ def _dump(obj: Any) -> Any:
     return obj
 
 
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` of a failed Label Studio call, without what must not reach a log or
+    ``xmodal status``: an SDK ApiError's str() dumps every response header, its session cookie
+    included, so it is the status code and the body."""
+    if isinstance(exc, ApiError):
+        return f"{type(exc).__name__}: HTTP {exc.status_code}: {_errors(exc)[:500]}"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{type(exc).__name__}: HTTP {exc.response.status_code}: {exc.response.text[:500]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _errors(exc: ApiError) -> str:
     """The useful part of an SDK ApiError (its str() dumps every response header)."""
     body = exc.body

@@ -7,10 +7,11 @@ these" the page has a search box over *every* text of the project (``label_confi
 2. Label Studio (the ML backend is connected with ``is_interactive``; the box has
    ``smartOnly="true"``, so no toggle is needed) POSTs ``/predict`` with
    ``params.context.result`` = the regions of the annotation so far, among them ``search``;
-3. the backend answers one result: the ``hits`` text area filled with the best
-   :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`), one per line,
-   ``"<n>. <text>  <id>"``; Label Studio shows the lines under the box (each new search
-   replaces them);
+3. the backend answers one result: the ``hits`` text area filled with a line saying what was
+   searched and the best :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`), one
+   per line, ``"<n>. <text> · <id>"``, and the ``hit`` choice emptied; Label Studio shows the
+   lines under the box (each new search replaces them, and clears a number picked among the
+   previous ones: it would name another text now);
 4. the person picks the number of the right line in the ``hit`` choices (or pastes its id into
    the description box);
 5. the annotation carries the lines and the number, so the webhook reads the id off the chosen
@@ -44,29 +45,37 @@ def search_query(context) -> str | None:
     return None
 
 
+SEPARATOR = " · "           # between a line's text and its id (a double space collapses on the page)
+
+
 def hit_line(n: int, text_id: str, text: str) -> str:
     text = " ".join(str(text).split())
     if len(text) > LINE_CHARS:
         text = text[:LINE_CHARS - 1].rstrip() + "…"
-    return f"{n}. {text}  {text_id}"
+    return f"{n}. {text}{SEPARATOR}{text_id}"
 
 
 def hits_lines(ws, query: str, k: int = MAX_HITS) -> list[str]:
-    """What the page shows for ``query``: the numbered lines, or one line saying nothing matched."""
+    """What the page shows for ``query``: a line naming the search, then the numbered lines; or
+    one line saying nothing matched."""
     from xmodal.index.text_search import text_search
 
+    shown = query if len(query) <= 80 else query[:79] + "…"
     found = text_search(ws).search(query, k)
     if not found:
-        return [f"No text of this project has the words {query[:80]!r}: try other words, or "
+        return [f"No text of this project has the words {shown!r}: try other words, or "
                 "describe the image below"]
     texts = dict(zip(ws.ids("text"), ws.contents("text")))
-    return [hit_line(n, tid, texts[tid]) for n, (tid, _) in enumerate(found, 1)]
+    return [f"Texts with the words {shown!r}, best first: pick the number of the right one below"] + \
+        [hit_line(n, tid, texts[tid]) for n, (tid, _) in enumerate(found, 1)]
 
 
 def hits_result(lines: list[str], to_name: str) -> list[dict]:
-    """The interactive answer Label Studio merges into the annotation: the ``hits`` text area."""
+    """The interactive answer Label Studio merges into the annotation: the ``hits`` text area, and
+    the ``hit`` choice emptied (a number picked before named a line of the previous search)."""
     return [{"from_name": HITS_FIELD, "to_name": to_name, "type": "textarea",
-             "value": {"text": lines}}]
+             "value": {"text": lines}},
+            {"from_name": HIT_FIELD, "to_name": to_name, "type": "choices", "value": {"choices": []}}]
 
 
 def search_context(query: str, to_name: str) -> dict:
@@ -84,20 +93,19 @@ def lines_of(result) -> list[str]:
 
 
 def picked_id(lines, number, known) -> str | None:
-    """The text id at the end of line ``number`` (1-based) of ``lines``, if it is in ``known``."""
+    """The text id at the end of the line numbered ``number`` in ``lines``, if it is in ``known``."""
     try:
         n = int(str(number).strip())
     except ValueError:
         return None
-    if not isinstance(lines, list) or not 1 <= n <= len(lines) or not isinstance(lines[n - 1], str):
-        return None
-    line = lines[n - 1].strip()
     prefix = f"{n}. "
-    if not line.startswith(prefix):
+    line = next((x.strip() for x in lines or [] if isinstance(x, str) and x.strip().startswith(prefix)),
+                None)
+    if line is None:
         return None
-    parts = line.split("  ")   # the id is what follows the last double space (or one before it)
+    parts = line.split(SEPARATOR)   # the id follows the last separator (or one before it)
     for j in range(len(parts) - 1, 0, -1):
-        tail = "  ".join(parts[j:])
+        tail = SEPARATOR.join(parts[j:])
         if tail in known:
             return tail
     return None

@@ -59,7 +59,7 @@ from xmodal.index.selection import candidate_pool
 from xmodal.index.store import IndexSnapshot, IndexStore, load_current
 from xmodal.index.workspace import Workspace
 from xmodal.jobs.queueing import flag_key, get_queue
-from xmodal.labelstudio.client import connect
+from xmodal.labelstudio.client import connect, describe_error
 from xmodal.labelstudio.config import label_fields
 from xmodal.labelstudio.hosts import is_trusted, refuse
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
@@ -226,7 +226,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
     def failed(what: str, exc: Exception) -> LabelStudioPushError:
         return LabelStudioPushError(
             f"index {snap.model_version} of {ws.name!r} is published, but {what} Label Studio at "
-            f"{conn['url']} (project {pid}) failed: {type(exc).__name__}: {exc}")
+            f"{conn['url']} (project {pid}) failed: {describe_error(exc)}")
 
     with lock:
         current = store.current_version()
@@ -252,6 +252,10 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 by_id[int(tid)] = task
             except (UnknownItem, ValueError):
                 unknown += 1
+        if not preds:   # every task labelled: nothing to push, and Label Studio refuses a
+            #            model_version no prediction carries (HTTP 400), which would retry forever
+            log.info(kv("ls.skip", project=ws.name, job=job_id, version=snap.version, why="no open task"))
+            return {"ls": "skipped: no open task", "ls_task_source": source}
         first, rest = serving_order({t: p["score"] for t, p in preds.items()}, ls_first())
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
         timing: dict[str, float] = {}
