@@ -18,6 +18,7 @@ def test_the_texts_with_the_words_come_first():
     assert [i for i, _ in ts.search("dog")] == ["t1", "t3"]   # "dogs" is found by "dog"
     assert [i for i, _ in ts.search("DOGS  frisbee")][0] == "t3"
     assert [i for i, _ in ts.search("bus")] == ["t4"]
+    assert [i for i, _ in ts.search("sleeps")] == ["t1"] and [i for i, _ in ts.search("plays")] == ["t3"]
     assert len(ts.search("frisbee dog", k=1)) == 1
 
 
