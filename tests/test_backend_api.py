@@ -651,3 +651,26 @@ def test_a_search_of_any_words_gets_lines_or_says_nothing_matched(client, query)
     lines = resp.get_json()["results"][0]["result"][0]["value"]["text"]
     assert 1 <= len(lines) <= 11 and all(len(line) < 400 for line in lines)
     assert lines[0].startswith(("Texts with the words", "No text of this project has the words"))
+
+
+search_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**70) | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["result", "from_name", "to_name", "type", "value", "text", "choices", "id"]),
+        kids, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(context=search_json, texts=st.lists(st.text(max_size=40) | st.integers() | st.none(), max_size=4))
+def test_fuzzed_interactive_contexts_never_5xx(client, context, texts):
+    """Whatever Label Studio (or anyone) puts into params.context, and whatever the search box
+    holds: a 2xx with one result, or a clear 4xx."""
+    body = predict_body([task_body(1000, image_id(0))])
+    for ctx in (context, {"result": [{"from_name": "search", "to_name": "image", "type": "textarea",
+                                      "value": {"text": texts}}]}):
+        body["params"] = {"context": ctx}
+        resp = client.post("/predict", data=json.dumps(body), content_type="application/json")
+        assert resp.status_code < 500, (resp.status_code, resp.get_json(), ctx)
+        if resp.status_code == 200 and isinstance(ctx, dict) and isinstance(ctx.get("result"), list):
+            assert len(resp.get_json()["results"]) == 1
