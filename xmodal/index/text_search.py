@@ -48,10 +48,14 @@ class TextSearch:
 
         self.ids = list(ids)
         self.texts = list(texts)
+        self._row = {t: i for i, t in enumerate(self.ids)}
         self._bm25 = bm25s.BM25()
         docs = [search_words(t) or [""] for t in self.texts]
         self._vocab = {w for d in docs for w in d}
         self._bm25.index(docs, show_progress=False)
+
+    def text(self, text_id: str) -> str:
+        return self.texts[self._row[text_id]]
 
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
         """Up to ``k`` ``(id, score)`` of the texts that share a word with ``query``, best first

@@ -61,13 +61,13 @@ def hits_lines(ws, query: str, k: int = MAX_HITS) -> list[str]:
     from xmodal.index.text_search import text_search
 
     shown = query if len(query) <= 80 else query[:79] + "…"
-    found = text_search(ws).search(query, k)
+    search = text_search(ws)
+    found = search.search(query, k)
     if not found:
         return [f"No text of this project has the words {shown!r}: try other words, or "
                 "describe the image below"]
-    texts = dict(zip(ws.ids("text"), ws.contents("text")))
     return [f"Texts with the words {shown!r}, best first: pick the number of the right one below"] + \
-        [hit_line(n, tid, texts[tid]) for n, (tid, _) in enumerate(found, 1)]
+        [hit_line(n, tid, search.text(tid)) for n, (tid, _) in enumerate(found, 1)]
 
 
 def hits_result(lines: list[str], to_name: str) -> list[dict]:
