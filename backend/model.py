@@ -20,6 +20,7 @@ from xmodal.errors import ApiError
 from xmodal.index.build import unlabelled_snapshot
 from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexSnapshot, load_current
+from xmodal.index.text_search import similar_texts
 from xmodal.index.text_search import warm as warm_text_search
 from xmodal.index.workspace import Workspace, other
 from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
@@ -143,11 +144,16 @@ class XmodalModel:
         if query is None:
             return {"results": [{"result": [], "score": 0.0, "model_version": model_version}]}
         _, to_name = label_fields(self.redis, self.ws)
-        lines = hits_lines(self.ws, query)
+        lines = hits_lines(self.ws, query, similar=self._similar_texts)
         log.info(kv("predict.page_search", project=self.project, words=len(query.split()),
                     hits=len(lines)))
         return {"results": [{"result": hits_result(lines, to_name), "score": 0.0,
                              "model_version": model_version}]}
+
+    def _similar_texts(self, query: str, k: int) -> list[str]:
+        """The texts nearest to ``query`` embedded with the workspace's text encoder."""
+        encoder = text_encoder(self.ws, self.backend.text_encoder_loader)
+        return similar_texts(self.ws, encoder.transform([query])[0], k)
 
     def _with_item_id(self, task: dict) -> dict:
         """A task imported without ``data.item_id`` but with the image of an image project (a path

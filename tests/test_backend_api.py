@@ -674,3 +674,23 @@ def test_fuzzed_interactive_contexts_never_5xx(client, context, texts):
         assert resp.status_code < 500, (resp.status_code, resp.get_json(), ctx)
         if resp.status_code == 200 and isinstance(ctx, dict) and isinstance(ctx.get("result"), list):
             assert len(resp.get_json()["results"]) == 1
+
+
+def test_the_search_box_fills_up_with_texts_of_a_similar_meaning(xenv, ws):
+    """Words no text has: the texts nearest to the query embedded with the project's text
+    encoder (here every query means text 17); words some text has come first."""
+    from backend.app import create_app
+
+    class MeansSeventeen(FakeTextEncoder):
+        def transform(self, texts):
+            return np.stack([self.Y[17]] * len(texts))
+
+    client = create_app({"TEXT_ENCODER_LOADER": lambda w: MeansSeventeen()}).test_client()
+    body = predict_body([task_body(1000, image_id(0))])
+    body["params"] = {"context": {"result": [search_region("zebra")]}}
+    header, *lines = post(client, "/predict", body).get_json()["results"][0]["result"][0]["value"]["text"]
+    assert header.startswith("No text has the words 'zebra'; texts of a similar meaning")
+    assert lines[0] == f"1. caption 17 · {text_id(17)}" and len(lines) == 10
+    body["params"] = {"context": {"result": [search_region("caption 3")]}}
+    header, *lines = post(client, "/predict", body).get_json()["results"][0]["result"][0]["value"]["text"]
+    assert lines[0].endswith(text_id(3)) and len(lines) == 10 and len({x.split()[-1] for x in lines}) == 10

@@ -172,8 +172,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
 def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server, xenv, services, page):
     """A page that carries only 10 of the 795 captions: the person chooses None of these, types
     content words of the caption it has in mind into the search box (Label Studio asks the
-    backend, which searches every text) and picks the number of a right line. Asserted: words
-    nothing has give a line saying so; a new search clears a number picked among the previous
+    backend, which searches every text) and picks the number of a right line. Asserted: for words
+    no text has, the page says so and offers the texts nearest in meaning; a new search clears a number picked among the previous
     results; every pick is stored as that text's pair (``search``); most tasks are answered that
     way."""
     from xmodal.datasets.coco import load_coco_mini
@@ -198,12 +198,13 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
         shown = page.wait_task(shown)
         assert shown is not None, f"Label Studio ran out of tasks after {n}; shots in {page.shots}"
         if n == 0:
-            lines = page.search_all("zzqxv")
-            assert lines[0].startswith("No text of this project has the words 'zzqxv'"), lines
+            lines = page.search_all("zzqxv")   # no text has the word: the nearest by meaning
+            assert lines[0].startswith("No text has the words 'zzqxv'; texts of a similar meaning"), lines
+            assert len([x for x in lines if x[:1].isdigit()]) == 10, lines
         right, words = knowledge.right[shown.item], " ".join(content_words(knowledge.in_mind[shown.item]))
         lines = page.search_all(words)
         numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
-        assert lines[0].startswith("Texts with the words") and sorted(numbered) == list(
+        assert lines[0].startswith(("Texts with the words", "No text has the words")) and sorted(numbered) == list(
             range(1, len(numbered) + 1)) and 1 <= len(numbered) <= 10, (words, lines, page.shots)
         number = next((k for k, tid in numbered.items() if tid in right), None)
         if number is None:

@@ -93,6 +93,35 @@ def text_search(ws) -> TextSearch:
     return found
 
 
+_meaning: dict[tuple, np.ndarray] = {}
+
+
+def similar_texts(ws, vector: np.ndarray, k: int = 10) -> list[str]:
+    """Ids of the ``k`` texts whose features are nearest (cosine) to ``vector``, a query embedded
+    with the workspace's text encoder: texts of the same meaning in other words (*puppy* finds
+    "a dog ..."). The unit features are kept in the process, one copy per features file."""
+    try:
+        key = (str(ws.root), ws.features_path("text").stat().st_mtime_ns)
+    except OSError:
+        return []
+    with _lock:
+        Y = _meaning.get(key)
+        if Y is None:
+            Y = np.asarray(ws.load_features("text"), dtype=np.float32)
+            Y = Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
+            for old in [x for x in _meaning if x[0] == key[0]]:
+                del _meaning[old]
+            _meaning[key] = Y
+    v = np.asarray(vector, dtype=np.float32).ravel()
+    if v.shape[0] != Y.shape[1] or not np.all(np.isfinite(v)) or not np.any(v):
+        return []
+    scores = Y @ (v / np.linalg.norm(v))
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    ids = ws.ids("text")
+    return [ids[i] for i in top[np.argsort(-scores[top], kind="stable")]]
+
+
 def warm(ws) -> None:
     """Build the workspace's search in a background thread unless it is built (the first search
     then does not wait for it)."""

@@ -8,8 +8,8 @@ these" the page has a search box over *every* text of the project (``label_confi
    ``smartOnly="true"``, so no toggle is needed) POSTs ``/predict`` with
    ``params.context.result`` = the regions of the annotation so far, among them ``search``;
 3. the backend answers one result: the ``hits`` text area filled with a line saying what was
-   searched and the best :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`), one
-   per line, ``"<n>. <text> · <id>"``, and the ``hit`` choice emptied; Label Studio shows the
+   searched and the best :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`; while
+   there is room, then the texts nearest in meaning by the project's text encoder), one per line, ``"<n>. <text> · <id>"``, and the ``hit`` choice emptied; Label Studio shows the
    lines under the box (each new search replaces them, and clears a number picked among the
    previous ones: it would name another text now);
 4. the person picks the number of the right line in the ``hit`` choices (or pastes its id into
@@ -19,6 +19,12 @@ these" the page has a search box over *every* text of the project (``label_confi
 """
 
 from __future__ import annotations
+
+import logging
+
+from xmodal.logfmt import kv
+
+log = logging.getLogger(__name__)
 
 SEARCH_FIELD = "search"     # text area: what the person typed (one entry per search)
 HITS_FIELD = "hits"         # text area the backend fills: one line per text found
@@ -55,19 +61,35 @@ def hit_line(n: int, text_id: str, text: str) -> str:
     return f"{n}. {text}{SEPARATOR}{text_id}"
 
 
-def hits_lines(ws, query: str, k: int = MAX_HITS) -> list[str]:
-    """What the page shows for ``query``: a line naming the search, then the numbered lines; or
-    one line saying nothing matched."""
+def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
+    """What the page shows for ``query``: a line naming the search, then the numbered lines (the
+    texts with its words, best first; then, while there is room, texts of similar meaning:
+    ``similar(query, k)`` -> text ids, the text encoder's nearest); or one line saying nothing
+    matched."""
     from xmodal.index.text_search import text_search
 
     shown = query if len(query) <= 80 else query[:79] + "…"
     search = text_search(ws)
-    found = search.search(query, k)
+    found = [tid for tid, _ in search.search(query, k)]
+    words = len(found)
+    if len(found) < k and similar is not None:
+        try:
+            found += [t for t in similar(query, k) if t not in set(found)][:k - len(found)]
+        except Exception as exc:  # noqa: BLE001 - the words' results still stand
+            log.warning(kv("page_search.similar_failed", project=ws.name,
+                           error=f"{type(exc).__name__}: {exc}"[:300]))
     if not found:
         return [f"No text of this project has the words {shown!r}: try other words, or "
                 "describe the image below"]
-    return [f"Texts with the words {shown!r}, best first: pick the number of the right one below"] + \
-        [hit_line(n, tid, search.text(tid)) for n, (tid, _) in enumerate(found, 1)]
+    if words == len(found):
+        head = f"Texts with the words {shown!r}, best first: pick the number of the right one below"
+    elif words:
+        head = (f"Texts with the words {shown!r} (1–{words}), then texts of a similar meaning: pick "
+                "the number of the right one below")
+    else:
+        head = (f"No text has the words {shown!r}; texts of a similar meaning: pick the number of "
+                "the right one below")
+    return [head] + [hit_line(n, tid, search.text(tid)) for n, tid in enumerate(found, 1)]
 
 
 def hits_result(lines: list[str], to_name: str) -> list[dict]:
