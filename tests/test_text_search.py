@@ -20,6 +20,7 @@ def test_the_texts_with_the_words_come_first():
     assert [i for i, _ in ts.search("bus")] == ["t4"]
     assert [i for i, _ in ts.search("sleeps")] == ["t1"] and [i for i, _ in ts.search("plays")] == ["t3"]
     assert len(ts.search("frisbee dog", k=1)) == 1
+    assert ts.search("kitty on a sofa") == [] and ts.search("the of in") == []   # stop words alone
 
 
 def test_chinese_is_searched_by_its_words():

@@ -33,11 +33,20 @@ def _stemmer():
     return snowballstemmer.stemmer("english")
 
 
+@functools.cache
+def _stopwords() -> frozenset:
+    from bm25s.stopwords import STOPWORDS_CHINESE, STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN) | frozenset(STOPWORDS_CHINESE)
+
+
 def search_words(text: str) -> list[str]:
-    """The words BM25 matches: tokens, stemmed by Snowball's English stemmer (``dogs`` and
+    """The words BM25 matches: tokens but English and Chinese stop words (``kitty on a sofa``
+    must not find every text "on" something), stemmed by Snowball's English stemmer (``dogs`` and
     ``dog``, ``skiing`` and ``skis`` match; applied to texts and queries alike; words of other
     scripts, e.g. Chinese, pass unchanged)."""
-    return [_stem(w) for w in tokenize(text)]
+    stop = _stopwords()
+    return [_stem(w) for w in tokenize(text) if w not in stop]
 
 
 class TextSearch:
