@@ -54,8 +54,8 @@ def test_warm_builds_it_in_the_background_once(ws):
     mod._cache.clear()
     mod.warm(ws)
     deadline = time.monotonic() + 10
-    while mod._key(ws) not in mod._cache and time.monotonic() < deadline:
+    while mod._key(ws, "search") not in mod._cache and time.monotonic() < deadline:
         time.sleep(0.01)
-    built = mod._cache[mod._key(ws)]
+    built = mod._cache[mod._key(ws, "search")]
     mod.warm(ws)
     assert text_search(ws) is built

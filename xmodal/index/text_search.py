@@ -78,49 +78,48 @@ class TextSearch:
         return [(self.ids[i], float(scores[i])) for i in top]
 
 
-_cache: dict[tuple, TextSearch] = {}
+_cache: dict[tuple, object] = {}   # (kind, workspace root, file mtime) -> what was built from it
 _lock = threading.Lock()
 
 
-def _key(ws) -> tuple:
+def _key(ws, kind: str) -> tuple:
+    path = ws.items_path if kind == "search" else ws.features_path("text")
     try:
-        return str(ws.root), ws.items_path.stat().st_mtime_ns
+        return kind, str(ws.root), path.stat().st_mtime_ns
     except OSError:
-        return str(ws.root), None
+        return kind, str(ws.root), None
 
 
-def text_search(ws) -> TextSearch:
-    """The workspace's :class:`TextSearch`, built once per items file (rebuilt when it changes)."""
-    key = _key(ws)
+def _per_file(key: tuple, build):
+    """What ``build()`` gives, once per file version (``key``); an older version is dropped."""
     with _lock:
         found = _cache.get(key)
         if found is None:
-            found = TextSearch(ws.ids("text"), ws.contents("text"))
-            for old in [k for k in _cache if k[0] == key[0]]:
+            found = build()
+            for old in [k for k in _cache if k[:2] == key[:2]]:
                 del _cache[old]
             _cache[key] = found
     return found
 
 
-_meaning: dict[tuple, np.ndarray] = {}
+def text_search(ws) -> TextSearch:
+    """The workspace's :class:`TextSearch`, built once per items file (rebuilt when it changes)."""
+    return _per_file(_key(ws, "search"), lambda: TextSearch(ws.ids("text"), ws.contents("text")))
+
+
+def _unit_text_features(ws) -> np.ndarray:
+    Y = np.asarray(ws.load_features("text"), dtype=np.float32)
+    return Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
 
 
 def similar_texts(ws, vector: np.ndarray, k: int = 10) -> list[str]:
     """Ids of the ``k`` texts whose features are nearest (cosine) to ``vector``, a query embedded
     with the workspace's text encoder: texts of the same meaning in other words (*puppy* finds
     "a dog ..."). The unit features are kept in the process, one copy per features file."""
-    try:
-        key = (str(ws.root), ws.features_path("text").stat().st_mtime_ns)
-    except OSError:
+    key = _key(ws, "meaning")
+    if key[2] is None:
         return []
-    with _lock:
-        Y = _meaning.get(key)
-        if Y is None:
-            Y = np.asarray(ws.load_features("text"), dtype=np.float32)
-            Y = Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)
-            for old in [x for x in _meaning if x[0] == key[0]]:
-                del _meaning[old]
-            _meaning[key] = Y
+    Y = _per_file(key, lambda: _unit_text_features(ws))
     v = np.asarray(vector, dtype=np.float32).ravel()
     if v.shape[0] != Y.shape[1] or not np.all(np.isfinite(v)) or not np.any(v):
         return []
@@ -134,5 +133,5 @@ def similar_texts(ws, vector: np.ndarray, k: int = 10) -> list[str]:
 def warm(ws) -> None:
     """Build the workspace's search in a background thread unless it is built (the first search
     then does not wait for it)."""
-    if _key(ws) not in _cache:
+    if _key(ws, "search") not in _cache:
         threading.Thread(target=text_search, args=(ws,), name="xmodal-text-search", daemon=True).start()

@@ -32,6 +32,7 @@ HIT_FIELD = "hit"           # choices "1".."10": the line the person picked
 MAX_HITS = 10
 MAX_QUERY_CHARS = 500
 LINE_CHARS = 240            # a long text is cut in its line (the page shows one line per hit)
+SEPARATOR = " · "           # between a line's text and its id (a double space collapses on the page)
 
 
 def search_query(context) -> str | None:
@@ -50,8 +51,6 @@ def search_query(context) -> str | None:
                     return " ".join(typed[-1].split())[:MAX_QUERY_CHARS]
     return None
 
-
-SEPARATOR = " · "           # between a line's text and its id (a double space collapses on the page)
 
 
 def hit_line(n: int, text_id: str, text: str) -> str:
@@ -74,7 +73,8 @@ def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
     words = len(found)
     if len(found) < k and similar is not None:
         try:
-            found += [t for t in similar(query, k) if t not in set(found)][:k - len(found)]
+            seen = set(found)
+            found += [t for t in similar(query, k) if t not in seen][:k - len(found)]
         except Exception as exc:  # noqa: BLE001 - the words' results still stand
             log.warning(kv("page_search.similar_failed", project=ws.name,
                            error=f"{type(exc).__name__}: {exc}"[:300]))
