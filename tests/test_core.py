@@ -210,6 +210,25 @@ def test_anytime_order_puts_the_big_cluster_first():
     assert anytime_order(D).tolist() == [1, 0, 2]
 
 
+def test_standardized_medoids_see_groups_that_large_nuisance_dimensions_hide():
+    """Three non-negative dimensions with large values unrelated to the groups dominate the raw
+    cosine: the paper's k-medoids finds no group structure; on z-scored features every dimension
+    has the same say and each group gets its medoid, also when the selection is extended."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(4), 40)
+    X = np.hstack([rng.uniform(0, 20, (160, 3)),
+                   np.eye(4)[groups] + 0.2 + 0.2 * rng.random((160, 4))]).astype(np.float32)
+    raw = KMedoidsSelector(4, random_state=0).fit(X)
+    assert sorted(groups[raw.medoid_indices_]) != [0, 1, 2, 3]
+    z = KMedoidsSelector(4, random_state=0, standardize=True).fit(X)
+    assert sorted(groups[z.medoid_indices_]) == [0, 1, 2, 3]
+    grown = KMedoidsSelector(2, random_state=0, standardize=True).fit(X).extend(X, 2)
+    assert sorted(groups[grown.medoid_indices_]) == [0, 1, 2, 3]
+    # a constant column is no division by zero
+    const = KMedoidsSelector(4, random_state=0, standardize=True).fit(np.hstack([X, np.ones((160, 1))]))
+    assert sorted(groups[const.medoid_indices_]) == [0, 1, 2, 3]
+
+
 def test_extend_keeps_annotated_medoids():
     X, y = blobs(centres=6)
     sel = KMedoidsSelector(3, random_state=0).fit(X)

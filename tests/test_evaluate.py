@@ -292,15 +292,15 @@ def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
     same default text encoder as ``project create``; no hindsight choice of the selection."""
     from xmodal.cli.eval import register
     from xmodal.encoders import DEFAULT_TEXT_ENCODER
-    from xmodal.evaluation.protocol import PRODUCT, product_settings
+    from xmodal.evaluation.protocol import PRODUCT, PRODUCT_RAW_MEDOIDS, product_settings
     from xmodal.index.workspace import Workspace
     from xmodal.labelstudio.project import ProjectSpec
 
     select, cfg = product_settings()
     new = Workspace(tmp_path / "new").save_config({})
     assert select == new["select"] and cfg.measure == new["measure"]
-    assert ((["zscore"] if cfg.standardize else []) + (["csls"] if cfg.csls_k else [])
-            + (["bridge"] if cfg.bridge else [])) == new["enhance"]
+    assert ((["zscore-medoids"] if cfg.zscore_medoids else []) + (["zscore"] if cfg.standardize else [])
+            + (["csls"] if cfg.csls_k else []) + (["bridge"] if cfg.bridge else [])) == new["enhance"]
     assert cfg.csls_k in (None, new["csls_k"])
     import argparse
 
@@ -309,7 +309,28 @@ def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
     eval_args = sub.choices["eval"].parse_args(["--dataset", "folder"])
     assert eval_args.text_encoder == ProjectSpec(name="x", data=".").text_encoder == DEFAULT_TEXT_ENCODER
 
-    rows = evaluate(synthetic(), [5], seeds=[0, 1], methods=[PRODUCT])
-    product = [r for r in rows if r["method"] == PRODUCT]
-    assert {r["direction"] for r in product} == {"i2t", "t2i"}
-    assert all(r["selection"] == select for r in product)
+    rows = evaluate(synthetic(), [5], seeds=[0, 1], methods=[PRODUCT, PRODUCT_RAW_MEDOIDS])
+    for method in (PRODUCT, PRODUCT_RAW_MEDOIDS):
+        product = [r for r in rows if r["method"] == method]
+        assert {r["direction"] for r in product} == {"i2t", "t2i"}
+        assert all(r["selection"] == select for r in product)
+
+
+def test_zmedoids_is_the_faithful_index_on_the_medoids_of_z_scored_features():
+    """``ssm-al+zmedoids`` changes the selection only: the same numbers as faithful SSR computed by
+    hand from ``KMedoidsSelector(standardize=True)``'s medoids."""
+    from xmodal.core.medoids import KMedoidsSelector
+    from xmodal.core.metrics import recall_at_k
+    from xmodal.core.ssr import SSRIndex
+
+    data = synthetic(split=False)
+    rows = evaluate(data, [6], seeds=[0], select=("image",), methods=["ssm-al+zmedoids"], metric="recall")
+    got = {r["direction"]: r["value"] for r in rows
+           if r["method"] == "ssm-al+zmedoids" and r["metric"] == "recall@5"}
+    refs = KMedoidsSelector(6, random_state=0, standardize=True).fit(data.image_features).medoid_indices_
+    rest = np.setdiff1d(np.arange(data.n), refs)
+    index = SSRIndex().fit(data.image_features[refs], data.text_features[refs],
+                           np.stack([np.arange(6)] * 2, axis=1))
+    S = index.transform_images(data.image_features[rest]) @ index.transform_texts(data.text_features[rest]).T
+    want = recall_at_k(S, np.arange(len(rest)), [5])[5], recall_at_k(S.T, np.arange(len(rest)), [5])[5]
+    assert (got["i2t"], got["t2i"]) == pytest.approx(want)

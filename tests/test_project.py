@@ -167,6 +167,23 @@ def test_grow_without_label_studio(data, models, fake_embed):
         grow_project("nope", 9)
 
 
+def test_a_new_project_takes_medoids_of_its_z_scored_features(data, models, fake_embed):
+    """The default ("zscore-medoids" in enhance) clusters the z-scored features, and a grown
+    project extends on them; `--enhance none` keeps the paper's k-medoids of the raw features."""
+    from xmodal.core.medoids import KMedoidsSelector
+
+    made = create_project(spec(data, k=6))
+    X = made.ws.load_features("image")
+    ids = made.ws.ids("image")
+    assert made.medoid_ids == [ids[r] for r in KMedoidsSelector(6, standardize=True).fit(X).medoid_indices_]
+    grown = grow_project("proj", 9)
+    assert grown.medoid_ids == [ids[r] for r in KMedoidsSelector(6, standardize=True).fit(X)
+                                .extend(X, 3).medoid_indices_]
+    faithful = create_project(spec(data, k=6, name="faithful", enhance="none"))
+    raw = [ids[r] for r in KMedoidsSelector(6).fit(X).medoid_indices_]
+    assert faithful.medoid_ids == raw != made.medoid_ids
+
+
 def test_k_auto_uses_the_canopy_method(data, models, fake_embed):
     res = create_project(spec(data, k="auto"))
     assert 2 <= res.k <= N
@@ -266,9 +283,10 @@ def test_cli_create_enhance_sets_and_validates_the_config(data, models, fake_emb
     assert main(["project", "create", "--data", str(data), "--name", "bad", "--k", "4",
                  "--enhance", "zscore,center"]) == 1
     err = capsys.readouterr().err
-    assert "--enhance" in err and "'center'" in err and "valid: zscore, csls" in err
+    assert "--enhance" in err and "'center'" in err and "valid: zscore-medoids, zscore, csls" in err
     assert not (models / "bad").exists()
-    assert Workspace(models / "plain").save_config({})["enhance"] == ["zscore", "csls", "bridge"]  # the default
+    assert Workspace(models / "plain").save_config({})["enhance"] == [   # the default
+        "zscore-medoids", "zscore", "csls", "bridge"]
     assert Workspace(models / "faithful").save_config({"enhance": "none"})["enhance"] == []
 
 

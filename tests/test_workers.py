@@ -238,11 +238,12 @@ def test_enhance_names_are_validated(xenv, tmp_path):
     from xmodal.index.workspace import parse_enhance
 
     assert parse_enhance("csls, zscore") == ["zscore", "csls"] and parse_enhance(None) == []
-    with pytest.raises(ConfigError, match="valid: zscore, csls"):
+    with pytest.raises(ConfigError, match="valid: zscore-medoids, zscore, csls"):
         parse_enhance("zscore,center")
     with pytest.raises(ConfigError, match="csls_k"):
         Workspace(tmp_path / "w").save_config({"csls_k": 0})
-    assert Workspace(tmp_path / "w").save_config({})["enhance"] == ["zscore", "csls", "bridge"]  # a new one's default
+    assert Workspace(tmp_path / "w").save_config({})["enhance"] == [   # a new one's default
+        "zscore-medoids", "zscore", "csls", "bridge"]
     assert parse_enhance("none") == [] == parse_enhance("")
 
 

@@ -79,11 +79,12 @@ def register(subparsers) -> None:
     c.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME", help=TEXT_ENCODER_HELP)
     c.add_argument("--measure", choices=("pearson", "cosine"), default="pearson")
     c.add_argument("--enhance", metavar="NAMES",
-                   help="index enhancements beyond the paper, comma-separated: zscore (z-scored SSR "
-                   "columns), csls (hubness correction), bridge (the image encoder's classes in "
+                   help="enhancements beyond the paper, comma-separated: zscore-medoids (k-medoids "
+                   "of the z-scored features, for medoids chosen from then on), zscore (z-scored "
+                   "SSR columns), csls (hubness correction), bridge (the image encoder's classes in "
                    "the text encoder's space, weighted by what the labels support); 'none' = "
-                   "faithful SSM-AL. Default: the workspace's setting, zscore,csls,bridge for a new "
-                   "one (measured best, docs/results.md)")
+                   "faithful SSM-AL. Default: the workspace's setting, all four for a new one "
+                   "(measured best, docs/results.md)")
     c.add_argument("--captions", choices=("first", "all"), default="first",
                    help="COCO-mini: the first caption of each image (default) or all five")
     c.add_argument("--candidates", type=int, default=10, metavar="N",

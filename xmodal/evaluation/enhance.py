@@ -48,6 +48,9 @@ class Enhancements:
     """Which improvements :func:`enhanced_similarity` applies (all off = the paper's SSM-AL)."""
 
     measure: str = "pearson"
+    # the selection, not the index: the references are the k-medoids of the z-scored features
+    # (KMedoidsSelector standardize), as a new project's ("zscore-medoids")
+    zscore_medoids: bool = False
     center: bool = False
     csls_k: int | None = None
     inverted_softmax_beta: float | None = None

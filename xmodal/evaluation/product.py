@@ -9,7 +9,7 @@ as it serves /predict, /search and Label Studio (``scores``: z-score statistics 
     python -m xmodal.evaluation.product --data ../shared/data/coco_mini --labels 20
 
 compares the faithful index with a new project's default enhancements (``--enhance``, default
-``zscore,csls,bridge``; docs/results.md, "Beyond the paper").
+``zscore-medoids,zscore,csls,bridge``; docs/results.md, "Beyond the paper").
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Methods (``method`` field of the rows):
   chosen like ``ssm-al``); absent when N < 2.
 - ``all-pairs``: SSR with every pool pair as a reference (the ceiling; split protocol only, its
   ``n`` is the pool size).
+- ``product``: what a new project does (:func:`product_settings`): its one selection (images),
+  k-medoids of the z-scored features, and its index's enhancements; ``product-raw-medoids`` the
+  same from the paper's medoids of the raw features.
 - ``ssm-al+<variant>``: beyond the paper (:mod:`xmodal.evaluation.enhance`), better of _I/_T like
   ``ssm-al``; see :data:`VARIANTS`.
 
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -92,26 +95,31 @@ VARIANTS: dict[str, Enhancements] = {
     # fused Gromov-Wasserstein (intra-modal structure of the searched items), then Sinkhorn
     "product+gw": Enhancements(standardize=True, csls_k=10, gw_alpha=0.2),
     "product+gw+sinkhorn": Enhancements(standardize=True, csls_k=10, gw_alpha=0.3, sinkhorn_eps=0.1),
+    # faithful SSR from the medoids of the z-scored features (the product's selection)
+    "ssm-al+zmedoids": Enhancements(zscore_medoids=True),
 }
 PRODUCT = "product"
+#: the product with the paper's k-medoids of the raw features (what `product` was until 2026-12-07)
+PRODUCT_RAW_MEDOIDS = "product-raw-medoids"
 
 
 def product_settings() -> tuple[str, Enhancements]:
     """What a new project does by default, as an evaluation method: the modality it clusters and
-    the enhancements of its index, both read from :data:`xmodal.index.workspace.DEFAULT_CONFIG`
-    (the encoders are the command's, ``auto`` by default as for ``project create``). Unlike
-    ``ssm-al``, which reports the better of its two selections in hindsight, ``product`` uses the
-    project's one."""
+    its enhancements (the medoids of z-scored features, the index's settings), both read from
+    :data:`xmodal.index.workspace.DEFAULT_CONFIG` (the encoders are the command's, ``auto`` by
+    default as for ``project create``). Unlike ``ssm-al``, which reports the better of its two
+    selections in hindsight, ``product`` uses the project's one."""
     from xmodal.index.workspace import DEFAULT_CONFIG
 
     enhance = DEFAULT_CONFIG["enhance"]
     return DEFAULT_CONFIG["select"], Enhancements(
-        standardize="zscore" in enhance, csls_k=int(DEFAULT_CONFIG["csls_k"]) if "csls" in enhance else None,
+        zscore_medoids="zscore-medoids" in enhance, standardize="zscore" in enhance,
+        csls_k=int(DEFAULT_CONFIG["csls_k"]) if "csls" in enhance else None,
         measure=DEFAULT_CONFIG["measure"], bridge="bridge" in enhance)
 
 
 BASE_METHODS = ("ssm-al", "random-refs", "cca", "all-pairs")
-ALL_METHODS = BASE_METHODS + (PRODUCT,) + tuple(VARIANTS)
+ALL_METHODS = BASE_METHODS + (PRODUCT, PRODUCT_RAW_MEDOIDS) + tuple(VARIANTS)
 
 
 # -- data ready for evaluation ---------------------------------------------------------------
@@ -279,6 +287,13 @@ def _eval_rows(data: EvalData, refs: np.ndarray) -> np.ndarray:
     return np.setdiff1d(np.arange(data.n), refs)
 
 
+def _run(data: EvalData, pool: np.ndarray, selector: KMedoidsSelector) -> _Run:
+    """The run whose references are the medoids of a selector fitted on ``pool``'s rows."""
+    refs = pool[selector.medoid_indices_]
+    rows = _eval_rows(data, refs)
+    return _Run(data, refs, rows, np.setdiff1d(pool, refs) if data.protocol == "split" else rows)
+
+
 def _faithful(run: _Run, measure: str = "pearson"):
     d = run.data
     index = SSRIndex(measure=measure).fit(d.image_features[run.refs], d.text_features[run.refs],
@@ -385,6 +400,7 @@ def evaluate(data: EvalData, ns, *, seeds=(0, 1, 2, 3, 4), select=("image", "tex
     """
     variants = dict(VARIANTS if variants is None else variants)
     product_select, variants[PRODUCT] = product_settings()
+    variants[PRODUCT_RAW_MEDOIDS] = replace(variants[PRODUCT], zscore_medoids=False)
     valid = BASE_METHODS + tuple(variants)
     ns = sorted({int(n) for n in ns})
     seeds = [int(s) for s in seeds]
@@ -418,28 +434,29 @@ def evaluate(data: EvalData, ns, *, seeds=(0, 1, 2, 3, 4), select=("image", "tex
         for seed in seeds:
             for sel in select:
                 feats = data.image_features if sel == "image" else data.text_features
-                medoids = KMedoidsSelector(n, random_state=seed).fit(feats[pool]).medoid_indices_
-                refs = pool[medoids]
-                rows = _eval_rows(data, refs)
-                uncoupled = np.setdiff1d(pool, refs) if data.protocol == "split" else rows
-                run = _Run(data, refs, rows, uncoupled)
-                todo: list[tuple[str, Callable]] = [("ssm-al", lambda r=run: _faithful(r, measure))]
+                run = _run(data, pool, KMedoidsSelector(n, random_state=seed).fit(feats[pool]))
+                zrun = None   # the medoids of the z-scored features, made when a method asks
+                todo: list[tuple[str, _Run, Callable]] = [("ssm-al", run, lambda r: _faithful(r, measure))]
                 if "cca" in methods:
-                    todo.append(("cca", lambda r=run: _cca(r)))
+                    todo.append(("cca", run, _cca))
                 for name in methods:
-                    if name == PRODUCT and sel != product_select:
+                    if name in (PRODUCT, PRODUCT_RAW_MEDOIDS) and sel != product_select:
                         continue
                     if name in variants:
                         cfg = variants[name]
                         if measure != cfg.measure:
-                            cfg = Enhancements(**{**cfg.as_dict(), "measure": measure})
-                        todo.append((name, lambda r=run, c=cfg: _enhanced(r, c)))
-                for name, fn in todo:
-                    out = fn()
+                            cfg = replace(cfg, measure=measure)
+                        if cfg.zscore_medoids and zrun is None:
+                            zrun = _run(data, pool, KMedoidsSelector(n, random_state=seed, standardize=True)
+                                        .fit(feats[pool]))
+                        todo.append((name, zrun if cfg.zscore_medoids else run,
+                                     lambda r, c=cfg: _enhanced(r, c)))
+                for name, r, fn in todo:
+                    out = fn(r)
                     if out is None:
                         continue
-                    results.setdefault((name, n, sel), {})[seed] = _scores(data, *out, rows, metric, ks)
-                    n_eval[(name, n, sel)] = len(rows)
+                    results.setdefault((name, n, sel), {})[seed] = _scores(data, *out, r.eval_rows, metric, ks)
+                    n_eval[(name, n, sel)] = len(r.eval_rows)
             if "random-refs" in methods:
                 refs = pool[random_references(len(pool), n, seed)]
                 rows = _eval_rows(data, refs)

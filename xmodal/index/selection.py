@@ -1,5 +1,6 @@
-"""The project's medoids (k-medoids on the select modality, anytime order, extended without
-discarding any) and the cold-start candidate pool (k-medoids of the other modality).
+"""The project's medoids (k-medoids on the select modality, of its z-scored features where the
+project's ``enhance`` has "zscore-medoids", anytime order, extended without discarding any) and the
+cold-start candidate pool (k-medoids of the other modality).
 """
 
 from __future__ import annotations
@@ -45,10 +46,18 @@ def resolve_k(k, F: np.ndarray, seed: int = 0) -> int:
     return k
 
 
-def _selector(k: int, seed: int):
+def _selector(k: int, seed: int, standardize: bool = False):
     from xmodal.core.medoids import KMedoidsSelector
 
-    return KMedoidsSelector(k, random_state=seed)
+    return KMedoidsSelector(k, random_state=seed, standardize=standardize)
+
+
+def zscore_medoids(ws) -> bool:
+    """Whether the project's medoids come from its z-scored features ("zscore-medoids" in its
+    ``enhance``; a workspace written before that default keeps the paper's raw features)."""
+    from xmodal.index.workspace import parse_enhance
+
+    return "zscore-medoids" in parse_enhance(ws.config.get("enhance"))
 
 
 def ensure_selection(ws, F: np.ndarray, select: str, k: int, seed: int = 0,
@@ -66,7 +75,7 @@ def ensure_selection(ws, F: np.ndarray, select: str, k: int, seed: int = 0,
                         "discards none (their pairs may be annotated)")
                 return current, 0
             return extend_selection(ws, F, select, k - len(current), seed), k - len(current)
-    selector = _selector(k, seed).fit(F)
+    selector = _selector(k, seed, zscore_medoids(ws)).fit(F)
     medoids = [ids[r] for r in selector.medoid_indices_]
     ws.save_selection(medoids, selector.labels_, modality=select)
     return medoids, len(medoids)
@@ -80,7 +89,7 @@ def extend_selection(ws, F: np.ndarray, select: str, n_new: int, seed: int = 0) 
     free = len(ids) - len(current)
     if n_new > free:
         raise ConfigError(f"cannot add {n_new} medoids: only {free} {select}s are not medoids yet")
-    selector = _selector(max(len(current), 1), seed)
+    selector = _selector(max(len(current), 1), seed, zscore_medoids(ws))
     selector.medoid_indices_ = np.asarray([rows[m] for m in current], dtype=np.int64)
     selector.extend(F, n_new)
     medoids = [ids[r] for r in selector.medoid_indices_]

@@ -77,8 +77,8 @@ class ProjectSpec:
     image_encoder: str = DEFAULT_IMAGE_ENCODER
     text_encoder: str = DEFAULT_TEXT_ENCODER  # "auto": chosen from the texts' language
     measure: str = "pearson"
-    # index enhancements beyond the paper ("zscore", "csls", "bridge"; list or "zscore,csls"):
-    # None keeps the workspace's setting (a new workspace: DEFAULT_CONFIG's, all three)
+    # enhancements beyond the paper ("zscore-medoids", "zscore", "csls", "bridge"; list or
+    # "zscore,csls"): None keeps the workspace's setting (a new workspace: DEFAULT_CONFIG's, all four)
     enhance: list[str] | str | None = None
     captions: str = "first"                # COCO-mini: first caption per image, or all 5
     candidates: int = 10                   # the diverse cold-start pool (image tasks)
