@@ -297,7 +297,10 @@ def test_sif_segments_chinese_into_words():
     tokens = tokenize("一只猫坐在桌子上")
     assert len(tokens) > 1 and "".join(tokens) == "一只猫坐在桌子上" and "桌子" in tokens
     assert tokenize("iPhone手机 ok") == ["iphone", "手机", "ok"]
-    assert len(tokenize("ねこがすき")) == 5  # kana: no segmenter shipped, one token per character
+    assert len(tokenize("ねこがすき")) == 5  # hiragana: no segmenter shipped, one token per character
+    # Japanese: katakana runs are words, kanji go to the segmenter, hiragana one by one
+    assert tokenize("京都タワーへ行く") == ["京都", "タワー", "へ", "行", "く"]
+    assert "コバルトブルー" in tokenize("コバルトブルーのくさび形") and "ｶﾀｶﾅ" in tokenize("ｶﾀｶﾅ半角")
 
 
 def test_sif_self_on_chinese_gives_more_than_one_token_and_real_vectors():

@@ -11,6 +11,7 @@ from xmodal.errors import ConfigError
 
 ENGLISH = [c for s in make_scenes(60, captions_per_image=2) for c in s.captions]
 CHINESE = [c for s in make_scenes(60, captions_per_image=2, lang="zh") for c in s.captions]
+JAPANESE = [c for s in make_scenes(60, captions_per_image=2, lang="ja") for c in s.captions]
 
 
 def test_english_captions_get_the_english_encoder():
@@ -23,6 +24,12 @@ def test_chinese_texts_are_routed_to_the_multilingual_encoder():
     assert lang == "zh" and share > 0.9 and n == len(CHINESE)
     name, why = choose_text_encoder(CHINESE)
     assert name == "e5" and "zh" in why and "multilingual" in why
+
+
+def test_japanese_texts_are_routed_to_the_multilingual_encoder():
+    lang, share, _ = detect_language(JAPANESE)
+    assert lang == "ja" and share > 0.9
+    assert choose_text_encoder(JAPANESE)[0] == "e5"
 
 
 def test_a_corpus_mixing_languages_goes_multilingual():

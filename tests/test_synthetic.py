@@ -157,9 +157,12 @@ def test_generate_command(tmp_path, capsys):
     assert len(list((tmp_path / "g" / "images").iterdir())) == 8
 
 
-def test_chinese_captions_name_the_same_scenes():
+def test_chinese_and_japanese_captions_name_the_same_scenes():
     en = synthetic.make_scenes(30, seed=3, captions_per_image=2)
-    zh = synthetic.make_scenes(30, seed=3, captions_per_image=2, lang="zh")
-    assert [(s.shape, s.colour, s.size, s.position) for s in en] == \
-        [(s.shape, s.colour, s.size, s.position) for s in zh]
-    assert all(" " not in c and any("\u4e00" <= ch <= "\u9fff" for ch in c) for s in zh for c in s.captions)
+    for lang in ("zh", "ja"):
+        other = synthetic.make_scenes(30, seed=3, captions_per_image=2, lang=lang)
+        assert [(s.shape, s.colour, s.size, s.position) for s in en] == \
+            [(s.shape, s.colour, s.size, s.position) for s in other]
+        assert all(" " not in c and any("\u4e00" <= ch <= "\u9fff" for ch in c) for s in other for c in s.captions)
+    ja = synthetic.make_scenes(30, seed=3, captions_per_image=2, lang="ja")
+    assert all(any("\u3040" <= ch <= "\u30ff" for ch in c) for s in ja for c in s.captions)  # kana too

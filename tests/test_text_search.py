@@ -30,6 +30,17 @@ def test_chinese_is_searched_by_its_words():
     assert len(search_words("两只狗在草地上玩耍")) > 1
 
 
+def test_japanese_katakana_words_are_searched_whole():
+    """A katakana word is one search word: "マゼンタ" finds the magenta shape, not every text
+    sharing one of its characters ("タ" of "タワー")."""
+    ids = ["j0", "j1", "j2"]
+    texts = ["左上にマゼンタの円がある", "京都タワーの写真", "赤い三角形が真ん中にある"]
+    ts = TextSearch(ids, texts)
+    assert [i for i, _ in ts.search("マゼンタ")] == ["j0"]
+    assert [i for i, _ in ts.search("タワー")] == ["j1"]
+    assert [i for i, _ in ts.search("三角形")] == ["j2"]
+
+
 @pytest.mark.parametrize("query", ["", "   ", "zebra", "\x00", "\ud800", "a" * 10_000,
                                    "!!! ???", "1e309"])
 def test_nothing_matched_is_an_empty_list(query):

@@ -21,8 +21,9 @@ def register(subparsers) -> None:
                    help="captions written for every image (default 1)")
     p.add_argument("--label-by", default="shape", choices=("shape", "colour", "shape+colour"),
                    help="what the class label of an item is (default: shape)")
-    p.add_argument("--lang", default="en", choices=("en", "zh"),
-                   help="language of the captions: en (default) or zh (Chinese, written without spaces)")
+    p.add_argument("--lang", default="en", choices=("en", "zh", "ja"),   # synthetic.LANGS
+                   help="language of the captions: en (default), zh (Chinese) or ja (Japanese), the "
+                        "last two written without spaces")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=run)
 

@@ -108,7 +108,35 @@ ZH_TEMPLATES = [
     "这张图显示一个{size}的{colour}{shape}{where}",
     "浅色背景上{where}画着一个{size}的{colour}{shape}",
 ]
-LANGS = ("en", "zh")
+# and in Japanese (``lang="ja"``): kanji and kana, no spaces either; the same attributes
+JA_WORDS: dict[str, dict[str, list[str]]] = {
+    "shape": {"circle": ["円", "丸", "円盤"], "square": ["正方形", "四角", "ブロック"],
+              "triangle": ["三角形", "くさび形", "ピラミッド形"], "star": ["星形", "五芒星"],
+              "diamond": ["ひし形", "菱形", "ダイヤ形"], "cross": ["十字", "プラス記号"]},
+    "colour": {"red": ["赤い", "真っ赤な", "深紅の"], "green": ["緑の", "エメラルド色の", "草色の"],
+               "blue": ["青い", "紺色の", "コバルトブルーの"], "yellow": ["黄色い", "金色の", "レモン色の"],
+               "purple": ["紫の", "すみれ色の", "マゼンタの"], "orange": ["オレンジ色の", "琥珀色の", "みかん色の"]},
+    "size": {"small": ["小さな", "とても小さい", "ちっちゃな"], "medium": ["中くらいの", "中型の", "普通の大きさの"],
+             "large": ["大きな", "とても大きい", "巨大な"]},
+    "where": {"top left": ["左上の隅に", "左上あたりに", "左上に"],
+              "top right": ["右上の隅に", "右上あたりに", "右上に"],
+              "bottom left": ["左下の隅に", "左下あたりに", "左下に"],
+              "bottom right": ["右下の隅に", "右下あたりに", "右下に"],
+              "center": ["中央に", "真ん中に", "ちょうど中心に"]},
+}
+JA_TEMPLATES = [
+    "{where}{size}{colour}{shape}がある",
+    "{size}{colour}{shape}が{where}あります",
+    "{where}{size}{colour}{shape}が描かれた画像",
+    "{size}{colour}{shape}が一つ{where}置かれている",
+    "この画像には{where}{size}{colour}{shape}が写っている",
+    "淡い背景の{where}{size}{colour}{shape}が描かれている",
+    "{where}見えるのは{size}{colour}{shape}です",
+    "{colour}{shape}、{size}もの、{where}",
+]
+#: caption languages: English, and the languages written without spaces, by (words, templates)
+WORDS_BY_LANG = {"zh": (ZH_WORDS, ZH_TEMPLATES), "ja": (JA_WORDS, JA_TEMPLATES)}
+LANGS = ("en", *WORDS_BY_LANG)
 
 LABEL_BY = ("shape", "colour", "shape+colour")
 
@@ -145,10 +173,12 @@ def make_caption(rng: random.Random, shape: str, colour: str, size: str, positio
                  lang: str = "en") -> str:
     """One caption for a scene: a random template filled with random synonyms (the same number
     of draws in every language, so a scene's attributes do not depend on ``lang``)."""
-    if lang == "zh":
-        template = _pick(rng, ZH_TEMPLATES)
-        words = {"shape": _pick(rng, ZH_WORDS["shape"][shape]), "colour": _pick(rng, ZH_WORDS["colour"][colour]),
-                 "size": _pick(rng, ZH_WORDS["size"][size]), "where": _pick(rng, ZH_WORDS["where"][position])}
+    if lang in WORDS_BY_LANG:
+        vocabulary, templates = WORDS_BY_LANG[lang]
+        template = _pick(rng, templates)
+        words = {"shape": _pick(rng, vocabulary["shape"][shape]),
+                 "colour": _pick(rng, vocabulary["colour"][colour]),
+                 "size": _pick(rng, vocabulary["size"][size]), "where": _pick(rng, vocabulary["where"][position])}
         return template.format(**words)
     template = _pick(rng, TEMPLATES)
     words = {

@@ -16,9 +16,12 @@ for the given language, or ``"corpus"``: counts over the texts passed to ``fit``
 Tokenisation (:func:`tokenize`): lowercase, then maximal runs of Unicode letters and digits
 (regex ``[^\\W_]+``); punctuation, apostrophes, underscores and spaces separate words, so
 "Don't stop!" gives ``["don", "t", "stop"]``. Scripts written without spaces would make a whole
-sentence one "word": a run with Chinese characters is segmented by ``jieba``
-("一只猫坐在桌子上" gives ``["一只", "猫", "坐在", "桌子", "上"]``), a run of Japanese kana, Thai,
-Lao, Khmer or Myanmar (no segmenter shipped) is split into its characters.
+sentence one "word", so such a run is cut where the script changes: Chinese characters (kanji)
+are segmented by ``jieba`` ("一只猫坐在桌子上" gives ``["一只", "猫", "坐在", "桌子", "上"]``), a run
+of katakana is one word (Japanese writes loanwords and names in it: "コバルトブルー", "マゼンタ"),
+hiragana, Thai, Lao, Khmer and Myanmar (no segmenter shipped) are split into their characters,
+and letters of other scripts or digits inside such a run stay whole ("iPhone手机" gives
+``["iphone", "手机"]``).
 """
 
 from __future__ import annotations
@@ -46,11 +49,15 @@ from xmodal.encoders.wordvectors import GLOVE, load_word_vectors, source_id
 from xmodal.errors import ConfigError, DataError
 
 _WORD = re.compile(r"[^\W_]+")
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# kana, Thai, Lao, Myanmar, Khmer: written without spaces between words
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
+# hiragana, Thai, Lao, Myanmar, Khmer: written without spaces between words, no segmenter here
+_CHARACTERS = "\u3040-\u309f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+_UNSPACED = re.compile(f"[{_HAN}{_KATAKANA}{_CHARACTERS}]")
+# the pieces of a run with unspaced script: Han (to jieba), katakana, one character, the rest
+_PIECE = re.compile(f"([{_HAN}]+)|([{_KATAKANA}]+)|([{_CHARACTERS}])|([^{_HAN}{_KATAKANA}{_CHARACTERS}]+)")
 # bump when tokenize() changes: it is part of the encoder id
-TOKENIZER_VERSION = "re2-jieba"
+TOKENIZER_VERSION = "re3-jieba-katakana"
 SELF = "self"
 FREQUENCY_SOURCES = ("wordfreq", "corpus")
 SAVE_FORMAT = "xmodal-sif/1"
@@ -63,12 +70,14 @@ def tokenize(text: str) -> list[str]:
     spaces (see the module docstring)."""
     words = []
     for run in _WORD.findall(text.lower()):
-        if _HAN.search(run):
-            words.extend(w for w in _jieba().lcut(run) if w.strip())
-        elif _UNSPACED.search(run):
-            words.extend(run)
-        else:
+        if not _UNSPACED.search(run):
             words.append(run)
+            continue
+        for han, *whole in _PIECE.findall(run):
+            if han:
+                words.extend(w for w in _jieba().lcut(han) if w.strip())
+            else:
+                words.append("".join(whole))
     return words
 
 
