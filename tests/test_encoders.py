@@ -303,6 +303,16 @@ def test_sif_segments_chinese_into_words():
     assert "コバルトブルー" in tokenize("コバルトブルーのくさび形") and "ｶﾀｶﾅ" in tokenize("ｶﾀｶﾅ半角")
 
 
+def test_words_keep_their_combining_marks():
+    """Vowel signs and viramas are marks, not letters, for ``re``: Hindi, Tamil and Bengali words
+    were torn into their consonants ("हिन्दी" gave "ह", "न", "द"); a decomposed accent is the
+    precomposed one; Thai characters keep their marks."""
+    assert tokenize("हिन्दी में एक वाक्य") == ["हिन्दी", "में", "एक", "वाक्य"]
+    assert tokenize("தமிழ் மொழி") == ["தமிழ்", "மொழி"] and tokenize("বাংলা ভাষা") == ["বাংলা", "ভাষা"]
+    assert tokenize("cafe\u0301 noir") == tokenize("café noir") == ["café", "noir"]
+    assert tokenize("ที่นี่") == ["ที่", "นี่"]
+
+
 def test_sif_self_on_chinese_gives_more_than_one_token_and_real_vectors():
     from xmodal.datasets.synthetic import make_scenes
 

@@ -41,6 +41,11 @@ def test_japanese_katakana_words_are_searched_whole():
     assert [i for i, _ in ts.search("三角形")] == ["j2"]
 
 
+def test_indic_words_are_searched_whole():
+    ts = TextSearch(["h0", "h1"], ["एक लाल बस सड़क पर", "सोफे पर सोता हुआ कुत्ता"])
+    assert [i for i, _ in ts.search("कुत्ता")] == ["h1"] and [i for i, _ in ts.search("बस")] == ["h0"]
+
+
 @pytest.mark.parametrize("query", ["", "   ", "zebra", "\x00", "\ud800", "a" * 10_000,
                                    "!!! ???", "1e309"])
 def test_nothing_matched_is_an_empty_list(query):

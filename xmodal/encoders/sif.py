@@ -13,14 +13,15 @@ Word vectors: GloVe 6B 50-d (default), a user file, or ``"self"``: gensim Word2V
 project's own texts in ``fit`` (for languages without pretrained vectors). ``p(w)``: ``wordfreq``
 for the given language, or ``"corpus"``: counts over the texts passed to ``fit``.
 
-Tokenisation (:func:`tokenize`): lowercase, then maximal runs of Unicode letters and digits
-(regex ``[^\\W_]+``); punctuation, apostrophes, underscores and spaces separate words, so
-"Don't stop!" gives ``["don", "t", "stop"]``. Scripts written without spaces would make a whole
+Tokenisation (:func:`tokenize`): NFC-normalised and lowercased, then maximal runs of Unicode
+letters, digits and combining marks (the vowel signs of Devanagari, Tamil, Thai…: "हिन्दी" is one
+word, not three letters; a decomposed "café" is the precomposed one); punctuation, apostrophes,
+underscores and spaces separate words, so "Don't stop!" gives ``["don", "t", "stop"]``. Scripts written without spaces would make a whole
 sentence one "word", so such a run is cut where the script changes: Chinese characters (kanji)
 are segmented by ``jieba`` ("一只猫坐在桌子上" gives ``["一只", "猫", "坐在", "桌子", "上"]``), a run
 of katakana is one word (Japanese writes loanwords and names in it: "コバルトブルー", "マゼンタ"),
-hiragana, Thai, Lao, Khmer and Myanmar (no segmenter shipped) are split into their characters,
-and letters of other scripts or digits inside such a run stay whole ("iPhone手机" gives
+hiragana, Thai, Lao, Khmer and Myanmar (no segmenter shipped) are split into their characters
+(each with its combining marks), and letters of other scripts or digits inside such a run stay whole ("iPhone手机" gives
 ``["iphone", "手机"]``).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -48,16 +50,32 @@ from xmodal.encoders.base import (
 from xmodal.encoders.wordvectors import GLOVE, load_word_vectors, source_id
 from xmodal.errors import ConfigError, DataError
 
-_WORD = re.compile(r"[^\W_]+")
+
+def _mark_ranges() -> str:
+    """A regex class body of the combining marks (Unicode Mn, Mc, Me) of the Basic Multilingual
+    Plane, where every living script's are: ``re``'s ``\\w`` leaves them out."""
+    marks = [c for c in range(0x10000) if unicodedata.category(chr(c)) in ("Mn", "Mc", "Me")]
+    ranges, start = [], marks[0]
+    for prev, c in zip(marks, marks[1:] + [-1]):
+        if c != prev + 1:
+            ranges.append(f"\\u{start:04x}-\\u{prev:04x}" if prev > start else f"\\u{start:04x}")
+            start = c
+    return "".join(ranges)
+
+
+_MARKS = _mark_ranges()
+_WORD = re.compile(f"(?:[^\\W_]|[{_MARKS}])+")
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
 # hiragana, Thai, Lao, Myanmar, Khmer: written without spaces between words, no segmenter here
 _CHARACTERS = "\u3040-\u309f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
 _UNSPACED = re.compile(f"[{_HAN}{_KATAKANA}{_CHARACTERS}]")
-# the pieces of a run with unspaced script: Han (to jieba), katakana, one character, the rest
-_PIECE = re.compile(f"([{_HAN}]+)|([{_KATAKANA}]+)|([{_CHARACTERS}])|([^{_HAN}{_KATAKANA}{_CHARACTERS}]+)")
+# the pieces of a run with unspaced script: Han (to jieba), katakana, one character with its
+# marks, the rest
+_PIECE = re.compile(f"([{_HAN}]+)|((?:[{_KATAKANA}][{_MARKS}]*)+)|([{_CHARACTERS}][{_MARKS}]*)"
+                    f"|([^{_HAN}{_KATAKANA}{_CHARACTERS}]+)")
 # bump when tokenize() changes: it is part of the encoder id
-TOKENIZER_VERSION = "re3-jieba-katakana"
+TOKENIZER_VERSION = "re4-marks-jieba-katakana"
 SELF = "self"
 FREQUENCY_SOURCES = ("wordfreq", "corpus")
 SAVE_FORMAT = "xmodal-sif/1"
@@ -69,7 +87,7 @@ def tokenize(text: str) -> list[str]:
     """Lowercase word tokens: maximal runs of letters/digits, segmented where a script has no
     spaces (see the module docstring)."""
     words = []
-    for run in _WORD.findall(text.lower()):
+    for run in _WORD.findall(unicodedata.normalize("NFC", text).lower()):
         if not _UNSPACED.search(run):
             words.append(run)
             continue
