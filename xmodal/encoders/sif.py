@@ -16,13 +16,13 @@ for the given language, or ``"corpus"``: counts over the texts passed to ``fit``
 Tokenisation (:func:`tokenize`): NFC-normalised and lowercased, then maximal runs of Unicode
 letters, digits and combining marks (the vowel signs of Devanagari, Tamil, Thai…: "हिन्दी" is one
 word, not three letters; a decomposed "café" is the precomposed one); punctuation, apostrophes,
-underscores and spaces separate words, so "Don't stop!" gives ``["don", "t", "stop"]``. Scripts written without spaces would make a whole
-sentence one "word", so such a run is cut where the script changes: Chinese characters (kanji)
-are segmented by ``jieba`` ("一只猫坐在桌子上" gives ``["一只", "猫", "坐在", "桌子", "上"]``), a run
-of katakana is one word (Japanese writes loanwords and names in it: "コバルトブルー", "マゼンタ"),
-hiragana, Thai, Lao, Khmer and Myanmar (no segmenter shipped) are split into their characters
-(each with its combining marks), and letters of other scripts or digits inside such a run stay whole ("iPhone手机" gives
-``["iphone", "手机"]``).
+underscores and spaces separate words, so "Don't stop!" gives ``["don", "t", "stop"]``. Scripts
+written without spaces would make a whole sentence one "word", so such a run is cut where the
+script changes: Chinese characters (kanji) are segmented by ``jieba`` ("一只猫坐在桌子上" gives
+``["一只", "猫", "坐在", "桌子", "上"]``), a run of katakana is one word (Japanese writes loanwords
+and names in it: "コバルトブルー", "マゼンタ"), hiragana, Thai, Lao, Khmer and Myanmar (no segmenter
+shipped) are split into their characters (each with its combining marks), and letters of other
+scripts or digits inside such a run stay whole ("iPhone手机" gives ``["iphone", "手机"]``).
 """
 
 from __future__ import annotations

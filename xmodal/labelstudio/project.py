@@ -10,7 +10,8 @@ Steps (each one idempotent: a rerun with the same arguments adds nothing twice)
    (:func:`xmodal.encoders.cache.embed_with_cache`); the fitted text encoder's state is saved in
    the workspace (``SIFEncoder.save``) so ``/search`` embeds free text the same way. A rerun on the
    same items and encoders reuses the workspace's features and loads no encoder.
-4. **Selection**: k-medoids (cosine) on the selected modality, medoids in anytime order; ``k="auto"``
+4. **Selection**: k-medoids (cosine) on the selected modality (of its z-scored features where the
+   project's ``enhance`` has "zscore-medoids", the default), medoids in anytime order; ``k="auto"``
    uses the canopy method. A rerun keeps the medoids (their pairs may already be annotated); a
    larger k *extends* them (``KMedoidsSelector.extend``), a smaller one is ignored with a note.
 5. **Candidates**: each task's page offers what a person needs to answer it
@@ -53,6 +54,7 @@ from xmodal.index.selection import (
     ensure_selection,
     extend_selection,
     resolve_k,
+    zscore_medoids,
 )
 from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
 from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
@@ -248,7 +250,8 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
         pool = ensure_candidate_pool(ws, F_other, tgt, pool_size(ws), spec.seed)
     if isinstance(spec.k, str) and spec.k.strip().lower() == "auto":
         say(f"k = {k} (canopy method on the {select}s)")
-    say(f"{len(medoids)} medoids ({select}s, anytime order)"
+    say(f"{len(medoids)} medoids ({select}s{', z-scored features' if zscore_medoids(ws) else ''}, "
+        "anytime order)"
         + (f", {added} new" if added and added != len(medoids) else ""))
     result = BootstrapResult(ws=ws, k=len(medoids), medoid_ids=medoids, candidate_pool=pool,
                              reused_features=reused, new_medoids=added, timings=timings)
