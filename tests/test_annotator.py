@@ -29,6 +29,16 @@ def test_content_words_skip_stop_words_and_take_the_rarest_first():
     assert len(words) == 3 and "the" not in words and "decker" in words
 
 
+def test_in_a_language_without_spaces_it_types_words_not_the_sentence():
+    """A person reading a Chinese or Japanese caption types a word of it ("三角形"), never the
+    whole caption: that would be knowing the coupled text itself."""
+    zh = content_words("浅色背景上在左上角画着一个很大的红色三角形")
+    assert zh and all(2 <= len(w) < 6 for w in zh) and "三角形" in zh
+    ja = content_words("この画像にはちょうど中心に中型のコバルトブルーの三角形が写っている")
+    assert ja[0] == "コバルトブルー" and "三角形" in ja
+    assert content_words("हिन्दी में एक वाक्य")[0] in ("हिन्दी", "वाक्य")
+
+
 def test_the_filter_matches_a_substring_of_each_value_like_label_studio():
     options = page("abcde")["options"]
     assert [o["alias"] for o in page_filter(options, "BUS")] == ["a", "d"]

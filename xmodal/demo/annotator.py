@@ -106,17 +106,24 @@ class Knowledge:
 
 
 def content_words(text: str, n: int = 3) -> list[str]:
-    """Up to ``n`` words of ``text`` worth typing into a filter: no stop words, three letters at
-    least, the rarest first (``wordfreq``)."""
+    """Up to ``n`` words of ``text`` worth typing into a filter: no stop words, no numbers, three
+    letters at least, the rarest first (``wordfreq``). In a script written without spaces a
+    person still reads words ("三角形", "マゼンタ", not the whole sentence): the project's
+    tokenizer cuts them, two characters make a word there, and the longest come first (English
+    frequencies know none of them)."""
+    from xmodal.encoders.sif import UNSPACED_SCRIPT, tokenize
+
     words, seen = [], set()
-    for w in re.findall(r"[^\W\d_]+", text.casefold()):
-        if len(w) >= 3 and w not in STOPWORDS and w not in seen:
+    for w in tokenize(text):
+        unspaced = UNSPACED_SCRIPT.search(w) is not None
+        if len(w) >= (2 if unspaced else 3) and w not in STOPWORDS and w not in seen \
+                and not any(ch.isdigit() for ch in w):
             seen.add(w)
             words.append(w)
     try:
         from wordfreq import zipf_frequency
 
-        words.sort(key=lambda w: zipf_frequency(w, "en"))
+        words.sort(key=lambda w: (zipf_frequency(w, "en"), -len(w)))
     except ImportError:  # pragma: no cover - wordfreq is a dependency
         words.sort(key=len, reverse=True)
     return words[:n]

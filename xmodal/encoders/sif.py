@@ -69,7 +69,8 @@ _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
 # hiragana, Thai, Lao, Myanmar, Khmer: written without spaces between words, no segmenter here
 _CHARACTERS = "\u3040-\u309f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
-_UNSPACED = re.compile(f"[{_HAN}{_KATAKANA}{_CHARACTERS}]")
+# a character of a script written without spaces (what cuts a run into pieces below)
+UNSPACED_SCRIPT = re.compile(f"[{_HAN}{_KATAKANA}{_CHARACTERS}]")
 # the pieces of a run with unspaced script: Han (to jieba), katakana, one character with its
 # marks, the rest
 _PIECE = re.compile(f"([{_HAN}]+)|((?:[{_KATAKANA}][{_MARKS}]*)+)|([{_CHARACTERS}][{_MARKS}]*)"
@@ -88,7 +89,7 @@ def tokenize(text: str) -> list[str]:
     spaces (see the module docstring)."""
     words = []
     for run in _WORD.findall(unicodedata.normalize("NFC", text).lower()):
-        if not _UNSPACED.search(run):
+        if not UNSPACED_SCRIPT.search(run):
             words.append(run)
             continue
         for han, *whole in _PIECE.findall(run):
