@@ -51,6 +51,9 @@ def fake_history(images):
                                            for i in range(3)]}],
         },
         "notes": ["a note"],
+        "session": {"annotator": "human", "how": {"shown": 2, "filter": 2}, "pairs_stored": 4,
+                    "problems": 0, "lost": 0, "found_rate": 1.0,
+                    "recall@10": {"i2t": 0.2286, "t2i": 0.1952}},
     }
 
 
@@ -73,6 +76,8 @@ def test_report_files_written(tmp_path, images):
     assert 'class="res hit"' in html and 'class="hit"' in html
     assert "–" in html
     assert "Recall@10" in html and "a note" in html
+    # the annotator's line reads as words, not a Python dict
+    assert "image→text 0.229, text→image 0.195" in html and "{" not in html.split("Annotator:")[1][:400]
     # no absolute file paths leak into img tags: the folder can be moved
     assert not re.search(r'<img src="/', html)
     assert load_history(out / "history.json")["curve"][0]["labels"] == 2

@@ -290,6 +290,15 @@ def _metric_title(metric: str) -> str:
     return metric.replace("recall@", "Recall@").replace("map", "MAP")
 
 
+def _directions(values) -> str:
+    """``{"i2t": .2286, "t2i": .1952}`` as a person reads it: "image→text .229, text→image .195"."""
+    if not isinstance(values, dict):
+        return "not measured" if values is None else str(values)
+    names = {"i2t": "image→text", "t2i": "text→image"}
+    return ", ".join(f"{names.get(k, k)} {v:.3f}" if isinstance(v, (int, float)) else f"{names.get(k, k)} {v}"
+                     for k, v in values.items())
+
+
 def _curve_table(curve: list[dict], metrics: list[str]) -> str:
     """One row per label count; a header group per metric and direction, short method names under
     it (the long ones are in the figure's legend), so that it fits a 1280 px page."""
@@ -462,7 +471,7 @@ def write_report(history: dict, out_dir: str | os.PathLike) -> Path:
                          f'{_esc(session.get("pairs_stored"))} pairs stored, {_esc(session.get("problems"))} '
                          f'problems, {_esc(session.get("lost"))} lost; right pairs '
                          f'{_esc(session.get("found_rate"))}; Recall@10 over the items that are not '
-                         f'references: {_esc(session.get("recall@10"))}.</p>')
+                         f'references: {_esc(_directions(session.get("recall@10")))}.</p>')
     else:
         parts.append("<p>No quality measurements were recorded.</p>")
     if medoids:
