@@ -311,6 +311,9 @@ def test_words_keep_their_combining_marks():
     assert tokenize("தமிழ் மொழி") == ["தமிழ்", "மொழி"] and tokenize("বাংলা ভাষা") == ["বাংলা", "ভাষা"]
     assert tokenize("cafe\u0301 noir") == tokenize("café noir") == ["café", "noir"]
     assert tokenize("ที่นี่") == ["ที่", "นี่"]
+    # optional vowel signs: a word with them is the word without them
+    assert tokenize("مَرْحَبًا بالعالم") == tokenize("مرحبا بالعالم") == ["مرحبا", "بالعالم"]
+    assert tokenize("שָׁלוֹם") == tokenize("שלום")
 
 
 def test_sif_self_on_chinese_gives_more_than_one_token_and_real_vectors():

@@ -15,7 +15,8 @@ for the given language, or ``"corpus"``: counts over the texts passed to ``fit``
 
 Tokenisation (:func:`tokenize`): NFC-normalised and lowercased, then maximal runs of Unicode
 letters, digits and combining marks (the vowel signs of Devanagari, Tamil, Thai…: "हिन्दी" is one
-word, not three letters; a decomposed "café" is the precomposed one); punctuation, apostrophes,
+word, not three letters; a decomposed "café" is the precomposed one; Arabic harakat and Hebrew
+niqqud, optional in writing, are dropped: "مَرْحَبًا" is "مرحبا"); punctuation, apostrophes,
 underscores and spaces separate words, so "Don't stop!" gives ``["don", "t", "stop"]``. Scripts
 written without spaces would make a whole sentence one "word", so such a run is cut where the
 script changes: Chinese characters (kanji) are segmented by ``jieba`` ("一只猫坐在桌子上" gives
@@ -64,6 +65,11 @@ def _mark_ranges() -> str:
 
 
 _MARKS = _mark_ranges()
+# Arabic harakat and Hebrew niqqud: optional vowel signs, mostly left out in writing, so a word
+# with them is the same word without them (what search engines for these languages do)
+_OPTIONAL_VOWELS = dict.fromkeys(
+    [*range(0x064B, 0x0660), 0x0670, *range(0x0591, 0x05BE), 0x05BF, 0x05C1, 0x05C2, 0x05C4,
+     0x05C5, 0x05C7])
 _WORD = re.compile(f"(?:[^\\W_]|[{_MARKS}])+")
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
@@ -76,7 +82,7 @@ UNSPACED_SCRIPT = re.compile(f"[{_HAN}{_KATAKANA}{_CHARACTERS}]")
 _PIECE = re.compile(f"([{_HAN}]+)|((?:[{_KATAKANA}][{_MARKS}]*)+)|([{_CHARACTERS}][{_MARKS}]*)"
                     f"|([^{_HAN}{_KATAKANA}{_CHARACTERS}]+)")
 # bump when tokenize() changes: it is part of the encoder id
-TOKENIZER_VERSION = "re4-marks-jieba-katakana"
+TOKENIZER_VERSION = "re5-marks-harakat-jieba-katakana"
 SELF = "self"
 FREQUENCY_SOURCES = ("wordfreq", "corpus")
 SAVE_FORMAT = "xmodal-sif/1"
@@ -88,7 +94,7 @@ def tokenize(text: str) -> list[str]:
     """Lowercase word tokens: maximal runs of letters/digits, segmented where a script has no
     spaces (see the module docstring)."""
     words = []
-    for run in _WORD.findall(unicodedata.normalize("NFC", text).lower()):
+    for run in _WORD.findall(unicodedata.normalize("NFC", text).lower().translate(_OPTIONAL_VOWELS)):
         if not UNSPACED_SCRIPT.search(run):
             words.append(run)
             continue
