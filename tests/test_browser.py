@@ -19,6 +19,9 @@ Asserted:
   holding every label submitted more than 1.5 s before it appeared, one miss in ten allowed;
 - Recall@10 (non-reference items) after the last label is above Recall@10 after the first 3.
 
+The search box is tested on its own too, in English and with Chinese captions (the person types
+Chinese words of its caption, as the project's tokenizer cuts them).
+
 Screenshots of every task are kept under the test's tmp_path (``shots/``); a failure names them.
 """
 
@@ -221,14 +224,78 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
         page.screenshot(f"{n + 1}-{'search' if number else 'written'}-{shown.item}")
         page.submit()
 
+    _assert_search_picks_stored(ls, pid, pairs, procs, picked, page.shots)
+    print(f"\n[browser search box] {len(picked)} of 3 found by the search box: {picked}")
+
+
+def _assert_search_picks_stored(ls, pid, pairs, procs, picked: dict, shots, n: int = 3) -> None:
+    """Every one of the ``n`` annotations is a stored pair; those picked from the search box's
+    results (``picked``: image -> text) are stored as such (``search``), and that is most of them."""
     anns = poll("every annotation in Label Studio",
-                lambda: (a := list(ls.list_annotations(pid))) and len(a) == 3 and a)
+                lambda: (a := list(ls.list_annotations(pid))) and len(a) == n and a)
     records = [poll(f"annotation {a.annotation_id} in the pair store",
                     lambda a=a: pairs.get(a.annotation_id), procs=procs) for a in anns]
     assert all(rec.get("state") == "pair" for rec in records), records
     found = {rec["image_id"]: rec["text_id"] for rec in records if rec.get("source") == "search"}
-    assert found == picked and len(picked) >= 2, (found, picked, records, page.shots)
-    print(f"\n[browser search box] {len(picked)} of 3 found by the search box: {picked}")
+    assert found == picked and len(picked) >= 2, (found, picked, records, shots)
+
+
+def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_server, xenv, services, page,
+                                                            tmp_path):
+    """COCO-mini's photos with Chinese captions (``scripts/coco_mini_zh``: texts without spaces,
+    the multilingual encoder), a page carrying 10 of the 159: the person types Chinese words of the
+    caption it has in mind (as the tokenizer cuts them, never the whole caption) into the search
+    box and picks the number of the right line. Asserted: the result lines are numbered; every
+    pick is stored as that caption's pair (``search``); most tasks are answered that way."""
+    import importlib.util
+
+    from xmodal.datasets import load_folder
+    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.index.pairs import PairStore
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    spec = importlib.util.spec_from_file_location(
+        "coco_mini_zh_build", Path(__file__).resolve().parents[1] / "scripts" / "coco_mini_zh" / "build.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    data = tmp_path / "coco-mini-zh"
+    builder.build(coco_mini, data)
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-zh-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=data, select="image", k=4, page_texts=10,
+        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
+        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    assert boot.ws.config["encoders"]["text"] == "e5"
+    knowledge = Knowledge.from_dataset(load_folder(data), "image", seed=0)
+    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    shown, picked, queries = None, {}, []
+    for n in range(3):
+        shown = page.wait_task(shown)
+        assert shown is not None, f"Label Studio ran out of tasks after {n}; shots in {page.shots}"
+        caption = knowledge.in_mind[shown.item]
+        words = content_words(caption)
+        assert words and caption not in words, (caption, words)
+        lines = page.search_all(" ".join(words))
+        queries.append(" ".join(words))
+        numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+        assert sorted(numbered) == list(range(1, len(numbered) + 1)) and 1 <= len(numbered) <= 10, (
+            words, lines, page.shots)
+        number = next((k for k, tid in numbered.items() if tid in knowledge.right[shown.item]), None)
+        if number is None:
+            page.describe(caption)
+        else:
+            page.pick_hit(number)
+            picked[shown.item] = numbered[number]
+        page.screenshot(f"{n + 1}-{'search' if number else 'written'}-{shown.item}")
+        page.submit()
+
+    _assert_search_picks_stored(ls, pid, pairs, procs, picked, (queries, page.shots))
+    print(f"\n[browser search box, Chinese] {len(picked)} of 3 found by the search box; typed {queries}")
 
 
 def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server, xenv, services, page):
