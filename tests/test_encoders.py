@@ -310,6 +310,7 @@ def test_words_keep_their_combining_marks():
     assert tokenize("हिन्दी में एक वाक्य") == ["हिन्दी", "में", "एक", "वाक्य"]
     assert tokenize("தமிழ் மொழி") == ["தமிழ்", "மொழி"] and tokenize("বাংলা ভাষা") == ["বাংলা", "ভাষা"]
     assert tokenize("cafe\u0301 noir") == tokenize("café noir") == ["café", "noir"]
+    assert tokenize("snake_case Don't") == ["snake", "case", "don", "t"]   # as before
     assert tokenize("ที่นี่") == ["ที่", "นี่"]
     # optional vowel signs: a word with them is the word without them
     assert tokenize("مَرْحَبًا بالعالم") == tokenize("مرحبا بالعالم") == ["مرحبا", "بالعالم"]

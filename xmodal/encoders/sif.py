@@ -70,7 +70,7 @@ _MARKS = _mark_ranges()
 _OPTIONAL_VOWELS = dict.fromkeys(
     [*range(0x064B, 0x0660), 0x0670, *range(0x0591, 0x05BE), 0x05BF, 0x05C1, 0x05C2, 0x05C4,
      0x05C5, 0x05C7])
-_WORD = re.compile(f"(?:[^\\W_]|[{_MARKS}])+")
+_WORD = re.compile(f"[\\w{_MARKS}]+")   # underscores are replaced by spaces first: they separate
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KATAKANA = "\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f"
 # hiragana, Thai, Lao, Myanmar, Khmer: written without spaces between words, no segmenter here
@@ -93,8 +93,10 @@ _CONFIG_KEYS = "a frequencies lang n_components vector_size window min_count epo
 def tokenize(text: str) -> list[str]:
     """Lowercase word tokens: maximal runs of letters/digits, segmented where a script has no
     spaces (see the module docstring)."""
+    if not text.isascii():   # nothing to compose or drop in ASCII (most English text)
+        text = unicodedata.normalize("NFC", text).translate(_OPTIONAL_VOWELS)
     words = []
-    for run in _WORD.findall(unicodedata.normalize("NFC", text).lower().translate(_OPTIONAL_VOWELS)):
+    for run in _WORD.findall(text.lower().replace("_", " ")):
         if not UNSPACED_SCRIPT.search(run):
             words.append(run)
             continue
