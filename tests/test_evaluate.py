@@ -183,7 +183,8 @@ def wikipedia_rows():
     from xmodal import datasets
 
     data = prepare(datasets.load_wikipedia(_need("wikipedia_rasiwasia")))
-    return evaluate(data, [10, 50, 100], seeds=[0, 1, 2, 3, 4], methods=["ssm-al", "cca"])
+    return evaluate(data, [10, 50, 100], seeds=[0, 1, 2, 3, 4],
+                    methods=["ssm-al", "cca", "product", "product-raw-medoids"])
 
 
 def _value(rows, method, n, direction, metric="map"):
@@ -219,6 +220,38 @@ def test_cli_eval_writes_json_markdown_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert _value(rows, "ssm-al-i", 10, "i2t") == pytest.approx(0.1843, abs=5e-4)  # the lead's check
     assert main(["eval", "--dataset", "wikipedia", "--n", "5000", "--quiet"]) == 1  # N > pool
+
+
+def _mean(rows, method, ns, metric="map"):
+    return float(np.mean([_value(rows, method, n, d, metric) for n in ns for d in ("i2t", "t2i")]))
+
+
+def test_wikipedia_product_beats_faithful_and_cca_at_10_and_50(wikipedia_rows):
+    """``product`` (medoids of z-scored features, z-scores, CSLS): measured .194/.144 and
+    .215/.160 against faithful .187/.133 and .197/.150 (N=100: .223/.165 against .214/.170, t2i
+    lower: not asserted); above CCA at every N; over all N above the raw medoids (+2.8%)."""
+    for n in (10, 50):
+        for d in ("i2t", "t2i"):
+            assert _value(wikipedia_rows, "product", n, d) >= _value(wikipedia_rows, "ssm-al", n, d)
+    for n in (10, 50, 100):
+        for d in ("i2t", "t2i"):
+            assert _value(wikipedia_rows, "product", n, d) > _value(wikipedia_rows, "cca", n, d)
+    assert _mean(wikipedia_rows, "product", (10, 50, 100)) > _mean(wikipedia_rows, "product-raw-medoids", (10, 50, 100))
+
+
+def test_pascal_dscmr_z_scored_medoids_help_the_product():
+    """The held-out set: ``product`` over N=5, 10, 20, 50 and both directions, measured MAP .465
+    from the medoids of z-scored features against .441 from the raw ones (+5.4%), and above the
+    faithful index on the same (image) selection, .458."""
+    from xmodal import datasets
+
+    data = prepare(datasets.load_pascal_dscmr(_need("pascal_sentences")))
+    ns = (5, 10, 20, 50)
+    rows = evaluate(data, list(ns), seeds=[0, 1, 2, 3, 4], select=("image",),
+                    methods=["ssm-al", "product", "product-raw-medoids"])
+    product = _mean(rows, "product", ns)
+    assert product >= 1.03 * _mean(rows, "product-raw-medoids", ns)
+    assert product > _mean(rows, "ssm-al-i", ns)
 
 
 @pytest.fixture(scope="module")
