@@ -290,15 +290,18 @@ def test_coco_mini_faithful_floor_default_run(coco_rows):
 @pytest.mark.slow
 def test_coco_mini_enhanced_product_index_beats_faithful(tmp_path):
     """The product path (project create --enhance, rebuild's build_snapshot, IndexSnapshot.scores)
-    after 20 oracle labels: measured R@10 .218/.519 faithful, .449/.743 with the defaults
-    (zscore, csls, the class bridge at weight .5; .245/.570 with zscore,csls alone)."""
+    after 20 oracle labels: measured R@10 .218/.519 faithful, .433/.797 with a new project's
+    defaults (z-scored medoids, zscore, csls, the class bridge at weight .85; .245/.570 with
+    zscore,csls alone)."""
     from xmodal.evaluation.product import measure_product
+    from xmodal.index.workspace import DEFAULT_CONFIG
 
     pytest.importorskip("xmodal.encoders")
     data = _need("coco_mini")
+    defaults = DEFAULT_CONFIG["enhance"]
     faithful = measure_product(data, None, labels=20, model_dir=tmp_path / "a")
-    enhanced = measure_product(data, "zscore,csls,bridge", labels=20, model_dir=tmp_path / "b")
-    assert faithful["enhance"] == [] and enhanced["enhance"] == ["zscore", "csls", "bridge"]
+    enhanced = measure_product(data, ",".join(defaults), labels=20, model_dir=tmp_path / "b")
+    assert faithful["enhance"] == [] and enhanced["enhance"] == defaults
     assert faithful["pairs"] == enhanced["pairs"] == 20
     assert faithful["bridge_weight"] == 0 and enhanced["bridge_weight"] > 0
     for d in ("i2t", "t2i"):
