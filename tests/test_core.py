@@ -224,6 +224,11 @@ def test_standardized_medoids_see_groups_that_large_nuisance_dimensions_hide():
     assert sorted(groups[z.medoid_indices_]) == [0, 1, 2, 3]
     grown = KMedoidsSelector(2, random_state=0, standardize=True).fit(X).extend(X, 2)
     assert sorted(groups[grown.medoid_indices_]) == [0, 1, 2, 3]
+    # a row with NaN or inf is zeroed as in the raw path, and does not poison the statistics
+    broken = X.copy()
+    broken[5], broken[50, 1] = np.nan, np.inf
+    kept = KMedoidsSelector(4, random_state=0, standardize=True).fit(broken)
+    assert sorted(groups[kept.medoid_indices_]) == [0, 1, 2, 3] and np.isfinite(kept.inertia_)
     # a constant column is no division by zero
     const = KMedoidsSelector(4, random_state=0, standardize=True).fit(np.hstack([X, np.ones((160, 1))]))
     assert sorted(groups[const.medoid_indices_]) == [0, 1, 2, 3]

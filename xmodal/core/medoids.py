@@ -119,8 +119,10 @@ class KMedoidsSelector:
         if not self.standardize:
             return l2_normalize(X)
         Z = np.array(X, dtype=np.float32)
-        mean = Z.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = Z.std(axis=0, dtype=np.float64).astype(np.float32)
+        finite = np.isfinite(Z).all(axis=1)   # a broken row (zeroed below) must not poison the stats
+        rows = Z[finite] if finite.any() else np.zeros((1, Z.shape[1]), np.float32)
+        mean = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = rows.std(axis=0, dtype=np.float64).astype(np.float32)
         Z -= mean
         Z /= np.where(std > 1e-6, std, 1.0)   # a constant column stays 0 instead of blowing up
         return l2_normalize(Z, copy=False)
