@@ -120,7 +120,7 @@ class KMedoidsSelector:
             return l2_normalize(X)
         Z = np.array(X, dtype=np.float32)
         finite = np.isfinite(Z).all(axis=1)   # a broken row (zeroed below) must not poison the stats
-        rows = Z[finite] if finite.any() else np.zeros((1, Z.shape[1]), np.float32)
+        rows = Z if finite.all() else Z[finite] if finite.any() else np.zeros((1, Z.shape[1]), np.float32)
         mean = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = rows.std(axis=0, dtype=np.float64).astype(np.float32)
         Z -= mean
