@@ -240,6 +240,7 @@ class XmodalModel:
             raise ApiError(400, f"{field} must be a string")
         query = str(query)
         snap = self.index()
+        item = None   # (modality, id) when the query is an item of the project
         if field == "text":
             if len(query) > 10000:
                 raise ApiError(400, "text is longer than 10000 characters")
@@ -252,9 +253,10 @@ class XmodalModel:
             hits, target = snap.search("text", codes, k)[0], "image"
         elif field == "image":
             ref = resolve_image(query, self.ws)   # refused here, before any read, if outside the roots
-            item = known_item(ref, self.ws)
-            if item is not None:
-                hits = snap.rank("image", item, None, k)
+            known = known_item(ref, self.ws)
+            if known is not None:
+                item = ("image", known)
+                hits = snap.rank("image", known, None, k)
             else:
                 codes = self._image_codes(snap, ref) if snap.has_signal else np.zeros((1, 0), np.float32)
                 hits = snap.search("image", codes, k)[0]
@@ -266,11 +268,16 @@ class XmodalModel:
                 hits = snap.rank(qmod, query, None, k)
             except KeyError:
                 raise ApiError(404, f"{qmod} {query!r} is not in project {self.project!r}") from None
-            target = other(qmod)
+            item, target = (qmod, query), other(qmod)
+        labelled = snap.labelled_matches(*item) if item else []
+        if labelled:   # a person paired them: first, with the score the index gives them
+            first = snap.rank(item[0], item[1], labelled)
+            hits = (first + [h for h in hits if h[0] not in labelled])[:k]
         contents = self.ws.contents(target)
         rows = self.ws.row_of(target)
         key = "path" if target == "image" else "text"
-        results = [{"id": i, "score": round(s, 6), key: contents[rows[i]] if i in rows else None}
+        results = [{"id": i, "score": round(s, 6), key: contents[rows[i]] if i in rows else None,
+                    **({"labelled": True} if i in labelled else {})}
                    for i, s in hits]
         return {"project": self.project, "model_version": snap.model_version,
                 "unlabelled": not snap.has_signal, "query": {field: query}, "target": target,

@@ -496,6 +496,11 @@ def test_search(xenv, ws, r):
     assert [h["id"] for h in by_id["results"]][:1] and "text" in by_id["results"][0]
     assert client.get("/search?text_id=t0030&project=7").status_code == 200  # by Label Studio id
     assert client.get("/search?image_id=nope").status_code == 404
+    # a labelled item's match comes first, whatever the index scores it, and says so
+    for field, query, match in (("image_id", image_id(3), text_id(3)), ("text_id", text_id(5), image_id(5))):
+        got = post(client, "/search", {field: query, "k": 2, "project": "proj"}).get_json()["results"]
+        assert got[0]["id"] == match and got[0]["labelled"] is True and "labelled" not in got[1], got
+    assert not any("labelled" in h for h in by_id["results"])   # image 25 was never labelled
     assert client.get("/search?text=x&k=0").status_code == 400
     assert client.get("/search?text=caption%205&k=3").status_code == 200
     for k in (True, 2.5, "many", [3], 1e300):   # no count (a fuzzing run)

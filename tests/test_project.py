@@ -184,6 +184,15 @@ def test_a_new_project_takes_medoids_of_its_z_scored_features(data, models, fake
     assert faithful.medoid_ids == raw != made.medoid_ids
 
 
+def test_a_relative_data_path_is_stored_absolute(data, models, fake_embed, monkeypatch):
+    """`project create --data my_data` run in one folder, `xmodal serve` and the workers in
+    another: the workspace's image paths must not depend on where the command ran."""
+    monkeypatch.chdir(data.parent)
+    made = create_project(spec(Path(data.name)))
+    paths = made.ws.contents("image")
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in paths), paths[:2]
+
+
 def test_k_auto_uses_the_canopy_method(data, models, fake_embed):
     res = create_project(spec(data, k="auto"))
     assert 2 <= res.k <= N

@@ -73,7 +73,9 @@ def load_data(path, captions: str = "first"):
     if path in (None, ""):
         raise DataError("no data folder: pass --data PATH (a folder with images/ and texts.jsonl, "
                         "or a COCO-mini folder with pairs.json)")
-    root = Path(path).expanduser()
+    # absolute: the image paths end up in the workspace, read by a backend and workers that may
+    # run in another folder than the `project create` that wrote them
+    root = Path(path).expanduser().resolve()
     if not root.exists():
         raise DataError(f"--data {path}: no such folder. Pass a folder in the generic format "
                         "(images/ + texts.jsonl, see `xmodal project create --help`) or a COCO-mini "

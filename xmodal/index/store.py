@@ -279,6 +279,16 @@ class IndexSnapshot:
         return apply_csls(S, np.atleast_1d(query_hub),
                           r_t if candidate_rows is None else r_t[candidate_rows])
 
+    def labelled_matches(self, query_modality: str, query_id: str) -> list[str]:
+        """The items of the other modality that the labels this index was built from pair with
+        ``query_id`` (a written reference text is no item: left out); ``[]`` for an unknown id."""
+        row = self.rows(query_modality).get(str(query_id))
+        if row is None:
+            return []
+        q, t = (0, 1) if query_modality == "image" else (1, 0)
+        ids = self.ids(other(query_modality))
+        return [str(ids[p[t]]) for p in self.pair_rows if p[q] == row and p[t] >= 0]
+
     def rank(self, query_modality: str, query_id: str, candidate_ids=None,
              k: int | None = None) -> list[tuple[str, float]]:
         """Candidates of the other modality for an item of ``query_modality``, best first.
