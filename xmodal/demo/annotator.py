@@ -26,7 +26,6 @@ store for it with the shipped labelling configs, :func:`webhook_payload` the web
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
