@@ -286,8 +286,9 @@ class IndexSnapshot:
         if row is None:
             return []
         q, t = (0, 1) if query_modality == "image" else (1, 0)
+        pairs = self.pair_rows[(self.pair_rows[:, q] == row) & (self.pair_rows[:, t] >= 0)]
         ids = self.ids(other(query_modality))
-        return [str(ids[p[t]]) for p in self.pair_rows if p[q] == row and p[t] >= 0]
+        return [str(ids[r]) for r in pairs[:, t]]
 
     def rank(self, query_modality: str, query_id: str, candidate_ids=None,
              k: int | None = None) -> list[tuple[str, float]]:
