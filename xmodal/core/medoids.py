@@ -119,7 +119,9 @@ class KMedoidsSelector:
         if not self.standardize:
             return l2_normalize(X)
         Z = np.array(X, dtype=np.float32)
-        finite = np.isfinite(Z).all(axis=1)   # a broken row (zeroed below) must not poison the stats
+        # a broken row (zeroed below) must not poison the stats; a row sum is non-finite exactly
+        # when the row has a NaN or inf (in float64), without an n x d mask
+        finite = np.isfinite(Z.sum(axis=1, dtype=np.float64))
         rows = Z if finite.all() else Z[finite] if finite.any() else np.zeros((1, Z.shape[1]), np.float32)
         mean = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = rows.std(axis=0, dtype=np.float64).astype(np.float32)
