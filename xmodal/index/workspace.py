@@ -53,8 +53,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # shapes; "bridge" (the image encoder's classes in the text encoder's space, weighted by what
     # the labels support): COCO-mini 20 labels .547/.530 -> .810/.820, the shapes unchanged (w=0).
     # "zscore-medoids" (k-medoids of the z-scored features of the select modality, for the
-    # medoids chosen from then on): `product` Recall@10 / MAP +0.3% to +10% on COCO-mini, Wikipedia
-    # and Pascal-DSCMR over 10 seeds, except Wikipedia at N=100 (-2% MAP).
+    # medoids chosen from then on): `product` over 10 seeds up to +11% MAP on Wikipedia and +13%
+    # on Pascal-DSCMR, COCO-mini Recall@10 -2.8% to +4.2%; Wikipedia t2i at N=100 -5%, the
+    # synthetic shapes -8% at N=20 (docs/results.md, "Medoids of z-scored features").
     # [] (`--enhance none`) = faithful SSM-AL. A config.json written before this default holds
     # its own "enhance" and keeps it.
     "enhance": ["zscore-medoids", "zscore", "csls", "bridge"],
