@@ -5,27 +5,40 @@ BIN    := $(VENV)/bin
 DATA   ?= synthetic
 LABELS ?= 30
 PORT   ?=
-# pip's progress: a live bar on a terminal, one line per step otherwise (CI logs, pipes)
-PIP_PROGRESS ?= $(shell [ -t 2 ] && echo on || echo raw)
+# the pinned uv (requirements/uv.txt), installed once by scripts/uv.sh; evaluated where used
+UV      = $(shell bash scripts/uv.sh)
+# uv uses this machine's Python and never downloads one
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv test test-deps test-fast demo bench clean
+.PHONY: venv lock upgrade test test-deps test-fast demo bench clean
 
 venv: $(VENV)/.installed
 
-# Reinstall only when the dependencies change. Each step says what it does before it starts, and pip
-# shows its own progress: the first install downloads ~1 GB (torch, onnxruntime, ...) and takes minutes.
-$(VENV)/.installed: pyproject.toml
-	@echo "==> [venv 1/3] creating the virtualenv $(VENV) with $(PYTHON)"
-	$(PYTHON) -m venv $(VENV)
-	@echo "==> [venv 2/3] upgrading pip in $(VENV)"
-	$(BIN)/python -m pip install --upgrade pip
-	@echo "==> [venv 3/3] installing xmodal and its dependencies into $(VENV) (first time: a few minutes, ~1 GB)"
-	$(BIN)/python -m pip install --progress-bar $(PIP_PROGRESS) -e '.[test]'
+# Exactly uv.lock (every package pinned, with hashes): reinstalled when the lock or pyproject.toml
+# changes. `--locked` refuses a lock that no longer matches pyproject.toml (run `make lock`).
+$(VENV)/.installed: pyproject.toml uv.lock
+	@echo "==> [venv 1/2] uv (pinned in requirements/uv.txt; installed once by scripts/uv.sh)"
+	@bash scripts/uv.sh >/dev/null
+	@echo "==> [venv 2/2] installing exactly uv.lock into $(VENV) with $(PYTHON) (first time: ~20 s, ~1.3 GB)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra test --python $(PYTHON)
 	touch $@
 	@echo "==> $(VENV) is ready"
 
+# Re-resolve both locks after a change to pyproject.toml or requirements/label-studio.in; every
+# pin the change does not touch stays. `make upgrade` moves every pin to the newest release the
+# ranges allow; one package: `$$(bash scripts/uv.sh) lock --upgrade-package NAME`. Then `make test`.
+LS_COMPILE = pip compile requirements/label-studio.in --universal --python-version 3.11 \
+             --generate-hashes --quiet -o requirements/label-studio.txt
+lock:
+	$(UV) lock
+	$(UV) $(LS_COMPILE)
+
+upgrade:
+	$(UV) lock --upgrade
+	$(UV) $(LS_COMPILE) --upgrade
+
 # What the end-to-end and browser tests need besides the venv: Label Studio in its own virtualenv
-# and Chromium + ChromeDriver. Idempotent: a second run only checks (well under a second).
+# (requirements/label-studio.txt) and Chromium + ChromeDriver. Idempotent: a second run only checks.
 test-deps:
 	@bash scripts/install_test_deps.sh
 

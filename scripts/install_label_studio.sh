@@ -1,44 +1,59 @@
 #!/usr/bin/env bash
-# Install Label Studio into its OWN virtualenv (it pins its own label-studio-sdk, which must not
-# leak into the project's environment). Idempotent: does nothing if the venv already holds the
-# wanted version. Prints the venv path on stdout (last line).
+# Install Label Studio into its OWN virtualenv, exactly as requirements/label-studio.txt pins it
+# (every package, with hashes; it has its own label-studio-sdk, which must not leak into the
+# project's environment). Prints the venv's path on stdout (last line).
 #
-#   LS_VENV      where to put the venv      (default: $HOME/.cache/xmodal/ls-venv)
-#   LS_VERSION   label-studio version        (default: 1.23.2)
-#   LS_PYTHON    interpreter for the venv    (default: python3)
+# The venv's folder is named after the lock's hash, and holds that hash in a marker written only
+# once the install is complete and checked: a changed lock gets a new venv, a stale or half-made
+# one is never reused. A second run only checks (well under a second).
+#
+#   LS_VENV      where to put the venv (default: ${XMODAL_CACHE_DIR:-~/.cache/xmodal}/ls-venv-<hash>)
+#   LS_PYTHON    interpreter for the venv (default: python3)
+#   --print-venv print where the venv is (or would be) and install nothing
 #
 # Note: we check the installed version by importing the package. `label-studio --version` is NOT
 # a safe probe in 1.23.2: after printing the version it goes on to start a server on 0.0.0.0:8080
 # with ~/.local/share/label-studio as its data dir.
 set -euo pipefail
-
-LS_VENV="${LS_VENV:-$HOME/.cache/xmodal/ls-venv}"
-LS_VERSION="${LS_VERSION:-1.23.2}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+lock="$root/requirements/label-studio.txt"
+# the first 12 hex digits of the lock's sha256, as xmodal.demo.label_studio.ls_venv_dir() computes it
+lock_hash="$(sha256sum "$lock" | cut -c1-12)"
+LS_VENV="${LS_VENV:-${XMODAL_CACHE_DIR:-$HOME/.cache/xmodal}/ls-venv-$lock_hash}"
 LS_PYTHON="${LS_PYTHON:-python3}"
+marker="$LS_VENV/.xmodal-lock"
+if [[ "${1:-}" == "--print-venv" ]]; then
+    echo "$LS_VENV"
+    exit 0
+fi
+wanted="$(sed -n 's/^label-studio==\([^ ]*\).*/\1/p' "$lock")"
 
 installed_version() {
     "$LS_VENV/bin/python" -c 'import label_studio; print(label_studio.__version__)' 2>/dev/null || true
 }
 
-if [[ -x "$LS_VENV/bin/label-studio" && "$(installed_version)" == "$LS_VERSION" ]]; then
-    echo "label-studio $LS_VERSION already installed in $LS_VENV" >&2
+mkdir -p "$(dirname "$LS_VENV")"
+exec 9>"$LS_VENV.install-lock"   # two installs at once (two CI runs) take turns
+flock 9
+if [[ -x "$LS_VENV/bin/label-studio" && "$(cat "$marker" 2>/dev/null)" == "$lock_hash" ]]; then
+    echo "label-studio $wanted (lock $lock_hash) already installed in $LS_VENV" >&2
 else
-    # ~3 min measured on a 2-core machine with a fresh pip cache (2 min 54 s), ~1 GB
-    echo "installing label-studio==$LS_VERSION into $LS_VENV (~3 min, ~1 GB; pip's progress below)" >&2
-    mkdir -p "$(dirname "$LS_VENV")"
-    if [[ ! -x "$LS_VENV/bin/python" ]]; then
-        echo "==> [label-studio 1/3] creating the virtualenv $LS_VENV" >&2
-        "$LS_PYTHON" -m venv "$LS_VENV"
-    fi
-    echo "==> [label-studio 2/3] upgrading pip in $LS_VENV" >&2
-    "$LS_VENV/bin/python" -m pip install --upgrade pip >&2
-    echo "==> [label-studio 3/3] installing label-studio==$LS_VERSION" >&2
-    progress=raw; [[ -t 2 ]] && progress=on
-    "$LS_VENV/bin/python" -m pip install --progress-bar "$progress" "label-studio==$LS_VERSION" >&2
+    uv="$(bash "$root/scripts/uv.sh")"
+    export UV_PYTHON_DOWNLOADS=never   # the venv uses this machine's Python; uv never fetches one
+    start=$SECONDS
+    echo "==> [label-studio 1/3] a new virtualenv $LS_VENV for lock $lock_hash" >&2
+    rm -rf "$LS_VENV"
+    "$uv" venv --quiet --python "$LS_PYTHON" "$LS_VENV" >&2
+    echo "==> [label-studio 2/3] installing exactly requirements/label-studio.txt" \
+         "($(grep -c '^[A-Za-z0-9].*==' "$lock") packages, hashes checked; ~30 s with a fresh cache)" >&2
+    "$uv" pip sync --python "$LS_VENV/bin/python" --require-hashes "$lock" >&2
+    echo "==> [label-studio 3/3] checking it" >&2
     got="$(installed_version)"
-    if [[ "$got" != "$LS_VERSION" ]]; then
-        echo "error: expected label-studio $LS_VERSION in $LS_VENV, found '${got:-nothing}'" >&2
+    if [[ "$got" != "$wanted" ]]; then
+        echo "error: expected label-studio $wanted in $LS_VENV, found '${got:-nothing}'" >&2
         exit 1
     fi
+    echo "$lock_hash" > "$marker"
+    echo "==> label-studio $got installed in $((SECONDS - start)) s" >&2
 fi
 echo "$LS_VENV"

@@ -9,10 +9,10 @@ Plain functions plus a fixture factory. In a conftest.py::
         client = LabelStudio(base_url=ls_server.url, api_key=ls_server.token)
 
 How it works:
-- the binary is `$LABEL_STUDIO_BIN`, else `${LS_VENV:-~/.cache/xmodal/ls-venv}/bin/label-studio`;
-  if there is none the test is skipped (run scripts/install_label_studio.sh);
+- the binary is found as `xmodal demo` finds it (`xmodal.demo.label_studio.find_label_studio`: the
+  venv scripts/install_label_studio.sh made for the current lock); if there is none the test is skipped;
 - `label-studio init` (migrations: 42 s idle, 70-105 s on a busy 2-core box) runs ONCE into a template data dir under
-  `${XMODAL_CACHE:-~/.cache/xmodal}/ls-template/<version>-<credentials hash>`; every server gets a
+  `${XMODAL_CACHE_DIR:-~/.cache/xmodal}/ls-template/<version>-<credentials hash>`; every server gets a
   fresh copy of it, so a start costs 5-9 s and no test sees another session's projects;
 - one server per process: every fixture/`shared_server()` caller in a pytest run shares it
   (reference counted), so at most one Label Studio runs at a time on a shared machine;
@@ -41,6 +41,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from xmodal.demo.label_studio import find_label_studio, label_studio_env
+from xmodal.encoders.base import default_cache_dir
+
 USERNAME = "xmodal-test@example.com"
 PASSWORD = "xmodal-test-password"
 TOKEN = "xmodaltesttoken0123456789abcdef01234567"  # legacy token: any string of > 5 chars
@@ -48,17 +51,13 @@ INSTALL_HINT = "scripts/install_label_studio.sh"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("XMODAL_CACHE", Path.home() / ".cache" / "xmodal"))
+    return default_cache_dir()
 
 
 def find_label_studio_bin() -> Path | None:
-    """`$LABEL_STUDIO_BIN`, else `${LS_VENV:-~/.cache/xmodal/ls-venv}/bin/label-studio`; None if absent."""
-    explicit = os.environ.get("LABEL_STUDIO_BIN")
-    if explicit:
-        return Path(explicit) if os.access(explicit, os.X_OK) else None
-    venv = Path(os.environ.get("LS_VENV", Path.home() / ".cache" / "xmodal" / "ls-venv"))  # as the installer
-    candidate = venv / "bin" / "label-studio"
-    return candidate if os.access(candidate, os.X_OK) else None
+    """As `xmodal demo` finds it: `$LABEL_STUDIO_BIN`, `label-studio` on PATH, or the venv that
+    scripts/install_label_studio.sh made for the current lock; None if absent."""
+    return find_label_studio()
 
 
 def require_label_studio_bin() -> Path:
@@ -89,25 +88,7 @@ def label_studio_version(ls_bin: Path) -> str:
 
 def base_env(data_dir: Path, document_root: Path | None = None) -> dict[str, str]:
     """Environment for `label-studio init/start`: closed network, local ML backends allowed."""
-    env = dict(os.environ)
-    env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        # without it `--user-token` is rejected (401 "legacy token authentication has been disabled");
-        # it is read when the organization is created, i.e. at init.
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        # both are needed to connect an ML backend on 127.0.0.1 (else 403 "reserved network address")
-        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
-        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        LABEL_STUDIO_COLLECT_ANALYTICS="false",
-        LABEL_STUDIO_LATEST_VERSION_CHECK="false",
-        PYTHONUNBUFFERED="1",
-    )
-    if document_root is not None:
-        env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
-        env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(document_root)
-    for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT"):
-        env.pop(key, None)  # a developer's own settings must not leak into the test server
-    return env
+    return label_studio_env(data_dir, document_root)
 
 
 def ensure_template(ls_bin: Path | None = None, *, timeout: float = 600) -> Path:

@@ -19,18 +19,16 @@ def make_dry_run(*targets: str, venv: str = "/nonexistent/xmodal-venv") -> list[
     return out.stdout.splitlines()
 
 
-def test_venv_creation_announces_each_step_and_shows_pip_progress():
+def test_venv_creation_announces_each_step_and_installs_exactly_the_lock():
     lines = make_dry_run("venv")
     commands = [i for i, line in enumerate(lines) if not line.startswith("echo ")]
     for i in commands[:-1]:  # every command but the final `touch` comes right after an announcement
         if lines[i].startswith("touch "):
             continue
         assert lines[i - 1].startswith("echo "), f"no announcement before {lines[i]!r}"
-    pip = [line for line in lines if " pip install" in line]
-    assert len(pip) == 2
-    for line in pip:
-        assert not re.search(r"\s(-q|--quiet)\b", line), f"pip is silenced: {line}"
-    assert "--progress-bar" in pip[-1]
+    sync = [line for line in lines if " sync " in line]
+    assert len(sync) == 1 and "--locked" in sync[0], sync   # uv.lock, refused when out of date
+    assert not re.search(r"\s(-q|--quiet)\b", sync[0]), f"the install is silenced: {sync[0]}"
 
 
 def test_make_test_installs_what_the_e2e_and_browser_tests_need_first():
