@@ -3,7 +3,7 @@
     .venv/bin/python scripts/capture_ls_fixtures.py [--out tests/fixtures/ls_1_23] [--data DIR]
 
 Starts a throwaway Label Studio (tests/ls_server.py) and a recording ML backend (http.server on
-127.0.0.1), connects them with ``ml.create`` and drives LS through the events the product uses.
+127.0.0.1), connects them (``POST /api/ml/``) and drives LS through the events the product uses.
 Every body is saved as <name>.json; the API token is replaced by "<LABEL_STUDIO_TOKEN>" and the
 project's invite token (``project.token`` in webhook payloads) by "<PROJECT_TOKEN>".
 ``_index.json`` lists every request in arrival order (method, path, headers, file).
@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import ls_server  # noqa: E402
-from label_studio_sdk import LabelStudio  # noqa: E402
 
 from xmodal.labelstudio.client import connect  # noqa: E402
 
@@ -108,6 +107,12 @@ def scrub(obj, token: str):
     return obj
 
 
+def retrieve_predictions(ls, pid: int) -> None:
+    """The Data Manager action "Retrieve predictions" on every task: LS calls the backend's /predict."""
+    ls.api("POST", "/api/dm/actions/", params={"id": "retrieve_tasks_predictions", "project": pid},
+           json={"selectedItems": {"all": True, "excluded": []}})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "ls_1_23"))
@@ -137,7 +142,6 @@ def main() -> int:
         raise RuntimeError(f"no {path} {action or ''} among {[(r['path'], (r['body'] or {}).get('action')) for r in reqs]}")
 
     try:
-        sdk = LabelStudio(base_url=server.url, api_key=server.token)
         ls = connect(server.url, server.token)
         rel = data.name
 
@@ -150,9 +154,9 @@ def main() -> int:
         reqs = rec.since(m)
         take(reqs, "/health")  # a GET without body: only listed in _index.json
         save("setup", take(reqs, "/setup"), "ml.create")
-        hooks = [h.model_dump(mode="json") for h in sdk.webhooks.list(project=str(pid))]
+        hooks = ls.api("GET", "/api/webhooks/", params={"project": pid})
         print(f"  webhooks after ml.create: {[(h['url'], h['send_for_all_actions']) for h in hooks]}")
-        print(f"  project model_version after ml.create: {sdk.projects.get(pid).model_version!r}")
+        print(f"  project model_version after ml.create: {ls.get_project(pid)['model_version']!r}")
 
         tasks = []
         for k, p in enumerate(pairs[:3]):
@@ -166,8 +170,7 @@ def main() -> int:
         t1, t2, t3 = (ids[p["file"]] for p in pairs[:3])
 
         m = rec.mark()
-        sdk.actions.create(id="retrieve_tasks_predictions", project=pid,
-                           selected_items={"all": True, "excluded": []})
+        retrieve_predictions(ls, pid)
         reqs = rec.since(m, wait=3)
         save("predict", take(reqs, "/predict"), "actions.create retrieve_tasks_predictions")
         print(f"  requests for the action: {[r['path'] for r in reqs]}")
@@ -176,13 +179,13 @@ def main() -> int:
         caption = {"from_name": "caption", "to_name": "image", "type": "choices",
                    "value": {"choices": [f"{choice}#0"]}}
         m = rec.mark()
-        ann = sdk.annotations.create(id=t1, result=[caption], lead_time=3.5)
+        ann = ls.create_annotation(t1, [caption], lead_time=3.5)
         reqs = rec.since(m)
         save("webhook_annotation_created", take(reqs, "/webhook", "ANNOTATION_CREATED"), "annotations.create")
 
         m = rec.mark()
         other = dict(caption, value={"choices": [f"{pairs[1]['image_id']}#0"]})
-        sdk.annotations.update(id=ann.id, result=[other])
+        ls.api("PATCH", f"/api/annotations/{ann['id']}/", json={"result": [other]})
         reqs = rec.since(m)
         save("webhook_annotation_updated", take(reqs, "/webhook", "ANNOTATION_UPDATED"), "annotations.update")
 
@@ -190,25 +193,25 @@ def main() -> int:
         none = [dict(caption, value={"choices": ["__none__"]}),
                 {"from_name": "match_id", "to_name": "image", "type": "textarea",
                  "value": {"text": [f"{pairs[4]['image_id']}#2"]}}]
-        ann2 = sdk.annotations.create(id=t2, result=none)
+        ann2 = ls.create_annotation(t2, none)
         reqs = rec.since(m)
         save("webhook_annotation_created_none_with_id", take(reqs, "/webhook", "ANNOTATION_CREATED"),
              "none of these + pasted text id")
 
         m = rec.mark()
-        sdk.annotations.create(id=t3, result=[], was_cancelled=True)
+        ls.create_annotation(t3, [], was_cancelled=True)
         reqs = rec.since(m)
         save("webhook_annotation_created_cancelled", take(reqs, "/webhook", "ANNOTATION_CREATED"),
              "skipped task (was_cancelled)")
 
         m = rec.mark()
-        sdk.annotations.delete(id=ann2.id)
+        ls.api("DELETE", f"/api/annotations/{ann2['id']}/")
         reqs = rec.since(m)
         save("webhook_annotations_deleted", take(reqs, "/webhook", "ANNOTATIONS_DELETED"), "annotations.delete")
 
-        backend_id = sdk.ml.list(project=pid)[0].id
+        backend_id = ls.api("GET", "/api/ml/", params={"project": pid})[0]["id"]
         m = rec.mark()
-        sdk.ml.train(id=backend_id)
+        ls.api("POST", f"/api/ml/{backend_id}/train", json={})
         reqs = rec.since(m)
         train = [r for r in reqs if r["path"] in ("/train", "/webhook")]
         if train and train[0]["path"] == "/webhook":
@@ -217,19 +220,19 @@ def main() -> int:
             save("train", train[0], "ml.train (legacy POST /train)")
 
         m = rec.mark()
-        sdk.projects.update(id=pid, min_annotations_to_start_training=1)
+        ls.api("PATCH", f"/api/projects/{pid}/", json={"min_annotations_to_start_training": 1})
         reqs = rec.since(m)
         if any(r["path"] == "/webhook" for r in reqs):
             save("webhook_project_updated", take(reqs, "/webhook", "PROJECT_UPDATED"), "projects.update")
         m = rec.mark()
-        sdk.annotations.create(id=t2, result=[caption])
+        ls.create_annotation(t2, [caption])
         reqs = rec.since(m)
         auto = [r for r in reqs if (r["body"] or {}).get("action") == "START_TRAINING" or r["path"] == "/train"]
         if auto:
             save("webhook_start_training_auto", auto[0], "min_annotations_to_start_training reached")
 
         m = rec.mark()
-        sdk.tasks.delete(id=str(t3))
+        ls.api("DELETE", f"/api/tasks/{t3}/")
         reqs = rec.since(m)
         deleted = [r for r in reqs if (r["body"] or {}).get("action") == "TASKS_DELETED"]
         if deleted:
@@ -247,14 +250,13 @@ def main() -> int:
                    for p in pairs[:2]]
         ids_t = ls.import_tasks(pid_t, t_tasks)
         m = rec.mark()
-        sdk.actions.create(id="retrieve_tasks_predictions", project=pid_t,
-                           selected_items={"all": True, "excluded": []})
+        retrieve_predictions(ls, pid_t)
         reqs = rec.since(m, wait=3)
         save("predict_text_to_image", take(reqs, "/predict"), "text_to_image project")
         m = rec.mark()
-        sdk.annotations.create(id=ids_t[t_tasks[0]["item_id"]],
-                               result=[{"from_name": "image", "to_name": "text", "type": "choices",
-                                        "value": {"choices": [pairs[0]["file"]]}}])
+        ls.create_annotation(ids_t[t_tasks[0]["item_id"]],
+                             [{"from_name": "image", "to_name": "text", "type": "choices",
+                               "value": {"choices": [pairs[0]["file"]]}}])
         reqs = rec.since(m)
         save("webhook_annotation_created_text_to_image", take(reqs, "/webhook", "ANNOTATION_CREATED"),
              "text_to_image project")

@@ -6,7 +6,7 @@ Plain functions plus a fixture factory. In a conftest.py::
     ls_server = ls_server_fixture()           # session scope, local-files document root "/"
 
     def test_x(ls_server):
-        client = LabelStudio(base_url=ls_server.url, api_key=ls_server.token)
+        ls = xmodal.labelstudio.client.connect(ls_server.url, ls_server.token)
 
 How it works:
 - the binary is found as `xmodal demo` finds it (`xmodal.demo.label_studio.find_label_studio`: the

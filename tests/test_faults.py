@@ -359,13 +359,13 @@ def test_redis_data_loss_mid_session_then_resync_from_label_studio(ls_server, ow
     import requests
 
     _poll("the backend", lambda: _ok(requests, f"{url}/health"), procs=[backend])
-    ls.sdk.webhooks.create(project=pid, url=f"{url}/webhook", send_payload=True,
-                           send_for_all_actions=True)
+    ls.api("POST", "/api/webhooks/", json={"project": pid, "url": f"{url}/webhook", "send_payload": True,
+                                           "send_for_all_actions": True})
     r = redis.Redis.from_url(server.url)
     ann = {}
 
     def annotate(i, text):
-        ann[i] = ls.sdk.annotations.create(id=task_of[image_id(i)], result=_choice(text)).id
+        ann[i] = ls.create_annotation(task_of[image_id(i)], _choice(text))["id"]
 
     for i in range(4):
         annotate(i, text_id(i))
@@ -373,7 +373,7 @@ def test_redis_data_loss_mid_session_then_resync_from_label_studio(ls_server, ow
     server.kill(signal.SIGKILL)                     # Redis dies ...
     annotate(4, text_id(4))                         # ... labels made meanwhile: webhooks fail
     annotate(5, text_id(5))
-    ls.sdk.annotations.update(id=ann[0], result=_choice(text_id(20)))
+    ls.api("PATCH", f"/api/annotations/{ann[0]}/", json={"result": _choice(text_id(20))})
     r.close()
     server.start()                                  # ... and comes back empty
     r = redis.Redis.from_url(server.url)

@@ -30,7 +30,7 @@ def ls(ls_server):
 def project(ls):
     pid = ls.ensure_project(f"client {uuid.uuid4().hex[:8]}", CONFIG)
     yield pid
-    ls.sdk.projects.delete(pid)
+    ls.delete_project(pid)
 
 
 def tasks(n: int) -> list[dict]:
@@ -48,11 +48,11 @@ def test_ensure_project_is_idempotent(ls):
     first = ls.ensure_project(title, CONFIG)
     try:
         assert ls.ensure_project(title, CONFIG) == first
-        assert [p.id for p in ls.sdk.projects.list(page_size=500) if p.title == title] == [first]
-        project = ls.sdk.projects.get(first)
-        assert project.sampling == "Uncertainty sampling"
+        listed = ls.api("GET", "/api/projects/", params={"page_size": 100})["results"]
+        assert [p["id"] for p in listed if p["title"] == title] == [first]
+        assert ls.get_project(first)["sampling"] == "Uncertainty sampling"
     finally:
-        ls.sdk.projects.delete(first)
+        ls.delete_project(first)
 
 
 def test_ensure_project_reports_what_label_studio_rejects(ls):
@@ -74,19 +74,37 @@ def test_import_tasks_skips_items_already_there(ls, project):
         ls.import_tasks(project, [{"data": {"image": "x"}}])
 
 
+def test_lists_are_read_page_after_page(ls, project, monkeypatch):
+    """Tasks and projects come a page at a time; every page is read, and nothing past the last."""
+    import xmodal.labelstudio.client as client_module
+
+    monkeypatch.setattr(client_module, "PAGE_SIZE", 2)
+    ids = ls.import_tasks(project, tasks(5))
+    assert sorted(t["id"] for t in ls.list_tasks(project)) == sorted(ids.values())
+    title = f"paged {uuid.uuid4().hex[:8]}"
+    made = [ls.api("POST", "/api/projects/", json={"title": title + suffix})["id"]
+            for suffix in ("", " b", " c")]
+    try:
+        assert ls.find_project(title) == made[0]          # the title filter matches all three
+        assert ls.find_project(title + " c") == made[2]
+    finally:
+        for pid in made:
+            ls.delete_project(pid)
+
+
 def test_uncertainty_order_follows_pushed_scores(ls, project):
     ids = ls.import_tasks(project, tasks(4))
     scores = {"img/0.jpg": 0.9, "img/1.jpg": 0.2, "img/2.jpg": 0.05, "img/3.jpg": 0.6}
     preds = {ids[item]: {"result": choice("t1"), "score": s, "model_version": "v7"} for item, s in scores.items()}
     assert len(ls.push_predictions(project, preds, "v7")) == 4
     assert ls.push_predictions(project, preds, "v7") == {}          # a retry adds nothing
-    assert len(ls.sdk.predictions.list(project=project)) == 4
+    assert len(ls.api("GET", "/api/predictions/", params={"project": project})) == 4
     ls.set_model_version(project, "v7")
-    assert ls.sdk.projects.get(project).model_version == "v7"
+    assert ls.get_project(project)["model_version"] == "v7"
     nxt = ls.next_task(project)
     assert nxt["id"] == ids["img/2.jpg"]                          # lowest score first
     # label it: the next one is the next-lowest score
-    ls.sdk.annotations.create(id=nxt["id"], result=choice("t2"))
+    ls.create_annotation(nxt["id"], choice("t2"))
     assert ls.next_task(project)["id"] == ids["img/1.jpg"]
     # empty results (the "no signal yet" predictions) are accepted too
     assert len(ls.push_predictions(project, {ids["img/0.jpg"]: {"result": [], "score": 0.5}}, "v8")) == 1
@@ -94,17 +112,17 @@ def test_uncertainty_order_follows_pushed_scores(ls, project):
 
 def test_next_task_none_when_everything_is_labelled(ls, project):
     ids = ls.import_tasks(project, tasks(1))
-    ls.sdk.annotations.create(id=ids["img/0.jpg"], result=choice("t0"))
+    ls.create_annotation(ids["img/0.jpg"], choice("t0"))
     assert ls.next_task(project) is None
 
 
 def test_list_annotations(ls, project):
     ids = ls.import_tasks(project, tasks(3))
-    a = ls.sdk.annotations.create(id=ids["img/0.jpg"], result=choice("t3"))
-    b = ls.sdk.annotations.create(id=ids["img/1.jpg"], result=[], was_cancelled=True)
+    a = ls.create_annotation(ids["img/0.jpg"], choice("t3"))
+    b = ls.create_annotation(ids["img/1.jpg"], [], was_cancelled=True)
     got = sorted(ls.list_annotations(project), key=lambda r: r.annotation_id)
     assert [(r.task_id, r.annotation_id, r.was_cancelled) for r in got] == [
-        (ids["img/0.jpg"], a.id, False), (ids["img/1.jpg"], b.id, True)]
+        (ids["img/0.jpg"], a["id"], False), (ids["img/1.jpg"], b["id"], True)]
     assert got[0].result[0]["value"] == {"choices": ["t3"]}
     task_id, annotation_id, result, was_cancelled = got[1]          # a plain 4-tuple
     assert result == [] and was_cancelled is True
@@ -152,11 +170,12 @@ def test_ensure_ml_backend_once_and_one_webhook(ls, project):
     try:
         first = ls.ensure_ml_backend(project, backend.url, "xmodal")
         assert ls.ensure_ml_backend(project, backend.url + "/", "xmodal") == first
-        assert [b.id for b in ls.sdk.ml.list(project=project)] == [first]
+        assert [b["id"] for b in ls.api("GET", "/api/ml/", params={"project": project})] == [first]
         assert "/setup" in backend.paths
-        hooks = [h for h in ls.sdk.webhooks.list(project=str(project)) if h.url == backend.url + "/webhook"]
-        assert len(hooks) == 1                                      # registered by ml.create itself
-        assert ls.sdk.projects.get(project).model_version == "xmodal"  # the pitfall: title as version
+        hooks = [h for h in ls.api("GET", "/api/webhooks/", params={"project": project})
+                 if h["url"] == backend.url + "/webhook"]
+        assert len(hooks) == 1                                 # registered by the connection itself
+        assert ls.get_project(project)["model_version"] == "xmodal"  # the pitfall: title as version
     finally:
         backend.server.shutdown()
     with pytest.raises(ConfigError, match="ML backend"):
@@ -170,9 +189,10 @@ def test_the_backend_is_connected_for_the_page_search(ls, project):
 
     backend = _Backend()
     try:
-        old = ls.sdk.ml.create(project=project, url=backend.url, title="old", is_interactive=False).id
+        old = ls.api("POST", "/api/ml/", json={"project": project, "url": backend.url, "title": "old",
+                                                "is_interactive": False})["id"]
         assert ls.ensure_ml_backend(project, backend.url, "xmodal") == old
-        assert ls.sdk.ml.get(old).is_interactive is True
+        assert ls.api("GET", f"/api/ml/{old}")["is_interactive"] is True
         task = ls.import_tasks(project, tasks(1))["img/0.jpg"]
         got = ls.interactive(project, task, search_context("frisbee forest", "image"))
         assert lines_of(got) == ["1. frisbee forest  t1"]
@@ -186,7 +206,7 @@ def test_ensure_local_storage_once(ls, project, tmp_path):
     images.mkdir()
     first = ls.ensure_local_storage(project, str(images))
     assert ls.ensure_local_storage(project, str(images) + "/") == first
-    assert len(ls.sdk.import_storage.local.list(project=project)) == 1
+    assert len(ls.api("GET", "/api/storages/localfiles/", params={"project": project})) == 1
     with pytest.raises(ConfigError, match="local storage"):
         ls.ensure_local_storage(project, str(tmp_path / "missing"))
 
@@ -196,6 +216,29 @@ def test_wrong_api_key_is_a_config_error(ls_server):
 
     with pytest.raises(ConfigError, match="rejected the API key"):
         connect(ls_server.url, "not-the-token-0123456789")
+
+
+def test_a_personal_access_token_is_exchanged_for_access_tokens(ls, ls_server, monkeypatch):
+    """A personal access token is a JWT refresh token: the client trades it at /api/token/refresh/
+    for a short-lived access token (Bearer), once, and again when that one nears its expiry."""
+    import xmodal.labelstudio.client as client_module
+    from xmodal.labelstudio.client import connect
+
+    token = ls.api("POST", "/api/token/")["token"]        # created with the legacy token
+    pat = connect(ls_server.url, token)
+    refreshes = []
+    pat._http.event_hooks["request"].append(
+        lambda request: refreshes.append(request) if request.url.path == "/api/token/refresh/" else None)
+    pid = pat.ensure_project(f"pat {uuid.uuid4().hex[:8]}", CONFIG)     # writes work too
+    try:
+        assert refreshes == []                            # the access token of connect() still serves
+        monkeypatch.setattr(client_module, "RENEW_BEFORE", 10 ** 6)      # as if it expired now
+        assert pat.get_project(pid)["id"] == pid
+        assert len(refreshes) == 1
+    finally:
+        pat.delete_project(pid)
+    with pytest.raises(ConfigError, match="rejected the API key"):
+        connect(ls_server.url, token[:-6] + "AAAAAA")     # a refresh token whose signature is wrong
 
 
 def test_unreachable_server_is_a_config_error():

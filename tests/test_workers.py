@@ -349,17 +349,19 @@ def test_once_every_task_is_labelled_the_rebuild_pushes_nothing_and_does_not_fai
 
 
 def test_a_label_studio_error_is_told_without_its_headers():
-    """The SDK's ApiError prints every response header, Label Studio's session cookie included:
-    what reaches the log and `xmodal status` is the status and the body."""
-    from label_studio_sdk.core.api_error import ApiError
+    """Label Studio's error answers carry its session cookie in their headers: what reaches the log
+    and `xmodal status` is the status and the body."""
+    import httpx
 
-    from xmodal.labelstudio.client import describe_error
+    from xmodal.labelstudio.client import LabelStudioError, describe_error
 
-    exc = ApiError(status_code=400, headers={"set-cookie": "sessionid=s3cr3t; HttpOnly"},
-                   body={"model_version": ["Model version doesn't exist"]})
+    answer = httpx.Response(400, headers={"set-cookie": "sessionid=s3cr3t; HttpOnly"},
+                            json={"model_version": ["Model version doesn't exist"]})
+    exc = LabelStudioError.of(answer)
     told = describe_error(exc)
     assert "s3cr3t" not in told and "set-cookie" not in told
-    assert told.startswith("ApiError: HTTP 400: ") and "Model version doesn't exist" in told
+    assert "s3cr3t" not in str(exc) + repr(exc)
+    assert told.startswith("LabelStudioError: HTTP 400: ") and "Model version doesn't exist" in told
 
 
 def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, monkeypatch):

@@ -3,7 +3,8 @@ rebuild's imports done once in the parent, and rq's ``SimpleWorker`` (``--simple
 recovery sweep.
 
 Each job runs in a forked work horse. Without this, every horse imports the job's modules anew;
-the Label Studio SDK alone takes ~1 s, which was a third of the label -> new predictions latency.
+the Label Studio client took ~1 s when it was built on label-studio-sdk, a third of the label -> new
+predictions latency.
 Imported here, the modules are already in every fork. Use with the stock command:
 ``rq worker --worker-class workers.preload.PreloadedWorker``.
 
@@ -22,7 +23,7 @@ from rq.worker import SimpleWorker, Worker
 import workers.problems  # noqa: F401
 import workers.rebuild  # noqa: F401
 import workers.resync  # noqa: F401
-import xmodal.labelstudio.client  # noqa: F401  (label_studio_sdk)
+import xmodal.labelstudio.client  # noqa: F401  (httpx)
 import xmodal.labelstudio.push  # noqa: F401
 from workers.recovery import start_sweeper
 from xmodal.logfmt import kv, setup_worker_logging

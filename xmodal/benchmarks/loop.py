@@ -189,9 +189,9 @@ class _LabelStudioPage:
         return lines_of(self.client.interactive(self.pid, int(task["id"]), search_context(query, to_name)))
 
     def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
-        ann = self.client.sdk.annotations.create(id=int(task["id"]), was_cancelled=answer.how == "skipped",
-                                                 result=answer.result(self.select, from_name, to_name))
-        return int(ann.id)
+        ann = self.client.create_annotation(int(task["id"]), answer.result(self.select, from_name, to_name),
+                                            was_cancelled=answer.how == "skipped")
+        return int(ann["id"])
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def run(args, say=print) -> BenchResult:
                     if int(info.get("n_pairs", -1)) >= stored:
                         version = int(info["version"])
                         if ls_client is not None:
-                            ready = ls_client.sdk.projects.get(ls_pid).model_version == f"v{version}"
+                            ready = ls_client.get_project(ls_pid)["model_version"] == f"v{version}"
                         else:
                             ready = predict_version() == f"v{version}"
                         if ready:

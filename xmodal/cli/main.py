@@ -1,7 +1,7 @@
 """The ``xmodal`` command line.
 
 Each sub-command lives in its own module exposing ``register(subparsers)``; heavy dependencies
-(torch, encoders, the Label Studio SDK) are imported inside the command functions, so that
+(torch, encoders, the Label Studio client) are imported inside the command functions, so that
 ``xmodal --help`` stays fast. Examples for every command's ``--help`` are kept together below.
 """
 

@@ -245,7 +245,7 @@ class LabelStudioSession:
         label_config, template = read_label_config(select)
         old = self.client.find_project(title)
         if old is not None:
-            self.client.sdk.projects.delete(id=old)
+            self.client.delete_project(old)
         pid = self.client.ensure_project(title, label_config)
         self.project_id = pid
         claim_ls_project_id(self.redis, boot.ws, pid)
@@ -315,7 +315,6 @@ class LabelStudioSession:
         """Answer like an annotator; Label Studio then calls the backend's /webhook itself.
         Returns the annotation id Label Studio gave it."""
         self.answered.add(str(task["data"]["item_id"]))
-        ann = self.client.sdk.annotations.create(
-            id=int(task["id"]), was_cancelled=answer.how == "skipped",
-            result=answer.result(self.select, from_name, to_name))
-        return int(ann.id)
+        ann = self.client.create_annotation(int(task["id"]), answer.result(self.select, from_name, to_name),
+                                            was_cancelled=answer.how == "skipped")
+        return int(ann["id"])

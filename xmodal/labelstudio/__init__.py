@@ -1,5 +1,5 @@
 """Everything that speaks Label Studio: the API client, project bootstrap, the labelling configs,
 task data and options, annotations -> pairs, predictions and their push.
 
-Heavy imports (``label_studio_sdk``) live only in :mod:`~xmodal.labelstudio.client`.
+The HTTP client (``httpx``) is imported only by :mod:`~xmodal.labelstudio.client`.
 """

@@ -1,4 +1,4 @@
-"""A thin, idempotent wrapper over label-studio-sdk 2.1.x for the xmodal loop.
+"""Label Studio 1.23's REST API for the xmodal loop, on one pooled ``httpx.Client``.
 
     from xmodal.labelstudio import connect
     ls = connect("http://127.0.0.1:8080", api_key)          # ConfigError if unreachable / bad key
@@ -8,10 +8,15 @@
     ls.push_predictions(pid, {task_id: {"result": [...], "score": 0.4}}, "v3")
     ls.set_model_version(pid, "v3")                          # after the push, see below
 
+It speaks HTTP itself rather than through label-studio-sdk, which pulled ~350 MB (pandas, opencv,
+nltk, ...) and capped numpy for the dozen endpoints used here; the endpoints, query parameters and
+pagination are the ones that SDK 2.1.x used.
+
 Facts about Label Studio 1.23.2 this relies on (measured, /work/shared/docs/label-studio-1.23.md):
-- ``ml.create`` calls the backend's ``GET /health`` and ``POST /setup`` and registers a project
-  webhook ``<backend url>/webhook`` for all actions itself: never add another one (every event
-  would arrive twice). It also sets the project's ``model_version`` to the backend's *title*.
+- Connecting an ML backend (``POST /api/ml/``) calls the backend's ``GET /health`` and ``POST /setup``
+  and registers a project webhook ``<backend url>/webhook`` for all actions itself: never add another
+  one (every event would arrive twice). It also sets the project's ``model_version`` to the backend's
+  *title*.
 - "Uncertainty sampling" (``GET /api/projects/<id>/next/``) serves tasks whose prediction
   ``model_version`` equals the project's ``model_version``, lowest ``score`` first; when they
   differ the order silently falls back to random. Hence ``set_model_version`` after every push.
@@ -20,24 +25,33 @@ Facts about Label Studio 1.23.2 this relies on (measured, /work/shared/docs/labe
 - Predictions are stored one request each (~0.1-0.2 s on the dev server); the bulk
   ``import/predictions`` silently drops results whose choice is a dynamic option. So a caller
   that needs speed pushes the few tasks ``/next/`` serves first (``parallel`` requests at a time).
+- Lists are paginated (``?page=&page_size=``; projects at most 100 a page) and a page past the end
+  answers 404 "Invalid page."
+- A personal access token is a JWT *refresh* token: requests carry ``Bearer <access token>``, got
+  from ``POST /api/token/refresh/`` and renewed before it expires (5 min); a legacy token is sent as
+  ``Token <key>``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import itertools
 import json
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import httpx
-from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
 
 from xmodal.errors import ConfigError
 
 UNCERTAINTY = "Uncertainty sampling"
 PAGE_SIZE = 500
+RETRY_DELAYS = (0.2, 0.5)   # seconds before the 2nd and the 3rd try of a request
+RENEW_BEFORE = 30           # seconds: an access token this close to its expiry is renewed first
 
 
 class AnnotationRecord(NamedTuple):
@@ -47,28 +61,36 @@ class AnnotationRecord(NamedTuple):
     was_cancelled: bool
 
 
-def _dump(obj: Any) -> Any:
-    """SDK (pydantic) objects -> plain dicts/lists; plain values unchanged."""
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    if isinstance(obj, list):
-        return [_dump(x) for x in obj]
-    return obj
+class LabelStudioError(Exception):
+    """Label Studio answered a request with an error status. Keeps the status code and the body
+    (parsed when it is JSON), never the response headers: they carry the session cookie, and this
+    error's text reaches logs and ``xmodal status``."""
+
+    def __init__(self, status_code: int, body: Any):
+        super().__init__(status_code, body)
+        self.status_code = status_code
+        self.body = body
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> LabelStudioError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        return cls(response.status_code, body)
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status_code}: {_errors(self)[:500]}"
 
 
 def describe_error(exc: BaseException) -> str:
-    """``Type: message`` of a failed Label Studio call, without what must not reach a log or
-    ``xmodal status``: an SDK ApiError's str() dumps every response header, its session cookie
-    included, so it is the status code and the body."""
-    if isinstance(exc, ApiError):
-        return f"{type(exc).__name__}: HTTP {exc.status_code}: {_errors(exc)[:500]}"
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"{type(exc).__name__}: HTTP {exc.response.status_code}: {exc.response.text[:500]}"
+    """``Type: message`` of a failed Label Studio call, for a log line or ``xmodal status``
+    (:class:`LabelStudioError` tells its status and body, never its headers)."""
     return f"{type(exc).__name__}: {exc}"
 
 
-def _errors(exc: ApiError) -> str:
-    """The useful part of an SDK ApiError (its str() dumps every response header)."""
+def _errors(exc: LabelStudioError) -> str:
+    """The useful part of an error body: Label Studio's validation errors or detail."""
     body = exc.body
     if isinstance(body, dict):
         return json.dumps(body.get("validation_errors") or body.get("detail") or body)
@@ -79,32 +101,118 @@ def _url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _jwt_claims(token: str) -> dict | None:
+    """The claims of a JWT (not verified: the server does that), or None for anything else, e.g. a
+    legacy token (40 hex digits)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 class LabelStudioClient:
-    """Operations the product needs. ``self.sdk`` is the underlying ``LabelStudio`` client."""
+    """Operations the product needs, plus :meth:`api` for any other endpoint. One ``httpx.Client``
+    (keep-alive connections, thread-safe: ``push_predictions`` shares it between threads)."""
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 60):
         self.url = _url(url)
-        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        self._key = api_key
+        self._personal = _jwt_claims(api_key) is not None   # a personal access token
+        self._access: tuple[str, float] | None = None        # (access token, its expiry)
+        self._access_lock = threading.Lock()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  headers={"User-Agent": "xmodal", "Accept": "application/json"})
 
-    # -- raw HTTP for what the SDK lacks ----------------------------------------------------------
-    def _get(self, path: str, **params) -> httpx.Response:
-        """GET, retried twice on a 5xx: Label Studio on SQLite answers 500 "database is locked"
-        when a read that writes (``/next/`` takes a task lock) meets a concurrent prediction push
-        (seen once in the e2e test)."""
-        wrapper = self.sdk._client_wrapper  # its headers carry "Token <key>" or a refreshed JWT
-        for delay in (0.2, 0.5, None):
-            r = httpx.get(f"{self.url}{path}", params=params, headers=wrapper.get_headers(),
-                          timeout=wrapper.get_timeout())
-            if r.status_code < 500 or delay is None:
-                return r
+    def close(self) -> None:
+        self._http.close()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _authorization(self) -> str:
+        """The Authorization header: ``Token <key>`` for a legacy token; for a personal access
+        token (a JWT refresh token) ``Bearer <access token>``, exchanged at /api/token/refresh/
+        once and again shortly before the access token expires (under a lock: one exchange when
+        several threads need it)."""
+        if not self._personal:
+            return f"Token {self._key}"
+        with self._access_lock:
+            if self._access is None or self._access[1] - RENEW_BEFORE < time.time():
+                r = self._http.post("/api/token/refresh/", json={"refresh": self._key})
+                if r.status_code != 200:
+                    raise LabelStudioError.of(r)
+                access = r.json()["access"]
+                self._access = (access, float((_jwt_claims(access) or {}).get("exp") or 0))
+            return f"Bearer {self._access[0]}"
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """One request, tried up to three times when Label Studio answers 5xx/429 or the connection
+        drops before an answer, as the SDK did for every call: Label Studio on SQLite answers 500
+        "database is locked" when a request that writes (``/next/`` takes a task lock, a
+        prediction push) meets a concurrent one (seen in the e2e test). Any status is returned."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                r = self._http.request(method, path, headers={"Authorization": self._authorization()},
+                                       **kwargs)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                if delay is None:
+                    raise
+            else:
+                if delay is None or (r.status_code < 500 and r.status_code != 429):
+                    return r
             time.sleep(delay)
-        return r
+        raise AssertionError("unreachable")
+
+    def _get(self, path: str, **params) -> httpx.Response:
+        """GET ``path`` (with the retry), whatever the answer's status."""
+        return self._send("GET", path, params=params)
+
+    def api(self, method: str, path: str, **kwargs) -> Any:
+        """``method path`` (httpx keyword arguments: ``params``, ``json``) -> the answer's JSON, or
+        None for an empty one. LabelStudioError for an error status, and for a success that is not
+        JSON (a URL that is not Label Studio's API answers an HTML page)."""
+        r = self._send(method, path, **kwargs)
+        if not r.is_success:
+            raise LabelStudioError.of(r)
+        try:
+            return r.json() if r.content else None
+        except ValueError:
+            raise LabelStudioError(r.status_code, r.text) from None
+
+    def _pages(self, path: str, items: str, total: str, **params) -> Iterator[dict]:
+        """Every item of a paginated list: the answers' ``items`` lists, page after page until
+        ``total`` items came (or an empty page, or a 404 past the first page: Label Studio's
+        answer to a page past the end, e.g. when items were deleted while listing)."""
+        seen = 0
+        for page in itertools.count(1):
+            r = self._send("GET", path, params={**params, "page": page, "page_size": PAGE_SIZE})
+            if r.status_code == 404 and page > 1:
+                return
+            if not r.is_success:
+                raise LabelStudioError.of(r)
+            body = r.json()
+            yield from body[items]
+            seen += len(body[items])
+            if not body[items] or seen >= body[total]:
+                return
 
     # -- projects --------------------------------------------------------------------------------
     def find_project(self, title: str) -> int | None:
-        """Id of the oldest project with exactly this title, or None."""
-        ids = [p.id for p in self.sdk.projects.list(title=title, page_size=PAGE_SIZE) if p.title == title]
+        """Id of the oldest project with exactly this title, or None (Label Studio's ``title``
+        filter matches substrings, case-insensitively)."""
+        ids = [p["id"] for p in self._pages("/api/projects/", "results", "count", title=title)
+               if p["title"] == title]
         return min(ids) if ids else None
+
+    def get_project(self, project_id: int) -> dict:
+        """The project as Label Studio has it (``title``, ``label_config``, ``model_version``, ...)."""
+        return self.api("GET", f"/api/projects/{int(project_id)}/")
+
+    def delete_project(self, project_id: int) -> None:
+        """Delete the project with its tasks, annotations and predictions."""
+        self.api("DELETE", f"/api/projects/{int(project_id)}/")
 
     def ensure_project(self, title: str, label_config: str, sampling: str = UNCERTAINTY) -> int:
         """Find the project by title or create it; bring its label config and sampling up to date.
@@ -114,16 +222,17 @@ class LabelStudioClient:
         pid = self.find_project(title)
         try:
             if pid is None:
-                return self.sdk.projects.create(title=title, label_config=label_config, sampling=sampling).id
-            project = self.sdk.projects.get(pid)
+                return int(self.api("POST", "/api/projects/", json={
+                    "title": title, "label_config": label_config, "sampling": sampling})["id"])
+            project = self.get_project(pid)
             changes = {}
-            if (project.label_config or "").strip() != label_config.strip():
+            if (project.get("label_config") or "").strip() != label_config.strip():
                 changes["label_config"] = label_config
-            if project.sampling != sampling:
+            if project.get("sampling") != sampling:
                 changes["sampling"] = sampling
             if changes:
-                self.sdk.projects.update(id=pid, **changes)
-        except ApiError as exc:
+                self.api("PATCH", f"/api/projects/{pid}/", json=changes)
+        except LabelStudioError as exc:
             if exc.status_code != 400:
                 raise
             raise ConfigError(f"Label Studio rejected project {title!r}: {_errors(exc)}") from exc
@@ -131,13 +240,13 @@ class LabelStudioClient:
 
     def set_model_version(self, project_id: int, version: str) -> None:
         """Point the project at ``version`` so /next/ orders by that version's prediction scores."""
-        self.sdk.projects.update(id=project_id, model_version=version)
+        self.api("PATCH", f"/api/projects/{int(project_id)}/", json={"model_version": version})
 
     # -- tasks -----------------------------------------------------------------------------------
     def list_tasks(self, project_id: int, *, fields: str = "task_only") -> list[dict]:
         """Every task of the project as a dict (``id``, ``data``, ``is_labeled``, ...).
         ``fields="all"`` adds ``annotations`` and ``predictions``."""
-        return [_dump(t) for t in self.sdk.tasks.list(project=project_id, fields=fields, page_size=PAGE_SIZE)]
+        return list(self._pages("/api/tasks/", "tasks", "total", project=int(project_id), fields=fields))
 
     def import_tasks(self, project_id: int, tasks: Iterable[Mapping]) -> dict[str, int]:
         """Import tasks whose ``data.item_id`` is not in the project yet; returns ``{item_id: task_id}``
@@ -157,7 +266,8 @@ class LabelStudioClient:
         have = self._task_ids_by_item(project_id)
         new = [t for item, t in wanted.items() if item not in have]
         if new:
-            self.sdk.projects.import_tasks(project_id, request=new, commit_to_project=True)
+            self.api("POST", f"/api/projects/{int(project_id)}/import", json=new,
+                     params={"commit_to_project": "true"})
             have = self._task_ids_by_item(project_id)
         return {item: have[item] for item in wanted if item in have}
 
@@ -172,30 +282,36 @@ class LabelStudioClient:
     def next_task(self, project_id: int) -> dict | None:
         """The task Label Studio would serve next to this user (``GET /api/projects/<id>/next/``),
         or None when there is none left (LS answers 404)."""
-        r = self._get(f"/api/projects/{project_id}/next/")
+        r = self._get(f"/api/projects/{int(project_id)}/next/")
         if r.status_code == 404:
             return None
-        r.raise_for_status()
+        if not r.is_success:
+            raise LabelStudioError.of(r)
         return r.json()
 
     # -- ML backend and storage ------------------------------------------------------------------
+    def _ml_backends(self, project_id: int) -> list[dict]:
+        return self.api("GET", "/api/ml/", params={"project": int(project_id)})
+
     def ensure_ml_backend(self, project_id: int, url: str, title: str) -> int:
         """Connect the ML backend at ``url`` once (matched by URL); returns its id.
 
-        ``ml.create`` makes LS call the backend's /health and /setup (so it must be up) and
-        register ``<url>/webhook`` as a project webhook for all events: do not add one yourself.
+        Connecting makes LS call the backend's /health and /setup (so it must be up) and register
+        ``<url>/webhook`` as a project webhook for all events: do not add one yourself.
         It is connected for interactive pre-annotations: the page's search box asks it for the
         texts that match (``xmodal.labelstudio.page_search``).
         LS also sets the project's model_version to ``title``; call ``set_model_version`` after
         pushing predictions."""
-        for backend in self.sdk.ml.list(project=project_id):
-            if _url(backend.url) == _url(url):
-                if not backend.is_interactive:   # connected before the page search existed
-                    self.sdk.ml.update(id=backend.id, project=project_id, url=backend.url, is_interactive=True)
-                return backend.id
+        for backend in self._ml_backends(project_id):
+            if _url(backend["url"]) == _url(url):
+                if not backend.get("is_interactive"):   # connected before the page search existed
+                    self.api("PATCH", f"/api/ml/{int(backend['id'])}", json={
+                        "project": int(project_id), "url": backend["url"], "is_interactive": True})
+                return int(backend["id"])
         try:
-            return self.sdk.ml.create(project=project_id, url=url, title=title, is_interactive=True).id
-        except ApiError as exc:
+            return int(self.api("POST", "/api/ml/", json={
+                "project": int(project_id), "url": url, "title": title, "is_interactive": True})["id"])
+        except LabelStudioError as exc:
             raise ConfigError(
                 f"Label Studio could not connect the ML backend at {url} (HTTP {exc.status_code}: "
                 f"{_errors(exc)}). Check that the backend is running and reachable FROM the Label Studio "
@@ -208,16 +324,12 @@ class LabelStudioClient:
         (the page search: ``xmodal.labelstudio.page_search``): Label Studio's
         ``/api/ml/<id>/interactive-annotating``, which calls the backend's /predict with
         ``context``. Returns the result regions (empty when it gave none)."""
-        backend = next((b for b in self.sdk.ml.list(project=project_id) if b.is_interactive), None)
+        backend = next((b for b in self._ml_backends(project_id) if b.get("is_interactive")), None)
         if backend is None:
             raise ConfigError(f"project {project_id} has no ML backend connected for interactive "
                               "pre-annotations")
-        wrapper = self.sdk._client_wrapper
-        r = httpx.post(f"{self.url}/api/ml/{backend.id}/interactive-annotating",
-                       json={"task": int(task_id), "context": context},
-                       headers=wrapper.get_headers(), timeout=wrapper.get_timeout())
-        r.raise_for_status()
-        body = r.json()
+        body = self.api("POST", f"/api/ml/{int(backend['id'])}/interactive-annotating",
+                        json={"task": int(task_id), "context": context}) or {}
         if body.get("errors"):
             raise ConfigError(f"Label Studio's interactive call failed: {body['errors']}")
         return list((body.get("data") or {}).get("result") or [])
@@ -230,13 +342,14 @@ class LabelStudioClient:
         LS requires LOCAL_FILES_SERVING_ENABLED=true and ``path`` strictly under
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (else HTTP 400)."""
         path = path.rstrip("/")
-        for storage in self.sdk.import_storage.local.list(project=project_id):
-            if (storage.path or "").rstrip("/") == path:
-                return storage.id
+        for storage in self.api("GET", "/api/storages/localfiles/", params={"project": int(project_id)}):
+            if (storage.get("path") or "").rstrip("/") == path:
+                return int(storage["id"])
         try:
-            return self.sdk.import_storage.local.create(
-                project=project_id, path=path, title=title or path, use_blob_urls=True).id
-        except ApiError as exc:
+            return int(self.api("POST", "/api/storages/localfiles/", json={
+                "project": int(project_id), "path": path, "title": title or path,
+                "use_blob_urls": True})["id"])
+        except LabelStudioError as exc:
             raise ConfigError(
                 f"Label Studio refused local storage {path} (HTTP {exc.status_code}: {_errors(exc)}). "
                 "Start Label Studio with LOCAL_FILES_SERVING_ENABLED=true and "
@@ -261,33 +374,32 @@ class LabelStudioClient:
 
         def push(item) -> tuple[int, int | None]:
             task_id, pred = int(item[0]), item[1]
-            if skip_existing and any(p.model_version == model_version
-                                     for p in self.sdk.predictions.list(task=task_id)):
+            if skip_existing and any(p.get("model_version") == model_version for p in
+                                     self.api("GET", "/api/predictions/", params={"task": task_id})):
                 return task_id, None
-            kwargs = {"score": float(pred["score"])} if pred.get("score") is not None else {}
-            result = list(pred.get("result") or [])
+            body = {"result": list(pred.get("result") or []), "model_version": model_version}
+            if pred.get("score") is not None:
+                body["score"] = float(pred["score"])
             if task_id in existing:
                 try:
-                    self.sdk.predictions.update(id=int(existing[task_id]), result=result,
-                                                model_version=model_version, **kwargs)
+                    self.api("PATCH", f"/api/predictions/{int(existing[task_id])}/", json=body)
                     return task_id, int(existing[task_id])
-                except ApiError as exc:
+                except LabelStudioError as exc:
                     if exc.status_code != 404:
                         raise
-            created = self.sdk.predictions.create(task=task_id, result=result,
-                                                  model_version=model_version, **kwargs)
-            return task_id, int(created.id)
+            created = self.api("POST", "/api/predictions/", json={"task": task_id, **body})
+            return task_id, int(created["id"])
 
         done = self._each(push, list(predictions_by_task_id.items()), parallel)
         return {t: p for t, p in done if p is not None}
 
     def task_data(self, task_id: int) -> dict:
         """A task's ``data`` as Label Studio has it now."""
-        return dict(_dump(self.sdk.tasks.get(int(task_id))).get("data") or {})
+        return dict(self.api("GET", f"/api/tasks/{int(task_id)}/").get("data") or {})
 
     def update_task_data(self, task_id: int, data: Mapping) -> None:
         """Replace a task's ``data`` (``PATCH /api/tasks/<id>/``), e.g. re-ranked ``options``."""
-        self.sdk.tasks.update(id=int(task_id), data=dict(data))
+        self.api("PATCH", f"/api/tasks/{int(task_id)}/", json={"data": dict(data)})
 
     def update_tasks_data(self, data_by_task_id: Mapping[int, Mapping], *, parallel: int = 1) -> int:
         """``update_task_data`` for several tasks, ``parallel`` requests at a time; returns how many."""
@@ -296,12 +408,20 @@ class LabelStudioClient:
 
     @staticmethod
     def _each(fn, items: list, parallel: int) -> list:
-        """``[fn(x) for x in items]``, with up to ``parallel`` requests in flight (the SDK's httpx
-        client is thread-safe). The first exception is raised after the others finished."""
+        """``[fn(x) for x in items]``, with up to ``parallel`` requests in flight (the httpx client
+        is thread-safe). The first exception is raised after the others finished."""
         if parallel <= 1 or len(items) <= 1:
             return [fn(x) for x in items]
         with ThreadPoolExecutor(max_workers=min(parallel, len(items))) as pool:
             return list(pool.map(fn, items))
+
+    def create_annotation(self, task_id: int, result: list, *, was_cancelled: bool = False,
+                          **fields) -> dict:
+        """Annotate a task as this user (what an annotator's submit or skip does; Label Studio then
+        calls the backend's /webhook itself); returns the annotation (``id``, ...). ``fields``:
+        more of its fields, e.g. ``lead_time``."""
+        return self.api("POST", f"/api/tasks/{int(task_id)}/annotations/",
+                        json={"result": result, "was_cancelled": was_cancelled, **fields})
 
     def list_annotations(self, project_id: int) -> list[AnnotationRecord]:
         """(task_id, annotation_id, result, was_cancelled) for every annotation of every task,
@@ -324,14 +444,16 @@ def connect(url: str, api_key: str, *, timeout: float = 60) -> LabelStudioClient
     if not api_key:
         raise ConfigError("no Label Studio API key: set LABEL_STUDIO_API_KEY (Account & Settings > "
                           "Access Token in Label Studio)")
+    client = LabelStudioClient(url, api_key, timeout=timeout)
     try:
-        client = LabelStudioClient(url, api_key, timeout=timeout)
-        client.sdk.users.whoami()
+        client.api("GET", "/api/current-user/whoami")
     except httpx.TransportError as exc:
+        client.close()
         raise ConfigError(f"cannot reach Label Studio at {url} ({type(exc).__name__}: {exc}); check "
                           "LABEL_STUDIO_URL and that the server is running") from exc
-    except ApiError as exc:
-        if exc.status_code in (401, 403) or exc.status_code is None:
+    except LabelStudioError as exc:
+        client.close()
+        if exc.status_code in (401, 403):
             detail = exc.body.get("detail") if isinstance(exc.body, dict) else exc.body
             raise ConfigError(
                 f"Label Studio at {url} rejected the API key ({exc.status_code}: {detail}); check "
@@ -343,4 +465,5 @@ def connect(url: str, api_key: str, *, timeout: float = 60) -> LabelStudioClient
     return client
 
 
-__all__ = ["AnnotationRecord", "LabelStudioClient", "UNCERTAINTY", "connect"]
+__all__ = ["AnnotationRecord", "LabelStudioClient", "LabelStudioError", "UNCERTAINTY", "connect",
+           "describe_error"]

@@ -423,8 +423,8 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
                        backend_url=None, title=ls.get("title"), images=ls.get("images") or "auto",
                        document_root=ls.get("document_root"), model_dir=model_dir, seed=seed)
     label_xml, template = read_label_config(select, None) if ls.get("label_config") in LABEL_CONFIGS.values() \
-        else (client.sdk.projects.get(int(ls["project_id"])).label_config, ls.get("label_config"))
-    spec.title = ls.get("title") or client.sdk.projects.get(int(ls["project_id"])).title
+        else (client.get_project(int(ls["project_id"]))["label_config"], ls.get("label_config"))
+    spec.title = ls.get("title") or client.get_project(int(ls["project_id"]))["title"]
     _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say, redis_client)
     result.notes = [n for n in result.notes if not n.startswith("no --backend-url")]
     result.timings["total_s"] = round(time.perf_counter() - t_all, 3)
