@@ -95,7 +95,8 @@ def test_weights_of_another_model_are_a_data_error():
 
 
 def test_the_default_image_path_imports_no_torch(tmp_path):
-    """Embedding, the graph built from scratch (a fresh cache), and the words under thumbnails."""
+    """Embedding (as a worker's job does, with its thread cap), the graph built from scratch (a
+    fresh cache), and the words under thumbnails."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -104,14 +105,15 @@ def test_the_default_image_path_imports_no_torch(tmp_path):
         paths.append(str(tmp_path / f"img{k}.png"))
         Image.fromarray(rng.integers(0, 255, (90 + k, 120, 3), np.uint8)).save(paths[-1])
     code = (
-        "import sys; from xmodal.encoders import get_image_encoder\n"
+        "import sys, numpy as np; from workers.embed import embed_chunk\n"
         "from xmodal.encoders.image_words import image_words, class_prompts\n"
-        f"enc = get_image_encoder(progress=False); X = enc.transform({paths!r})\n"
-        "words = image_words(X, enc.encoder_id); class_prompts([207])\n"
+        f"out = embed_chunk('image', 'efficientnet-lite0', {paths!r}, [None, None], cache_root='')\n"
+        "X = np.frombuffer(out['features'], np.float32).reshape(out['shape'])\n"
+        "words = image_words(X, out['cache_id']); class_prompts([207])\n"
         "print(X.shape, len(words), all(words), sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision', 'efficientnet_lite_pytorch')))"
     )
-    env = dict(os.environ, XMODAL_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, XMODAL_CACHE_DIR=str(tmp_path / "cache"), XMODAL_EMBED_THREADS="1")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "(2, 1280) 2 True []"
