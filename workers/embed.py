@@ -41,16 +41,24 @@ def _worker_encoder(modality: str, name: str, options: dict) -> Encoder:
     key = json.dumps([modality, name, options], sort_keys=True, default=str)
     enc = _ENCODERS.get(key)
     if enc is None:
-        if threads:
-            try:
-                import torch
-
-                torch.set_num_threads(threads)
-            except ImportError:  # pragma: no cover - torch is a dependency
-                pass
+        # images go through ONNX Runtime (num_threads above) unless backend="torch"; texts may
+        # run on torch (MiniLM). Only those import it: the default image path must not pay the
+        # seconds it takes, nor need torch installed
+        if threads and (modality != "image" or options.get("backend") == "torch"):
+            _cap_torch_threads(threads)
         enc = get_encoder(modality, name, progress=False, **options)
         _ENCODERS[key] = enc
     return enc
+
+
+def _cap_torch_threads(threads: int) -> None:
+    """torch sizes its intra-op pool to every core: cap it like ONNX Runtime's, where torch is
+    installed at all."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
 
 
 def embed_chunk(modality: str, name: str, items: list[str], keys: list[str | None],

