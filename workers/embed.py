@@ -36,18 +36,15 @@ def _worker_encoder(modality: str, name: str, options: dict) -> Encoder:
 
     options = dict(options)
     threads = _env_int("XMODAL_EMBED_THREADS", 0)
-    if threads and modality == "image":
+    if threads and (modality == "image" or name == "minilm"):   # both run on ONNX Runtime
         options.setdefault("num_threads", threads)
     key = json.dumps([modality, name, options], sort_keys=True, default=str)
     enc = _ENCODERS.get(key)
     if enc is None:
-        if threads:
-            try:
-                import torch
+        if threads and options.get("backend") == "torch":   # the rest never import torch
+            import torch
 
-                torch.set_num_threads(threads)
-            except ImportError:  # pragma: no cover - torch is a dependency
-                pass
+            torch.set_num_threads(threads)
         enc = get_encoder(modality, name, progress=False, **options)
         _ENCODERS[key] = enc
     return enc
