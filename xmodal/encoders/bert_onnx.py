@@ -34,7 +34,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
-        data = f.read()
+        data = memoryview(f.read())   # views of it, not copies, until the float16 widening
     tensors = {}
     for name, spec in header.items():
         if name == "__metadata__":
@@ -95,7 +95,8 @@ def build_sentence_encoder(model_dir: str | Path):
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
-    if [k for k, on in pooling.items() if k.startswith("pooling_mode") and on] != ["pooling_mode_mean_tokens"]:
+    modes = [k for k, on in pooling.items() if k.startswith("pooling_mode") and on]
+    if modes != ["pooling_mode_mean_tokens"]:
         raise ValueError(f"{model_dir}: only mean pooling is built, the model asks for {pooling}")
     modules = json.loads((model_dir / "modules.json").read_text())
     normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
@@ -129,19 +130,17 @@ def build_sentence_encoder(model_dir: str | Path):
     split_heads = g.const([0, 0, heads, head_dim], dtype=np.int64)                   # (n, s, h, hd)
     merge_heads = g.const([0, 0, d], dtype=np.int64)
     scale = g.const(1.0 / np.sqrt(head_dim))
-    half, one, inv_sqrt2 = g.const(0.5), g.const(1.0), g.const(1.0 / np.sqrt(2.0))
+
+    def heads(x: str, prefix: str, hint: str, perm: list[int]) -> str:
+        """The projection ``prefix`` of ``x``, split into heads and transposed by ``perm``."""
+        y = g.linear(x, w[prefix + ".weight"], w[prefix + ".bias"], hint)
+        return g.op("Transpose", g.op("Reshape", y, split_heads), perm=perm)
 
     for i in range(int(cfg["num_hidden_layers"])):
         p = f"encoder.layer.{i}."
-        att = p + "attention.self."
-
-        def heads_of(name: str, perm: list[int], _att=att, _i=i) -> str:
-            y = g.linear(x, w[_att + name + ".weight"], w[_att + name + ".bias"], f"l{_i}.{name}")
-            return g.op("Transpose", g.op("Reshape", y, split_heads), perm=perm)
-
-        q = heads_of("query", [0, 2, 1, 3])                                           # (n, h, s, hd)
-        k = heads_of("key", [0, 2, 3, 1])                                             # (n, h, hd, s)
-        v = heads_of("value", [0, 2, 1, 3])                                           # (n, h, s, hd)
+        q = heads(x, p + "attention.self.query", f"l{i}.q", [0, 2, 1, 3])            # (n, h, s, hd)
+        k = heads(x, p + "attention.self.key", f"l{i}.k", [0, 2, 3, 1])              # (n, h, hd, s)
+        v = heads(x, p + "attention.self.value", f"l{i}.v", [0, 2, 1, 3])            # (n, h, s, hd)
         scores = g.op("Add", g.op("Mul", g.op("MatMul", q, k), scale), key_bias)
         ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
         ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), merge_heads)
@@ -149,9 +148,11 @@ def build_sentence_encoder(model_dir: str | Path):
                      f"l{i}.attn_out")
         x = g.layer_norm(g.op("Add", y, x), w[p + "attention.output.LayerNorm.weight"],
                          w[p + "attention.output.LayerNorm.bias"], eps, f"l{i}.attn_ln")
-        # feed-forward with the exact GELU, 0.5 x (1 + erf(x / sqrt 2)); onnxruntime fuses it
+        # feed-forward with the exact GELU of BERT's "gelu": 0.5 x (1 + erf(x / sqrt 2)), written
+        # (constants per layer included) as onnxruntime's GeluFusion expects, so it runs as BiasGelu
         y = g.linear(x, w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], f"l{i}.ffn_in")
-        y = g.op("Mul", g.op("Mul", y, half), g.op("Add", g.op("Erf", g.op("Mul", y, inv_sqrt2)), one))
+        erf = g.op("Erf", g.op("Div", y, g.const(np.sqrt(2.0))))
+        y = g.op("Mul", g.op("Mul", y, g.op("Add", erf, g.const(1.0))), g.const(0.5))
         y = g.linear(y, w[p + "output.dense.weight"], w[p + "output.dense.bias"], f"l{i}.ffn_out")
         x = g.layer_norm(g.op("Add", y, x), w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"],
                          eps, f"l{i}.ffn_ln")
