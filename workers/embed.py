@@ -36,15 +36,14 @@ def _worker_encoder(modality: str, name: str, options: dict) -> Encoder:
 
     options = dict(options)
     threads = _env_int("XMODAL_EMBED_THREADS", 0)
-    if threads and modality == "image":
+    if threads and (modality == "image" or name == "minilm"):   # both run on ONNX Runtime
         options.setdefault("num_threads", threads)
     key = json.dumps([modality, name, options], sort_keys=True, default=str)
     enc = _ENCODERS.get(key)
     if enc is None:
-        # images go through ONNX Runtime (num_threads above) unless backend="torch"; texts may
-        # run on torch (MiniLM). Only those import it: the default image path must not pay the
-        # seconds it takes, nor need torch installed
-        if threads and (modality != "image" or options.get("backend") == "torch"):
+        # images and MiniLM run on ONNX Runtime (num_threads above); only the eager torch image
+        # backend imports torch, whose own pool would otherwise take every core
+        if threads and options.get("backend") == "torch":
             _cap_torch_threads(threads)
         enc = get_encoder(modality, name, progress=False, **options)
         _ENCODERS[key] = enc

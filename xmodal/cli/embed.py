@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
         name, why = resolve_text_encoder(name, items)
         print(f"text encoder: {name} ({why})", file=sys.stderr)
-        if not name.startswith("sif"):
-            options.pop("cache_dir")  # MiniLM's and e5's weights come from their packages
+        if not (name.startswith("sif") or name == "minilm"):
+            # e5's weights and engine come from its package (MiniLM keeps its built graph there)
+            options.pop("cache_dir")
     encoder = get_encoder(modality, name, **options)
     cache = FeatureCache(Path(cache_dir) / "features")
     if getattr(args, "distributed", False):

@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     # commands may quieten loggers for their own output; put them back afterwards (main() also
     # runs in-process, in tests)
-    quieted = ("httpx", "matplotlib", "sentence_transformers")
+    quieted = ("httpx", "matplotlib")
     saved = {name: logging.getLogger(name).level for name in (*quieted, "xmodal")}
     if not args.debug:
-        # one INFO line per HTTP request (project create: ~60), matplotlib's font-cache notice and
-        # sentence-transformers' "Loading model" bury what the commands print; --debug shows them
+        # one INFO line per HTTP request (project create: ~60) and matplotlib's font-cache notice
+        # bury what the commands print; --debug shows them
         for name in quieted:
             logging.getLogger(name).setLevel(logging.WARNING)
     if not getattr(args, "func", None):

@@ -18,9 +18,9 @@ Pick one by name::
 Image names: ``efficientnet-lite0`` (default), ``torchvision:<arch>`` (needs
 ``weights=<local .pth>``). Text names: ``auto`` (default: ``minilm`` for English texts, ``e5`` for
 any other language, chosen from the texts by :func:`xmodal.encoders.language.resolve_text_encoder`),
-``minilm`` (all-MiniLM-L6-v2), ``e5`` (multilingual-e5-small, 4-bit, no PyTorch), ``sif`` (GloVe
-6B 50-d + wordfreq, the paper's), ``sif:<word-vector file>``, ``sif-self`` (Word2Vec trained on
-your texts; any language).
+``minilm`` (all-MiniLM-L6-v2 on ONNX Runtime, no PyTorch), ``e5`` (multilingual-e5-small, 4-bit,
+no PyTorch), ``sif`` (GloVe 6B 50-d + wordfreq, the paper's), ``sif:<word-vector file>``,
+``sif-self`` (Word2Vec trained on your texts; any language).
 Options are the encoder class's keyword arguments. Every encoder has ``fit``, ``transform``,
 ``fit_transform``, ``dim``, ``encoder_id`` and ``failures_``; :mod:`xmodal.encoders.cache` adds an
 on-disk feature cache. Heavy libraries load only when an encoder is built.

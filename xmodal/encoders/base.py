@@ -57,6 +57,12 @@ class Encoder:
         """Identifies the output of :meth:`transform`: it changes whenever that output would."""
         return self.cache_id
 
+    def compatible_with(self, encoder_id: str) -> bool:
+        """Whether features recorded under ``encoder_id`` (a workspace's) are interchangeable with
+        this encoder's output, e.g. when its new written references join them: the same id, unless
+        the encoder knows better (the same weights run by another runtime)."""
+        return encoder_id == self.encoder_id
+
     def fit_features(self, items: Sequence[str]) -> None:
         """Fit what :meth:`features` depends on (nothing, for pretrained encoders)."""
 
@@ -72,7 +78,7 @@ class Encoder:
         """Apply the corpus-level post-processing (identity by default)."""
         return F
 
-    def fit(self, items: Sequence[str]) -> "Encoder":
+    def fit(self, items: Sequence[str]) -> Encoder:
         self.fit_transform(items)
         return self
 
@@ -109,14 +115,21 @@ def check_failures(n_items: int, failures: Sequence[Failure], modality: str, enc
             f"({', '.join(f'{n}× {why}' for why, n in reasons)}){hint}")
 
 
-def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch) -> np.ndarray:
+def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch, lengths=None) -> np.ndarray:
     """The ``features`` of a sentence encoder: empty texts get a zero row and a ``failures_``
     entry; the others go to ``embed_batch(list_of_texts) -> (n, dim)`` in ``encoder.batch_size``
-    chunks, under a progress bar."""
+    chunks, under a progress bar.
+
+    ``lengths(list_of_texts) -> one number per text`` (e.g. token counts): when the texts fill
+    more than one batch, they are batched shortest first, so that each batch is padded only to
+    texts of about its own length (a transformer's cost grows with the padded length); the rows
+    still come back in input order."""
     texts = list(items)
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     encoder.failures_ = [(t, "empty text") for t in texts if not t.strip()]
     todo = [i for i, t in enumerate(texts) if t.strip()]
+    if lengths is not None and len(todo) > encoder.batch_size:
+        todo = [todo[j] for j in np.argsort(lengths([texts[i] for i in todo]), kind="stable")]
     with progress_bar(len(todo), encoder.name, "text", encoder.progress and bool(todo)) as bar:
         for chunk in batches(len(todo), encoder.batch_size):
             rows = todo[chunk]

@@ -16,7 +16,6 @@ A missing or unreadable image never raises: its row is NaN and ``failures_`` lis
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.encoders.base import Encoder, batches, default_cache_dir, file_digest, progress_bar
+from xmodal.encoders.onnx_session import cached_session, onnx_model_path
 from xmodal.errors import ConfigError, XmodalError
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,7 @@ class ImageEncoder(Encoder):
         return self._torch_model
 
     def _onnx_path(self) -> Path:
-        key = hashlib.sha256(self.cache_id.encode()).hexdigest()[:20]
-        return self.cache_dir / "onnx" / f"{self.name.replace(':', '-')}-{key}.onnx"
+        return onnx_model_path(self.cache_dir, self.name, self.cache_id)
 
     def _write_onnx(self, path: Path, sample: np.ndarray) -> np.ndarray | None:
         """Write the trunk's ONNX graph (input "images" with a dynamic batch axis, output
@@ -191,15 +190,14 @@ class ImageEncoder(Encoder):
         with torch.inference_mode():
             return trunk(torch.from_numpy(sample)).numpy()
 
-    def _export_onnx(self, path: Path) -> None:
-        """Write the graph, run it once (against the expected output where there is one), then
-        publish it atomically (several processes may export at once)."""
+    def _export_onnx(self, tmp: Path) -> None:
+        """Write the graph to ``tmp`` and run it once (against the expected output where there is
+        one); :func:`cached_session` publishes it atomically (several processes may export at
+        once)."""
         import onnxruntime as ort
 
         sample = np.random.default_rng(0).standard_normal(
             (2, 3, self.image_size, self.image_size), dtype=np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             expected = self._write_onnx(tmp, sample)
             got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(
@@ -215,32 +213,17 @@ class ImageEncoder(Encoder):
                         f"the ONNX export of {self.name} differs from torch by {diff:.2e} "
                         f"(> {ONNX_TOLERANCE}); use backend='torch'"
                     )
-            os.replace(tmp, path)
         except XmodalError:
             raise
         except Exception as exc:  # any exporter failure has the same remedy
             raise ConfigError(
                 f"could not export {self.name} to ONNX ({exc}); use backend='torch'"
             ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _session(self):
         if self._onnx_session is None:
-            import onnxruntime as ort
-
-            path = self._onnx_path()
-            if not path.exists():
-                log.info("exporting %s to ONNX at %s", self.name, path)
-                self._export_onnx(path)
-            options = ort.SessionOptions()
-            # no busy-waiting between ops: workers share their CPUs with the web server and others
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if self.num_threads:
-                options.intra_op_num_threads = self.num_threads
-            self._onnx_session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            self._onnx_session = cached_session(self._onnx_path(), self._export_onnx,
+                                                num_threads=self.num_threads)
         return self._onnx_session
 
     def _run(self, x: np.ndarray) -> np.ndarray:

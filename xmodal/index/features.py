@@ -203,7 +203,9 @@ def workspace_text_encoder(ws, loader=None):
         except DataError:
             want = None
         got = getattr(enc, "encoder_id", None)
-        if want and got and want != got:
+        # a loader may return any object with transform(); only an Encoder knows its equivalents
+        same = getattr(enc, "compatible_with", lambda encoder_id: encoder_id == got)
+        if want and got and not same(want):
             log.warning(kv("text_encoder.mismatch", project=ws.name, features=want, encoder=got))
         with _encoders_lock:
             _encoders[key] = enc
