@@ -1,8 +1,9 @@
 """EfficientNet-Lite0's trunk as an ONNX graph, built from its weights with ``onnx.helper``.
 
 Why: exporting the PyTorch model (``torch.onnx.export``) needs PyTorch installed, for a graph of
-93 operators (49 convolutions, 33 clips, 9 adds, a pool) that ONNX Runtime then runs on its own. This module writes that graph directly
-from the weights file (read by :mod:`xmodal.encoders.torch_weights`), operator for operator what
+93 operators (49 convolutions, 33 clips, 9 adds, a pool) that ONNX Runtime then runs on its own.
+This module writes that graph directly from the weights file (read by
+:mod:`xmodal.encoders.torch_weights`), operator for operator what
 ``efficientnet_lite_pytorch``'s ``EfficientNet.extract_features`` followed by a global average
 pool computes in evaluation mode:
 
