@@ -357,6 +357,15 @@ class TorchvisionEncoder(ImageEncoder):
             num_workers=num_workers,
             progress=progress,
         )
+        # what needs no torchvision is checked first: a missing file is said as such either way
+        if weights is None:
+            raise ConfigError(
+                f"torchvision:{arch} needs its ImageNet weights as a local file: pass "
+                f"weights=<path to a .pth state dict> (xmodal embed: --weights FILE), e.g. the "
+                f"file torchvision would download for {arch}; nothing is downloaded"
+            )
+        if not Path(weights).is_file():
+            raise ConfigError(f"weights file for torchvision:{arch} not found: {weights}")
         try:
             import torchvision
         except ImportError as exc:
@@ -367,14 +376,6 @@ class TorchvisionEncoder(ImageEncoder):
             raise ConfigError(
                 f"unknown torchvision architecture {arch!r}; valid: {', '.join(sorted(valid))}"
             )
-        if weights is None:
-            raise ConfigError(
-                f"torchvision:{arch} needs its ImageNet weights as a local file: pass "
-                f"weights=<path to a .pth state dict> (xmodal embed: --weights FILE), e.g. the "
-                f"file torchvision would download for {arch}; nothing is downloaded"
-            )
-        if not Path(weights).is_file():
-            raise ConfigError(f"weights file for torchvision:{arch} not found: {weights}")
         self.arch = arch
         self.weights = Path(weights)
         self.name = f"torchvision:{arch}"
