@@ -266,7 +266,7 @@ def _log_tail(path, n: int = 40) -> str:
 @pytest.fixture
 def services(xenv, tmp_path):
     """`xmodal serve` (1 gunicorn worker) and `xmodal worker` as tracked child processes."""
-    from xmodal.demo.processes import (
+    from xmodal.simulation.processes import (
         ProcessManager,
         free_port,
         start_backend,

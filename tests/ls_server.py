@@ -9,7 +9,7 @@ Plain functions plus a fixture factory. In a conftest.py::
         ls = xmodal.labelstudio.client.connect(ls_server.url, ls_server.token)
 
 How it works:
-- the binary is found as `xmodal demo` finds it (`xmodal.demo.label_studio.find_label_studio`: the
+- the binary is found as `xmodal demo` finds it (`xmodal.simulation.label_studio.find_label_studio`: the
   venv scripts/install_label_studio.sh made for the current lock); if there is none the test is skipped;
 - `label-studio init` (migrations: 42 s idle, 70-105 s on a busy 2-core box) runs ONCE into a template data dir under
   `${XMODAL_CACHE_DIR:-~/.cache/xmodal}/ls-template/<version>-<credentials hash>`; every server gets a
@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from xmodal.demo.label_studio import find_label_studio, label_studio_env
+from xmodal.simulation.label_studio import find_label_studio, label_studio_env
 from xmodal.encoders.base import default_cache_dir
 
 USERNAME = "xmodal-test@example.com"

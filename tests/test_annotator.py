@@ -1,8 +1,8 @@
-"""The human-like simulated annotator answers from what a task's page shows (xmodal.demo.annotator)."""
+"""The human-like simulated annotator answers from what a task's page shows (xmodal.simulation.annotator)."""
 
 from __future__ import annotations
 
-from xmodal.demo.annotator import (
+from xmodal.simulation.annotator import (
     Answer,
     HumanLikeAnnotator,
     Knowledge,

@@ -2,7 +2,7 @@
 
 Real Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, `xmodal serve` and an
 `xmodal worker` process; COCO-mini with all 795 captions as the project's texts. A headless
-Chromium (selenium) plays the human-like annotator of :mod:`xmodal.demo.annotator`, using only
+Chromium (selenium) plays the human-like annotator of :mod:`xmodal.simulation.annotator`, using only
 the page: the item's name on it (a person sees the picture; the simulation knows the image's
 captions and has one of them in mind), the options as they are shown, the filter box, "None of
 these", the search box over all texts and the description box. The page carries 300 of the 795
@@ -71,7 +71,7 @@ def _references(pairs) -> tuple[set, set]:
 
 def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, services, page):
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.simulation.annotator import Knowledge, content_words
     from xmodal.evaluation.ground_truth import GroundTruth
     from xmodal.index.pairs import PairStore
     from xmodal.index.store import IndexStore, load_current
@@ -180,7 +180,7 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     results; every pick is stored as that text's pair (``search``); most tasks are answered that
     way."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.simulation.annotator import Knowledge, content_words
     from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
@@ -250,7 +250,7 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
     import importlib.util
 
     from xmodal.datasets import load_folder
-    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.simulation.annotator import Knowledge, content_words
     from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
@@ -307,7 +307,7 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     problem and every skip a skip; each pair is the caption's image; the grid carries the newest
     index (as above); some image is found on the page."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.demo.annotator import Knowledge, content_words
+    from xmodal.simulation.annotator import Knowledge, content_words
     from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project

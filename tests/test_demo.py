@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from xmodal.datasets import synthetic
-from xmodal.demo.annotator import choice_payload, webhook_payload
+from xmodal.simulation.annotator import choice_payload, webhook_payload
 from xmodal.demo.baselines import BaselineCache, baseline_metrics
 from xmodal.demo.console import Console
-from xmodal.demo.processes import STATE_FILE, ProcessManager, _cmdline, stop_recorded
+from xmodal.demo.keep_serving import STATE_FILE, cmdline, stop_recorded
+from xmodal.simulation.processes import ProcessManager
 from xmodal.demo.run import DemoOptions, run_demo
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
@@ -155,7 +156,7 @@ def test_stop_recorded_only_stops_what_it_recorded(tmp_path):
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     other = subprocess.Popen(["sleep", "61"], start_new_session=True)
     deadline = time.monotonic() + 5  # /proc/PID/cmdline is empty for a moment after exec
-    while not (_cmdline(proc.pid) and _cmdline(other.pid)) and time.monotonic() < deadline:
+    while not (cmdline(proc.pid) and cmdline(other.pid)) and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
         (tmp_path / STATE_FILE).write_text(json.dumps({"processes": {

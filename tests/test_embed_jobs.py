@@ -47,12 +47,12 @@ def coco_images(n: int) -> list[str]:
 def workers(xenv, tmp_path):
     """``workers(n, **env)``: n live `xmodal worker --queue <embed queue>` processes (their own
     process groups, stopped at the end), registered on return."""
-    from xmodal.demo.processes import ProcessManager, _python_cli, wait_worker
+    from xmodal.simulation.processes import ProcessManager, python_cli, wait_worker
 
     pm = ProcessManager(tmp_path / "workers")
 
     def start(n=2, **env):
-        children = [pm.start(f"embed{k}", _python_cli() + ["worker", "--queue", embed_queue_name(),
+        children = [pm.start(f"embed{k}", python_cli() + ["worker", "--queue", embed_queue_name(),
                                                            "--name", f"{xenv.tag}-embed{k}"],
                              env=dict(os.environ, **env)) for k in range(n)]
         for child in children:

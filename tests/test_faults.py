@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ls_server import ls_server_fixture
 
-from xmodal.demo.processes import free_port, wait_worker
+from xmodal.simulation.processes import free_port, wait_worker
 
 pytestmark = pytest.mark.faults
 
@@ -93,7 +93,7 @@ def _kill(pids) -> None:
 def procs(tmp_path):
     """Child processes in their own process groups; teardown stops every group it started and
     kills what is left below them (work horses)."""
-    from xmodal.demo.processes import ProcessManager
+    from xmodal.simulation.processes import ProcessManager
 
     pm = ProcessManager(tmp_path / "logs")
     yield pm

@@ -13,7 +13,7 @@ import socket
 import pytest
 from conftest import poll
 
-from xmodal.demo.processes import ProcessManager, free_port, wait_backend
+from xmodal.simulation.processes import ProcessManager, free_port, wait_backend
 
 LS_PID = 7
 
@@ -274,7 +274,7 @@ def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xe
 
     from test_faults import _descendants
 
-    from xmodal.demo.processes import wait_worker
+    from xmodal.simulation.processes import wait_worker
     from xmodal.jobs.queueing import get_queue
 
     pm = ProcessManager(tmp_path / "logs")

@@ -17,7 +17,7 @@ import pytest
 import requests
 from ls_server import start_label_studio, stop_label_studio
 
-from xmodal.demo.label_studio import QUIET_SETTINGS
+from xmodal.simulation.label_studio import QUIET_SETTINGS
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import pytest
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
-from xmodal.demo.label_studio import LOCK as LS_LOCK
-from xmodal.demo.label_studio import find_label_studio, ls_venv_dir
+from xmodal.simulation.label_studio import LOCK as LS_LOCK
+from xmodal.simulation.label_studio import find_label_studio, ls_venv_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_STACK = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")

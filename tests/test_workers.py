@@ -19,7 +19,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from workers.rebuild import rebuild
-from xmodal.demo.processes import free_port
+from xmodal.simulation.processes import free_port
 from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexStore, load_current, versions_on_disk
 from xmodal.index.workspace import Workspace

@@ -38,14 +38,14 @@ def _images(data: Path, limit: int | None) -> list[str]:
 
 def _start_workers(pm, n: int, queue: str, env: dict, tag: str, pin: bool = False) -> None:
     """``n`` `xmodal worker --queue <queue>` processes under ``pm``, registered on return."""
-    from xmodal.demo.processes import _python_cli, wait_worker
+    from xmodal.simulation.processes import python_cli, wait_worker
     from xmodal.redis_conn import get_redis
 
     children = []
     for k in range(n):
         # --pin: worker k on core k only (taskset execs the worker: same pid), like k one-core machines
         prefix = ["taskset", "-c", str(k % (os.cpu_count() or 1))] if pin else []
-        children.append(pm.start(f"{tag}-w{k}", prefix + _python_cli() + [
+        children.append(pm.start(f"{tag}-w{k}", prefix + python_cli() + [
             "worker", "--queue", queue, "--name", f"{tag}-w{k}"], env=env))
     for child in children:
         wait_worker(pm, child, get_redis(), queue, timeout=120)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XMODAL_REDIS_PREFIX"] = tag
     os.environ["XMODAL_EMBED_QUEUE"] = f"{tag}-embed"
     os.environ["XMODAL_EMBED_RETRIES"] = "0"
-    from xmodal.demo.processes import ProcessManager
+    from xmodal.simulation.processes import ProcessManager
     from xmodal.encoders import get_encoder
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
     from xmodal.encoders.distributed import default_chunks, embed_distributed, embed_queue_name

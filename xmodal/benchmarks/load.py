@@ -2,7 +2,7 @@
 
 ``--annotators`` (default 50) threads play Label Studio annotators for ``--seconds`` (default 60).
 Each one, after a random think time (``--think``, default 0–1 s), takes an unlabelled medoid task
-and posts an ``ANNOTATION_CREATED`` body (:func:`xmodal.demo.annotator.choice_payload`, the body the loop
+and posts an ``ANNOTATION_CREATED`` body (:func:`xmodal.simulation.annotator.choice_payload`, the body the loop
 bench and the demo post) to ``/webhook`` of a real ``xmodal serve`` (gunicorn); some of its answers
 are wrong and later corrected with ``ANNOTATION_UPDATED``, and some bodies are delivered twice (Label
 Studio retries). When every task is labelled the annotators keep reviewing (UPDATED). ``--workers``
@@ -189,7 +189,7 @@ def annotator(i: int, ctx: LoadContext, seed: int) -> None:
     """One simulated annotator: think, label; some bodies are delivered twice (Label Studio retries)."""
     import requests
 
-    from xmodal.demo.annotator import choice_payload
+    from xmodal.simulation.annotator import choice_payload
 
     rng = random.Random(seed * 1000 + i)
     session = requests.Session()
@@ -362,13 +362,13 @@ def check_loopback(url: str) -> None:
 
 def start_services(pm, env: dict, tag: str, args) -> tuple:
     """``xmodal serve`` (gunicorn) and ``--workers`` x ``xmodal worker``, as shipped."""
-    from xmodal.demo.processes import _python_cli, free_port
+    from xmodal.simulation.processes import python_cli, free_port
 
     port = free_port()
-    backend = pm.start("backend", _python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
+    backend = pm.start("backend", python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                    "--workers", str(args.web_workers)], env=env)
     nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
-    workers = [pm.start(f"worker-{w}", nice + _python_cli() + ["worker", "--name", f"{tag}-w{w}"], env=env)
+    workers = [pm.start(f"worker-{w}", nice + python_cli() + ["worker", "--name", f"{tag}-w{w}"], env=env)
                for w in range(1, args.workers + 1)]
     return f"http://127.0.0.1:{port}", backend, workers
 
@@ -377,7 +377,7 @@ def run(args, say=print) -> dict:
     import requests
 
     from xmodal.benchmarks.loop import LS_PROJECT_PLACEHOLDER, delete_keys, restore_env, synthetic_workspace
-    from xmodal.demo.processes import ProcessManager, terminate_on_signals, wait_backend, wait_worker
+    from xmodal.simulation.processes import ProcessManager, terminate_on_signals, wait_backend, wait_worker
     from xmodal.index.workspace import Workspace
     from xmodal.jobs import stats
     from xmodal.labelstudio.config import label_fields

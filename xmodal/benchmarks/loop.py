@@ -2,7 +2,7 @@
 
 A simulated annotator labels the medoids one by one, each the task "Uncertainty sampling" serves
 next, answering from what the task's page shows (``--annotator human``, default: a shown or
-filtered candidate, else a written description, :mod:`xmodal.demo.annotator`; ``oracle`` hands
+filtered candidate, else a written description, :mod:`xmodal.simulation.annotator`; ``oracle`` hands
 over the coupled id, the ceiling). Each label is an annotation body shaped like Label Studio 1.23's,
 posted to the ML backend's ``/webhook`` (a real ``xmodal serve``), or, with ``--label-studio-url``,
 created through Label Studio's API (which posts the webhook itself); the backend stores the pair in
@@ -58,7 +58,6 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.demo.annotator import HOWS
 from xmodal.errors import ConfigError
 
 LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims without Label Studio
@@ -159,39 +158,13 @@ class BenchResult:
     def summary(self) -> dict:
         lat = [r["latency_s"] for r in self.rows if r.get("latency_s") is not None]
         secs = [r["seconds"] for r in self.rows if r.get("seconds") is not None]
-        n = len(self.rows)
-        return {"annotator": self.settings.get("annotator"), "labels": n,
-                "pairs_stored": self.end.get("pairs_stored"), "problems": self.end.get("problems"),
-                "lost": self.end.get("lost"),
-                "found_rate": round(sum(bool(r.get("found")) for r in self.rows) / n, 4) if n else None,
-                "how": {h: sum(1 for r in self.rows if r.get("how") == h)
-                        for h in HOWS},
+        return {"annotator": self.settings.get("annotator"), "labels": len(self.rows),
+                **{k: self.end.get(k) for k in ("pairs_stored", "problems", "lost", "found_rate", "how")},
                 "recall@10": self.end.get("recall@10") or {"i2t": None, "t2i": None},
                 "seconds_per_label_median": percentile(secs, 50),
                 "latency_median_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
                 "latency_max_s": round(max(lat), 4) if lat else None,
                 "final": self.rows[-1] if self.rows else None}
-
-
-class _LabelStudioPage:
-    """The page of a Label Studio the loop bench talks to: the next task as ``/next/`` serves it,
-    answers through its API (Label Studio posts the webhook itself)."""
-
-    def __init__(self, client, pid: int, select: str):
-        self.client, self.pid, self.select = client, pid, select
-
-    def next_task(self, snap) -> dict | None:
-        return self.client.next_task(self.pid)
-
-    def search(self, task: dict, query: str, to_name: str) -> list[str]:
-        from xmodal.labelstudio.page_search import lines_of, search_context
-
-        return lines_of(self.client.interactive(self.pid, int(task["id"]), search_context(query, to_name)))
-
-    def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
-        ann = self.client.create_annotation(int(task["id"]), answer.result(self.select, from_name, to_name),
-                                            was_cancelled=answer.how == "skipped")
-        return int(ann["id"])
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -200,8 +173,16 @@ def run(args, say=print) -> BenchResult:
     import redis
     import requests
 
-    from xmodal.demo.annotator import Knowledge, annotator
-    from xmodal.demo.processes import (
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.selection import candidate_pool
+    from xmodal.index.store import IndexStore
+    from xmodal.index.workspace import Workspace
+    from xmodal.jobs import stats
+    from xmodal.redis_conn import get_redis, redis_url
+    from xmodal.simulation.annotator import Knowledge, annotator
+    from xmodal.simulation.loop import IndexWaiter, label_loop, summary
+    from xmodal.simulation.pages import LabelStudioPage, WebhookPage
+    from xmodal.simulation.processes import (
         ProcessManager,
         free_port,
         start_backend,
@@ -209,13 +190,6 @@ def run(args, say=print) -> BenchResult:
         wait_backend,
         wait_worker,
     )
-    from xmodal.demo.session import WebhookPage, page_search
-    from xmodal.index.pairs import PairStore
-    from xmodal.index.selection import candidate_pool
-    from xmodal.index.store import IndexStore, load_current
-    from xmodal.index.workspace import Workspace
-    from xmodal.jobs import stats
-    from xmodal.redis_conn import get_redis, redis_url
 
     if args.labels < 2:
         raise ConfigError("--labels must be at least 2")
@@ -303,7 +277,7 @@ def run(args, say=print) -> BenchResult:
             from xmodal.labelstudio.client import connect
 
             ls_client = connect(args.label_studio_url, args.api_key)
-            page = _LabelStudioPage(ls_client, ls_pid, select)
+            page = LabelStudioPage(ls_client, ls_pid, select)
         else:
             rows = ws.row_of("image")
             page = WebhookPage(ws, candidate_pool(ws), backend_url, ls_pid,
@@ -328,71 +302,47 @@ def run(args, say=print) -> BenchResult:
         header = f"{'label':>5} {'how':>8} {'index':>6} {'R@10 i2t':>9} {'R@10 t2i':>9} {'latency s':>10} " \
                  f"{'build s':>8} {'push s':>7}"
         say(header)
-        refs_i, refs_t, stored = set(), set(), 0
-        snap = load_current(ws, r)
-        for j in range(1, args.labels + 1):
-            t_page = time.perf_counter()
-            task = page.next_task(snap)
-            if task is None:
-                break
-            item = str(task["data"]["item_id"])
-            answer = person.answer(task["data"], search=page_search(page, task, to_name, select))
-            t_label = time.perf_counter()
-            annotation_id = page.submit(task, j, answer, from_name, to_name)
-            rec = {}
-            deadline = time.monotonic() + args.timeout
-            while not (rec := pairs_store.get(annotation_id) or {}):
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"label {j}: the backend stored nothing within {args.timeout:.0f} s; "
-                                      f"backend log {backend.log_path}")
-                time.sleep(0.005)
-            version, latency, last = None, None, {}
-            if rec.get("state") == "pair":
-                stored += 1
-                while True:
-                    info = store.info()
-                    if int(info.get("n_pairs", -1)) >= stored:
-                        version = int(info["version"])
-                        if ls_client is not None:
-                            ready = ls_client.get_project(ls_pid)["model_version"] == f"v{version}"
-                        else:
-                            ready = predict_version() == f"v{version}"
-                        if ready:
-                            break
-                    if time.monotonic() > deadline:
-                        raise ConfigError(f"label {j}: no new predictions within {args.timeout:.0f} s; "
-                                          f"worker log {worker.log_path}")
-                    pm.check_alive(worker, "rebuilding")
-                    time.sleep(0.005)
-                latency = time.perf_counter() - t_label
+        refs_i, refs_t, done = set(), set(), []
+
+        def visible(version: int) -> bool:
+            if ls_client is not None:
+                return ls_client.get_project(ls_pid)["model_version"] == f"v{version}"
+            return predict_version() == f"v{version}"
+
+        index = IndexWaiter(store, timeout=args.timeout, visible=visible,
+                            check_alive=lambda: pm.check_alive(worker, "rebuilding"),
+                            hint=lambda: f"; worker log {worker.log_path}")
+        for label in label_loop(page, person, knowledge, ws, r, index=index, labels=args.labels,
+                                from_name=from_name, to_name=to_name, record_timeout=args.timeout):
+            done.append(label)
+            rec, last = label.record, {}
+            if label.state == "pair":
                 t_wait = time.monotonic() + 5   # the worker records its timings after the push
-                while (last := stats.last_rebuild(r, name)).get("version") != version \
+                while (last := stats.last_rebuild(r, name)).get("version") != label.version \
                         and time.monotonic() < t_wait:
                     time.sleep(0.01)
-                refs_i.add(item)
+                refs_i.add(label.item_id)
                 if rec.get("text_id"):
                     refs_t.add(rec["text_id"])
-            snap = load_current(ws, r)
-            found = rec.get("state") == "pair" and (rec.get("text_id") in knowledge.right.get(item, ())
-                                                    or bool(rec.get("description")))
+            snap = label.snap
             recall = gt.recall_at_10_excluding(snap, refs_i, refs_t) if gt is not None else \
                 _recall_dict(recall_non_reference(snap, truth, refs_i | refs_t, args.queries, args.seed))
-            row = {"labels": j, "how": answer.how, "found": found, "state": rec.get("state"),
-                   "version": version, "latency_s": None if latency is None else round(latency, 4),
-                   "seconds": round(t_label - t_page, 4), "build_s": last.get("build_s"),
+            latency = label.latency_s
+            row = {"labels": label.number, "how": label.answer.how, "found": label.found,
+                   "state": label.state, "version": label.version,
+                   "latency_s": None if latency is None else round(latency, 4),
+                   "seconds": round(label.seconds, 4), "build_s": last.get("build_s"),
                    "write_s": last.get("write_s"), "push_s": last.get("push_s"),
                    "worker_total_s": last.get("total_s"),
                    "recall@10_i2t": recall["i2t"], "recall@10_t2i": recall["t2i"]}
             result.rows.append(row)
             f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            say(f"{j:>5} {answer.how:>8} {'v' + str(version) if version else '–':>6} {f(row['recall@10_i2t']):>9} "
-                f"{f(row['recall@10_t2i']):>9} {f(latency):>10} {f(row['build_s']):>8} {f(row['push_s']):>7}")
-        records = pairs_store.records().values()
+            version = label.version
+            say(f"{label.number:>5} {label.answer.how:>8} {'v' + str(version) if version else '–':>6} "
+                f"{f(row['recall@10_i2t']):>9} {f(row['recall@10_t2i']):>9} {f(latency):>10} "
+                f"{f(row['build_s']):>8} {f(row['push_s']):>7}")
         final = result.rows[-1] if result.rows else {}
-        result.end = {"pairs_stored": sum(1 for x in records if x.get("state") == "pair"),
-                      "problems": sum(1 for x in records if x.get("state") == "problem"),
-                      "lost": sum(1 for x in result.rows if x["state"] not in ("pair", "problem")
-                                  and x["how"] != "skipped"),
+        result.end = {**summary(done, pairs_store.records()),
                       "recall@10": {"i2t": final.get("recall@10_i2t"), "t2i": final.get("recall@10_t2i")}}
         s = result.summary()
         say(f"{s['labels']} labels ({', '.join(f'{k} {v}' for k, v in s['how'].items() if v)}): "

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xmodal.demo.processes import ProcessManager, free_port, wait_backend
+from xmodal.simulation.processes import ProcessManager, free_port, wait_backend
 
 WEBHOOK = json.dumps({"action": "PROJECT_UPDATED", "project": {"id": 1}}).encode()
 

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from xmodal.demo.processes import stop_recorded
+    from xmodal.demo.keep_serving import stop_recorded
     from xmodal.demo.run import DemoOptions, default_home, run_demo
 
     if not getattr(args, "debug", False):

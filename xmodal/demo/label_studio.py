@@ -1,9 +1,9 @@
-"""A Label Studio server of the demo's own (or the user's), its demo project, and the simulated annotator's answers through its API."""
+"""A Label Studio server of the demo's own (or the user's running one), the demo project in it,
+and its labelling page as the simulated annotator uses it (:class:`LabelStudioPage`)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -14,102 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xmodal.demo.console import Console
-from xmodal.demo.processes import ProcessManager, _child_env, _tail, free_port
 from xmodal.demo.session import claim_ls_project_id
 from xmodal.errors import ConfigError
 from xmodal.labelstudio.images import images_folder
+from xmodal.simulation.label_studio import label_studio_env
+from xmodal.simulation.pages import LabelStudioPage
+from xmodal.simulation.processes import ProcessManager, free_port, log_tail
 
 if TYPE_CHECKING:
     from xmodal.demo.session import Bootstrap, DemoData
 
-# -- Label Studio (optional) ------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-LOCK = REPO / "requirements" / "label-studio.txt"
-
-# Label Studio's settings for a server on this machine that calls out to nothing (read by
-# label_studio.core.utils.params.get_env with the LABEL_STUDIO_ prefix, which wins over the bare
-# names). Measured with 1.23.2 (tests/test_locks.py starts one behind a proxy that records every
-# outgoing connection): without the two DSNs its Sentry client reports to sentry.io whatever
-# COLLECT_ANALYTICS says. The login page's tips are fetched by the server from GitHub when a browser
-# shows that page (/heidi-tips); no setting of 1.23.2 turns that off.
-QUIET_SETTINGS = {
-    "LABEL_STUDIO_COLLECT_ANALYTICS": "false",     # usage events to tele.labelstud.io
-    "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # PyPI asked for the newest version
-    "LABEL_STUDIO_SENTRY_DSN": "",                 # server errors and traces to sentry.io
-    "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",        # the pages' own error reports to sentry.io
-}
-
-
-def label_studio_env(data_dir: Path, document_root: Path | None = None) -> dict[str, str]:
-    """The environment of a Label Studio started for this backend on this machine: its data in
-    ``data_dir``, legacy tokens (a token chosen up front), an ML backend on 127.0.0.1 allowed,
-    nothing sent out (:data:`QUIET_SETTINGS`), local files served from ``document_root``. The
-    caller's own Label Studio settings (URL, key, host, port) do not leak into it."""
-    env = _child_env(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        # without it `--user-token` is refused (401 "legacy token authentication has been
-        # disabled"); read when the organization is created, i.e. at init
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        # both, else a backend on 127.0.0.1 is refused (403 "reserved network address")
-        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
-        LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        **QUIET_SETTINGS)
-    if document_root is not None:
-        env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
-        env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] = str(document_root)
-    for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "LABEL_STUDIO_PORT", "LABEL_STUDIO_URL"):
-        env.pop(key, None)
-    return env
-
-
-def ls_venv_dir() -> Path:
-    """Where scripts/install_label_studio.sh puts Label Studio: ``$LS_VENV``, else a folder named
-    after the first 12 hex digits of requirements/label-studio.txt's sha256 in the cache folder, so
-    a changed lock never finds the venv of the old one."""
-    if os.environ.get("LS_VENV"):
-        return Path(os.environ["LS_VENV"])
-    from xmodal.encoders.base import default_cache_dir
-
-    digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12] if LOCK.is_file() else "unlocked"
-    return default_cache_dir() / f"ls-venv-{digest}"
-
-
-def find_label_studio() -> Path | None:
-    """``$LABEL_STUDIO_BIN``, ``label-studio`` on PATH, or the venv of scripts/install_label_studio.sh
-    (only once its install finished: the script writes the lock's hash into it last)."""
-    explicit = os.environ.get("LABEL_STUDIO_BIN")
-    if explicit:
-        return Path(explicit) if os.access(explicit, os.X_OK) else None
-    on_path = shutil.which("label-studio")
-    if on_path:
-        return Path(on_path)
-    venv = ls_venv_dir()
-    cand = venv / "bin" / "label-studio"
-    return cand if os.access(cand, os.X_OK) and (venv / ".xmodal-lock").is_file() else None
-
-
-def install_label_studio(console: Console) -> Path:
-    script = REPO / "scripts" / "install_label_studio.sh"
-    if not script.is_file():
-        raise ConfigError(f"--with-label-studio: {script} is missing; install Label Studio into its "
-                          "own virtualenv and set LABEL_STUDIO_BIN")
-    console.say("installing Label Studio into its own virtualenv (scripts/install_label_studio.sh, "
-                "~15 s the first time with uv; its progress follows)…")
-    # pip's progress goes to stderr: shown as it happens (captured only when --quiet)
-    proc = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE if console.quiet else None, text=True)
-    if proc.returncode != 0:
-        raise ConfigError("scripts/install_label_studio.sh failed (installing Label Studio needs "
-                          "network access to PyPI)" + (f":\n{proc.stderr[-2000:]}" if proc.stderr else ""))
-    venv = Path(proc.stdout.strip().splitlines()[-1])
-    found = venv / "bin" / "label-studio"
-    if not os.access(found, os.X_OK):
-        raise ConfigError(f"scripts/install_label_studio.sh finished but {found} is not there")
-    return found
-
-
-class LabelStudioSession:
+class LabelStudioSession(LabelStudioPage):
     """A Label Studio server of the demo's own (data dir under the demo cache, initialised once),
     one demo project, and the simulated annotator's clicks through its API.
 
@@ -135,7 +51,7 @@ class LabelStudioSession:
 
     @classmethod
     def attach(cls, url: str, token: str | None, home: Path, pm: ProcessManager,
-               console: Console) -> "LabelStudioSession":
+               console: Console) -> LabelStudioSession:
         """Use a Label Studio that is already running ($LABEL_STUDIO_URL / $LABEL_STUDIO_API_KEY)."""
         from xmodal.labelstudio.client import connect
 
@@ -193,7 +109,7 @@ class LabelStudioSession:
                 timeout=900)
         if proc.returncode != 0 or not (work / "label_studio.sqlite3").exists():
             raise ConfigError(f"`label-studio init` failed (exit {proc.returncode}); its log "
-                              f"({log_path}) ends with:\n{_tail(log_path)}")
+                              f"({log_path}) ends with:\n{log_tail(log_path)}")
         shutil.rmtree(self.data_dir, ignore_errors=True)
         os.replace(work, self.data_dir)
 
@@ -217,7 +133,7 @@ class LabelStudioSession:
         while time.monotonic() < deadline:
             self.pm.check_alive(child, "starting")
             # `label-studio start` silently moves to port+1 when the port is busy
-            moved = re.findall(r"Starting development server at http://[\d.]+:(\d+)/", _tail(child.log_path, 400))
+            moved = re.findall(r"Starting development server at http://[\d.]+:(\d+)/", log_tail(child.log_path, 400))
             if moved:
                 url = f"http://127.0.0.1:{moved[-1]}"
             with contextlib.suppress(requests.RequestException, ValueError):
@@ -227,7 +143,7 @@ class LabelStudioSession:
                     return url
             time.sleep(0.3)
         raise ConfigError(f"Label Studio did not become healthy at {url} within {timeout:.0f} s; "
-                          f"its log ({child.log_path}):\n{_tail(child.log_path)}")
+                          f"its log ({child.log_path}):\n{log_tail(child.log_path)}")
 
     def setup_project(self, data: DemoData, boot: Bootstrap, backend_url: str, select: str,
                       title: str) -> int:
@@ -286,7 +202,7 @@ class LabelStudioSession:
         record_tasks(self.redis, self.ws, ids, tasks)
         push_current_predictions(self.client, self.redis, self.ws, self.project_id)
 
-    # -- the page, as the simulated annotator sees it (xmodal.demo.session.run_session) ------
+    # -- the page, as the simulated annotator sees it (xmodal.simulation.pages) ----------------
     def next_task(self, snap) -> dict | None:
         """The task Label Studio serves next ("Uncertainty sampling"), with its data as it is now."""
         done = sum(1 for m in self.queue if m in self.answered)
@@ -304,17 +220,6 @@ class LabelStudioSession:
             task = self.client.next_task(self.project_id)
         return task
 
-    def search(self, task: dict, query: str, to_name: str) -> list[str]:
-        """The page's search box: Label Studio's interactive call, as the browser makes it."""
-        from xmodal.labelstudio.page_search import lines_of, search_context
-
-        return lines_of(self.client.interactive(self.project_id, int(task["id"]),
-                                                search_context(query, to_name)))
-
     def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
-        """Answer like an annotator; Label Studio then calls the backend's /webhook itself.
-        Returns the annotation id Label Studio gave it."""
         self.answered.add(str(task["data"]["item_id"]))
-        ann = self.client.create_annotation(int(task["id"]), answer.result(self.select, from_name, to_name),
-                                            was_cancelled=answer.how == "skipped")
-        return int(ann["id"])
+        return super().submit(task, number, answer, from_name, to_name)

@@ -9,7 +9,7 @@ What it does, in order:
    own process groups and tracked by PID; optionally Label Studio;
 3. **bootstrap** — a workspace under the demo cache: both modalities embedded (features cached
    on disk, so a second run embeds nothing), k-medoids on the selected modality in anytime order;
-4. **session** — a simulated person (:mod:`xmodal.demo.annotator`: it answers from what each
+4. **session** — a simulated person (:mod:`xmodal.simulation.annotator`: it answers from what each
    task's page shows; ``--annotator oracle`` hands over the ground truth instead, the ceiling)
    labels the medoids one by one, least certain first, as Label Studio serves them. Each label
    goes through Label Studio's API when Label Studio runs (which calls the backend's webhook),
@@ -35,24 +35,10 @@ import numpy as np
 
 from xmodal.demo.baselines import BaselineCache
 from xmodal.demo.console import Console, _f, _mean2
-from xmodal.demo.label_studio import LabelStudioSession, find_label_studio, install_label_studio
-from xmodal.demo.processes import (
-    STATE_FILE,
-    ProcessManager,
-    _child_env,
-    _record_processes,
-    _recorded_alive,
-    free_port,
-    port_is_free,
-    start_backend,
-    start_worker,
-    terminate_on_signals,
-    wait_backend,
-    wait_worker,
-)
+from xmodal.demo.keep_serving import STATE_FILE, record_processes, recorded_alive
+from xmodal.demo.label_studio import LabelStudioSession
 from xmodal.demo.session import (
     DEMO_VERSION,
-    IndexWatcher,
     bootstrap_workspace,
     example_queries,
     prepare_data,
@@ -62,6 +48,21 @@ from xmodal.demo.session import (
 from xmodal.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
+from xmodal.index.store import IndexStore
+from xmodal.simulation.label_studio import find_label_studio, install_label_studio
+from xmodal.simulation.loop import IndexWaiter
+from xmodal.simulation.processes import (
+    ProcessManager,
+    child_env,
+    free_port,
+    log_tail,
+    port_is_free,
+    start_backend,
+    start_worker,
+    terminate_on_signals,
+    wait_backend,
+    wait_worker,
+)
 
 DEFAULT_PORT = 9090
 DEMO_QUEUE = "xmodal-demo"
@@ -167,7 +168,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     timings: dict[str, float] = {}
     home = Path(opt.home) if opt.home else default_home()
     home.mkdir(parents=True, exist_ok=True)
-    running = _recorded_alive(home)
+    running = recorded_alive(home)
     if running:
         url = next(iter(running.values())).get("backend")
         raise ConfigError(f"a demo started with --keep-serving is still running ({url}, pids "
@@ -189,7 +190,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             if external_ls:
                 pass
             elif opt.label_studio == "on":
-                ls_bin = find_label_studio() or install_label_studio(console)
+                ls_bin = find_label_studio() or install_label_studio(console.say, quiet=console.quiet)
             elif opt.label_studio == "auto":
                 ls_bin = find_label_studio()
 
@@ -214,7 +215,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                                   f"with `xmodal demo --stop`), or pass --port")
             # a queue of its own: on a shared $REDIS_URL, other workers (with another MODEL_DIR)
             # must not take the demo's rebuild jobs
-            env = _child_env(XMODAL_PROJECT=project, MODEL_DIR=str(models_dir), XMODAL_QUEUE=DEMO_QUEUE)
+            env = child_env(XMODAL_PROJECT=project, MODEL_DIR=str(models_dir), XMODAL_QUEUE=DEMO_QUEUE)
             worker = start_worker(pm, env)
             backend = start_backend(pm, env, port)
             backend_url = f"http://127.0.0.1:{port}"
@@ -243,7 +244,11 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                         f"logs in {pm.log_dir}")
 
             gt = GroundTruth(data.ds)
-            watcher = IndexWatcher(client, boot.ws, pm, worker)
+            ls_hint = ""
+            index = IndexWaiter(IndexStore(client, boot.ws),
+                                check_alive=lambda: pm.check_alive(worker, "rebuilding the index"),
+                                hint=lambda: f"{ls_hint}; the worker's log ({worker.log_path}) ends "
+                                             f"with:\n{log_tail(worker.log_path)}")
             page, ls_info = None, None
             if ls is not None:
                 t0 = time.perf_counter()
@@ -259,8 +264,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
                             f"{creds['password']} ({where}credentials in {ls.root / 'credentials.json'})"
                             if ls.external_token is None else
                             f"Label Studio: {ls.url}/projects/{pid}/data (your server)")
-                watcher.hint = (" (Label Studio delivers webhooks once, with a 1 s timeout: see "
-                                f"{pm.log_dir / 'label-studio.log'} and the backend's log)")
+                ls_hint = (" (Label Studio delivers webhooks once, with a 1 s timeout: see "
+                           f"{pm.log_dir / 'label-studio.log'} and the backend's log)")
                 page = ls
                 timings["label_studio_s"] = round(time.perf_counter() - t0, 3)
             console.say(f"annotating {len(boot.medoid_rows)} medoids ({opt.select}s, served least certain "
@@ -276,7 +281,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             t0 = time.perf_counter()
             try:
                 session = run_session(data=data, boot=boot, gt=gt, client=client, backend_url=backend_url,
-                                      watcher=watcher, select=opt.select, console=console,
+                                      index=index, select=opt.select, console=console,
                                       page=page, measure=opt.measure, n_random=opt.n_random,
                                       baselines=baselines, annotator_kind=opt.annotator,
                                       ls_project=(ls_info or {}).get("project_id"))
@@ -319,7 +324,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             _summary(console, history, index)
             if opt.keep_serving:
                 keep = True
-                _record_processes(home, pm, backend_url)
+                record_processes(home, pm, backend_url)
                 console.say(f"still serving: backend {backend_url}, worker pid {worker.pid}; "
                             f"stop them with `xmodal demo --stop`")
             return history

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.demo.annotator import HOWS
 from xmodal.demo.baselines import BaselineCache, baseline_metrics
 from xmodal.demo.console import Console, _f, _mean2
-from xmodal.demo.processes import Child, ProcessManager, _tail
-from xmodal.errors import ConfigError, DataError, XmodalError
+from xmodal.errors import DataError, XmodalError
 from xmodal.evaluation.ground_truth import GroundTruth
+from xmodal.simulation.loop import IndexWaiter, label_loop
+from xmodal.simulation.loop import summary as loop_summary
+from xmodal.simulation.pages import WebhookPage
 
 # -- data -------------------------------------------------------------------------------------
 
@@ -201,45 +202,6 @@ def webhook_project_id(project: str) -> int:
 
 # -- the annotation session -------------------------------------------------------------------
 
-class IndexWatcher:
-    """Waits until the worker published an index holding at least N pairs."""
-
-    def __init__(self, client, ws, pm: ProcessManager, worker: Child, timeout: float = 120.0):
-        from xmodal.index.store import IndexStore
-
-        self.store = IndexStore(client, ws)
-        self.pm, self.worker, self.timeout = pm, worker, timeout
-        self.hint = ""
-
-    def wait(self, n_pairs: int, after_version: int = 0) -> dict:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.01
-        while True:
-            info = self.store.info()
-            if info and int(info.get("n_pairs", -1)) >= n_pairs and int(info.get("version", 0)) > after_version:
-                return info
-            if time.monotonic() > deadline:
-                raise ConfigError(f"the worker did not publish an index with {n_pairs} pairs within "
-                                  f"{self.timeout:.0f} s{self.hint}; its log ({self.worker.log_path}) "
-                                  f"ends with:\n{_tail(self.worker.log_path)}")
-            if self.worker is not None:
-                self.pm.check_alive(self.worker, "rebuilding the index")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-
-
-def _post(url: str, body: dict, timeout: float = 10.0) -> dict:
-    import requests
-
-    try:
-        r = requests.post(url, json=body, timeout=timeout)
-    except requests.RequestException as exc:
-        raise ConfigError(f"the backend at {url} is unreachable: {exc}") from None
-    if r.status_code >= 400:
-        raise ConfigError(f"the backend answered {r.status_code} to {url}: {r.text[:500]}")
-    return r.json()
-
-
 @dataclass
 class SessionResult:
     curve: list
@@ -248,76 +210,18 @@ class SessionResult:
     summary: dict = field(default_factory=dict)
 
 
-class WebhookPage:
-    """Label Studio's part without Label Studio: the page of a task is the data ``xmodal project
-    create`` would import (ranked by the current index), the next task is the one "Uncertainty
-    sampling" would serve (the lowest score), and an answer goes to the backend's /webhook as Label
-    Studio would post it."""
-
-    def __init__(self, ws, pool: list[str], backend_url: str, ls_project: int, medoid_rows):
-        from xmodal.labelstudio.images import ImageURLs
-
-        self.ws, self.pool, self.backend_url, self.ls_project = ws, pool, backend_url, ls_project
-        self.urls = ImageURLs(ws, "local", Path("/"))   # the page's URLs; nothing fetches them
-        self.ids = {ws.ids(ws.select)[int(r)]: j for j, r in enumerate(medoid_rows, 1)}
-        self.done: set[str] = set()
-
-    def next_task(self, snap) -> dict | None:
-        from xmodal.labelstudio.predictions import task_prediction
-        from xmodal.labelstudio.tasks import ranked_candidates, task_data
-
-        left = [i for i in self.ids if i not in self.done]
-        if not left:
-            return None
-        if snap is not None:   # Uncertainty sampling: the least certain first (ties: anytime order)
-            score = {i: task_prediction(snap, {"data": {"item_id": i}}, "", "")["score"] for i in left}
-            left.sort(key=lambda i: (score[i], self.ids[i]))
-        item = left[0]
-        data = task_data(self.ws, item, self.ids[item] - 1, ranked_candidates(self.ws, snap, item, self.pool),
-                         self.urls, snap)
-        return {"id": self.ids[item], "data": data}
-
-    def search(self, task: dict, query: str, to_name: str) -> list[str]:
-        """The page's search over all texts, as Label Studio asks it of the backend (/predict with
-        the search box in ``params.context``); the result lines."""
-        from xmodal.labelstudio.page_search import lines_of, search_context
-
-        body = {"tasks": [task], "project": f"{self.ls_project}.0",
-                "params": {"context": search_context(query, to_name)}}
-        got = _post(f"{self.backend_url}/predict", body)
-        return lines_of((got.get("results") or [{}])[0].get("result"))
-
-    def submit(self, task: dict, number: int, answer, from_name: str, to_name: str) -> int:
-        """Post the answer; returns its annotation id (the label's number)."""
-        from xmodal.demo.annotator import answer_payload
-
-        self.done.add(task["data"]["item_id"])
-        _post(f"{self.backend_url}/webhook", answer_payload(
-            self.ls_project, task, number, answer, self.ws.select, from_name, to_name))
-        return number
-
-
-def page_search(page, task: dict, to_name: str, select: str):
-    """The search box of ``task``'s page as the annotator uses it (words -> result lines), or None
-    (text tasks have none)."""
-    if select != "image" or not hasattr(page, "search"):
-        return None
-    return lambda query: page.search(task, query, to_name)
-
-
 def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, backend_url: str,
-                watcher: IndexWatcher, select: str, console: Console, page=None,
+                index: IndexWaiter, select: str, console: Console, page=None,
                 ls_project: int | None = None, annotator_kind: str = "human", measure: str = "pearson",
                 n_random: int = 5, baselines: BaselineCache | None = None, seed: int = 0) -> SessionResult:
-    """Label every medoid, the next one as Label Studio would serve it, answered by a simulated
-    annotator from what its page shows (:mod:`xmodal.demo.annotator`); measure after each label.
+    """Label every medoid with the simulated person (:func:`xmodal.simulation.loop.label_loop`),
+    the next one as Label Studio would serve it; measure after each label.
 
     ``page``: where tasks come from and answers go (:class:`WebhookPage` by default; the demo's
     Label Studio session when it runs)."""
-    from xmodal.demo.annotator import Knowledge, annotator
     from xmodal.index.pairs import PairStore
-    from xmodal.index.store import load_current
     from xmodal.labelstudio.config import label_fields
+    from xmodal.simulation.annotator import Knowledge, annotator
 
     ds, ws = data.ds, boot.ws
     if ls_project is None:
@@ -328,54 +232,38 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     knowledge = Knowledge.from_dataset(ds, select, seed)
     person = annotator(annotator_kind, knowledge, select)
     pairs_store = PairStore(client, ws.name)
-    curve, medoids, label_times, ref_images, ref_texts = [], [], [], set(), set()
-    version, stored = 0, 0
+    curve, medoids, label_times, ref_images, ref_texts, done = [], [], [], set(), set(), []
     t_start = time.perf_counter()
-    snap = load_current(ws, client)
     n = len(boot.medoid_rows)
-    stopped = None
-    for j in range(1, n + 1):
-        t_label = time.perf_counter()
-        task = page.next_task(snap)
-        if task is None:
-            stopped = f"Label Studio served no task after {j - 1} of {n} labels"
-            break
-        item_id = str(task["data"]["item_id"])
-        answer = person.answer(task["data"], search=page_search(page, task, to_name, select))
-        annotation_id = page.submit(task, j, answer, from_name, to_name)
-        t_posted = time.perf_counter()
-        rec = _wait_record(pairs_store, annotation_id)
-        if rec.get("state") == "pair":
-            stored += 1
-            info = watcher.wait(stored, version)
-            version = int(info["version"])
-        t_published = time.perf_counter()
-        snap = load_current(ws, client)
+    for label in label_loop(page, person, knowledge, ws, client, index=index, labels=n,
+                            from_name=from_name, to_name=to_name):
+        t_measure = time.perf_counter()
+        done.append(label)
+        rec, item_id, snap = label.record, label.item_id, label.snap
         chosen = rec.get("text_id") if select == "image" else rec.get("image_id")
-        right = knowledge.right.get(item_id, set())
-        found = rec.get("state") == "pair" and (chosen in right or bool(rec.get("description")))
-        if rec.get("state") == "pair":
+        if label.state == "pair":
             img, txt = (item_id, chosen) if select == "image" else (chosen, item_id)
             ref_images.add(img)
             if txt:
                 ref_texts.add(txt)
-        point = {"labels": j, "index_version": version, "elapsed_s": round(time.perf_counter() - t_start, 3),
-                 "how": answer.how, "found": found, "state": rec.get("state"), "methods": {}}
+        point = {"labels": label.number, "index_version": label.version or (curve[-1]["index_version"] if curve else 0),
+                 "elapsed_s": round(time.perf_counter() - t_start, 3), "how": label.answer.how,
+                 "found": label.found, "state": label.state, "methods": {}}
         if snap is not None and snap.has_signal:
             point["methods"]["ssm-al"] = gt.evaluate_index(snap)
             point["recall@10_non_reference"] = gt.recall_at_10_excluding(snap, ref_images, ref_texts)
         P = np.asarray([(r, t) for r, t in _pair_rows(pairs_store, ws)], dtype=np.int64).reshape(-1, 2)
         compute = lambda: baseline_metrics(gt, boot.X, boot.Y, select, P, measure, n_random)  # noqa: E731
         point["methods"].update(baselines.get(len(P), compute) if baselines is not None else compute())
-        point["timing"] = {"post_s": round(t_posted - t_label, 4),
-                           "rebuild_wait_s": round(t_published - t_posted, 4),
-                           "measure_s": round(time.perf_counter() - t_published, 4)}
+        point["timing"] = {"post_s": round(label.seconds + label.post_s, 4),
+                           "rebuild_wait_s": round((label.latency_s or label.post_s) - label.post_s, 4),
+                           "measure_s": round(time.perf_counter() - t_measure, 4)}
         curve.append(point)
-        label_times.append(time.perf_counter() - t_label)
+        label_times.append(label.seconds + (label.latency_s or label.post_s) + time.perf_counter() - t_measure)
         img_row = ws.row_of("image").get(item_id if select == "image" else str(chosen))
         txt_row = ws.row_of("text").get(str(chosen) if select == "image" else item_id)
         medoids.append({
-            "rank": j, "select": select, "how": answer.how, "found": found,
+            "rank": label.number, "select": select, "how": label.answer.how, "found": label.found,
             "image_id": None if img_row is None else ds.image_ids[img_row],
             "image_path": None if img_row is None else str(ds.image_paths[img_row]),
             "text_id": None if txt_row is None else ds.text_ids[txt_row],
@@ -384,36 +272,18 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
         ssm = point["methods"].get("ssm-al", {})
         rnd = point["methods"].get("random", {})
         console.progress(
-            f"  label {j}/{n} · {answer.how:<7} · index v{version} ({_pairs(snap.n_pairs if snap else 0)}) · "
+            f"  label {label.number}/{n} · {label.answer.how:<7} · index v{point['index_version']} "
+            f"({_pairs(snap.n_pairs if snap else 0)}) · "
             f"{_recall_text(_mean2(ssm, 'recall@10'), _mean2(rnd, 'recall@10'))} · "
             f"{label_times[-1]:.2f} s/label",
-            final=(j == n))
-    records = pairs_store.records()
-    asked = len(curve)
-    lost = sum(1 for p in curve if p["state"] not in ("pair", "problem") and p["how"] != "skipped")
+            final=(label.number == n))
+    stopped = None if len(done) == n else f"Label Studio served no task after {len(done)} of {n} labels"
     last = curve[-1] if curve else {}
-    summary = {"annotator": annotator_kind, "labels": asked,
-               "pairs_stored": sum(1 for r in records.values() if r.get("state") == "pair"),
-               "problems": sum(1 for r in records.values() if r.get("state") == "problem"),
-               "lost": lost, "found_rate": round(sum(p["found"] for p in curve) / asked, 4) if asked else None,
-               "how": {h: sum(1 for p in curve if p["how"] == h)
-                       for h in HOWS},
+    summary = {"annotator": annotator_kind, **loop_summary(done, pairs_store.records()),
                "seconds_per_label": round(float(np.mean(label_times)), 4) if label_times else None,
                "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None},
                "stopped": stopped}
     return SessionResult(curve=curve, medoids=medoids, label_times=label_times, summary=summary)
-
-
-def _wait_record(pairs_store, annotation_id: int, timeout: float = 30.0) -> dict:
-    """The pair store's record of an annotation (Label Studio delivers the webhook itself)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rec = pairs_store.get(annotation_id)
-        if rec is not None:
-            return rec
-        if time.monotonic() > deadline:
-            return {"state": "missing"}
-        time.sleep(0.01)
 
 
 def _pair_rows(pairs_store, ws):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class Knowledge:
         self.in_mind = in_mind or {}
 
     @classmethod
-    def from_dataset(cls, ds, select: str, seed: int = 0) -> "Knowledge":
+    def from_dataset(cls, ds, select: str, seed: int = 0) -> Knowledge:
         rng = np.random.default_rng(seed)
         right: dict[str, set[str]] = {}
         captions: dict[str, list[int]] = {}
@@ -216,7 +216,7 @@ def annotator(kind: str, knowledge: Knowledge, select: str):
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def webhook_payload(ls_project: int, task: dict, annotation_id: int, result: list[dict] | None,

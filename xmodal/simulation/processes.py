@@ -1,13 +1,12 @@
-"""Child processes of the demo and the benchmarks: each in its own process group, logged to a
-file, stopped as a group on exit, Ctrl-C and SIGTERM; the backend and worker command lines and
-the waits for them to be ready; ``--keep-serving`` records and ``--stop``.
+"""Child processes of the demo, the benchmarks and the tests: each in its own process group,
+logged to a file, stopped as a group on exit, Ctrl-C and SIGTERM; the backend and worker command
+lines and the waits for them to be ready.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -18,13 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmodal.demo.console import Console
-from xmodal.errors import ConfigError, DataError
+from xmodal.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "processes.json"
-
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could listen on ``port``. SO_REUSEADDR as gunicorn sets it: a port whose
@@ -45,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = Path(path).read_text(errors="replace").splitlines()
     except OSError:
@@ -99,7 +94,7 @@ class ProcessManager:
     def check_alive(self, child: Child, what: str) -> None:
         if not child.alive():
             raise ConfigError(f"the {child.name} process exited with code {child.popen.returncode} "
-                              f"while {what}; its log ({child.log_path}) ends with:\n{_tail(child.log_path)}")
+                              f"while {what}; its log ({child.log_path}) ends with:\n{log_tail(child.log_path)}")
 
     def stop(self, child: Child, grace: float = 10.0) -> None:
         if child.alive():
@@ -151,59 +146,9 @@ def terminate_on_signals():
             signal.signal(sig, old)
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _recorded_alive(home: Path) -> dict:
-    """Processes a ``--keep-serving`` demo recorded that are still running (same command line)."""
-    state = Path(home) / STATE_FILE
-    try:
-        recorded = json.loads(state.read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for name, info in recorded.get("processes", {}).items():
-        cmd = _cmdline(int(info["pid"]))
-        marker = info.get("marker") or ""
-        if cmd and (not marker or cmd.startswith(marker) or marker in cmd):
-            out[name] = dict(info, backend=recorded.get("backend"))
-    return out
-
-
-def stop_recorded(home: Path, console: Console | None = None) -> int:
-    """``xmodal demo --stop``: stop the processes a ``--keep-serving`` demo left running."""
-    console = console or Console()
-    state = Path(home) / STATE_FILE
-    if not state.is_file():
-        console.say(f"nothing to stop: no {state}")
-        return 0
-    try:
-        recorded = json.loads(state.read_text())
-    except ValueError as exc:
-        raise DataError(f"{state} is unreadable ({exc}); stop the processes by hand") from exc
-    stopped = 0
-    order = sorted(recorded.get("processes", {}).items(), key=lambda kv: kv[0] == "redis")
-    for name, info in order:
-        pid = int(info["pid"])
-        marker = info.get("marker") or ""
-        if not _cmdline(pid) or (marker and not _cmdline(pid).startswith(marker) and marker not in _cmdline(pid)):
-            continue  # gone, or the PID was reused by something else
-        sig_target = (lambda s: os.killpg(pid, s)) if info.get("group") else (lambda s: os.kill(pid, s))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            sig_target(signal.SIGTERM)
-            stopped += 1
-            console.say(f"stopped {name} (pid {pid})")
-    state.unlink(missing_ok=True)
-    return stopped
-
-
 # -- services ---------------------------------------------------------------------------------
 
-def _python_cli() -> list[str]:
+def python_cli() -> list[str]:
     return [sys.executable, "-m", "xmodal.cli"]
 
 
@@ -217,7 +162,7 @@ def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
     from workers.command import rq_argv
 
     if not simple:
-        return pm.start("worker", _python_cli() + ["worker"], env=env)
+        return pm.start("worker", python_cli() + ["worker"], env=env)
     argv = rq_argv(argparse.Namespace(burst=False, name=None, max_jobs=None, simple=True,
                                       queue=env.get("XMODAL_QUEUE")))
     # like `xmodal worker`: the URL goes through the environment, not argv (no password in `ps`)
@@ -225,7 +170,7 @@ def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
 
 
 def start_backend(pm: ProcessManager, env: dict, port: int) -> Child:
-    return pm.start("backend", _python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
+    return pm.start("backend", python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                 "--workers", "1"], env=env)
 
 
@@ -243,7 +188,7 @@ def wait_backend(pm: ProcessManager, child: Child, url: str, timeout: float = 90
             pass
         time.sleep(0.2)
     raise ConfigError(f"the backend did not answer {url}/health within {timeout:.0f} s; "
-                      f"its log ({child.log_path}):\n{_tail(child.log_path)}")
+                      f"its log ({child.log_path}):\n{log_tail(child.log_path)}")
 
 
 def wait_worker(pm: ProcessManager, child: Child, client, queue_name: str | None = None,
@@ -263,23 +208,11 @@ def wait_worker(pm: ProcessManager, child: Child, client, queue_name: str | None
             pass
         time.sleep(0.2)
     raise ConfigError(f"the RQ worker did not register within {timeout:.0f} s; "
-                      f"its log ({child.log_path}):\n{_tail(child.log_path)}")
+                      f"its log ({child.log_path}):\n{log_tail(child.log_path)}")
 
 
-def _child_env(**extra) -> dict:
+def child_env(**extra) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # see run_demo; the user's value wins
         env.setdefault(var, "1")
     return env
-
-
-def _record_processes(home: Path, pm: ProcessManager, backend_url: str) -> None:
-    # the command line as it is now (after gunicorn's / rq's exec): `--stop` only signals a PID
-    # whose command line still starts with it, never a reused PID
-    procs = {c.name: {"pid": c.pid, "group": True, "marker": _cmdline(c.pid)[:200], "log": str(c.log_path)}
-             for c in pm.children if c.alive()}
-    if "redis" in pm.extra_pids:
-        pid = pm.extra_pids["redis"]
-        procs["redis"] = {"pid": pid, "group": False, "marker": _cmdline(pid)[:200] or "redis-server"}
-    (Path(home) / STATE_FILE).write_text(json.dumps({"backend": backend_url, "processes": procs,
-                                                      "started_at": time.time()}, indent=1))
