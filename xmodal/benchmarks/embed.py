@@ -30,9 +30,9 @@ def _images(data: Path, limit: int | None) -> list[str]:
         pairs = json.loads((data / "pairs.json").read_text())
         paths = [str(data / p["file"]) for p in pairs]
     else:
-        from xmodal.cli.embed import _image_paths
+        from xmodal.datasets.folder import image_files
 
-        paths = _image_paths(data / "images" if (data / "images").is_dir() else data)
+        paths = image_files(data / "images" if (data / "images").is_dir() else data)
     return paths[:limit] if limit else paths
 
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 from xmodal.encoders import TEXT_ENCODER_HELP
+from xmodal.datasets.folder import image_files
 from xmodal.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 EXAMPLES = """\
 examples:
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
 
     modality = "image" if args.images is not None else "text"
-    items = _image_paths(args.images) if modality == "image" else _texts(args.texts)
+    items = image_files(args.images) if modality == "image" else _texts(args.texts)
     cache_dir = args.cache_dir or default_cache_dir()
     options = {"cache_dir": cache_dir, "progress": not args.no_progress}
     if args.weights:
@@ -123,17 +123,6 @@ def run(args: argparse.Namespace) -> int:
     for item, reason in failures:
         log.warning("skipped %s: %s", item, reason)
     return 0
-
-
-def _image_paths(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder}")
-    paths = sorted(
-        str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
-    if not paths:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    return paths
 
 
 def _texts(path: Path) -> list[str]:

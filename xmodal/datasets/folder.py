@@ -82,6 +82,18 @@ def _scan_images(images_dir: Path, root: Path) -> tuple[list[str], list[tuple[st
     return sorted(ids), sorted(skipped)
 
 
+def image_files(folder) -> list[str]:
+    """The image files under ``folder`` (nested folders too), by the rules of a data folder's
+    ``images/``, as sorted paths; DataError when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    ids, _ = _scan_images(folder, folder)
+    if not ids:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+    return [str(folder / i) for i in ids]
+
+
 def _label_value(v):
     return None if v is None or v == "" else str(v)
 
