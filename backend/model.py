@@ -69,7 +69,9 @@ class XmodalModel:
         snap = load_current(self.ws, self.redis)
         return snap if snap is not None else unlabelled_snapshot(self.ws)
 
-    def _learn_label_config(self, label_config) -> None:
+    def learn_label_config(self, label_config) -> None:
+        """Remember the choices' from/to names of the project's labelling config (predictions
+        must name them)."""
         fields = choices_fields(label_config)
         if fields and _learned_fields.get(self.project) != fields:
             self.redis.hset(pkey(self.project, "ls"),
@@ -78,7 +80,7 @@ class XmodalModel:
 
     # -- Label Studio protocol -----------------------------------------------------------
     def setup(self, body: dict) -> dict:
-        self._learn_label_config(body.get("schema") or body.get("label_config"))
+        self.learn_label_config(body.get("schema") or body.get("label_config"))
         learned, host, ls = {}, body.get("hostname"), self.ws.config["label_studio"]
         if isinstance(host, str) and host.startswith(("http://", "https://")):
             if is_trusted(host, ls):
