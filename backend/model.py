@@ -34,7 +34,7 @@ from xmodal.labelstudio.annotations import (
     parse_tasks,
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
-from xmodal.labelstudio.hosts import configured_urls, is_trusted, refuse
+from xmodal.labelstudio.hosts import configured_urls, refuse, trusted_url
 from xmodal.labelstudio.page_search import hits_lines, hits_result, search_query
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
@@ -81,8 +81,8 @@ class XmodalModel:
         self._learn_label_config(body.get("schema") or body.get("label_config"))
         learned, host, ls = {}, body.get("hostname"), self.ws.config["label_studio"]
         if isinstance(host, str) and host.startswith(("http://", "https://")):
-            if is_trusted(host, ls):
-                learned["url"] = host
+            if (url := trusted_url(host, ls)) is not None:   # the operator's spelling of it
+                learned["url"] = url
             else:   # recorded and logged; nothing is ever sent there
                 refuse(self.redis, self.project, host, where="setup")
                 host = None

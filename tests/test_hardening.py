@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 from conftest import poll
@@ -92,14 +93,14 @@ def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(serve):
 class Listener:
     """A TCP listener on loopback that records every byte sent to it (and answers 401)."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         import threading
 
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.received = b""
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -114,7 +115,8 @@ class Listener:
                 conn.settimeout(2)
                 try:
                     self.received += conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
                 except OSError:
                     pass
 
@@ -191,20 +193,61 @@ def test_a_setup_token_goes_only_to_the_configured_url_never_to_the_named_host(x
         configured.close()
 
 
-def test_the_names_of_this_machine_are_one_host_and_nothing_else_is(monkeypatch):
-    """Label Studio names itself "localhost" to a backend configured with 127.0.0.1: the same
-    server (a new user saw status warn "nothing is pushed" while predictions arrived)."""
-    from xmodal.labelstudio.hosts import is_trusted
+def test_hosts_are_compared_exactly_after_normalisation(monkeypatch):
+    """Scheme, host and port, exactly: another loopback address, or ``localhost`` for
+    ``127.0.0.1``, is another origin (an adversarial run had the key sent to 127.0.0.2); a user
+    part or a backslash is no origin at all (parsers disagree about the host of
+    ``http://a:1\\@b:2``)."""
+    from xmodal.labelstudio.hosts import is_trusted, trusted_url
 
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("XMODAL_LABEL_STUDIO_HOSTS", raising=False)
     configured = {"url": "http://127.0.0.1:8080"}
-    for same in ("http://localhost:8080", "http://LOCALHOST:8080/", "http://[::1]:8080", "http://127.0.0.1:8080/x"):
-        assert is_trusted(same, configured), same
-    for other in ("http://localhost:8081", "https://localhost:8080", "http://ls.localhost:8080",
-                  "http://localhost.evil.example:8080",
-                  "http://127.0.0.1.evil.example:8080", "http://10.0.0.1:8080"):
+    for same in ("http://127.0.0.1:8080", "HTTP://127.0.0.1:8080/", "http://127.0.0.1:8080/x",
+                 " http://127.0.0.1:8080 "):
+        assert trusted_url(same, configured) == "http://127.0.0.1:8080", same
+    for other in ("http://localhost:8080", "http://127.0.0.2:8080", "http://[::1]:8080",
+                  "http://127.1:8080", "http://2130706433:8080", "http://[::ffff:127.0.0.1]:8080",
+                  "http://127.0.0.1:8081", "https://127.0.0.1:8080", "http://127.0.0.1.evil.example:8080",
+                  "http://user:pw@127.0.0.1:8080", "http://@127.0.0.1:8080",
+                  "http://127.0.0.1:9393\\@127.0.0.1:8080", "http://127.0.0.1:8080\\",
+                  "http://127.0.0.1\t:8080", "ftp://127.0.0.1:8080", "//127.0.0.1:8080"):
         assert not is_trusted(other, configured), other
+    # normalisation: default ports, case, a trailing dot, IPv6 written any way
+    assert is_trusted("https://LS.Example.org./", {"url": "https://ls.example.org:443"})
+    assert is_trusted("http://ls.example.org:80", {"url": "http://ls.example.org"})
+    assert is_trusted("http://[0:0:0:0:0:0:0:1]:8080", {"url": "http://[::1]:8080"})
+    assert not is_trusted("http://ls.example.org", {"url": "http://user:pw@ls.example.org"})
+
+
+@pytest.mark.parametrize("trick", ["other_loopback", "user_part", "backslash"])
+def test_the_api_key_never_reaches_a_host_that_only_looks_configured(xenv, ws, monkeypatch, trick):
+    """The adversarial run's three hostnames, end to end: /setup names them with a token, the
+    rebuild and a resync run, and a listener where each could lead records every byte. With
+    ``XMODAL_LABEL_STUDIO_HOSTS=http://127.0.0.1:P`` the key went to 127.0.0.2:P four times."""
+    import time
+
+    configured = Listener()                      # 127.0.0.1:P, the operator's Label Studio
+    port = configured.port
+    traps = [Listener("127.0.0.2", port)] if trick == "other_loopback" else [Listener()]
+    named = {"other_loopback": f"http://127.0.0.2:{port}",
+             "user_part": f"http://user:pw@127.0.0.1:{port}",
+             "backslash": f"http://127.0.0.1:{traps[0].port}\\@127.0.0.1:{port}"}[trick]
+    try:
+        monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "operator-secret-key")
+        monkeypatch.setenv("XMODAL_LABEL_STUDIO_HOSTS", configured.url)
+        _setup_and_rebuild(xenv, SimpleNamespace(url=named))
+        time.sleep(0.3)   # anything in flight would have arrived
+        for trap in traps:
+            assert trap.received == b"", trap.received[:200]
+        assert b"Basic " not in configured.received   # no credentials of the caller's either
+        from xmodal.labelstudio.hosts import refused
+
+        assert refused(xenv.redis, "proj") == named
+    finally:
+        for lst in [configured, *traps]:
+            lst.close()
 
 
 def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatch):
@@ -216,7 +259,8 @@ def test_xmodal_status_warns_about_a_refused_host(xenv, ws, listener, monkeypatc
     out = subprocess.run([sys.executable, "-m", "xmodal.cli", "status"], capture_output=True,
                          text=True, timeout=60, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
-    assert "WARNING" in out.stdout and listener.url in out.stdout and "XMODAL_LABEL_STUDIO_HOSTS" in out.stdout
+    assert "WARNING" in out.stdout and listener.url in out.stdout
+    assert "XMODAL_LABEL_STUDIO_HOSTS" in out.stdout
 
 
 # -- slow clients -------------------------------------------------------------------------------
