@@ -89,6 +89,25 @@ def test_a_chunked_body_over_the_limit_is_413_under_gunicorn(serve):
     assert raw_http(serve.port, head, small) == (200, {"status": "ignored", "action": "PROJECT_UPDATED"})
 
 
+def test_script_name_and_path_info_headers_from_a_client_are_ignored(serve):
+    """``SCRIPT_NAME: /health`` on any route was gunicorn's "500 Bad Request" before the app or
+    auth ran (it maps the header into the environ for loopback peers); PATH_INFO would re-route."""
+    serve(workers=1)
+    for route, header, expected in (("/metrics", "SCRIPT_NAME: /health", "xmodal_"),
+                                    ("/health", "SCRIPT_NAME: /x", '"UP"'),
+                                    ("/health", "PATH_INFO: /metrics", '"UP"'),
+                                    ("/search?text=a", "Script_Name: /search", '"results"')):
+        head = f"GET {route} HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as s:
+            s.sendall(head.encode())
+            data = b""
+            while part := s.recv(65536):
+                data += part
+        status = int(data.split(b" ", 2)[1])
+        assert status < 500, (route, header, data[:300])
+        assert expected.encode() in data, (route, header, data[:300])
+
+
 # -- the API key goes only to configured hosts ------------------------------------------------
 class Listener:
     """A TCP listener on loopback that records every byte sent to it (and answers 401)."""

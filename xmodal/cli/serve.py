@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
 
@@ -35,9 +36,14 @@ def gunicorn_argv(args) -> list[str]:
     # nothing) serves no one else until the worker timeout; threads keep /health and webhooks
     # answering (docs/operations.md, "Slow clients"), the body deadline frees them, and the
     # socket deadline of backend.gunicorn_worker frees those held by a stalled request head
+    # --forwarder-headers "": gunicorn maps SCRIPT_NAME and PATH_INFO request headers into the
+    # environ for peers in forwarded_allow_ips (loopback by default), so any local client could
+    # set them: "SCRIPT_NAME: /health" on /metrics was gunicorn's 500 on every route, before the
+    # app or auth ran. No proxy in front of xmodal sets them; now they are dropped like any other
+    # header with an underscore (header_map "drop").
     return cmd + ["--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
                   "--worker-class", "backend.gunicorn_worker.DeadlineThreadWorker",
-                  "--threads", str(args.threads),
+                  "--threads", str(args.threads), "--forwarder-headers", "",
                   "--timeout", str(args.timeout), "--access-logfile", "-",
                   "--error-logfile", "-", "backend.wsgi:app"]
 
@@ -48,7 +54,7 @@ def run(args) -> int:
     url = redis_url()  # starts the embedded server and exports REDIS_URL when unset
     argv = gunicorn_argv(args)
     if args.dry_run:
-        print(" ".join(argv))
+        print(shlex.join(argv))   # quoted: the empty --forwarder-headers value stays visible
         return 0
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (
             os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS")):
