@@ -358,3 +358,28 @@ def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xe
         assert "worker.scheduler_dead" in worker.log_path.read_text()
     finally:
         pm.stop_all(grace=3)
+
+
+# -- log lines ------------------------------------------------------------------------------------
+def test_control_characters_from_requests_are_escaped_in_log_lines(xenv, ws, caplog):
+    """NUL, \\r, ESC and U+2028 from a request reached the log raw (only \\n was escaped): a \\r
+    rewrites a line on a terminal, a line separator forges one of the caller's choosing."""
+    import logging
+    import re
+
+    from backend.app import create_app
+    from xmodal.logfmt import kv
+
+    assert kv("e", v="a\x00b\rc\u2028d\x1b[31m\x85") == 'event=e v="a\\x00b\\rc\\u2028d\\x1b[31m\\x85"'
+    client = create_app({"TESTING": True}).test_client()
+    hostile = "X\r\nevent=forged\x00\x1b[2K\u2028"
+    with caplog.at_level(logging.INFO, logger="backend"):
+        client.post("/webhook", json={"action": hostile, "project": {"id": LS_PID}})
+        client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": LS_PID},
+                                      "annotation": {"id": hostile, "task": 1}})
+        client.get("/search%00%0d%1b?text=a")
+    lines = [rec.getMessage() for rec in caplog.records if "event=http" in rec.getMessage()]
+    assert len(lines) == 3, lines
+    for line in lines:
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", line), repr(line)
+    assert "\\x00" in lines[0] and "\\r\\n" in lines[0]
