@@ -383,3 +383,25 @@ def test_control_characters_from_requests_are_escaped_in_log_lines(xenv, ws, cap
     for line in lines:
         assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", line), repr(line)
     assert "\\x00" in lines[0] and "\\r\\n" in lines[0]
+
+
+def test_the_readme_never_starts_an_open_backend_on_the_network():
+    """Every ``xmodal serve`` in the README's shell blocks binds to loopback, or its block sets
+    basic auth first: the start block ran ``--host 0.0.0.0`` with no auth (copy-paste opened the
+    backend to the network)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", readme, flags=re.S)
+    serves = 0
+    for block in blocks:
+        for line in block.splitlines():
+            command = line.split("#", 1)[0]
+            if not re.search(r"\bxmodal serve\b", command):
+                continue
+            serves += 1
+            host = re.search(r"--host[ =](\S+)", command)
+            if host and host.group(1) not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+                assert "BASIC_AUTH_USER" in block and "BASIC_AUTH_PASS" in block, line
+    assert serves, "the README has no xmodal serve example any more: update this test"
