@@ -27,6 +27,7 @@ from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
 from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
     ANNOTATION_ACTIONS,
+    MAX_DELETED,
     apply_annotation,
     int_id,
     parse_annotation_event,
@@ -178,8 +179,8 @@ class XmodalModel:
             return self._changed(event, bool(removed), removed=removed[:100], n_removed=len(removed),
                                  annotations=len(ids))
         if event == "TASKS_DELETED":
-            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data)]
-            removed = self.pairs.delete_tasks(ids)
+            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data, MAX_DELETED)]
+            removed = self.pairs.delete_tasks(ids, registry_key=self.tasks.key)
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)
         if event == "TASKS_CREATED":

@@ -405,3 +405,47 @@ def test_the_readme_never_starts_an_open_backend_on_the_network():
             if host and host.group(1) not in ("127.0.0.1", "localhost", "::1", "[::1]"):
                 assert "BASIC_AUTH_USER" in block and "BASIC_AUTH_PASS" in block, line
     assert serves, "the README has no xmodal serve example any more: update this test"
+
+
+# -- TASKS_DELETED racing ANNOTATION_CREATED --------------------------------------------------------
+def test_tasks_deleted_racing_annotation_created_leaves_no_live_pair_on_a_deleted_task(serve, xenv):
+    """An adversarial run: 6 of 60 races left a live pair on a deleted task (the check ran before,
+    and apart from, the write). Both webhooks sent at once to a real `xmodal serve` (2 processes,
+    so they really run in parallel), 150 times, each on a fresh task: the deleted-task check now
+    lives in the pair write's own script."""
+    import threading
+
+    from conftest import annotation_body, image_id, text_id
+
+    from xmodal.index.pairs import PairStore
+
+    serve(workers=2)
+    runs, statuses = 150, []
+    for k in range(runs):
+        task, ann = 50_000 + k, 90_000 + k
+        bodies = [json.dumps(annotation_body("ANNOTATION_CREATED", ann, task, image_id(k % 40),
+                                             text_id(k % 40), project=LS_PID)),
+                  json.dumps({"action": "TASKS_DELETED", "tasks": [{"id": task}],
+                              "project": {"id": LS_PID}})]
+        if k % 2:
+            bodies.reverse()
+        go = threading.Barrier(2)
+        out = [None, None]
+
+        def send(i, body):
+            head = (f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body.encode())}\r\nConnection: close\r\n\r\n")
+            go.wait(timeout=10)
+            out[i] = raw_http(serve.port, head, [body.encode()])[0]
+
+        threads = [threading.Thread(target=send, args=(i, b)) for i, b in enumerate(bodies)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=30)
+        statuses.append(tuple(out))
+    assert all(s in (200, 409) for pair in statuses for s in pair), statuses
+    store = PairStore(xenv.redis, "proj")
+    on_deleted = [p for p in store.all_pairs() if store.is_task_deleted(p["task_id"])]
+    assert on_deleted == [], f"{len(on_deleted)} of {runs} races left a live pair on a deleted task"
+    assert len(store.all_pairs()) == 0

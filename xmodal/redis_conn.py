@@ -17,8 +17,11 @@ Redis-Cluster hash tag so that a project's Lua scripts touch one slot):
 ``P:projects``                         set: workspace names seen (status, metrics)
 ``P:{p}:pairs``                        hash: annotation id -> JSON record (pair/none/deleted)
 ``P:{p}:pairs:changes``                counter, +1 on every effective pair change
+``P:{p}:pairs:by_task``                hash: LS task id -> its live annotation ids (``,a1,a2,``)
+``P:{p}:pairs:by_task:complete``       marker: ``by_task`` covers every record
+``P:{p}:deleted:recent``               zset: deletions of ids never seen (``a:``/``t:``), capped
 ``P:{p}:tasks``                        hash: LS task id -> JSON ``{item_id, options}``
-``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio
+``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio (known ones)
 ``P:{p}:index:seq``                    counter: index version numbers (INCR)
 ``P:{p}:index:current``                current index version (moved forward only, Lua CAS)
 ``P:{p}:index:info``                   hash: version, built_at, n_pairs, path of the current index
