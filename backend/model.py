@@ -110,7 +110,7 @@ class XmodalModel:
         if isinstance(context, dict) and isinstance(context.get("result"), list):
             return self.interactive(tasks, context)
         snap = self.index()
-        self.tasks.record(tasks)
+        self.tasks.record(tasks, items=self.ws.row_of(self.ws.select))
         from_name, to_name = label_fields(self.redis, self.ws)
         results, errors = [], []
         for i, task in enumerate(tasks):
@@ -184,7 +184,8 @@ class XmodalModel:
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)
         if event == "TASKS_CREATED":
-            return {"status": "ok", "tasks_recorded": self.tasks.record(parse_tasks(data))}
+            return {"status": "ok", "tasks_recorded": self.tasks.record(
+                parse_tasks(data), items=self.ws.row_of(self.ws.select))}
         if event == "START_TRAINING":
             if ls_connection(self.redis, self.ws) is not None:
                 # replay Label Studio's annotations first (webhooks can be lost), then rebuild

@@ -406,10 +406,48 @@ def test_tasks_created_fills_the_task_registry(client, r):
 
     body = copy.deepcopy(ls_fixture("webhook_tasks_created")) or {"tasks": [task_body(1, image_id(1))]}
     body["project"] = dict(body.get("project") or {}, id=LS_PID)
+    for i, task in enumerate(body["tasks"]):   # items of this project (only those are recorded)
+        task["data"]["item_id"] = image_id(i)
+    body["tasks"].append(task_body(99, "img/not-in-project.jpg"))
     resp = post(client, "/webhook", dict(body, action="TASKS_CREATED"))
-    assert resp.status_code == 200 and resp.get_json()["tasks_recorded"] == len(body["tasks"])
+    assert resp.status_code == 200 and resp.get_json()["tasks_recorded"] == len(body["tasks"]) - 1
     first = body["tasks"][0]
     assert TaskRegistry(r, "proj").get(first["id"])["item_id"] == first["data"]["item_id"]
+
+
+def test_predict_keeps_bounded_task_records(client, r, monkeypatch):
+    """An adversarial run: three /predict bodies of 10,000 tasks with a 2.5 KB field added 90 MiB
+    that stayed. Now a task's own fields over 512 bytes are not kept (the push reads them from Label
+    Studio), tasks naming no item of the project are not recorded, and a project's records hold
+    at most XMODAL_TASK_REGISTRY_MAX_BYTES."""
+    from xmodal.labelstudio.tasks import TaskRegistry
+
+    reg = TaskRegistry(r, "proj")
+    n = 3000
+    for request in range(3):
+        tasks = [dict(task_body(10**6 * (request + 1) + i, image_id(i % 40), n_options=5),
+                      padding={"blob": "x" * 2500}) for i in range(n)]
+        for t in tasks:
+            t["data"]["note"] = "y" * 2500   # a field of the task's data: the team's own
+        assert post(client, "/predict", predict_body(tasks)).status_code == 200
+    assert r.hlen(reg.key) == 3 * n
+    used = r.memory_usage(reg.key, samples=0)
+    assert used < 3 * 2**20, f"{used / 2**20:.1f} MiB for {3 * n} task records"
+    assert reg.get(10**6)["partial"] and "note" not in reg.get(10**6)["data"]
+    # unknown items are not recorded; the byte budget holds
+    body = predict_body([task_body(5 * 10**6, "img/not-in-project.jpg")])
+    post(client, "/predict", body)
+    assert reg.get(5 * 10**6) is None
+    monkeypatch.setenv("XMODAL_TASK_REGISTRY_MAX_BYTES", str(int(r.get(reg.bytes_key)) + 2000))
+    tasks = [task_body(6 * 10**6 + i, image_id(i % 40), n_options=5) for i in range(200)]
+    post(client, "/predict", predict_body(tasks))
+    assert int(r.get(reg.bytes_key)) <= registry_budget() and r.hlen(reg.key) < 3 * n + 200
+
+
+def registry_budget() -> int:
+    from xmodal.labelstudio.tasks import registry_max_bytes
+
+    return registry_max_bytes()
 
 
 def test_start_training_without_annotation_enqueues(client, r):

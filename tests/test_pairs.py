@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fakeredis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -139,8 +138,8 @@ def test_delivery_order_does_not_matter(r, evs, order):
     assert apply(a, evs) == apply(b, shuffled)
 
 
-def test_task_registry_on_fakeredis():
-    reg = TaskRegistry(fakeredis.FakeRedis(), "p")
+def test_task_registry(r):
+    reg = TaskRegistry(r, "p")
     n = reg.record([{"id": 5, "data": {"item_id": "img/a", "options": [{"value": "t1"}, "t2",
                                                                         {"value": "__none__"}]}},
                     {"id": "x", "data": {}}, "junk", {"id": 6, "data": {"no_item": 1}}])

@@ -77,6 +77,15 @@ def recent_deletes_s() -> float:
     return max(1.0, float(os.environ.get("XMODAL_RECENT_DELETES_S") or RECENT_DELETES_S))
 
 
+# Whether a task was deleted in Label Studio (KEYS[3]: tasks:deleted, KEYS[5]: recent deletions),
+# also used by the task registry's script.
+TASK_DELETED_LUA = """
+local function task_deleted(task)
+  if not task or task == '' then return false end
+  return redis.call('SISMEMBER', KEYS[3], task) == 1 or redis.call('ZSCORE', KEYS[5], 't:' .. task) ~= false
+end
+"""
+
 # Lua shared by the scripts below. by_task values are ",a1,a2," (an id is found as ",a1,").
 # KEYS of every script: 1 pairs, 2 changes, 3 deleted tasks, 4 by_task, 5 recent deletions
 # (+ 6 the task registry for _DELETE_TASKS); ARGV starts with now, recent max, recent seconds.
@@ -108,11 +117,7 @@ local function task_of(c)   -- a record's task id as the index writes it (JSON n
   if type(c['task_id']) ~= 'number' then return nil end
   return string.format('%.0f', c['task_id'])
 end
-local function task_deleted(task)
-  if not task or task == '' then return false end
-  return redis.call('SISMEMBER', KEYS[3], task) == 1 or redis.call('ZSCORE', KEYS[5], 't:' .. task) ~= false
-end
-"""
+""" + TASK_DELETED_LUA
 
 # ARGV: now, recent max, recent s, annotation id, record, updated_at, digest, content, state, task id
 # returns: stored | same | stale | tombstoned | task_deleted

@@ -261,12 +261,17 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
         timing: dict[str, float] = {}
 
+        def whole(t: int) -> dict:
+            """The task as the ranker rewrites it: the registry's copy, or Label Studio's own data
+            when the registry did not keep the task's fields (a ``partial`` record)."""
+            return {"id": t, "data": api.task_data(t)} if by_id[t].get("partial") else by_id[t]
+
         def push(part: list[int], flip: bool = False) -> int:
             """Rebuild the data of ``part`` with this index's ranking and push its predictions
             (then, with ``flip``, the project's model_version), both at once: the prediction names
             the best of the new options, known here, and the flip needs only the predictions.
             Returns how many tasks' data changed."""
-            new_data = {t: d for t in part if (d := ranker.new_data(by_id[t])) is not None}
+            new_data = {t: d for t in part if (d := ranker.new_data(whole(t))) is not None}
             for t, d in new_data.items():
                 preds[t] = task_prediction(snap, {"data": d}, from_name, to_name, score=preds[t]["score"])
 
