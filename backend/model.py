@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from backend.decoding import decode
 from backend.encoding import image_encoder, text_encoder
 from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
@@ -288,7 +289,9 @@ class XmodalModel:
     def _image_codes(self, snap: IndexSnapshot, ref) -> np.ndarray:
         enc = image_encoder(self.ws, self.backend.image_encoder_loader)
         with tempfile.TemporaryDirectory(prefix="xmodal-query-") as tmp:
-            features = np.asarray(enc.features([readable_path(ref, tmp)]), dtype=np.float32)
+            path = readable_path(ref, tmp)   # size and header checked: no decode yet
+            # the decode itself, on the process's decode threads (bounded, see backend.decoding)
+            features = np.asarray(decode(enc.features, [path]), dtype=np.float32)
         if not np.isfinite(features).all():
             why = (getattr(enc, "failures_", None) or [(None, "cannot read image")])[0][1]
             raise ApiError(422, f"the query image could not be embedded: {why}")

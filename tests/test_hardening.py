@@ -449,3 +449,78 @@ def test_tasks_deleted_racing_annotation_created_leaves_no_live_pair_on_a_delete
     on_deleted = [p for p in store.all_pairs() if store.is_task_deleted(p["task_id"])]
     assert on_deleted == [], f"{len(on_deleted)} of {runs} races left a live pair on a deleted task"
     assert len(store.all_pairs()) == 0
+
+
+# -- a decode budget per web worker ------------------------------------------------------------------
+PROBE = '''
+import time
+
+import numpy as np
+from PIL import Image
+
+
+class Probe:
+    """Decodes the whole image, as an image encoder does, and holds it a moment."""
+
+    def transform(self, paths):
+        out = []
+        for p in paths:
+            with Image.open(p) as img:
+                pixels = np.asarray(img.convert("RGB"))
+            time.sleep(1.0)
+            out.append(np.full(24, float(pixels[0, 0, 0] + 1), np.float32))
+        return np.stack(out)
+
+
+def make():
+    return Probe()
+'''
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_concurrent_large_image_decodes_are_bounded_per_worker(serve, xenv, ws, tmp_path, capsys):
+    """An adversarial run: four concurrent 49-megapixel PNG queries took one web worker from 1.28
+    to 3.0 GiB. With one decode slot (XMODAL_DECODE_SLOTS=1) four at once peak like one."""
+    import threading
+
+    import requests
+    from PIL import Image
+    from test_backend_api import build_index
+    from test_faults import _descendants
+
+    (tmp_path / "decode_probe.py").write_text(PROBE)
+    images = tmp_path / "queries"
+    images.mkdir()
+    big = images / "big.png"
+    Image.new("RGB", (7000, 7000), (9, 9, 9)).save(big)          # 49 MP, 147 MB decoded
+    build_index(xenv.redis)                                     # an index with signal: queries embed
+    ws.save_config(dict(ws.config, encoders=dict(ws.config["encoders"], image="py:decode_probe:make")))
+    url = serve(workers=1, XMODAL_DECODE_SLOTS="1", XMODAL_IMAGE_ROOTS=str(images),
+                PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    worker = _descendants(serve.child.pid)[0]
+
+    def query():
+        return requests.post(f"{url}/search", json={"image": str(big), "k": 3}, timeout=60)
+
+    first = query()
+    assert first.status_code == 200, first.text
+    one = _peak_rss_mib(worker)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(query())) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=90)
+    assert [a.status_code for a in answers] == [200] * 4, [a.text[:200] for a in answers]
+    four = _peak_rss_mib(worker)
+    with capsys.disabled():
+        print(f"\n[hardening] web worker peak RSS: {one:.0f} MiB after one 49 MP query, {four:.0f} MiB "
+              "after four more at once (XMODAL_DECODE_SLOTS=1)")
+    # one decode is ~147 MB as RGB: four at once would add ~440 MB to the peak
+    assert four - one < 100, f"peak RSS {one:.0f} MiB after one query, {four:.0f} MiB after four at once"
