@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
 from backend.jsonbody import json_object
+from backend.jsonout import FiniteJSONProvider
 from backend.metrics import observe_webhook, render
 from backend.model import XmodalModel
 from backend.services import Backend
@@ -53,13 +54,13 @@ def _json_body() -> dict:
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask("xmodal-backend")
+    app.json = FiniteJSONProvider(app)   # never NaN in a response (backend.jsonout)
     for key in ENV_KEYS:
         if os.environ.get(key):
             app.config[key] = os.environ[key]
     app.config["MAX_CONTENT_LENGTH"] = int(os.environ.get("XMODAL_MAX_CONTENT_LENGTH")
                                            or DEFAULT_MAX_CONTENT_LENGTH)
     app.config.update(config or {})
-    app.json.sort_keys = False
     backend = Backend.from_config(app.config)
     app.extensions["xmodal"] = backend
     creds = auth.credentials(app.config)

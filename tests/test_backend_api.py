@@ -450,6 +450,42 @@ def registry_budget() -> int:
     return registry_max_bytes()
 
 
+def _strict_json(data: bytes):
+    def refuse(name):
+        raise AssertionError(f"the response holds {name}: not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_an_index_file_of_nan_is_refused_and_rebuilt_and_search_stays_json(app, client, r, ws):
+    """An adversarial run: a valid .npz whose floats are NaN passed the load check and /search
+    answered "score": NaN (not JSON); with junk over every version on disk the web workers kept
+    serving from memory and queued no rebuild."""
+    from xmodal.index.store import CorruptIndex, index_path, read_snapshot, write_snapshot
+    from xmodal.jobs.queueing import flag_key
+
+    build_index(r)
+    assert client.get("/search?image_id=img/0003.jpg").status_code == 200   # v1, now cached
+    path = index_path(ws, 1)
+    snap = read_snapshot(path, "proj")
+    for name in ("image_codes", "text_codes", "image_refs", "text_refs"):
+        getattr(snap, name)[:] = np.nan
+    write_snapshot(ws, snap)                  # a valid file, every float NaN (the only version)
+    with pytest.raises(CorruptIndex, match="non-finite"):
+        read_snapshot(path, "proj")
+    assert r.get(flag_key("proj")) is None
+    # the process that served v1 from memory sees its file changed: it re-reads, refuses, rebuilds
+    resp = client.get("/search?image_id=img/0003.jpg")
+    assert resp.status_code == 200 and _strict_json(resp.data)["unlabelled"] is True
+    assert r.get(flag_key("proj")) is not None and get_queue(r).count == 1
+    clear_cache()                             # a process that never had it in memory: the same
+    resp = client.get("/search?image_id=img/0003.jpg")
+    assert resp.status_code == 200 and _strict_json(resp.data)["unlabelled"] is True
+    # and whatever else yields a non-finite number, a response is never NaN
+    assert _strict_json(app.json.dumps({"score": float("nan"), "x": [float("-inf"), 1.5]})) == \
+        {"score": None, "x": [None, 1.5]}
+
+
 def test_start_training_without_annotation_enqueues(client, r):
     body = copy.deepcopy(ls_fixture("webhook_start_training")) or {}
     body.update(action="START_TRAINING", project={"id": LS_PID})
