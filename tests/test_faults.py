@@ -256,7 +256,7 @@ class RedisServer:
         self.child = None
         workdir.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.child = self.pm.start(f"redis-{self.port}", [exe, "--port", str(self.port), "--bind",
                                                           "127.0.0.1", "--dir", str(self.dir), *self.args])
@@ -318,6 +318,86 @@ def test_redis_with_aof_survives_a_kill_without_resync(own_redis, xenv, ws, proc
     assert live_pairs(r, "proj") == before
     assert IndexStore(r, ws).current_version() == 1
     assert int(r.get(pkey("proj", "pairs", "changes"))) == 10
+
+
+def test_redis_restart_while_a_worker_takes_a_job_leaves_no_stuck_rebuild(own_redis, xenv, ws, procs,
+                                                                         capsys):
+    """An adversarial run: `redis-cli shutdown` while the worker was taking a job. The worker
+    quit ("found an unhandled exception, quitting..."); back from its append-only file, Redis had
+    the rebuild QUEUED in no queue or registry, and the coalescing flag named it for its hour:
+    every later label was merged into that dead job, the index stale for minutes. Now the worker
+    waits for Redis and goes on, the flag's lost job is seen as lost, and the next label (or the
+    recovery sweep) rebuilds."""
+    from rq.job import Job
+
+    from backend.app import create_app
+    from xmodal.index.store import clear_cache, load_current
+    from xmodal.jobs.queueing import flag_key, get_queue, stuck_flag
+
+    server = own_redis("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+    r = redis.Redis.from_url(server.url)
+    client = create_app({"TESTING": True, "REDIS_URL": server.url}).test_client()
+    for i in range(4):
+        label(client, i)
+    run_burst(procs, xenv, "first")
+    assert load_current("proj", r).n_pairs == 4
+    pause = 4.0   # the worker holds the job it popped this long before it records it as started
+    worker = start_worker(procs, xenv, "taker", XMODAL_TEST_DEQUEUE_PAUSE_S=str(pause))
+    wait_worker(procs, worker, r)
+    job_id = label(client, 4)["job_id"]
+    _poll("the worker to pop the job", lambda: get_queue(r).count == 0, procs=[worker])
+    t_popped = time.monotonic()
+    with contextlib.suppress(redis.ConnectionError):
+        r.shutdown()                              # redis-cli shutdown: the AOF is written first
+    server.child.popen.wait(20)
+    r.close()
+    # down past the pause and past redis-py's own retries (~4 s): the worker meets no Redis
+    time.sleep(max(0.0, t_popped + pause + 8.0 - time.monotonic()))
+    server.start()
+    t_back = time.perf_counter()
+    r = redis.Redis.from_url(server.url)
+    assert Job.fetch(job_id, connection=r).get_status() == "queued" and get_queue(r).count == 0
+    assert r.get(flag_key("proj")).decode().startswith(job_id)        # the state of the finding
+    label(client, 5)                                                  # label again
+    clear_cache()
+    snap = _poll("an index with all 6 pairs",
+                 lambda: (s := load_current("proj", r)) is not None and s.n_pairs == 6 and s,
+                 timeout=60, procs=[worker])
+    current_s = time.perf_counter() - t_back
+    assert index_pairs(snap) == live_pairs(r, "proj")
+    assert worker.alive() and stuck_flag(r, "proj") is None
+    log = Path(worker.log_path).read_text(errors="replace")
+    assert "worker.redis_lost" in log and "worker.redis_back" in log
+    assert "unhandled exception" not in log
+    with capsys.disabled():
+        print(f"\n[faults] Redis restarted while the worker took a job: index current {current_s:.1f} s "
+              "after Redis was back (one more label; the same worker, reconnected)")
+
+
+def test_a_lost_job_behind_the_flag_is_recovered_without_a_new_label(r, xenv, ws, procs):
+    """The state a Redis restart leaves (the flag's job QUEUED in no queue), and no label after
+    it: the recovery sweep of a running worker rebuilds, and `xmodal status` shows the flag as a
+    problem meanwhile."""
+    from xmodal.cli.status import collect
+    from xmodal.index.pairs import PairStore
+    from xmodal.index.store import load_current
+    from xmodal.jobs.queueing import enqueue_rebuild, get_queue, stuck_flag
+    from xmodal.jobs.stats import projects_key
+
+    store = PairStore(r, "proj")
+    for i in range(4):
+        store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0)
+    r.sadd(projects_key(), "proj")
+    job_id, _ = enqueue_rebuild(r, "proj", "a label")
+    r.lrem(get_queue(r).key, 0, job_id)          # what a worker's pop left when Redis went down
+    assert stuck_flag(r, "proj") == {"job": job_id, "state": "lost", "age_s": pytest.approx(0, abs=5)}
+    shown = collect(r, xenv.models, queue=xenv.tag)["projects"]["proj"]["rebuild_flag_stuck"]
+    assert shown["state"] == "lost" and shown["job"] == job_id
+    worker = start_worker(procs, xenv, "sweeper")
+    snap = _poll("an index with the 4 pairs",
+                 lambda: (s := load_current("proj", r)) is not None and s.n_pairs == 4 and s,
+                 procs=[worker])
+    assert index_pairs(snap) == live_pairs(r, "proj") and stuck_flag(r, "proj") is None
 
 
 def _ls_tasks(n: int) -> list[dict]:

@@ -580,7 +580,7 @@ def test_cli_wrappers(xenv, capsys):
 
     assert main(["worker", "--burst", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "worker --with-scheduler --worker-class workers.embed_worker.EmbedWorker --burst" in out
+    assert "worker --with-scheduler --worker-class workers.reconnect.ReconnectingWorker --burst" in out
     assert out.strip().endswith(f"{xenv.tag} {xenv.tag}-embed")   # rebuilds first, then embed chunks
     assert xenv.url not in out                       # the URL travels in $RQ_REDIS_URL
     assert main(["serve", "--port", "9999", "--workers", "3", "--dry-run"]) == 0
