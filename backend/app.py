@@ -93,8 +93,8 @@ def create_app(config: dict | None = None) -> Flask:
         log.log(level, kv("http", method=request.method, path=request.path, status=resp.status_code,
                           project=g.get("project"), action=g.get("action"), ms=round(ms, 2),
                           error=g.get("error")))
-        if request.path == "/webhook":
-            try:
+        if request.path == "/webhook" and not str(g.get("error") or "").startswith("redis:"):
+            try:   # (not when Redis just failed: a frozen Redis would hold the answer twice as long)
                 observe_webhook(backend.redis, ms / 1000)
             except redis.RedisError:
                 pass

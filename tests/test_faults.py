@@ -400,6 +400,30 @@ def test_a_lost_job_behind_the_flag_is_recovered_without_a_new_label(r, xenv, ws
     assert index_pairs(snap) == live_pairs(r, "proj") and stuck_flag(r, "proj") is None
 
 
+def test_a_frozen_redis_is_a_quick_503_not_a_hung_webhook(own_redis, xenv, ws, monkeypatch):
+    """An adversarial run: webhooks hung up to 10 s while Redis was frozen (SIGSTOP): a 5 s read
+    timeout, paid twice. Now one XMODAL_REDIS_TIMEOUT_S (1 s here), then 503; and once Redis
+    runs again, the next webhook is stored."""
+    from backend.app import create_app
+
+    monkeypatch.setenv("XMODAL_REDIS_TIMEOUT_S", "1")
+    server = own_redis("--save", "", "--appendonly", "no")
+    client = create_app({"TESTING": True, "REDIS_URL": server.url}).test_client()
+    label(client, 1)
+    os.killpg(server.child.pid, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        resp = client.post("/webhook", data=json.dumps(annotation_body(
+            "ANNOTATION_CREATED", 102, 1002, image_id(2), text_id(2), project=LS_PID)),
+            content_type="application/json")
+        frozen_s = time.perf_counter() - t0
+    finally:
+        os.killpg(server.child.pid, signal.SIGCONT)
+    assert resp.status_code == 503 and "Redis is unavailable" in resp.get_json()["error"]
+    assert frozen_s < 2.5, f"the webhook took {frozen_s:.1f} s with Redis frozen"
+    assert label(client, 3)["status"] == "stored"
+
+
 def _ls_tasks(n: int) -> list[dict]:
     return [{"data": {"item_id": image_id(i), "image": f"/data/local-files/?d={image_id(i)}",
                       "options": [{"value": text_id(j), "html": f"caption {j}"} for j in range(40)]}}

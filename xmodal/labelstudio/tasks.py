@@ -255,6 +255,7 @@ REGENERATED = frozenset({"item_id", "options", "image", "text", "model_note"})
 KEPT = ("cluster", "index_version", "problem")   # what the push reads of the rest: always kept
 TEAM_DATA_MAX_BYTES = 512
 RECORD_MAX_BYTES = 256 * 1024
+RECORD_BATCH = 200           # tasks per script call
 REGISTRY_MAX_BYTES = 128 * 2**20
 
 
@@ -346,10 +347,14 @@ class TaskRegistry:
                 mapping[str(tid)] = value
         if not mapping:
             return 0
-        args = [str(registry_max_bytes())]
-        for tid, value in mapping.items():
-            args += [tid, value]
-        stored, refused = self._record(keys=self._keys, args=args)
+        stored = refused = 0
+        items = list(mapping.items())
+        for start in range(0, len(items), RECORD_BATCH):   # short scripts: Redis never blocks long
+            args = [str(registry_max_bytes())]
+            for tid, value in items[start:start + RECORD_BATCH]:
+                args += [tid, value]
+            done, no = self._record(keys=self._keys, args=args)
+            stored, refused = stored + int(done), refused + int(no)
         if refused:
             log.warning(kv("tasks.registry_full", project=self.project, refused=int(refused),
                            limit=registry_max_bytes(), fix="XMODAL_TASK_REGISTRY_MAX_BYTES"))
