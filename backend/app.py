@@ -32,7 +32,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend import auth
-from backend.jsonbody import json_object
+from backend.jsonbody import json_object, max_content_length, too_large_message
 from backend.jsonout import FiniteJSONProvider
 from backend.metrics import observe_webhook, render
 from backend.model import XmodalModel
@@ -43,7 +43,6 @@ from xmodal.logfmt import kv
 
 log = logging.getLogger("backend")
 
-DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 ENV_KEYS = ("REDIS_URL", "MODEL_DIR", "XMODAL_QUEUE", "XMODAL_PROJECT", "BASIC_AUTH_USER",
             "BASIC_AUTH_PASS")
 
@@ -58,8 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
     for key in ENV_KEYS:
         if os.environ.get(key):
             app.config[key] = os.environ[key]
-    app.config["MAX_CONTENT_LENGTH"] = int(os.environ.get("XMODAL_MAX_CONTENT_LENGTH")
-                                           or DEFAULT_MAX_CONTENT_LENGTH)
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length()
     app.config.update(config or {})
     backend = Backend.from_config(app.config)
     app.extensions["xmodal"] = backend
@@ -110,8 +108,7 @@ def create_app(config: dict | None = None) -> Flask:
     def _too_large(exc):
         g.error = "body too large"
         limit = app.config["MAX_CONTENT_LENGTH"]
-        return jsonify({"error": f"the request body is larger than the limit of {limit} bytes "
-                                 "(XMODAL_MAX_CONTENT_LENGTH)"}), 413
+        return jsonify({"error": too_large_message(limit)}), 413
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
