@@ -21,6 +21,7 @@ Redis-Cluster hash tag so that a project's Lua scripts touch one slot):
 ``P:{p}:pairs:by_task:complete``       marker: ``by_task`` covers every record
 ``P:{p}:deleted:recent``               zset: deletions of ids never seen (``a:``/``t:``), capped
 ``P:{p}:tasks``                        hash: LS task id -> JSON ``{item_id, options}``
+``P:{p}:tasks:bytes``                  counter: bytes of the ``tasks`` values (budget)
 ``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio (known ones)
 ``P:{p}:index:seq``                    counter: index version numbers (INCR)
 ``P:{p}:index:current``                current index version (moved forward only, Lua CAS)
