@@ -24,6 +24,8 @@ from flask import Flask, current_app, g, jsonify, request
 
 from backend import auth
 from backend.errors import register_error_handlers
+from backend.jsonbody import max_content_length
+from backend.jsonout import FiniteJSONProvider
 from backend.metrics import observe_webhook
 from backend.routes import api, ml_backend
 from backend.services import Backend
@@ -31,20 +33,18 @@ from xmodal.logfmt import kv
 
 log = logging.getLogger("backend")
 
-DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 ENV_KEYS = ("REDIS_URL", "MODEL_DIR", "XMODAL_QUEUE", "XMODAL_PROJECT", "BASIC_AUTH_USER",
             "BASIC_AUTH_PASS")
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask("xmodal-backend")
+    app.json = FiniteJSONProvider(app)   # never NaN in a response (backend.jsonout)
     for key in ENV_KEYS:
         if os.environ.get(key):
             app.config[key] = os.environ[key]
-    app.config["MAX_CONTENT_LENGTH"] = int(os.environ.get("XMODAL_MAX_CONTENT_LENGTH")
-                                           or DEFAULT_MAX_CONTENT_LENGTH)
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length()
     app.config.update(config or {})
-    app.json.sort_keys = False
     backend = Backend.from_config(app.config)
     app.extensions["xmodal"] = backend
     app.extensions["xmodal_auth"] = creds = auth.credentials(app.config)
@@ -78,8 +78,8 @@ def _log_request(resp):
     log.log(level, kv("http", method=request.method, path=request.path, status=resp.status_code,
                       project=g.get("project"), action=g.get("action"), ms=round(ms, 2),
                       error=g.get("error")))
-    if request.path == "/webhook":
-        try:
+    if request.path == "/webhook" and not str(g.get("error") or "").startswith("redis:"):
+        try:   # (not when Redis just failed: a frozen Redis would hold the answer twice as long)
             observe_webhook(current_app.extensions["xmodal"].redis, ms / 1000)
         except redis.RedisError:
             pass

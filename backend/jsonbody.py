@@ -5,22 +5,20 @@ becomes infinity), integers of any length, lone surrogates (``"\\ud800"``, which
 name, Redis key or log line can hold) and nesting as deep as the interpreter's stack (a
 ``RecursionError``). Each of those failed somewhere deep inside a route as a 500; here each is a
 400 before any route sees the body. A body sent in chunks (no ``Content-Length``) is held to the
-same size limit as one with a length: 413, not a truncated body that then fails to parse; and a
-body that does not arrive within ``$XMODAL_BODY_TIMEOUT_S`` is a 408 (slow clients).
+same size limit as one with a length: 413, not a truncated body that then fails to parse. A body
+that does not arrive whole within ``$XMODAL_BODY_TIMEOUT_S`` is the worker's 408 (slow clients,
+:mod:`backend.gunicorn_worker`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import socket
-import time
 
 from flask import Request
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from xmodal.errors import ApiError
 
@@ -80,52 +78,31 @@ def loads(data: bytes | str):
     return value
 
 
-def body_timeout() -> float:
-    """``$XMODAL_BODY_TIMEOUT_S`` (default 10): the longest a request body may take to arrive."""
-    return float(os.environ.get("XMODAL_BODY_TIMEOUT_S") or 10)
+DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+
+
+def max_content_length() -> int:
+    """``$XMODAL_MAX_CONTENT_LENGTH`` (bytes, default 32 MiB): the largest request body."""
+    return int(os.environ.get("XMODAL_MAX_CONTENT_LENGTH") or DEFAULT_MAX_CONTENT_LENGTH)
+
+
+def too_large_message(limit: int) -> str:
+    """The 413's error, from the app or from the worker that buffers the body."""
+    return f"the request body is larger than the limit of {limit} bytes (XMODAL_MAX_CONTENT_LENGTH)"
 
 
 def body_bytes(request: Request) -> bytes:
     """The raw body: 413 when a chunked one exceeds the limit (werkzeug stops reading at the limit
-    and returns what it read, which then fails to parse as a confusing 400); 408 when it has not
-    arrived whole within :func:`body_timeout` (under gunicorn: a client that sends its headers and
-    part of a body, then stalls, holds a worker thread only that long)."""
-    sock = request.environ.get("gunicorn.socket")
-    if sock is None:   # another server (tests: werkzeug's client)
-        data = request.get_data(cache=True)
-    else:
-        data = _read_with_deadline(request, sock, time.monotonic() + body_timeout())
+    and returns what it read, which then fails to parse as a confusing 400). Under ``xmodal
+    serve`` the body is whole before the app runs (the worker buffers it, within a deadline:
+    :mod:`backend.gunicorn_worker`), so reading it never waits for a client."""
+    data = request.get_data(cache=True)
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(data) >= limit:
         stream = request.environ.get("wsgi.input")
         if stream is not None and stream.read(1):
             raise RequestEntityTooLarge()
     return data
-
-
-def _read_with_deadline(request: Request, sock, deadline: float) -> bytes:
-    stream, parts = request.stream, []
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            sock.settimeout(remaining)
-            part = stream.read(65536)
-            if not part:
-                return b"".join(parts)
-            parts.append(part)
-    except (TimeoutError, ClientDisconnected) as exc:
-        # werkzeug turns the socket's timeout into ClientDisconnected (a 400)
-        if not isinstance(exc, TimeoutError) and not isinstance(exc.__context__, TimeoutError):
-            raise
-        with contextlib.suppress(OSError):   # the rest is not read: the connection ends here
-            sock.shutdown(socket.SHUT_RD)
-        raise ApiError(408, f"the request body did not arrive within {body_timeout():g} s "
-                            "(XMODAL_BODY_TIMEOUT_S)") from None
-    finally:
-        with contextlib.suppress(OSError):
-            sock.settimeout(None)   # blocking again, as gunicorn left it
 
 
 def json_object(request: Request) -> dict:

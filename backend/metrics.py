@@ -8,6 +8,8 @@ Redis. Metrics (all prefixed ``xmodal_``):
 - ``xmodal_index_version{project}``, ``xmodal_index_pairs{project}``,
   ``xmodal_index_age_seconds{project}``: the current index;
 - ``xmodal_index_stale{project}``: 1 when pairs changed since the current index's snapshot;
+- ``xmodal_rebuild_flag_stuck{project}``: 1 when the coalescing flag names a rebuild that will
+  never run (a worker's recovery sweep replaces it within seconds: alert if it stays);
 - ``xmodal_rebuild_seconds{project}``, ``xmodal_label_to_prediction_seconds{project}``: last rebuild;
 - ``xmodal_rebuild_duration_seconds{project}`` histogram: every rebuild, start to the moment the
   new index serves (Label Studio's model_version flipped, or published when there is no LS step);
@@ -29,7 +31,7 @@ from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexStore
 from xmodal.index.workspace import Workspace, list_workspaces
 from xmodal.jobs import stats
-from xmodal.jobs.queueing import embed_queue_for, get_queue
+from xmodal.jobs.queueing import embed_queue_for, get_queue, stuck_flag
 from xmodal.jobs.stats import (
     REBUILD_BUCKETS,
     WEBHOOK_BUCKETS,
@@ -106,6 +108,9 @@ def render(redis_client: redis.Redis, base, queue_name: str) -> str:
                 out.metric("xmodal_label_to_prediction_seconds", "gauge",
                            "Label arrival to new predictions, oldest new pair of the last rebuild.",
                            last["label_to_prediction_s"], project=name)
+        out.metric("xmodal_rebuild_flag_stuck", "gauge",
+                   "1 when the coalescing flag names a rebuild that will never run (lost, died, gone).",
+                   int(stuck_flag(redis_client, name) is not None), project=name)
         rebuilds = read_histogram(redis_client, rebuild_histogram_key(name))
         if rebuilds:
             out.histogram("xmodal_rebuild_duration_seconds",

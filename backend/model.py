@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 
+from backend.decoding import decode
 from backend.encoding import image_encoder, text_encoder
 from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
@@ -27,6 +28,7 @@ from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
 from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
     ANNOTATION_ACTIONS,
+    MAX_DELETED,
     apply_annotation,
     int_id,
     parse_annotation_event,
@@ -34,7 +36,7 @@ from xmodal.labelstudio.annotations import (
     parse_tasks,
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
-from xmodal.labelstudio.hosts import configured_urls, is_trusted, refuse
+from xmodal.labelstudio.hosts import configured_urls, refuse, trusted_url
 from xmodal.labelstudio.page_search import hits_lines, hits_result, search_query
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
@@ -83,8 +85,8 @@ class XmodalModel:
         self.learn_label_config(body.get("schema") or body.get("label_config"))
         learned, host, ls = {}, body.get("hostname"), self.ws.config["label_studio"]
         if isinstance(host, str) and host.startswith(("http://", "https://")):
-            if is_trusted(host, ls):
-                learned["url"] = host
+            if (url := trusted_url(host, ls)) is not None:   # the operator's spelling of it
+                learned["url"] = url
             else:   # recorded and logged; nothing is ever sent there
                 refuse(self.redis, self.project, host, where="setup")
                 host = None
@@ -111,7 +113,7 @@ class XmodalModel:
         if isinstance(context, dict) and isinstance(context.get("result"), list):
             return self.interactive(tasks, context)
         snap = self.index()
-        self.tasks.record(tasks)
+        self.tasks.record(tasks, items=self.ws.row_of(self.ws.select))
         from_name, to_name = label_fields(self.redis, self.ws)
         results, errors = [], []
         for i, task in enumerate(tasks):
@@ -180,12 +182,13 @@ class XmodalModel:
             return self._changed(event, bool(removed), removed=removed[:100], n_removed=len(removed),
                                  annotations=len(ids))
         if event == "TASKS_DELETED":
-            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data)]
-            removed = self.pairs.delete_tasks(ids)
+            ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(data, MAX_DELETED)]
+            removed = self.pairs.delete_tasks(ids, registry_key=self.tasks.key)
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)
         if event == "TASKS_CREATED":
-            return {"status": "ok", "tasks_recorded": self.tasks.record(parse_tasks(data))}
+            return {"status": "ok", "tasks_recorded": self.tasks.record(
+                parse_tasks(data), items=self.ws.row_of(self.ws.select))}
         if event == "START_TRAINING":
             if ls_connection(self.redis, self.ws) is not None:
                 # replay Label Studio's annotations first (webhooks can be lost), then rebuild
@@ -288,7 +291,9 @@ class XmodalModel:
     def _image_codes(self, snap: IndexSnapshot, ref) -> np.ndarray:
         enc = image_encoder(self.ws, self.backend.image_encoder_loader)
         with tempfile.TemporaryDirectory(prefix="xmodal-query-") as tmp:
-            features = np.asarray(enc.features([readable_path(ref, tmp)]), dtype=np.float32)
+            path = readable_path(ref, tmp)   # size and header checked: no decode yet
+            # the decode itself, on the process's decode threads (bounded, see backend.decoding)
+            features = np.asarray(decode(enc.features, [path]), dtype=np.float32)
         if not np.isfinite(features).all():
             why = (getattr(enc, "failures_", None) or [(None, "cannot read image")])[0][1]
             raise ApiError(422, f"the query image could not be embedded: {why}")

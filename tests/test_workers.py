@@ -229,7 +229,8 @@ def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, t
              meta=np.asarray(json.dumps(meta)))
     loaded = read_snapshot(old, "proj")
     assert loaded.enhance == [] and loaded.csls_k is None and loaded.image_hub is None
-    np.testing.assert_allclose(loaded.encode("text", ws.load_features("text")[:3]), snap.text_codes[:3], atol=1e-5)
+    np.testing.assert_allclose(loaded.encode("text", ws.load_features("text")[:3]), snap.text_codes[:3],
+                               atol=1e-5)
     assert loaded.rank("image", image_id(2), None, 3) == snap.rank("image", image_id(2), None, 3)
 
 
@@ -385,7 +386,8 @@ def test_next_served_tasks_first_with_reranked_options(r, xenv, ws, fake_ls, mon
     # the pages and predictions of the next-served tasks, the flip, then every other task's page
     # and prediction in chunks
     flip = fake_ls.calls.index("version")
-    assert fake_ls.calls[0] in ("push", "update") and "push" in fake_ls.calls[:flip]   # predictions, then the flip
+    # predictions, then the flip
+    assert fake_ls.calls[0] in ("push", "update") and "push" in fake_ls.calls[:flip]
     assert fake_ls.calls.count("version") == 1 and set(fake_ls.calls) == {"push", "update", "version"}
     first = fake_ls.pushes[0][1]
     assert sorted(fake_ls.updates[0]) == sorted(first)
@@ -580,7 +582,7 @@ def test_cli_wrappers(xenv, capsys):
 
     assert main(["worker", "--burst", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "worker --with-scheduler --worker-class workers.embed_worker.EmbedWorker --burst" in out
+    assert "worker --with-scheduler --worker-class workers.reconnect.ReconnectingWorker --burst" in out
     assert out.strip().endswith(f"{xenv.tag} {xenv.tag}-embed")   # rebuilds first, then embed chunks
     assert xenv.url not in out                       # the URL travels in $RQ_REDIS_URL
     assert main(["serve", "--port", "9999", "--workers", "3", "--dry-run"]) == 0
@@ -681,7 +683,8 @@ def test_project_resync_command_prints_what_changed(r, xenv, ws, fake_ls, capsys
     _link(r, ws)
     assert main(["project", "resync", "--name", "proj", "--no-rebuild"]) == 0
     out = capsys.readouterr().out
-    assert "added or changed: 1 (annotations 1)" in out and "removed (deleted in Label Studio): 1 (annotations 77)" in out
+    assert "added or changed: 1 (annotations 1)" in out
+    assert "removed (deleted in Label Studio): 1 (annotations 77)" in out
     assert get_queue(r).count == 0
     assert main(["project", "resync", "--name", "proj", "--enqueue"]) == 0
     assert "-resync-" in get_queue(r).job_ids[0]
@@ -730,7 +733,8 @@ def test_a_written_description_is_a_reference_embedded_once(r, xenv, ws, monkeyp
     store.put(104, 1004, image_id(4), None, 1.0, description="looks like caption 4", source="written")
     first = rebuild("proj", redis_client=r)
     snap = load_current(ws, r)
-    assert first["pairs"] == 5 and snap.n_pairs == 5 and snap.written_references == {104: "looks like caption 4"}
+    assert first["pairs"] == 5 and snap.n_pairs == 5
+    assert snap.written_references == {104: "looks like caption 4"}
     assert snap.pair_rows[-1].tolist() == [4, -1] and len(snap.text_refs) == 5
     # the description works like the text it describes: image 4 ranks text 4 as well as the item pair
     from xmodal.index.build import build_snapshot
@@ -770,6 +774,27 @@ def test_status_tells_problems_skips_and_waiting_pairs_apart(r, xenv, ws):
     assert collect(r, xenv.models)["projects"]["proj"]["stale"] is False
 
 
+def test_a_task_whose_own_fields_were_not_kept_keeps_them_through_the_push(r, xenv, ws, fake_ls,
+                                                                          monkeypatch):
+    """The registry keeps at most 512 bytes of a task's own fields (bounded Redis); the push then reads
+    that task's data from Label Studio before it rewrites the data, so the fields survive."""
+    from xmodal.labelstudio.tasks import TaskRegistry
+
+    monkeypatch.setenv("XMODAL_LS_FIRST", "20")
+    fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(12, 16)]
+    fake_ls.tasks[0]["data"]["team_notes"] = "n" * 10_000
+    TaskRegistry(r, "proj").record(fake_ls.tasks)
+    assert TaskRegistry(r, "proj").get(1012)["partial"]
+    _link(r, ws)
+    store = PairStore(r, "proj")
+    for i in range(8):
+        store.put(500 + i, 900 + i, image_id(i), text_id(i), 1.0)
+    rebuild("proj", redis_client=r)
+    rewritten = {t: d for update in fake_ls.updates for t, d in update.items()}
+    assert 1012 in rewritten and rewritten[1012]["team_notes"] == "n" * 10_000
+    assert fake_ls.tasks[0]["data"]["team_notes"] == "n" * 10_000
+
+
 def test_problems_are_flagged_on_their_tasks_and_cleared_when_fixed(r, xenv, ws, fake_ls):
     from xmodal.labelstudio.push import flag_problems
     from xmodal.labelstudio.tasks import TaskRegistry
@@ -778,7 +803,8 @@ def test_problems_are_flagged_on_their_tasks_and_cleared_when_fixed(r, xenv, ws,
     TaskRegistry(r, "proj").record(fake_ls.tasks)
     _link(r, ws)
     store = PairStore(r, "proj")
-    store.mark_problem(7, 1001, "no_match", "None of these was chosen and nothing was written", updated_at=1.0)
+    store.mark_problem(7, 1001, "no_match", "None of these was chosen and nothing was written",
+                       updated_at=1.0)
     assert flag_problems(r, ws) == {"flags": 1}
     assert fake_ls.tasks[1]["data"]["problem"].endswith("None of these was chosen and nothing was written")
     assert fake_ls.tasks[1]["data"]["options"] and flag_problems(r, ws) == {"flags": "unchanged"}

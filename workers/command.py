@@ -20,7 +20,9 @@ def rq_argv(args) -> list[str]:
     argv = cmd + ["worker", "--with-scheduler"]
     # forked work horses inherit the rebuild's imports from the parent (see workers.preload);
     # embed chunks run in the parent, keeping their encoder between chunks (workers.embed_worker)
-    worker_class = "workers.preload.RecoveringSimpleWorker" if getattr(args, "simple", False) else "workers.embed_worker.EmbedWorker"
+    # both outlive a Redis restart (workers.reconnect)
+    worker_class = "workers.reconnect.ReconnectingSimpleWorker" if getattr(args, "simple", False) \
+        else "workers.reconnect.ReconnectingWorker"
     argv += ["--worker-class", worker_class]
     if args.burst:
         argv.append("--burst")

@@ -12,13 +12,17 @@ forks the work horses), at start-up and then every ``$XMODAL_RECOVER_INTERVAL_S`
 ``enqueue_rebuild`` (so N sweeping workers still queue at most one), when
 
 - a rebuild's lease expired without being released (``xmodal.jobs.lease.reap``): it died mid-run;
-- the coalescing flag names a STARTED job holding no lease past its start-up grace: it died
-  before taking the lease, and ``enqueue_rebuild`` replaces that flag rather than coalescing new
-  pairs into a dead job.
+- the coalescing flag names a job that will never run (:func:`xmodal.jobs.queueing.stuck_flag`):
+  a STARTED job holding no lease past its start-up grace (it died before taking the lease), a job
+  that says QUEUED but is in no queue or registry (a worker popped it and Redis went down before
+  the worker recorded it; after Redis came back from its append-only file the flag pointed at it
+  for its whole hour and the index stayed stale), or no job at all past the enqueue grace.
+  ``enqueue_rebuild`` replaces such a flag rather than coalescing new pairs into a dead job.
 
 A restarted worker, or any other live one, therefore rebuilds within a lease TTL plus one sweep
-interval (about 15 s by default). The dead job itself is left to rq: it later moves it to the failed
-registry (``AbandonedJobError``) or, with retries left, runs it again, which only adds a version.
+interval (about 15 s by default; docs/operations.md has the measured times). The dead job itself
+is left to rq: it later moves it to the failed registry (``AbandonedJobError``) or, with retries
+left, runs it again, which only adds a version.
 A rebuild that *fails* (raises) releases its lease and is rq's to retry; it is not re-enqueued here.
 """
 
@@ -32,7 +36,7 @@ import time
 import redis
 
 from xmodal.jobs import lease
-from xmodal.jobs.queueing import enqueue_rebuild, flag_key, job_state
+from xmodal.jobs.queueing import enqueue_rebuild, stuck_flag
 from xmodal.jobs.stats import known_projects
 from xmodal.logfmt import kv
 
@@ -47,14 +51,12 @@ def interval_s() -> float:
 
 
 def _flag_job_dead(redis_client: redis.Redis, project: str) -> str | None:
-    """The id of the job the flag names if it is STARTED but no longer running, else None."""
-    raw = redis_client.get(flag_key(project))
-    if not raw:
-        return None
-    job_id = raw.decode().partition("|")[0]
-    # missing: queueing's own grace/stale-flag logic; queued: it will run; ended: rq's retries,
-    # or the next label
-    return job_id if job_state(redis_client, job_id, project) == "died" else None
+    """The id of the job the flag names if it will never run, else None. A job that *ended* with
+    the flag still naming it failed before its snapshot: rq's retries run it again, or the next
+    label replaces the flag (re-enqueued here, a rebuild that keeps failing would loop forever);
+    ``xmodal status`` shows such a flag."""
+    stuck = stuck_flag(redis_client, project)
+    return stuck["job"] if stuck is not None and stuck["state"] != "ended" else None
 
 
 def recover_project(redis_client: redis.Redis, project: str, queue: str | None = None) -> str | None:

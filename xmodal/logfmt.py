@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 
 PROJECT_LOGGERS = ("workers", "xmodal", "backend")
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: a NUL cuts a line short
+# in many tools, a \r rewrites it on a terminal, and a \n or \u2028 starts a line of the caller's
+# choosing (event=... forged into the log). Values come from requests, so none goes out raw.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 def _fmt(value) -> str:
     if isinstance(value, float):
         value = f"{value:.4g}"
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' "=\\') or _CONTROL.search(text):
+        text = '"' + _CONTROL.sub(_escape, text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
 
 

@@ -17,8 +17,12 @@ Redis-Cluster hash tag so that a project's Lua scripts touch one slot):
 ``P:projects``                         set: workspace names seen (status, metrics)
 ``P:{p}:pairs``                        hash: annotation id -> JSON record (pair/none/deleted)
 ``P:{p}:pairs:changes``                counter, +1 on every effective pair change
+``P:{p}:pairs:by_task``                hash: LS task id -> its live annotation ids (``,a1,a2,``)
+``P:{p}:pairs:by_task:complete``       marker: ``by_task`` covers every record
+``P:{p}:deleted:recent``               zset: deletions of ids never seen (``a:``/``t:``), capped
 ``P:{p}:tasks``                        hash: LS task id -> JSON ``{item_id, options}``
-``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio
+``P:{p}:tasks:bytes``                  counter: bytes of the ``tasks`` values (budget)
+``P:{p}:tasks:deleted``                set: LS task ids deleted in Label Studio (known ones)
 ``P:{p}:index:seq``                    counter: index version numbers (INCR)
 ``P:{p}:index:current``                current index version (moved forward only, Lua CAS)
 ``P:{p}:index:info``                   hash: version, built_at, n_pairs, path of the current index
@@ -156,12 +160,29 @@ def redis_url() -> str:
 _clients: dict[str, redis.Redis] = {}
 
 
+def redis_timeout() -> float:
+    """``$XMODAL_REDIS_TIMEOUT_S`` (default 2): the longest one Redis command of the backend and
+    the CLI may wait for its answer. A frozen Redis (SIGSTOP, a stalled disk, a paused VM) held a
+    webhook for 10 s: redis-py's 5 s read timeout, twice (the handler, then the webhook
+    histogram); now a webhook answers 503 after about this long. The backend's commands take
+    milliseconds; the few bulk ones (task records, deletions) go in batches that stay far below it.
+    RQ workers keep rq's own connection (blocking pops wait longer than this by design)."""
+    return max(0.1, float(os.environ.get("XMODAL_REDIS_TIMEOUT_S") or 2))
+
+
 def get_redis(url: str | None = None) -> redis.Redis:
-    """A (process-cached) client for ``url`` / ``$REDIS_URL`` / the embedded server."""
+    """A (process-cached) client for ``url`` / ``$REDIS_URL`` / the embedded server: commands time
+    out after :func:`redis_timeout`; a dropped connection (Redis restarted) is retried twice, a
+    timed-out command never (it may have run: not everything here is idempotent)."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
     url = url or redis_url()
     client = _clients.get(url)
     if client is None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=redis_timeout(), health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(redis.ConnectionError,)))
         _clients[url] = client
         log.info("redis: using %s", redact(url))
     return client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
 
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
                    help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)")
     p.add_argument("--timeout", type=int, default=60, help="gunicorn worker timeout (s)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("XMODAL_THREADS", "64")),
-                   help="threads per worker (gthread; default $XMODAL_THREADS or 64): a client "
-                        "that stalls mid-body holds one for at most $XMODAL_BODY_TIMEOUT_S")
+                   help="threads per worker (gthread; default $XMODAL_THREADS or 64): a request "
+                        "reaches one only when it has arrived whole, so slow clients hold none")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=run)
 
@@ -32,12 +33,17 @@ def gunicorn_argv(args) -> list[str]:
                        + os.environ.get("PATH", ""))
     cmd = [exe] if exe else [sys.executable, "-m", "gunicorn"]
     # gthread, not sync: a sync worker reading a stalled body (headers and part of it, then
-    # nothing) serves no one else until the worker timeout; threads keep /health and webhooks
-    # answering (docs/operations.md, "Slow clients"), the body deadline frees them, and the
-    # socket deadline of backend.gunicorn_worker frees those held by a stalled request head
+    # nothing) serves no one else until the worker timeout. backend.gunicorn_worker reads each
+    # request whole in its main loop, within $XMODAL_BODY_TIMEOUT_S, before a thread sees it: a
+    # slow or trickling client holds no thread (docs/operations.md, "Slow clients")
+    # --forwarder-headers "": gunicorn maps SCRIPT_NAME and PATH_INFO request headers into the
+    # environ for peers in forwarded_allow_ips (loopback by default), so any local client could
+    # set them: "SCRIPT_NAME: /health" on /metrics was gunicorn's 500 on every route, before the
+    # app or auth ran. No proxy in front of xmodal sets them; now they are dropped like any other
+    # header with an underscore (header_map "drop").
     return cmd + ["--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
                   "--worker-class", "backend.gunicorn_worker.DeadlineThreadWorker",
-                  "--threads", str(args.threads),
+                  "--threads", str(args.threads), "--forwarder-headers", "",
                   "--timeout", str(args.timeout), "--access-logfile", "-",
                   "--error-logfile", "-", "backend.wsgi:app"]
 
@@ -48,7 +54,7 @@ def run(args) -> int:
     url = redis_url()  # starts the embedded server and exports REDIS_URL when unset
     argv = gunicorn_argv(args)
     if args.dry_run:
-        print(" ".join(argv))
+        print(shlex.join(argv))   # quoted: the empty --forwarder-headers value stays visible
         return 0
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (
             os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS")):

@@ -32,7 +32,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from xmodal.index.store import IndexStore
     from xmodal.index.workspace import Workspace, list_workspaces
     from xmodal.jobs import stats
-    from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue
+    from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue, stuck_flag
     from xmodal.labelstudio.hosts import refused
 
     q = get_queue(redis_client, queue)
@@ -78,12 +78,15 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
         out["projects"][name] = {
             "workspace": str(ws.root) if ws.exists() else None,
             "pairs": sum(1 for x in records if x.get("state") == "pair"),
-            "written_references": sum(1 for x in records if x.get("state") == "pair" and x.get("description")),
+            "written_references": sum(1 for x in records
+                                      if x.get("state") == "pair" and x.get("description")),
             "skips": sum(1 for x in records if x.get("state") == "none"),
             "problems": problems,
             # pairs changed after the last rebuild's snapshot: a rebuild is due (queued or running?)
             "stale": waiting,
             "rebuild_queued": bool(redis_client.exists(flag_key(name))),
+            # the flag names a rebuild that will never run: later labels would wait on it
+            "rebuild_flag_stuck": stuck_flag(redis_client, name),
             "index_version": int(info["version"]) if info.get("version") else None,
             "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
@@ -138,8 +141,11 @@ def run(args) -> int:
     for name, p in data["projects"].items():
         idx = (f"index v{p['index_version']} with {p['index_pairs']} pairs, "
                f"{p['index_age_s']} s old") if p["index_version"] else "no index yet"
+        stuck = p.get("rebuild_flag_stuck")
         if not p["stale"]:
             state = "up to date"
+        elif stuck:
+            state = "newer pairs waiting, and the queued rebuild will never run (below)"
         elif p["rebuild_queued"] or q["started"]:
             state = "newer pairs waiting for the rebuild that is queued or running"
         else:
@@ -148,6 +154,13 @@ def run(args) -> int:
         written = f" ({p['written_references']} written by annotators)" if p["written_references"] else ""
         print(f"  {name}: {p['pairs']} pairs{written}, {p['skips']} skips, {len(p['problems'])} problems; "
               f"{idx}; {state}")
+        if stuck:
+            why = {"lost": "says queued but is in no queue (Redis restarted while a worker took it)",
+                   "died": "was started by a worker that is gone", "missing": "does not exist",
+                   "ended": "ended before it read the pairs"}[stuck["state"]]
+            print(f"    PROBLEM: the rebuild flag names job {stuck['job']} ({stuck['age_s']} s ago), which "
+                  f"{why}: a running `xmodal worker` replaces it within seconds (recovery sweep); if "
+                  f"this stays, start one, or run `xmodal project resync --name {name} --enqueue`")
         if p.get("ls_refused_url"):
             print(f"    WARNING: Label Studio at {p['ls_refused_url']} (named by /setup) is not a "
                   "configured host: the API key is not sent there (the push goes only to "

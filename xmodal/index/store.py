@@ -8,9 +8,12 @@
 - ``load_current(project)`` keeps the loaded index in a process-global cache keyed by version: one
   Redis GET per call, a file load only when the version changed.
 - Old versions are pruned, keeping the newest ``keep`` files and never the current one.
-- A file is validated when it is read (whole zip, every array, consistent shapes); a current file
+- A file is validated when it is read (whole zip, every array, consistent shapes, finite values: a
+  valid ``.npz`` of NaNs made /search answer ``"score": NaN``, which is not JSON); a current file
   that is missing or corrupt is not served: the newest valid older version is, and a rebuild is
-  enqueued (:func:`load_current`).
+  enqueued (:func:`load_current`). The cached index is served only while its file is the one it
+  was read from (one ``stat`` per call): a file replaced or removed on disk is read again, so
+  junk written over every version is noticed and rebuilt, not served from memory.
 
 An index file is self-contained: the similarity codes of every image and text (rows in the order of
 the stored ids), the reference features (to encode new queries), the pairs it was built from and
@@ -125,6 +128,7 @@ class IndexSnapshot:
     # from the files beside ``path`` that meta["ann"] names
     ann: dict = field(default_factory=dict, repr=False)
     path: Path | None = None                    # the .npz this snapshot was read from
+    file_id: tuple | None = None                # (device, inode, size, mtime) of it when read
     _rows: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -424,7 +428,8 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
     """Read and validate an index file: FileNotFoundError if it is missing, :class:`CorruptIndex`
     for anything unreadable (a truncated zip, a missing array, inconsistent shapes)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            file_id = _file_id(os.fstat(fh.fileno()))
             meta = json.loads(str(z["meta"]))
             optional = {name: z[name] for name in _OPTIONAL if name in z.files}
             snap = IndexSnapshot(
@@ -436,7 +441,7 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
                 image_refs=z["image_refs"], text_refs=z["text_refs"],
                 pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
                 medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
-                bridge_weight=float(meta.get("bridge_weight") or 0.0), **optional)
+                file_id=file_id, bridge_weight=float(meta.get("bridge_weight") or 0.0), **optional)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, KeyError, ValueError, EOFError...
@@ -462,7 +467,27 @@ def _inconsistency(snap: IndexSnapshot, path: Path) -> str | None:
         (len(snap.image_refs) == k and len(snap.text_refs) == k, "reference features"),
     ]
     bad = [what for ok, what in checks if not ok]
-    return ", ".join(bad) + " do not match" if bad else None
+    if bad:
+        return ", ".join(bad) + " do not match"
+    # a float64 sum per array: NaN or infinity anywhere makes it non-finite, without an n x d mask
+    floats = {"image codes": snap.image_codes, "text codes": snap.text_codes,
+              "image references": snap.image_refs, "text references": snap.text_refs,
+              **{name.replace("_", " "): getattr(snap, name) for name in _OPTIONAL}}
+    broken = [what for what, a in floats.items()
+              if a is not None and np.size(a) and not np.isfinite(np.sum(a, dtype=np.float64))]
+    return ", ".join(broken) + " hold non-finite values (NaN or infinity)" if broken else None
+
+
+def _file_id(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _same_file(snap: IndexSnapshot) -> bool:
+    """Whether the file ``snap`` was read from is still there, unchanged."""
+    try:
+        return snap.path is not None and _file_id(os.stat(snap.path)) == snap.file_id
+    except OSError:
+        return False
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -555,7 +580,7 @@ def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSn
         if version is None:
             return None
         cached = _cache.get(key)
-        if cached is not None and cached.version == version:
+        if cached is not None and cached.version == version and _same_file(cached):
             return cached
         fallback = _fallback.get(key)
         if fallback is not None and fallback[0] == version:
@@ -573,7 +598,7 @@ def load_current(project: str | Workspace, redis_client: redis.Redis) -> IndexSn
             return _fall_back(store, key, version, str(exc))
         with _cache_lock:
             prev = _cache.get(key)
-            if prev is None or prev.version < snap.version:
+            if prev is None or prev.version <= snap.version:
                 _cache[key] = snap
         log.info("project=%s loaded index v%s (%d pairs) in %.1f ms", ws.name, version,
                  snap.n_pairs, 1000 * (time.perf_counter() - t0))

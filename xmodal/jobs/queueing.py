@@ -8,8 +8,12 @@ with its snapshot of the pairs (see :mod:`workers.rebuild`). So
 - pairs arriving while a rebuild runs (after its snapshot) enqueue exactly one more;
 - a flag left behind by a job that vanished or failed (worker crash, enqueue error) is replaced;
   so is one naming a STARTED job that holds no lease (its process died before its snapshot,
-  :mod:`xmodal.jobs.lease`). A job that died *after* its snapshot is re-enqueued by
-  :mod:`workers.recovery`, which every ``xmodal worker`` runs.
+  :mod:`xmodal.jobs.lease`), and one naming a job that says QUEUED but is in no queue or registry
+  ("lost": a worker popped it from the queue and Redis went down before the worker recorded it as
+  started; back from its append-only file, Redis has the job QUEUED and in no list, and every
+  later label was coalesced into it). A job that died *after* its snapshot, or a flag whose job
+  is lost or gone while no label arrives, is re-enqueued by :mod:`workers.recovery`, which every
+  ``xmodal worker`` runs.
 
 Retries: ``Retry(max=$XMODAL_REBUILD_RETRIES, interval=$XMODAL_REBUILD_RETRY_INTERVALS)``; intervals
 above 0 need a worker started with ``--with-scheduler`` (``xmodal worker`` does). After the last
@@ -38,7 +42,7 @@ DEFAULT_QUEUE = "xmodal"
 REBUILD_FUNC = "workers.rebuild.rebuild"
 FLAG_TTL_S = 3600          # a flag is never left for longer than this
 FLAG_GRACE_S = 30          # a flag whose job does not exist yet may be an enqueue in flight
-_ALIVE = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED}
+PLACED_RECHECK_S = 0.2     # a worker takes a job out of its queue ms before it records it started
 
 # KEYS: flag ; ARGV: expected old value, new value, ttl
 _REPLACE_FLAG = """
@@ -100,9 +104,18 @@ def new_job_id(project: str) -> str:
 
 
 def job_state(redis_client: redis.Redis, job_id: str, project: str) -> str | None:
-    """``"alive"`` (queued/deferred/scheduled, or started and holding its lease), ``"died"``
-    (STARTED, but its process is gone: no lease, :mod:`xmodal.jobs.lease`), ``"ended"`` (finished,
-    failed, ...), or None when there is no such job."""
+    """``"alive"`` (waiting in its queue or registry, or started and holding its lease),
+    ``"died"`` (STARTED, but its process is gone: no lease, :mod:`xmodal.jobs.lease`), ``"lost"``
+    (QUEUED, DEFERRED or SCHEDULED, but in no queue or registry that would ever run it: see the
+    module doc), ``"ended"`` (finished, failed, ...), or None when there is no such job."""
+    state = _state(redis_client, job_id, project)
+    if state == "lost":   # or between a worker's pop and its start: look again a moment later
+        time.sleep(PLACED_RECHECK_S)
+        state = _state(redis_client, job_id, project)
+    return state
+
+
+def _state(redis_client: redis.Redis, job_id: str, project: str) -> str | None:
     try:
         job = Job.fetch(job_id, connection=redis_client)
     except NoSuchJobError:
@@ -110,7 +123,39 @@ def job_state(redis_client: redis.Redis, job_id: str, project: str) -> str | Non
     status = job.get_status(refresh=False)
     if status == JobStatus.STARTED:
         return "alive" if lease.started_job_alive(redis_client, project, job) else "died"
-    return "alive" if status in _ALIVE else "ended"
+    if status not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        return "ended"
+    return "alive" if _placed(redis_client, job) else "lost"
+
+
+def _placed(redis_client: redis.Redis, job: Job) -> bool:
+    """Whether something will run ``job``: its queue (or rq's intermediate list, or the started
+    registry a worker records it in before the status says so), or the deferred or scheduled
+    registry."""
+    from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    queue = get_queue(redis_client, job.origin)
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.lpos(queue.key, job.id)
+    pipe.lpos(queue.intermediate_queue_key, job.id)
+    in_lists = any(pos is not None for pos in pipe.execute())
+    return in_lists or any(job.id in registry(queue=queue) for registry in (
+        StartedJobRegistry, DeferredJobRegistry, ScheduledJobRegistry))
+
+
+def stuck_flag(redis_client: redis.Redis, project: str) -> dict | None:
+    """The project's coalescing flag when no live job stands behind it: ``{"job", "state",
+    "age_s"}`` (state ``died``, ``lost``, ``ended``, or ``missing``; a missing job only past
+    :data:`FLAG_GRACE_S`, before which it may be an enqueue in flight), else None."""
+    raw = redis_client.get(flag_key(project))
+    if not raw:
+        return None
+    job_id, _, ts = raw.decode().partition("|")
+    state = job_state(redis_client, job_id, project) or "missing"
+    age = time.time() - float(ts or 0)
+    if state == "alive" or (state == "missing" and age < FLAG_GRACE_S):
+        return None
+    return {"job": job_id, "state": state, "age_s": round(age, 1)}
 
 
 def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from xmodal.errors import ApiError
-from xmodal.index.pairs import PairStore
+from xmodal.index.pairs import PairStore, TaskDeleted
 from xmodal.index.workspace import Workspace, other
 from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE, TaskRegistry
@@ -179,10 +179,13 @@ def parse_deleted_annotations(payload: dict) -> list[int]:
     return [int_id(a, "annotations[].id") for a in anns]
 
 
-def parse_tasks(payload: dict) -> list[dict]:
+def parse_tasks(payload: dict, limit: int | None = None) -> list[dict]:
     tasks = payload.get("tasks")
     if not isinstance(tasks, list):
         raise ApiError(400, f"{payload.get('action')} needs a 'tasks' list")
+    if limit is not None and len(tasks) > limit:
+        raise ApiError(413, f"{payload.get('action')} lists {len(tasks)} tasks; at most {limit} per "
+                            "webhook: send them in parts")
     return tasks
 
 
@@ -304,10 +307,16 @@ def apply_annotation(pairs: PairStore, tasks: TaskRegistry, ws: Workspace, ev: A
 
     Raises ApiError: 409 for a task deleted in Label Studio; 422 (recorded as a problem first) for a
     task the backend never saw without an item id, an item or a chosen item not in the project."""
-    project = ws.name
-    if pairs.is_task_deleted(ev.task_id):
+    try:   # every write checks the task, atomically with it: a TASKS_DELETED cannot slip between
+        return _apply(pairs, tasks, ws, ev, received_at)
+    except TaskDeleted:
         raise ApiError(409, f"task {ev.task_id} was deleted in Label Studio; annotation "
-                            f"{ev.annotation_id} is not stored", task=ev.task_id)
+                            f"{ev.annotation_id} is not stored", task=ev.task_id) from None
+
+
+def _apply(pairs: PairStore, tasks: TaskRegistry, ws: Workspace, ev: AnnotationEvent,
+           received_at: float | None) -> dict:
+    project = ws.name
     received = received_at or time.time()
     given = ev.text if ev.text is not None else (f"search result {ev.hit}" if ev.hit else ev.choice)
     item_id = ev.item_id

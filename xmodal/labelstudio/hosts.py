@@ -2,13 +2,23 @@
 
 Label Studio's ``/setup`` names a ``hostname`` (its own URL, as the person who connected the
 backend typed it), but anyone who can reach the backend can send ``/setup``: a key sent to whatever
-URL it names would go to whoever asks. So outgoing calls go only to an origin (scheme, host, port;
-the names of this machine, ``localhost`` / ``127.0.0.1`` / ``::1``, count as one host) of
+URL it names would go to whoever asks. So outgoing calls go only to an origin (scheme, host, port)
+equal to one of
 
 - ``$LABEL_STUDIO_URL``;
 - ``$XMODAL_LABEL_STUDIO_HOSTS``: comma-separated URLs (``https://ls.example.org``,
   ``http://10.0.0.5:8080``) for a backend serving more than one Label Studio;
 - the workspace's ``label_studio.url`` (written by ``xmodal project create --label-studio-url``).
+
+Origins are compared exactly, after normalisation only: scheme and host lower-cased, a trailing
+dot and a trailing slash dropped, the default port made explicit, an IP address written the one
+canonical way (``[0:0::1]`` is ``[::1]``). Two names of one machine are two origins:
+``127.0.0.2`` is not ``127.0.0.1`` (another process can listen there: an adversarial run had the
+key sent to one), nor is ``localhost`` (it may resolve to ``::1``, another socket); configure the
+URL the way Label Studio names itself, or both. A URL with a user part (``http://u:p@host``), a
+backslash or a control character is no origin at all: URL parsers disagree about which host
+``http://a:1\\@b:2`` names, and a check that reads one host while the client connects to another
+sends the key there.
 
 A ``/setup`` hostname outside them is recorded (``P:{p}:ls`` ``refused_url``), logged
 (``event=ls.untrusted_host``) and shown by ``xmodal status``; nothing is sent there.
@@ -25,34 +35,26 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def origin(url: str) -> tuple[str, str, int] | None:
-    """``("https", "ls.example.org", 443)`` for a URL, None for anything that is not http(s)."""
+    """``("https", "ls.example.org", 443)`` for a URL, None for anything that is not a plain
+    http(s) URL (see the module doc)."""
     if not isinstance(url, str):
         return None
+    url = url.strip()
+    if "\\" in url or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return None
     try:
-        parts = urllib.parse.urlsplit(url.strip())
+        parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError:
         return None
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
         return None
-    host = parts.hostname.lower().rstrip(".")
-    return parts.scheme, LOOPBACK if _is_loopback(host) else host, port or _DEFAULT_PORTS[parts.scheme]
-
-
-LOOPBACK = "loopback"
-
-
-def _is_loopback(host: str) -> bool:
-    """``localhost``, ``127.x.x.x``, ``::1``: this machine, so the same port on any of them is the
-    same server (Label Studio names itself ``localhost`` to a backend configured with
-    ``127.0.0.1``, seen by a new user). Not ``*.localhost``: a resolver may send those to DNS, and
-    the name comes from whoever sent /setup."""
-    if host == "localhost":
-        return True
+    host = parts.hostname.rstrip(".")   # lower-cased and without IPv6 brackets (urllib)
     try:
-        return ipaddress.ip_address(host).is_loopback
+        host = ipaddress.ip_address(host).compressed
     except ValueError:
-        return False
+        pass
+    return parts.scheme, host, port or _DEFAULT_PORTS[parts.scheme]
 
 
 def configured_urls(label_studio_config: dict | None = None) -> list[str]:
@@ -63,10 +65,18 @@ def configured_urls(label_studio_config: dict | None = None) -> list[str]:
     return [u.strip() for u in urls if u and u.strip()]
 
 
+def trusted_url(url: str, label_studio_config: dict | None = None) -> str | None:
+    """The configured URL with the origin of ``url``, else None. What is kept and called is the
+    operator's own string, never the one a request sent: no two parsers get to read it."""
+    o = origin(url)
+    if o is None:
+        return None
+    return next((u for u in configured_urls(label_studio_config) if origin(u) == o), None)
+
+
 def is_trusted(url: str, label_studio_config: dict | None = None) -> bool:
     """Whether ``url`` has the origin of a configured Label Studio."""
-    o = origin(url)
-    return o is not None and any(o == origin(u) for u in configured_urls(label_studio_config))
+    return trusted_url(url, label_studio_config) is not None
 
 
 def refuse(redis_client, project: str, url: str, where: str) -> None:

@@ -61,7 +61,7 @@ from xmodal.index.workspace import Workspace
 from xmodal.jobs.queueing import flag_key, get_queue
 from xmodal.labelstudio.client import connect, describe_error
 from xmodal.labelstudio.config import label_fields
-from xmodal.labelstudio.hosts import is_trusted, refuse
+from xmodal.labelstudio.hosts import refuse, trusted_url
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry
 from xmodal.logfmt import kv
@@ -88,12 +88,13 @@ def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
     if pid is None:
         return None
     learned = {k.decode(): v.decode() for k, v in redis_client.hgetall(pkey(ws.name, "ls")).items()}
-    url = os.environ.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
+    named = os.environ.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
     key = os.environ.get("LABEL_STUDIO_API_KEY") or learned.get("api_key")
-    if not url or not key:
+    if not named or not key:
         return None
-    if not is_trusted(url, ls):
-        refuse(redis_client, ws.name, url, where="connection")
+    url = trusted_url(named, ls)   # the configured spelling: what the client parses and calls
+    if url is None:
+        refuse(redis_client, ws.name, named, where="connection")
         return None
     return {"url": url.rstrip("/"), "api_key": key, "project_id": int(pid)}
 
@@ -260,12 +261,17 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
         timing: dict[str, float] = {}
 
+        def whole(t: int) -> dict:
+            """The task as the ranker rewrites it: the registry's copy, or Label Studio's own data
+            when the registry did not keep the task's fields (a ``partial`` record)."""
+            return {"id": t, "data": api.task_data(t)} if by_id[t].get("partial") else by_id[t]
+
         def push(part: list[int], flip: bool = False) -> int:
             """Rebuild the data of ``part`` with this index's ranking and push its predictions
             (then, with ``flip``, the project's model_version), both at once: the prediction names
             the best of the new options, known here, and the flip needs only the predictions.
             Returns how many tasks' data changed."""
-            new_data = {t: d for t in part if (d := ranker.new_data(by_id[t])) is not None}
+            new_data = {t: d for t in part if (d := ranker.new_data(whole(t))) is not None}
             for t, d in new_data.items():
                 preds[t] = task_prediction(snap, {"data": d}, from_name, to_name, score=preds[t]["score"])
 
@@ -279,7 +285,8 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             with ThreadPoolExecutor(max_workers=2) as pool:
                 pending = [pool.submit(predictions_then_flip)]
                 if new_data:
-                    pending.append(pool.submit(lambda: {"data_s": _timed(api.update_tasks_data, pid, new_data)}))
+                    pending.append(pool.submit(
+                        lambda: {"data_s": _timed(api.update_tasks_data, pid, new_data)}))
                 for f in pending:
                     for k, v in f.result().items():
                         timing[k] = round(timing.get(k, 0) + v, 4)
@@ -299,7 +306,8 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         info = {"ls": "pushed", "ls_tasks": len(first), "ls_options": reranked,
                 "ls_unknown": unknown, "ls_task_source": source, "push_s": round(ready_s, 4),
                 "ls_first_data_s": first_timing.get("data_s"),
-                "ls_first_predictions_s": first_timing.get("predictions_s"), "ls_flip_s": first_timing.get("flip_s")}
+                "ls_first_predictions_s": first_timing.get("predictions_s"),
+                "ls_flip_s": first_timing.get("flip_s")}
         log.info(kv("ls.ready", project=ws.name, job=job_id, version=snap.model_version,
                     tasks=len(first), options=reranked, s=ready_s, data_s=first_timing.get("data_s"),
                     predictions_s=first_timing.get("predictions_s"), flip_s=first_timing.get("flip_s")))

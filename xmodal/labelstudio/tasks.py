@@ -23,28 +23,45 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
 
 Each option is ``{"value", "alias"}`` (plus ``html`` for a thumbnail): Label Studio's filter
 matches ``value`` (the text and its id, or the image's id and words, so typing a word of either
-finds it), the page shows it,
-the annotation stores ``alias`` (the item id). ``$`` is escaped in ``value`` (Label Studio would substitute ``$name``
-with a task data field). The first nine options get the keys 1–9; "None of these" has 0.
+finds it), the page shows it, the annotation stores ``alias`` (the item id). ``$`` is escaped in
+``value`` (Label Studio would substitute ``$name`` with a task data field). The first nine
+options get the keys 1–9; "None of these" has 0.
 
 The registry: every task the backend sees (``/predict`` bodies, webhook payloads, TASKS_CREATED,
-the import), by task id, with its data minus the options (their ids are kept): the rebuild's push
-works from it instead of listing every task from Label Studio, and re-ranks a task by rebuilding
-its data whole.
+the import), by task id: its item, its options' ids and what the push keeps of its data (the
+fields :func:`task_data` does not write anew: ``cluster``, ``problem``, ``index_version`` and a
+team's own fields). The rebuild's push works from it instead of listing every task from Label
+Studio, and re-ranks a task by rebuilding its data whole. It is bounded, because anyone who can
+post /predict or a webhook writes to it (three /predict bodies of 10,000 tasks with a 2.5 KB field
+each added 90 MiB that stayed):
+
+- /predict records only tasks that name an item of the project; a deleted task is not recorded;
+- a team's own fields over :data:`TEAM_DATA_MAX_BYTES` (512) are not kept (the record is ``partial``:
+  the push reads that task's data from Label Studio before rewriting it, so nothing is lost);
+  a record over :data:`RECORD_MAX_BYTES` (options included) is not kept at all;
+- the records of a project hold at most ``$XMODAL_TASK_REGISTRY_MAX_BYTES`` (default 128 MiB) of
+  values (``P:{p}:tasks:bytes`` counts them): beyond that, new tasks are not recorded (logged
+  ``event=tasks.registry_full``; a recorded task is still updated if it does not grow).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
+import os
 
 import redis
 
+from xmodal.index.pairs import TASK_DELETED_LUA
 from xmodal.index.selection import bridge_order
 from xmodal.index.store import IndexSnapshot
 from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import MEDOID_THUMB, OPTION_THUMB, ImageURLs, document_root
+from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
+
+log = logging.getLogger(__name__)
 
 NONE_CHOICE = "__none__"
 PAGE_TEXTS = 1000        # texts an image task carries at most (the page filters ~800 at ~0.1-0.4 s a key)
@@ -156,8 +173,8 @@ def model_note(snap: IndexSnapshot | None, select: str) -> str:
            else "Type a word (dog, pizza, bus) or part of a file name to narrow them; the id under "
                 "each image can be pasted")
     if snap is None or not snap.has_signal:
-        held = f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank" if snap is not None \
-            else "no labels yet"
+        held = (f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank"
+                if snap is not None else "no labels yet")
         return f"{held.capitalize()}: a spread of the {what} comes first. {how}."
     return f"{what.capitalize()} ranked by model {snap.model_version} ({_labels(snap.n_pairs)}). {how}."
 
@@ -233,13 +250,87 @@ class OptionRanker:
 
 # -- the registry --------------------------------------------------------------------------------
 
+# data fields task_data writes anew on every re-rank: not worth keeping (an inline image is ~30 KB)
+REGENERATED = frozenset({"item_id", "options", "image", "text", "model_note"})
+KEPT = ("cluster", "index_version", "problem")   # what the push reads of the rest: always kept
+TEAM_DATA_MAX_BYTES = 512
+RECORD_MAX_BYTES = 256 * 1024
+RECORD_BATCH = 200           # tasks per script call
+REGISTRY_MAX_BYTES = 128 * 2**20
+
+
+def registry_max_bytes() -> int:
+    """``$XMODAL_TASK_REGISTRY_MAX_BYTES`` (default 128 MiB): a project's task records at most."""
+    return int(os.environ.get("XMODAL_TASK_REGISTRY_MAX_BYTES") or REGISTRY_MAX_BYTES)
+
+
+# KEYS: 1 tasks, 2 bytes counter, 3 tasks:deleted, 4 (unused), 5 recent deletions (TASK_DELETED_LUA)
+# ARGV: budget, then task id, record, task id, record...; returns {recorded, refused by the budget}
+_RECORD = TASK_DELETED_LUA + """
+local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if total < 0 then   -- a registry from before the counter: counted once
+  total = 0
+  for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do total = total + redis.call('HSTRLEN', KEYS[1], k) end
+end
+local budget, stored, refused = tonumber(ARGV[1]), 0, 0
+for i = 2, #ARGV, 2 do
+  local id, rec = ARGV[i], ARGV[i + 1]
+  if not task_deleted(id) then
+    local old = redis.call('HSTRLEN', KEYS[1], id)
+    if total - old + #rec <= budget or #rec <= old then
+      redis.call('HSET', KEYS[1], id, rec)
+      total = total - old + #rec
+      stored = stored + 1
+    else
+      refused = refused + 1
+    end
+  end
+end
+redis.call('SET', KEYS[2], total)
+return {stored, refused}
+"""
+
+# KEYS: 1 tasks, 2 bytes counter ; ARGV: task ids
+_FORGET = """
+local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+for i = 1, #ARGV do
+  total = total - redis.call('HSTRLEN', KEYS[1], ARGV[i])
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SET', KEYS[2], math.max(total, 0)) end
+return 0
+"""
+
+
+def _record_value(task_id: int, data: dict) -> str | None:
+    """The JSON kept for a task (see the module doc), or None when it is too large to keep."""
+    kept = {k: data[k] for k in KEPT if k in data and len(json.dumps(data[k])) <= 1024}
+    own = {k: v for k, v in data.items() if k not in REGENERATED and k not in KEPT}
+    rec = {"item_id": str(data["item_id"]), "options": option_values(data.get("options")),
+           "data": {**kept, **own}}
+    if len(json.dumps(own)) > TEAM_DATA_MAX_BYTES or len(kept) < sum(k in data for k in KEPT):
+        rec.update(data=kept, partial=True)
+    value = json.dumps(rec)
+    if len(value) > RECORD_MAX_BYTES:
+        log.warning(kv("tasks.record_too_large", task=task_id, bytes=len(value)))
+        return None
+    return value
+
+
 class TaskRegistry:
     def __init__(self, redis_client: redis.Redis, project: str):
         self.redis = redis_client
+        self.project = project
         self.key = pkey(project, "tasks")
+        self.bytes_key = pkey(project, "tasks", "bytes")
+        self._keys = [self.key, self.bytes_key, pkey(project, "tasks", "deleted"), self.key,
+                      pkey(project, "deleted", "recent")]
+        self._record = redis_client.register_script(_RECORD)
+        self._forget = redis_client.register_script(_FORGET)
 
-    def record(self, tasks) -> int:
-        """Remember ``{"id", "data": {"item_id", "options", ...}}`` tasks; returns how many."""
+    def record(self, tasks, items=None) -> int:
+        """Remember ``{"id", "data": {"item_id", "options", ...}}`` tasks (of ``items`` only, when
+        given: the project's items of the select modality); returns how many were recorded."""
         mapping = {}
         for t in tasks or []:
             if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
@@ -249,15 +340,25 @@ class TaskRegistry:
             except (TypeError, ValueError, OverflowError):
                 continue
             item = t["data"].get("item_id")
-            if item is None:
+            if item is None or (items is not None and str(item) not in items):
                 continue
-            rest = {k: v for k, v in t["data"].items() if k not in ("item_id", "options")}
-            mapping[str(tid)] = json.dumps({"item_id": str(item),
-                                            "options": option_values(t["data"].get("options")),
-                                            "data": rest})
-        if mapping:
-            self.redis.hset(self.key, mapping=mapping)
-        return len(mapping)
+            value = _record_value(tid, t["data"])
+            if value is not None:
+                mapping[str(tid)] = value
+        if not mapping:
+            return 0
+        stored = refused = 0
+        items = list(mapping.items())
+        for start in range(0, len(items), RECORD_BATCH):   # short scripts: Redis never blocks long
+            args = [str(registry_max_bytes())]
+            for tid, value in items[start:start + RECORD_BATCH]:
+                args += [tid, value]
+            done, no = self._record(keys=self._keys, args=args)
+            stored, refused = stored + int(done), refused + int(no)
+        if refused:
+            log.warning(kv("tasks.registry_full", project=self.project, refused=int(refused),
+                           limit=registry_max_bytes(), fix="XMODAL_TASK_REGISTRY_MAX_BYTES"))
+        return int(stored)
 
     def get(self, task_id) -> dict | None:
         raw = self.redis.hget(self.key, str(int(task_id)))
@@ -265,17 +366,17 @@ class TaskRegistry:
 
     def tasks(self) -> list[dict]:
         """As Label Studio-shaped tasks: ``{"id", "data": {"item_id", "options", ...}}``, the
-        options as ``[{"value": id}]``."""
+        options as ``[{"value": id}]``; ``"partial": True`` when its own fields were not kept."""
         out = []
         for k, v in self.redis.hgetall(self.key).items():
             rec = json.loads(v)
             data = dict(rec.get("data") or {}, item_id=rec["item_id"])
             if rec.get("options") is not None:
                 data["options"] = [{"value": o} for o in rec["options"]]
-            out.append({"id": int(k), "data": data})
+            out.append({"id": int(k), "data": data, **({"partial": True} if rec.get("partial") else {})})
         return sorted(out, key=lambda t: t["id"])
 
     def forget(self, task_ids) -> None:
         ids = [str(int(t)) for t in task_ids]
-        if ids:
-            self.redis.hdel(self.key, *ids)
+        for start in range(0, len(ids), 1000):
+            self._forget(keys=[self.key, self.bytes_key], args=ids[start:start + 1000])
