@@ -1,6 +1,6 @@
 """Embedding a /search query (free text, or an image) the way the workspace's items were embedded.
 
-Texts go through the workspace's own fitted encoder (:func:`xmodal.index.features.
+Texts go through the workspace's own fitted encoder (:func:`xmodal.project.features.
 workspace_text_encoder`, shared with the rebuild's written references); a workspace that cannot
 embed text is a 503 that says why.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 
 from xmodal.errors import ApiError, DataError
-from xmodal.index.features import workspace_text_encoder
-from xmodal.index.workspace import Workspace
+from xmodal.project.text_encoder import workspace_text_encoder
+from xmodal.project.workspace import Workspace
 
 _images: dict[tuple, object] = {}
 _lock = threading.Lock()

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from xmodal.encoders.image import max_image_bytes, max_image_pixels
 from xmodal.errors import ApiError
-from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.images import images_folder
+from xmodal.project.workspace import Workspace
 
 LOCAL_FILES_PATH = "/data/local-files/"
 MAX_INLINE_BYTES = 20 * 1024 * 1024

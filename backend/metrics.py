@@ -27,9 +27,7 @@ import redis
 from rq import Worker
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from xmodal.index.pairs import PairStore
 from xmodal.index.store import IndexStore
-from xmodal.index.workspace import Workspace, list_workspaces
 from xmodal.jobs import stats
 from xmodal.jobs.queueing import embed_queue_for, get_queue, stuck_flag
 from xmodal.jobs.stats import (
@@ -40,6 +38,8 @@ from xmodal.jobs.stats import (
     rebuild_histogram_key,
     webhook_histogram_key,
 )
+from xmodal.project.pairs import PairStore
+from xmodal.project.workspace import Workspace, list_workspaces
 
 
 def observe_webhook(redis_client: redis.Redis, seconds: float) -> None:

@@ -19,11 +19,10 @@ from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
 from xmodal.errors import ApiError
 from xmodal.index.build import unlabelled_snapshot
-from xmodal.index.pairs import PairStore
-from xmodal.index.store import IndexSnapshot, load_current
+from xmodal.index.snapshot import IndexSnapshot
+from xmodal.index.store import load_current
 from xmodal.index.text_search import similar_texts
 from xmodal.index.text_search import warm as warm_text_search
-from xmodal.index.workspace import Workspace, other
 from xmodal.jobs.queueing import enqueue_flags, enqueue_resync
 from xmodal.jobs.stats import remember_project
 from xmodal.labelstudio.annotations import (
@@ -42,6 +41,8 @@ from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.push import ls_connection
 from xmodal.labelstudio.tasks import TaskRegistry
 from xmodal.logfmt import kv
+from xmodal.project.pairs import PairStore
+from xmodal.project.workspace import Workspace, other
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from pathlib import Path
 import redis
 
 from xmodal.errors import ApiError, DataError
-from xmodal.index.workspace import Workspace, find_by_label_studio_id, list_workspaces
 from xmodal.labelstudio.annotations import ls_project_id
 from xmodal.logfmt import kv
+from xmodal.project.workspace import Workspace, find_by_label_studio_id, list_workspaces
 from xmodal.redis_conn import check_project_name, gkey
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ class Backend:
         self.resolver = ProjectResolver(self.redis, self.model_dir, self.default_project)
 
     @classmethod
-    def from_config(cls, config: dict) -> "Backend":
+    def from_config(cls, config: dict) -> Backend:
         client = config.get("REDIS")
         if client is None:
             client = get_redis(config.get("REDIS_URL") or None)

@@ -94,7 +94,7 @@ def text_id(i: int) -> str:
 def make_workspace(xenv):
     """``make_workspace(name, n=40, n_medoids=12, ls_project_id=7)`` -> Workspace with items,
     random features, a medoid selection; image i matches text i."""
-    from xmodal.index.workspace import Workspace
+    from xmodal.project.workspace import Workspace
 
     def make(name="proj", n=40, n_medoids=12, ls_project_id=7, select="image", seed=0, **cfg):
         ws = Workspace(xenv.models / name)

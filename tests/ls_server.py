@@ -41,8 +41,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from xmodal.simulation.label_studio import find_label_studio, label_studio_env
 from xmodal.encoders.base import default_cache_dir
+from xmodal.simulation.label_studio import find_label_studio, label_studio_env
 
 USERNAME = "xmodal-test@example.com"
 PASSWORD = "xmodal-test-password"

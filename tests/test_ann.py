@@ -17,15 +17,9 @@ from workers.rebuild import rebuild  # noqa: E402
 from xmodal.benchmarks.scale import _snapshot, clustered_codes  # noqa: E402
 from xmodal.index import ann  # noqa: E402
 from xmodal.index.build import build_snapshot
-from xmodal.index.pairs import PairStore  # noqa: E402
-from xmodal.index.store import (
-    IndexStore,
-    clear_cache,
-    index_path,
-    load_current,
-    read_snapshot,
-    write_snapshot,
-)
+from xmodal.index.files import index_path, read_snapshot, write_snapshot
+from xmodal.index.store import IndexStore, clear_cache, load_current
+from xmodal.project.pairs import PairStore  # noqa: E402
 
 N = 20000
 

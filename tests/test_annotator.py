@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xmodal.labelstudio.tasks import image_option, text_option
 from xmodal.simulation.annotator import (
     Answer,
     HumanLikeAnnotator,
@@ -10,7 +11,6 @@ from xmodal.simulation.annotator import (
     content_words,
     page_filter,
 )
-from xmodal.labelstudio.tasks import image_option, text_option
 
 TEXTS = {"a": "a red bus at a bus stop near a tower", "b": "a man looking at himself in a mirror",
          "c": "two horses on a beach with waves", "d": "the red double decker bus drives past a church",

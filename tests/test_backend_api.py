@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.rebuild import rebuild
-from xmodal.index.pairs import PairStore
 from xmodal.index.store import clear_cache
 from xmodal.jobs.queueing import get_queue
+from xmodal.project.pairs import PairStore
 from xmodal.redis_conn import pkey
 
 LS_PID = 7
@@ -233,8 +233,8 @@ def test_annotations_deleted_in_bulk_is_batched_and_bounded(client, r):
     id) and the answer echoed every id. Now 1000 ids per round trip, at most 100,000 per webhook
     (413 naming resync), the answer counts; the pair among them is deleted (the unknown ids are
     remembered, bounded: test_unknown_deletions_are_remembered_within_a_bound)."""
-    from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.annotations import MAX_DELETED
+    from xmodal.project.pairs import PairStore
 
     store = PairStore(r, "proj")
     webhook(client, "ANNOTATION_CREATED", 3, 1002, image_id(2), text_id(2), updated_at=time.time())
@@ -255,7 +255,7 @@ def test_unknown_deletions_are_remembered_within_a_bound(client, r, monkeypatch)
     """An adversarial run: ANNOTATIONS_DELETED with 100,000 unknown ids made 100,000 tombstones
     that stayed. Deletions of ids never seen are now remembered in a capped, expiring set (enough
     to refuse a CREATED that arrives after its DELETED), and write no record."""
-    from xmodal.index.pairs import PairStore
+    from xmodal.project.pairs import PairStore
 
     monkeypatch.setenv("XMODAL_RECENT_DELETES", "1000")
     store = PairStore(r, "proj")
@@ -286,7 +286,7 @@ def test_tasks_deleted_visits_the_annotations_of_its_tasks_only(client, r):
     """One TASKS_DELETED took 0.69 s with 100,000 records, Redis blocked meanwhile: its script
     read and decoded every record. Now an index of each task's annotations leads it to them; a
     store written before the index existed is indexed once, by its first TASKS_DELETED."""
-    from xmodal.index.pairs import PairStore
+    from xmodal.project.pairs import PairStore
 
     store = PairStore(r, "proj")
     n = 100_000
@@ -461,7 +461,7 @@ def test_an_index_file_of_nan_is_refused_and_rebuilt_and_search_stays_json(app, 
     """An adversarial run: a valid .npz whose floats are NaN passed the load check and /search
     answered "score": NaN (not JSON); with junk over every version on disk the web workers kept
     serving from memory and queued no rebuild."""
-    from xmodal.index.store import CorruptIndex, index_path, read_snapshot, write_snapshot
+    from xmodal.index.files import CorruptIndex, index_path, read_snapshot, write_snapshot
     from xmodal.jobs.queueing import flag_key
 
     build_index(r)

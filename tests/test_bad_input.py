@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_backend_api import LS_PID, build_index, post, predict_body, setup_body
 
-from xmodal.index.pairs import PairStore
 from xmodal.index.store import clear_cache
+from xmodal.project.pairs import PairStore
 
 FUZZ = settings(max_examples=80, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -562,7 +562,8 @@ def test_an_updated_at_from_the_future_is_clamped_to_the_receive_time(client, r)
 @pytest.mark.parametrize("damage", ["truncate", "delete", "garbage", "wrong_shapes"])
 def test_a_corrupt_current_index_falls_back_to_the_newest_valid_version(client, r, ws, damage):
     from workers.rebuild import rebuild
-    from xmodal.index.store import IndexStore, index_path
+    from xmodal.index.files import index_path
+    from xmodal.index.store import IndexStore
     from xmodal.jobs.queueing import get_queue
 
     build_index(r, n_pairs=4)                     # v1
@@ -597,7 +598,7 @@ def test_a_corrupt_current_index_falls_back_to_the_newest_valid_version(client, 
 
 
 def test_no_valid_index_at_all_serves_the_unlabelled_order(client, r, ws):
-    from xmodal.index.store import index_path
+    from xmodal.index.files import index_path
 
     build_index(r, n_pairs=4)
     index_path(ws, 1).write_bytes(b"not a zip")

@@ -117,7 +117,7 @@ def _bridged_workspace(make_workspace, n=60):
 
 def test_the_index_fuses_the_bridge_and_keeps_it_in_its_file(r, xenv, make_workspace):
     from xmodal.index.build import build_snapshot
-    from xmodal.index.store import read_snapshot, write_snapshot
+    from xmodal.index.files import read_snapshot, write_snapshot
 
     ws, Y = _bridged_workspace(make_workspace)
     snap, _ = build_snapshot(ws, 1, _pairs(12))
@@ -151,7 +151,7 @@ def test_the_bridge_keeps_its_principal_directions():
 def test_a_wide_bridge_is_stored_and_queried_on_its_basis(r, xenv, make_workspace):
     from xmodal.core.bridge import BRIDGE_DIMS
     from xmodal.index.build import build_snapshot
-    from xmodal.index.store import read_snapshot, write_snapshot
+    from xmodal.index.files import read_snapshot, write_snapshot
 
     n = 120
     ws = make_workspace("wide", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)

@@ -71,12 +71,12 @@ def _references(pairs) -> tuple[set, set]:
 
 def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, services, page):
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.simulation.annotator import Knowledge, content_words
     from xmodal.evaluation.ground_truth import GroundTruth
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import IndexStore, load_current
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.simulation.annotator import Knowledge, content_words
 
     r, procs = xenv.redis, services["procs"]
     name = f"browser-{xenv.tag}"
@@ -180,10 +180,10 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     results; every pick is stored as that text's pair (``search``); most tasks are answered that
     way."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.simulation.annotator import Knowledge, content_words
-    from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.simulation.annotator import Knowledge, content_words
 
     r, procs = xenv.redis, services["procs"]
     name = f"browser-s-{xenv.tag}"
@@ -250,10 +250,10 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
     import importlib.util
 
     from xmodal.datasets import load_folder
-    from xmodal.simulation.annotator import Knowledge, content_words
-    from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.simulation.annotator import Knowledge, content_words
 
     spec = importlib.util.spec_from_file_location(
         "coco_mini_zh_build", Path(__file__).resolve().parents[1] / "scripts" / "coco_mini_zh" / "build.py")
@@ -307,10 +307,10 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     problem and every skip a skip; each pair is the caption's image; the grid carries the newest
     index (as above); some image is found on the page."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.simulation.annotator import Knowledge, content_words
-    from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.simulation.annotator import Knowledge, content_words
 
     r, procs = xenv.redis, services["procs"]
     name = f"browser-t-{xenv.tag}"

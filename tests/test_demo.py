@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from xmodal.datasets import synthetic
-from xmodal.simulation.annotator import choice_payload, webhook_payload
 from xmodal.demo.baselines import BaselineCache, baseline_metrics
 from xmodal.demo.console import Console
 from xmodal.demo.keep_serving import STATE_FILE, cmdline, stop_recorded
-from xmodal.simulation.processes import ProcessManager
 from xmodal.demo.run import DemoOptions, run_demo
 from xmodal.errors import ConfigError
 from xmodal.evaluation.ground_truth import GroundTruth
+from xmodal.simulation.annotator import choice_payload, webhook_payload
+from xmodal.simulation.processes import ProcessManager
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -70,11 +70,11 @@ def recall_at_10(snap, image_rows: np.ndarray, text_rows: np.ndarray) -> tuple[f
 
 def test_label_studio_loop(coco_mini, ls_server, xenv, services):
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import IndexStore
-    from xmodal.index.workspace import Workspace
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project, grow_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.project.workspace import Workspace
     from xmodal.redis_conn import pkey
 
     t_start = time.perf_counter()

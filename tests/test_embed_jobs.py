@@ -248,7 +248,7 @@ def test_project_create_workers_embed_same_workspace_features(xenv, workers, tmp
     ran = Worker.all(queue=Queue(embed_queue_name(), connection=xenv.redis))
     assert sum(w.successful_job_count for w in ran) >= 1     # the chunk(s) ran on the workers
     assert main(common + ["--name", "local", "--cache-dir", str(tmp_path / "c2")]) == 0
-    from xmodal.index.workspace import Workspace
+    from xmodal.project.workspace import Workspace
 
     a, b = Workspace(xenv.models / "dist"), Workspace(xenv.models / "local")
     np.testing.assert_allclose(a.load_features("image"), b.load_features("image"), atol=1e-4)

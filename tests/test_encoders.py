@@ -4,8 +4,8 @@ ONNX vs torch, MiniLM, and ``xmodal embed``."""
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -407,8 +407,8 @@ def test_a_team_encoder_by_entry_point_is_used_like_a_built_in(team_module, tmp_
 def test_a_project_with_a_team_encoder_serves_search_texts_with_it(team_module, tmp_path, monkeypatch):
     from PIL import Image
 
-    from xmodal.index.features import load_text_encoder
     from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.text_encoder import load_text_encoder
 
     monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
     folder = tmp_path / "data"

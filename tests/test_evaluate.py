@@ -294,7 +294,7 @@ def test_coco_mini_enhanced_product_index_beats_faithful(tmp_path):
     defaults (z-scored medoids, zscore, csls, the class bridge at weight .85; .245/.570 with
     zscore,csls alone)."""
     from xmodal.evaluation.product import measure_product
-    from xmodal.index.workspace import DEFAULT_CONFIG
+    from xmodal.project.workspace import DEFAULT_CONFIG
 
     pytest.importorskip("xmodal.encoders")
     data = _need("coco_mini")
@@ -329,8 +329,8 @@ def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
     from xmodal.cli.eval import register
     from xmodal.encoders import DEFAULT_TEXT_ENCODER
     from xmodal.evaluation.protocol import PRODUCT, PRODUCT_RAW_MEDOIDS, product_settings
-    from xmodal.index.workspace import Workspace
     from xmodal.labelstudio.project import ProjectSpec
+    from xmodal.project.workspace import Workspace
 
     select, cfg = product_settings()
     new = Workspace(tmp_path / "new").save_config({})

@@ -149,7 +149,7 @@ def deleted(ann: int) -> dict:
 
 
 def live_pairs(r, project) -> set[tuple[int, str, str]]:
-    from xmodal.index.pairs import PairStore
+    from xmodal.project.pairs import PairStore
 
     return {(p["annotation_id"], p["image_id"], p["text_id"]) for p in PairStore(r, project).all_pairs()}
 
@@ -172,7 +172,8 @@ def test_sigkill_mid_rebuild_old_index_serves_and_a_fresh_worker_rebuilds(client
     from rq.job import Job, JobStatus
     from rq.registry import StartedJobRegistry
 
-    from xmodal.index.store import IndexStore, clear_cache, load_current, versions_on_disk
+    from xmodal.index.files import versions_on_disk
+    from xmodal.index.store import IndexStore, clear_cache, load_current
     from xmodal.jobs import lease
     from xmodal.jobs.queueing import flag_key, get_queue
 
@@ -229,11 +230,11 @@ def test_a_rebuild_that_died_before_its_lease_does_not_swallow_later_labels(r, x
     stands in for the few milliseconds between rq starting a rebuild and its lease)."""
     from rq.job import Job, JobStatus
 
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import load_current
     from xmodal.jobs import lease
     from xmodal.jobs.queueing import flag_key, get_queue, new_job_id
     from xmodal.jobs.stats import projects_key
+    from xmodal.project.pairs import PairStore
 
     store = PairStore(r, "proj")
     for i in range(4):
@@ -394,10 +395,10 @@ def test_a_lost_job_behind_the_flag_is_recovered_without_a_new_label(r, xenv, ws
     it: the recovery sweep of a running worker rebuilds, and `xmodal status` shows the flag as a
     problem meanwhile."""
     from xmodal.cli.status import collect
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import load_current
     from xmodal.jobs.queueing import enqueue_rebuild, get_queue, stuck_flag
     from xmodal.jobs.stats import projects_key
+    from xmodal.project.pairs import PairStore
 
     store = PairStore(r, "proj")
     for i in range(4):
@@ -598,7 +599,8 @@ def test_two_workers_racing_under_many_webhooks_end_on_one_consistent_index(clie
     from rq.job import Job
     from rq.registry import FinishedJobRegistry, StartedJobRegistry
 
-    from xmodal.index.store import IndexStore, clear_cache, index_path, load_current
+    from xmodal.index.files import index_path
+    from xmodal.index.store import IndexStore, clear_cache, load_current
     from xmodal.jobs import lease
     from xmodal.jobs.queueing import flag_key, get_queue
     from xmodal.redis_conn import pkey

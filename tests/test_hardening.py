@@ -490,8 +490,8 @@ def test_a_dead_scheduler_child_of_xmodal_worker_is_restarted_and_retries_run(xe
 
     from test_faults import _descendants
 
-    from xmodal.simulation.processes import wait_worker
     from xmodal.jobs.queueing import get_queue
+    from xmodal.simulation.processes import wait_worker
 
     pm = ProcessManager(tmp_path / "logs")
     try:
@@ -570,7 +570,7 @@ def test_tasks_deleted_racing_annotation_created_leaves_no_live_pair_on_a_delete
 
     from conftest import annotation_body, image_id, text_id
 
-    from xmodal.index.pairs import PairStore
+    from xmodal.project.pairs import PairStore
 
     serve(workers=2)
     runs, statuses = 150, []

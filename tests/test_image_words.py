@@ -68,8 +68,8 @@ def test_coco_images_are_named_by_what_is_in_them():
 
 
 def test_text_task_thumbnails_carry_the_words_the_filter_matches(make_workspace):
-    from xmodal.simulation.annotator import page_filter
     from xmodal.labelstudio.tasks import task_options
+    from xmodal.simulation.annotator import page_filter
 
     ws = make_workspace("words", n=6, n_medoids=3, select="text")
     ws.save_image_words(["pizza food", "", "dog puppy", "bus", "", "dog puppy beagle"])

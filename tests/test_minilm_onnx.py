@@ -181,14 +181,14 @@ def test_minilm_takes_workspaces_embedded_by_sentence_transformers_as_its_own():
 @pytest.mark.parametrize("features_id, warned", [(OLD_ID, False), ("minilm|other-weights@x==1", True)])
 def test_a_workspace_embedded_by_sentence_transformers_takes_new_references_quietly(
         tmp_path, caplog, features_id, warned):
-    from xmodal.index.references import cache_dir, description_features
-    from xmodal.index.workspace import Workspace
+    from xmodal.project.references import cache_dir, description_features
+    from xmodal.project.workspace import Workspace
 
     ws = Workspace(tmp_path / "old-project")
     ws.save_config({"encoders": {"image": "efficientnet-lite0", "text": "minilm"}})
     ws.save_items(["i0"], ["i0.jpg"], ["t0"], ["A dog runs along the beach."])
     ws.save_features("text", np.load(FIXTURE)["embeddings"][:1], features_id)   # the old runtime's row
-    with caplog.at_level("WARNING", logger="xmodal.index.features"):
+    with caplog.at_level("WARNING", logger="xmodal.project.features"):
         got = description_features(ws, ["A red bus in the street."])
     assert ("text_encoder.mismatch" in caplog.text) == warned
     want = get_text_encoder("minilm", progress=False).transform(["A red bus in the street."])

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xmodal.index.pairs import PairStore, TaskDeleted, parse_time
 from xmodal.labelstudio.tasks import TaskRegistry, option_values
+from xmodal.project.pairs import PairStore, TaskDeleted, parse_time
 from xmodal.redis_conn import pkey
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from xmodal.errors import ConfigError, DataError
 from xmodal.index.build import publish_initial_index
-from xmodal.index.selection import CANDIDATES_FILE
-from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.project import TASKS_FILE, ProjectSpec, create_project, grow_project, list_projects
+from xmodal.project.medoids import CANDIDATES_FILE
+from xmodal.project.workspace import Workspace
 
 N = 30
 
@@ -62,7 +62,7 @@ def fake_embed(monkeypatch):
                       for k in keys]).astype(np.float32) + 1.0
         return FakeEncoder(modality, name), F
 
-    monkeypatch.setattr("xmodal.index.features._embed", embed)
+    monkeypatch.setattr("xmodal.project.features._embed", embed)
     return calls
 
 

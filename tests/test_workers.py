@@ -19,14 +19,15 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from workers.rebuild import rebuild
-from xmodal.simulation.processes import free_port
-from xmodal.index.pairs import PairStore
-from xmodal.index.store import IndexStore, load_current, versions_on_disk
-from xmodal.index.workspace import Workspace
+from xmodal.index.files import versions_on_disk
+from xmodal.index.store import IndexStore, load_current
 from xmodal.jobs import stats
 from xmodal.jobs.queueing import enqueue_rebuild, flag_key, get_queue
 from xmodal.labelstudio.push import LabelStudioPushError, refresh_label_studio
+from xmodal.project.pairs import PairStore
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import pkey
+from xmodal.simulation.processes import free_port
 
 LS_PID = 7
 
@@ -182,7 +183,7 @@ def test_enhanced_index_round_trip_and_scores(r, xenv, make_workspace):
     indexed items; scores/rank/search apply CSLS with the stored hubness terms; the file keeps it."""
     from xmodal.core.hubness import csls
     from xmodal.index.build import build_snapshot
-    from xmodal.index.store import read_snapshot, write_snapshot
+    from xmodal.index.files import read_snapshot, write_snapshot
 
     ws = make_workspace("enh", n=40, n_medoids=12, enhance=["csls", "zscore"], csls_k=5)
     assert ws.config["enhance"] == ["zscore", "csls"]          # canonical order
@@ -213,7 +214,7 @@ def test_enhanced_index_round_trip_and_scores(r, xenv, make_workspace):
 
 def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, tmp_path):
     from xmodal.index.build import build_snapshot
-    from xmodal.index.store import read_snapshot
+    from xmodal.index.files import read_snapshot
 
     snap, _ = build_snapshot(ws, 1, _pairs(12))
     assert snap.enhance == [] and not snap.uses_csls and snap.image_col_stats is None
@@ -236,7 +237,7 @@ def test_faithful_index_and_old_files_load_without_the_new_fields(r, xenv, ws, t
 
 def test_enhance_names_are_validated(xenv, tmp_path):
     from xmodal.errors import ConfigError
-    from xmodal.index.workspace import parse_enhance
+    from xmodal.project.workspace import parse_enhance
 
     assert parse_enhance("csls, zscore") == ["zscore", "csls"] and parse_enhance(None) == []
     with pytest.raises(ConfigError, match="valid: zscore-medoids, zscore, csls"):
@@ -726,7 +727,7 @@ class WordsEncoder:
 
 def test_a_written_description_is_a_reference_embedded_once(r, xenv, ws, monkeypatch):
     enc = WordsEncoder(ws)
-    monkeypatch.setattr("xmodal.index.features.load_text_encoder", lambda w: enc)
+    monkeypatch.setattr("xmodal.project.text_encoder.load_text_encoder", lambda w: enc)
     store = PairStore(r, "proj")
     for i in range(4):
         store.put(100 + i, 1000 + i, image_id(i), text_id(i), 1.0)

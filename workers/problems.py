@@ -11,8 +11,8 @@ from __future__ import annotations
 import redis
 
 from xmodal.errors import DataError
-from xmodal.index.workspace import Workspace
 from xmodal.labelstudio.push import flag_problems as flag_in_label_studio
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import get_redis
 
 

@@ -38,10 +38,10 @@ import redis
 from xmodal.errors import DataError
 from xmodal.index.build import build_snapshot, take_snapshot
 from xmodal.index.store import IndexStore
-from xmodal.index.workspace import Workspace
 from xmodal.jobs import lease, stats
 from xmodal.labelstudio.push import LabelStudioPushError, refresh_label_studio
 from xmodal.logfmt import kv
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import get_redis, pkey
 
 log = logging.getLogger(__name__)

@@ -24,14 +24,14 @@ import time
 import redis
 
 from xmodal.errors import ApiError, DataError
-from xmodal.index.pairs import PairStore
-from xmodal.index.workspace import Workspace
 from xmodal.jobs.queueing import enqueue_rebuild
 from xmodal.labelstudio.annotations import apply_annotation, parse_annotation_event
 from xmodal.labelstudio.config import label_fields
 from xmodal.labelstudio.push import ls_connection, open_label_studio
 from xmodal.labelstudio.tasks import TaskRegistry
 from xmodal.logfmt import kv
+from xmodal.project.pairs import PairStore
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import get_redis
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ def _images(data: Path, limit: int | None) -> list[str]:
 
 def _start_workers(pm, n: int, queue: str, env: dict, tag: str, pin: bool = False) -> None:
     """``n`` `xmodal worker --queue <queue>` processes under ``pm``, registered on return."""
-    from xmodal.simulation.processes import python_cli, wait_worker
     from xmodal.redis_conn import get_redis
+    from xmodal.simulation.processes import python_cli, wait_worker
 
     children = []
     for k in range(n):
@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XMODAL_REDIS_PREFIX"] = tag
     os.environ["XMODAL_EMBED_QUEUE"] = f"{tag}-embed"
     os.environ["XMODAL_EMBED_RETRIES"] = "0"
-    from xmodal.simulation.processes import ProcessManager
     from xmodal.encoders import get_encoder
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
     from xmodal.encoders.distributed import default_chunks, embed_distributed, embed_queue_name
     from xmodal.redis_conn import get_redis, redis_url
+    from xmodal.simulation.processes import ProcessManager
 
     get_redis().ping()
     env = dict(os.environ, REDIS_URL=redis_url())

@@ -252,7 +252,7 @@ class IndexWatch:
             t.join(10)
 
     def _pairs_of(self, version: int) -> dict | None:
-        from xmodal.index.store import index_path
+        from xmodal.index.files import index_path
 
         try:
             with np.load(index_path(self.ws, version), allow_pickle=False) as z:
@@ -317,9 +317,9 @@ def drain(r, ws, queue_name: str, timeout: float) -> float:
     """Wait until no rebuild is queued or running and the current index covers every pair change."""
     from rq.registry import StartedJobRegistry
 
-    from xmodal.index.pairs import PairStore
     from xmodal.jobs import stats
     from xmodal.jobs.queueing import flag_key, get_queue
+    from xmodal.project.pairs import PairStore
 
     q = get_queue(r, queue_name)
     pairs = PairStore(r, ws.name)
@@ -334,8 +334,8 @@ def drain(r, ws, queue_name: str, timeout: float) -> float:
 
 def lost_pairs(r, ws, posts: list[Post]) -> dict:
     """Acknowledged pairs missing from the final index, and the PairStore cross-check."""
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import load_current
+    from xmodal.project.pairs import PairStore
 
     want, uncertain = expected_pairs(posts)
     snap = load_current(ws, r)
@@ -362,7 +362,7 @@ def check_loopback(url: str) -> None:
 
 def start_services(pm, env: dict, tag: str, args) -> tuple:
     """``xmodal serve`` (gunicorn) and ``--workers`` x ``xmodal worker``, as shipped."""
-    from xmodal.simulation.processes import python_cli, free_port
+    from xmodal.simulation.processes import free_port, python_cli
 
     port = free_port()
     backend = pm.start("backend", python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
@@ -377,11 +377,11 @@ def run(args, say=print) -> dict:
     import requests
 
     from xmodal.benchmarks.loop import LS_PROJECT_PLACEHOLDER, delete_keys, restore_env, synthetic_workspace
-    from xmodal.simulation.processes import ProcessManager, terminate_on_signals, wait_backend, wait_worker
-    from xmodal.index.workspace import Workspace
     from xmodal.jobs import stats
     from xmodal.labelstudio.config import label_fields
+    from xmodal.project.workspace import Workspace
     from xmodal.redis_conn import embedded_server, get_redis, redis_url, stop_embedded
+    from xmodal.simulation.processes import ProcessManager, terminate_on_signals, wait_backend, wait_worker
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="xmodal-load-bench-"))
     home.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def synthetic_features(n: int, d_image: int = 1280, d_text: int = 384, d_latent:
 
 def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print):
     """A workspace of synthetic items (no files), its medoids; returns the (image, text) truth."""
-    from xmodal.index.selection import ensure_selection
+    from xmodal.project.medoids import ensure_selection
 
     t0 = time.perf_counter()
     X, Y = synthetic_features(n, seed=seed)
@@ -173,11 +173,11 @@ def run(args, say=print) -> BenchResult:
     import redis
     import requests
 
-    from xmodal.index.pairs import PairStore
-    from xmodal.index.selection import candidate_pool
     from xmodal.index.store import IndexStore
-    from xmodal.index.workspace import Workspace
     from xmodal.jobs import stats
+    from xmodal.project.medoids import candidate_pool
+    from xmodal.project.pairs import PairStore
+    from xmodal.project.workspace import Workspace
     from xmodal.redis_conn import get_redis, redis_url
     from xmodal.simulation.annotator import Knowledge, annotator
     from xmodal.simulation.loop import IndexWaiter, label_loop, summary

@@ -89,7 +89,7 @@ def clustered_codes(n: int, k: int = K_REFS, d_image: int = 256, seed: int = 0,
 
 
 def _snapshot(I: np.ndarray, T: np.ndarray, csls_k: int | None = None):
-    from xmodal.index.store import IndexSnapshot
+    from xmodal.index.snapshot import IndexSnapshot
 
     n, m, k = len(I), len(T), I.shape[1]
     hubs = {}
@@ -173,7 +173,7 @@ def prepare_workspace(root: Path, n: int, d_image: int, d_text: int = 384, k: in
     ``bridge``, a class bridge too (each image's bridge row: its text's features plus as much
     noise, a bridge that knows something), so the rebuild fuses it and the codes are
     k + d_text wide, as a COCO-like project's."""
-    from xmodal.index.workspace import Workspace
+    from xmodal.project.workspace import Workspace
 
     ws = Workspace(root)
     ws.save_config({"select": "image", "encoders": {"image": "synthetic", "text": "synthetic"},
@@ -212,8 +212,8 @@ def prepare_workspace(root: Path, n: int, d_image: int, d_text: int = 384, k: in
 def measure_rebuild(root: Path, pairs: list[dict]) -> dict:
     """One full rebuild (``build_snapshot`` + ``write_snapshot``) in this process."""
     from xmodal.index.build import build_snapshot
-    from xmodal.index.store import write_snapshot
-    from xmodal.index.workspace import Workspace
+    from xmodal.index.files import write_snapshot
+    from xmodal.project.workspace import Workspace
 
     ws = Workspace(root)
     t0 = time.perf_counter()

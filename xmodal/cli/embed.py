@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from xmodal.encoders import TEXT_ENCODER_HELP
 from xmodal.datasets.folder import image_files
+from xmodal.encoders import TEXT_ENCODER_HELP
 from xmodal.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ failures.
 
 A project's answers are told apart: pairs (in the index, or waiting for a rebuild that is queued,
 running, or -- say so -- not queued at all), skips, and problems (annotations that could not become
-a pair, each with what the annotator entered and what to do: ``xmodal.index.pairs``)."""
+a pair, each with what the annotator entered and what to do: ``xmodal.project.pairs``)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from rq.job import Job
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import IndexStore
-    from xmodal.index.workspace import Workspace, list_workspaces
     from xmodal.jobs import stats
     from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue, stuck_flag
     from xmodal.labelstudio.hosts import refused
+    from xmodal.project.pairs import PairStore
+    from xmodal.project.workspace import Workspace, list_workspaces
 
     q = get_queue(redis_client, queue)
     failed = FailedJobRegistry(queue=q)
@@ -101,7 +101,7 @@ def run(args) -> int:
     import logging
     import os
 
-    from xmodal.index.workspace import list_workspaces
+    from xmodal.project.workspace import list_workspaces
     from xmodal.redis_conn import get_redis, model_dir, redact, running_embedded_url
 
     if not getattr(args, "debug", False):

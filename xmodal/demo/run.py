@@ -160,7 +160,7 @@ def run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
 
 def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     from xmodal.demo import report
-    from xmodal.index.workspace import other
+    from xmodal.project.workspace import other
 
     _check_options(opt)
     console = console or Console(quiet=opt.quiet)

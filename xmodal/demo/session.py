@@ -94,7 +94,7 @@ def prepare_data(spec: str, home: Path, n: int = 300, seed: int = 0, console: Co
 
 @dataclass
 class Bootstrap:
-    ws: object                 # xmodal.index.workspace.Workspace
+    ws: object                 # xmodal.project.workspace.Workspace
     X: np.ndarray
     Y: np.ndarray
     medoid_rows: np.ndarray    # rows of the select modality, anytime order
@@ -107,13 +107,13 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
                         image_encoder: str, text_encoder: str, measure: str = "pearson",
                         feature_cache=None, console: Console | None = None) -> Bootstrap:
     """Create (or reuse) the demo workspace with ``xmodal project create``'s steps
-    (:mod:`xmodal.index.features`, :mod:`xmodal.index.selection`): items and features of both modalities (through the feature cache;
+    (:mod:`xmodal.project.features`, :mod:`xmodal.project.medoids`): items and features of both modalities (through the feature cache;
     reused without loading any encoder when nothing changed), then the medoids in anytime order."""
     from xmodal.encoders.language import resolve_text_encoder
-    from xmodal.index.features import ensure_features
-    from xmodal.index.selection import ensure_candidate_pool, ensure_selection, resolve_k
-    from xmodal.index.workspace import Workspace, other
     from xmodal.labelstudio.tasks import pool_size
+    from xmodal.project.features import ensure_features
+    from xmodal.project.medoids import ensure_candidate_pool, ensure_selection, resolve_k
+    from xmodal.project.workspace import Workspace, other
 
     console = console or Console(quiet=True)
     ds = data.ds
@@ -179,7 +179,7 @@ def claim_ls_project_id(client, ws, ls_id: int) -> None:
     workspace (the backend refuses webhooks of unlinked projects), drop the cached id ->
     workspace mapping and unlink the demo's other workspaces that claim the id (left from
     earlier runs, e.g. on another data set)."""
-    from xmodal.index.workspace import list_workspaces
+    from xmodal.project.workspace import list_workspaces
     from xmodal.redis_conn import gkey
 
     client.hdel(gkey("ls_projects"), str(int(ls_id)))
@@ -219,8 +219,8 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
 
     ``page``: where tasks come from and answers go (:class:`WebhookPage` by default; the demo's
     Label Studio session when it runs)."""
-    from xmodal.index.pairs import PairStore
     from xmodal.labelstudio.config import label_fields
+    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, annotator
 
     ds, ws = data.ds, boot.ws

@@ -3,7 +3,7 @@
 ``measure_product(data, enhance)`` does what a user does: ``xmodal project create`` (bootstrap:
 embed, k-medoids, workspace config with ``--enhance``), then the rebuild worker's
 ``build_snapshot`` over the first ``labels`` medoids in anytime order answered by the oracle (the
-item's first ground-truth match), then Recall@K of the :class:`~xmodal.index.store.IndexSnapshot`
+item's first ground-truth match), then Recall@K of the :class:`~xmodal.index.snapshot.IndexSnapshot`
 as it serves /predict, /search and Label Studio (``scores``: z-score statistics and CSLS included).
 
     python -m xmodal.evaluation.product --data ../shared/data/coco_mini --labels 20
@@ -56,7 +56,7 @@ def measure_product(data, enhance: str | None, *, labels: int = 20, name: str = 
 
 
 def main(argv=None) -> int:
-    from xmodal.index.workspace import DEFAULT_CONFIG
+    from xmodal.project.workspace import DEFAULT_CONFIG
 
     p = argparse.ArgumentParser(prog="python -m xmodal.evaluation.product", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -106,10 +106,10 @@ PRODUCT_RAW_MEDOIDS = "product-raw-medoids"
 def product_settings() -> tuple[str, Enhancements]:
     """What a new project does by default, as an evaluation method: the modality it clusters and
     its enhancements (the medoids of z-scored features, the index's settings), both read from
-    :data:`xmodal.index.workspace.DEFAULT_CONFIG` (the encoders are the command's, ``auto`` by
+    :data:`xmodal.project.workspace.DEFAULT_CONFIG` (the encoders are the command's, ``auto`` by
     default as for ``project create``). Unlike ``ssm-al``, which reports the better of its two
     selections in hindsight, ``product`` uses the project's one."""
-    from xmodal.index.workspace import DEFAULT_CONFIG
+    from xmodal.project.workspace import DEFAULT_CONFIG
 
     enhance = DEFAULT_CONFIG["enhance"]
     return DEFAULT_CONFIG["select"], Enhancements(

@@ -1,6 +1,6 @@
 """Approximate nearest-neighbour search over similarity codes, for /search above ~100k items.
 
-Exact search (:meth:`xmodal.index.store.IndexSnapshot.search`) scores every item: one
+Exact search (:meth:`xmodal.index.snapshot.IndexSnapshot.search`) scores every item: one
 ``n × k'`` product plus a partition per query, ~5 ms at 100k items and ~50 ms at 1M on two cores.
 Above a threshold of items (workspace key ``"ann_threshold"``, else ``$XMODAL_ANN_THRESHOLD``,
 default :data:`DEFAULT_THRESHOLD` = 100 000) the rebuild job also builds an inverted-file index
@@ -11,7 +11,7 @@ A query then goes in two steps:
 
 1. **candidates** — :meth:`AnnIndex.search` probes the ``nprobe`` inverted lists nearest the query
    and returns the ``shortlist(k)`` best items by the (8-bit approximate) inner product;
-2. **exact re-scoring** — :class:`~xmodal.index.store.IndexSnapshot` scores that shortlist with
+2. **exact re-scoring** — :class:`~xmodal.index.snapshot.IndexSnapshot` scores that shortlist with
    its float32 codes (``IndexSnapshot.scores``, which also applies CSLS when the index was built
    with ``"enhance": ["csls"]``) and keeps the top k. Returned scores are therefore exact; only
    membership of the top k is approximate. With CSLS the candidates are still retrieved by inner

@@ -9,7 +9,7 @@
    with a warning), drop duplicate (image, text) pairs, build the SSR index over the workspace
    features (``SSRIndex``); with fewer pairs than the measure needs the index is "unlabelled":
    zero-width codes, every score 0 (see :mod:`xmodal.labelstudio.predictions` for what Label Studio gets);
-   a written description is a reference text of its own (:mod:`xmodal.index.references`); with
+   a written description is a reference text of its own (:mod:`xmodal.project.references`); with
    signal, the index is also calibrated (:func:`calibrate`: how often its top candidate is right).
 
 :func:`publish_initial_index` builds version 1 when a project has none (``project create``);
@@ -30,10 +30,11 @@ from xmodal.core.hubness import hubness_terms
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
 from xmodal.index.ann import build_for as build_ann
-from xmodal.index.pairs import pairs_from_records
-from xmodal.index.store import IndexSnapshot, versions_on_disk
-from xmodal.index.workspace import Workspace, parse_enhance
+from xmodal.index.files import versions_on_disk
+from xmodal.index.snapshot import IndexSnapshot
 from xmodal.logfmt import kv
+from xmodal.project.pairs import pairs_from_records
+from xmodal.project.workspace import Workspace, parse_enhance
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     """The index of ``pairs`` over the workspace features. Returns (IndexSnapshot, skipped).
 
     A pair whose text is a written description (``text_id`` None) is a reference of its own: its
-    features come from :func:`xmodal.index.references.description_features` (text row -1 in
+    features come from :func:`xmodal.project.references.description_features` (text row -1 in
     ``pair_rows``, the text in ``meta["written_references"]`` by annotation id)."""
     cfg = ws.config
     select = cfg["select"]
@@ -113,7 +114,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     pair_rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
     extra = None
     if written:
-        from xmodal.index.references import description_features
+        from xmodal.project.references import description_features
 
         try:
             extra = description_features(ws, list(written.values()), text_encoder_loader)

@@ -15,12 +15,12 @@ Label Studio 1.23 sends (see docs/label-studio-1.23.md): ``ANNOTATION_CREATED`` 
   (``search``, :mod:`xmodal.labelstudio.page_search`);
 - "None of these" + text: an id of the other modality -> that pair (``pasted_id``); a text of the
   project, pasted whole -> that pair (``pasted_text``); anything else on an image task -> a
-  written description, a reference text of its own (``written``, :mod:`xmodal.index.references`);
+  written description, a reference text of its own (``written``, :mod:`xmodal.project.references`);
 - a skip (``was_cancelled``) -> stays a skip (``none``);
 - what cannot become a pair -> a **problem** (:meth:`PairStore.mark_problem`) the team sees in
   ``xmodal status`` and on the task in Label Studio (``data.problem``): "None of these" with
   nothing written, an id-like text that is no id, a description over
-  :data:`~xmodal.index.references.MAX_DESCRIPTION_CHARS` characters, a text task answered with
+  :data:`~xmodal.project.references.MAX_DESCRIPTION_CHARS` characters, a text task answered with
   words, an answer of a task whose item or chosen item is not in the project. The answer is kept
   whole in the record.
 
@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 
 from xmodal.errors import ApiError
-from xmodal.index.pairs import PairStore, TaskDeleted
-from xmodal.index.workspace import Workspace, other
 from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE, TaskRegistry
 from xmodal.logfmt import kv
+from xmodal.project.pairs import PairStore, TaskDeleted
+from xmodal.project.workspace import Workspace, other
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _choice_id(choice: str, known: dict) -> str | None:
 
 def interpret(ws: Workspace, ev: AnnotationEvent) -> Answer:
     """The annotator's answer (see the module doc); never raises for what a person typed."""
-    from xmodal.index.references import MAX_DESCRIPTION_CHARS
+    from xmodal.project.references import MAX_DESCRIPTION_CHARS
 
     tgt = other(ws.select)
     known = ws.row_of(tgt)

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 
 from xmodal.errors import ConfigError
-from xmodal.index.workspace import Workspace
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import pkey
 
 LABEL_CONFIGS = {"image": "image_to_text.xml", "text": "text_to_image.xml"}

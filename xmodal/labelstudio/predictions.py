@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from xmodal.index.store import IndexSnapshot
+from xmodal.index.snapshot import IndexSnapshot
 from xmodal.labelstudio.tasks import option_values
 
 UNLABELLED_SCALE = 0.001     # anytime order without claiming any confidence

@@ -47,8 +47,13 @@ from xmodal.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from xmodal.encoders.language import resolve_text_encoder
 from xmodal.errors import ConfigError, XmodalError
 from xmodal.index.build import publish_initial_index
-from xmodal.index.features import ensure_features
-from xmodal.index.selection import (
+from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
+from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
+from xmodal.labelstudio.push import push_current_predictions, refresh_task_options
+from xmodal.labelstudio.tasks import build_tasks, pool_size, record_tasks
+from xmodal.logfmt import Say, quiet
+from xmodal.project.features import ensure_features
+from xmodal.project.medoids import (
     check_k,
     ensure_candidate_pool,
     ensure_selection,
@@ -56,11 +61,6 @@ from xmodal.index.selection import (
     resolve_k,
     zscore_medoids,
 )
-from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
-from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
-from xmodal.labelstudio.push import push_current_predictions, refresh_task_options
-from xmodal.labelstudio.tasks import build_tasks, pool_size, record_tasks
-from xmodal.logfmt import Say, quiet
 
 BACKEND_TITLE = "xmodal"
 TASKS_FILE = "tasks.json"
@@ -102,7 +102,7 @@ class ProjectSpec:
 
 @dataclass
 class BootstrapResult:
-    ws: object                             # xmodal.index.workspace.Workspace
+    ws: object                             # xmodal.project.workspace.Workspace
     k: int
     medoid_ids: list[str]
     candidate_pool: list[str]
@@ -145,7 +145,7 @@ class _Timer:
 # -- the whole thing --------------------------------------------------------------------------
 
 def _check_spec(spec: ProjectSpec) -> None:
-    from xmodal.index.workspace import parse_enhance
+    from xmodal.project.workspace import parse_enhance
     from xmodal.redis_conn import check_project_name
 
     try:
@@ -199,7 +199,7 @@ def _check_existing(ws, spec: ProjectSpec, select: str) -> None:
 
 def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> BootstrapResult:
     """Run every step of the module doc; see :class:`ProjectSpec` for the options."""
-    from xmodal.index.workspace import Workspace, other, parse_enhance
+    from xmodal.project.workspace import Workspace, other, parse_enhance
 
     _check_spec(spec)
     timings: dict[str, float] = {}
@@ -257,7 +257,7 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
                              reused_features=reused, new_medoids=added, timings=timings)
 
     if client is None:
-        from xmodal.index.workspace import atomic_write_json
+        from xmodal.project.workspace import atomic_write_json
 
         with _Timer(timings, "tasks_s"):
             urls = _offline_urls(ws, spec)
@@ -382,7 +382,7 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
                  model_dir=None, seed: int = 0, say: Say = quiet, redis_client=None) -> BootstrapResult:
     """Raise the number of medoids to ``k`` without discarding any (nor their pairs); import the new
     ones as tasks with options ranked by the current index, and push their predictions."""
-    from xmodal.index.workspace import Workspace, other
+    from xmodal.project.workspace import Workspace, other
 
     t_all = time.perf_counter()
     ws = Workspace.for_project(name, model_dir)
@@ -406,7 +406,7 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
     url = label_studio_url or os.environ.get("LABEL_STUDIO_URL") or ls.get("url")
     key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     if ls.get("project_id") is None or not url:
-        from xmodal.index.workspace import atomic_write_json
+        from xmodal.project.workspace import atomic_write_json
 
         urls = _offline_urls(ws, ProjectSpec(name=name, data=""))
         atomic_write_json(ws.root / TASKS_FILE, build_tasks(ws, medoids, pool, urls))
@@ -436,9 +436,9 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
 def list_projects(model_dir=None, redis_client=None) -> list[dict]:
     """One row per workspace: items, medoids, Label Studio link, current index (when Redis is
     known: ``$REDIS_URL`` or a client given; the embedded server is not started for this)."""
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import IndexStore
-    from xmodal.index.workspace import list_workspaces
+    from xmodal.project.pairs import PairStore
+    from xmodal.project.workspace import list_workspaces
 
     r = redis_client
     if r is None and os.environ.get("REDIS_URL"):

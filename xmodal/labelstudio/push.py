@@ -54,10 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from xmodal.index.pairs import PairStore
-from xmodal.index.selection import candidate_pool
-from xmodal.index.store import IndexSnapshot, IndexStore, load_current
-from xmodal.index.workspace import Workspace
+from xmodal.index.snapshot import IndexSnapshot
+from xmodal.index.store import IndexStore, load_current
 from xmodal.jobs.queueing import flag_key, get_queue
 from xmodal.labelstudio.client import connect, describe_error
 from xmodal.labelstudio.config import label_fields
@@ -65,6 +63,9 @@ from xmodal.labelstudio.hosts import refuse, trusted_url
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry
 from xmodal.logfmt import kv
+from xmodal.project.medoids import candidate_pool
+from xmodal.project.pairs import PairStore
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)

@@ -53,12 +53,12 @@ import os
 
 import redis
 
-from xmodal.index.pairs import TASK_DELETED_LUA
-from xmodal.index.selection import bridge_order
-from xmodal.index.store import IndexSnapshot
-from xmodal.index.workspace import Workspace
+from xmodal.index.snapshot import IndexSnapshot
 from xmodal.labelstudio.images import MEDOID_THUMB, OPTION_THUMB, ImageURLs, document_root
 from xmodal.logfmt import kv
+from xmodal.project.medoids import bridge_order
+from xmodal.project.pairs import TASK_DELETED_LUA
+from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)

@@ -90,8 +90,8 @@ def label_loop(page, person, knowledge, ws, redis_client, *, index: IndexWaiter,
     """Label up to ``labels`` tasks, each the one ``page`` serves next, answered by ``person``
     from what the task's page shows; yields each :class:`Label` after its index is published.
     Stops early when the page serves no task (the caller sees fewer labels)."""
-    from xmodal.index.pairs import PairStore
     from xmodal.index.store import load_current
+    from xmodal.project.pairs import PairStore
 
     pairs = PairStore(redis_client, ws.name)
     select = ws.select

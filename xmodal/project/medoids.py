@@ -55,7 +55,7 @@ def _selector(k: int, seed: int, standardize: bool = False):
 def zscore_medoids(ws) -> bool:
     """Whether the project's medoids come from its z-scored features ("zscore-medoids" in its
     ``enhance``; a workspace written before that default keeps the paper's raw features)."""
-    from xmodal.index.workspace import parse_enhance
+    from xmodal.project.workspace import parse_enhance
 
     return "zscore-medoids" in parse_enhance(ws.config.get("enhance"))
 
@@ -100,7 +100,7 @@ def extend_selection(ws, F: np.ndarray, select: str, n_new: int, seed: int = 0) 
 
 def ensure_candidate_pool(ws, F_other: np.ndarray, other: str, n: int, seed: int = 0) -> list[str]:
     """The cold-start options: ``n`` k-medoids of the other modality (kept in candidates.json)."""
-    from xmodal.index.workspace import atomic_write_json
+    from xmodal.project.workspace import atomic_write_json
 
     path = ws.root / CANDIDATES_FILE
     with contextlib.suppress(OSError, ValueError):

@@ -3,7 +3,7 @@
 When none of a medoid image's candidates fits, the annotator describes the image in a few words.
 That description is a valid reference text: a reference only has to match its medoid's meaning
 (eq. 10 needs only its feature vector), it need not be an item that was coupled in the data. It is
-stored with its pair (:class:`~xmodal.index.pairs.PairStore`, ``description``) and embedded here,
+stored with its pair (:class:`~xmodal.project.pairs.PairStore`, ``description``) and embedded here,
 by the rebuild, with the workspace's own text encoder (SIF with the corpus' fitted state, or the
 encoder the project was created with), so that it lives in the same space as the project's texts.
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.errors import DataError
-from xmodal.index.features import workspace_text_encoder
-from xmodal.index.workspace import Workspace
+from xmodal.project.text_encoder import workspace_text_encoder
+from xmodal.project.workspace import Workspace
 
 MAX_DESCRIPTION_CHARS = 1000   # longer is a problem for the team, not a silent truncation
 

@@ -4,7 +4,7 @@ One record per Label Studio annotation id in the hash ``P:{project}:pairs`` (JSO
 
 - ``state="pair"``: ``{annotation_id, task_id, image_id, text_id, updated_at, received_at,
   source}``; a pair whose text is a description the annotator wrote has ``text_id`` None and the
-  text in ``description`` (a reference text of its own, :mod:`xmodal.index.references`).
+  text in ``description`` (a reference text of its own, :mod:`xmodal.project.references`).
   ``source`` says how the annotator gave it: ``choice``, ``search``, ``pasted_id``,
   ``pasted_text``, ``written``;
 - ``state="none"``: the annotation names no pair on purpose: the task was skipped (cancelled). It
