@@ -19,9 +19,9 @@ never waits for the pool.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import threading
 
+from xmodal import settings
 from xmodal.errors import ApiError
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -30,12 +30,12 @@ _lock = threading.Lock()
 
 def decode_slots() -> int:
     """``$XMODAL_DECODE_SLOTS`` (default 1): query images one process decodes at once."""
-    return max(1, int(os.environ.get("XMODAL_DECODE_SLOTS") or 1))
+    return settings.get("XMODAL_DECODE_SLOTS")
 
 
 def decode_wait_s() -> float:
     """``$XMODAL_DECODE_WAIT_S`` (default 30): the longest a request waits for its decode."""
-    return max(0.1, float(os.environ.get("XMODAL_DECODE_WAIT_S") or 30))
+    return settings.get("XMODAL_DECODE_WAIT_S")
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:

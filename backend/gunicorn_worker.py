@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import selectors
 import socket
@@ -47,6 +46,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
 from backend.jsonbody import max_content_length, too_large_message
+from xmodal import settings
 
 _HEAD_END = b"\r\n\r\n"
 _EXPECT = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*(?=\r\n)", re.IGNORECASE)
@@ -54,17 +54,17 @@ _EXPECT = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*(?=\r\n)", re.IGNOREC
 
 def request_timeout() -> float:
     """``$XMODAL_BODY_TIMEOUT_S`` (default 10): the longest a whole request may take to arrive."""
-    return max(0.1, float(os.environ.get("XMODAL_BODY_TIMEOUT_S") or 10))
+    return settings.get("XMODAL_BODY_TIMEOUT_S")
 
 
 def socket_timeout() -> float:
     """``$XMODAL_SOCKET_TIMEOUT_S`` (default 10): the longest one read or write of a client may wait."""
-    return max(0.1, float(os.environ.get("XMODAL_SOCKET_TIMEOUT_S") or 10))
+    return settings.get("XMODAL_SOCKET_TIMEOUT_S")
 
 
 def buffer_budget() -> int:
     """``$XMODAL_BUFFER_BYTES`` (default 4 x the body limit): bytes one worker buffers at most."""
-    return int(os.environ.get("XMODAL_BUFFER_BYTES") or 4 * max_content_length())
+    return settings.get("XMODAL_BUFFER_BYTES") or 4 * max_content_length()
 
 
 def _timeval(seconds: float) -> bytes:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from xmodal import settings
 from xmodal.errors import ApiError
 
 MAX_DEPTH = 64          # Label Studio's bodies nest about 8 deep
@@ -83,7 +83,7 @@ DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 
 def max_content_length() -> int:
     """``$XMODAL_MAX_CONTENT_LENGTH`` (bytes, default 32 MiB): the largest request body."""
-    return int(os.environ.get("XMODAL_MAX_CONTENT_LENGTH") or DEFAULT_MAX_CONTENT_LENGTH)
+    return settings.get("XMODAL_MAX_CONTENT_LENGTH")
 
 
 def too_large_message(limit: int) -> str:

@@ -28,6 +28,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.encoders.image import max_image_bytes, max_image_pixels
 from xmodal.errors import ApiError
 from xmodal.labelstudio.images import images_folder
@@ -72,7 +73,7 @@ def _project_images(ws: Workspace) -> _ProjectImages:
 
 def allowed_roots(ws: Workspace) -> list[str]:
     """Real paths of the roots images may be read from (see the module doc)."""
-    env = os.environ.get("XMODAL_IMAGE_ROOTS", "")
+    env = settings.get("XMODAL_IMAGE_ROOTS")
     roots = [r for r in env.split(os.pathsep) if r.strip()]
     if not roots:
         folder = _project_images(ws).folder
@@ -82,7 +83,7 @@ def allowed_roots(ws: Workspace) -> list[str]:
 
 def _document_root(ws: Workspace) -> str | None:
     ls = ws.config.get("label_studio") or {}
-    return ls.get("document_root") or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    return ls.get("document_root") or settings.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
 
 
 def _inline(ref: str) -> ImageRef:

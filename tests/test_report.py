@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmodal.demo.report import load_history, metric_names, thumbnail_uri, write_report
+from xmodal.demo.figures import metric_names
+from xmodal.demo.report import load_history, thumbnail_uri, write_report
 from xmodal.errors import DataError
 
 
@@ -154,7 +155,7 @@ def test_examples_say_where_the_true_match_ranks(tmp_path, images):
 def test_medoid_captions_wrap_to_the_cell():
     from PIL import Image, ImageDraw, ImageFont
 
-    from xmodal.demo.report import _sheet_font, _wrap
+    from xmodal.demo.figures import _sheet_font, _wrap
 
     font = _sheet_font(ImageFont, 11)
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))

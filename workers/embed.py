@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.encoders.base import Encoder
 from xmodal.encoders.cache import FeatureCache, content_key
-from xmodal.encoders.distributed import _env_int, cached_features
+from xmodal.encoders.distributed import cached_features
 
 
 class ContentMismatch(RuntimeError):
@@ -35,7 +36,7 @@ def _worker_encoder(modality: str, name: str, options: dict) -> Encoder:
     from xmodal.encoders import get_encoder
 
     options = dict(options)
-    threads = _env_int("XMODAL_EMBED_THREADS", 0)
+    threads = settings.get("XMODAL_EMBED_THREADS")
     if threads and (modality == "image" or name == "minilm"):   # both run on ONNX Runtime
         options.setdefault("num_threads", threads)
     key = json.dumps([modality, name, options], sort_keys=True, default=str)

@@ -15,7 +15,6 @@ horses never use it).
 
 import contextlib
 import logging
-import os
 
 from rq.utils import now
 from rq.worker import SimpleWorker, Worker
@@ -26,6 +25,7 @@ import workers.resync  # noqa: F401
 import xmodal.labelstudio.client  # noqa: F401  (httpx)
 import xmodal.labelstudio.push  # noqa: F401
 from workers.recovery import start_sweeper
+from xmodal import settings
 from xmodal.logfmt import kv, setup_worker_logging
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def scheduler_check_s() -> float:
     """``$XMODAL_SCHEDULER_CHECK_S`` (default 15): how often a worker checks its scheduler child."""
-    return float(os.environ.get("XMODAL_SCHEDULER_CHECK_S") or 15)
+    return settings.get("XMODAL_SCHEDULER_CHECK_S")
 
 # MiniLM (the English default text encoder) embeds written references in the rebuild on ONNX
 # Runtime + tokenizers: importing them and the encoder module took 0.4-0.6 s on the busy 2-core

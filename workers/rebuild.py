@@ -30,11 +30,11 @@ Meanwhile the previous index keeps serving: nothing is published before step 3 c
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import redis
 
+from xmodal import settings
 from xmodal.errors import DataError
 from xmodal.index.build import build_snapshot, take_snapshot
 from xmodal.index.store import IndexStore
@@ -76,9 +76,9 @@ def rebuild(project: str, redis_client: redis.Redis | None = None) -> dict:
 def _test_pause() -> None:
     """Test hook, off unless set: ``$XMODAL_TEST_REBUILD_PAUSE_S`` seconds of sleep right after
     the snapshot, so that tests/test_faults.py can kill a worker mid-rebuild deterministically."""
-    pause = os.environ.get("XMODAL_TEST_REBUILD_PAUSE_S")
+    pause = settings.get("XMODAL_TEST_REBUILD_PAUSE_S")
     if pause:
-        time.sleep(float(pause))
+        time.sleep(pause)
 
 
 def _rebuild(project: str, r: redis.Redis, job_id: str | None, t_start: float) -> dict:

@@ -19,13 +19,13 @@ worker. Stock command: ``rq worker --worker-class workers.reconnect.Reconnecting
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import redis
 
 from workers.embed_worker import EmbedWorker
 from workers.preload import RecoveringSimpleWorker
+from xmodal import settings
 from xmodal.logfmt import kv
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,9 @@ class Reconnecting:
     """Mixin for rq worker classes (see the module doc)."""
 
     def execute_job(self, job, queue):
-        pause = os.environ.get("XMODAL_TEST_DEQUEUE_PAUSE_S")
+        pause = settings.get("XMODAL_TEST_DEQUEUE_PAUSE_S")
         if pause:   # test hook: a job taken from the queue, not yet recorded as started
-            time.sleep(float(pause))
+            time.sleep(pause)
         return self._surviving_redis("taking a job", super().execute_job, job, queue, job_id=job.id)
 
     def heartbeat(self, *args, **kwargs):

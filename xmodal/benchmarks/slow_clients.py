@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.simulation.processes import ProcessManager, free_port, wait_backend
 
 WEBHOOK = json.dumps({"action": "PROJECT_UPDATED", "project": {"id": 1}}).encode()
@@ -117,7 +118,7 @@ def main(args_in=None) -> int:
     p.add_argument("--interval", type=float, default=0.0, help="seconds between probes")
     args = p.parse_args(args_in)
     env = dict(os.environ, PYTHONUNBUFFERED="1", XMODAL_LOG_LEVEL="WARNING",
-               MODEL_DIR=os.environ.get("MODEL_DIR") or tempfile.mkdtemp(prefix="xmodal-slow-"))
+               MODEL_DIR=settings.get("MODEL_DIR") or tempfile.mkdtemp(prefix="xmodal-slow-"))
     py = [sys.executable, "-m"]
     for mode in args.modes.split(","):
         port = free_port()

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.encoders import DEFAULT_TEXT_ENCODER, TEXT_ENCODER_HELP
 from xmodal.errors import ConfigError
 
@@ -93,11 +94,11 @@ def register(subparsers) -> None:
     c.add_argument("--page-texts", type=int, default=None, metavar="N",
                    help="image tasks: texts each page carries for its filter, best first (default "
                         "1000); the search box under 'None of these' reaches every text")
-    c.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"), metavar="URL",
+    c.add_argument("--label-studio-url", default=settings.get("LABEL_STUDIO_URL"), metavar="URL",
                    help="Label Studio base URL (default $LABEL_STUDIO_URL)")
-    c.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), metavar="KEY",
+    c.add_argument("--api-key", default=settings.get("LABEL_STUDIO_API_KEY"), metavar="KEY",
                    help="Label Studio access token (default $LABEL_STUDIO_API_KEY)")
-    c.add_argument("--backend-url", default=os.environ.get("XMODAL_BACKEND_URL"), metavar="URL",
+    c.add_argument("--backend-url", default=settings.get("XMODAL_BACKEND_URL"), metavar="URL",
                    help="where Label Studio reaches the ML backend, e.g. http://127.0.0.1:9090 "
                    "(default $XMODAL_BACKEND_URL)")
     c.add_argument("--title", help="Label Studio project title (default: --name)")
@@ -122,8 +123,8 @@ def register(subparsers) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--name", required=True)
     g.add_argument("--k", required=True, metavar="N", help="new total number of medoids")
-    g.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"), metavar="URL")
-    g.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
+    g.add_argument("--label-studio-url", default=settings.get("LABEL_STUDIO_URL"), metavar="URL")
+    g.add_argument("--api-key", default=settings.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
     g.add_argument("--model-dir", metavar="DIR")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")

@@ -8,6 +8,8 @@ import shlex
 import shutil
 import sys
 
+from xmodal import settings
+
 log = logging.getLogger(__name__)
 
 
@@ -16,12 +18,12 @@ def register(subparsers) -> None:
                               description="Run the ML backend: Label Studio connects to "
                               "http://HOST:PORT. Redis: $REDIS_URL, or an embedded server under "
                               "$MODEL_DIR/.redis when unset.")
-    p.add_argument("--host", default=os.environ.get("XMODAL_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("XMODAL_PORT", "9090")))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")),
+    p.add_argument("--host", default=settings.get("XMODAL_HOST"))
+    p.add_argument("--port", type=int, default=settings.get("XMODAL_PORT"))
+    p.add_argument("--workers", type=int, default=settings.get("WEB_CONCURRENCY"),
                    help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)")
     p.add_argument("--timeout", type=int, default=60, help="gunicorn worker timeout (s)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("XMODAL_THREADS", "64")),
+    p.add_argument("--threads", type=int, default=settings.get("XMODAL_THREADS"),
                    help="threads per worker (gthread; default $XMODAL_THREADS or 64): a request "
                         "reaches one only when it has arrived whole, so slow clients hold none")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
@@ -57,12 +59,12 @@ def run(args) -> int:
         print(shlex.join(argv))   # quoted: the empty --forwarder-headers value stays visible
         return 0
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (
-            os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS")):
+            settings.get("BASIC_AUTH_USER") and settings.get("BASIC_AUTH_PASS")):
         log.warning("listening on %s without BASIC_AUTH_USER/BASIC_AUTH_PASS: anyone who reaches "
                     "port %s can send labels and /setup; set both (and the same in Label Studio's "
                     "ML backend connection)", args.host, args.port)
     log.info("serving on http://%s:%s (redis %s, MODEL_DIR %s)", args.host, args.port,
-             url.split("@")[-1], os.environ.get("MODEL_DIR", "models"))
+             url.split("@")[-1], settings.get("MODEL_DIR"))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, os.environ)

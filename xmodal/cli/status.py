@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 
+from xmodal import settings
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -99,14 +101,13 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
 
 def run(args) -> int:
     import logging
-    import os
 
     from xmodal.project.workspace import list_workspaces
     from xmodal.redis_conn import get_redis, model_dir, redact, running_embedded_url
 
     if not getattr(args, "debug", False):
         logging.getLogger("xmodal").setLevel(logging.WARNING)  # the output below says which Redis
-    url = os.environ.get("REDIS_URL")
+    url = settings.get("REDIS_URL")
     source = "REDIS_URL"
     if not url:
         # read-only: attach to a running embedded server, never start one (it would outlive us)

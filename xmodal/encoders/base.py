@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.errors import DataError
 
 # (item, reason): the image path or the text that could not be embedded, and why
@@ -146,7 +147,7 @@ def valid_rows(X: np.ndarray) -> np.ndarray:
 
 def default_cache_dir() -> Path:
     """``$XMODAL_CACHE_DIR`` or ``~/.cache/xmodal``: features, ONNX exports, word vectors."""
-    return Path(os.environ.get("XMODAL_CACHE_DIR") or Path.home() / ".cache" / "xmodal")
+    return Path(settings.get("XMODAL_CACHE_DIR") or Path.home() / ".cache" / "xmodal")
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.encoders.base import Encoder, Failure, NotFittedError, batches, progress_bar, valid_rows
 from xmodal.encoders.cache import FeatureCache, content_key
 from xmodal.errors import XmodalError
@@ -74,19 +75,12 @@ def embed_queue_name() -> str:
     return embed_queue_for(queue_name())
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
-
-
 def retries() -> int:
-    return max(0, _env_int("XMODAL_EMBED_RETRIES", 2))
+    return settings.get("XMODAL_EMBED_RETRIES")
 
 
 def chunk_timeout() -> int:
-    return _env_int("XMODAL_EMBED_TIMEOUT", 1800)
+    return settings.get("XMODAL_EMBED_TIMEOUT")
 
 
 def cached_features(encoder: Encoder, items: Sequence[str], cache: FeatureCache | None,

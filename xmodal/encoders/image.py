@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.encoders.base import Encoder, batches, default_cache_dir, file_digest, progress_bar
 from xmodal.encoders.onnx_session import cached_session, onnx_model_path
 from xmodal.errors import ConfigError, XmodalError
@@ -37,12 +38,12 @@ BACKENDS = ("onnx", "torch")
 def max_image_pixels() -> int:
     """``$XMODAL_MAX_IMAGE_PIXELS`` (default 50 MP): images with more pixels are not decoded (a
     13k x 13k PNG of 20 KB would take over 1 GB to decode)."""
-    return int(os.environ.get("XMODAL_MAX_IMAGE_PIXELS") or 50_000_000)
+    return settings.get("XMODAL_MAX_IMAGE_PIXELS")
 
 
 def max_image_bytes() -> int:
     """``$XMODAL_MAX_IMAGE_BYTES`` (default 20 MiB): larger image files are not read."""
-    return int(os.environ.get("XMODAL_MAX_IMAGE_BYTES") or 20 * 2**20)
+    return settings.get("XMODAL_MAX_IMAGE_BYTES")
 # ONNX output must match eager torch this closely, or the export is refused
 ONNX_TOLERANCE = 1e-4
 # bump when the preprocessing changes: it is part of every image encoder id. It stayed "v1" when

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal import settings
 from xmodal.fileio import atomic_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def threshold(config: dict | None = None) -> int:
     ``ann_threshold``, else ``$XMODAL_ANN_THRESHOLD``, else 100 000 (0 or less = never)."""
     value = (config or {}).get("ann_threshold")
     if value is None:
-        value = os.environ.get("XMODAL_ANN_THRESHOLD", DEFAULT_THRESHOLD)
+        value = settings.get("XMODAL_ANN_THRESHOLD")
     try:
         return int(value)
     except (TypeError, ValueError):

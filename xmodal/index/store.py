@@ -19,7 +19,6 @@ Redis, pruning on disk, and :func:`load_current` with its process-wide cache.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import redis
 
+from xmodal import settings
 from xmodal.errors import DataError
 from xmodal.index import ann as ann_mod
 from xmodal.index.files import (
@@ -73,7 +73,7 @@ class IndexStore:
         self.redis = redis_client
         self.ws = ws
         self.project = ws.name
-        self.keep = keep if keep is not None else int(os.environ.get("XMODAL_KEEP_VERSIONS", DEFAULT_KEEP))
+        self.keep = keep if keep is not None else settings.get("XMODAL_KEEP_VERSIONS")
         self.seq_key = pkey(self.project, "index", "seq")
         self.current_key = pkey(self.project, "index", "current")
         self.info_key = pkey(self.project, "index", "info")

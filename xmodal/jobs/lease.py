@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import threading
 
 import redis
 
+from xmodal import settings
 from xmodal.logfmt import kv
 from xmodal.redis_conn import pkey
 
@@ -39,7 +39,7 @@ DEFAULT_TTL_S = 10.0
 
 def ttl_s() -> float:
     """``$XMODAL_REBUILD_LEASE_S`` (default 10): how long a lease outlives its last renewal."""
-    return max(0.2, float(os.environ.get("XMODAL_REBUILD_LEASE_S") or DEFAULT_TTL_S))
+    return settings.get("XMODAL_REBUILD_LEASE_S")
 
 
 def start_grace_s() -> float:

@@ -23,7 +23,6 @@ retry the job lands in RQ's failed registry with its exception.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 
@@ -32,6 +31,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from xmodal import settings
 from xmodal.jobs import lease
 from xmodal.logfmt import kv
 from xmodal.redis_conn import check_project_name, key_prefix, pkey
@@ -61,35 +61,31 @@ return 0
 
 def queue_name() -> str:
     """``$XMODAL_QUEUE`` (default ``xmodal``): the RQ queue of rebuild jobs."""
-    return os.environ.get("XMODAL_QUEUE") or DEFAULT_QUEUE
+    return settings.get("XMODAL_QUEUE")
 
 
 def embed_queue_for(rebuild_queue: str) -> str:
     """The feature-extraction queue beside a rebuild queue: ``$XMODAL_EMBED_QUEUE``, default
     ``<rebuild queue>-embed`` (see :mod:`workers.embed`)."""
-    return os.environ.get("XMODAL_EMBED_QUEUE") or f"{rebuild_queue}-embed"
+    return settings.get("XMODAL_EMBED_QUEUE") or f"{rebuild_queue}-embed"
 
 
 def get_queue(redis_client: redis.Redis, name: str | None = None) -> Queue:
     return Queue(name or queue_name(), connection=redis_client)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
-
-
 def retry_policy() -> Retry | None:
     """``Retry`` from ``$XMODAL_REBUILD_RETRIES`` (default 3; 0 = no retry) and
     ``$XMODAL_REBUILD_RETRY_INTERVALS`` (seconds, default ``5,30,120``: backoff)."""
-    n = int(os.environ.get("XMODAL_REBUILD_RETRIES", "3"))
+    n = settings.get("XMODAL_REBUILD_RETRIES")
     if n <= 0:
         return None
-    intervals = _ints(os.environ.get("XMODAL_REBUILD_RETRY_INTERVALS", "5,30,120")) or [0]
+    intervals = settings.get("XMODAL_REBUILD_RETRY_INTERVALS") or [0]
     return Retry(max=n, interval=intervals)
 
 
 def job_timeout() -> int:
-    return int(os.environ.get("XMODAL_REBUILD_TIMEOUT", "600"))
+    return settings.get("XMODAL_REBUILD_TIMEOUT")
 
 
 def flag_key(project: str) -> str:

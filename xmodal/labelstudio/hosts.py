@@ -27,8 +27,9 @@ A ``/setup`` hostname outside them is recorded (``P:{p}:ls`` ``refused_url``), l
 from __future__ import annotations
 
 import ipaddress
-import os
 import urllib.parse
+
+from xmodal import settings
 
 ENV = "XMODAL_LABEL_STUDIO_HOSTS"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -59,8 +60,8 @@ def origin(url: str) -> tuple[str, str, int] | None:
 
 def configured_urls(label_studio_config: dict | None = None) -> list[str]:
     """The URLs the operator configured (see the module doc)."""
-    urls = [os.environ.get("LABEL_STUDIO_URL", "")]
-    urls += os.environ.get(ENV, "").split(",")
+    urls = [(settings.get("LABEL_STUDIO_URL") or "")]
+    urls += settings.get(ENV).split(",")
     urls.append((label_studio_config or {}).get("url") or "")
     return [u.strip() for u in urls if u and u.strip()]
 

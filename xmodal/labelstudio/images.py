@@ -22,6 +22,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.errors import ConfigError
 from xmodal.logfmt import Say, quiet
 
@@ -35,7 +36,7 @@ OPTION_THUMB = 160
 # -- image URLs -------------------------------------------------------------------------------
 
 def document_root(explicit: str | None = None) -> Path:
-    root = explicit or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or os.sep
+    root = explicit or settings.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or os.sep
     return Path(root).expanduser().resolve()
 
 

@@ -22,8 +22,7 @@ prediction:
 
 from __future__ import annotations
 
-import os
-
+from xmodal import settings
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.labelstudio.tasks import option_values
 
@@ -37,7 +36,7 @@ class UnknownItem(KeyError):
 def preselect_min() -> float:
     """``$XMODAL_PRESELECT_MIN``: the confidence from which the top candidate is pre-selected."""
     try:
-        return float(os.environ.get("XMODAL_PRESELECT_MIN") or 0.5)
+        return settings.get("XMODAL_PRESELECT_MIN")
     except ValueError:
         return 0.5
 

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.datasets import load_data
 from xmodal.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from xmodal.encoders.language import resolve_text_encoder
@@ -300,7 +301,7 @@ def _redis(redis_client):
         r.ping()
         return r
     except (redis.RedisError, OSError) as exc:
-        where = redact(os.environ.get("REDIS_URL", "")) or "the embedded server"
+        where = redact(settings.get("REDIS_URL") or "") or "the embedded server"
         raise ConfigError(f"cannot reach Redis at {where} ({exc}); the backend and workers share it: "
                           "start it or fix REDIS_URL") from None
 
@@ -403,8 +404,8 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
     result = BootstrapResult(ws=ws, k=len(medoids), medoid_ids=medoids, candidate_pool=pool,
                              new_medoids=k - len(current))
     ls = cfg["label_studio"]
-    url = label_studio_url or os.environ.get("LABEL_STUDIO_URL") or ls.get("url")
-    key = api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    url = label_studio_url or settings.get("LABEL_STUDIO_URL") or ls.get("url")
+    key = api_key or settings.get("LABEL_STUDIO_API_KEY")
     if ls.get("project_id") is None or not url:
         from xmodal.project.workspace import atomic_write_json
 
@@ -441,7 +442,7 @@ def list_projects(model_dir=None, redis_client=None) -> list[dict]:
     from xmodal.project.workspace import list_workspaces
 
     r = redis_client
-    if r is None and os.environ.get("REDIS_URL"):
+    if r is None and settings.get("REDIS_URL"):
         with contextlib.suppress(Exception):
             from xmodal.redis_conn import get_redis
 

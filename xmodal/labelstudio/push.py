@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
+from xmodal import settings
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.index.store import IndexStore, load_current
 from xmodal.jobs.queueing import flag_key, get_queue
@@ -89,8 +89,8 @@ def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
     if pid is None:
         return None
     learned = {k.decode(): v.decode() for k, v in redis_client.hgetall(pkey(ws.name, "ls")).items()}
-    named = os.environ.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
-    key = os.environ.get("LABEL_STUDIO_API_KEY") or learned.get("api_key")
+    named = settings.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
+    key = settings.get("LABEL_STUDIO_API_KEY") or learned.get("api_key")
     if not named or not key:
         return None
     url = trusted_url(named, ls)   # the configured spelling: what the client parses and calls
@@ -148,12 +148,12 @@ def open_label_studio(url: str, api_key: str):
 
 def ls_first() -> int:
     """``$XMODAL_LS_FIRST``: open tasks pushed (options re-ranked) before ``model_version`` flips."""
-    return max(1, int(os.environ.get("XMODAL_LS_FIRST", "1")))
+    return settings.get("XMODAL_LS_FIRST")
 
 
 def ls_rest_delay() -> float:
     """``$XMODAL_LS_REST_DELAY_S``: quiet seconds before the tasks not served next are pushed."""
-    return max(0.0, float(os.environ.get("XMODAL_LS_REST_DELAY_S", "1")))
+    return settings.get("XMODAL_LS_REST_DELAY_S")
 
 
 def _others_waiting(redis_client: redis.Redis) -> bool:
@@ -166,7 +166,7 @@ def _others_waiting(redis_client: redis.Redis) -> bool:
 
 def ls_parallel() -> int:
     """``$XMODAL_LS_PARALLEL``: requests in flight to Label Studio (its dev server overlaps ~4)."""
-    return max(1, int(os.environ.get("XMODAL_LS_PARALLEL", "4")))
+    return settings.get("XMODAL_LS_PARALLEL")
 
 
 # -- one current prediction per task ------------------------------------------------------------

@@ -49,10 +49,10 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 
 import redis
 
+from xmodal import settings
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.labelstudio.images import MEDOID_THUMB, OPTION_THUMB, ImageURLs, document_root
 from xmodal.logfmt import kv
@@ -261,7 +261,7 @@ REGISTRY_MAX_BYTES = 128 * 2**20
 
 def registry_max_bytes() -> int:
     """``$XMODAL_TASK_REGISTRY_MAX_BYTES`` (default 128 MiB): a project's task records at most."""
-    return int(os.environ.get("XMODAL_TASK_REGISTRY_MAX_BYTES") or REGISTRY_MAX_BYTES)
+    return settings.get("XMODAL_TASK_REGISTRY_MAX_BYTES")
 
 
 # KEYS: 1 tasks, 2 bytes counter, 3 tasks:deleted, 4 (unused), 5 recent deletions (TASK_DELETED_LUA)

@@ -55,12 +55,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from datetime import datetime
 
 import redis
 
+from xmodal import settings
 from xmodal.redis_conn import pkey
 
 RECENT_DELETES_MAX = 10_000
@@ -69,12 +69,12 @@ RECENT_DELETES_S = 86_400.0
 
 def recent_deletes_max() -> int:
     """``$XMODAL_RECENT_DELETES`` (default 10,000): deletions of unseen ids remembered at most."""
-    return max(1, int(os.environ.get("XMODAL_RECENT_DELETES") or RECENT_DELETES_MAX))
+    return max(1, settings.get("XMODAL_RECENT_DELETES"))
 
 
 def recent_deletes_s() -> float:
     """``$XMODAL_RECENT_DELETES_S`` (default 86,400): how long they are remembered."""
-    return max(1.0, float(os.environ.get("XMODAL_RECENT_DELETES_S") or RECENT_DELETES_S))
+    return settings.get("XMODAL_RECENT_DELETES_S")
 
 
 # Whether a task was deleted in Label Studio (KEYS[3]: tasks:deleted, KEYS[5]: recent deletions),
