@@ -192,7 +192,7 @@ class FakeLabelStudio:
         self.updates: list[dict] = []  # task data PATCHes: {task_id: data}
         self.calls: list[str] = []     # the order of the calls above
 
-    def __call__(self, url, api_key):  # stands in for xmodal.labelstudio.push.open_label_studio
+    def __call__(self, url, api_key):  # stands in for xmodal.labelstudio.connection.open_label_studio
         self.opened.append((url, api_key))
         return self
 
@@ -226,9 +226,7 @@ def fake_ls(monkeypatch):
     # the rest of a push waits for a quiet moment in production (a real Label Studio's queue); a
     # recording fake has none to protect
     monkeypatch.setenv("XMODAL_LS_REST_DELAY_S", "0")
-    # both names: workers.resync binds the function at its import
-    monkeypatch.setattr("xmodal.labelstudio.push.open_label_studio", fake)
-    monkeypatch.setattr("workers.resync.open_label_studio", fake)
+    monkeypatch.setattr("xmodal.labelstudio.connection.open_label_studio", fake)
     return fake
 
 

@@ -261,9 +261,9 @@ def test_the_api_key_never_reaches_a_host_that_only_looks_configured(xenv, ws, m
         for trap in traps:
             assert trap.received == b"", trap.received[:200]
         assert b"Basic " not in configured.received   # no credentials of the caller's either
-        from xmodal.labelstudio.hosts import refused
+        from xmodal.labelstudio.connection import ConnectionRecord
 
-        assert refused(xenv.redis, "proj") == named
+        assert ConnectionRecord(xenv.redis, "proj").refused() == named
     finally:
         for lst in [configured, *traps]:
             lst.close()

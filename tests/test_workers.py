@@ -797,7 +797,7 @@ def test_a_task_whose_own_fields_were_not_kept_keeps_them_through_the_push(r, xe
 
 
 def test_problems_are_flagged_on_their_tasks_and_cleared_when_fixed(r, xenv, ws, fake_ls):
-    from xmodal.labelstudio.push import flag_problems
+    from xmodal.labelstudio.problems import flag_problems
     from xmodal.labelstudio.tasks import TaskRegistry
 
     fake_ls.tasks = [task_body(1000 + i, image_id(i)) for i in range(3)]

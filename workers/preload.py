@@ -55,6 +55,19 @@ class _Recovering:
         start_sweeper(self)
         return super().work(*args, **kwargs)
 
+    # -- commands (kill-horse, shutdown) listened for with a short wait --------------------------
+    # rq 3.0 reads its command channel with get_message(timeout=60) in a thread; at exit it
+    # unsubscribes, then stops and joins that thread. Unsubscribed, redis-py's get_message waits on
+    # its "subscribed" event for the whole timeout, and a burst worker that had finished its jobs
+    # hung at exit for up to 60 s (46 s seen; the fault tests kill it at 60 s). One second is
+    # still prompt for a command.
+    def subscribe(self):
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler)
+
     # -- a dead scheduler child is restarted ---------------------------------------------------
     # rq restarts its scheduler process only in its maintenance step, every 10 minutes, and an
     # idle worker wakes from BLPOP every 405 s: scheduled retries sat overdue for minutes. The

@@ -2,7 +2,7 @@
 
 ``flag_problems(project)`` runs in an RQ worker (enqueued by the backend when an annotation turns
 into a problem, or stops being one): it sets or clears ``data.problem`` of the affected tasks in
-Label Studio (:func:`xmodal.labelstudio.push.flag_problems`), so that the annotator who reopens the
+Label Studio (:func:`xmodal.labelstudio.problems.flag_problems`), so that the annotator who reopens the
 task reads what to fix and the team can filter the Data Manager by it.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis
 
 from xmodal.errors import DataError
-from xmodal.labelstudio.push import flag_problems as flag_in_label_studio
+from xmodal.labelstudio.problems import flag_problems as flag_in_label_studio
 from xmodal.project.workspace import Workspace
 from xmodal.redis_conn import get_redis
 

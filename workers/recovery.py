@@ -69,7 +69,7 @@ def recover_project(redis_client: redis.Redis, project: str, queue: str | None =
     if not dead:
         return None
     job_id, enqueued = enqueue_rebuild(redis_client, project, reason=f"recover: {dead[0]} died",
-                                       queue=queue)
+                                       queue=queue, replace_lost=True)
     log.warning(kv("rebuild.recovered", project=project, dead=",".join(dead), job=job_id,
                    enqueued=enqueued))
     return job_id

@@ -25,9 +25,9 @@ import redis
 
 from xmodal.errors import ApiError, DataError
 from xmodal.jobs.queueing import enqueue_rebuild
+from xmodal.labelstudio import connection
 from xmodal.labelstudio.annotations import apply_annotation, parse_annotation_event
 from xmodal.labelstudio.config import label_fields
-from xmodal.labelstudio.push import ls_connection, open_label_studio
 from xmodal.labelstudio.tasks import TaskRegistry
 from xmodal.logfmt import kv
 from xmodal.project.pairs import PairStore
@@ -49,7 +49,7 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     ws = Workspace.for_project(project)
     if not ws.exists():
         raise DataError(f"resync {project}: no workspace at {ws.root}")
-    conn = ls_connection(r, ws)
+    conn = connection.ls_connection(r, ws)
     if conn is None:
         raise DataError(f"resync {project}: the project has no Label Studio connection (link it and "
                         "set LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, or connect the backend in "
@@ -57,7 +57,7 @@ def resync(project: str, redis_client: redis.Redis | None = None, rebuild: bool 
     pairs, registry = PairStore(r, project), TaskRegistry(r, project)
     from_name, _ = label_fields(r, ws)
     started = time.time()
-    api = open_label_studio(conn["url"], conn["api_key"])
+    api = connection.open_label_studio(conn["url"], conn["api_key"])
     tasks = api.list_tasks(conn["project_id"], fields="all")
     if tasks is None:
         raise DataError(f"resync {project}: the Label Studio client cannot list tasks")

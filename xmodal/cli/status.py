@@ -33,7 +33,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from xmodal.index.store import IndexStore
     from xmodal.jobs import stats
     from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue, stuck_flag
-    from xmodal.labelstudio.hosts import refused
+    from xmodal.labelstudio.connection import ConnectionRecord
     from xmodal.project.pairs import PairStore
     from xmodal.project.workspace import Workspace, list_workspaces
 
@@ -94,7 +94,7 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
             "last_rebuild": last or None,
             # a /setup named a Label Studio that is not configured: nothing is sent there
-            "ls_refused_url": refused(redis_client, name),
+            "ls_refused_url": ConnectionRecord(redis_client, name).refused(),
         }
     return out
 

@@ -8,12 +8,12 @@ with its snapshot of the pairs (see :mod:`workers.rebuild`). So
 - pairs arriving while a rebuild runs (after its snapshot) enqueue exactly one more;
 - a flag left behind by a job that vanished or failed (worker crash, enqueue error) is replaced;
   so is one naming a STARTED job that holds no lease (its process died before its snapshot,
-  :mod:`xmodal.jobs.lease`), and one naming a job that says QUEUED but is in no queue or registry
-  ("lost": a worker popped it from the queue and Redis went down before the worker recorded it as
-  started; back from its append-only file, Redis has the job QUEUED and in no list, and every
-  later label was coalesced into it). A job that died *after* its snapshot, or a flag whose job
-  is lost or gone while no label arrives, is re-enqueued by :mod:`workers.recovery`, which every
-  ``xmodal worker`` runs.
+  :mod:`xmodal.jobs.lease`). A job that says QUEUED but is in no queue or registry ("lost": a
+  worker popped it from the queue and Redis went down before the worker recorded it as started;
+  back from its append-only file, Redis has the job QUEUED and in no list, and every later label
+  was coalesced into it) is replaced by :mod:`workers.recovery`, which every ``xmodal worker``
+  runs every few seconds, as is a job that died *after* its snapshot: a label coalesces into it,
+  since telling it from a job a worker is starting takes a second look a webhook cannot wait for.
 
 Retries: ``Retry(max=$XMODAL_REBUILD_RETRIES, interval=$XMODAL_REBUILD_RETRY_INTERVALS)``; intervals
 above 0 need a worker started with ``--with-scheduler`` (``xmodal worker`` does). After the last
@@ -155,11 +155,14 @@ def stuck_flag(redis_client: redis.Redis, project: str) -> dict | None:
 
 
 def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
-                    queue: str | None = None) -> tuple[str, bool]:
+                    queue: str | None = None, *, replace_lost: bool = False) -> tuple[str, bool]:
     """Make sure a rebuild of ``project`` will run after this call.
 
     Returns ``(job_id, enqueued)``: ``enqueued`` is False when an already queued job will pick the
-    change up (coalesced)."""
+    change up (coalesced). A label never waits here: a job between a worker's pop and its start
+    looks "lost" for a moment, and looking twice takes :data:`PLACED_RECHECK_S` (a webhook that
+    slept it went from ~8 to ~26 ms a label with a live worker), so a label coalesces into a lost
+    job and the recovery sweep, which looks twice, replaces it (``replace_lost``)."""
     flag = flag_key(project)
     job_id = new_job_id(project)
     value = f"{job_id}|{time.time():.3f}"
@@ -172,9 +175,9 @@ def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
         old = redis_client.get(flag) or b""
     old = old.decode()
     old_id, _, ts = old.partition("|")
-    state = job_state(redis_client, old_id, project)
+    state = job_state(redis_client, old_id, project) if replace_lost else _state(redis_client, old_id, project)
     age = time.time() - float(ts or 0)
-    if state == "alive" or (state is None and age < FLAG_GRACE_S):
+    if state == "alive" or (state is None and age < FLAG_GRACE_S) or (state == "lost" and not replace_lost):
         log.debug(kv("rebuild.coalesced", project=project, job=old_id, reason=reason))
         return old_id, False
     # stale flag: its job failed, finished or vanished without clearing it

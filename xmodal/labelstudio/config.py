@@ -14,7 +14,6 @@ import redis
 
 from xmodal.errors import ConfigError
 from xmodal.project.workspace import Workspace
-from xmodal.redis_conn import pkey
 
 LABEL_CONFIGS = {"image": "image_to_text.xml", "text": "text_to_image.xml"}
 
@@ -65,7 +64,9 @@ def label_fields(redis_client: redis.Redis | None, ws: Workspace) -> tuple[str, 
     if ls.get("from_name") and ls.get("to_name"):
         return ls["from_name"], ls["to_name"]
     if redis_client is not None:
-        learned = redis_client.hmget(pkey(ws.name, "ls"), "from_name", "to_name")
-        if learned[0] and learned[1]:
-            return learned[0].decode(), learned[1].decode()
+        from xmodal.labelstudio.connection import ConnectionRecord
+
+        learned = ConnectionRecord(redis_client, ws.name).fields()
+        if learned:
+            return learned
     return DEFAULT_FIELDS[cfg["select"]]

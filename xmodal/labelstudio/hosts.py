@@ -20,7 +20,7 @@ backslash or a control character is no origin at all: URL parsers disagree about
 ``http://a:1\\@b:2`` names, and a check that reads one host while the client connects to another
 sends the key there.
 
-A ``/setup`` hostname outside them is recorded (``P:{p}:ls`` ``refused_url``), logged
+A ``/setup`` hostname outside them is recorded (:class:`~xmodal.labelstudio.connection.ConnectionRecord`), logged
 (``event=ls.untrusted_host``) and shown by ``xmodal status``; nothing is sent there.
 """
 
@@ -78,26 +78,3 @@ def trusted_url(url: str, label_studio_config: dict | None = None) -> str | None
 def is_trusted(url: str, label_studio_config: dict | None = None) -> bool:
     """Whether ``url`` has the origin of a configured Label Studio."""
     return trusted_url(url, label_studio_config) is not None
-
-
-def refuse(redis_client, project: str, url: str, where: str) -> None:
-    """Record and log a Label Studio URL that is not configured (nothing is sent to it)."""
-    import logging
-    import time
-
-    from xmodal.logfmt import kv
-    from xmodal.redis_conn import pkey
-
-    shown = url[:200]
-    redis_client.hset(pkey(project, "ls"), mapping={"refused_url": shown, "refused_at": time.time()})
-    logging.getLogger(__name__).warning(kv(
-        "ls.untrusted_host", project=project, url=shown, where=where,
-        fix=f"set LABEL_STUDIO_URL or {ENV} to send the Label Studio API key there"))
-
-
-def refused(redis_client, project: str) -> str | None:
-    """The last refused URL of a project (for ``xmodal status``), if any."""
-    from xmodal.redis_conn import pkey
-
-    value = redis_client.hget(pkey(project, "ls"), "refused_url")
-    return value.decode(errors="replace") if value else None

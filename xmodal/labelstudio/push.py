@@ -1,4 +1,4 @@
-"""Pushing an index into Label Studio: task options, predictions, the model version, problem flags.
+"""Pushing an index into Label Studio: task pages, predictions, the model version.
 
 The push (:func:`refresh_label_studio`) runs only when the project is linked to a Label Studio
 project and a URL and API key are known, and only for the index that is still current: it holds a
@@ -26,17 +26,11 @@ is prioritised:
    screen) goes at once, the others after ``$XMODAL_LS_REST_DELAY_S`` (default 1) quiet seconds, cut
    short by any other job waiting on the queue: while a person labels quickly, the next label's
    first batch must not queue in Label Studio behind these page PATCHes;
-Each task has **one** prediction, updated in place for every new index (its id is kept in Redis,
-``P:{p}:ls:predictions``): predictions never pile up, and the annotation of a page that is open
-while a newer index arrives still names an existing prediction (Label Studio refuses a submit whose
-``parent_prediction`` was deleted: 400 "object does not exist", the label would be lost).
+Each task has **one** prediction, updated in place for every new index
+(:mod:`xmodal.labelstudio.prediction_log`).
 
 The tasks come from the task registry (:class:`~xmodal.labelstudio.tasks.TaskRegistry`), filled at
 import and from every webhook; Label Studio's task list is read only when the registry is empty.
-
-A problem (an annotation that could not become a pair) is shown on its task: :func:`flag_problems`
-sets ``data.problem`` (a line of the labelling page and a column of the Data Manager), and clears
-it once the annotation is fixed.
 
 ``xmodal project create`` / ``grow`` use :func:`push_current_predictions` and
 :func:`refresh_task_options` (every open task, under the same lock).
@@ -46,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,9 +50,10 @@ from xmodal import settings
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.index.store import IndexStore, load_current
 from xmodal.jobs.queueing import flag_key, get_queue
-from xmodal.labelstudio.client import connect, describe_error
+from xmodal.labelstudio import connection
+from xmodal.labelstudio.client import describe_error
 from xmodal.labelstudio.config import label_fields
-from xmodal.labelstudio.hosts import refuse, trusted_url
+from xmodal.labelstudio.prediction_log import PredictionLog
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.tasks import OptionRanker, TaskRegistry
 from xmodal.logfmt import kv
@@ -75,128 +69,12 @@ class LabelStudioPushError(RuntimeError):
     """The index was published but Label Studio could not be updated (RQ retries the job)."""
 
 
-# -- connection ---------------------------------------------------------------------------------
-
-def ls_connection(redis_client: redis.Redis, ws: Workspace) -> dict | None:
-    """``{"url", "api_key", "project_id"}`` or None when the project has no Label Studio link.
-
-    URL: ``$LABEL_STUDIO_URL``, else the workspace config, else the ``hostname`` Label Studio sent
-    to /setup. Key: ``$LABEL_STUDIO_API_KEY``, else the ``access_token`` sent to /setup. None as
-    well when the URL is not one the operator configured (:mod:`xmodal.labelstudio.hosts`): the
-    key never goes to a host a /setup request picked."""
-    ls = ws.config["label_studio"]
-    pid = ls.get("project_id")
-    if pid is None:
-        return None
-    learned = {k.decode(): v.decode() for k, v in redis_client.hgetall(pkey(ws.name, "ls")).items()}
-    named = settings.get("LABEL_STUDIO_URL") or ls.get("url") or learned.get("url")
-    key = settings.get("LABEL_STUDIO_API_KEY") or learned.get("api_key")
-    if not named or not key:
-        return None
-    url = trusted_url(named, ls)   # the configured spelling: what the client parses and calls
-    if url is None:
-        refuse(redis_client, ws.name, named, where="connection")
-        return None
-    return {"url": url.rstrip("/"), "api_key": key, "project_id": int(pid)}
-
-
-class LabelStudioAPI:
-    """What the push needs from Label Studio, over :class:`LabelStudioClient` (tests stand a
-    recording fake in for it through :func:`open_label_studio`)."""
-
-    def __init__(self, url: str, api_key: str):
-        self.client = connect(url, api_key)
-
-    def list_tasks(self, project_id: int, fields: str = "task_only") -> list[dict] | None:
-        """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all")."""
-        return self.client.list_tasks(project_id, fields=fields)
-
-    def push_predictions(self, project_id: int, predictions: dict, model_version: str,
-                         existing: dict | None = None) -> dict:
-        """``{task id: prediction id}``: the task's prediction ``existing[task]`` updated in place,
-        else a new one. Each rebuild (a retry too) pushes a version number of its own: no duplicate
-        check needed."""
-        return self.client.push_predictions(project_id, predictions, model_version,
-                                            parallel=ls_parallel(), skip_existing=False,
-                                            existing=existing)
-
-    def update_tasks_data(self, project_id: int, data_by_task_id: dict) -> int:
-        return self.client.update_tasks_data(data_by_task_id, parallel=ls_parallel())
-
-    def task_data(self, task_id: int) -> dict:
-        return self.client.task_data(task_id)
-
-    def set_model_version(self, project_id: int, version: str):
-        return self.client.set_model_version(project_id, version)
-
-
-_apis: dict[tuple[str, str], LabelStudioAPI] = {}
-_apis_lock = threading.Lock()
-
-
-def open_label_studio(url: str, api_key: str):
-    """The client the push uses, one per Label Studio and key in this process: connecting checks
-    the key with a request, which every rebuild would otherwise pay again."""
-    with _apis_lock:
-        api = _apis.get((url, api_key))
-    if api is None:
-        api = LabelStudioAPI(url, api_key)
-        with _apis_lock:
-            _apis[(url, api_key)] = api
-    return api
-
-
-def ls_first() -> int:
-    """``$XMODAL_LS_FIRST``: open tasks pushed (options re-ranked) before ``model_version`` flips."""
-    return settings.get("XMODAL_LS_FIRST")
-
-
-def ls_rest_delay() -> float:
-    """``$XMODAL_LS_REST_DELAY_S``: quiet seconds before the tasks not served next are pushed."""
-    return settings.get("XMODAL_LS_REST_DELAY_S")
-
-
 def _others_waiting(redis_client: redis.Redis) -> bool:
     """Whether another job waits on the queue of the job running this (none outside a worker)."""
     from rq import get_current_job
 
     job = get_current_job()
     return job is not None and get_queue(redis_client, job.origin).count > 0
-
-
-def ls_parallel() -> int:
-    """``$XMODAL_LS_PARALLEL``: requests in flight to Label Studio (its dev server overlaps ~4)."""
-    return settings.get("XMODAL_LS_PARALLEL")
-
-
-# -- one current prediction per task ------------------------------------------------------------
-
-class PredictionLog:
-    """The one Label Studio prediction of each task this project pushed to, by task id."""
-
-    def __init__(self, redis_client: redis.Redis, project: str):
-        self.redis = redis_client
-        self.key = pkey(project, "ls", "predictions")
-
-    def ids(self, task_ids) -> dict[int, int]:
-        task_ids = [int(t) for t in task_ids]
-        if not task_ids:
-            return {}
-        raw = self.redis.hmget(self.key, [str(t) for t in task_ids])
-        return {t: int(v) for t, v in zip(task_ids, raw) if v}
-
-    def record(self, pushed: dict | None) -> None:
-        if pushed:
-            self.redis.hset(self.key, mapping={str(t): str(int(p)) for t, p in pushed.items()})
-
-    def push(self, api, pid: int, preds: dict, model_version: str) -> int:
-        """Push ``preds`` ({task: prediction}), updating each task's prediction in place; returns
-        how many were written."""
-        if not preds:
-            return 0
-        pushed = api.push_predictions(pid, preds, model_version, existing=self.ids(preds)) or {}
-        self.record(pushed)
-        return len(preds)
 
 
 # -- the push of a rebuild -----------------------------------------------------------------------
@@ -216,7 +94,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                          on_ready: Callable[[dict], None] | None = None) -> dict:
     """Push the current index into Label Studio (see the module doc). ``on_ready(info)`` is called
     right after the flip. Returns what was done (for the stats)."""
-    conn = ls_connection(redis_client, ws)
+    conn = connection.ls_connection(redis_client, ws)
     if conn is None:
         return {"ls": "skipped: no Label Studio connection"}
     store = IndexStore(redis_client, ws)
@@ -238,7 +116,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             return {"ls": f"skipped: superseded by v{current}"}
         t0 = time.perf_counter()
         try:
-            api = open_label_studio(conn["url"], conn["api_key"])
+            api = connection.open_label_studio(conn["url"], conn["api_key"])
             tasks, source = _open_tasks(redis_client, ws, api, pid)
         except Exception as exc:
             raise failed("listing the tasks of", exc) from exc
@@ -258,7 +136,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             #            model_version no prediction carries (HTTP 400), which would retry forever
             log.info(kv("ls.skip", project=ws.name, job=job_id, version=snap.version, why="no open task"))
             return {"ls": "skipped: no open task", "ls_task_source": source}
-        first, rest = serving_order({t: p["score"] for t, p in preds.items()}, ls_first())
+        first, rest = serving_order({t: p["score"] for t, p in preds.items()}, settings.get("XMODAL_LS_FIRST"))
         ranker = OptionRanker(ws, snap, candidate_pool(ws))
         timing: dict[str, float] = {}
 
@@ -317,7 +195,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
 
         # 2. every other open task, its page too (whatever order serves it), unless a newer index
         #    is on its way
-        chunk = max(1, ls_parallel() // 2)   # small: a newer rebuild waits for at most one chunk
+        chunk = max(1, settings.get("XMODAL_LS_PARALLEL") // 2)   # small: a newer rebuild waits for at most one chunk
 
         def superseded() -> bool:
             return bool(redis_client.exists(flag_key(ws.name))) or store.current_version() != snap.version
@@ -325,7 +203,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
         pushed, stopped = 0, None
         for i in range(0, len(rest), chunk):
             if i == chunk:   # the next served went first; now a quiet moment
-                quiet_until = time.monotonic() + ls_rest_delay()
+                quiet_until = time.monotonic() + settings.get("XMODAL_LS_REST_DELAY_S")
                 while time.monotonic() < quiet_until and not superseded() \
                         and not _others_waiting(redis_client):
                     time.sleep(0.05)
@@ -365,42 +243,6 @@ def _timed(fn, *args) -> float:
     t0 = time.perf_counter()
     fn(*args)
     return time.perf_counter() - t0
-
-
-# -- problems on their tasks ---------------------------------------------------------------------
-
-def flag_problems(redis_client: redis.Redis, ws: Workspace) -> dict:
-    """Show each problem on its task in Label Studio (``data.problem``), and clear the flag of a
-    task whose annotation is no longer a problem. Returns what changed."""
-    conn = ls_connection(redis_client, ws)
-    if conn is None:
-        return {"flags": "skipped: no Label Studio connection"}
-    records = PairStore(redis_client, ws.name).records().values()
-    want: dict[int, str] = {}
-    for rec in sorted(records, key=lambda r: r.get("updated_at") or 0):
-        if rec.get("task_id") is None or rec.get("state") == "deleted":
-            continue
-        tid = int(rec["task_id"])
-        if rec.get("state") == "problem":
-            want[tid] = f"⚠ xmodal could not use the last answer: {rec.get('message')}"
-        else:
-            want.pop(tid, None)
-    registry = TaskRegistry(redis_client, ws.name)
-    shown = {t["id"]: (t["data"].get("problem") or "") for t in registry.tasks()}
-    todo = {t: want.get(t, "") for t in set(shown) | set(want) if shown.get(t, "") != want.get(t, "")}
-    if not todo:
-        return {"flags": "unchanged"}
-    api = open_label_studio(conn["url"], conn["api_key"])
-    changed = {}
-    for tid, text in todo.items():
-        with contextlib.suppress(Exception):   # a task deleted meanwhile: nothing to flag
-            changed[tid] = dict(api.task_data(tid), problem=text)
-    if changed:
-        api.update_tasks_data(conn["project_id"], changed)
-        registry.record([{"id": t, "data": d} for t, d in changed.items()])
-    log.info(kv("ls.flags", project=ws.name, flagged=sum(1 for v in todo.values() if v),
-                cleared=sum(1 for v in todo.values() if not v)))
-    return {"flags": len(changed)}
 
 
 # -- project create / grow -----------------------------------------------------------------------
