@@ -10,7 +10,7 @@ UV      = $(shell bash scripts/uv.sh)
 # uv uses this machine's Python and never downloads one
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: venv lock upgrade test test-deps test-fast demo bench clean
+.PHONY: venv lock upgrade test test-deps lint test-fast demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -42,12 +42,16 @@ upgrade:
 test-deps:
 	@bash scripts/install_test_deps.sh
 
-test: venv test-deps
+test: venv test-deps lint
 	$(BIN)/python -m pytest
 
-# Everything but the end-to-end tests against a real Label Studio server.
-test-fast: venv
-	$(BIN)/python -m pytest -m "not e2e and not slow"
+# ruff with the rules in pyproject.toml (pyflakes, pycodestyle, isort, pyupgrade)
+lint: venv
+	$(BIN)/ruff check .
+
+# The unit and service tests: no Label Studio, no browser, no real weights or data, no fault injection.
+test-fast: venv lint
+	$(BIN)/python -m pytest -m "not e2e and not browser and not slow and not faults"
 
 demo: venv
 	$(BIN)/xmodal demo --data $(DATA) --labels $(LABELS) --out reports $(if $(PORT),--port $(PORT))
