@@ -15,7 +15,8 @@ Everything else is refused before any file is touched: a path outside the roots 
 ``http(s)`` URLs (400: the backend never fetches on a request's behalf), NUL bytes (also ``%00``),
 a component over 255 bytes or an unreadable ``data:`` URL (400). Before an image is decoded its
 size and header are checked: over ``$XMODAL_MAX_IMAGE_BYTES`` is 413, over
-``$XMODAL_MAX_IMAGE_PIXELS`` or no image at all 422 (:func:`check_decodable`). The check is on strings and ``realpath`` only; nothing is opened to decide.
+``$XMODAL_MAX_IMAGE_PIXELS`` or no image at all 422 (:func:`check_decodable`). The check is on strings and
+``realpath`` only; nothing is opened to decide.
 """
 
 from __future__ import annotations

@@ -139,7 +139,8 @@ def main() -> int:
         for r in reqs:
             if r["path"] == path and (action is None or (r["body"] or {}).get("action") == action):
                 return r
-        raise RuntimeError(f"no {path} {action or ''} among {[(r['path'], (r['body'] or {}).get('action')) for r in reqs]}")
+        seen = [(r["path"], (r["body"] or {}).get("action")) for r in reqs]
+        raise RuntimeError(f"no {path} {action or ''} among {seen}")
 
     try:
         ls = connect(server.url, server.token)

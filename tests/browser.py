@@ -64,7 +64,8 @@ const out = [];
 for (const el of box.querySelectorAll('*')) {
   if (el.children.length) continue;
   const t = el.textContent.trim();
-  if (/^[0-9]+\\. /.test(t) || t.startsWith('No text ') || t.startsWith('Texts with the words')) out.push(el.textContent);
+  if (/^[0-9]+\\. /.test(t) || t.startsWith('No text ')
+      || t.startsWith('Texts with the words')) out.push(el.textContent);
 }
 return out;"""
 _HIT_CHOICE = """

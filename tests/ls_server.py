@@ -302,7 +302,8 @@ def ls_server_fixture(document_root: str | os.PathLike | None = None, *, scope: 
 
     `document_root` is LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT. None (default) reuses whatever server
     runs, else starts one with "/" (Label Studio's own default): any absolute directory can then be
-    a local storage; LS still serves only files under a directory registered as a project's storage. Assign the result to a module/conftest name:
+    a local storage; LS still serves only files under a directory registered as a project's storage. Assign the
+    result to a module/conftest name:
     `ls_server = ls_server_fixture()`."""
 
     @pytest.fixture(scope=scope, name=name)

@@ -143,7 +143,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     # -- right pairs ------------------------------------------------------------------------------
     by_item = {rec.get("image_id") or rec.get("item_id"): rec for rec in records.values()}
     right = [item for _, item, _ in submitted
-             if by_item.get(item, {}).get("text_id") in knowledge.right[item] or by_item.get(item, {}).get("description")]
+             if by_item.get(item, {}).get("text_id") in knowledge.right[item]
+             or by_item.get(item, {}).get("description")]
     hows = [h for _, _, h in submitted]
     assert len(right) >= 0.9 * LABELS, (f"{len(right)} of {LABELS} right; how: {hows}; "
                                         f"records {list(records.values())}; shots {page.shots}")
@@ -166,7 +167,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     final = gt.recall_at_10_excluding(load_current(ws, r), *_references(pairs))
     mean = lambda d: (d["i2t"] + d["t2i"]) / 2  # noqa: E731
     print(f"\n[browser] {LABELS} labels: {hows.count('shown')} shown, {hows.count('filter')} by filter, "
-          f"{hows.count('search')} by the search box, {hows.count('written')} written; searches {searches}; {len(right)} right; freshness misses {len(misses)} of "
+          f"{hows.count('search')} by the search box, {hows.count('written')} written; searches {searches}; "
+          f"{len(right)} right; freshness misses {len(misses)} of "
           f"{len(served) - 1}; Recall@10 non-reference after 3 labels {recall_3}, after {LABELS} {final}; "
           f"seconds per task {(submitted[-1][0] - served[0].loaded_at) / LABELS:.1f}")
     assert mean(final) > mean(recall_3), (recall_3, final)
@@ -176,8 +178,8 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     """A page that carries only 10 of the 795 captions: the person chooses None of these, types
     content words of the caption it has in mind into the search box (Label Studio asks the
     backend, which searches every text) and picks the number of a right line. Asserted: for words
-    no text has, the page says so and offers the texts nearest in meaning; a new search clears a number picked among the previous
-    results; every pick is stored as that text's pair (``search``); most tasks are answered that
+    no text has, the page says so and offers the texts nearest in meaning; a new search clears a number picked
+    among the previous results; every pick is stored as that text's pair (``search``); most tasks are answered that
     way."""
     from xmodal.datasets.coco import load_coco_mini
     from xmodal.labelstudio.client import connect

@@ -43,5 +43,8 @@ def test_backend_and_workers_share_redis_and_models(config):
     backend, worker = config["services"]["backend"], config["services"]["worker"]
     assert backend["environment"]["REDIS_URL"] == worker["environment"]["REDIS_URL"]
     assert backend["command"][:2] == ["xmodal", "serve"] and worker["command"] == ["xmodal", "worker"]
-    models = lambda s: [v["target"] for v in s["volumes"] if v.get("source") == "models"]
+
+    def models(s):
+        return [v["target"] for v in s["volumes"] if v.get("source") == "models"]
+
     assert models(backend) == models(worker) == ["/models"]

@@ -4,9 +4,9 @@ what a person does on the page is tests/test_browser.py).
 A REAL Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, a real ML backend
 (`xmodal serve`, gunicorn) and a real RQ worker process (`xmodal worker`). The project is
 bootstrapped from COCO-mini (first caption per image, 24 image medoids) with `create_project`;
-then an oracle that knows the ground truth (pairs.json: the protocol, not the quality proof) labels 20 tasks *through Label Studio's
-API*, in the order Label Studio's "Uncertainty sampling" serves them (`/next/`). Label Studio itself
-delivers every annotation to the backend's /webhook.
+then an oracle that knows the ground truth (pairs.json: the protocol, not the quality proof) labels 20 tasks
+*through Label Studio's API*, in the order Label Studio's "Uncertainty sampling" serves them (`/next/`). Label
+Studio itself delivers every annotation to the backend's /webhook.
 
 Asserted, in order:
 - a wrong API key is a ConfigError raised before anything is written;

@@ -1,4 +1,5 @@
-"""Distributed feature extraction (xmodal/encoders/distributed.py + workers/embed.py): real Redis, real `xmodal worker` processes.
+"""Distributed feature extraction (xmodal/encoders/distributed.py + workers/embed.py): real Redis, real `xmodal worker`
+processes.
 
 The distributed rows must equal the in-process ones, in item order; a failing chunk must be
 reported with what failed and where, with the finished chunks kept; a rerun computes nothing

@@ -23,7 +23,8 @@ Steps 1–2 are :mod:`xmodal.index.build`:
 
 Errors are raised with a message that says what to fix; RQ retries (:mod:`xmodal.jobs.queueing`) and then
 keeps the job in its failed registry. A process that dies instead (SIGKILL, OOM) stops renewing the
-job's lease (:mod:`xmodal.jobs.lease`); a worker's recovery sweep then enqueues the rebuild again (``workers.recovery``).
+job's lease (:mod:`xmodal.jobs.lease`); a worker's recovery sweep then enqueues the rebuild again
+(``workers.recovery``).
 Meanwhile the previous index keeps serving: nothing is published before step 3 completes.
 """
 

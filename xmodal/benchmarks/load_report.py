@@ -1,4 +1,5 @@
-"""The load benchmark's figures: label latencies, the server's histogram, the summary, the goals and the printed report."""
+"""The load benchmark's figures: label latencies, the server's histogram, the summary, the goals and the printed
+report."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def summarize(posts: list, watch, metrics: dict, lost: dict, worker_lat: list[fl
             "index_p50_s": percentile(ll["to_index"], 50), "index_p95_s": percentile(ll["to_index"], 95),
             "predict_p50_s": percentile(ll["to_predict"], 50), "predict_p95_s": percentile(ll["to_predict"], 95),
             "predict_max_s": round(max(ll["to_predict"]), 4) if ll["to_predict"] else None,
-            "worker_n": len(worker_lat), "worker_p50_s": percentile(worker_lat, 50), "worker_p95_s": percentile(worker_lat, 95),
+            "worker_n": len(worker_lat), "worker_p50_s": percentile(worker_lat, 50),
+            "worker_p95_s": percentile(worker_lat, 95),
             "versions_seen": len(watch.seen), "versions_pruned_before_read": watch.vanished,
             "predict_errors": watch.predict_errors},
         "pairs": lost,
@@ -160,7 +162,7 @@ def format_report(res: dict) -> str:
         f"client {_ms(w['client_p99_s'])}, server {_ms(w['server_p99_s'])}",
         f"  {'no pair lost':<30} {mark(ok['lost_pairs']):<7} lost {pairs['lost']}, PairStore mismatches "
         f"{pairs['pair_store_mismatch']}, errors {w['errors']}",
-        f"  {'label -> prediction p95 < %.0f s' % GOALS['label_to_prediction_p95_s']:<30} "
+        f"  {'label -> prediction p95 < {:.0f} s'.format(GOALS['label_to_prediction_p95_s']):<30} "
         f"{mark(ok['label_to_prediction_p95']):<7} "
         + (f"/predict {_s(lp['predict_p95_s'])}" if lp["predict_p95_s"] is not None
            else f"index {_s(lp['index_p95_s'])} (no /predict probe)")

@@ -59,7 +59,8 @@ class PairedClusters:
         """Features of items ``start..stop`` (``start`` a multiple of CHUNK, or 0)."""
         rng = np.random.default_rng((self.seed, start))
         m = stop - start
-        z = self.centres[rng.integers(len(self.centres), size=m)] + self.spread * rng.normal(size=(m, self.centres.shape[1]))
+        z = (self.centres[rng.integers(len(self.centres), size=m)]
+             + self.spread * rng.normal(size=(m, self.centres.shape[1])))
         X = np.maximum(z @ self.W_image + self.noise * rng.normal(size=(m, self.W_image.shape[1])), 0.0)
         Y = z @ self.W_text + self.noise * rng.normal(size=(m, self.W_text.shape[1]))
         Y /= np.linalg.norm(Y, axis=1, keepdims=True)
@@ -199,7 +200,8 @@ def prepare_workspace(root: Path, n: int, d_image: int, d_text: int = 384, k: in
         B = np.empty((n, d_text), np.float32)
         for s in range(0, n, CHUNK):
             T = np.asarray(mm["text"][s:s + CHUNK])
-            B[s:s + len(T)] = T + rng.normal(0, 1, T.shape).astype(np.float32) * np.linalg.norm(T, axis=1, keepdims=True) / np.sqrt(d_text)
+            B[s:s + len(T)] = (T + rng.normal(0, 1, T.shape).astype(np.float32)
+                               * np.linalg.norm(T, axis=1, keepdims=True) / np.sqrt(d_text))
         ws.save_bridge(B, np.zeros(0, np.int64), np.zeros((0, d_text), np.float32))
         del B
     del mm
@@ -277,7 +279,8 @@ def rebuild_table(rows: list[dict]) -> str:
         npz = sum(v for k, v in files.items() if k.endswith(".npz"))
         ann = sum(v for k, v in files.items() if k.endswith(".faiss"))
         size = f"{npz / 2**20:.0f} MiB" + (f" + {ann / 2**20:.0f} MiB ANN" if ann else "")
-        lines.append(f"| {r['n']:,}{' (+ bridge)' if r.get('bridge') else ''} | {r['d_image']} / {r['d_text']} ({r['features_mb'] / 1024:.2f} GiB) | "
+        lines.append(f"| {r['n']:,}{' (+ bridge)' if r.get('bridge') else ''} | {r['d_image']} / {r['d_text']} "
+                     f"({r['features_mb'] / 1024:.2f} GiB) | "
                      f"{r['ssr_s']:.1f} s | {r['ann_s']:.1f} s | {r['write_s']:.1f} s | {r['total_s']:.1f} s | "
                      f"{r['peak_rss_mb'] / 1024:.2f} GiB | {size} |")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The generic folder format users bring (``images/`` + ``texts.jsonl`` or ``texts.csv``); the spec is in :mod:`xmodal.datasets`."""
+"""The generic folder format users bring (``images/`` + ``texts.jsonl`` or ``texts.csv``); the spec is in
+:mod:`xmodal.datasets`."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def baseline_metrics(gt: GroundTruth, X: np.ndarray, Y: np.ndarray, select: str,
     out = {}
     needed = 2 if measure == "pearson" else 1
     if k >= needed:
-        pool = np.flatnonzero([gt.match(select, r) is not None for r in range(gt.n_images if select == "image" else gt.n_texts)])
+        n_rows = gt.n_images if select == "image" else gt.n_texts
+        pool = np.flatnonzero([gt.match(select, r) is not None for r in range(n_rows)])
         draws = []
         for seed in range(n_random):
             rows = pool[random_references(len(pool), min(k, len(pool)), seed=seed)]

@@ -177,9 +177,9 @@ def _medoid_cards(medoids: list[dict]) -> str:
     for m in medoids:
         alt = m.get("image_id", "")
         caption = m.get("text") or "(no match)"
-        how = {"shown": "picked among the texts shown first", "filter": "found with the filter", "search": "found by the search over all texts",
-               "written": "described by the annotator", "pasted": "pasted id (oracle)",
-               "skipped": "skipped"}.get(m.get("how"))
+        how = {"shown": "picked among the texts shown first", "filter": "found with the filter",
+               "search": "found by the search over all texts", "written": "described by the annotator",
+               "pasted": "pasted id (oracle)", "skipped": "skipped"}.get(m.get("how"))
         where = "" if how is None else f'<br><span class="score">{_esc(how)}' + (
             "" if m.get("found", True) else " — not a match") + "</span>"
         cards.append(f'<div class="card">{_img_tag(m.get("image_path"), alt)}'
@@ -245,9 +245,11 @@ def _truth_line(ex: dict, kind: str) -> str:
 
 
 def _kv_table(d: dict) -> str:
-    rows = "".join(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(_fmt(v, 2) if isinstance(v, float) else v)}</td></tr>'
+    rows = "".join(f'<tr><th class="l">{_esc(k)}</th>'
+                   f'<td class="l">{_esc(_fmt(v, 2) if isinstance(v, float) else v)}</td></tr>'
                    for k, v in d.items() if not isinstance(v, (dict, list)))
-    nested = "".join(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(json.dumps(v, ensure_ascii=False))}</td></tr>'
+    nested = "".join(f'<tr><th class="l">{_esc(k)}</th>'
+                     f'<td class="l">{_esc(json.dumps(v, ensure_ascii=False))}</td></tr>'
                      for k, v in d.items() if isinstance(v, (dict, list)))
     return f"<table>{rows}{nested}</table>" if rows or nested else ""
 

@@ -210,7 +210,8 @@ def _run_demo(opt: DemoOptions, console: Console | None = None) -> dict:
             if embedded is not None and getattr(embedded, "pid", None):
                 pm.extra_pids["redis"] = int(embedded.pid)
             project = _slug(f"demo-{data.name}")
-            port = opt.port if opt.port not in (None, 0) else (DEFAULT_PORT if opt.port is None and port_is_free(DEFAULT_PORT) else free_port())
+            port = opt.port if opt.port not in (None, 0) else (
+                DEFAULT_PORT if opt.port is None and port_is_free(DEFAULT_PORT) else free_port())
             if not port_is_free(port):
                 raise ConfigError(f"port {port} is in use (a demo left running with --keep-serving? stop it "
                                   f"with `xmodal demo --stop`), or pass --port")

@@ -107,8 +107,9 @@ def bootstrap_workspace(data: DemoData, models_dir: Path, project: str, *, selec
                         image_encoder: str, text_encoder: str, measure: str = "pearson",
                         feature_cache=None, console: Console | None = None) -> Bootstrap:
     """Create (or reuse) the demo workspace with ``xmodal project create``'s steps
-    (:mod:`xmodal.project.features`, :mod:`xmodal.project.medoids`): items and features of both modalities (through the feature cache;
-    reused without loading any encoder when nothing changed), then the medoids in anytime order."""
+    (:mod:`xmodal.project.features`, :mod:`xmodal.project.medoids`): items and features of both modalities
+    (through the feature cache; reused without loading any encoder when nothing changed), then the medoids in
+    anytime order."""
     from xmodal.encoders.language import resolve_text_encoder
     from xmodal.labelstudio.tasks import pool_size
     from xmodal.project.features import ensure_features
@@ -305,7 +306,9 @@ def example_queries(backend_url: str, data: DemoData, gt: GroundTruth, exclude_i
     out = {"text_to_image": [], "image_to_text": []}
     txt_rows = [t for t in gt.text_queries.tolist() if ds.text_ids[t] not in exclude_texts]
     img_rows = [i for i in gt.image_queries.tolist() if ds.image_ids[i] not in exclude_images]
-    pick = lambda rows: [rows[int(x)] for x in np.linspace(0, len(rows) - 1, min(n, len(rows)))] if rows else []
+
+    def pick(rows):
+        return [rows[int(x)] for x in np.linspace(0, len(rows) - 1, min(n, len(rows)))] if rows else []
 
     def search(params: dict, truth: list[str]):
         r = requests.get(f"{backend_url}/search", params={**params, "k": rank_k}, timeout=30)

@@ -242,8 +242,9 @@ def embed_distributed(
                 fresh.append(enqueue(n))
         if fresh:
             q.enqueue_many(fresh)
+        queued = f", {attached} chunks already queued by an earlier run" if attached else ""
         say(f"{len(misses)} {modality}s in {len(chunks)} chunks of <= {size} on queue {q.name!r}"
-            f" ({len(items) - len(misses)} cached{f', {attached} chunks already queued by an earlier run' if attached else ''})")
+            f" ({len(items) - len(misses)} cached{queued})")
 
         t0 = time.monotonic()
         last_worker_seen = t0

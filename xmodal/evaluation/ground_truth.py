@@ -30,8 +30,10 @@ class GroundTruth:
         rng = np.random.default_rng(seed)
         img_q = np.flatnonzero([bool(ts) for ts in self.texts_of_image])
         txt_q = np.flatnonzero(self.image_of_text >= 0)
-        self.image_queries = np.sort(rng.choice(img_q, max_queries, replace=False)) if len(img_q) > max_queries else img_q
-        self.text_queries = np.sort(rng.choice(txt_q, max_queries, replace=False)) if len(txt_q) > max_queries else txt_q
+        self.image_queries = (np.sort(rng.choice(img_q, max_queries, replace=False))
+                              if len(img_q) > max_queries else img_q)
+        self.text_queries = (np.sort(rng.choice(txt_q, max_queries, replace=False))
+                             if len(txt_q) > max_queries else txt_q)
         self.rel_i2t = np.zeros((len(self.image_queries), self.n_texts), dtype=bool)
         for r, i in enumerate(self.image_queries):
             self.rel_i2t[r, self.texts_of_image[i]] = True

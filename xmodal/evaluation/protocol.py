@@ -256,7 +256,8 @@ def prepare(dataset: CrossModalDataset, *, image_encoder: str | None = None,
     return EvalData(
         name=dataset.name, image_features=np.asarray(X, np.float32)[rows],
         text_features=np.asarray(Y, np.float32)[first],
-        image_labels=None if dataset.image_labels is None else _labels(np.asarray(dataset.image_labels)[rows], len(rows)),
+        image_labels=(None if dataset.image_labels is None
+                      else _labels(np.asarray(dataset.image_labels)[rows], len(rows))),
         text_labels=None if dataset.text_labels is None else _labels(np.asarray(dataset.text_labels)[first], len(rows)),
         train=train, all_text_features=np.asarray(Y, np.float32)[text_rows_all],
         caption_groups=caption_groups, meta=meta, image_bridge=image_bridge)

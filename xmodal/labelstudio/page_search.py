@@ -9,9 +9,9 @@ these" the page has a search box over *every* text of the project (``label_confi
    ``params.context.result`` = the regions of the annotation so far, among them ``search``;
 3. the backend answers one result: the ``hits`` text area filled with a line saying what was
    searched and the best :data:`MAX_HITS` texts by BM25 (:mod:`xmodal.index.text_search`; while
-   there is room, then the texts nearest in meaning by the project's text encoder), one per line, ``"<n>. <text> · <id>"``, and the ``hit`` choice emptied; Label Studio shows the
-   lines under the box (each new search replaces them, and clears a number picked among the
-   previous ones: it would name another text now);
+   there is room, then the texts nearest in meaning by the project's text encoder), one per line,
+   ``"<n>. <text> · <id>"``, and the ``hit`` choice emptied; Label Studio shows the lines under the box
+   (each new search replaces them, and clears a number picked among the previous ones: it would name another text now);
 4. the person picks the number of the right line in the ``hit`` choices (or pastes its id into
    the description box);
 5. the annotation carries the lines and the number, so the webhook reads the id off the chosen

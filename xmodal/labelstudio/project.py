@@ -1,4 +1,5 @@
-"""``xmodal project create`` / ``grow`` / ``list``: a data folder -> a workspace -> a Label Studio project ready to label.
+"""``xmodal project create`` / ``grow`` / ``list``: a data folder -> a workspace -> a Label Studio project ready to
+label.
 
 Steps (each one idempotent: a rerun with the same arguments adds nothing twice)
 
