@@ -35,15 +35,14 @@ from xmodal.labelstudio.annotations import (
     parse_tasks,
 )
 from xmodal.labelstudio.config import choices_fields, label_fields
-from xmodal.labelstudio.hosts import configured_urls, refuse, trusted_url
+from xmodal.labelstudio.connection import ConnectionRecord, ls_connection
+from xmodal.labelstudio.hosts import configured_urls, trusted_url
 from xmodal.labelstudio.page_search import hits_lines, hits_result, search_query
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
-from xmodal.labelstudio.push import ls_connection
 from xmodal.labelstudio.tasks import TaskRegistry
 from xmodal.logfmt import kv
 from xmodal.project.pairs import PairStore
 from xmodal.project.workspace import Workspace, other
-from xmodal.redis_conn import pkey
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ class XmodalModel:
         must name them)."""
         fields = choices_fields(label_config)
         if fields and _learned_fields.get(self.project) != fields:
-            self.redis.hset(pkey(self.project, "ls"),
-                            mapping={"from_name": fields[0], "to_name": fields[1]})
+            ConnectionRecord(self.redis, self.project).learn_fields(*fields)
             _learned_fields[self.project] = fields
 
     # -- Label Studio protocol -----------------------------------------------------------
@@ -89,7 +87,7 @@ class XmodalModel:
             if (url := trusted_url(host, ls)) is not None:   # the operator's spelling of it
                 learned["url"] = url
             else:   # recorded and logged; nothing is ever sent there
-                refuse(self.redis, self.project, host, where="setup")
+                ConnectionRecord(self.redis, self.project).refuse(host, where="setup")
                 host = None
         # the token is kept when the calls it authorises go to a configured URL: the one /setup
         # named (trusted), or the operator's own (a Label Studio that calls itself "localhost"
@@ -97,8 +95,7 @@ class XmodalModel:
         if ((host is not None or configured_urls(ls)) and isinstance(body.get("access_token"), str)
                 and body["access_token"]):
             learned["api_key"] = body["access_token"]
-        if learned:
-            self.redis.hset(pkey(self.project, "ls"), mapping=learned)
+        ConnectionRecord(self.redis, self.project).learn(**learned)
         remember_project(self.redis, self.project)
         if self.ws.select == "image":   # the page's search box: ready before the first search
             warm_text_search(self.ws)

@@ -119,9 +119,7 @@ def test_coco_images_distributed_equal_in_process(xenv, workers, tmp_path):
     # rerun: everything is in the coordinator's cache now, nothing is enqueued
     from rq import Queue
 
-    t0 = time.perf_counter()
     again, _ = embed_distributed(enc, paths, cache, chunk_size=3, progress=False)
-    assert time.perf_counter() - t0 < 5
     np.testing.assert_array_equal(np.nan_to_num(again), np.nan_to_num(got))
     q = Queue(embed_queue_name(), connection=xenv.redis)
     assert len(q) == 0 and q.finished_job_registry.get_job_count() == 0  # results collected+deleted
@@ -162,11 +160,9 @@ def test_a_failing_chunk_is_retried_then_reported_and_the_rest_is_kept(xenv, wor
 
 def test_no_worker_is_a_clear_error_and_leaves_no_jobs(xenv, tmp_path):
     enc = get_encoder("text", "sif", progress=False)
-    t0 = time.monotonic()
     with pytest.raises(EmbedJobError, match="no worker listens on queue") as err:
         embed_distributed(enc, sentences(30), FeatureCache(tmp_path / "b"), chunk_size=10,
                           progress=False, no_worker_timeout=1.0)
-    assert time.monotonic() - t0 < 15
     assert "xmodal worker" in str(err.value)
     assert _jobs_left(xenv.redis, embed_queue_name()) == 0
 

@@ -436,7 +436,15 @@ def test_a_frozen_redis_is_a_quick_503_not_a_hung_webhook(own_redis, xenv, ws, m
     finally:
         os.killpg(server.child.pid, signal.SIGCONT)
     assert resp.status_code == 503 and "Redis is unavailable" in resp.get_json()["error"]
-    assert frozen_s < 2.5, f"the webhook took {frozen_s:.1f} s with Redis frozen"
+    # the bound is the client's: one timeout of XMODAL_REDIS_TIMEOUT_S, no retry of a timeout
+    # (the time it took is printed, not asserted: a loaded machine adds its own)
+    from xmodal.redis_conn import get_redis
+
+    pool = get_redis(server.url).connection_pool
+    assert pool.connection_kwargs["socket_timeout"] == 1.0
+    retry = pool.connection_kwargs["retry"]
+    assert not any(issubclass(redis.TimeoutError, e) for e in retry._supported_errors)
+    print(f"\n[faults] webhook with Redis frozen: 503 after {frozen_s:.1f} s (timeout 1 s)")
     assert label(client, 3)["status"] == "stored"
 
 

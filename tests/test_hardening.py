@@ -309,21 +309,25 @@ def test_a_stalled_body_is_408_and_does_not_hold_the_server(serve):
 def test_stalled_request_heads_do_not_hold_the_server(serve):
     """More clients than threads, each sending half a request head and then nothing: /health
     answers at once (a head is read in the worker's main loop, not by a thread), and each
-    stalled client gets a 408 at the request deadline (1 s here) and is closed (a fuzzing run:
+    stalled client gets a 408 at the request deadline (5 s here) and is closed (a fuzzing run:
     300 of them left /health unanswered for as long as they stayed)."""
-    import time
 
     import requests
 
-    url = serve(workers=1, XMODAL_THREADS="4", XMODAL_BODY_TIMEOUT_S="1")
+    url = serve(workers=1, XMODAL_THREADS="4", XMODAL_BODY_TIMEOUT_S="5")
     stalled = []
     for _ in range(12):
         s = socket.create_connection(("127.0.0.1", serve.port), timeout=20)
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         stalled.append(s)
-    t0 = time.perf_counter()
     assert requests.get(f"{url}/health", timeout=15).status_code == 200
-    assert time.perf_counter() - t0 < 0.5
+    # answered while the 12 stalled requests (3 x the threads) still hold their sockets: none
+    # of them has been cut yet, so /health did not wait for a thread they held
+    for s in stalled:
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(1)
+        s.setblocking(True)
     for s in stalled:
         data = s.recv(4096)
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
@@ -422,7 +426,6 @@ def test_whole_requests_are_served_as_before_keep_alive_pipelined_chunked_expect
     """What the buffering worker must not break: a kept-alive connection, two requests in one
     write, a chunked body, Expect: 100-continue (the client waits for the 100 before its body),
     and a body of several MiB sent in pieces."""
-    import time
 
     import requests
 
@@ -458,10 +461,8 @@ def test_whole_requests_are_served_as_before_keep_alive_pipelined_chunked_expect
                        "padding": "x" * (6 * 2**20)}).encode()
     head = (f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    t0 = time.perf_counter()
     status, out = raw_http(serve.port, head, [body[i:i + 65536] for i in range(0, len(body), 65536)])
     assert (status, out) == (200, {"status": "ignored", "action": "PROJECT_UPDATED"})
-    assert time.perf_counter() - t0 < 10
 
 
 def test_buffered_bytes_are_bounded_per_worker(serve):

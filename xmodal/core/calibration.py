@@ -107,7 +107,7 @@ class PlattCalibrator:
         self.coef_ = np.asarray(self.prior)
         self.n_, self.hits_ = 0, 0
 
-    def fit(self, z: np.ndarray, hit: np.ndarray, iterations: int = 25) -> "PlattCalibrator":
+    def fit(self, z: np.ndarray, hit: np.ndarray, iterations: int = 25) -> PlattCalibrator:
         z = np.asarray(z, dtype=np.float64).ravel()
         y = np.asarray(hit, dtype=np.float64).ravel()
         w0 = np.asarray(self.prior)
@@ -134,7 +134,7 @@ class PlattCalibrator:
         return {"a": float(self.coef_[0]), "b": float(self.coef_[1]), "n": self.n_, "hits": self.hits_}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "PlattCalibrator":
+    def from_dict(cls, d: dict | None) -> PlattCalibrator:
         cal = cls()
         if d:
             cal.coef_ = np.asarray([float(d["a"]), float(d["b"])])

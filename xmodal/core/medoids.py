@@ -129,7 +129,7 @@ class KMedoidsSelector:
         Z /= np.where(std > 1e-6, std, 1.0)   # a constant column stays 0 instead of blowing up
         return l2_normalize(Z, copy=False)
 
-    def fit(self, X: np.ndarray) -> "KMedoidsSelector":
+    def fit(self, X: np.ndarray) -> KMedoidsSelector:
         X = np.asarray(X, dtype=np.float32)
         n, k = len(X), int(self.n_references)
         if k < 1:
@@ -171,7 +171,7 @@ class KMedoidsSelector:
             dist[s:s + chunk] = D[np.arange(len(D)), labels[s:s + chunk]]
         return labels, dist
 
-    def _set_medoids(self, medoids: np.ndarray, Xn: np.ndarray) -> "KMedoidsSelector":
+    def _set_medoids(self, medoids: np.ndarray, Xn: np.ndarray) -> KMedoidsSelector:
         self.medoid_indices_ = np.asarray(medoids, dtype=np.int64)
         self.labels_, dist = self._nearest(Xn, self.medoid_indices_)
         self.labels_[self.medoid_indices_] = np.arange(len(self.medoid_indices_))  # ties at 0
@@ -179,7 +179,7 @@ class KMedoidsSelector:
         self.inertia_ = float(dist.sum())
         return self
 
-    def extend(self, X: np.ndarray, n_new: int, *, max_candidates: int = 5000) -> "KMedoidsSelector":
+    def extend(self, X: np.ndarray, n_new: int, *, max_candidates: int = 5000) -> KMedoidsSelector:
         """Add ``n_new`` medoids, keeping the existing ones (their pairs are already annotated).
 
         Greedy PAM BUILD with the current medoids fixed: each new medoid is the candidate that most

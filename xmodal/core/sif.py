@@ -55,7 +55,7 @@ class CommonComponentRemoval:
             raise ValueError("n_components must be >= 0")
         self.n_components = n_components
 
-    def fit(self, V: np.ndarray) -> "CommonComponentRemoval":
+    def fit(self, V: np.ndarray) -> CommonComponentRemoval:
         V = np.asarray(V, dtype=np.float64)
         if V.ndim != 2 or V.shape[0] == 0:
             raise ValueError("fit needs a non-empty (n_sentences, dim) matrix")

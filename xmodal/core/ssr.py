@@ -169,7 +169,7 @@ class SSRIndex:
 
     # -- building -------------------------------------------------------------------------
     def fit(self, image_features: np.ndarray, text_features: np.ndarray, pairs,
-            text_reference_features: np.ndarray | None = None) -> "SSRIndex":
+            text_reference_features: np.ndarray | None = None) -> SSRIndex:
         self.image_features_ = l2_normalize(image_features, copy=self.copy)
         self.text_features_ = l2_normalize(text_features, copy=self.copy)
         pairs = _as_pairs(pairs)
@@ -180,7 +180,7 @@ class SSRIndex:
         self.text_ssr_ = self.text_features_ @ self.text_references_.T
         return self._derive_codes()
 
-    def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> "SSRIndex":
+    def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> SSRIndex:
         new = _as_pairs(pairs)
         self._check_pairs(new, text_reference_features)
         refs = self._text_references(new, text_reference_features)
@@ -190,13 +190,13 @@ class SSRIndex:
         self.text_ssr_ = np.hstack([self.text_ssr_, self.text_features_ @ refs.T])
         return self._derive_codes()
 
-    def remove_pairs(self, pairs) -> "SSRIndex":
+    def remove_pairs(self, pairs) -> SSRIndex:
         """Drop the references equal to ``pairs`` (item pairs; a written text reference is removed
         with :meth:`remove_references` by position)."""
         drop = {tuple(p) for p in _as_pairs(pairs).tolist()}
         return self.remove_references([tuple(p) in drop for p in self.pairs_.tolist()])
 
-    def remove_references(self, mask) -> "SSRIndex":
+    def remove_references(self, mask) -> SSRIndex:
         """Drop the references where ``mask`` (one bool per reference, in ``pairs_`` order) is True."""
         keep = ~np.asarray(mask, dtype=bool)
         self.pairs_ = self.pairs_[keep]
@@ -230,7 +230,7 @@ class SSRIndex:
     def _codes(self, R: np.ndarray, stats=None) -> np.ndarray:
         return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power, stats)
 
-    def _derive_codes(self) -> "SSRIndex":
+    def _derive_codes(self) -> SSRIndex:
         if self.standardize:
             self.image_col_stats_ = column_stats(self.image_ssr_)
             self.text_col_stats_ = column_stats(self.text_ssr_)

@@ -75,7 +75,7 @@ class CrossModalDataset:
             out[i] = t
         return out
 
-    def subset(self, image_rows, text_rows, name: str | None = None) -> "CrossModalDataset":
+    def subset(self, image_rows, text_rows, name: str | None = None) -> CrossModalDataset:
         """The data set restricted to the given rows (in that order); pairs are re-indexed and
         pairs with an item outside the subset are dropped."""
         image_rows = np.asarray(image_rows, dtype=np.int64)
@@ -106,7 +106,7 @@ class CrossModalDataset:
             image_split=pick(self.image_split, image_rows), text_split=pick(self.text_split, text_rows),
             meta=dict(self.meta))
 
-    def split(self, which: str) -> "CrossModalDataset":
+    def split(self, which: str) -> CrossModalDataset:
         """Items whose split is ``which`` ("train" or "test")."""
         if not self.has_split:
             raise DataError(f"{self.name} has no train/test split")

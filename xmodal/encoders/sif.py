@@ -40,14 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.core.sif import CommonComponentRemoval, sif_weights, weighted_average
-from xmodal.encoders.base import (
-    Encoder,
-    NotFittedError,
-    array_digest,
-    batches,
-    default_cache_dir,
-    progress_bar,
-)
+from xmodal.encoders.base import Encoder, NotFittedError, array_digest, batches, default_cache_dir, progress_bar
 from xmodal.encoders.wordvectors import GLOVE, load_word_vectors, source_id
 from xmodal.errors import ConfigError, DataError
 
@@ -351,7 +344,7 @@ class SIFEncoder(Encoder):
             np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **options) -> "SIFEncoder":
+    def load(cls, path: str | os.PathLike, **options) -> SIFEncoder:
         """Read an encoder written by :meth:`save`; ``options`` may set ``batch_size``,
         ``cache_dir``, ``progress``. Raises DataError if the word vectors changed since."""
         try:

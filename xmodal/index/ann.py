@@ -104,7 +104,7 @@ class AnnIndex:
 
     # -- building -------------------------------------------------------------------------
     @classmethod
-    def build(cls, codes: np.ndarray, nlist: int | None = None, seed: int = 0) -> "AnnIndex":
+    def build(cls, codes: np.ndarray, nlist: int | None = None, seed: int = 0) -> AnnIndex:
         """Train the coarse quantiser on a sample of ``codes`` (40 per list), then add all rows
         (row numbers are the ids)."""
         import faiss
@@ -139,7 +139,7 @@ class AnnIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "AnnIndex":
+    def load(cls, path: str | os.PathLike) -> AnnIndex:
         import faiss
 
         index = faiss.read_index(str(path))

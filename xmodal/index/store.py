@@ -29,14 +29,7 @@ import redis
 from xmodal import settings
 from xmodal.errors import DataError
 from xmodal.index import ann as ann_mod
-from xmodal.index.files import (
-    CorruptIndex,
-    index_path,
-    read_snapshot,
-    same_file,
-    versions_on_disk,
-    write_snapshot,
-)
+from xmodal.index.files import CorruptIndex, index_path, read_snapshot, same_file, versions_on_disk, write_snapshot
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.logfmt import kv
 from xmodal.project.workspace import Workspace

@@ -114,8 +114,8 @@ def started_job_alive(redis_client: redis.Redis, project: str, job) -> bool:
     if started is None:
         return True
     if started.tzinfo is None:
-        started = started.replace(tzinfo=dt.timezone.utc)
-    age = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+        started = started.replace(tzinfo=dt.UTC)
+    age = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return age < start_grace_s()
 
 

@@ -125,7 +125,7 @@ class Workspace:
         self._cache: dict[str, tuple[float, Any]] = {}
 
     @classmethod
-    def for_project(cls, name: str, base: str | os.PathLike | None = None) -> "Workspace":
+    def for_project(cls, name: str, base: str | os.PathLike | None = None) -> Workspace:
         check_project_name(name)
         return cls((Path(base) if base is not None else model_dir()) / name)
 
