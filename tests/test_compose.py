@@ -48,3 +48,12 @@ def test_backend_and_workers_share_redis_and_models(config):
         return [v["target"] for v in s["volumes"] if v.get("source") == "models"]
 
     assert models(backend) == models(worker) == ["/models"]
+
+
+def test_only_label_studio_is_published_beyond_loopback(config):
+    """The backend (writes labels) and rq-dashboard (no auth) listen on the host's loopback only;
+    Label Studio, which annotators open, is the one published port."""
+    for name, service in config["services"].items():
+        for port in service.get("ports") or []:
+            if name != "label-studio":
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
