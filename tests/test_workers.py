@@ -116,8 +116,7 @@ def test_coalescing_with_a_live_worker(client, r, xenv):
         deadline = time.time() + 30
         while not Worker.all(queue=get_queue(r)) and time.time() < deadline:
             time.sleep(0.05)
-        for i in range(10):
-            post_label(client, i)
+        answers = [post_label(client, i) for i in range(10)]
         deadline = time.time() + 40
         while time.time() < deadline:
             snap = load_current("proj", r)
@@ -126,7 +125,12 @@ def test_coalescing_with_a_live_worker(client, r, xenv):
                 break
             time.sleep(0.05)
         assert load_current("proj", r).n_pairs == 10
-        assert versions_built(r) <= 2
+        # one version per enqueued job, none lost or doubled; the labels that found a job waiting
+        # joined it (how many did depends on how fast this machine posts against the worker: a
+        # quiet machine builds 2 versions for 10 labels, a loaded one 3, never one a label)
+        enqueued = sum(a["enqueued"] for a in answers)
+        assert versions_built(r) == enqueued
+        assert enqueued <= 5, [a["enqueued"] for a in answers]
     finally:
         proc.send_signal(signal.SIGTERM)  # warm shutdown of the worker this test started
         try:

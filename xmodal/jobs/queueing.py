@@ -43,6 +43,10 @@ REBUILD_FUNC = "workers.rebuild.rebuild"
 FLAG_TTL_S = 3600          # a flag is never left for longer than this
 FLAG_GRACE_S = 30          # a flag whose job does not exist yet may be an enqueue in flight
 PLACED_RECHECK_S = 0.2     # a worker takes a job out of its queue ms before it records it started
+# a flag's job that is QUEUED in no queue counts as lost only this long after it was enqueued: a job
+# lost to a Redis restart stays so for the flag's hour, one a busy worker holds between its pop and
+# its start does not, and a sweep every 5 s that replaced such a job fed itself a chain of them
+LOST_GRACE_S = 10
 
 # KEYS: flag ; ARGV: expected old value, new value, ttl
 _REPLACE_FLAG = """
@@ -142,14 +146,15 @@ def _placed(redis_client: redis.Redis, job: Job) -> bool:
 def stuck_flag(redis_client: redis.Redis, project: str) -> dict | None:
     """The project's coalescing flag when no live job stands behind it: ``{"job", "state",
     "age_s"}`` (state ``died``, ``lost``, ``ended``, or ``missing``; a missing job only past
-    :data:`FLAG_GRACE_S`, before which it may be an enqueue in flight), else None."""
+    :data:`FLAG_GRACE_S`, before which it may be an enqueue in flight, a lost one past
+    :data:`LOST_GRACE_S`), else None."""
     raw = redis_client.get(flag_key(project))
     if not raw:
         return None
     job_id, _, ts = raw.decode().partition("|")
     state = job_state(redis_client, job_id, project) or "missing"
     age = time.time() - float(ts or 0)
-    if state == "alive" or (state == "missing" and age < FLAG_GRACE_S):
+    if state == "alive" or (state == "missing" and age < FLAG_GRACE_S) or (state == "lost" and age < LOST_GRACE_S):
         return None
     return {"job": job_id, "state": state, "age_s": round(age, 1)}
 
@@ -177,7 +182,8 @@ def enqueue_rebuild(redis_client: redis.Redis, project: str, reason: str = "",
     old_id, _, ts = old.partition("|")
     state = job_state(redis_client, old_id, project) if replace_lost else _state(redis_client, old_id, project)
     age = time.time() - float(ts or 0)
-    if state == "alive" or (state is None and age < FLAG_GRACE_S) or (state == "lost" and not replace_lost):
+    if state == "alive" or (state is None and age < FLAG_GRACE_S) or \
+            (state == "lost" and (not replace_lost or age < LOST_GRACE_S)):
         log.debug(kv("rebuild.coalesced", project=project, job=old_id, reason=reason))
         return old_id, False
     # stale flag: its job failed, finished or vanished without clearing it
