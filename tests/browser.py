@@ -106,6 +106,17 @@ class ShownTask:
     served_at: float          # when the page asked Label Studio for it (the next_task request)
 
 
+def freshness_misses(served: list[ShownTask], label_times: list[float], older_than_s: float) -> list[tuple]:
+    """``(item, version, labels, due)`` of each served task (the first excepted: no label yet) whose
+    index lacked a label submitted more than ``older_than_s`` before Label Studio served it."""
+    misses = []
+    for task in served[1:]:
+        due = sum(1 for t in label_times if t < task.served_at - older_than_s)
+        if task.labels < due:
+            misses.append((task.item, task.version, task.labels, due))
+    return misses
+
+
 class LabellingPage:
     """Label Studio's labelling stream of one project, seen and used as a person would."""
 
