@@ -58,10 +58,10 @@ _ANSWERS = """return performance.getEntriesByType('resource').filter(
 
 # the search box's result lines, as shown under it ("<n>. <text>  <id>", or "No text ... has the words")
 _HITS = """
-const box = document.querySelector('.xm-hits');
+const box = document.querySelector('.xm-results');   // .xm-hits itself has no box (display: contents)
 if (!box || box.offsetParent === null) return [];
 const out = [];
-for (const el of box.querySelectorAll('*')) {
+for (const el of box.querySelectorAll('.xm-hits *')) {
   if (el.children.length) continue;
   const t = el.textContent.trim();
   if (/^[0-9]+\\. /.test(t) || t.startsWith('No text ')
@@ -73,6 +73,20 @@ for (const el of document.querySelectorAll('.xm-hit .lsf-choice')) {
   if (el.textContent.replace(/\\[[^\\]]*\\]\\s*$/, '').trim() === arguments[0]) return el;
 }
 return null;"""
+
+# the result line numbered arguments[0] ("3. <text> · <id>"): the row Label Studio draws for it
+_HIT_LINE = """
+for (const el of document.querySelectorAll('.xm-hits .lsf-row')) {
+  if (el.textContent.trim().startsWith(arguments[0] + '. ')) return el;
+}
+return null;"""
+
+# where an element is on the first screen: every scroll box back at its top, as a task opens
+_FIRST_SCREEN = """
+for (const el of document.querySelectorAll('*')) { if (el.scrollTop) el.scrollTop = 0; }
+window.scrollTo(0, 0);
+const r = arguments[0].getBoundingClientRect();
+return {top: r.top, bottom: r.bottom, height: r.height, inner: window.innerHeight};"""
 
 _CHECKED = """
 const el = arguments[0];
@@ -238,6 +252,34 @@ class LabellingPage:
             if self._checked(element):
                 return
         raise AssertionError(f"three clicks on result {n} selected nothing; shots {self.shots}")
+
+    def click_hit_line(self, n: int) -> None:
+        """Click the text of result line ``n`` (its middle, where a person's eye is, not its radio)."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        line = self.d.execute_script(_HIT_LINE, str(n))
+        if line is None:
+            raise AssertionError(f"no result line {n} on the page; shots {self.shots}")
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'});", line)
+        # a pointer click at the line's middle: selenium's element.click() would refuse, since the
+        # number's radio lies over the line (that is the point) and would take the click
+        ActionChains(self.d).move_to_element(line).click().perform()
+
+    def first_screen(self, css: str) -> dict:
+        """The rect of the first displayed element matching ``css`` with every scroll box at its
+        top (``top``, ``bottom``, ``height``; ``inner``: the window's height)."""
+        from selenium.webdriver.common.by import By
+
+        element = next((e for e in self.d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()), None)
+        if element is None:
+            raise AssertionError(f"nothing displayed matches {css!r}; shots {self.shots}")
+        return self.d.execute_script(_FIRST_SCREEN, element)
+
+    def nomatch_hint(self) -> str:
+        """The hint under the option list when the filter matches nothing ('' when not shown)."""
+        from selenium.webdriver.common.by import By
+
+        return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, ".xm-nomatch") if e.is_displayed())
 
     def picked_hit(self) -> int | None:
         """The result number ticked on the page, or None."""

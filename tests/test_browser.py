@@ -371,3 +371,72 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     print(f"\n[browser text->image] {LABELS} captions: {hows.count('shown')} images found among the "
           f"first 60 thumbnails, {hows.count('filter')} by the filter, {hows.count('skip')} skipped; "
           f"freshness misses (older than {FRESH_S} s) {len(misses)} of {len(served) - 1} {misses}")
+
+
+def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, page):
+    """A page carrying every one of COCO-mini's 795 captions (a long list), seen in a 1280x900
+    window. Asserted: a filter word no text has leaves a visible hint that points to the search
+    box, and None of these in view; after None of these and a search, the search box and the
+    first result line are inside the first screen (every scroll box at its top; screenshot kept);
+    a click on a result line's text (not its radio) picks its number, and the submit stores that
+    line's text as the image's pair (``search``)."""
+    from xmodal.datasets.coco import load_coco_mini
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+    from xmodal.simulation.annotator import Knowledge, content_words
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-p-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="image", k=4, captions="all",
+        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
+        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
+    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    shown = page.wait_task()
+    assert shown is not None, f"Label Studio served no task; shots in {page.shots}"
+    assert len(page.visible_options(1000)) >= 700, f"the page should carry the long list; shots {page.shots}"
+
+    assert page.nomatch_hint() == "", "the hint shows while the list has options"
+    page.filter("zzqxv")
+    hint = poll("the hint for a filter that matches nothing", page.nomatch_hint, timeout=10)
+    shot = page.screenshot("filter-matches-nothing")
+    assert "search box" in hint and "None of these" in hint, (hint, shot)
+    assert page.visible_options(1) == [], f"some option still matches 'zzqxv'; screenshot {shot}"
+    spot = page.first_screen(".xm-nomatch")
+    assert spot["bottom"] <= spot["inner"], f"the hint is below the first screen: {spot}; screenshot {shot}"
+    assert page.d.execute_script("const el = document.querySelector("
+                                 "'.xm-list .lsf-choice:has(input[name^=\"__none__\"])');"
+                                 "return Boolean(el && el.offsetParent);"), f"None of these is hidden; {shot}"
+    page.none_of_these()
+    page.clear_filter()
+
+    words = " ".join(content_words(knowledge.in_mind[shown.item]))
+    lines = page.search_all(words)
+    numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+    assert numbered, (words, lines, page.shots)
+    box = page.first_screen("input[placeholder^='Search all texts']")
+    first_line = page.first_screen(".xm-hits .lsf-row:nth-child(2)")
+    shot = page.screenshot("first-screen-after-none-of-these")
+    assert 0 <= box["top"] and box["bottom"] <= box["inner"], (
+        f"the search box is outside the first screen: {box}; screenshot {shot}")
+    assert first_line["top"] < first_line["inner"], (
+        f"no search result on the first screen: {first_line}; screenshot {shot}")
+
+    number = next((k for k, tid in numbered.items() if tid in knowledge.right[shown.item]), max(numbered))
+    page.click_hit_line(number)
+    picked = poll(f"result {number} picked by a click on its line", page.picked_hit, timeout=5)
+    assert picked == number, (picked, number, page.screenshot("clicked-line"))
+    page.screenshot("result-line-clicked")
+    page.submit()
+
+    ann = poll("the annotation in Label Studio", lambda: (a := list(ls.list_annotations(pid))) and a[0])
+    rec = poll("the annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
+    assert rec.get("state") == "pair" and rec.get("source") == "search", rec
+    assert rec["text_id"] == numbered[number], (rec, numbered, number)
+    print(f"\n[browser page] search box at {box['top']:.0f}-{box['bottom']:.0f} px of {box['inner']} px; "
+          f"first result line at {first_line['top']:.0f} px; line {number} clicked -> {rec['text_id']}")

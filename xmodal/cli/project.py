@@ -94,6 +94,10 @@ def register(subparsers) -> None:
     c.add_argument("--page-texts", type=int, default=None, metavar="N",
                    help="image tasks: texts each page carries for its filter, best first (default "
                         "1000); the search box under 'None of these' reaches every text")
+    c.add_argument("--show-ids", choices=("auto", "yes", "no"), default=None,
+                   help="image tasks: show each text's id on the page (default auto: not where a text id "
+                        "contains an image's file name, as Flickr8k's, which a person could match "
+                        "instead of looking at the photo)")
     c.add_argument("--label-studio-url", default=settings.get("LABEL_STUDIO_URL"), metavar="URL",
                    help="Label Studio base URL (default $LABEL_STUDIO_URL)")
     c.add_argument("--api-key", default=settings.get("LABEL_STUDIO_API_KEY"), metavar="KEY",
@@ -193,6 +197,7 @@ def run_create(args) -> int:
                        image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                        measure=args.measure, enhance=args.enhance, captions=args.captions, candidates=args.candidates,
                        page_texts=args.page_texts,
+                       show_ids=args.show_ids,
                        label_studio_url=args.label_studio_url or None, api_key=args.api_key or None,
                        backend_url=args.backend_url or None, title=args.title, images=args.images,
                        document_root=args.document_root, label_config=args.label_config,

@@ -82,13 +82,13 @@ def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
         return [f"No text of this project has the words {shown!r}: try other words, or "
                 "describe the image below"]
     if words == len(found):
-        head = f"Texts with the words {shown!r}, best first: pick the number of the right one below"
+        head = f"Texts with the words {shown!r}, best first: click the right line below"
     elif words:
-        head = (f"Texts with the words {shown!r} (1–{words}), then texts of a similar meaning: pick "
-                "the number of the right one below")
+        head = (f"Texts with the words {shown!r} (1–{words}), then texts of a similar meaning: click "
+                "the right line below")
     else:
-        head = (f"No text has the words {shown!r}; texts of a similar meaning: pick the number of "
-                "the right one below")
+        head = (f"No text has the words {shown!r}; texts of a similar meaning: click the right "
+                "line below")
     return [head] + [hit_line(n, tid, search.text(tid)) for n, tid in enumerate(found, 1)]
 
 

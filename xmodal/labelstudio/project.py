@@ -52,7 +52,7 @@ from xmodal.index.build import publish_initial_index
 from xmodal.labelstudio.config import LABEL_CONFIGS, read_label_config
 from xmodal.labelstudio.images import ImageURLs, document_root, setup_images
 from xmodal.labelstudio.push import push_current_predictions, refresh_task_options
-from xmodal.labelstudio.tasks import build_tasks, pool_size, record_tasks
+from xmodal.labelstudio.tasks import SHOW_IDS, build_tasks, pool_size, record_tasks
 from xmodal.logfmt import Say, quiet
 from xmodal.project.features import ensure_features
 from xmodal.project.medoids import (
@@ -87,6 +87,7 @@ class ProjectSpec:
     captions: str = "first"                # COCO-mini: first caption per image, or all 5
     candidates: int = 10                   # the diverse cold-start pool (image tasks)
     page_texts: int | None = None          # texts an image task carries (None: the workspace's, 1000)
+    show_ids: str | None = None            # auto | yes | no: text ids on the page (None: the workspace's, auto)
     label_studio_url: str | None = None
     api_key: str | None = None
     backend_url: str | None = None
@@ -168,6 +169,8 @@ def _check_spec(spec: ProjectSpec) -> None:
     if spec.page_texts is not None and not 1 <= int(spec.page_texts) <= 10_000:
         raise ConfigError("--page-texts must be between 1 and 10000 (a page with more is slow to "
                           "filter; the search box under None of these reaches every text)")
+    if spec.show_ids is not None and spec.show_ids not in SHOW_IDS:
+        raise ConfigError(f"--show-ids must be one of {', '.join(SHOW_IDS)}, not {spec.show_ids!r}")
     if spec.label_studio_url and not spec.api_key:
         raise ConfigError("a Label Studio URL needs an API key: pass --api-key or set "
                           "LABEL_STUDIO_API_KEY (Label Studio: Account & Settings > Access Token)")
@@ -237,6 +240,8 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
         cfg_update["enhance"] = parse_enhance(spec.enhance)
     if spec.page_texts is not None:
         cfg_update["page_texts"] = int(spec.page_texts)
+    if spec.show_ids is not None:
+        cfg_update["show_ids"] = spec.show_ids
     if not ws.exists():
         ws.save_config(dict(cfg_update, encoders={"image": None, "text": None}))
 

@@ -75,6 +75,22 @@ def page_texts(ws: Workspace) -> int:
     return max(1, int(ws.config.get("page_texts") or PAGE_TEXTS))
 
 
+SHOW_IDS = ("auto", "yes", "no")
+
+
+def ids_shown(ws: Workspace) -> bool:
+    """Whether an image task's options show each text's id (``show_ids`` in the workspace: yes, no,
+    or auto, the default: not where a text id contains an image's file name, as Flickr8k's
+    ``1000268201_693b08cb0e.jpg#0``, since a person could then match ids instead of looking at the
+    photo). Without ids the option still carries its id as its alias, which the annotation stores."""
+    mode = str(ws.config.get("show_ids") or "auto")
+    if mode != "auto":
+        return mode == "yes"
+    names = {i.rsplit("/", 1)[-1] for i in ws.ids("image")}
+    # a sample is enough: a dataset names its texts one way
+    return not any(t.split("#", 1)[0].rsplit("/", 1)[-1] in names for t in ws.ids("text")[:200])
+
+
 def thumbnails(ws: Workspace) -> int:
     return max(1, int(ws.config.get("thumbnails") or THUMBNAILS))
 
@@ -122,10 +138,10 @@ def _filter_value(text: str) -> str:
     return text.replace("$", "\uff04")   # Label Studio substitutes $name in choice values
 
 
-def text_option(text_id: str, text: str) -> dict:
-    # no "html": the value is shown as it is, the id at its end; an html copy of every text would
-    # double what each task carries (~160 KB for COCO-mini's 795 texts) and what the page renders
-    return {"value": _filter_value(f"{text}  {text_id}"), "alias": text_id}
+def text_option(text_id: str, text: str, show_id: bool = True) -> dict:
+    # no "html": the value is shown as it is, the id at its end (unless hidden: ids_shown); an html
+    # copy of every text would double what each task carries (~160 KB for COCO-mini's 795 texts)
+    return {"value": _filter_value(f"{text}  {text_id}" if show_id else text), "alias": text_id}
 
 
 def image_option(image_id: str, src: str, words: str = "") -> dict:
@@ -143,7 +159,8 @@ def task_options(ws: Workspace, candidates: list[str], urls: ImageURLs | None,
     ``texts``: id -> text, if the caller has it already."""
     if ws.select == "image":
         texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
-        out = [text_option(c, texts[c]) for c in candidates]
+        show_id = ids_shown(ws)
+        out = [text_option(c, texts[c], show_id) for c in candidates]
     else:
         words = ws.image_words()
         out = [image_option(c, urls(c, OPTION_THUMB), words.get(c, "")) for c in candidates]
