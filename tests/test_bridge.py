@@ -167,6 +167,35 @@ def test_a_wide_bridge_is_stored_and_queried_on_its_basis(r, xenv, make_workspac
     np.testing.assert_allclose(back.encode("text", Y[:5]), snap.text_codes[:5], atol=1e-5)
 
 
+def test_the_bridge_space_is_computed_once_and_again_when_the_features_change(r, xenv, make_workspace):
+    """The centred, projected bridge embeddings depend on the features only: kept beside them,
+    reused by the next rebuild with the same index, recomputed when the text features change."""
+    from xmodal.core.bridge import BRIDGE_DIMS
+    from xmodal.index.build import build_snapshot
+
+    n = 120
+    ws = make_workspace("space", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
+    X, Y = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2)
+    ws.save_features("image", X, "synthetic-image")
+    ws.save_features("text", Y, "synthetic-text")
+    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    first, _ = build_snapshot(ws, 1, _pairs(12))
+    kept = ws.bridge_space_path.stat()
+    again, _ = build_snapshot(ws, 2, _pairs(12))
+    assert ws.bridge_space_path.stat().st_ino == kept.st_ino          # read, not written again
+    np.testing.assert_array_equal(again.text_codes, first.text_codes)
+    np.testing.assert_array_equal(again.bridge_basis, first.bridge_basis)
+
+    _, Y2 = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2, seed=7)
+    ws.save_features("text", Y2, "synthetic-text")
+    changed, _ = build_snapshot(ws, 3, _pairs(12))
+    assert ws.bridge_space_path.stat().st_ino != kept.st_ino          # made again
+    ws.bridge_space_path.unlink()
+    fresh, _ = build_snapshot(ws, 4, _pairs(12))
+    np.testing.assert_allclose(changed.text_codes, fresh.text_codes, atol=1e-6)
+    assert changed.meta["bridge"] == fresh.meta["bridge"]
+
+
 def test_without_bridge_in_enhance_or_on_disk_the_index_is_ssr_alone(r, xenv, make_workspace):
     from xmodal.index.build import build_snapshot
 

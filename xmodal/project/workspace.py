@@ -162,6 +162,11 @@ class Workspace:
         return self.root / "features" / "bridge.npz"
 
     @property
+    def bridge_space_path(self) -> Path:
+        """The bridge embeddings centred and on their principal basis (``xmodal.index.build``)."""
+        return self.root / "features" / "bridge_space.npz"
+
+    @property
     def image_words_path(self) -> Path:
         return self.root / "features" / "image_words.json"
 
