@@ -434,3 +434,20 @@ def test_holdout_split_is_seeded_and_scores_only_the_held_out_images():
     assert data.protocol == "split" and data.meta["split_seed"] == 3 and data.meta["holdout"] == 20
     rows = evaluate(data, [5], seeds=[0], methods=["ssm-al", "random-refs"])
     assert {r["n_eval"] for r in rows} == {20} and {r["protocol"] for r in rows} == {"split"}
+
+
+def test_product_variants_use_the_products_settings():
+    """``product+all-captions`` averages every caption of a reference: with identical captions it
+    is the product itself; without several captions it is not run. ``product+selftrain`` runs on
+    the product's one selection."""
+    plain = synthetic(labelled=False)
+    data = _with_captions(plain, 3)
+    rows = evaluate(data, [5], seeds=[0], methods=["product", "product+all-captions", "product+selftrain"])
+    for d in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            assert _value(rows, "product+all-captions", 5, d, f"recall@{k}") == \
+                _value(rows, "product", 5, d, f"recall@{k}")
+    selections = {r["selection"] for r in rows if r["method"].startswith("product")}
+    assert len(selections) == 1
+    assert "product+all-captions" not in {r["method"] for r in evaluate(plain, [5], seeds=[0],
+                                                                         methods=["product+all-captions"])}
