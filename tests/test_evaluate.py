@@ -223,6 +223,8 @@ def test_cli_eval_writes_json_markdown_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert _value(rows, "ssm-al-i", 10, "i2t") == pytest.approx(0.1843, abs=5e-4)  # the lead's check
     assert main(["eval", "--dataset", "wikipedia", "--n", "5000", "--quiet"]) == 1  # N > pool
+    # its own split is kept: --holdout is refused, not silently replacing the official split
+    assert main(["eval", "--dataset", "wikipedia", "--n", "10", "--holdout", "100", "--quiet"]) == 1
 
 
 def _mean(rows, method, ns, metric="map"):
@@ -451,3 +453,24 @@ def test_product_variants_use_the_products_settings():
     assert len(selections) == 1
     assert "product+all-captions" not in {r["method"] for r in evaluate(plain, [5], seeds=[0],
                                                                          methods=["product+all-captions"])}
+
+
+@pytest.mark.slow
+def test_cli_every_caption_on_a_held_out_split_of_coco_mini(tmp_path):
+    """The command a team runs on its own photos: every caption scored, 59 of COCO-mini's 159
+    images held out (references among the other 100), rows and tables say so."""
+    _need("coco_mini")
+    from xmodal.cli.main import main
+
+    out, md = tmp_path / "rows.json", tmp_path / "t.md"
+    assert main(["eval", "--dataset", "coco-mini", "--eval-captions", "all", "--holdout", "59",
+                 "--split-seed", "0", "--n", "10", "--seeds", "0", "--methods", "ssm-al,product",
+                 "--json", str(out), "--markdown", str(md), "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["eval_captions"] for r in rows} == {"all"} and {r["protocol"] for r in rows} == {"split"}
+    assert {r["n_eval"] for r in rows} == {59}
+    rsum = _value(rows, "product", 10, "both", "rsum")
+    assert rsum == pytest.approx(sum(_value(rows, "product", 10, d, f"recall@{k}")
+                                     for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    assert rsum > _value(rows, "ssm-al", 10, "both", "rsum")   # the product's lead holds held out
+    assert "**coco-mini — rsum**" in md.read_text()
