@@ -13,7 +13,8 @@ Protocols (chosen from the data):
 - **split** (the data set has a train/test split, e.g. Wikipedia's official 2173/693): the N
   references are chosen among the *train* items (k-medoids on one modality; the oracle returns the
   coupled item of the other), every *test* item is represented by SSR against them, and each test
-  query is ranked against ALL test targets of the other modality.
+  query is ranked against ALL test targets of the other modality. A data set without a split gets
+  a seeded one from ``xmodal eval --holdout N --split-seed S`` (:mod:`xmodal.evaluation.splits`).
 - **pool** (no split: COCO-mini, Pascal-DSCMR, a folder without splits): the N references are
   chosen among all coupled items, and retrieval runs over the rest (each method is scored on the
   items that are not its references, so the gallery always has ``pool − N`` items).
@@ -42,7 +43,9 @@ Methods (``method`` field of the rows):
   ``n`` is the pool size).
 - ``product``: what a new project does (:func:`product_settings`): its one selection (images),
   k-medoids of the z-scored features, and its index's enhancements; ``product-raw-medoids`` the
-  same from the paper's medoids of the raw features.
+  same from the paper's medoids of the raw features; ``product+all-captions`` /
+  ``product+selftrain`` the product with every caption of a reference averaged into its text
+  vector / with mutual-NN pseudo-pairs (:data:`PRODUCT_VARIANTS`, issue 23).
 - ``ssm-al+<variant>``: beyond the paper (:mod:`xmodal.evaluation.enhance`), better of _I/_T like
   ``ssm-al``; see :data:`VARIANTS`.
 
