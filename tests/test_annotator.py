@@ -117,3 +117,25 @@ def test_text_tasks_narrow_the_grid_by_the_words_under_the_thumbnails():
 def test_the_oracle_pastes_what_is_not_an_option():
     assert OracleAnnotator(KNOW, "image").answer(page("bce")).how == "pasted"
     assert OracleAnnotator(KNOW, "image").answer(page("bca")) == Answer("shown", choice="a")
+
+
+def test_first_right_reads_only_the_first_lines():
+    from xmodal.simulation.annotator import first_right
+
+    options = page("bcead")["options"]
+    assert first_right(options, {"a", "d"}, 3) is None and first_right(options, {"a", "d"}, 4) == "a"
+    assert first_right(options, set(), 10) is None
+
+
+def test_shown_top10_counts_per_block_of_labels():
+    """Labels 1-25: a right option on the first screen for labels 3, 12, 13 and 21-25."""
+    from xmodal.simulation.loop import Label, shown_top10
+
+    on_top = {3, 12, 13, 21, 22, 23, 24, 25}
+    done = [Label(number=i, item_id=str(i), task={}, answer=Answer("shown"), record={}, snap=None,
+                  found=True, shown_top10=i in on_top) for i in range(1, 26)]
+    assert shown_top10(done) == [
+        {"labels": "1-10", "tasks": 10, "shown_top10": 1, "rate": 0.1},
+        {"labels": "11-20", "tasks": 10, "shown_top10": 2, "rate": 0.2},
+        {"labels": "21-25", "tasks": 5, "shown_top10": 5, "rate": 1.0}]
+    assert shown_top10([]) == []

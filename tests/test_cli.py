@@ -2,6 +2,7 @@
 without a traceback and with a non-zero exit."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -170,3 +171,22 @@ def test_processes_started_together_share_one_embedded_server(tmp_path):
         for pid in _processes_mentioning(str(tmp_path)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def test_simulate_json_reports_shown_top10_per_block(tmp_path):
+    """A real simulated run (backend, worker, Redis): per block of 10 labels, how many tasks had a
+    right text among the first 10 lines of the page served. The human-like annotator takes a
+    shown option exactly when one is there (it reads 10 lines), so its "shown" answers and the
+    page's count must agree label by label."""
+    out = tmp_path / "sim.json"
+    r = run_cli("simulate", "--n", "300", "--labels", "12", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(out.read_text())
+    rows = got["rows"]
+    assert [b["labels"] for b in got["shown_top10"]] == ["1-10", "11-12"]
+    for block, part in zip(got["shown_top10"], (rows[:10], rows[10:])):
+        assert block["tasks"] == len(part) and block["shown_top10"] == sum(x["shown_top10"] for x in part)
+        assert block["rate"] == round(block["shown_top10"] / len(part), 4)
+    assert [x["shown_top10"] for x in rows] == [x["how"] == "shown" for x in rows]
+    assert got["summary"]["shown_top10"] == got["shown_top10"]
+    assert "a right text among the page's first 10 lines: labels 1-10" in r.stdout + r.stderr

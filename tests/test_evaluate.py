@@ -22,7 +22,7 @@ from xmodal.evaluation.protocol import VARIANTS, EvalData, evaluate, prepare
 from xmodal.evaluation.report import markdown_table, plot
 
 ROW_KEYS = {"dataset", "method", "n", "direction", "metric", "value", "std", "seeds", "values",
-            "n_eval", "protocol"}
+            "n_eval", "protocol", "eval_captions"}
 
 
 def synthetic(n=120, classes=4, dx=24, dy=12, seed=0, split=True, labelled=True):
@@ -78,8 +78,11 @@ def test_pool_protocol_recall_rows():
     data = synthetic(n=60, split=False, labelled=False)
     rows = evaluate(data, [5, 20], seeds=[0], methods=["ssm-al", "random-refs", "cca"])
     metrics = {n: {r["metric"] for r in rows if r["n"] == n} for n in (5, 20)}
-    assert metrics[5] == {"recall@1", "recall@5", "recall@10", "recall@50"}
-    assert metrics[20] == {"recall@1", "recall@5", "recall@10"}  # K > gallery (40) is dropped
+    assert metrics[5] == {"recall@1", "recall@5", "recall@10", "recall@50", "rsum"}
+    assert metrics[20] == {"recall@1", "recall@5", "recall@10", "rsum"}  # K > gallery (40) is dropped
+    for r in (r for r in rows if r["metric"] == "rsum"):  # R@1 + R@5 + R@10 of both directions
+        parts = [_value(rows, r["method"], r["n"], d, f"recall@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+        assert r["direction"] == "both" and r["value"] == pytest.approx(sum(parts))
     assert "all-pairs" not in {r["method"] for r in rows}  # no held-out items would remain
     for r in rows:
         assert r["protocol"] == "pool" and r["n_eval"] == 60 - r["n"]
@@ -220,6 +223,8 @@ def test_cli_eval_writes_json_markdown_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert _value(rows, "ssm-al-i", 10, "i2t") == pytest.approx(0.1843, abs=5e-4)  # the lead's check
     assert main(["eval", "--dataset", "wikipedia", "--n", "5000", "--quiet"]) == 1  # N > pool
+    # its own split is kept: --holdout is refused, not silently replacing the official split
+    assert main(["eval", "--dataset", "wikipedia", "--n", "10", "--holdout", "100", "--quiet"]) == 1
 
 
 def _mean(rows, method, ns, metric="map"):
@@ -370,3 +375,102 @@ def test_zmedoids_is_the_faithful_index_on_the_medoids_of_z_scored_features():
     S = index.transform_images(data.image_features[rest]) @ index.transform_texts(data.text_features[rest]).T
     want = recall_at_k(S, np.arange(len(rest)), [5])[5], recall_at_k(S.T, np.arange(len(rest)), [5])[5]
     assert (got["i2t"], got["t2i"]) == pytest.approx(want)
+
+
+# -- the standard protocol: every caption, a seeded held-out split (issue 23) ------------------
+
+def test_recall_any_at_k_by_hand():
+    from xmodal.core.metrics import recall_any_at_k
+
+    # 2 images, 5 texts: texts 0, 1 describe image 0, texts 2, 3, 4 image 1
+    owner = np.array([0, 0, 1, 1, 1])
+    S = np.array([[0.1, 0.5, 0.9, 0.0, 0.2],    # image 0: its best text (1) is 2nd -> miss at 1, hit at 2
+                  [0.0, 0.9, 0.1, 0.8, 0.2]])   # image 1: text 3 is 2nd -> miss at 1, hit at 2
+    assert recall_any_at_k(S, owner, (1, 2, 5)) == {1: 0.0, 2: 1.0, 5: 1.0}
+    S[1, 3] = 1.0                               # now image 1's text 3 is first
+    assert recall_any_at_k(S, owner, (1, 2)) == {1: 0.5, 2: 1.0}
+    with pytest.raises(ValueError, match="at least one relevant"):
+        recall_any_at_k(S, np.array([0, 0, 0, 0, 0]))
+
+
+def _with_captions(data: EvalData, copies: int) -> EvalData:
+    """Every image described by ``copies`` identical texts (its first text repeated)."""
+    from dataclasses import replace
+
+    groups = [np.arange(i * copies, (i + 1) * copies) for i in range(data.n)]
+    return replace(data, all_text_features=np.repeat(data.text_features, copies, axis=0), caption_groups=groups)
+
+
+def test_every_caption_protocol_on_duplicated_captions():
+    """With each text given twice, the faithful index scores both copies alike, so (hand-derived):
+    text→image is unchanged, and an image whose text ranked r-th (0-based) among the 24 test texts
+    ranks 2r-th among the 48, i.e. image→text R@2K with every caption = R@K with the first."""
+    first_data = synthetic(labelled=False)
+    data = _with_captions(first_data, 2)
+    first = evaluate(data, [5, 10], seeds=[0, 1], methods=["ssm-al"], ks=(1, 2, 5, 10))
+    every = evaluate(data, [5, 10], seeds=[0, 1], methods=["ssm-al"], ks=(1, 2, 5, 10), eval_captions="all")
+    assert {r["eval_captions"] for r in first} == {"first"} and {r["eval_captions"] for r in every} == {"all"}
+    assert first == evaluate(first_data, [5, 10], seeds=[0, 1], methods=["ssm-al"], ks=(1, 2, 5, 10))
+    for n in (5, 10):
+        for m in ("ssm-al-i", "ssm-al-t"):
+            for k in (1, 2, 5, 10):
+                assert _value(every, m, n, "t2i", f"recall@{k}") == _value(first, m, n, "t2i", f"recall@{k}")
+            for k in (1, 5):
+                assert _value(every, m, n, "i2t", f"recall@{2 * k}") == _value(first, m, n, "i2t", f"recall@{k}")
+    assert any(_value(every, m, n, "i2t", "recall@10") < _value(first, m, n, "i2t", "recall@10")
+               for n in (5, 10) for m in ("ssm-al-i", "ssm-al-t"))  # the copies push the right text down
+    table = markdown_table(every)
+    assert "**synth — rsum** (mean ± std over 2 seeds; R@1 + R@5 + R@10 of i2t and t2i; every caption" in table
+
+
+def test_holdout_split_is_seeded_and_scores_only_the_held_out_images():
+    from xmodal.evaluation.splits import hold_out, holdout_mask
+
+    a, b = holdout_mask(100, 30, seed=0), holdout_mask(100, 30, seed=1)
+    assert (~a).sum() == 30 and np.array_equal(a, holdout_mask(100, 30, seed=0)) and not np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="between 1 and 99"):
+        holdout_mask(100, 100)
+    with pytest.raises(ConfigError, match="its own train/test split"):
+        hold_out(synthetic(), 10)
+    data = hold_out(synthetic(n=60, split=False, labelled=False), 20, seed=3)
+    assert data.protocol == "split" and data.meta["split_seed"] == 3 and data.meta["holdout"] == 20
+    rows = evaluate(data, [5], seeds=[0], methods=["ssm-al", "random-refs"])
+    assert {r["n_eval"] for r in rows} == {20} and {r["protocol"] for r in rows} == {"split"}
+
+
+def test_product_variants_use_the_products_settings():
+    """``product+all-captions`` averages every caption of a reference: with identical captions it
+    is the product itself; without several captions it is not run. ``product+selftrain`` runs on
+    the product's one selection."""
+    plain = synthetic(labelled=False)
+    data = _with_captions(plain, 3)
+    rows = evaluate(data, [5], seeds=[0], methods=["product", "product+all-captions", "product+selftrain"])
+    for d in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            assert _value(rows, "product+all-captions", 5, d, f"recall@{k}") == \
+                _value(rows, "product", 5, d, f"recall@{k}")
+    selections = {r["selection"] for r in rows if r["method"].startswith("product")}
+    assert len(selections) == 1
+    assert "product+all-captions" not in {r["method"] for r in evaluate(plain, [5], seeds=[0],
+                                                                         methods=["product+all-captions"])}
+
+
+@pytest.mark.slow
+def test_cli_every_caption_on_a_held_out_split_of_coco_mini(tmp_path):
+    """The command a team runs on its own photos: every caption scored, 59 of COCO-mini's 159
+    images held out (references among the other 100), rows and tables say so."""
+    _need("coco_mini")
+    from xmodal.cli.main import main
+
+    out, md = tmp_path / "rows.json", tmp_path / "t.md"
+    assert main(["eval", "--dataset", "coco-mini", "--eval-captions", "all", "--holdout", "59",
+                 "--split-seed", "0", "--n", "10", "--seeds", "0", "--methods", "ssm-al,product",
+                 "--json", str(out), "--markdown", str(md), "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["eval_captions"] for r in rows} == {"all"} and {r["protocol"] for r in rows} == {"split"}
+    assert {r["n_eval"] for r in rows} == {59}
+    rsum = _value(rows, "product", 10, "both", "rsum")
+    assert rsum == pytest.approx(sum(_value(rows, "product", 10, d, f"recall@{k}")
+                                     for d in ("i2t", "t2i") for k in (1, 5, 10)))
+    assert rsum > _value(rows, "ssm-al", 10, "both", "rsum")   # the product's lead holds held out
+    assert "**coco-mini — rsum**" in md.read_text()

@@ -23,8 +23,10 @@ Measured per label:
   text→image (its image), over the items that are not references (at most ``--queries`` queries
   per direction, every non-reference item of the other modality as target).
 
-``--json PATH`` writes ``labels``, ``pairs_stored``, ``lost``, ``found_rate`` and ``recall@10``
-(``{"i2t", "t2i"}`` after the last label) at its top level, the per-label rows below.
+``--json PATH`` writes ``labels``, ``pairs_stored``, ``lost``, ``found_rate``, ``shown_top10``
+(per block of 10 labels: how many tasks had a right text among the first 10 lines of their page,
+:func:`xmodal.simulation.loop.shown_top10`) and ``recall@10`` (``{"i2t", "t2i"}`` after the last
+label) at its top level, the per-label rows below.
 
 Data: ``synthetic`` (default ``--n 10000``): features of realistic size — 1280-d "image" and
 384-d "text" vectors that are two different non-linear views of a shared latent mixture (40
@@ -160,7 +162,8 @@ class BenchResult:
         lat = [r["latency_s"] for r in self.rows if r.get("latency_s") is not None]
         secs = [r["seconds"] for r in self.rows if r.get("seconds") is not None]
         return {"annotator": self.settings.get("annotator"), "labels": len(self.rows),
-                **{k: self.end.get(k) for k in ("pairs_stored", "problems", "lost", "found_rate", "how")},
+                **{k: self.end.get(k) for k in ("pairs_stored", "problems", "lost", "found_rate", "how",
+                                                "shown_top10")},
                 "recall@10": self.end.get("recall@10") or {"i2t": None, "t2i": None},
                 "seconds_per_label_median": percentile(secs, 50),
                 "latency_median_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
@@ -330,6 +333,7 @@ def run(args, say=print) -> BenchResult:
                 _recall_dict(recall_non_reference(snap, truth, refs_i | refs_t, args.queries, args.seed))
             latency = label.latency_s
             row = {"labels": label.number, "how": label.answer.how, "found": label.found,
+                   "shown_top10": label.shown_top10,
                    "state": label.state, "version": label.version,
                    "latency_s": None if latency is None else round(latency, 4),
                    "seconds": round(label.seconds, 4), "build_s": last.get("build_s"),
@@ -349,6 +353,9 @@ def run(args, say=print) -> BenchResult:
         say(f"{s['labels']} labels ({', '.join(f'{k} {v}' for k, v in s['how'].items() if v)}): "
             f"{s['pairs_stored']} pairs stored, {s['problems']} problems, {s['lost']} lost, found rate "
             f"{s['found_rate']}; Recall@10 non-reference i2t {s['recall@10']['i2t']}, t2i {s['recall@10']['t2i']}")
+        if s["shown_top10"]:
+            say("a right text among the page's first 10 lines: " + ", ".join(
+                f"labels {b['labels']} {b['shown_top10']}/{b['tasks']}" for b in s["shown_top10"]))
         if s["latency_median_s"] is not None:
             say(f"label -> new predictions: median {s['latency_median_s']:.3f} s, p95 {s['latency_p95_s']:.3f} s, "
                 f"max {s['latency_max_s']:.3f} s")
@@ -411,7 +418,7 @@ def main_args(args) -> int:
     if args.json_out:
         summary = result.summary()
         Path(args.json_out).write_text(json.dumps({**{k: summary[k] for k in (
-            "labels", "pairs_stored", "lost", "found_rate", "recall@10")}, "settings": result.settings,
+            "labels", "pairs_stored", "lost", "found_rate", "shown_top10", "recall@10")}, "settings": result.settings,
             "summary": summary, "rows": result.rows, "timings": result.timings}, indent=1, default=str))
     return 0
 

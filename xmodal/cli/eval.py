@@ -50,8 +50,17 @@ def register(subparsers) -> None:
     p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME",
                    help="text encoder for raw texts: " + TEXT_ENCODER_HELP)
     p.add_argument("--captions", default="all", choices=("first", "all"),
-                   help="coco-mini: load the first or all 5 captions (evaluation always uses the first; "
-                   "the +captions variants average all of a reference's captions). Default all")
+                   help="coco-mini: load the first or all 5 captions (the +captions variants average all of "
+                   "a reference's captions; --eval-captions all scores them all). Default all")
+    p.add_argument("--eval-captions", default="first", choices=("first", "all"),
+                   help="first: one text per image is a target/query (default, the numbers of earlier "
+                   "runs); all: the standard protocol, every text of the evaluated images (image→text "
+                   "hits when any of its texts is in the top K; every text is a text→image query)")
+    p.add_argument("--holdout", type=int, default=None, metavar="N",
+                   help="data without a split: hold N images (and their texts) out, chosen by "
+                   "--split-seed; references are chosen among the rest and retrieval runs over the "
+                   "held-out images only")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --holdout draw (default 0)")
     p.add_argument("--cache-dir", default=None, help="feature cache root (default: the encoders' cache)")
     p.add_argument("--json", dest="json_out", default=None, help="write the result rows to this JSON file")
     p.add_argument("--markdown", default=None, help="write the tables to this Markdown file")
@@ -79,13 +88,20 @@ def run(args: argparse.Namespace) -> int:
     say(dataset.describe())
     data = protocol.prepare(dataset, image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                             cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.holdout is not None:
+        from xmodal.evaluation.splits import hold_out
+
+        data = hold_out(data, args.holdout, args.split_seed)
+        say(f"held out {args.holdout} images (split seed {args.split_seed}); references among the "
+            f"other {int(data.train.sum())}")
     if data.meta.get("text_encoder_choice"):
         say(f"text encoder: {data.meta['text_encoder_name']} ({data.meta['text_encoder_choice']})")
     protocol.check_sizes(data, ns)  # before any long computation
     say(f"{data.n} coupled items, protocol {data.protocol}, "
         f"{'MAP' if data.labelled and args.metric != 'recall' else 'Recall@K'}; seeds {seeds}")
     rows = protocol.evaluate(data, ns, seeds=seeds, select=select, methods=methods,
-                             metric=args.metric, measure=args.measure, progress=say)
+                             metric=args.metric, measure=args.measure, eval_captions=args.eval_captions,
+                             progress=say)
     table = report.markdown_table(rows) + "\n" + report.delta_table(rows)
     print(table)
     if args.json_out:

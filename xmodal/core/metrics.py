@@ -59,3 +59,25 @@ def recall_at_k(similarity: np.ndarray, relevant, ks=(1, 5, 10)) -> dict[int, fl
     ranked_rel = np.take_along_axis(relevant, _rank(S), axis=1)
     found = np.cumsum(ranked_rel, axis=1)
     return {int(k): float(np.mean(found[:, min(k, S.shape[1]) - 1] / L)) for k in ks}
+
+
+def recall_any_at_k(similarity: np.ndarray, owner, ks=(1, 5, 10)) -> dict[int, float]:
+    """Recall@K of the standard image→text protocol (Karpathy & Fei-Fei 2015; Flickr/COCO):
+    query i scores a hit when ANY of its relevant targets is among its top K, i.e. eq. 37 with
+    ``φ`` counted once per query instead of divided by L_i.
+
+    ``owner[j]`` is the query that target j belongs to (a caption's image), so query i's
+    relevant targets are ``{j : owner[j] == i}``; every query needs at least one.
+    """
+    S = np.asarray(similarity)
+    owner = np.asarray(owner)
+    if owner.shape != (S.shape[1],):
+        raise ValueError(f"one owner per target is needed: owner is {owner.shape}, similarity {S.shape}")
+    if np.any(np.bincount(owner, minlength=S.shape[0])[:S.shape[0]] == 0):
+        raise ValueError("every query needs at least one relevant target")
+    first_hit = np.empty(S.shape[0], dtype=np.int64)
+    for start in range(0, S.shape[0], 1024):  # bounded memory for 1,000 × 5,000 and larger
+        block = S[start:start + 1024]
+        relevant = owner[_rank(block)] == np.arange(start, start + len(block))[:, None]
+        first_hit[start:start + len(block)] = relevant.argmax(axis=1)  # 0-based rank of the best relevant
+    return {int(k): float(np.mean(first_hit < min(k, S.shape[1]))) for k in ks}

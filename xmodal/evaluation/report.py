@@ -31,7 +31,10 @@ def markdown_table(rows: list[dict], metrics=None) -> str:
             mrows = [r for r in drows if r["metric"] == metric]
             ns = sorted({r["n"] for r in mrows if r["method"] != "all-pairs"})
             seeds = max((len(r["seeds"]) for r in mrows), default=0)
-            out.append(f"**{dataset} — {metric}** (mean ± std over {seeds} seeds; i2t / t2i)\n")
+            how = "R@1 + R@5 + R@10 of i2t and t2i" if metric == "rsum" else "i2t / t2i"
+            captions = {r.get("eval_captions") for r in mrows} - {None, "first"}
+            how += "; every caption of the evaluated images" if captions else ""
+            out.append(f"**{dataset} — {metric}** (mean ± std over {seeds} seeds; {how})\n")
             out.append("| method | " + " | ".join(f"N={n}" for n in ns) + " |")
             out.append("|---|" + "---|" * len(ns))
             for method in sorted({r["method"] for r in mrows}, key=_method_order):
@@ -43,7 +46,8 @@ def markdown_table(rows: list[dict], metrics=None) -> str:
                         cells.append("—")
                         continue
                     parts = []
-                    for d in DIRECTIONS:
+                    # rsum is one number over both directions (protocol.RSUM_KS)
+                    for d in (("both",) if "both" in got else DIRECTIONS):
                         r = got.get(d)
                         parts.append("—" if r is None else
                                      (f"{r['value']:.4f}" + (f" ± {r['std']:.4f}" if r["seeds"] else "")))

@@ -139,6 +139,12 @@ def _alias(option: dict) -> str:
     return str(option.get("alias") if option.get("alias") is not None else option.get("value"))
 
 
+def first_right(options, right, first: int) -> str | None:
+    """The id of a right option among the first ``first`` lines of a page, or None (what a person
+    reading the page's first screen finds without filtering)."""
+    return next((_alias(o) for o in options[:first] if isinstance(o, dict) and _alias(o) in right), None)
+
+
 class HumanLikeAnnotator:
     """See the module doc. ``shown``: texts a person reads before filtering (the first screen of
     the list); ``per_filter``: texts read after each filter word; ``scan_images`` and
@@ -165,7 +171,7 @@ class HumanLikeAnnotator:
         images = self.select == "text"     # a text task is a grid of thumbnails
         first, per_filter = ((self.scan_images, self.per_filter_images) if images
                              else (self.shown, self.per_filter))
-        hit = next((_alias(o) for o in options[:first] if _alias(o) in right), None)
+        hit = first_right(options, right, first)
         if hit is not None:
             return Answer("shown", choice=hit)
         # what it types: words of the task's text, or of the caption it has in mind for the image

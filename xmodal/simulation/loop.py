@@ -19,8 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from xmodal.errors import ConfigError
-from xmodal.simulation.annotator import HOWS
+from xmodal.simulation.annotator import HOWS, first_right
 from xmodal.simulation.pages import page_search
+
+#: the page's first screen: the lines a person reads before filtering (issue 23 item 3)
+FIRST_LINES = 10
+#: labels per block of the shown_top10 report
+BLOCK = 10
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Label:
     record: dict                 # the pair store's record; {"state": "missing"} when none came
     snap: object                 # the current index after this label (None before any)
     found: bool                  # a right pair (one of the medoid's matches, or a description)
+    shown_top10: bool = False    # a right option was among the first FIRST_LINES lines of the page
     version: int | None = None   # the index version that holds it (None: not a pair)
     seconds: float = 0.0         # the person's own time on the page
     post_s: float = 0.0          # Submit -> the backend stored the record
@@ -103,6 +109,10 @@ def label_loop(page, person, knowledge, ws, redis_client, *, index: IndexWaiter,
         if task is None:
             return
         item_id = str(task["data"]["item_id"])
+        # what the page served, before anyone filters or searches: did the index put a right
+        # option on its first screen (whatever the annotator then does)
+        top10 = first_right(task["data"].get("options") or [], knowledge.right.get(item_id, ()),
+                            FIRST_LINES) is not None
         answer = person.answer(task["data"], search=page_search(page, task, to_name, select))
         t_submit = time.perf_counter()
         annotation_id = page.submit(task, number, answer, from_name, to_name)
@@ -118,17 +128,31 @@ def label_loop(page, person, knowledge, ws, redis_client, *, index: IndexWaiter,
         found = rec.get("state") == "pair" and (chosen in knowledge.right.get(item_id, ())
                                                 or bool(rec.get("description")))
         yield Label(number=number, item_id=item_id, task=task, answer=answer, record=rec, snap=snap,
-                    found=found, version=version if latency is not None else None,
+                    found=found, shown_top10=top10, version=version if latency is not None else None,
                     seconds=t_submit - t_page, post_s=t_stored - t_submit, latency_s=latency)
+
+
+def shown_top10(done: list[Label], block: int = BLOCK) -> list[dict]:
+    """Per block of ``block`` labels (1–10, 11–20, …): how many tasks had a right option among
+    the first :data:`FIRST_LINES` lines of their page, and that share of the block's tasks."""
+    out = []
+    for start in range(0, len(done), block):
+        part = done[start:start + block]
+        count = sum(x.shown_top10 for x in part)
+        out.append({"labels": f"{part[0].number}-{part[-1].number}", "tasks": len(part),
+                    "shown_top10": count, "rate": round(count / len(part), 4)})
+    return out
 
 
 def summary(done: list[Label], records: dict) -> dict:
     """What a run of the loop did: labels, pairs and problems stored, labels lost (neither a pair
-    nor a problem, and not skipped), the found rate and how each pair was found."""
+    nor a problem, and not skipped), the found rate, how each pair was found, and how often the
+    page's first lines held a right option (:func:`shown_top10`, per block of labels)."""
     n = len(done)
     return {"labels": n,
             "pairs_stored": sum(1 for r in records.values() if r.get("state") == "pair"),
             "problems": sum(1 for r in records.values() if r.get("state") == "problem"),
             "lost": sum(1 for x in done if x.state not in ("pair", "problem") and x.answer.how != "skipped"),
             "found_rate": round(sum(x.found for x in done) / n, 4) if n else None,
-            "how": {h: sum(1 for x in done if x.answer.how == h) for h in HOWS}}
+            "how": {h: sum(1 for x in done if x.answer.how == h) for h in HOWS},
+            "shown_top10": shown_top10(done)}
