@@ -28,6 +28,7 @@ Screenshots of every task are kept under the test's tmp_path (``shots/``); a fai
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,42 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
     assert rec["text_id"] == numbered[number], (rec, numbered, number)
     print(f"\n[browser page] search box at {box['top']:.0f}-{box['bottom']:.0f} px of {box['inner']} px; "
           f"first result line at {first_line['top']:.0f} px; line {number} clicked -> {rec['text_id']}")
+
+
+def test_an_empty_none_of_these_is_refused_on_the_page(coco_mini, ls_server, xenv, services, page):
+    """None of these with nothing written and no search result picked: Label Studio refuses the
+    Submit (the description box is required while it shows) and says why in a dialog; the task stays
+    on screen and nothing is saved. After the person describes the image, the same Submit counts."""
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-r-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="image", k=4, label_studio_url=ls_server.url,
+        api_key=ls_server.token, backend_url=services["url"], images="local",
+        document_root=str(ls_server.document_root)), redis_client=r)
+    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    shown = page.wait_task()
+    assert shown is not None, f"Label Studio served no task; shots in {page.shots}"
+
+    page.none_of_these()
+    page.submit()
+    why = poll("Label Studio's refusal of an empty None of these", page.refusal, timeout=10)
+    time.sleep(2)   # a Submit that went through would have loaded the next task by now (and the
+    # dialog has faded in: a screenshot at once caught only its grey mask)
+    shot = page.screenshot("empty-none-of-these-refused")
+    assert "None of these needs an answer" in why and "describe the image" in why, (why, shot)
+    assert page.item_on_page() == shown.item, f"the next task loaded; screenshot {shot}"
+    assert list(ls.list_annotations(pid)) == [], "an empty None of these was saved"
+    page.dismiss()
+
+    page.describe("a plate of food on a wooden table")
+    page.submit()
+    ann = poll("the annotation in Label Studio", lambda: (a := list(ls.list_annotations(pid))) and a[0])
+    rec = poll("the annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
+    assert rec.get("state") == "pair" and rec.get("source") == "written", rec
+    print(f"\n[browser refusal] {why!r}")
