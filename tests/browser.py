@@ -297,6 +297,21 @@ class LabellingPage:
         button.click()
         self._until(lambda d: not self.refusal(), 10, "the dialog to close")
 
+    def add_entry(self) -> None:
+        """Shift+Enter in the description box: the typed text becomes its entry (what the page's
+        "Add" button does), and Label Studio sends it to the backend to be checked."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        box = next(t for t in self.d.find_elements(By.TAG_NAME, "textarea") if t.is_displayed())
+        box.send_keys(Keys.SHIFT, Keys.ENTER)
+
+    def check_line(self) -> str:
+        """The backend's line about the description's entry ('' when none shows)."""
+        from selenium.webdriver.common.by import By
+
+        return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, ".xm-check") if e.is_displayed()).strip()
+
     def item_on_page(self) -> str | None:
         """The item named on the page's note line (the task still on screen)."""
         from selenium.webdriver.common.by import By

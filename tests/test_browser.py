@@ -443,10 +443,12 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
           f"first result line at {first_line['top']:.0f} px; line {number} clicked -> {rec['text_id']}")
 
 
-def test_an_empty_none_of_these_is_refused_on_the_page(coco_mini, ls_server, xenv, services, page):
+def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xenv, services, page):
     """None of these with nothing written and no search result picked: Label Studio refuses the
     Submit (the description box is required while it shows) and says why in a dialog; the task stays
-    on screen and nothing is saved. After the person describes the image, the same Submit counts."""
+    and nothing is saved. An id that is no id, added to the box (Shift+Enter): the backend's check
+    line says why and takes it out of the box, so the Submit is refused again. A description that
+    counts: the line says so, and the Submit stores it."""
     from xmodal.labelstudio.client import connect
     from xmodal.labelstudio.project import ProjectSpec, create_project
     from xmodal.project.pairs import PairStore
@@ -463,20 +465,36 @@ def test_an_empty_none_of_these_is_refused_on_the_page(coco_mini, ls_server, xen
     shown = page.wait_task()
     assert shown is not None, f"Label Studio served no task; shots in {page.shots}"
 
+    def refused(what: str) -> str:
+        page.submit()
+        why = poll(f"Label Studio's refusal of {what}", page.refusal, timeout=10)
+        time.sleep(2)   # a Submit that went through would have loaded the next task by now (and the
+        # dialog has faded in: a screenshot at once caught only its grey mask)
+        shot = page.screenshot(f"refused-{what}")
+        assert "None of these needs an answer" in why and "describe the image" in why, (why, shot)
+        assert page.item_on_page() == shown.item, f"the next task loaded; screenshot {shot}"
+        assert list(ls.list_annotations(pid)) == [], f"{what} was saved; screenshot {shot}"
+        page.dismiss()
+        return why
+
     page.none_of_these()
-    page.submit()
-    why = poll("Label Studio's refusal of an empty None of these", page.refusal, timeout=10)
-    time.sleep(2)   # a Submit that went through would have loaded the next task by now (and the
-    # dialog has faded in: a screenshot at once caught only its grey mask)
-    shot = page.screenshot("empty-none-of-these-refused")
-    assert "None of these needs an answer" in why and "describe the image" in why, (why, shot)
-    assert page.item_on_page() == shown.item, f"the next task loaded; screenshot {shot}"
-    assert list(ls.list_annotations(pid)) == [], "an empty None of these was saved"
-    page.dismiss()
+    why = refused("an empty None of these")
+
+    page.describe("zz_no_such_id.jpg#7")
+    page.add_entry()
+    line = poll("the check line of an id that is no id", page.check_line, timeout=20)
+    shot = page.screenshot("id-that-is-no-id-checked")
+    assert "Not taken" in line and "'zz_no_such_id.jpg#7' is not a text id of this project" in line, (line, shot)
+    refused("an id that is no id")
 
     page.describe("a plate of food on a wooden table")
+    page.add_entry()
+    line = poll("the check line of a description", lambda: "✓" in (x := page.check_line()) and x, timeout=20)
+    page.screenshot("description-checked")
+    assert "a description of the image" in line, line
     page.submit()
     ann = poll("the annotation in Label Studio", lambda: (a := list(ls.list_annotations(pid))) and a[0])
     rec = poll("the annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
     assert rec.get("state") == "pair" and rec.get("source") == "written", rec
-    print(f"\n[browser refusal] {why!r}")
+    assert rec.get("description") == "a plate of food on a wooden table", rec
+    print(f"\n[browser refusal] {why!r}; check line {line!r}")
