@@ -485,6 +485,8 @@ def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xe
     line = poll("the check line of an id that is no id", page.check_line, timeout=20)
     shot = page.screenshot("id-that-is-no-id-checked")
     assert "Not taken" in line and "'zz_no_such_id.jpg#7' is not a text id of this project" in line, (line, shot)
+    spot = page.first_screen(".xm-check")
+    assert spot["bottom"] <= spot["inner"], f"the check line is below the first screen: {spot}; screenshot {shot}"
     refused("an id that is no id")
 
     page.describe("a plate of food on a wooden table")

@@ -69,3 +69,15 @@ def test_the_check_line_is_not_the_answer():
               {"from_name": "check", "to_name": "image", "type": "textarea", "value": {"text": ["✓ …"]}},
               entry("a red bus")]
     assert extract_answer(result, "caption") == ("__none__", "a red bus")
+
+
+def test_an_image_id_on_a_text_task_is_checked(make_workspace):
+    """A text task's box takes an image id: one of the project is kept, anything else refused."""
+    from xmodal.labelstudio.page_check import check_result
+
+    ws = make_workspace("tproj", select="text")
+    (ok,) = check_result(ws, "match_id", image_id(2), "text")
+    assert ok["from_name"] == "check" and ok["value"]["text"][0].startswith("✓")
+    line, emptied = check_result(ws, "match_id", "img/none.jpg", "text")
+    assert emptied == {"from_name": "match_id", "to_name": "text", "type": "textarea", "value": {"text": []}}
+    assert "is not an image id of this project" in line["value"]["text"][0]
