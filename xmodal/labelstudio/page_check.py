@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from xmodal.labelstudio.page_search import CHECK_FIELD
 
-TYPED_FIELDS = ("description", "match_id")   # the configs' boxes for a written answer
+TEXTAREA = {"image": "description", "text": "match_id"}   # each shipped config's box for a typed answer
+TYPED_FIELDS = tuple(TEXTAREA.values())
 SOURCES = {"pasted_id": "the id of a text of this project", "pasted_text": "a text of this project",
            "written": "a description of the image", "choice": "an option"}
 
