@@ -140,8 +140,9 @@ class XmodalModel:
     def interactive(self, tasks: list, context) -> dict:
         """Label Studio's interactive call (a region was made on the page, ``context.result``): the
         page search over all texts (:mod:`xmodal.labelstudio.page_search`) when the region is a
-        search of an image task, else no suggestion, so a click on the page never changes what
-        the person chose."""
+        search of an image task, the check of an entry of the answer box
+        (:mod:`xmodal.labelstudio.page_check`), else no suggestion, so a click on the page never
+        changes what the person chose."""
         query = search_query(context) if self.ws.select == "image" else None
         typed = typed_entry(context)
         model_version = self.index().model_version

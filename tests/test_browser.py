@@ -499,4 +499,18 @@ def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xe
     rec = poll("the annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
     assert rec.get("state") == "pair" and rec.get("source") == "written", rec
     assert rec.get("description") == "a plate of food on a wooden table", rec
+
+    # typed and submitted at once (no Shift+Enter): the backend sees it only with the annotation, so
+    # it goes through, and what is wrong in it is the task's problem, as before (and the late check
+    # does not touch the next task's page)
+    nxt = page.wait_task(shown)
+    assert nxt is not None, f"no next task; shots {page.shots}"
+    page.describe("zz_other_id#3")
+    page.submit()
+    late = page.wait_task(nxt)
+    ann = poll("the second annotation", lambda: next((a for a in ls.list_annotations(pid)
+                                                       if a.annotation_id != ann.annotation_id), None))
+    rec = poll("the second annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
+    assert rec.get("state") == "problem" and rec.get("problem") == "unknown_id", rec
+    assert late is None or page.check_line() == "", page.screenshot("late-check")
     print(f"\n[browser refusal] {why!r}; check line {line!r}")
