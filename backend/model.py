@@ -37,6 +37,7 @@ from xmodal.labelstudio.annotations import (
 from xmodal.labelstudio.config import choices_fields, label_fields
 from xmodal.labelstudio.connection import ConnectionRecord, ls_connection
 from xmodal.labelstudio.hosts import configured_urls, trusted_url
+from xmodal.labelstudio.page_check import check_result, typed_entry
 from xmodal.labelstudio.page_search import hits_lines, hits_result, search_query
 from xmodal.labelstudio.predictions import UnknownItem, task_prediction
 from xmodal.labelstudio.tasks import TaskRegistry
@@ -139,18 +140,25 @@ class XmodalModel:
     def interactive(self, tasks: list, context) -> dict:
         """Label Studio's interactive call (a region was made on the page, ``context.result``): the
         page search over all texts (:mod:`xmodal.labelstudio.page_search`) when the region is a
-        search of an image task, else no suggestion, so a click on the page never changes what
-        the person chose."""
+        search of an image task, the check of an entry of the answer box
+        (:mod:`xmodal.labelstudio.page_check`), else no suggestion, so a click on the page never
+        changes what the person chose."""
         query = search_query(context) if self.ws.select == "image" else None
+        typed = typed_entry(context)
         model_version = self.index().model_version
-        if query is None:
-            return {"results": [{"result": [], "score": 0.0, "model_version": model_version}]}
         _, to_name = label_fields(self.redis, self.ws)
-        lines = hits_lines(self.ws, query, similar=self._similar_texts)
-        log.info(kv("predict.page_search", project=self.project, words=len(query.split()),
-                    hits=len(lines)))
-        return {"results": [{"result": hits_result(lines, to_name), "score": 0.0,
-                             "model_version": model_version}]}
+        result = []
+        if query is not None:
+            lines = hits_lines(self.ws, query, similar=self._similar_texts)
+            log.info(kv("predict.page_search", project=self.project, words=len(query.split()),
+                        hits=len(lines)))
+            result += hits_result(lines, to_name)
+        if typed is not None:   # an entry of the answer box: checked before it counts (page_check)
+            checked = check_result(self.ws, *typed, to_name)
+            log.info(kv("predict.page_check", project=self.project, field=typed[0],
+                        refused=len(checked) > 1))
+            result += checked
+        return {"results": [{"result": result, "score": 0.0, "model_version": model_version}]}
 
     def _similar_texts(self, query: str, k: int) -> list[str]:
         """The texts nearest to ``query`` embedded with the workspace's text encoder."""

@@ -281,6 +281,45 @@ class LabellingPage:
 
         return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, ".xm-nomatch") if e.is_displayed())
 
+    def refusal(self) -> str:
+        """The text of the dialog Label Studio shows when it refuses a Submit ('' when none shows)."""
+        return self.d.execute_script(
+            "return Array.from(document.querySelectorAll('.ant-modal, [class*=\"modal\"]'))"
+            ".filter(el => el.offsetParent && el.textContent.trim()).map(el => el.innerText)[0] || '';")
+
+    def dismiss(self) -> None:
+        """Close Label Studio's dialog with its OK button, as a person would after reading it."""
+        from selenium.webdriver.common.by import By
+
+        button = self._until(lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button")
+                                             if b.text.strip() == "OK" and b.is_displayed()), False),
+                             10, "the dialog's OK button")
+        button.click()
+        self._until(lambda d: not self.refusal(), 10, "the dialog to close")
+
+    def add_entry(self) -> None:
+        """Shift+Enter in the description box: the typed text becomes its entry (what the page's
+        "Add" button does), and Label Studio sends it to the backend to be checked."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        box = next(t for t in self.d.find_elements(By.TAG_NAME, "textarea") if t.is_displayed())
+        box.send_keys(Keys.SHIFT, Keys.ENTER)
+
+    def check_line(self) -> str:
+        """The backend's line about the description's entry ('' when none shows)."""
+        from selenium.webdriver.common.by import By
+
+        return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, ".xm-check") if e.is_displayed()).strip()
+
+    def item_on_page(self) -> str | None:
+        """The item named on the page's note line (the task still on screen)."""
+        from selenium.webdriver.common.by import By
+
+        notes = self.d.find_elements(By.CSS_SELECTOR, ".xm-note")
+        text = notes[0].text if notes else ""
+        return next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(("image ", "text "))), None)
+
     def picked_hit(self) -> int | None:
         """The result number ticked on the page, or None."""
         ticked = self.d.execute_script(

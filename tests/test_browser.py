@@ -28,6 +28,7 @@ Screenshots of every task are kept under the test's tmp_path (``shots/``); a fai
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,76 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
     assert rec["text_id"] == numbered[number], (rec, numbered, number)
     print(f"\n[browser page] search box at {box['top']:.0f}-{box['bottom']:.0f} px of {box['inner']} px; "
           f"first result line at {first_line['top']:.0f} px; line {number} clicked -> {rec['text_id']}")
+
+
+def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xenv, services, page):
+    """None of these with nothing written and no search result picked: Label Studio refuses the
+    Submit (the description box is required while it shows) and says why in a dialog; the task stays
+    and nothing is saved. An id that is no id, added to the box (Shift+Enter): the backend's check
+    line says why and takes it out of the box, so the Submit is refused again. A description that
+    counts: the line says so, and the Submit stores it."""
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+
+    r, procs = xenv.redis, services["procs"]
+    name = f"browser-r-{xenv.tag}"
+    boot = create_project(ProjectSpec(
+        name=name, data=coco_mini, select="image", k=4, label_studio_url=ls_server.url,
+        api_key=ls_server.token, backend_url=services["url"], images="local",
+        document_root=str(ls_server.document_root)), redis_client=r)
+    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    page.login(ls_server.username, ls_server.password)
+    page.open_stream(pid)
+    shown = page.wait_task()
+    assert shown is not None, f"Label Studio served no task; shots in {page.shots}"
+
+    def refused(what: str) -> str:
+        page.submit()
+        why = poll(f"Label Studio's refusal of {what}", page.refusal, timeout=10)
+        time.sleep(2)   # a Submit that went through would have loaded the next task by now (and the
+        # dialog has faded in: a screenshot at once caught only its grey mask)
+        shot = page.screenshot(f"refused-{what}")
+        assert "None of these needs an answer" in why and "describe the image" in why, (why, shot)
+        assert page.item_on_page() == shown.item, f"the next task loaded; screenshot {shot}"
+        assert list(ls.list_annotations(pid)) == [], f"{what} was saved; screenshot {shot}"
+        page.dismiss()
+        return why
+
+    page.none_of_these()
+    why = refused("an empty None of these")
+
+    page.describe("zz_no_such_id.jpg#7")
+    page.add_entry()
+    line = poll("the check line of an id that is no id", page.check_line, timeout=20)
+    shot = page.screenshot("id-that-is-no-id-checked")
+    assert "Not taken" in line and "'zz_no_such_id.jpg#7' is not a text id of this project" in line, (line, shot)
+    spot = page.first_screen(".xm-check")
+    assert spot["bottom"] <= spot["inner"], f"the check line is below the first screen: {spot}; screenshot {shot}"
+    refused("an id that is no id")
+
+    page.describe("a plate of food on a wooden table")
+    page.add_entry()
+    line = poll("the check line of a description", lambda: "✓" in (x := page.check_line()) and x, timeout=20)
+    page.screenshot("description-checked")
+    assert "a description of the image" in line, line
+    page.submit()
+    ann = poll("the annotation in Label Studio", lambda: (a := list(ls.list_annotations(pid))) and a[0])
+    rec = poll("the annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
+    assert rec.get("state") == "pair" and rec.get("source") == "written", rec
+    assert rec.get("description") == "a plate of food on a wooden table", rec
+
+    # typed and submitted at once (no Shift+Enter): the backend sees it only with the annotation, so
+    # it goes through, and what is wrong in it is the task's problem, as before (and the late check
+    # does not touch the next task's page)
+    nxt = page.wait_task(shown)
+    assert nxt is not None, f"no next task; shots {page.shots}"
+    page.describe("zz_other_id#3")
+    page.submit()
+    late = page.wait_task(nxt)
+    ann = poll("the second annotation", lambda: next((a for a in ls.list_annotations(pid)
+                                                       if a.annotation_id != ann.annotation_id), None))
+    rec = poll("the second annotation in the pair store", lambda: pairs.get(ann.annotation_id), procs=procs)
+    assert rec.get("state") == "problem" and rec.get("problem") == "unknown_id", rec
+    assert late is None or page.check_line() == "", page.screenshot("late-check")
+    print(f"\n[browser refusal] {why!r}; check line {line!r}")

@@ -32,6 +32,13 @@ def test_config_structure(name, choices, to_name, obj_tag, key):
     assert [c.get("alias") for c in group[0].iter("Choice")] == ["__none__"]
     area = [e for e in root.iter("TextArea") if e.get("name") == AREAS[name]]
     assert area and area[0].get("toName") == to_name
+    # None of these with nothing typed is refused on the page: the box is required, with a message
+    # saying what to do, and only while None of these is picked. Label Studio's required check
+    # skips a box whose own View (its parent, not any ancestor) is hidden, so that View must have a
+    # visibleWhen that hides it while an option is picked
+    assert area[0].get("required") == "true" and len(area[0].get("requiredMessage", "")) > 40
+    parent = next(v for v in root.iter("View") if area[0] in list(v))
+    assert parent.get("visibleWhen") in ("choice-selected", "choice-unselected"), parent.attrib
     # a person can search the options and the page stays on screen
     assert [e.get("toName") for e in root.iter("Filter")] == [choices]
     # the first Choices tag is what xmodal.labelstudio.config.choices_fields() picks up

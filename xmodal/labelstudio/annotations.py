@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from xmodal.errors import ApiError
-from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
+from xmodal.labelstudio.page_search import CHECK_FIELD, HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE, TaskRegistry
 from xmodal.logfmt import kv
 from xmodal.project.pairs import PairStore, TaskDeleted
@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
-SEARCH_REGIONS = (SEARCH_FIELD, HITS_FIELD, HIT_FIELD)
+# the page's own regions, none of them the answer (the check line is the backend's, not the person's)
+SEARCH_REGIONS = (SEARCH_FIELD, HITS_FIELD, HIT_FIELD, CHECK_FIELD)
 
 
 def int_id(value, what: str) -> int:

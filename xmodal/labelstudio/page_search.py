@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SEARCH_FIELD = "search"     # text area: what the person typed (one entry per search)
 HITS_FIELD = "hits"         # text area the backend fills: one line per text found
 HIT_FIELD = "hit"           # choices "1".."10": the line the person picked
+CHECK_FIELD = "check"       # text area the backend fills: what a typed answer will count as (page_check)
 MAX_HITS = 10
 MAX_QUERY_CHARS = 500
 LINE_CHARS = 240            # a long text is cut in its line (the page shows one line per hit)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from xmodal.labelstudio.page_check import TEXTAREA
 from xmodal.labelstudio.page_search import HIT_FIELD, HITS_FIELD, SEARCH_FIELD, picked_id
 from xmodal.labelstudio.tasks import NONE_CHOICE
 
@@ -40,7 +41,6 @@ STOPWORDS = frozenset("""a an the and or of on in at to with for from by into on
 next beside behind top front back its his her their this that these those some two three four one
 is are was were be being been has have had it as up down out off very while there here other""".split())
 
-TEXTAREA = {"image": "description", "text": "match_id"}   # the text area of each shipped config
 # how an answer was found: a shown option, one left by the page's filter, a result of the search
 # over all texts, a written description, a pasted id (the oracle), or none (a skip)
 HOWS = ("shown", "filter", "search", "written", "pasted", "skipped")
