@@ -19,7 +19,7 @@ import time
 import redis
 
 from xmodal import settings
-from xmodal.labelstudio.client import connect
+from xmodal.labelstudio.client import LabelStudioClient
 from xmodal.labelstudio.hosts import ENV, trusted_url
 from xmodal.logfmt import kv
 from xmodal.project.workspace import Workspace
@@ -95,7 +95,11 @@ class LabelStudioAPI:
     recording fake in for it through :func:`open_label_studio`)."""
 
     def __init__(self, url: str, api_key: str):
-        self.client = connect(url, api_key)
+        # no check request: every job runs in a fresh work horse (the client cache below dies with
+        # it), and the check (GET whoami) cost each label's push 0.3-0.8 s of Label Studio's time
+        # on a loaded machine before its first useful request. A bad key or an unreachable server
+        # fails that first request instead, and the push says which (LabelStudioPushError).
+        self.client = LabelStudioClient(url, api_key)
 
     def list_tasks(self, project_id: int, fields: str = "task_only") -> list[dict] | None:
         """Tasks as dicts (``id``, ``data``, ``is_labeled``; ``annotations`` with fields="all")."""

@@ -150,7 +150,9 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
             (then, with ``flip``, the project's model_version), both at once: the prediction names
             the best of the new options, known here, and the flip needs only the predictions.
             Returns how many tasks' data changed."""
+            t_rank = time.perf_counter()
             new_data = {t: d for t in part if (d := ranker.new_data(whole(t))) is not None}
+            timing["rank_s"] = round(timing.get("rank_s", 0) + time.perf_counter() - t_rank, 4)
             for t, d in new_data.items():
                 preds[t] = task_prediction(snap, {"data": d}, from_name, to_name, score=preds[t]["score"])
 
@@ -175,6 +177,7 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
 
         # 1. the tasks served next: data rebuilt with options ranked by this index, predictions,
         #    model_version
+        timing["prep_s"] = round(time.perf_counter() - t0, 4)   # the tasks, their predictions, the ranker
         try:
             reranked = push(first, flip=True)
             first_timing = dict(timing)
@@ -186,10 +189,12 @@ def refresh_label_studio(redis_client: redis.Redis, ws: Workspace, snap: IndexSn
                 "ls_unknown": unknown, "ls_task_source": source, "push_s": round(ready_s, 4),
                 "ls_first_data_s": first_timing.get("data_s"),
                 "ls_first_predictions_s": first_timing.get("predictions_s"),
-                "ls_flip_s": first_timing.get("flip_s")}
+                "ls_flip_s": first_timing.get("flip_s"), "ls_prep_s": first_timing.get("prep_s"),
+                "ls_rank_s": first_timing.get("rank_s")}
         log.info(kv("ls.ready", project=ws.name, job=job_id, version=snap.model_version,
                     tasks=len(first), options=reranked, s=ready_s, data_s=first_timing.get("data_s"),
-                    predictions_s=first_timing.get("predictions_s"), flip_s=first_timing.get("flip_s")))
+                    predictions_s=first_timing.get("predictions_s"), flip_s=first_timing.get("flip_s"),
+                    prep_s=first_timing.get("prep_s"), rank_s=first_timing.get("rank_s")))
         if on_ready is not None:
             on_ready(dict(info))
 
