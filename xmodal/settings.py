@@ -140,6 +140,9 @@ _define("The backend", "XMODAL_MAX_IMAGE_PIXELS", 50_000_000, int,
         "images with more pixels are not decoded", shown_default="50 MP")
 _define("The backend", "XMODAL_MAX_IMAGE_BYTES", 20 * 2**20, int,
         "larger image files are not read", shown_default="20 MiB")
+_define("The backend", "XMODAL_WARM_START", True, _flag,
+        "at start, load in the background what the first /search of each served project needs "
+        "(its index, text encoder, texts and word search): a first search took 6.0 s, then 0.04 s")
 _define("The backend", "XMODAL_LOG_LEVEL", "INFO", _level,
         "log level of the backend and the workers (`key=value` lines naming project and job)")
 
