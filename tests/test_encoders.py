@@ -365,6 +365,19 @@ def test_e5_threads_are_set_per_call_and_do_not_change_the_embedding():
     assert gomp.omp_get_max_threads() == 1
 
 
+def test_window_benchmark_map_is_the_textbook_one():
+    from xmodal.benchmarks.e5_window import mean_average_precision
+
+    labels = np.array(["a", "a", "b", "b"])
+    assert mean_average_precision(np.eye(2)[[0, 0, 1, 1]], labels) == 1.0
+    # rankings: 0 -> 2b 1a 3b (AP 1/2), 1 -> 3b 2b 0a (1/3), 2 -> 0a 1a 3b (1/3), 3 -> 1a 2b 0a (1/2)
+    E = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [-0.6, 0.8]])
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    S = E @ E.T
+    assert np.argsort(-S[0])[1:].tolist() == [2, 1, 3]
+    assert mean_average_precision(E, labels) == pytest.approx(5 / 12)
+
+
 def test_most_texts_failing_to_embed_stops_with_a_clear_error():
     from xmodal.encoders.base import check_failures
 
