@@ -365,6 +365,34 @@ def test_e5_threads_are_set_per_call_and_do_not_change_the_embedding():
     assert gomp.omp_get_max_threads() == 1
 
 
+def test_e5_one_process_per_core_gives_the_same_rows_in_order(monkeypatch):
+    """At least 8 texts per process: the texts are embedded by single-threaded engines in
+    spawned processes (one per core by default), rows in input order, empty texts still zero rows
+    with a failure each; fewer texts stay in-process."""
+    import xmodal.encoders.e5 as e5
+
+    pools = []
+
+    class CountedPool(e5.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(e5, "ProcessPoolExecutor", CountedPool)
+    texts = [f"photo {i}: a {'cat' if i % 3 else 'dog'} on a {'red' if i % 2 else 'blue'} sofa" for i in range(70)]
+    texts[5] = " "
+    local = e5.E5Encoder(processes=1, progress=False)
+    X1 = local.transform(texts)
+    assert pools == []
+    spread = e5.E5Encoder(processes=2, progress=False)
+    X2 = spread.transform(texts)
+    assert pools == [2]
+    np.testing.assert_allclose(X1, X2, atol=1e-5)
+    assert spread.failures_ == local.failures_ == [(" ", "empty text")] and not X2[5].any()
+    spread.transform(texts[:16])   # 15 non-empty texts < 2 x 8: in-process
+    assert pools == [2]
+
+
 def test_window_benchmark_map_is_the_textbook_one():
     from xmodal.benchmarks.e5_window import mean_average_precision
 

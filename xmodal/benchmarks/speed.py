@@ -150,17 +150,18 @@ def bench_e5_cores(long: list[str], repeats: int = 3, windows=(512, 128)) -> lis
     from xmodal.encoders.e5 import E5Encoder
 
     cores = os.cpu_count() or 1
+    ways = {"1 thread": (1, 1), f"{cores} threads": (1, cores), f"{cores} processes x 1 thread": (cores, 1)}
     out, base = [], None
     for window in windows:
-        for threads in dict.fromkeys((1, cores)):
-            enc = E5Encoder(max_tokens=window, num_threads=threads, progress=False)
-            enc.transform(long[:2])   # loads the engine
+        for how, (procs, threads) in ways.items():
+            enc = E5Encoder(max_tokens=window, num_threads=threads, processes=procs, progress=False)
+            enc.transform(long[:2])   # loads the engine (the processes are spawned per call: timed)
             t, times = timed(lambda: enc.transform(long), repeats)  # noqa: B023 - called right here
             rate = len(long) / t
             base = base or rate
-            out.append(Result("encoders", f"text e5, long texts, {threads} thread(s), {window} tokens", rate,
+            out.append(Result("encoders", f"text e5, long texts, {how}, {window} tokens", rate,
                               "items/s", f"x{rate / base:.2f} against 1 thread at {windows[0]} tokens",
-                              {"times": times, "threads": threads, "max_tokens": window}))
+                              {"times": times, "threads": threads, "processes": procs, "max_tokens": window}))
     return out
 
 
