@@ -5,7 +5,9 @@ place where errors become responses.
 Configuration (``create_app(config)`` keys, defaulting to the environment variable of the same
 name): ``REDIS_URL`` (or ``REDIS``, a client object), ``MODEL_DIR``, ``XMODAL_QUEUE``,
 ``XMODAL_PROJECT``, ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``, ``MAX_CONTENT_LENGTH``
-(``$XMODAL_MAX_CONTENT_LENGTH``, bytes, default 32 MiB), ``TEXT_ENCODER_LOADER`` (callable).
+(``$XMODAL_MAX_CONTENT_LENGTH``, bytes, default 32 MiB), ``TEXT_ENCODER_LOADER`` (callable),
+``WARM_START`` (``$XMODAL_WARM_START``: load what the first /search needs in a background thread
+at start, :mod:`backend.warm`).
 
 Every bad request gets a 4xx JSON ``{"error": ...}`` and a log line; Redis being unreachable or a
 workspace that is incomplete on disk is a 503 that says so (paths relative to ``MODEL_DIR``);
@@ -22,13 +24,14 @@ import time
 import redis
 from flask import Flask, current_app, g, jsonify, request
 
-from backend import auth
+from backend import auth, warm
 from backend.errors import register_error_handlers
 from backend.jsonbody import max_content_length
 from backend.jsonout import FiniteJSONProvider
 from backend.metrics import observe_webhook
 from backend.routes import api, ml_backend
 from backend.services import Backend
+from xmodal import settings
 from xmodal.logfmt import kv
 
 log = logging.getLogger("backend")
@@ -56,6 +59,8 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(ml_backend)
     app.register_blueprint(api)
+    if app.config.get("WARM_START", settings.get("XMODAL_WARM_START")):
+        app.extensions["xmodal_warm"] = warm.start(backend)
     return app
 
 

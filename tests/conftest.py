@@ -55,6 +55,8 @@ def xenv(redis_url, tmp_path, monkeypatch):
            "MODEL_DIR": str(models), "XMODAL_REBUILD_RETRIES": "0", "XMODAL_PROJECT": "",
            "BASIC_AUTH_USER": "", "BASIC_AUTH_PASS": "", "LABEL_STUDIO_URL": "",
            "LABEL_STUDIO_API_KEY": "",
+           # no background warm-up thread racing the fixtures; tests/test_warm.py turns it on
+           "XMODAL_WARM_START": "0",
            # the fake Label Studio the tests link projects to is a host the operator configured
            "XMODAL_LABEL_STUDIO_HOSTS": "http://ls.example"}
     for k, v in env.items():

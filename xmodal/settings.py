@@ -140,10 +140,18 @@ _define("The backend", "XMODAL_MAX_IMAGE_PIXELS", 50_000_000, int,
         "images with more pixels are not decoded", shown_default="50 MP")
 _define("The backend", "XMODAL_MAX_IMAGE_BYTES", 20 * 2**20, int,
         "larger image files are not read", shown_default="20 MiB")
+_define("The backend", "XMODAL_WARM_START", True, _flag,
+        "at start, load in the background what the first /search of each served project needs "
+        "(its index, text encoder, texts and word search): a first search took 6.0 s, then 0.04 s")
 _define("The backend", "XMODAL_LOG_LEVEL", "INFO", _level,
         "log level of the backend and the workers (`key=value` lines naming project and job)")
 
 # -- the workers -------------------------------------------------------------------------------
+_define("The workers", "XMODAL_E5_PROCESSES", 1, int,
+        "processes that embed texts with e5 when a call has at least 8 texts per process, each one "
+        "single-threaded engine spawned for that call (0: one per core; 1: in-process, on OpenMP "
+        "threads). 1 by default: on the shared 2-core machine the spawn did not pay for 24 long texts",
+        minimum=0)
 _define("The workers", "XMODAL_RECENT_DELETES", 10_000, int,
         "deletions of annotation ids never seen that are remembered (a late CREATED stays deleted)",
         minimum=0)

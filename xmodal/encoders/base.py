@@ -116,7 +116,8 @@ def check_failures(n_items: int, failures: Sequence[Failure], modality: str, enc
             f"({', '.join(f'{n}× {why}' for why, n in reasons)}){hint}")
 
 
-def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch, lengths=None) -> np.ndarray:
+def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch, lengths=None, *,
+                         pool=None, batch_size: int | None = None) -> np.ndarray:
     """The ``features`` of a sentence encoder: empty texts get a zero row and a ``failures_``
     entry; the others go to ``embed_batch(list_of_texts) -> (n, dim)`` in ``encoder.batch_size``
     chunks, under a progress bar.
@@ -124,17 +125,24 @@ def embed_nonempty_texts(encoder: Encoder, items: Sequence[str], embed_batch, le
     ``lengths(list_of_texts) -> one number per text`` (e.g. token counts): when the texts fill
     more than one batch, they are batched shortest first, so that each batch is padded only to
     texts of about its own length (a transformer's cost grows with the padded length); the rows
-    still come back in input order."""
+    still come back in input order.
+
+    ``pool`` (a ``concurrent.futures`` executor; ``embed_batch`` then must be picklable) embeds the
+    batches in its processes, in order; ``batch_size`` overrides the encoder's (smaller batches
+    keep every process busy)."""
     texts = list(items)
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     encoder.failures_ = [(t, "empty text") for t in texts if not t.strip()]
     todo = [i for i, t in enumerate(texts) if t.strip()]
-    if lengths is not None and len(todo) > encoder.batch_size:
+    size = batch_size or encoder.batch_size
+    if lengths is not None and len(todo) > size:
         todo = [todo[j] for j in np.argsort(lengths([texts[i] for i in todo]), kind="stable")]
+    chunks = [todo[c] for c in batches(len(todo), size)]
+    work = [[texts[i] for i in rows] for rows in chunks]
+    done = pool.map(embed_batch, work) if pool is not None else map(embed_batch, work)
     with progress_bar(len(todo), encoder.name, "text", encoder.progress and bool(todo)) as bar:
-        for chunk in batches(len(todo), encoder.batch_size):
-            rows = todo[chunk]
-            out[rows] = embed_batch([texts[i] for i in rows])
+        for rows, vectors in zip(chunks, done):
+            out[rows] = vectors
             bar.update(len(rows))
     return out
 
