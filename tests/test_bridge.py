@@ -115,6 +115,18 @@ def _bridged_workspace(make_workspace, n=60):
     return ws, Y
 
 
+def _wide_bridged_workspace(make_workspace, name: str, n: int = 120):
+    """Like :func:`_bridged_workspace`, with a bridge wider than its principal basis."""
+    from xmodal.core.bridge import BRIDGE_DIMS
+
+    ws = make_workspace(name, n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
+    X, Y = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2)
+    ws.save_features("image", X, "synthetic-image")
+    ws.save_features("text", Y, "synthetic-text")
+    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    return ws, Y
+
+
 def test_the_index_fuses_the_bridge_and_keeps_it_in_its_file(r, xenv, make_workspace):
     from xmodal.index.build import build_snapshot
     from xmodal.index.files import read_snapshot, write_snapshot
@@ -153,12 +165,7 @@ def test_a_wide_bridge_is_stored_and_queried_on_its_basis(r, xenv, make_workspac
     from xmodal.index.build import build_snapshot
     from xmodal.index.files import read_snapshot, write_snapshot
 
-    n = 120
-    ws = make_workspace("wide", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
-    X, Y = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2)
-    ws.save_features("image", X, "synthetic-image")
-    ws.save_features("text", Y, "synthetic-text")
-    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    ws, Y = _wide_bridged_workspace(make_workspace, "wide")
     snap, _ = build_snapshot(ws, 1, _pairs(12))
     assert snap.bridge_weight > 0 and snap.bridge_basis.shape == (Y.shape[1], BRIDGE_DIMS)
     assert snap.text_codes.shape[1] == 12 + BRIDGE_DIMS
@@ -173,12 +180,7 @@ def test_the_bridge_space_is_computed_once_and_again_when_the_features_change(r,
     from xmodal.core.bridge import BRIDGE_DIMS
     from xmodal.index.build import build_snapshot
 
-    n = 120
-    ws = make_workspace("space", n=n, n_medoids=12, enhance=["zscore", "csls", "bridge"], csls_k=5)
-    X, Y = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2)
-    ws.save_features("image", X, "synthetic-image")
-    ws.save_features("text", Y, "synthetic-text")
-    ws.save_bridge(l2_normalize(Y), np.arange(n), Y)
+    ws, _ = _wide_bridged_workspace(make_workspace, "space")
     first, _ = build_snapshot(ws, 1, _pairs(12))
     kept = ws.bridge_space_path.stat()
     again, _ = build_snapshot(ws, 2, _pairs(12))
@@ -186,7 +188,7 @@ def test_the_bridge_space_is_computed_once_and_again_when_the_features_change(r,
     np.testing.assert_array_equal(again.text_codes, first.text_codes)
     np.testing.assert_array_equal(again.bridge_basis, first.bridge_basis)
 
-    _, Y2 = synthetic_features(n, d_text=BRIDGE_DIMS + 32, noise=1.2, seed=7)
+    _, Y2 = synthetic_features(120, d_text=BRIDGE_DIMS + 32, noise=1.2, seed=7)
     ws.save_features("text", Y2, "synthetic-text")
     changed, _ = build_snapshot(ws, 3, _pairs(12))
     assert ws.bridge_space_path.stat().st_ino != kept.st_ino          # made again
