@@ -69,6 +69,20 @@ def page(ls_server, tmp_path):
         driver.quit()
 
 
+def _linked_project(name: str, data, ls_server, xenv, services, **spec):
+    """A project on ``data`` linked to the test's Label Studio and backend (images served from
+    Label Studio's document root): ``(boot, pair store, Label Studio client)``."""
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+    from xmodal.project.pairs import PairStore
+
+    boot = create_project(ProjectSpec(
+        name=name, data=data, label_studio_url=ls_server.url, api_key=ls_server.token,
+        backend_url=services["url"], images="local", document_root=str(ls_server.document_root), **spec),
+        redis_client=xenv.redis)
+    return boot, PairStore(xenv.redis, name), connect(ls_server.url, ls_server.token)
+
+
 def _references(pairs) -> tuple[set, set]:
     live = pairs.all_pairs()
     return {p["image_id"] for p in live}, {p["text_id"] for p in live if p.get("text_id")}
@@ -78,24 +92,16 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     from xmodal.datasets.coco import load_coco_mini
     from xmodal.evaluation.ground_truth import GroundTruth
     from xmodal.index.store import IndexStore, load_current
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, content_words
 
     r, procs = xenv.redis, services["procs"]
-    name = f"browser-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=coco_mini, select="image", k=K, captions="all",
-        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root), page_texts=PAGE_TEXTS),
-        redis_client=r)
+    boot, pairs, ls = _linked_project(f"browser-{xenv.tag}", coco_mini, ls_server, xenv, services,
+                                      select="image", k=K, captions="all", page_texts=PAGE_TEXTS)
     ws, pid = boot.ws, boot.ls_project_id
     ds = load_coco_mini(coco_mini, captions="all")
     knowledge = Knowledge.from_dataset(ds, "image", seed=0)
     gt = GroundTruth(ds)
-    pairs, store = PairStore(r, name), IndexStore(r, ws)
-    ls = connect(ls_server.url, ls_server.token)
+    store = IndexStore(r, ws)
 
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
@@ -183,19 +189,13 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     among the previous results; every pick is stored as that text's pair (``search``); most tasks are answered that
     way."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, content_words
 
-    r, procs = xenv.redis, services["procs"]
-    name = f"browser-s-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=coco_mini, select="image", k=4, captions="all", page_texts=10,
-        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    procs = services["procs"]
+    boot, pairs, ls = _linked_project(f"browser-s-{xenv.tag}", coco_mini, ls_server, xenv, services,
+                                      select="image", k=4, captions="all", page_texts=10)
     knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
-    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    pid = boot.ls_project_id
 
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
@@ -253,9 +253,6 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
     import importlib.util
 
     from xmodal.datasets import load_folder
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, content_words
 
     spec = importlib.util.spec_from_file_location(
@@ -264,15 +261,12 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
     spec.loader.exec_module(builder)
     data = tmp_path / "coco-mini-zh"
     builder.build(coco_mini, data)
-    r, procs = xenv.redis, services["procs"]
-    name = f"browser-zh-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=data, select="image", k=4, page_texts=10,
-        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    procs = services["procs"]
+    boot, pairs, ls = _linked_project(f"browser-zh-{xenv.tag}", data, ls_server, xenv, services,
+                                      select="image", k=4, page_texts=10)
     assert boot.ws.config["encoders"]["text"] == "e5"
     knowledge = Knowledge.from_dataset(load_folder(data), "image", seed=0)
-    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    pid = boot.ls_project_id
 
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
@@ -310,21 +304,14 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     problem and every skip a skip; each pair is the caption's image; the grid carries the newest
     index (as above); some image is found on the page."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, content_words
 
-    r, procs = xenv.redis, services["procs"]
-    name = f"browser-t-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=coco_mini, select="text", k=K, captions="first",
-        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    procs = services["procs"]
+    boot, pairs, ls = _linked_project(f"browser-t-{xenv.tag}", coco_mini, ls_server, xenv, services,
+                                      select="text", k=K, captions="first")
     pid = boot.ls_project_id
     ds = load_coco_mini(coco_mini, captions="first")
     knowledge, texts = Knowledge.from_dataset(ds, "text"), dict(zip(ds.text_ids, ds.texts))
-    pairs, ls = PairStore(r, name), connect(ls_server.url, ls_server.token)
 
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
@@ -382,19 +369,13 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
     a click on a result line's text (not its radio) picks its number, and the submit stores that
     line's text as the image's pair (``search``)."""
     from xmodal.datasets.coco import load_coco_mini
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
     from xmodal.simulation.annotator import Knowledge, content_words
 
-    r, procs = xenv.redis, services["procs"]
-    name = f"browser-p-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=coco_mini, select="image", k=4, captions="all",
-        label_studio_url=ls_server.url, api_key=ls_server.token, backend_url=services["url"],
-        images="local", document_root=str(ls_server.document_root)), redis_client=r)
+    procs = services["procs"]
+    boot, pairs, ls = _linked_project(f"browser-p-{xenv.tag}", coco_mini, ls_server, xenv, services,
+                                      select="image", k=4, captions="all")
     knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
-    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    pid = boot.ls_project_id
 
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
@@ -449,17 +430,11 @@ def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xe
     and nothing is saved. An id that is no id, added to the box (Shift+Enter): the backend's check
     line says why and takes it out of the box, so the Submit is refused again. A description that
     counts: the line says so, and the Submit stores it."""
-    from xmodal.labelstudio.client import connect
-    from xmodal.labelstudio.project import ProjectSpec, create_project
-    from xmodal.project.pairs import PairStore
 
-    r, procs = xenv.redis, services["procs"]
-    name = f"browser-r-{xenv.tag}"
-    boot = create_project(ProjectSpec(
-        name=name, data=coco_mini, select="image", k=4, label_studio_url=ls_server.url,
-        api_key=ls_server.token, backend_url=services["url"], images="local",
-        document_root=str(ls_server.document_root)), redis_client=r)
-    pairs, ls, pid = PairStore(r, name), connect(ls_server.url, ls_server.token), boot.ls_project_id
+    procs = services["procs"]
+    boot, pairs, ls = _linked_project(f"browser-r-{xenv.tag}", coco_mini, ls_server, xenv, services,
+                                      select="image", k=4)
+    pid = boot.ls_project_id
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     shown = page.wait_task()
