@@ -20,7 +20,9 @@ what is wrong in it is then a problem flagged on the task, as before.
 
 from __future__ import annotations
 
+from xmodal.labelstudio.annotations import AnnotationEvent, interpret
 from xmodal.labelstudio.page_search import CHECK_FIELD
+from xmodal.labelstudio.tasks import NONE_CHOICE
 
 TEXTAREA = {"image": "description", "text": "match_id"}   # each shipped config's box for a typed answer
 TYPED_FIELDS = tuple(TEXTAREA.values())
@@ -47,9 +49,6 @@ def typed_entry(context) -> tuple[str, str] | None:
 def check_answer(ws, text: str):
     """What ``text`` written under None of these will count as: the webhook's
     :class:`~xmodal.labelstudio.annotations.Answer` for it."""
-    from xmodal.labelstudio.annotations import AnnotationEvent, interpret
-    from xmodal.labelstudio.tasks import NONE_CHOICE
-
     return interpret(ws, AnnotationEvent(action="check", annotation_id=0, task_id=0, choice=NONE_CHOICE,
                                          text=text, cancelled=False, item_id=None, updated_at=None,
                                          task=None))
@@ -57,12 +56,11 @@ def check_answer(ws, text: str):
 
 def check_result(ws, field: str, text: str, to_name: str) -> list[dict]:
     """The interactive answer for an entry: the ``check`` line, and for a problem the box emptied."""
+    def box(name: str, lines: list[str]) -> dict:
+        return {"from_name": name, "to_name": to_name, "type": "textarea", "value": {"text": lines}}
+
     answer = check_answer(ws, text)
     shown = text if len(text) <= 60 else text[:59] + "…"
     if answer.kind == "pair":
-        what = SOURCES.get(answer.source, "an answer")
-        line = f"✓ {shown!r} counts as {what} when you Submit"
-        return [{"from_name": CHECK_FIELD, "to_name": to_name, "type": "textarea", "value": {"text": [line]}}]
-    line = f"✗ Not taken: {answer.message}"
-    return [{"from_name": CHECK_FIELD, "to_name": to_name, "type": "textarea", "value": {"text": [line]}},
-            {"from_name": field, "to_name": to_name, "type": "textarea", "value": {"text": []}}]
+        return [box(CHECK_FIELD, [f"✓ {shown!r} counts as {SOURCES.get(answer.source, 'an answer')} when you Submit"])]
+    return [box(CHECK_FIELD, [f"✗ Not taken: {answer.message}"]), box(field, [])]
