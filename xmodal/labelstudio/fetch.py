@@ -112,9 +112,9 @@ def _origin_of(url: str) -> str:
 def _path_on(ls_url: str, url: str, base: str) -> str:
     """The path (with its query) to ask the client for, or ImageFetchError when ``url`` is not
     on the configured Label Studio (nothing is fetched then)."""
+    url = url.replace(" ", "%20")     # a path typed into a task (local files) may hold spaces
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url) or "\\" in url:
-        raise ImageFetchError(f"{_shown(url)}: refused, a URL with spaces, control characters or a "
-                              "backslash")
+        raise ImageFetchError(f"{_shown(url)}: refused, a URL with control characters or a backslash")
     if url.startswith("/") and not url.startswith("//"):
         absolute = base + url
     elif re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", url) or url.startswith("//"):

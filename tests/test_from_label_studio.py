@@ -1,0 +1,187 @@
+"""`xmodal project create --from-label-studio`: data that already lives in a REAL Label Studio
+1.23.2 (tests/ls_server.py) becomes an xmodal project, with the real Redis, `xmodal serve` and an
+`xmodal worker`.
+
+The source project: 60 small real photos (COCO-mini, shrunk to 320 px; generated PNGs when it is
+absent) **uploaded through Label Studio's import API** (multipart files, so their tasks hold
+``/data/upload/...`` URLs; Label Studio takes them only while the config has one data key, so the
+caption's <Text> is added after); 40 of those tasks get their caption in the task, 20 captions come as
+tasks of their own (texts that belong with images but are not paired). Two hostile tasks: one
+whose image URL points to another host (a listener that records every connection) and one
+uploaded image over ``XMODAL_MAX_IMAGE_BYTES``.
+
+Asserted: the command (as a user runs it) fetches the 60 photos through Label Studio, leaves the
+two hostile ones out with the reason, the listener sees no connection; the linked labelling
+project gets the medoid tasks, whose images are the source's upload URLs, which Label Studio
+serves; the workspace records the source project; a second run fetches nothing (its own count,
+and Label Studio's request log shows no new upload GET).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ls_server import ls_server_fixture
+from test_hardening import Listener
+
+pytestmark = pytest.mark.growth
+
+COCO = Path(os.environ.get("XMODAL_COCO_MINI")
+            or Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini")
+N_IMAGES, N_PAIRED, K = 60, 40, 8
+SOURCE_CONFIG = """<View>
+  <Image name="photo" value="$image"/>
+  <Text name="caption" value="$caption"/>
+  <Choices name="ok" toName="photo"><Choice value="yes"/><Choice value="no"/></Choices>
+</View>"""
+
+ls_server = ls_server_fixture()
+
+
+def photos() -> list[tuple[str, bytes, str]]:
+    """(file name, JPEG bytes, caption) x 60: COCO-mini shrunk to 320 px, else generated."""
+    from PIL import Image
+
+    out = []
+    if (COCO / "pairs.json").is_file():
+        for rec in json.loads((COCO / "pairs.json").read_text())[:N_IMAGES]:
+            with Image.open(COCO / rec["file"]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((320, 320))
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=85)
+            out.append((Path(rec["file"]).name, buf.getvalue(), rec["captions"][0]))
+        return out
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):   # no photos here: shapes of a few colours, still decodable
+        arr = np.full((96, 128, 3), rng.integers(0, 255, 3), dtype=np.uint8)
+        arr[20:70, 30 + i % 40:80 + i % 40] = rng.integers(0, 255, 3)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG")
+        out.append((f"gen{i:03d}.jpg", buf.getvalue(), f"a block of colour number {i}"))
+    return out
+
+
+def noise_png(side: int = 700) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(
+        buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload_gets(ls_server) -> int:
+    """GET requests for the uploaded photos in Label Studio's own request log (the oversize one is
+    asked again on every run, and refused again at the limit: no cache keeps a refusal)."""
+    lines = Path(ls_server.log_path).read_text(errors="replace").splitlines()
+    # set: Label Studio 1.23 writes each request line twice (two handlers of django.server)
+    return len({line for line in lines if '"GET /data/upload/' in line and "big.png" not in line})
+
+
+def xmodal(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xmodal.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, services, tmp_path):
+    from xmodal.labelstudio.client import connect
+    from xmodal.project.workspace import Workspace
+
+    ls = connect(ls_server.url, ls_server.token)
+    listener = Listener()
+    # a direct upload takes a config with one data key: photos first, captions added to it after
+    photo_config = re.sub(r"\s*<Text [^>]*/>", "", SOURCE_CONFIG)
+    source = int(ls.api("POST", "/api/projects/", json={"title": f"photos {xenv.tag}",
+                                                         "label_config": photo_config})["id"])
+    try:
+        items = photos()
+        big = noise_png()
+        for start in range(0, len(items), 20):       # multipart upload, as Label Studio's import page
+            files = [(f"file{i}", (name, data, "image/jpeg"))     # one form key per file (else one)
+                     for i, (name, data, _) in enumerate(items[start:start + 20])]
+            ls.api("POST", f"/api/projects/{source}/import", files=files,
+                   params={"commit_to_project": "true"})
+        ls.api("POST", f"/api/projects/{source}/import", files=[("file", ("big.png", big, "image/png"))],
+               params={"commit_to_project": "true"})
+        ls.api("PATCH", f"/api/projects/{source}/", json={"label_config": SOURCE_CONFIG})
+        tasks = ls.list_tasks(source)
+        assert len(tasks) == N_IMAGES + 1
+        url_of = {}
+        for t in tasks:
+            (key, url), = t["data"].items()
+            assert key in ("image", "$undefined$") and url.startswith("/data/upload/"), t["data"]
+            url_of[t["id"]] = url
+        by_name = {name: caption for name, _, caption in items}
+        paired, alone = [], []
+        for t in sorted(tasks, key=lambda t: t["id"]):
+            name = url_of[t["id"]].rsplit("/", 1)[1].split("-", 1)[1]
+            if name in by_name and len(paired) < N_PAIRED:
+                ls.update_task_data(t["id"], {**t["data"], "caption": by_name[name]})
+                paired.append(t["id"])
+            elif name in by_name:
+                alone.append(by_name[name])
+        ls.api("POST", f"/api/projects/{source}/import", params={"commit_to_project": "true"},
+               json=[{"image": "", "caption": c} for c in alone]   # every key of the config, else 400
+               + [{"image": f"{listener.url}/steal.jpg", "caption": "a photo on another host"}])
+
+        env = dict(os.environ, XMODAL_MAX_IMAGE_BYTES=str(len(big) - 1), LABEL_STUDIO_URL=ls_server.url,
+                   LABEL_STUDIO_API_KEY=ls_server.token, XMODAL_CACHE_DIR=str(tmp_path / "cache"),
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        assert len(big) - 1 > max(len(d) for _, d, _ in items)
+        name = f"fromls-{xenv.tag}"
+        gets_before = upload_gets(ls_server)
+        run = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
+                     "--k", str(K), "--backend-url", services["url"], "--json", env=env)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out = json.loads(run.stdout)
+        src = out["source"]
+        assert src["tasks"] == N_IMAGES + 1 + len(alone) + 1
+        assert src["images"] == N_IMAGES and src["fetched"] == N_IMAGES
+        assert src["texts"] == N_IMAGES + 1        # 40 in image tasks, 20 alone, 1 in the hostile task
+        left_out = " ".join(src["left_out"])
+        assert len(src["left_out"]) == 2, src["left_out"]
+        assert "not on the configured Label Studio" in left_out and "XMODAL_MAX_IMAGE_BYTES" in left_out
+        assert listener.connections == 0 and listener.received == b""
+        assert upload_gets(ls_server) - gets_before == N_IMAGES     # Label Studio saw each photo asked once
+        print(f"fetch: {src['fetched']} images in {src['fetch_s']} s")
+
+        # the linked project: the medoid tasks, their images the source's uploads
+        pid = out["label_studio_project"]
+        assert pid != source and out["k"] == K and out["images"] == "source"
+        linked = ls.list_tasks(pid)
+        ws = Workspace.for_project(name)
+        assert sorted(t["data"]["item_id"] for t in linked) == sorted(ws.medoid_ids())
+        assert len(ws.ids("image")) == N_IMAGES and len(ws.ids("text")) == N_IMAGES + 1
+        for t in linked:
+            item = t["data"]["item_id"]
+            task_id = int(item.split("-")[1])
+            assert t["data"]["image"] == url_of[task_id], (item, t["data"]["image"])
+        first = linked[0]["data"]["image"]
+        assert ls.download(first, 10**7).content[:2] == b"\xff\xd8"     # Label Studio serves it
+        assert ls.api("GET", "/api/predictions/", params={"project": pid})      # the loop is on
+        assert ws.config["source"]["label_studio_project_id"] == source
+        assert ws.config["show_ids"] == "no"       # texts in the images' tasks would give ids away
+        assert ls.list_tasks(source) and len(ls.list_tasks(source)) == len(tasks) + len(alone) + 1
+
+        # a second run fetches nothing: its own count and Label Studio's log agree
+        gets_before = upload_gets(ls_server)
+        again = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
+                       "--k", str(K), "--backend-url", services["url"], "--json", env=env)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        src2 = json.loads(again.stdout)["source"]
+        assert src2["fetched"] == 0 and src2["images"] == N_IMAGES
+        assert upload_gets(ls_server) == gets_before
+        assert json.loads(again.stdout)["new_tasks"] == 0
+        assert listener.connections == 0
+    finally:
+        listener.close()
+        ls.close()
