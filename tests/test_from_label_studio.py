@@ -138,6 +138,11 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
                    OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         assert len(big) - 1 > max(len(d) for _, d, _ in items)
         name = f"fromls-{xenv.tag}"
+        # the labelling project never takes the source project's title (it would be rewritten)
+        clash = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
+                       "--title", f"photos {xenv.tag}", env=env)
+        assert clash.returncode == 1 and "another --title" in clash.stderr, clash.stderr[-2000:]
+        assert not Workspace.for_project(name).root.exists()
         gets_before = upload_gets(ls_server)
         run = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
                      "--k", str(K), "--backend-url", services["url"], "--json", env=env)
@@ -185,3 +190,27 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
     finally:
         listener.close()
         ls.close()
+
+
+# -- without a server: which fields, which names -------------------------------------------------
+def test_the_fields_come_from_the_source_config_or_the_flags():
+    from xmodal.errors import ConfigError
+    from xmodal.labelstudio.source import _file_name, choose_fields
+
+    assert choose_fields(SOURCE_CONFIG) == ("image", ["caption"])
+    two = SOURCE_CONFIG.replace("</View>", '<Image name="b" value="$back"/><Text name="t" value="$title"/></View>')
+    with pytest.raises(ConfigError, match="--image-field"):
+        choose_fields(two)
+    with pytest.raises(ConfigError, match="--text-field"):
+        choose_fields(two, "back")
+    assert choose_fields(two, "back", ["title", "caption", "title"]) == ("back", ["title", "caption"])
+    for config in ("<View><Image name='i' value='$image'/></View>", "not xml <", None):
+        with pytest.raises(ConfigError, match="--"):
+            choose_fields(config)
+    with pytest.raises(ConfigError, match="a name like"):
+        choose_fields(SOURCE_CONFIG, "image;rm -rf", None)
+    assert _file_name("/data/upload/3/5f1e2d3c-dog on grass.jpg") == "5f1e2d3c-dog_on_grass"
+    assert _file_name("/data/local-files/?d=photos/cats/001.png") == "001"
+    assert _file_name("/tasks/9/resolve/?fileuri=czM6Ly9idWNrZXQvYS9jYXQuanBn") == "cat"   # s3://bucket/a/cat.jpg
+    assert _file_name("data:image/png;base64,AAAA") == "inline"
+    assert _file_name("/data/upload/1/../../..") == "image"

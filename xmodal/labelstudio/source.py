@@ -120,24 +120,28 @@ def _file_name(url: str) -> str:
         except (binascii.Error, ValueError):
             pass
     stem = name.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem)[:60].strip("_-") or "image"
+    return re.sub(r"[^\w-]+", "_", stem)[:60].strip("_-") or "image"     # letters of any script
 
 
 def _text_id(task_id: int, name: str, fields: list[str]) -> str:
     return f"ls-{task_id}" if len(fields) == 1 else f"ls-{task_id}-{name}"
 
 
-def read_source(client: LabelStudioClient, project_id: int, image_field: str | None = None,
-                text_fields: list[str] | None = None, *, cache_dir=None, say: Say = quiet) -> SourceItems:
-    """Every task of Label Studio project ``project_id`` -> :class:`SourceItems` (module doc,
-    steps 1-3)."""
+def _source_project(client: LabelStudioClient, project_id: int) -> dict:
     try:
-        project = client.get_project(project_id)
+        return client.get_project(project_id)
     except LabelStudioError as exc:
         if exc.status_code in (403, 404):
             raise ConfigError(f"Label Studio at {client.url} has no project {project_id} this API key "
                               f"can read (HTTP {exc.status_code})") from None
         raise
+
+
+def read_source(client: LabelStudioClient, project_id: int, image_field: str | None = None,
+                text_fields: list[str] | None = None, *, cache_dir=None, say: Say = quiet) -> SourceItems:
+    """Every task of Label Studio project ``project_id`` -> :class:`SourceItems` (module doc,
+    steps 1-3)."""
+    project = _source_project(client, project_id)
     image_field, text_fields = choose_fields(project.get("label_config"), image_field, text_fields)
     items = SourceItems(project_id=int(project_id), image_field=image_field, text_fields=text_fields)
     tasks = client.list_tasks(project_id)
@@ -225,7 +229,8 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
     client = connect(spec.label_studio_url, spec.api_key)
     try:
         title = spec.title or spec.name
-        if client.find_project(title) == int(source_project):
+        source_title = _source_project(client, int(source_project)).get("title")
+        if source_title == title:
             raise ConfigError(f"Label Studio project {source_project} is titled {title!r}, the title "
                               "the labelling project would get: pass another --title (the source "
                               "project is only read, never changed)")
