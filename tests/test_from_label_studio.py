@@ -192,6 +192,42 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
         ls.close()
 
 
+
+def test_local_files_storage_tasks_are_fetched_through_label_studio(ls_server, xenv, tmp_path):
+    """A local-files storage synced by Label Studio: its tasks hold
+    ``/data/local-files/?d=<quoted path>`` (file names with spaces and of any script)."""
+    from PIL import Image
+
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.source import read_source
+
+    folder = tmp_path / "shots dir"
+    folder.mkdir()
+    names = ["a b.png", "猫.png", "c.jpg"]
+    for i, n in enumerate(names):
+        Image.new("RGB", (16 + i, 12), (40 * i, 90, 200)).save(folder / n)
+    ls = connect(ls_server.url, ls_server.token)
+    try:
+        pid = int(ls.api("POST", "/api/projects/", json={"title": f"shots {xenv.tag}",
+                                                         "label_config": SOURCE_CONFIG})["id"])
+        sid = ls.ensure_local_storage(pid, str(folder))
+        ls.api("POST", f"/api/storages/localfiles/{sid}/sync")
+        ls.api("POST", f"/api/projects/{pid}/import", params={"commit_to_project": "true"},
+               json=[{"image": "", "caption": "three small colour fields"}])
+        tasks = ls.list_tasks(pid)
+        # Label Studio names the field after the config's <Image> when it has one
+        assert sum("/data/local-files/?d=" in str(t["data"].get("image")) for t in tasks) == 3, \
+            json.dumps([t["data"] for t in tasks])[:1500]
+        items = read_source(ls, pid, cache_dir=tmp_path / "cache")
+        assert items.refused == [] and items.fetched == 3 and len(items.texts) == 1
+        got = {Image.open(p).size for p in items.images.values()}
+        assert got == {(16, 12), (17, 12), (18, 12)}
+        assert any("猫" in i for i in items.images) and any("a_b" in i for i in items.images)
+        again = read_source(ls, pid, cache_dir=tmp_path / "cache")
+        assert again.fetched == 0 and again.images == items.images
+    finally:
+        ls.close()
+
 # -- without a server: which fields, which names -------------------------------------------------
 def test_the_fields_come_from_the_source_config_or_the_flags():
     from xmodal.errors import ConfigError

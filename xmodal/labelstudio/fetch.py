@@ -37,6 +37,7 @@ import hashlib
 import io
 import re
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 from xmodal.encoders.base import default_cache_dir
@@ -62,11 +63,14 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "ls-images"
 
 
-def fetch_image(client: LabelStudioClient, url: str, *, cache_dir: str | Path | None = None) -> Path:
+def fetch_image(client: LabelStudioClient, url: str, *, cache_dir: str | Path | None = None,
+                counts: Counter | None = None) -> Path:
     """The local file of a task's image ``url`` (see the module doc), fetched through ``client``
     (the configured Label Studio, with its key) or found in the cache. Raises
     :class:`ImageFetchError` when the URL is refused (never fetched), the fetch fails, or the
-    file is over the limits or no image."""
+    file is over the limits or no image. ``counts`` (if given) gets one of ``"fetched"``,
+    ``"cached"`` or ``"inline"`` added."""
+    counts = counts if counts is not None else Counter()
     if not isinstance(url, str) or not url.strip():
         raise ImageFetchError("no image URL")
     url = url.strip()
@@ -74,12 +78,14 @@ def fetch_image(client: LabelStudioClient, url: str, *, cache_dir: str | Path | 
         raise ImageFetchError(f"an image URL of {len(url)} characters (at most {MAX_URL_CHARS})")
     root = cache_root(cache_dir)
     if _DATA_URL.match(url):
+        counts["inline"] += 1
         return _keep(root, "data:" + hashlib.sha256(url.encode()).hexdigest(), _inline(url))
     base = _origin_of(client.url)
     path = _path_on(client.url, url, base)
     key = f"{base}\n{path}"
     cached = _cached(root, key)
     if cached is not None:
+        counts["cached"] += 1
         return cached
     for _hop in range(MAX_REDIRECTS + 1):
         answer = client.download(path, max_image_bytes())
@@ -95,7 +101,9 @@ def fetch_image(client: LabelStudioClient, url: str, *, cache_dir: str | Path | 
             continue
         if answer.status != 200 or answer.content is None:
             raise ImageFetchError(f"{_shown(url)}: Label Studio answered HTTP {answer.status}")
-        return _keep(root, key, answer.content, url)
+        path = _keep(root, key, answer.content, url)
+        counts["fetched"] += 1
+        return path
     raise ImageFetchError(f"{_shown(url)}: more than {MAX_REDIRECTS} redirects")
 
 

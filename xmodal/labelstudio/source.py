@@ -36,6 +36,7 @@ import re
 import shutil
 import time
 import urllib.parse
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,7 +71,7 @@ class SourceItems:
     tasks: dict[int, dict] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     n_tasks: int = 0
-    fetched: int = 0            # files written to the cache by this run (the rest came from it)
+    fetched: int = 0            # images fetched through Label Studio by this run (the rest: cache, inline)
     fetch_s: float = 0.0
 
     @property
@@ -172,19 +173,20 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
 
     def one(job):
         tid, url = job
+        counts: Counter = Counter()     # one per call: the threads share nothing
         try:
-            return tid, url, fetch_image(client, url, cache_dir=cache_dir), None
+            return tid, url, fetch_image(client, url, cache_dir=cache_dir, counts=counts), None, counts
         except ImageFetchError as exc:
-            return tid, url, None, str(exc)
+            return tid, url, None, str(exc), counts
         except (httpx.HTTPError, LabelStudioError, OSError) as exc:
-            return tid, url, None, f"fetch failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return tid, url, None, f"fetch failed: {type(exc).__name__}: {str(exc)[:200]}", counts
 
     parallel = max(1, int(settings.get("XMODAL_LS_PARALLEL")))
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         done = list(pool.map(one, wanted))
     items.fetch_s = round(time.time() - t0, 3)
-    new_files = set()
-    for tid, url, path, why in done:
+    for tid, url, path, why, counts in done:
+        items.fetched += counts["fetched"]
         if path is None:
             items.refused.append(f"task {tid}: {why}")
             continue
@@ -192,9 +194,6 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
         items.images[image_id] = path
         items.urls[image_id] = url
         items.tasks[tid]["image"] = image_id
-        if path.stat().st_mtime >= t0 - 1:
-            new_files.add(path)
-    items.fetched = len(new_files)
     for record in items.texts:   # a text in the same task as an image: a known pair
         image_id = items.tasks[task_of[record["id"]]].get("image")
         if image_id:
@@ -240,7 +239,7 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
         client.close()
     rate = f", {items.fetched / items.fetch_s:.1f}/s" if items.fetched and items.fetch_s else ""
     say(f"images: {len(items.images)} ({items.fetched} fetched through Label Studio, "
-        f"{len(items.images) - items.fetched} from the cache; {items.fetch_s:.1f} s{rate}); "
+        f"{len(items.images) - items.fetched} from the cache or inline; {items.fetch_s:.1f} s{rate}); "
         f"texts: {len(items.texts)}" + (f"; {items.pairs} known pairs" if items.pairs else ""))
     for line in items.refused[:20]:
         say(f"left out: {line}")
