@@ -143,6 +143,11 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
                        "--title", f"photos {xenv.tag}", env=env)
         assert clash.returncode == 1 and "another --title" in clash.stderr, clash.stderr[-2000:]
         assert not Workspace.for_project(name).root.exists()
+        other = Workspace.for_project(f"folder-{xenv.tag}")   # a project made from a data folder
+        other.save_config({"data": {"path": str(tmp_path)}})
+        taken = xmodal("project", "create", "--from-label-studio", str(source), "--name", other.name, env=env)
+        assert taken.returncode == 1 and "made from a data folder" in taken.stderr, taken.stderr[-2000:]
+        assert not (other.root / "source").exists()
         gets_before = upload_gets(ls_server)
         run = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
                      "--k", str(K), "--backend-url", services["url"], "--json", env=env)

@@ -120,10 +120,14 @@ def test_local_files_and_resolve_urls_keep_their_query(ls, tmp_path):
     "photos/x.png",                         # a relative path Label Studio does not serve
     "javascript:alert(1)",
     "/data/upload/1/x.png\r\nHost: evil",
+    "/api/projects/1/next/",                # on Label Studio, but a GET that acts
+    "{ls}/api/current-user/token",
+    "/data/upload/../api/projects/",
+    "/user/logout",
 ])
-def test_a_url_off_the_configured_host_is_refused_and_never_fetched(ls, listener, tmp_path, template):
+def test_a_url_off_the_configured_host_or_off_its_files_is_refused_and_never_fetched(ls, listener, tmp_path, template):
     files, client = ls
-    url = template.format(other=listener.url, other_port=listener.port,
+    url = template.format(other=listener.url, other_port=listener.port, ls=files.url,
                           ls_port=files.url.rsplit(":", 1)[1])
     with pytest.raises(ImageFetchError, match="refused"):
         fetch_image(client, url, cache_dir=tmp_path)

@@ -16,7 +16,8 @@ What a task of Label Studio 1.23 holds, and what happens to it:
 - an absolute URL: fetched only when its origin (scheme, host, port: :func:`xmodal.labelstudio.hosts.origin`)
   is the client's, i.e. the Label Studio the operator configured. Anything else (another host, a
   user part, ``file:``, ``s3://`` not resolved by Label Studio, a relative path Label Studio does
-  not serve) is refused before any connection is made;
+  not serve, a path of its API or account pages, where a GET can act) is refused before any
+  connection is made;
 - a redirect is followed (at most :data:`MAX_REDIRECTS`) only to the same origin;
 - ``data:image/...;base64,`` (inline images, as ``--images inline`` writes them): decoded here,
   nothing is fetched.
@@ -49,6 +50,7 @@ from xmodal.labelstudio.hosts import origin
 
 MAX_REDIRECTS = 3
 MAX_URL_CHARS = 8192
+_NOT_FILES = ("/api/", "/user/", "/accounts/", "/admin/", "/logout")
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 _DATA_URL = re.compile(r"data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 _PRESIGN_HINT = ("a cloud storage with 'Use pre-signed URLs' on redirects to its bucket: turn it off "
@@ -141,6 +143,9 @@ def _path_on(ls_url: str, url: str, base: str) -> str:
     prefix = urllib.parse.urlsplit(ls_url).path.rstrip("/")
     if prefix and (path == prefix or path.startswith(prefix + "/")):
         path = path[len(prefix):] or "/"      # the client puts its own base path back
+    if path.startswith(_NOT_FILES) or "/../" in path + "/":
+        # a GET there can act (/api/projects/<id>/next/ locks a task for the key's user)
+        raise ImageFetchError(f"{_shown(url)}: refused, Label Studio's API or account pages, not a file")
     return path + (f"?{parts.query}" if parts.query else "")
 
 

@@ -233,6 +233,12 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
             raise ConfigError(f"Label Studio project {source_project} is titled {title!r}, the title "
                               "the labelling project would get: pass another --title (the source "
                               "project is only read, never changed)")
+        ws = Workspace.for_project(spec.name, spec.model_dir)
+        made_from = (ws.config.get("source") or {}).get("label_studio_project_id") if ws.exists() else None
+        if ws.exists() and made_from != int(source_project):
+            raise ConfigError(f"project {ws.name!r} already exists at {ws.root}, made from "
+                              + (f"Label Studio project {made_from}" if made_from is not None else
+                                 "a data folder") + "; use another --name, or remove that folder to start over")
         items = read_source(client, int(source_project), image_field, text_fields, cache_dir=cache_dir,
                             say=say)
     finally:
@@ -245,7 +251,6 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
         say(f"left out: {line}")
     if len(items.refused) > 20:
         say(f"left out: ... and {len(items.refused) - 20} more")
-    ws = Workspace.for_project(spec.name, spec.model_dir)
     folder = write_source(ws.root / SOURCE_DIR, items)
     show_ids = spec.show_ids or ("no" if items.pairs else None)
     result = create_project(replace(spec, data=folder, show_ids=show_ids,
