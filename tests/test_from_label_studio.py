@@ -182,6 +182,23 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
         assert ws.config["show_ids"] == "no"       # texts in the images' tasks would give ids away
         assert ls.list_tasks(source) and len(ls.list_tasks(source)) == len(tasks) + len(alone) + 1
 
+        # the loop runs on these ids: a label in the linked project becomes a pair, then an index
+        from conftest import poll
+
+        from xmodal.index.store import IndexStore
+        from xmodal.project.pairs import PairStore
+
+        task = next(t for t in linked if t["data"]["options"])
+        answer = task["data"]["options"][0]["alias"]
+        version = IndexStore(xenv.redis, ws).current_version()
+        ls.create_annotation(task["id"], [{"from_name": "caption", "to_name": "image", "type": "choices",
+                                           "value": {"choices": [answer]}}])
+        pairs = PairStore(xenv.redis, name)
+        poll("the label as a pair", lambda: pairs.count() == 1, timeout=60, procs=services["procs"])
+        assert pairs.all_pairs()[0]["text_id"] == answer
+        poll("a rebuilt index", lambda: IndexStore(xenv.redis, ws).current_version() > version, timeout=120,
+             procs=services["procs"])
+
         # a second run fetches nothing: its own count and Label Studio's log agree
         gets_before = upload_gets(ls_server)
         again = xmodal("project", "create", "--from-label-studio", str(source), "--name", name,
