@@ -208,6 +208,17 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
         assert src2["fetched"] == 0 and src2["images"] == N_IMAGES
         assert upload_gets(ls_server) == gets_before
         assert json.loads(again.stdout)["new_tasks"] == 0
+
+        # a first run that fails late (no backend at that URL) leaves a workspace a rerun completes
+        late = f"fromls2-{xenv.tag}"
+        dead = xmodal("project", "create", "--from-label-studio", str(source), "--name", late, "--k", str(K),
+                      "--backend-url", "http://127.0.0.1:9", env=env)
+        assert dead.returncode == 1 and "everything else is in place" in dead.stderr, dead.stderr[-2000:]
+        fixed = xmodal("project", "create", "--from-label-studio", str(source), "--name", late, "--k", str(K),
+                       "--backend-url", services["url"], "--json", env=env)
+        assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
+        assert Workspace.for_project(late).config["source"]["label_studio_project_id"] == source
+        assert json.loads(fixed.stdout)["source"]["fetched"] == 0
         assert listener.connections == 0
     finally:
         listener.close()

@@ -21,7 +21,8 @@ existing Label Studio project.
 4. **The folder**: ``<workspace>/source/`` in the generic format (``images/`` hard-linked from the
    cache, ``texts.jsonl``), rewritten each run, with ``tasks.json`` (``{task id: {"image": id,
    "texts": [ids]}}``) and ``urls.json`` (image id -> the task's URL, which the linked project's
-   pages use: ``--images source``, the default here, so Label Studio serves the images it has).
+   pages use: ``--images source``, what ``auto`` means here, so Label Studio serves the images it
+   has).
 5. **Then** :func:`xmodal.labelstudio.project.create_project` on that folder: embeddings, medoids,
    the linked labelling project and the loop, as for ``--data``. The workspace config records the
    source (``source``: ``label_studio_project_id``, ``url``, ``image_field``, ``text_fields``) so that
@@ -218,6 +219,21 @@ def write_source(folder: Path, items: SourceItems) -> Path:
     return folder
 
 
+def _check_workspace(ws: Workspace, source_project: int) -> None:
+    """A rerun on the workspace this source made is fine (a first run that failed late, before it
+    recorded the source, too: its data is the workspace's source folder); any other is refused."""
+    if not ws.exists():
+        return
+    cfg = ws.config
+    made_from = (cfg.get("source") or {}).get("label_studio_project_id")
+    data = (cfg.get("data") or {}).get("path")
+    ours = data in (None, str((ws.root / SOURCE_DIR).resolve()))
+    if made_from not in (None, source_project) or not ours:
+        raise ConfigError(f"project {ws.name!r} already exists at {ws.root}, made from "
+                          + (f"Label Studio project {made_from}" if made_from is not None else "a data folder")
+                          + "; use another --name, or remove that folder to start over")
+
+
 def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_field: str | None = None,
                              text_fields: list[str] | None = None, cache_dir=None, say: Say = quiet,
                              redis_client=None) -> tuple[BootstrapResult, SourceItems]:
@@ -234,11 +250,7 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
                               "the labelling project would get: pass another --title (the source "
                               "project is only read, never changed)")
         ws = Workspace.for_project(spec.name, spec.model_dir)
-        made_from = (ws.config.get("source") or {}).get("label_studio_project_id") if ws.exists() else None
-        if ws.exists() and made_from != int(source_project):
-            raise ConfigError(f"project {ws.name!r} already exists at {ws.root}, made from "
-                              + (f"Label Studio project {made_from}" if made_from is not None else
-                                 "a data folder") + "; use another --name, or remove that folder to start over")
+        _check_workspace(ws, int(source_project))
         items = read_source(client, int(source_project), image_field, text_fields, cache_dir=cache_dir,
                             say=say)
     finally:
@@ -253,8 +265,9 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
         say(f"left out: ... and {len(items.refused) - 20} more")
     folder = write_source(ws.root / SOURCE_DIR, items)
     show_ids = spec.show_ids or ("no" if items.pairs else None)
-    result = create_project(replace(spec, data=folder, show_ids=show_ids,
-                                    images=spec.images or "source"), say=say, redis_client=redis_client)
+    images = "source" if spec.images in (None, "", "auto") else spec.images
+    result = create_project(replace(spec, data=folder, show_ids=show_ids, images=images), say=say,
+                            redis_client=redis_client)
     ws.update_config(source={"label_studio_project_id": items.project_id, "url": client.url,
                              "image_field": items.image_field, "text_fields": items.text_fields})
     if items.refused:
