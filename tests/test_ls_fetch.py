@@ -136,6 +136,13 @@ def test_a_url_off_the_configured_host_or_off_its_files_is_refused_and_never_fet
     assert not any(tmp_path.rglob("*.*"))
 
 
+def test_a_label_studio_url_under_another_name_says_which_url_to_configure(ls, listener, tmp_path):
+    files, client = ls
+    with pytest.raises(ImageFetchError, match="LABEL_STUDIO_HOST"):
+        fetch_image(client, f"{listener.url}/tasks/4/resolve/?fileuri=eA", cache_dir=tmp_path)
+    assert listener.connections == 0
+
+
 def test_a_redirect_to_another_host_is_refused(ls, listener, tmp_path):
     """A cloud storage with pre-signed URLs answers the resolve URL with 303 to its bucket."""
     files, client = ls

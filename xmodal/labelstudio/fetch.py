@@ -4,6 +4,12 @@ only from the configured Label Studio, within the image limits, cached on disk.
     from xmodal.labelstudio.fetch import fetch_image
     path = fetch_image(client, task["data"]["image"])      # ImageFetchError says why not
 
+``client``: a :class:`~xmodal.labelstudio.client.LabelStudioClient` on a configured URL (the
+command line's ``connect``; in a worker ``open_label_studio(c["url"], c["api_key"]).client`` with
+``c = ls_connection(redis, ws)``, whose URL :mod:`xmodal.labelstudio.hosts` vetted). Only that
+client's origin is fetched from, not the other hosts of ``XMODAL_LABEL_STUDIO_HOSTS``: the key is
+that Label Studio's.
+
 What a task of Label Studio 1.23 holds, and what happens to it:
 
 - ``/data/upload/<project>/<file>`` (files uploaded or imported through Label Studio) and
@@ -136,6 +142,10 @@ def _path_on(ls_url: str, url: str, base: str) -> str:
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
         hint = (" (a cloud-storage URI Label Studio did not resolve: add the storage to the project "
                 "in Label Studio)" if scheme in ("s3", "gs", "azure-blob", "azure-spi") else "")
+        if not hint and re.match(r"/(data/|tasks/\d+/resolve/|projects/\d+/resolve/)",
+                                 urllib.parse.urlsplit(absolute).path):
+            hint = (" (if that is your Label Studio under another name, e.g. its LABEL_STUDIO_HOST, "
+                    "use that URL: --label-studio-url or LABEL_STUDIO_URL)")
         raise ImageFetchError(f"{_shown(url)}: refused, it is not on the configured Label Studio "
                               f"({ls_url}); the API key and the request go nowhere else{hint}")
     parts = urllib.parse.urlsplit(absolute)
