@@ -10,6 +10,24 @@ def _rank(similarity: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(similarity, dtype=np.float64), axis=1, kind="stable")
 
 
+def _positions(similarity: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Where target ``cols[i]`` stands in the ranking of query ``rows[i]`` (0 = first), as
+    :func:`_rank` orders them (higher first, ties in target order, NaN last), without sorting:
+    the targets scoring higher plus the earlier ones scoring the same. Recall@K needs only the
+    relevant targets' places: sorting every row of 1,000 × 30,000 scores took ~4 s a call."""
+    S = np.asarray(similarity)
+    out = np.empty(len(rows), dtype=np.int64)
+    n = S.shape[1]
+    order = np.arange(n)
+    for s in range(0, len(rows), chunk):
+        r, c = rows[s:s + chunk], cols[s:s + chunk]
+        block = S[r]
+        v = block[np.arange(len(r)), c][:, None]
+        before = (block > v).sum(axis=1) + ((block == v) & (order[None, :] < c[:, None])).sum(axis=1)
+        out[s:s + chunk] = np.where(np.isnan(v[:, 0]), n - 1, before)
+    return out
+
+
 def average_precision(similarity: np.ndarray, query_labels, target_labels) -> np.ndarray:
     """Eq. 36 for every query: ``AP(i) = (1/L_i) Σ_j P(j) δ(j)`` over the ranking of ALL targets.
 
@@ -56,9 +74,10 @@ def recall_at_k(similarity: np.ndarray, relevant, ks=(1, 5, 10)) -> dict[int, fl
     L = relevant.sum(axis=1)
     if np.any(L == 0):
         raise ValueError("every query needs at least one relevant target")
-    ranked_rel = np.take_along_axis(relevant, _rank(S), axis=1)
-    found = np.cumsum(ranked_rel, axis=1)
-    return {int(k): float(np.mean(found[:, min(k, S.shape[1]) - 1] / L)) for k in ks}
+    rows, cols = np.nonzero(relevant)
+    place = _positions(S, rows, cols)
+    return {int(k): float(np.mean(np.bincount(rows, weights=place < min(k, S.shape[1]),
+                                              minlength=len(S)) / L)) for k in ks}
 
 
 def recall_any_at_k(similarity: np.ndarray, owner, ks=(1, 5, 10)) -> dict[int, float]:
@@ -75,9 +94,8 @@ def recall_any_at_k(similarity: np.ndarray, owner, ks=(1, 5, 10)) -> dict[int, f
         raise ValueError(f"one owner per target is needed: owner is {owner.shape}, similarity {S.shape}")
     if np.any(np.bincount(owner, minlength=S.shape[0])[:S.shape[0]] == 0):
         raise ValueError("every query needs at least one relevant target")
-    first_hit = np.empty(S.shape[0], dtype=np.int64)
-    for start in range(0, S.shape[0], 1024):  # bounded memory for 1,000 × 5,000 and larger
-        block = S[start:start + 1024]
-        relevant = owner[_rank(block)] == np.arange(start, start + len(block))[:, None]
-        first_hit[start:start + len(block)] = relevant.argmax(axis=1)  # 0-based rank of the best relevant
+    cols = np.flatnonzero((owner >= 0) & (owner < S.shape[0]))
+    rows = owner[cols]
+    first_hit = np.full(S.shape[0], S.shape[1], dtype=np.int64)   # 0-based place of the best relevant
+    np.minimum.at(first_hit, rows, _positions(S, rows, cols))
     return {int(k): float(np.mean(first_hit < min(k, S.shape[1]))) for k in ks}
