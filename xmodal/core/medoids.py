@@ -206,6 +206,13 @@ class KMedoidsSelector:
         self.inertia_ = float(dist.sum())
         return self
 
+    def nearest(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position of the nearest medoid, cosine distance to it) for every row of ``X``, in the
+        space the medoids were chosen in (z-scored over ``X`` with ``standardize``); the medoids
+        are ``medoid_indices_``, rows of ``X``."""
+        Xn = self._unit_rows(np.asarray(X, dtype=np.float32))
+        return self._nearest(Xn, np.asarray(self.medoid_indices_, dtype=np.int64))
+
     def extend(self, X: np.ndarray, n_new: int, *, max_candidates: int = 5000) -> KMedoidsSelector:
         """Add ``n_new`` medoids, keeping the existing ones (their pairs are already annotated).
 
