@@ -231,3 +231,18 @@ def enqueue_flags(redis_client: redis.Redis, project: str, queue: str | None = N
         meta={"project": project, "enqueued_at": time.time()})
     log.info(kv("flags.enqueued", project=project, job=job_id))
     return job_id
+
+
+def enqueue_growth(redis_client: redis.Redis, project: str, reason: str = "",
+                   queue: str | None = None) -> str:
+    """Embed and add the project's pending items (``workers.growth.add_pending``), on the embed
+    queue (long work must not hold up a label's rebuild); the job reads what is pending when it
+    runs, so several enqueued at once do the work once."""
+    job_id = new_job_id(project).replace("-rebuild-", "-items-", 1)
+    Queue(embed_queue_for(queue or queue_name()), connection=redis_client).enqueue(
+        "workers.growth.add_pending", project, job_id=job_id, retry=retry_policy(),
+        job_timeout=settings.get("XMODAL_EMBED_TIMEOUT"), result_ttl=86400, failure_ttl=7 * 86400,
+        description=f"add the pending items of {project} ({reason or 'manual'})",
+        meta={"project": project, "reason": reason, "enqueued_at": time.time()})
+    log.info(kv("items.enqueued", project=project, job=job_id, reason=reason))
+    return job_id
