@@ -34,9 +34,9 @@ from xmodal.labelstudio.project import grow_project
 from xmodal.logfmt import Say, kv, quiet
 from xmodal.project.items import add_items, remove_items
 from xmodal.project.pairs import PairStore
-from xmodal.project.pending import PendingItems
+from xmodal.project.pending import PendingItems, record_run
 from xmodal.project.workspace import Workspace
-from xmodal.redis_conn import get_redis, pkey
+from xmodal.redis_conn import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
         # refused whole (an id given again with other content meanwhile, a file gone): nothing was
         # added; the entries leave the queue so that the next items are not held behind them
         pending.done(raw)
-        _record(r, ws.name, {"status": "refused", "error": str(exc), "finished_at": time.time()})
+        record_run(r, ws.name, {"status": "refused", "error": str(exc), "finished_at": time.time()})
         raise
     pending.done(raw)
     out = {"status": "added" if change.changed else "unchanged", **change.summary()}
@@ -96,7 +96,7 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
         say(f"{grown.new_medoids} new medoid(s) for the far items; {grown.new_tasks} new task(s) in "
             "Label Studio" if conn else f"{grown.new_medoids} new medoid(s); tasks.json rewritten")
     out["searchable_s"] = round(time.time() - min(_received(raw), default=t0), 3)
-    _record(r, ws.name, dict(out, finished_at=time.time()))
+    record_run(r, ws.name, dict(out, finished_at=time.time()))
     log.info(kv("items.done", project=ws.name, **{k: v for k, v in out.items()
                                                   if k in ("status", "version", "searchable_s")},
                 images=len(change.added["image"]), texts=len(change.added["text"]),
@@ -112,15 +112,6 @@ def _received(raw: dict) -> list[float]:
         except (ValueError, KeyError, TypeError):
             continue
     return out
-
-
-def _record(r: redis.Redis, project: str, out: dict) -> None:
-    r.set(pkey(project, "items", "last"), json.dumps(out, default=str))
-
-
-def last_run(r: redis.Redis, project: str) -> dict | None:
-    raw = r.get(pkey(project, "items", "last"))
-    return json.loads(raw) if raw else None
 
 
 def remove(r: redis.Redis, ws: Workspace, image_ids=(), text_ids=(), say: Say = quiet,

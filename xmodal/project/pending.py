@@ -74,3 +74,13 @@ class PendingItems:
             if modality in out:
                 out[modality] += 1
         return out
+
+
+def record_run(redis_client: redis.Redis, project: str, out: dict) -> None:
+    """What the last growth run did (``P:{project}:items:last``; ``xmodal status``)."""
+    redis_client.set(pkey(project, "items", "last"), json.dumps(out, default=str))
+
+
+def last_run(redis_client: redis.Redis, project: str) -> dict | None:
+    raw = redis_client.get(pkey(project, "items", "last"))
+    return json.loads(raw) if raw else None

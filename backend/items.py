@@ -1,0 +1,123 @@
+"""Items offered to a live project through the backend: ``POST /items`` and the tasks of Label
+Studio's ``TASKS_CREATED``. Both are checked here, in the request (a bad one is a 4xx and nothing
+is recorded), then recorded as pending (:class:`xmodal.project.pending.PendingItems`) and left to
+the growth job (``workers.growth.add_pending``, enqueued on the embed queue): the request is
+answered in milliseconds, 202 with what is pending.
+
+``POST /items`` body: ``{"project": P, "images": {id: path}, "texts": {id: text}}``. An image is a
+path (or ``file://`` / Label Studio local-files URL) under the operator's image roots, exactly as
+``/search`` takes one (:func:`backend.local_images.resolve_image`): nothing is fetched from a
+URL, nothing is read outside the roots, the size and pixel limits hold. At most
+:data:`MAX_ITEMS` items a request (413).
+
+A task's image becomes a local file in one place, :func:`task_image_file`: today what resolves
+locally (a path, ``file://``, a local-files URL); an image uploaded to Label Studio or kept in
+its cloud storage is skipped with the reason, until a fetcher through Label Studio is plugged in
+there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backend.local_images import check_decodable, resolve_image
+from xmodal.errors import ApiError, DataError
+from xmodal.jobs.queueing import enqueue_growth
+from xmodal.logfmt import kv
+from xmodal.project.items import ItemConflict, check_items, new_items
+from xmodal.project.pending import PendingItems
+from xmodal.project.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 10_000
+
+
+def _local_image(ref: str, ws: Workspace) -> tuple[str, str]:
+    """(real path, path relative to its root) of a local image reference, or an ApiError."""
+    if isinstance(ref, str) and ref.strip().startswith("data:"):
+        raise ApiError(400, "an inline data: image cannot be an item: give a file under the image roots")
+    image = resolve_image(ref, ws)   # 400 for URLs, 403 outside the roots, before any read
+    try:
+        check_decodable(image)       # 413 / 422 on the header only
+    except FileNotFoundError:
+        raise ApiError(404, f"image {image.shown!r} does not exist (under the allowed roots)") from None
+    return image.path, image.shown
+
+
+def _record(backend, ws: Workspace, images: dict[str, str], texts: dict[str, str], source: str) -> dict:
+    try:
+        fresh_i, fresh_t, unchanged = new_items(ws, images, texts)
+    except ItemConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    except DataError as exc:
+        raise ApiError(400, str(exc)) from None
+    pending = PendingItems(backend.redis, ws.name)
+    pending.put("image", fresh_i, source)
+    pending.put("text", fresh_t, source)
+    out = {"status": "queued" if fresh_i or fresh_t else "unchanged",
+           "pending": {"image": len(fresh_i), "text": len(fresh_t)}, "unchanged": unchanged}
+    if fresh_i or fresh_t:
+        out["job_id"] = enqueue_growth(backend.redis, ws.name, source, queue=backend.queue)
+    log.info(kv("items.received", project=ws.name, source=source, images=len(fresh_i),
+                texts=len(fresh_t), unchanged=sum(unchanged.values())))
+    return out
+
+
+def post_items(backend, ws: Workspace, body: dict) -> dict:
+    """``POST /items`` (module doc)."""
+    images, texts = body.get("images") or {}, body.get("texts") or {}
+    for what, given in (("images", images), ("texts", texts)):
+        if not isinstance(given, dict):
+            raise ApiError(400, f"'{what}' must be an object of id -> {'path' if what == 'images' else 'text'}")
+    if not images and not texts:
+        raise ApiError(400, "give 'images' (id -> path under the image roots) and/or 'texts' (id -> text)")
+    if len(images) + len(texts) > MAX_ITEMS:
+        raise ApiError(413, f"{len(images) + len(texts)} items in one request; at most {MAX_ITEMS}: "
+                            "send them in parts")
+    try:
+        check_items("image", images)
+        check_items("text", texts)
+    except DataError as exc:
+        raise ApiError(400, str(exc)) from None
+    paths = {item_id: _local_image(ref, ws)[0] for item_id, ref in images.items()}
+    return _record(backend, ws, paths, texts, "api")
+
+
+def task_image_file(url: str, ws: Workspace) -> tuple[str, str] | None:
+    """THE place a task's image URL becomes a local file: ``(real path, id)`` or None when it
+    cannot be had locally (an upload ``/data/upload/...``, cloud storage, a remote URL) — where
+    a fetcher through Label Studio (the configured host, with the API key) plugs in."""
+    try:
+        return _local_image(url, ws)
+    except ApiError as exc:
+        log.info(kv("items.task_image_skipped", project=ws.name, url=str(url)[:200], why=exc.message))
+        return None
+
+
+def items_from_tasks(backend, ws: Workspace, tasks: list) -> dict:
+    """``TASKS_CREATED``: the tasks whose image or text the project does not have become items
+    (the project's own medoid tasks carry ``data.item_id`` and are skipped)."""
+    images, texts, skipped = {}, {}, 0
+    known = ws.row_of(ws.select)
+    for task in tasks:
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or str(data.get("item_id")) in known:
+            continue
+        tid = task.get("id")
+        if isinstance(data.get("image"), str):
+            found = task_image_file(data["image"], ws)
+            if found is None:
+                skipped += 1
+            else:
+                images[str(data.get("image_id") or found[1])] = found[0]
+        if isinstance(data.get("text"), str) and data["text"].strip():
+            texts[str(data.get("text_id") or f"ls-task-{tid}")] = data["text"]
+    if not images and not texts:
+        return {"status": "no new items", "skipped_images": skipped}
+    try:
+        out = _record(backend, ws, images, texts, "TASKS_CREATED")
+    except ApiError as exc:   # the tasks stay recorded; the webhook is not the place to fail
+        log.warning(kv("items.tasks_refused", project=ws.name, error=exc.message))
+        return {"status": "refused", "error": exc.message, "skipped_images": skipped}
+    return dict(out, skipped_images=skipped)
