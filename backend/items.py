@@ -105,14 +105,18 @@ def items_from_tasks(backend, ws: Workspace, tasks: list) -> dict:
         if not isinstance(data, dict) or str(data.get("item_id")) in known:
             continue
         tid = task.get("id")
+        # ids: the task's image_id / text_id, else its (new) item_id for the select modality, else
+        # the image's path under its root and "ls-task-<id>" for the text
+        item = str(data["item_id"]) if data.get("item_id") not in (None, "") else None
         if isinstance(data.get("image"), str):
             found = task_image_file(data["image"], ws)
             if found is None:
                 skipped += 1
             else:
-                images[str(data.get("image_id") or found[1])] = found[0]
+                images[str(data.get("image_id") or (item if ws.select == "image" else None) or found[1])] = found[0]
         if isinstance(data.get("text"), str) and data["text"].strip():
-            texts[str(data.get("text_id") or f"ls-task-{tid}")] = data["text"]
+            texts[str(data.get("text_id") or (item if ws.select == "text" else None) or f"ls-task-{tid}")] = \
+                data["text"]
     if not images and not texts:
         return {"status": "no new items", "skipped_images": skipped}
     try:

@@ -42,18 +42,13 @@ def write_group(folder, n: int, kind: str = "stripes", start: int = 0):
     return folder
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A project made once: 60 synthetic shapes and their captions, 5 medoids (no Label Studio);
-    ``more``: 20 more shapes (another seed) and 12 stripes."""
-    import os
-
+def make_growth_data(root, n: int = 60, n_more: int = 28, n_new_kind: int = 12):
+    """``(data, more)``: ``n`` synthetic shapes with their captions; ``n_more`` shapes of another
+    seed (ids of their own) and ``n_new_kind`` stripes, a kind the first folder has none of."""
     from xmodal.datasets.synthetic import generate
-    from xmodal.labelstudio.project import ProjectSpec, create_project
 
-    root = tmp_path_factory.mktemp("items")
-    data = generate(root / "data", n=60, seed=0, image_size=96)
-    more = generate(root / "more", n=20, seed=7, image_size=96)
+    data = generate(root / "data", n=n, seed=0, image_size=96)
+    more = generate(root / "more", n=n_more, seed=7, image_size=96)
     # the generated ids restart at img_0000: give the second batch ids of its own
     for p in sorted((more / "images").iterdir()):
         p.rename(p.with_name("more_" + p.name))
@@ -61,7 +56,20 @@ def base(tmp_path_factory):
     (more / "texts.jsonl").write_text("".join(
         json.dumps(dict(r, id="more-" + str(r["id"]), image="more_" + r["image"])) + "\n" for r in rows))
     (more / "images.jsonl").unlink()
-    write_group(more, 12)
+    write_group(more, n_new_kind)
+    return data, more
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A project made once: 60 synthetic shapes and their captions, 5 medoids (no Label Studio);
+    ``more``: 20 more shapes (another seed) and 12 stripes."""
+    import os
+
+    from xmodal.labelstudio.project import ProjectSpec, create_project
+
+    root = tmp_path_factory.mktemp("items")
+    data, more = make_growth_data(root, n_more=20)
     old = os.environ.get("MODEL_DIR")
     os.environ["MODEL_DIR"] = str(root / "models")
     try:
