@@ -228,6 +228,9 @@ def test_post_items_queues_new_items(app, project, base, r, xenv):
     assert Queue(f"{xenv.tag}-embed", connection=r).job_ids == [body["job_id"]]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'xmodal_items_pending{project="grow",modality="image"} 1' in metrics
+    from xmodal.cli.status import collect
+
+    assert collect(r, xenv.models, xenv.tag)["projects"]["grow"]["items_pending"] == {"image": 1, "text": 1}
     # what the project has already: 200, nothing queued
     same = post(client, {"project": "grow", "texts": {project.ids("text")[0]: project.contents("text")[0]}})
     assert same.status_code == 200 and same.get_json()["status"] == "unchanged"
@@ -308,7 +311,7 @@ def test_the_worker_embeds_posted_items_and_search_finds_them(project, base, xen
         wait_worker(pm, worker, xenv.redis, timeout=60)
         more = base["more"]
         images = {f"stripes_{i:02d}.png": str(more / "images" / f"stripes_{i:02d}.png") for i in range(6)}
-        texts = {f"stripes-{i:02d}": f"black and white stripes, a zebra pattern, sample {i}" for i in range(6)}
+        texts = {i: t for i, t in folder_items(more)[1].items() if i in {f"stripes-{n:02d}" for n in range(6)}}
         resp = httpx.post(f"{url}/items", json={"project": "grow", "images": images, "texts": texts})
         assert resp.status_code == 202, resp.text
 
@@ -329,5 +332,15 @@ def test_the_worker_embeds_posted_items_and_search_finds_them(project, base, xen
             xenv.redis.get(pkey("grow", "items", "last")) or b"null"), timeout=60, procs=[worker, backend])
         assert last["status"] == "added" and last["added"] == {"image": 6, "text": 6}
         print(f"\nPOST /items (6 images, 6 texts) -> searchable by an index: {last['searchable_s']} s")
+        # the command line, its features computed by the worker as chunked embed jobs
+        from xmodal.cli.main import main
+
+        assert main(["items", "add", "--project", "grow", "--data", str(more), "--workers-embed",
+                     "--cache-dir", str(tmp_path / "empty-cache")]) == 0   # nothing cached here
+        ws = Workspace(project.root)
+        assert len(ws.ids("image")) == 60 + 32 and len(ws.ids("text")) == 60 + 32
+        worker_log = (tmp_path / "logs" / "worker.log").read_text()
+        assert "embed 26 images with efficientnet-lite0" in worker_log, worker_log[-2000:]
+        assert "embed 26 texts with minilm" in worker_log, worker_log[-2000:]
     finally:
         pm.stop_all(grace=5)
