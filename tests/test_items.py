@@ -344,3 +344,17 @@ def test_the_worker_embeds_posted_items_and_search_finds_them(project, base, xen
         assert "embed 26 texts with minilm" in worker_log, worker_log[-2000:]
     finally:
         pm.stop_all(grace=5)
+
+
+def test_a_linked_project_out_of_reach_keeps_the_proposal(project, base, r):
+    from workers.growth import run_pending
+    from xmodal.project.pending import PendingItems
+
+    project.link_label_studio(7)   # no URL, no key here: Label Studio cannot be reached
+    medoids = project.medoid_ids()
+    images, texts = folder_items(base["more"])
+    PendingItems(r, project.name).put("image", {i: p for i, p in images.items() if i.startswith("stripes")}, "test")
+    out = run_pending(r, project)
+    assert out["added"]["image"] == 12 and out["far"] == 12
+    assert "xmodal project grow --name grow --k 6" in out["medoids_note"]
+    assert project.medoid_ids() == medoids   # nothing half-done

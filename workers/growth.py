@@ -28,9 +28,11 @@ import time
 import redis
 
 from xmodal.errors import DataError
+from xmodal.index.store import IndexStore
 from xmodal.jobs.queueing import enqueue_flags, enqueue_rebuild
 from xmodal.labelstudio.connection import ls_connection
 from xmodal.labelstudio.project import grow_project
+from xmodal.labelstudio.push import LabelStudioPushError
 from xmodal.logfmt import Say, kv, quiet
 from xmodal.project.items import add_items, remove_items
 from xmodal.project.pairs import PairStore
@@ -82,13 +84,25 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
         from workers.rebuild import rebuild
 
         t1 = time.perf_counter()
-        built = rebuild(ws.name, r)
-        out.update(version=built["version"], rebuild_s=round(time.perf_counter() - t1, 3), ls=built.get("ls"))
-        say(f"index {built['model_version']} published with the new items "
-            f"({out['rebuild_s']:.1f} s; Label Studio: {built.get('ls')})")
-    if change.propose_medoids:
-        conn = ls_connection(r, ws) or {}
-        k = len(ws.medoid_ids()) + change.propose_medoids
+        try:
+            built = rebuild(ws.name, r)
+            out.update(version=built["version"], ls=built.get("ls"))
+            say(f"index {built['model_version']} published with the new items "
+                f"({time.perf_counter() - t1:.1f} s; Label Studio: {built.get('ls')})")
+        except LabelStudioPushError as exc:   # published and searchable; the push is retried by the next rebuild
+            out.update(version=IndexStore(r, ws).current_version(), ls=f"failed: {exc}")
+            say(f"index published with the new items; the push to Label Studio failed: {exc}")
+        out["rebuild_s"] = round(time.perf_counter() - t1, 3)
+    conn = ls_connection(r, ws)
+    k = len(ws.medoid_ids()) + change.propose_medoids
+    if change.propose_medoids and conn is None and ws.config["label_studio"].get("project_id") is not None:
+        # linked, but no URL or key here: the proposal is kept, for `project grow` to carry out
+        out["medoids_note"] = (f"{change.propose_medoids} new medoid(s) proposed for {len(change.far)} far "
+                               f"items; Label Studio is not reachable from here: run `xmodal project grow "
+                               f"--name {ws.name} --k {k}` with LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY")
+        say(out["medoids_note"])
+    elif change.propose_medoids:
+        conn = conn or {}
         grown = grow_project(ws.name, k, label_studio_url=conn.get("url"), api_key=conn.get("api_key"),
                              redis_client=r, say=say)
         out.update(new_medoids=grown.medoid_ids[-grown.new_medoids:] if grown.new_medoids else [],
