@@ -4,11 +4,13 @@ is recorded), then recorded as pending (:class:`xmodal.project.pending.PendingIt
 the growth job (``workers.growth.add_pending``, enqueued on the embed queue): the request is
 answered in milliseconds, 202 with what is pending.
 
-``POST /items`` body: ``{"project": P, "images": {id: path}, "texts": {id: text}}``. An image is a
-path (or ``file://`` / Label Studio local-files URL) under the operator's image roots, exactly as
-``/search`` takes one (:func:`backend.local_images.resolve_image`): nothing is fetched from a
-URL, nothing is read outside the roots, the size and pixel limits hold. At most
-:data:`MAX_ITEMS` items a request (413).
+``DELETE /items`` ``{"project", "images": [ids], "texts": [ids]}`` removes items (a job; a pair
+naming one is kept as a problem). ``POST /items`` body:
+``{"project": P, "images": {id: path}, "texts": {id: text}}``. An image is a path (or ``file://``
+/ Label Studio local-files URL) under the operator's image roots, exactly as ``/search`` takes
+one (:func:`backend.local_images.resolve_image`): nothing is fetched from a URL, nothing is read
+outside the roots, the size and pixel limits hold. At most :data:`MAX_ITEMS` items a request
+(413).
 
 A task's image becomes a local file in one place, :func:`task_image_file`: today what resolves
 locally (a path, ``file://``, a local-files URL); an image uploaded to Label Studio or kept in
@@ -22,7 +24,7 @@ import logging
 
 from backend.local_images import check_decodable, resolve_image
 from xmodal.errors import ApiError, DataError
-from xmodal.jobs.queueing import enqueue_growth
+from xmodal.jobs.queueing import enqueue_growth, enqueue_removal
 from xmodal.logfmt import kv
 from xmodal.project.items import ItemConflict, check_items, new_items
 from xmodal.project.pending import PendingItems
@@ -82,6 +84,30 @@ def post_items(backend, ws: Workspace, body: dict) -> dict:
         raise ApiError(400, str(exc)) from None
     paths = {item_id: _local_image(ref, ws)[0] for item_id, ref in images.items()}
     return _record(backend, ws, paths, texts, "api")
+
+
+def delete_items(backend, ws: Workspace, body: dict) -> dict:
+    """``DELETE /items`` ``{"project", "images": [ids], "texts": [ids]}``: 202 and a removal job
+    (workers.growth.remove_job); a stored pair naming a removed item is kept as a problem. Ids the
+    project does not have are listed back and ignored."""
+    wanted = {}
+    for what, modality in (("images", "image"), ("texts", "text")):
+        ids = body.get(what) or []
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise ApiError(400, f"'{what}' must be a list of {modality} ids")
+        wanted[modality] = ids
+    if not wanted["image"] and not wanted["text"]:
+        raise ApiError(400, "give 'images' and/or 'texts': lists of the ids to remove")
+    if len(wanted["image"]) + len(wanted["text"]) > MAX_ITEMS:
+        raise ApiError(413, f"at most {MAX_ITEMS} ids in one request: send them in parts")
+    known = {m: [i for i in wanted[m] if i in ws.row_of(m)] for m in wanted}
+    unknown = {m: [i for i in wanted[m] if i not in ws.row_of(m)][:20] for m in wanted}
+    out = {"status": "unchanged" if not any(known.values()) else "queued",
+           "removing": {m: len(v) for m, v in known.items()}, "unknown": unknown}
+    if any(known.values()):
+        out["job_id"] = enqueue_removal(backend.redis, ws.name, known["image"], known["text"],
+                                        queue=backend.queue)
+    return out
 
 
 def task_image_file(url: str, ws: Workspace) -> tuple[str, str] | None:

@@ -358,3 +358,23 @@ def test_a_linked_project_out_of_reach_keeps_the_proposal(project, base, r):
     assert out["added"]["image"] == 12 and out["far"] == 12
     assert "xmodal project grow --name grow --k 6" in out["medoids_note"]
     assert project.medoid_ids() == medoids   # nothing half-done
+
+
+def test_delete_items_keeps_the_pair_as_a_problem(app, project, r, xenv):
+    from workers.growth import remove_job
+
+    victim = project.ids("image")[3]
+    PairStore(r, "grow").put(77, 88, victim, project.ids("text")[3], 1.0)
+    client = app.test_client()
+    bad = client.delete("/items", data=json.dumps({"project": "grow", "images": "x"}),
+                        content_type="application/json")
+    assert bad.status_code == 400
+    resp = client.delete("/items", data=json.dumps({"project": "grow", "images": [victim, "nope"]}),
+                         content_type="application/json")
+    assert resp.status_code == 202, resp.get_json()
+    body = resp.get_json()
+    assert body["removing"] == {"image": 1, "text": 0} and body["unknown"]["image"] == ["nope"]
+    remove_job("grow", [victim], [], redis_client=r)   # the job the worker runs, here
+    assert victim not in project.row_of("image")
+    rec = PairStore(r, "grow").get(77)
+    assert rec["state"] == "problem" and rec["problem"] == "item_removed"

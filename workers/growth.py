@@ -61,6 +61,18 @@ def add_pending(project: str, redis_client: redis.Redis | None = None) -> dict:
                                                                            project=project, msg=msg)))
 
 
+def remove_job(project: str, image_ids: list[str], text_ids: list[str],
+               redis_client: redis.Redis | None = None) -> dict:
+    """RQ job: :func:`remove` (``DELETE /items``)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    r = redis_client or (job.connection if job is not None else get_redis())
+    out = remove(r, _workspace(project), image_ids, text_ids, queue=job.origin if job is not None else None)
+    record_run(r, project, dict(out, status="removed", finished_at=time.time()))
+    return out
+
+
 def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, feature_cache=None,
                 say: Say = quiet) -> dict:
     """Steps 1-3 of the module doc for what is pending now."""
