@@ -203,8 +203,10 @@ def far_items(ws: Workspace, F: np.ndarray, n_before: int, percentile: float | N
     Distances are taken where the medoids were chosen (z-scored features with "zscore-medoids").
     The threshold comes from the data: the ``percentile`` (``$XMODAL_NEW_MEDOID_PERCENTILE``) of
     the earlier non-medoid items' distances to their nearest medoid; a new item beyond it is far.
-    Medoids proposed: the far items divided by the mean cluster size of the earlier items (at
-    least one when any is far), the number k-medoids would give them at the project's density."""
+    Medoids proposed: the far items beyond the share expected of items like the earlier ones
+    ((100 - percentile)% of the new ones), divided by the mean cluster size of the earlier items (at
+    least one when that excess is one item or more): the number k-medoids would give them at the
+    project's density."""
     from xmodal.core.medoids import KMedoidsSelector
     from xmodal.project.medoids import zscore_medoids
 
@@ -223,8 +225,12 @@ def far_items(ws: Workspace, F: np.ndarray, n_before: int, percentile: float | N
         return labels, np.zeros(0, np.int64), None, 0
     threshold = float(np.percentile(dist[earlier], min(percentile, 100.0)))
     far = n_before + np.flatnonzero(dist[n_before:] > threshold)
+    # new items like the earlier ones are beyond the percentile (100 - p)% of the time: only the
+    # far items beyond that share are uncovered (1,000 shapes like 10,000 earlier ones: 40 far of
+    # the 50 expected, no medoid)
+    excess = len(far) - (len(F) - n_before) * (100.0 - min(percentile, 100.0)) / 100.0
     density = n_before / len(medoids)
-    propose = 0 if len(far) == 0 else int(min(len(far), max(1, math.floor(len(far) / density + 0.5))))
+    propose = 0 if excess < 1 else int(min(len(far), max(1, math.floor(excess / density + 0.5))))
     return labels, far, threshold, propose
 
 
