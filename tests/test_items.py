@@ -378,3 +378,25 @@ def test_delete_items_keeps_the_pair_as_a_problem(app, project, r, xenv):
     assert victim not in project.row_of("image")
     rec = PairStore(r, "grow").get(77)
     assert rec["state"] == "problem" and rec["problem"] == "item_removed"
+
+
+def test_an_image_url_is_never_fetched(app, r):
+    """POST /items and TASKS_CREATED with http URLs (a listener on loopback stands for the remote
+    host): refused or skipped, and not one byte reaches the listener."""
+    import time
+
+    from test_hardening import Listener
+
+    lst = Listener()
+    try:
+        client = app.test_client()
+        resp = post(client, {"project": "grow", "images": {"remote": f"{lst.url}/cat.png"}})
+        assert resp.status_code == 400 and "not fetched" in resp.get_json()["error"]
+        body = {"action": "TASKS_CREATED", "project": {"id": 7},
+                "tasks": [{"id": 905, "data": {"item_id": "remote.png", "image": f"{lst.url}/cat.png"}}]}
+        resp = client.post("/webhook", data=json.dumps(body), content_type="application/json")
+        assert resp.status_code == 200 and resp.get_json()["items"]["skipped_images"] == 1
+        time.sleep(0.3)
+        assert lst.received == b""
+    finally:
+        lst.close()
