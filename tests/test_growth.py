@@ -87,7 +87,8 @@ def test_items_added_while_labelling(growth_data, ls_server, xenv, services, tmp
     # -- xmodal items add ---------------------------------------------------------------------
     t0 = time.perf_counter()
     cli = subprocess.run([sys.executable, "-m", "xmodal.cli", "items", "add", "--project", name,
-                          "--data", str(more)], env=dict(os.environ), capture_output=True, text=True,
+                          "--data", str(more), "--cache-dir", str(tmp_path / "features")],   # embedded now
+                         env=dict(os.environ), capture_output=True, text=True,
                          timeout=600)
     add_s = time.perf_counter() - t0
     assert cli.returncode == 0, cli.stdout + cli.stderr
