@@ -140,7 +140,8 @@ def test_above_the_exact_budget_hubness_terms_come_from_a_sample(monkeypatch):
     A = (Z + 0.5 * rng.normal(size=Z.shape)).astype(np.float32)
     B = (Z + 0.5 * rng.normal(size=Z.shape)).astype(np.float32)
     exact_a, exact_b = hubness_terms(A, B, k=10)
-    monkeypatch.setattr(hub, "MAX_EXACT_SCORES", 3000 * 600)   # a sample of 600 targets, top 2
+    monkeypatch.setattr(hub, "MAX_EXACT_SCORES", 3000 * 600)   # above it: a sample of 600 targets, top 2
+    monkeypatch.setattr(hub, "MAX_SAMPLED_SCORES", 3000 * 600)
     approx_a, approx_b = hubness_terms(A, B, k=10)
     assert np.corrcoef(exact_a, approx_a)[0, 1] > 0.8 and np.corrcoef(exact_b, approx_b)[0, 1] > 0.8
     np.testing.assert_array_equal(approx_a, hubness_terms(A, B, k=10)[0])   # the same sample
@@ -334,6 +335,37 @@ def test_leave_one_out_equals_refitting_without_the_reference():
         s = refit.image_codes_[j] @ refit.text_codes_.T
         assert z[j] == pytest.approx(top_z(s)[0], abs=1e-4)
         assert hit[j] == (int(np.argmax(s)) == j)
+
+
+@pytest.mark.parametrize("measure, standardize", [("pearson", False), ("pearson", True), ("cosine", True)])
+def test_closed_form_leave_one_out_equals_building_each_reduced_index(measure, standardize):
+    """Every reference scored at once from the full SSR (dropping column j from each row's sums)
+    gives the scores of codes built without column j, over the same target rows; above
+    max_targets the same seeded sample plus each reference's own match."""
+    from xmodal.core.calibration import _loo_each, embedding_scores, loo_scores
+    from xmodal.core.ssr import column_stats
+
+    rng = np.random.default_rng(3)
+    for n_t, max_targets in ((300, 20000), (3000, 500)):
+        Q, T = rng.random((200, 12)).astype(np.float32), rng.random((n_t, 12)).astype(np.float32)
+        T[5] = 0.5                                     # a constant row: the zero code, score 0
+        pairs = np.c_[rng.choice(200, 12, replace=False), rng.choice(n_t, 12, replace=False)]
+        pairs[4] = -1                                  # a reference outside the items: skipped
+        stats = dict(query_stats=column_stats(Q), target_stats=column_stats(T)) if standardize else {}
+        fast = list(loo_scores(Q, T, pairs, measure=measure, max_targets=max_targets, **stats))
+        chosen = [j for j in range(12) if j != 4]
+        sample = np.sort(np.random.default_rng(0).choice(n_t, max_targets, replace=False)) \
+            if n_t > max_targets else None
+        slow = list(_loo_each(Q, T, pairs, chosen, sample, measure, stats.get("query_stats"),
+                              stats.get("target_stats"), None, 1.0))
+        assert [j for j, _, _ in fast] == chosen
+        for (j, rows, s), (_, rows_slow, s_slow) in zip(fast, slow):
+            np.testing.assert_array_equal(rows, rows_slow)
+            np.testing.assert_allclose(s, s_slow, atol=1e-5)
+            assert pairs[j, 1] in rows and (n_t <= max_targets or len(rows) <= max_targets + 1)
+        E_q, E_t = rng.normal(size=(200, 4)), rng.normal(size=(n_t, 4))
+        for (j, rows, _), b in zip(fast, embedding_scores(fast, pairs, E_q, E_t)):
+            np.testing.assert_allclose(b, E_t[rows] @ E_q[pairs[j, 0]], atol=1e-5)
 
 
 def test_platt_calibration_is_cautious_then_follows_the_evidence():

@@ -110,7 +110,8 @@ def test_script_name_and_path_info_headers_from_a_client_are_ignored(serve):
 
 # -- the API key goes only to configured hosts ------------------------------------------------
 class Listener:
-    """A TCP listener on loopback that records every byte sent to it (and answers 401)."""
+    """A TCP listener on loopback that records every connection and every byte sent to it (and
+    answers 401)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         import threading
@@ -121,6 +122,7 @@ class Listener:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.received = b""
+        self.connections = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -130,6 +132,7 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             with conn:
                 conn.settimeout(2)
                 try:

@@ -33,3 +33,21 @@ def test_a_hidden_id_stays_the_alias_the_annotation_stores():
         text_option("1000268201_693b08cb0e.jpg#0", "A child in pink", show_id=False)
     assert shown["value"].endswith("1000268201_693b08cb0e.jpg#0")
     assert hidden == {"value": "A child in pink", "alias": "1000268201_693b08cb0e.jpg#0"}
+
+
+def test_a_search_line_shows_a_reference_in_place_of_a_hidden_id_and_the_pick_still_resolves():
+    from xmodal.labelstudio.page_search import hit_line, picked_id
+
+    tid = "1000268201_693b08cb0e.jpg#0"
+    known = {tid: 0, "1000268201_693b08cb0e.jpg#1": 1, "t · odd": 2}
+    line = hit_line(3, tid, "A child in pink", show_id=False)
+    assert "1000268201" not in line and line.startswith("3. A child in pink · ref ")
+    assert picked_id(["Texts with the words 'pink'", line], 3, known) == tid
+    assert picked_id([line], 3, {"other": 0}) is None                 # a reference to no known text
+    assert picked_id([hit_line(1, "t · odd", "x", show_id=True)], 1, known) == "t · odd"
+
+
+def test_the_note_line_offers_pasting_ids_only_where_they_are_shown():
+    from xmodal.labelstudio.tasks import model_note
+
+    assert "pasted" in model_note(None, "image", True) and "pasted" not in model_note(None, "image", False)

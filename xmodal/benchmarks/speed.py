@@ -8,7 +8,10 @@
   scikit-learn-extra's PAM when it is importable;
 - SSR rebuild at n items and k references: a full :meth:`SSRIndex.fit` and an incremental
   :meth:`SSRIndex.add_pairs` of one pair;
-- top-10 query latency (median / p95 over repeated single queries).
+- top-10 query latency (median / p95 over repeated single queries);
+- the index a rebuild publishes (:func:`~xmodal.index.build.build_snapshot`), the faithful SSR
+  and the default (z-scored columns + CSLS + the class bridge) on the same workspace, their runs
+  interleaved, with the ratio next to its goal (at most 2x).
 
 Every timing is the median of ``repeats`` runs (latency: of ``queries`` single queries).
 """
@@ -260,6 +263,53 @@ def bench_ssr(n: int = 100_000, k: int = 200, repeats: int = 3, queries: int = 2
                       float(np.median(lat_ms)), "ms", f"median of {queries} single queries",
                       {"p95": float(np.percentile(lat_ms, 95))}))
     return out
+
+
+# -- the index a rebuild publishes -------------------------------------------------------------
+INDEX_RATIO_GOAL = 2.0
+FAITHFUL = []   # --enhance none
+
+
+def bench_index(n: int = 100_000, k: int = 200, repeats: int = 3, workdir: Path | None = None) -> list[Result]:
+    """``build_snapshot`` of a synthetic workspace (:func:`xmodal.benchmarks.scale.prepare_workspace`:
+    n images and n texts, 1280-d / 384-d, k pairs, a class bridge the weight rule takes) with the
+    faithful index and with the default one, alternately, so that both see the same machine."""
+    import tempfile
+
+    from xmodal.benchmarks.scale import prepare_workspace
+    from xmodal.index.build import build_snapshot
+    from xmodal.project.workspace import DEFAULT_CONFIG, Workspace
+
+    default = DEFAULT_CONFIG["enhance"]   # what a new project gets
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp) / "ws"
+        pairs = prepare_workspace(root, n, 1280, k=k, bridge=True)
+        ws = Workspace(root)
+        times = {"faithful": [], "default": []}
+        widths = {}
+        for r in range(max(1, repeats) + 1):          # the first round warms the page cache
+            for name, enhance in (("faithful", FAITHFUL), ("default", default)):
+                ws.save_config(dict(ws.config, enhance=enhance))
+                ws = Workspace(root)
+                gc.collect()
+                t0 = time.perf_counter()
+                snap, _ = build_snapshot(ws, 1, pairs)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+                widths[name] = (snap.image_codes.shape[1], snap.meta.get("bridge", {}).get("weight"))
+                del snap
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratio = med["default"] / med["faithful"]
+    return [
+        Result("index", f"faithful rebuild n={n} k={k}", med["faithful"], "s",
+               f"build_snapshot: SSR codes + calibration, codes {widths['faithful'][0]} wide",
+               {"times": times["faithful"]}),
+        Result("index", f"default rebuild n={n} k={k}", med["default"], "s",
+               f"+ z-scores, CSLS, class bridge (weight {widths['default'][1]}), codes "
+               f"{widths['default'][0]} wide; {ratio:.2f}x the faithful (goal <= {INDEX_RATIO_GOAL:g}x: "
+               f"{'met' if ratio <= INDEX_RATIO_GOAL else 'NOT met'})",
+               {"times": times["default"], "ratio": ratio}),
+    ]
 
 
 # -- all --------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--queries", type=int, default=200, help="single queries for the latency (default 200)")
     p.add_argument("--images", type=int, default=None, help="images for the encoder throughput (default 64)")
     p.add_argument("--texts", type=int, default=None, help="texts for the encoder throughput (default 500)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: encoders,kmedoids,ssr")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: encoders,kmedoids,ssr,index")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
     p.set_defaults(func=run)
     # `xmodal bench load ...`; plain `xmodal bench [flags]` stays the component benchmark
@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from xmodal.benchmarks import speed as bench
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = skip - {"encoders", "kmedoids", "ssr"}
+    unknown = skip - {"encoders", "kmedoids", "ssr", "index"}
     if unknown:
-        raise ConfigError(f"--skip: unknown section(s) {', '.join(sorted(unknown))}; use encoders, kmedoids, ssr")
+        raise ConfigError(f"--skip: unknown section(s) {', '.join(sorted(unknown))}; "
+                          "use encoders, kmedoids, ssr, index")
     if args.repeats < 1 or args.queries < 1:
         raise ConfigError("--repeats and --queries must be at least 1")
     quick = args.quick
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if "ssr" not in skip:
         say(f"SSR n={ssr_n} k={ssr_k} ...")
         results += bench.bench_ssr(ssr_n, ssr_k, repeats=args.repeats, queries=args.queries)
+    if "index" not in skip:
+        say(f"index rebuilds (faithful, default) n={ssr_n} k={ssr_k} ...")
+        results += bench.bench_index(ssr_n, ssr_k, repeats=args.repeats)
     print(bench.format_table(results))
     say(f"done in {time.perf_counter() - start:.0f} s")
     if args.json_out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from xmodal import settings
@@ -27,6 +28,10 @@ examples:
 
   # the paper's faithful index (the default adds z-scored SSR columns, CSLS and the class bridge)
   xmodal project create --data /data/coco_mini --name coco --k 20 --enhance none
+
+  # the tasks of Label Studio project 12 (images uploaded, or in local or cloud storage)
+  xmodal project create --from-label-studio 12 --name shop --backend-url http://127.0.0.1:9090
+  xmodal project create --from-label-studio 12 --name shop --image-field photo --text-field caption
 
 Data: a COCO-mini folder (pairs.json) or the generic format: images/ (nested folders allowed)
 and texts.jsonl, one {"id": ..., "text": ..., "image": <optional id of its image>} per line.
@@ -69,7 +74,17 @@ def register(subparsers) -> None:
                        "project, import the medoids as tasks, connect the ML backend and push the\n"
                        "first predictions.", epilog=CREATE_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--data", required=True, metavar="PATH", help="data folder (generic format or COCO-mini)")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="PATH", help="data folder (generic format or COCO-mini)")
+    src.add_argument("--from-label-studio", type=int, metavar="ID",
+                     help="the items are the tasks of this Label Studio project (on --label-studio-url): "
+                     "images fetched through Label Studio, texts from the task data")
+    c.add_argument("--image-field", metavar="NAME",
+                   help="--from-label-studio: the task data field with the image URL (default: the "
+                   "source config's one <Image> tag)")
+    c.add_argument("--text-field", action="append", metavar="NAME",
+                   help="--from-label-studio: a task data field with a text; repeat for several "
+                   "(default: the source config's one <Text> tag)")
     c.add_argument("--name", required=True, help="project name (letters, digits, '.', '_', '-')")
     c.add_argument("--select", choices=("image", "text"), default="image",
                    help="modality to cluster and ask about: image = SSM-AL_I (default), text = SSM-AL_T")
@@ -106,9 +121,10 @@ def register(subparsers) -> None:
                    help="where Label Studio reaches the ML backend, e.g. http://127.0.0.1:9090 "
                    "(default $XMODAL_BACKEND_URL)")
     c.add_argument("--title", help="Label Studio project title (default: --name)")
-    c.add_argument("--images", default="auto", metavar="auto|local|inline|URL",
+    c.add_argument("--images", default=None, metavar="auto|local|inline|source|URL",
                    help="how Label Studio gets the images: local-files storage, inline thumbnails, "
-                   "or a URL prefix the image id is appended to (default auto: local, else inline)")
+                   "a URL prefix the image id is appended to, or (--from-label-studio) the URL of the "
+                   "source task (default: source with --from-label-studio, else auto: local, else inline)")
     c.add_argument("--document-root", metavar="DIR",
                    help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that "
                    "variable here, else /)")
@@ -173,9 +189,9 @@ def _model_dir(args):
     return None
 
 
-def _print_result(args, result) -> None:
+def _print_result(args, result, extra: dict | None = None) -> None:
     if args.json:
-        print(json.dumps(result.summary(), indent=1, default=str))
+        print(json.dumps({**result.summary(), **(extra or {})}, indent=1, default=str))
         return
     for note in result.notes:
         print(f"note: {note}")
@@ -193,7 +209,7 @@ def run_create(args) -> int:
     check_encoder_name("image", args.image_encoder)  # before anything is embedded
     check_encoder_name("text", args.text_encoder)
     _model_dir(args)
-    spec = ProjectSpec(name=args.name, data=args.data, select=args.select, k=args.k,
+    spec = ProjectSpec(name=args.name, data=args.data or "", select=args.select, k=args.k,
                        image_encoder=args.image_encoder, text_encoder=args.text_encoder,
                        measure=args.measure, enhance=args.enhance, captions=args.captions, candidates=args.candidates,
                        page_texts=args.page_texts,
@@ -203,7 +219,20 @@ def run_create(args) -> int:
                        document_root=args.document_root, label_config=args.label_config,
                        feature_cache=args.cache_dir, workers_embed=args.workers_embed,
                        seed=args.seed)
-    _print_result(args, create_project(spec, say=_say(args)))
+    if args.from_label_studio is None:
+        if args.image_field or args.text_field:
+            raise ConfigError("--image-field and --text-field name the fields of --from-label-studio tasks")
+        _print_result(args, create_project(replace(spec, images=args.images or "auto"), say=_say(args)))
+        return 0
+    from xmodal.labelstudio.source import create_from_label_studio
+
+    texts = [f.strip() for arg in args.text_field or [] for f in arg.split(",") if f.strip()]
+    result, items = create_from_label_studio(spec, args.from_label_studio, image_field=args.image_field,
+                                             text_fields=texts or None, say=_say(args))
+    _print_result(args, result, {"source": {
+        "label_studio_project": items.project_id, "tasks": items.n_tasks, "images": len(items.images),
+        "texts": len(items.texts), "fetched": items.fetched, "fetch_s": items.fetch_s,
+        "left_out": items.refused}})
     return 0
 
 

@@ -59,8 +59,14 @@ def column_stats(R: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarr
     R = np.asarray(R, dtype=np.float32)
     if len(R) == 0:
         return np.zeros(R.shape[1], np.float32), np.ones(R.shape[1], np.float32)
-    return R.mean(axis=0, dtype=np.float64).astype(np.float32), \
-        (R.std(axis=0, dtype=np.float64) + eps).astype(np.float32)
+    mean = R.mean(axis=0, dtype=np.float64)
+    # the squared deviations in float64, a block of rows at a time: R.std(dtype=float64) holds a
+    # float64 copy of R (160 MB at 100k x 200), a quarter of a z-scored rebuild's extra time
+    sq = np.zeros(R.shape[1])
+    for s in range(0, len(R), 8192):
+        d = R[s:s + 8192] - mean
+        sq += np.einsum("ij,ij->j", d, d)
+    return mean.astype(np.float32), (np.sqrt(sq / len(R)) + eps).astype(np.float32)
 
 
 def standardize_columns(R: np.ndarray, reference: np.ndarray | None = None,
@@ -72,18 +78,21 @@ def standardize_columns(R: np.ndarray, reference: np.ndarray | None = None,
     if stats is None:
         stats = column_stats(R if reference is None else reference)
     mean, scale = stats
-    return (R - mean) / scale
+    out = np.subtract(R, np.asarray(mean, np.float32), dtype=np.float32)   # one new array, then in place
+    out /= np.asarray(scale, np.float32)
+    return out
 
 
-def similarity_codes(R: np.ndarray, measure: str = "pearson") -> np.ndarray:
+def similarity_codes(R: np.ndarray, measure: str = "pearson", copy: bool = True) -> np.ndarray:
     """Rows transformed so that a plain dot product of two codes is the similarity.
 
     ``pearson`` (eq. 32): centre each SSR vector on its own mean, then unit-normalise;
-    ``cosine`` (eq. 33): unit-normalise only.
+    ``cosine`` (eq. 33): unit-normalise only. ``copy=False``: a float32 ``R`` is the caller's
+    to overwrite (a z-scored or sparsified copy already).
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
-    R = np.array(R, dtype=np.float32)  # the one copy; the rest is in place
+    R = np.array(R, dtype=np.float32, copy=True if copy else None)  # the one copy; the rest is in place
     if measure == "pearson":
         R -= R.mean(axis=1, keepdims=True)
     return l2_normalize(R, copy=False)
@@ -97,7 +106,7 @@ def ssr_codes(R: np.ndarray, measure: str = "pearson", sparse_top_k: int | None 
         R = standardize_columns(R, stats=col_stats)
     if sparse_top_k:
         R = sparsify(R, sparse_top_k, sparse_power)
-    return similarity_codes(R, measure)
+    return similarity_codes(R, measure, copy=col_stats is None and not sparse_top_k)
 
 
 def cross_similarity(RX: np.ndarray, RY: np.ndarray, measure: str = "pearson") -> np.ndarray:

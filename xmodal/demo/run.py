@@ -351,6 +351,11 @@ def _summary(console: Console, history: dict, index: Path) -> None:
              if key in methods]
     console.say(f"after {last.get('labels', 0)} labels, Recall@10 (mean of both directions): "
                 + ", ".join(parts) + f" · chance {_f(history['chance'].get('recall@10'))}")
+    session = history["session"]
+    if session.get("backend_s_per_label") is not None:
+        console.say(f"per label: {session['backend_s_per_label']:.2f} s backend (Submit -> an index "
+                    f"holding it), {session['person_s_per_label']:.2f} s the simulated person, "
+                    f"{session['measure_s_per_label']:.2f} s the demo's scoring")
     console.say(f"report: {index.resolve()}")
     if history["session"].get("stopped"):
         console.say(f"WARNING: the demo stopped early: {history['session']['stopped']} "

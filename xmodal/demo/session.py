@@ -282,9 +282,18 @@ def run_session(*, data: DemoData, boot: Bootstrap, gt: GroundTruth, client, bac
     last = curve[-1] if curve else {}
     summary = {"annotator": annotator_kind, **loop_summary(done, pairs_store.records()),
                "seconds_per_label": round(float(np.mean(label_times)), 4) if label_times else None,
+               # where a label's seconds went: Submit -> an index holding it is published (the
+               # backend and its worker), the simulated person on the page, the demo's own scoring
+               "backend_s_per_label": _mean([lb.latency_s or lb.post_s for lb in done]),
+               "person_s_per_label": _mean([lb.seconds for lb in done]),
+               "measure_s_per_label": _mean([p["timing"]["measure_s"] for p in curve]),
                "recall@10": last.get("recall@10_non_reference") or {"i2t": None, "t2i": None},
                "stopped": stopped}
     return SessionResult(curve=curve, medoids=medoids, label_times=label_times, summary=summary)
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
 
 
 def _pair_rows(pairs_store, ws):

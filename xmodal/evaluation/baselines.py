@@ -39,6 +39,17 @@ def cca_similarity(ref_images: np.ndarray, ref_texts: np.ndarray, query_images: 
     With fewer than 2 pairs there is no canonical direction: returns None (the caller reports the
     baseline as unavailable at that N, as the paper's tables do with "—").
     """
+    codes = cca_codes(ref_images, ref_texts, query_images, query_texts,
+                      max_components=max_components, max_iter=max_iter)
+    return None if codes is None else codes[0] @ codes[1].T
+
+
+def cca_codes(ref_images: np.ndarray, ref_texts: np.ndarray, query_images: np.ndarray,
+              query_texts: np.ndarray, *, max_components: int = 10,
+              max_iter: int = 500) -> tuple[np.ndarray, np.ndarray] | None:
+    """The unit canonical variates ``(U, V)`` of :func:`cca_similarity` (its similarity is
+    ``U @ V.T``), for callers that score a sample of queries rather than hold every score
+    (6,000 × 30,000 is 1.4 GB)."""
     from sklearn.cross_decomposition import CCA
 
     Xr, Yr = np.asarray(ref_images, np.float64), np.asarray(ref_texts, np.float64)
@@ -54,5 +65,5 @@ def cca_similarity(ref_images: np.ndarray, ref_texts: np.ndarray, query_images: 
             U, V = model.transform(np.asarray(query_images, np.float64), np.asarray(query_texts, np.float64))
     U = np.nan_to_num(U, nan=0.0, posinf=0.0, neginf=0.0)
     V = np.nan_to_num(V, nan=0.0, posinf=0.0, neginf=0.0)
-    return l2_normalize(U) @ l2_normalize(V).T
+    return l2_normalize(U), l2_normalize(V)
 

@@ -61,6 +61,15 @@ class AnnotationRecord(NamedTuple):
     was_cancelled: bool
 
 
+class FileAnswer(NamedTuple):
+    """What :meth:`LabelStudioClient.download` got: the status, a redirect's ``Location``, the
+    body (None unless 200 and within the limit) and whether it was over the limit."""
+    status: int
+    location: str | None
+    content: bytes | None
+    over_limit: bool = False
+
+
 class LabelStudioError(Exception):
     """Label Studio answered a request with an error status. Keeps the status code and the body
     (parsed when it is JSON), never the response headers: they carry the session cookie, and this
@@ -164,6 +173,25 @@ class LabelStudioClient:
                     return r
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def download(self, path: str, max_bytes: int) -> FileAnswer:
+        """GET a file at ``path`` (``/data/upload/...?...``: a path on this Label Studio, so the key
+        goes nowhere else), never following a redirect, reading at most ``max_bytes``."""
+        if not path.startswith("/") or path.startswith("//"):
+            raise ValueError(f"not a path on this Label Studio: {path[:200]!r}")
+        headers = {"Authorization": self._authorization(), "Accept": "image/*,*/*;q=0.5"}
+        with self._http.stream("GET", path, headers=headers) as r:
+            if r.status_code != 200:
+                return FileAnswer(r.status_code, r.headers.get("location"), None)
+            declared = r.headers.get("content-length") or ""
+            if declared.isdigit() and int(declared) > max_bytes:
+                return FileAnswer(200, None, None, True)
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    return FileAnswer(200, None, None, True)
+            return FileAnswer(200, None, bytes(body))
 
     def _get(self, path: str, **params) -> httpx.Response:
         """GET ``path`` (with the retry), whatever the answer's status."""
@@ -465,5 +493,5 @@ def connect(url: str, api_key: str, *, timeout: float = 60) -> LabelStudioClient
     return client
 
 
-__all__ = ["AnnotationRecord", "LabelStudioClient", "LabelStudioError", "UNCERTAINTY", "connect",
+__all__ = ["AnnotationRecord", "FileAnswer", "LabelStudioClient", "LabelStudioError", "UNCERTAINTY", "connect",
            "describe_error"]

@@ -56,6 +56,25 @@ def choices_fields(label_config: str | None) -> tuple[str, str] | None:
     return None
 
 
+def data_fields(label_config: str | None) -> dict[str, list[str]]:
+    """The task data fields a labelling config shows, by kind: ``{"image": [...], "text": [...]}``
+    from its ``<Image value="$field">`` and ``<Text>`` / ``<HyperText>`` tags, in order (a value
+    that is not one ``$field``, e.g. a literal header, is no field)."""
+    out: dict[str, list[str]] = {"image": [], "text": []}
+    if not label_config or not isinstance(label_config, str):
+        return out
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError:
+        return out
+    for el in root.iter():
+        kind = {"Image": "image", "Text": "text", "HyperText": "text"}.get(el.tag)
+        value = (el.get("value") or "").strip()
+        if kind and value.startswith("$") and value[1:].isidentifier() and value[1:] not in out[kind]:
+            out[kind].append(value[1:])
+    return out
+
+
 def label_fields(redis_client: redis.Redis | None, ws: Workspace) -> tuple[str, str]:
     """(from_name, to_name) for results: workspace config, else what the backend learned from
     Label Studio's labelling config, else the defaults of the select modality."""

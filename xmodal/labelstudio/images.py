@@ -11,12 +11,16 @@ Images reach Label Studio in one of three ways (``images``):
   tasks get bigger: ~40 KB per image-to-text task, ~60 KB per text-to-image task).
 - a URL prefix (``http(s)://…/``): the image id is appended (a web server or bucket you run).
 - ``auto`` (default): ``local`` when Label Studio accepts it, else ``inline``, with a note.
+- ``source``: a project made from a Label Studio project's tasks (``--from-label-studio``,
+  :mod:`xmodal.labelstudio.source`): each image's URL in its source task (``source/urls.json`` in the
+  workspace), so Label Studio serves the images it already has.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import urllib.parse
@@ -28,7 +32,9 @@ from xmodal.logfmt import Say, quiet
 
 log = logging.getLogger(__name__)
 
-IMAGE_MODES = ("auto", "local", "inline")
+IMAGE_MODES = ("auto", "local", "inline", "source")
+SOURCE_DIR = "source"                        # a workspace's folder of items from Label Studio tasks
+SOURCE_URLS = f"{SOURCE_DIR}/urls.json"      # their image id -> the URL in its source task
 MEDOID_THUMB = 512
 OPTION_THUMB = 160
 
@@ -79,6 +85,7 @@ class ImageURLs:
         self.ws, self.mode, self.root = ws, mode, root
         self._paths = dict(zip(ws.ids("image"), ws.contents("image")))
         self._cache: dict[tuple[str, int], str] = {}
+        self._sources: dict | None = None
 
     def __call__(self, image_id: str, max_side: int = MEDOID_THUMB) -> str:
         key = (image_id, max_side if self.mode == "inline" else 0)
@@ -86,11 +93,24 @@ class ImageURLs:
             path = self._paths[image_id]
             if self.mode == "inline":
                 self._cache[key] = inline_url(path, max_side)
+            elif self.mode == "source":
+                self._cache[key] = self._source_urls().get(image_id, "")
             elif self.mode == "local":
                 self._cache[key] = local_files_url(path, self.root)
             else:  # URL prefix
                 self._cache[key] = self.mode.rstrip("/") + "/" + urllib.parse.quote(image_id, safe="/")
         return self._cache[key]
+
+
+    def _source_urls(self) -> dict:
+        if self._sources is None:
+            path = self.ws.root / SOURCE_URLS
+            try:
+                self._sources = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"images 'source': cannot read {path} ({exc}); rerun `xmodal project "
+                                  "create --from-label-studio`") from None
+        return self._sources
 
 
 def _check_local_url(client, url: str) -> bool:
@@ -110,9 +130,10 @@ def setup_images(client, pid: int, ws, images: str = "auto", root_dir: str | Non
     if mode.startswith(("http://", "https://")):
         return ImageURLs(ws, mode)
     if mode not in IMAGE_MODES:
-        raise ConfigError(f"--images must be auto, local, inline or an http(s):// URL prefix, not {mode!r}")
-    if mode == "inline":
-        return ImageURLs(ws, "inline")
+        raise ConfigError(f"--images must be auto, local, inline, source or an http(s):// URL prefix, "
+                          f"not {mode!r}")
+    if mode in ("inline", "source"):
+        return ImageURLs(ws, mode)
     root = document_root(root_dir)
     folder = images_folder(ws.contents("image"))
     problem = None

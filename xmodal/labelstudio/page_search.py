@@ -20,6 +20,7 @@ these" the page has a search box over *every* text of the project (``label_confi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from xmodal.logfmt import kv
@@ -54,11 +55,18 @@ def search_query(context) -> str | None:
 
 
 
-def hit_line(n: int, text_id: str, text: str) -> str:
+def line_ref(text_id: str) -> str:
+    """What a line shows in place of a text id the page hides (``show_ids``,
+    :func:`xmodal.labelstudio.tasks.ids_shown`: Flickr8k's ids hold the image's file name): a
+    short digest of the id, which :func:`picked_id` resolves."""
+    return "ref " + hashlib.sha256(text_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def hit_line(n: int, text_id: str, text: str, show_id: bool = True) -> str:
     text = " ".join(str(text).split())
     if len(text) > LINE_CHARS:
         text = text[:LINE_CHARS - 1].rstrip() + "…"
-    return f"{n}. {text}{SEPARATOR}{text_id}"
+    return f"{n}. {text}{SEPARATOR}{text_id if show_id else line_ref(text_id)}"
 
 
 def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
@@ -67,6 +75,7 @@ def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
     ``similar(query, k)`` -> text ids, the text encoder's nearest); or one line saying nothing
     matched."""
     from xmodal.index.text_search import text_search
+    from xmodal.labelstudio.tasks import ids_shown
 
     shown = query if len(query) <= 80 else query[:79] + "…"
     search = text_search(ws)
@@ -90,7 +99,8 @@ def hits_lines(ws, query: str, k: int = MAX_HITS, similar=None) -> list[str]:
     else:
         head = (f"No text has the words {shown!r}; texts of a similar meaning: click the right "
                 "line below")
-    return [head] + [hit_line(n, tid, search.text(tid)) for n, tid in enumerate(found, 1)]
+    show_id = ids_shown(ws)
+    return [head] + [hit_line(n, tid, search.text(tid), show_id) for n, tid in enumerate(found, 1)]
 
 
 def hits_result(lines: list[str], to_name: str) -> list[dict]:
@@ -116,7 +126,8 @@ def lines_of(result) -> list[str]:
 
 
 def picked_id(lines, number, known) -> str | None:
-    """The text id at the end of the line numbered ``number`` in ``lines``, if it is in ``known``."""
+    """The text id at the end of the line numbered ``number`` in ``lines`` (or the id of the
+    :func:`line_ref` there), if it is in ``known``."""
     try:
         n = int(str(number).strip())
     except ValueError:
@@ -131,4 +142,7 @@ def picked_id(lines, number, known) -> str | None:
         tail = SEPARATOR.join(parts[j:])
         if tail in known:
             return tail
+    tail = parts[-1]
+    if len(parts) > 1 and tail.startswith("ref "):
+        return next((t for t in known if line_ref(t) == tail), None)
     return None

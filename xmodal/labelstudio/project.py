@@ -327,7 +327,7 @@ def _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, re
                           f"{client.url} has project {pid} titled {title!r}; pass --title, or "
                           "remove the workspace to start over")
     urls = setup_images(client, pid, ws, spec.images, spec.document_root, say)
-    result.images = urls.mode if urls.mode in ("local", "inline") else "url-prefix"
+    result.images = urls.mode if urls.mode in ("local", "inline", "source") else "url-prefix"
     ws.update_config(label_studio={
         "project_id": pid, "url": client.url, "label_config": template, "from_name": from_name,
         "to_name": to_name, "title": title, "images": urls.mode,

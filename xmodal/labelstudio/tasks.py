@@ -154,12 +154,12 @@ def image_option(image_id: str, src: str, words: str = "") -> dict:
 
 
 def task_options(ws: Workspace, candidates: list[str], urls: ImageURLs | None,
-                 texts: dict | None = None) -> list[dict]:
+                 texts: dict | None = None, show_ids: bool | None = None) -> list[dict]:
     """``data.options`` for the candidate ids (texts for image tasks, thumbnails for text tasks).
-    ``texts``: id -> text, if the caller has it already."""
+    ``texts`` (id -> text) and ``show_ids``: if the caller has them already."""
     if ws.select == "image":
         texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
-        show_id = ids_shown(ws)
+        show_id = ids_shown(ws) if show_ids is None else show_ids
         out = [text_option(c, texts[c], show_id) for c in candidates]
     else:
         words = ws.image_words()
@@ -182,13 +182,16 @@ def option_values(options) -> list[str] | None:
     return out
 
 
-def model_note(snap: IndexSnapshot | None, select: str) -> str:
-    """One line: which index ordered the options and how many labels it holds."""
+def model_note(snap: IndexSnapshot | None, select: str, ids: bool = True) -> str:
+    """One line: which index ordered the options and how many labels it holds (``ids``: whether
+    the texts' ids are on the page, :func:`ids_shown`)."""
     what = "texts" if select == "image" else "images"
     # the filter matches an option's value: a text's words and id, an image's id (its file path)
-    how = ("Type a word to filter; the id at the end of each text can be pasted" if select == "image"
-           else "Type a word (dog, pizza, bus) or part of a file name to narrow them; the id under "
-                "each image can be pasted")
+    if select == "image":
+        how = "Type a word to filter" + ("; the id at the end of each text can be pasted" if ids else "")
+    else:
+        how = ("Type a word (dog, pizza, bus) or part of a file name to narrow them; the id under "
+               "each image can be pasted")
     if snap is None or not snap.has_signal:
         held = (f"model {snap.model_version} ({_labels(snap.n_pairs)}) is too new to rank"
                 if snap is not None else "no labels yet")
@@ -203,11 +206,17 @@ def _labels(n: int) -> str:
 # -- task data -----------------------------------------------------------------------------------
 
 def task_data(ws: Workspace, item_id: str, cluster: int, candidates: list[str], urls: ImageURLs,
-              snap: IndexSnapshot | None = None, texts: dict | None = None) -> dict:
-    """``data`` of one Label Studio task (keys documented in label_config/README.md)."""
+              snap: IndexSnapshot | None = None, texts: dict | None = None,
+              show_ids: bool | None = None) -> dict:
+    """``data`` of one Label Studio task (keys documented in label_config/README.md). ``texts``
+    (id -> text) and ``show_ids`` (:func:`ids_shown`), if the caller has them already."""
     texts = texts if texts is not None else dict(zip(ws.ids("text"), ws.contents("text")))
-    data = {"item_id": item_id, "options": task_options(ws, candidates, urls, texts),
-            "cluster": int(cluster), "model_note": model_note(snap, ws.select),
+    show_ids = ids_shown(ws) if show_ids is None else show_ids
+    data = {"item_id": item_id, "options": task_options(ws, candidates, urls, texts, show_ids),
+            # the page names the item only where it shows ids (a Flickr8k file name would
+            # match the ids of its captions)
+            "item_name": item_id if show_ids else "",
+            "cluster": int(cluster), "model_note": model_note(snap, ws.select, show_ids),
             "index_version": 0 if snap is None else int(snap.version), "problem": ""}
     if ws.select == "image":
         data["image"] = urls(item_id, MEDOID_THUMB)
@@ -220,7 +229,8 @@ def build_tasks(ws: Workspace, medoid_ids: list[str], pool: list[str], urls: Ima
                 snap: IndexSnapshot | None = None) -> list[dict]:
     """One task per medoid, in anytime order; ``cluster`` = the medoid's position."""
     texts = dict(zip(ws.ids("text"), ws.contents("text")))
-    return [{"data": task_data(ws, m, j, ranked_candidates(ws, snap, m, pool), urls, snap, texts)}
+    show = ids_shown(ws)
+    return [{"data": task_data(ws, m, j, ranked_candidates(ws, snap, m, pool), urls, snap, texts, show)}
             for j, m in enumerate(medoid_ids)]
 
 
@@ -239,6 +249,7 @@ class OptionRanker:
         self.pool = list(pool or [])
         self._urls = None
         self._texts = dict(zip(ws.ids("text"), ws.contents("text")))
+        self._show_ids = ids_shown(ws)
 
     def urls(self) -> ImageURLs:
         if self._urls is None:
@@ -259,7 +270,7 @@ class OptionRanker:
                           and data.get("index_version") == self.snap.version):
             return None
         fresh = task_data(self.ws, item, int(data.get("cluster", 0)), ranked, self.urls(), self.snap,
-                          self._texts)
+                          self._texts, self._show_ids)
         keep = {k: v for k, v in data.items() if k not in fresh}   # a team's own fields stay
         fresh["problem"] = data.get("problem") or ""
         return {**keep, **fresh}
@@ -268,7 +279,7 @@ class OptionRanker:
 # -- the registry --------------------------------------------------------------------------------
 
 # data fields task_data writes anew on every re-rank: not worth keeping (an inline image is ~30 KB)
-REGENERATED = frozenset({"item_id", "options", "image", "text", "model_note"})
+REGENERATED = frozenset({"item_id", "item_name", "options", "image", "text", "model_note"})
 KEPT = ("cluster", "index_version", "problem")   # what the push reads of the rest: always kept
 TEAM_DATA_MAX_BYTES = 512
 RECORD_MAX_BYTES = 256 * 1024

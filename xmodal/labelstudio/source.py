@@ -1,0 +1,280 @@
+"""``xmodal project create --from-label-studio ID``: a project whose items are the tasks of an
+existing Label Studio project.
+
+1. **Fields**: the image field and the text field(s) of the tasks' ``data``; by default the
+   ``<Image value="$x">`` and the ``<Text>``/``<HyperText>`` tags of the source project's labelling
+   config when it has exactly one of each kind (else ``--image-field`` / ``--text-field`` say which).
+   A task without the image field but with Label Studio's ``$undefined$`` (what an upload or a
+   storage sync writes when the config has not named its field yet) has its image there.
+2. **Items**, from every task (paginated): its image (if it has one) and each of its texts (a
+   non-empty string). Ids say where they came from and stay the same on every run:
+   ``ls-<task id>-<file name>.<ext>`` for the image (the file name, sanitised, is what an annotator
+   can type into a filter) and ``ls-<task id>`` for its text (``ls-<task id>-<field>`` with several
+   text fields). A task holding both an image and a text makes a known pair: kept as the text's
+   ``image`` (for ``xmodal eval`` only), and the text ids are not shown on the labelling pages
+   (``show_ids no``, unless ``--show-ids`` says otherwise), since the two ids would give the
+   answer away.
+3. **Images**: each fetched through the configured Label Studio by
+   :func:`xmodal.labelstudio.fetch.fetch_image` (its limits, its cache), ``$XMODAL_LS_PARALLEL`` at a
+   time. An image refused or failed is left out, with the task and the reason listed; no usable
+   image or no text at all is an error.
+4. **The folder**: ``<workspace>/source/`` in the generic format (``images/`` hard-linked from the
+   cache, ``texts.jsonl``), rewritten each run, with ``tasks.json`` (``{task id: {"image": id,
+   "texts": [ids]}}``) and ``urls.json`` (image id -> the task's URL, which the linked project's
+   pages use: ``--images source``, what ``auto`` means here, so Label Studio serves the images it
+   has).
+5. **Then** :func:`xmodal.labelstudio.project.create_project` on that folder: embeddings, medoids,
+   the linked labelling project and the loop, as for ``--data``. The workspace config records the
+   source (``source``: ``label_studio_project_id``, ``url``, ``image_field``, ``text_fields``) so that
+   the backend can map the source project's webhooks to this workspace.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shutil
+import time
+import urllib.parse
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+
+from xmodal import settings
+from xmodal.datasets.folder import write_folder
+from xmodal.errors import ConfigError, DataError
+from xmodal.labelstudio.client import LabelStudioClient, LabelStudioError, connect
+from xmodal.labelstudio.config import data_fields
+from xmodal.labelstudio.fetch import ImageFetchError, fetch_image
+from xmodal.labelstudio.images import SOURCE_DIR, SOURCE_URLS
+from xmodal.labelstudio.project import BootstrapResult, ProjectSpec, create_project
+from xmodal.logfmt import Say, quiet
+from xmodal.project.workspace import Workspace, atomic_write_json
+
+UNDEFINED = "$undefined$"     # Label Studio's data key for a file not yet named by a config
+
+
+@dataclass
+class SourceItems:
+    """What a source project's tasks gave: images (id -> cached file), texts (``texts.jsonl``
+    records), the task map, and what was left out."""
+
+    project_id: int
+    image_field: str | None
+    text_fields: list[str]
+    images: dict[str, Path] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    texts: list[dict] = field(default_factory=list)
+    tasks: dict[int, dict] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    n_tasks: int = 0
+    fetched: int = 0            # images fetched through Label Studio by this run (the rest: cache, inline)
+    fetch_s: float = 0.0
+
+    @property
+    def pairs(self) -> int:
+        return sum(1 for t in self.texts if t.get("image"))
+
+
+def choose_fields(label_config: str | None, image_field: str | None = None,
+                  text_fields: list[str] | None = None) -> tuple[str | None, list[str]]:
+    """(image field, text fields): the ones given, else the config's single tag of each kind."""
+    found = data_fields(label_config)
+    for name in [image_field or "", *(text_fields or [])]:
+        if name and not (name.isidentifier() or name == UNDEFINED):
+            raise ConfigError(f"a task data field is a name like 'image' or 'caption', not {name!r}")
+    if image_field is None:
+        if len(found["image"]) > 1:
+            raise ConfigError(f"the source project's labelling config shows several images "
+                              f"({', '.join(found['image'])}): pass --image-field")
+        image_field = found["image"][0] if found["image"] else None
+    if not text_fields:
+        if len(found["text"]) > 1:
+            raise ConfigError(f"the source project's labelling config shows several texts "
+                              f"({', '.join(found['text'])}): pass --text-field (one or more)")
+        text_fields = found["text"][:1]
+    if image_field is None:
+        raise ConfigError("the source project's labelling config has no <Image value=\"$field\"> tag: "
+                          "pass --image-field (the task data field holding the image URL)")
+    if not text_fields:
+        raise ConfigError("the source project's labelling config has no <Text value=\"$field\"> tag: "
+                          "pass --text-field (the task data field holding the text)")
+    return image_field, list(dict.fromkeys(text_fields))
+
+
+def _file_name(url: str) -> str:
+    """A short name for an image id: the file name in its URL (local files: ``d=``; cloud: the
+    decoded ``fileuri``), sanitised, without its extension."""
+    if url.startswith("data:"):
+        return "inline"
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    name = parts.path
+    if query.get("d"):
+        name = query["d"][0]
+    elif query.get("fileuri"):
+        try:
+            name = base64.urlsafe_b64decode(query["fileuri"][0] + "==").decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            pass
+    stem = name.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return re.sub(r"[^\w-]+", "_", stem)[:60].strip("_-") or "image"     # letters of any script
+
+
+def _text_id(task_id: int, name: str, fields: list[str]) -> str:
+    return f"ls-{task_id}" if len(fields) == 1 else f"ls-{task_id}-{name}"
+
+
+def _source_project(client: LabelStudioClient, project_id: int) -> dict:
+    try:
+        return client.get_project(project_id)
+    except LabelStudioError as exc:
+        if exc.status_code in (403, 404):
+            raise ConfigError(f"Label Studio at {client.url} has no project {project_id} this API key "
+                              f"can read (HTTP {exc.status_code})") from None
+        raise
+
+
+def read_source(client: LabelStudioClient, project_id: int, image_field: str | None = None,
+                text_fields: list[str] | None = None, *, cache_dir=None, say: Say = quiet) -> SourceItems:
+    """Every task of Label Studio project ``project_id`` -> :class:`SourceItems` (module doc,
+    steps 1-3)."""
+    project = _source_project(client, project_id)
+    image_field, text_fields = choose_fields(project.get("label_config"), image_field, text_fields)
+    items = SourceItems(project_id=int(project_id), image_field=image_field, text_fields=text_fields)
+    tasks = client.list_tasks(project_id)
+    items.n_tasks = len(tasks)
+    say(f"Label Studio project {project_id} ({project.get('title')!r}): {len(tasks)} tasks; image field "
+        f"{image_field!r}, text field(s) {', '.join(map(repr, text_fields))}")
+    wanted: list[tuple[int, str]] = []
+    task_of: dict[str, int] = {}       # text id -> its task
+    for task in tasks:
+        data, tid = task.get("data"), task.get("id")
+        if not isinstance(data, dict) or not isinstance(tid, int) or isinstance(tid, bool):
+            continue
+        entry: dict = {"texts": []}
+        url = data.get(image_field, data.get(UNDEFINED) if image_field != UNDEFINED else None)
+        if isinstance(url, str) and url.strip():
+            wanted.append((tid, url.strip()))
+        elif url not in (None, ""):
+            items.refused.append(f"task {tid}: the image field holds a {type(url).__name__}, not a URL")
+        for name in text_fields:
+            text = data.get(name)
+            if isinstance(text, str) and text.strip():
+                entry["texts"].append(_text_id(tid, name, text_fields))
+                items.texts.append({"id": entry["texts"][-1], "text": text.strip()})
+                task_of[entry["texts"][-1]] = tid
+        items.tasks[tid] = entry
+
+    t0 = time.time()
+
+    def one(job):
+        tid, url = job
+        counts: Counter = Counter()     # one per call: the threads share nothing
+        try:
+            return tid, url, fetch_image(client, url, cache_dir=cache_dir, counts=counts), None, counts
+        except ImageFetchError as exc:
+            return tid, url, None, str(exc), counts
+        except (httpx.HTTPError, LabelStudioError, OSError) as exc:
+            return tid, url, None, f"fetch failed: {type(exc).__name__}: {str(exc)[:200]}", counts
+
+    parallel = max(1, int(settings.get("XMODAL_LS_PARALLEL")))
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        done = list(pool.map(one, wanted))
+    items.fetch_s = round(time.time() - t0, 3)
+    for tid, url, path, why, counts in done:
+        items.fetched += counts["fetched"]
+        if path is None:
+            items.refused.append(f"task {tid}: {why}")
+            continue
+        image_id = f"ls-{tid}-{_file_name(url)}{path.suffix}"
+        items.images[image_id] = path
+        items.urls[image_id] = url
+        items.tasks[tid]["image"] = image_id
+    for record in items.texts:   # a text in the same task as an image: a known pair
+        image_id = items.tasks[task_of[record["id"]]].get("image")
+        if image_id:
+            record["image"] = image_id
+    items.tasks = {tid: t for tid, t in items.tasks.items() if t.get("image") or t["texts"]}
+    if not items.images:
+        raise DataError(f"no image of Label Studio project {project_id} could be used"
+                        + (": " + "; ".join(items.refused[:5]) if items.refused else
+                           f" (no task has a URL in {image_field!r}; pass --image-field)"))
+    if not items.texts:
+        raise DataError(f"no task of Label Studio project {project_id} has a text in "
+                        f"{', '.join(map(repr, text_fields))}; pass --text-field")
+    return items
+
+
+def write_source(folder: Path, items: SourceItems) -> Path:
+    """The generic-format folder of the items, written anew (module doc, step 4)."""
+    shutil.rmtree(folder / "images", ignore_errors=True)
+    write_folder(folder, items.images, items.texts)
+    atomic_write_json(folder / "tasks.json", {str(k): v for k, v in sorted(items.tasks.items())})
+    atomic_write_json(folder.parent / SOURCE_URLS, items.urls)
+    return folder
+
+
+def _check_workspace(ws: Workspace, source_project: int) -> None:
+    """A rerun on the workspace this source made is fine (a first run that failed late, before it
+    recorded the source, too: its data is the workspace's source folder); any other is refused."""
+    if not ws.exists():
+        return
+    cfg = ws.config
+    made_from = (cfg.get("source") or {}).get("label_studio_project_id")
+    data = (cfg.get("data") or {}).get("path")
+    ours = data in (None, str((ws.root / SOURCE_DIR).resolve()))
+    if made_from not in (None, source_project) or not ours:
+        raise ConfigError(f"project {ws.name!r} already exists at {ws.root}, made from "
+                          + (f"Label Studio project {made_from}" if made_from is not None else "a data folder")
+                          + "; use another --name, or remove that folder to start over")
+
+
+def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_field: str | None = None,
+                             text_fields: list[str] | None = None, cache_dir=None, say: Say = quiet,
+                             redis_client=None) -> tuple[BootstrapResult, SourceItems]:
+    """The whole command (module doc): ``spec`` as for ``--data``, its ``data`` ignored."""
+    if not spec.label_studio_url or not spec.api_key:
+        raise ConfigError("--from-label-studio needs the Label Studio URL and API key: pass "
+                          "--label-studio-url and --api-key, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    client = connect(spec.label_studio_url, spec.api_key)
+    try:
+        title = spec.title or spec.name
+        source_title = _source_project(client, int(source_project)).get("title")
+        if source_title == title:
+            raise ConfigError(f"Label Studio project {source_project} is titled {title!r}, the title "
+                              "the labelling project would get: pass another --title (the source "
+                              "project is only read, never changed)")
+        ws = Workspace.for_project(spec.name, spec.model_dir)
+        _check_workspace(ws, int(source_project))
+        items = read_source(client, int(source_project), image_field, text_fields, cache_dir=cache_dir,
+                            say=say)
+    finally:
+        client.close()
+    rate = f", {items.fetched / items.fetch_s:.1f}/s" if items.fetched and items.fetch_s else ""
+    say(f"images: {len(items.images)} ({items.fetched} fetched through Label Studio, "
+        f"{len(items.images) - items.fetched} from the cache or inline; {items.fetch_s:.1f} s{rate}); "
+        f"texts: {len(items.texts)}" + (f"; {items.pairs} known pairs" if items.pairs else ""))
+    for line in items.refused[:20]:
+        say(f"left out: {line}")
+    if len(items.refused) > 20:
+        say(f"left out: ... and {len(items.refused) - 20} more")
+    folder = write_source(ws.root / SOURCE_DIR, items)
+    show_ids = spec.show_ids or ("no" if items.pairs else None)
+    images = "source" if spec.images in (None, "", "auto") else spec.images
+    result = create_project(replace(spec, data=folder, show_ids=show_ids, images=images), say=say,
+                            redis_client=redis_client)
+    ws.update_config(source={"label_studio_project_id": items.project_id, "url": client.url,
+                             "image_field": items.image_field, "text_fields": items.text_fields})
+    if items.refused:
+        result.notes.append(f"{len(items.refused)} task image(s) left out (see above): "
+                            + "; ".join(items.refused[:3]))
+    result.timings["fetch_s"] = items.fetch_s
+    return result, items
+
+
+__all__ = ["SourceItems", "choose_fields", "create_from_label_studio", "read_source", "write_source"]
