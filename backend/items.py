@@ -12,10 +12,14 @@ one (:func:`backend.local_images.resolve_image`): nothing is fetched from a URL,
 outside the roots, the size and pixel limits hold. At most :data:`MAX_ITEMS` items a request
 (413).
 
-A task's image becomes a local file in one place, :func:`task_image_file`: today what resolves
-locally (a path, ``file://``, a local-files URL); an image uploaded to Label Studio or kept in
-its cloud storage is skipped with the reason, until a fetcher through Label Studio is plugged in
-there.
+A task's image becomes a local file in one place, :func:`task_image_file`: what resolves locally
+(a path, ``file://``, a local-files URL under the roots) is used as it is; an image uploaded to
+Label Studio or kept in its storage (``/data/upload/...``, ``/tasks/<id>/resolve/...``, a URL)
+is recorded as ``label-studio:<url>`` and fetched by the growth job through the configured Label
+Studio (``xmodal.labelstudio.fetch``: only that origin, the image limits, a cache); nothing is
+fetched while a webhook waits for its answer. Ids: the task's ``image_id``/``text_id``, else its
+new ``item_id`` (select modality), else the image's path under its root (or ``ls-<task
+id>-<file name>``) and ``ls-<task id>`` for the text, as ``--from-label-studio`` names them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 from backend.local_images import check_decodable, resolve_image
 from xmodal.errors import ApiError, DataError
 from xmodal.jobs.queueing import enqueue_growth, enqueue_removal
+from xmodal.labelstudio.connection import ls_connection
 from xmodal.logfmt import kv
 from xmodal.project.items import ItemConflict, check_items, new_items
 from xmodal.project.pending import PendingItems
@@ -33,6 +38,7 @@ from xmodal.project.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 10_000
+UNDEFINED = "$undefined$"   # Label Studio's data key for a file its config has not named yet
 
 
 def _local_image(ref: str, ws: Workspace) -> tuple[str, str]:
@@ -47,13 +53,15 @@ def _local_image(ref: str, ws: Workspace) -> tuple[str, str]:
     return image.path, image.shown
 
 
-def _record(backend, ws: Workspace, images: dict[str, str], texts: dict[str, str], source: str) -> dict:
+def _record(backend, ws: Workspace, images: dict[str, str], texts: dict[str, str], source: str,
+            remote: dict[str, str] | None = None) -> dict:
     try:
         fresh_i, fresh_t, unchanged = new_items(ws, images, texts)
     except ItemConflict as exc:
         raise ApiError(409, str(exc)) from None
     except DataError as exc:
         raise ApiError(400, str(exc)) from None
+    fresh_i = dict(fresh_i, **(remote or {}))
     pending = PendingItems(backend.redis, ws.name)
     pending.put("image", fresh_i, source)
     pending.put("text", fresh_t, source)
@@ -110,22 +118,34 @@ def delete_items(backend, ws: Workspace, body: dict) -> dict:
     return out
 
 
+LABEL_STUDIO_IMAGE = "label-studio:"   # a pending image the growth job fetches through Label Studio
+
+
 def task_image_file(url: str, ws: Workspace) -> tuple[str, str] | None:
-    """THE place a task's image URL becomes a local file: ``(real path, id)`` or None when it
-    cannot be had locally (an upload ``/data/upload/...``, cloud storage, a remote URL) — where
-    a fetcher through Label Studio (the configured host, with the API key) plugs in."""
+    """THE place a task's image URL becomes a local file: ``(real path, id)`` for what resolves
+    locally (a path, ``file://``, a local-files URL under the image roots), else None. What does
+    not (an upload ``/data/upload/...``, cloud storage) is fetched through the configured Label
+    Studio by the growth job (:data:`LABEL_STUDIO_IMAGE`, ``xmodal.labelstudio.fetch``), never in
+    the webhook's answer."""
     try:
         return _local_image(url, ws)
     except ApiError as exc:
-        log.info(kv("items.task_image_skipped", project=ws.name, url=str(url)[:200], why=exc.message))
+        log.info(kv("items.task_image_not_local", project=ws.name, url=str(url)[:200], why=exc.message))
         return None
+
+
+def _label_studio_url(url: str) -> bool:
+    """A URL the growth job may try through Label Studio (``fetch_image`` refuses the rest)."""
+    return url.startswith(("/data/upload/", "/data/local-files/", "/tasks/")) or \
+        url.startswith(("http://", "https://"))
 
 
 def items_from_tasks(backend, ws: Workspace, tasks: list) -> dict:
     """``TASKS_CREATED``: the tasks whose image or text the project does not have become items
     (the project's own medoid tasks carry ``data.item_id`` and are skipped)."""
-    images, texts, skipped = {}, {}, 0
+    images, texts, remote, skipped = {}, {}, {}, 0
     known = ws.row_of(ws.select)
+    linked = ls_connection(backend.redis, ws) is not None
     for task in tasks:
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict) or str(data.get("item_id")) in known:
@@ -134,19 +154,26 @@ def items_from_tasks(backend, ws: Workspace, tasks: list) -> dict:
         # ids: the task's image_id / text_id, else its (new) item_id for the select modality, else
         # the image's path under its root and "ls-task-<id>" for the text
         item = str(data["item_id"]) if data.get("item_id") not in (None, "") else None
-        if isinstance(data.get("image"), str):
-            found = task_image_file(data["image"], ws)
-            if found is None:
-                skipped += 1
+        image_id = data.get("image_id") or (item if ws.select == "image" else None)
+        url = data.get("image") if isinstance(data.get("image"), str) else data.get(UNDEFINED)
+        if isinstance(url, str) and url.strip():
+            found = task_image_file(url, ws)
+            if found is not None:
+                images[str(image_id or found[1])] = found[0]
+            elif _label_studio_url(url.strip()) and linked:
+                name = url.strip().split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "image"
+                remote[str(image_id or f"ls-{tid}-{name}")] = LABEL_STUDIO_IMAGE + url.strip()
             else:
-                images[str(data.get("image_id") or (item if ws.select == "image" else None) or found[1])] = found[0]
+                skipped += 1
         if isinstance(data.get("text"), str) and data["text"].strip():
-            texts[str(data.get("text_id") or (item if ws.select == "text" else None) or f"ls-task-{tid}")] = \
+            texts[str(data.get("text_id") or (item if ws.select == "text" else None) or f"ls-{tid}")] = \
                 data["text"]
-    if not images and not texts:
+    # an image to fetch: new by its id (its local file exists only once the job fetched it)
+    remote = {i: u for i, u in remote.items() if i not in ws.row_of("image")}
+    if not images and not texts and not remote:
         return {"status": "no new items", "skipped_images": skipped}
     try:
-        out = _record(backend, ws, images, texts, "TASKS_CREATED")
+        out = _record(backend, ws, images, texts, "TASKS_CREATED", remote)
     except ApiError as exc:   # the tasks stay recorded; the webhook is not the place to fail
         log.warning(kv("items.tasks_refused", project=ws.name, error=exc.message))
         return {"status": "refused", "error": exc.message, "skipped_images": skipped}

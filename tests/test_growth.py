@@ -170,8 +170,27 @@ def test_items_added_while_labelling(growth_data, ls_server, xenv, services, tmp
     poll("the imported tasks' items indexed", grown, procs=procs, timeout=120, interval=0.5)
     imported_s = time.perf_counter() - t0
     new_id = ws.ids("image")[-1]
-    assert new_id == "imported/checks_41.png" and ws.ids("text")[-1].startswith("ls-task-")
+    assert new_id == "imported/checks_41.png" and ws.ids("text")[-1].startswith("ls-")
     hits = httpx.get(f"{url}/search", params={"project": name, "image_id": new_id, "k": 5})
     assert hits.status_code == 200 and len(hits.json()["results"]) == 5
     assert all(pairs.get(a)["state"] == "pair" for a in annotations)
     print(f"TASKS_CREATED: 2 imported tasks' images and texts searchable {imported_s:.1f} s after the import")
+
+    # an image uploaded to Label Studio (not a local file): fetched through Label Studio by the job
+    scratch = int(ls.api("POST", "/api/projects/", json={
+        "title": f"uploads {xenv.tag}",
+        "label_config": '<View><Image name="image" value="$image"/></View>'})["id"])
+    png = (extra / "images" / "checks_40.png").read_bytes()
+    ls.api("POST", f"/api/projects/{scratch}/import", files=[("file", ("uploaded-checks.png", png, "image/png"))],
+           params={"commit_to_project": "true"})
+    (upload,) = [t["data"]["image"] for t in ls.list_tasks(scratch)]
+    assert upload.startswith("/data/upload/")
+    t0 = time.perf_counter()
+    ls.api("POST", f"/api/projects/{pid}/import", json=[{"item_id": "uploaded/checks.png", "options": [],
+                                                          "image": upload, "text": "an uploaded caption"}])
+    poll("the uploaded image fetched and indexed", lambda: "uploaded/checks.png" in
+         set(store.load(store.current_version()).image_ids.tolist()), procs=procs, timeout=120, interval=0.5)
+    print(f"TASKS_CREATED with an upload: fetched through Label Studio and searchable "
+          f"{time.perf_counter() - t0:.1f} s after the import")
+    hits = httpx.get(f"{url}/search", params={"project": name, "image_id": "uploaded/checks.png", "k": 5})
+    assert hits.status_code == 200

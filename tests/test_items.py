@@ -282,7 +282,7 @@ def test_tasks_created_with_new_items_queues_them(app, project, base, r):
     items = resp.get_json()["items"]
     assert items["pending"] == {"image": 1, "text": 1} and items["skipped_images"] == 1
     images, texts, _ = PendingItems(r, "grow").snapshot()
-    assert list(texts) == ["ls-task-901"] and list(images) == [str(base["more"].name + "/images/stripes_01.png")]
+    assert list(texts) == ["ls-901"] and list(images) == [str(base["more"].name + "/images/stripes_01.png")]
 
 
 # -- a real worker -------------------------------------------------------------------------------

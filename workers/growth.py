@@ -81,6 +81,7 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
     images, texts, raw = pending.snapshot()
     if not raw:
         return {"status": "nothing pending"}
+    images, fetch_failed = _fetched(r, ws, images, say)
     try:
         change = add_items(ws, images, texts, feature_cache=feature_cache, workers_embed=workers_embed,
                            say=say)
@@ -92,6 +93,7 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
         raise
     pending.done(raw)
     out = {"status": "added" if change.changed else "unchanged", **change.summary()}
+    out["failed"] = fetch_failed + out["failed"]
     if change.changed:
         from workers.rebuild import rebuild
 
@@ -128,6 +130,34 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
                 images=len(change.added["image"]), texts=len(change.added["text"]),
                 far=len(change.far), new_tasks=out.get("new_tasks", 0)))
     return out
+
+
+def _fetched(r: redis.Redis, ws: Workspace, images: dict[str, str], say: Say):
+    """Pending images that are Label Studio URLs (``TASKS_CREATED`` of uploads or storage),
+    fetched through the configured Label Studio (:func:`xmodal.labelstudio.fetch.fetch_image`:
+    only its origin, the image limits, a cache). Returns (images as local files, failures)."""
+    prefix = "label-studio:"
+    wanted = {i: c[len(prefix):] for i, c in images.items() if c.startswith(prefix)}
+    if not wanted:
+        return images, []
+    out = {i: c for i, c in images.items() if i not in wanted}
+    conn = ls_connection(r, ws)
+    if conn is None:
+        why = "no Label Studio connection to fetch it through"
+        return out, [{"id": i, "error": why} for i in wanted]
+    from xmodal.labelstudio.connection import open_label_studio
+    from xmodal.labelstudio.fetch import ImageFetchError, fetch_image
+
+    client = open_label_studio(conn["url"], conn["api_key"]).client
+    failed = []
+    for item_id, url in wanted.items():
+        try:
+            out[item_id] = str(fetch_image(client, url))
+        except ImageFetchError as exc:
+            failed.append({"id": item_id, "error": str(exc)})
+    say(f"{len(wanted) - len(failed)} image(s) fetched through Label Studio"
+        + (f"; {len(failed)} not: {failed[0]['error']}" if failed else ""))
+    return out, failed
 
 
 def _received(raw: dict) -> list[float]:
