@@ -74,7 +74,7 @@ def remove_job(project: str, image_ids: list[str], text_ids: list[str],
 
 
 def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, feature_cache=None,
-                say: Say = quiet) -> dict:
+                say: Say = quiet, progress: bool = False) -> dict:
     """Steps 1-3 of the module doc for what is pending now."""
     t0 = time.time()
     pending = PendingItems(r, ws.name)
@@ -84,7 +84,7 @@ def run_pending(r: redis.Redis, ws: Workspace, *, workers_embed: bool = False, f
     images, fetch_failed = _fetched(r, ws, images, say)
     try:
         change = add_items(ws, images, texts, feature_cache=feature_cache, workers_embed=workers_embed,
-                           say=say)
+                           say=say, progress=progress)
     except DataError as exc:
         # refused whole (an id given again with other content meanwhile, a file gone): nothing was
         # added; the entries leave the queue so that the next items are not held behind them

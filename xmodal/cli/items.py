@@ -85,7 +85,8 @@ def run_add(args) -> int:
     pending = PendingItems(r, ws.name)
     pending.put("image", fresh_i, "cli")
     pending.put("text", fresh_t, "cli")
-    out = run_pending(r, ws, workers_embed=args.workers_embed, feature_cache=args.cache_dir, say=say)
+    out = run_pending(r, ws, workers_embed=args.workers_embed, feature_cache=args.cache_dir, say=say,
+                      progress=not args.json)
     if args.json:
         print(json.dumps(out, indent=1, default=str))
     else:

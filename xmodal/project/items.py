@@ -162,7 +162,7 @@ def _encoder(ws: Workspace, modality: str):
 
 
 def _embed(ws: Workspace, modality: str, contents: list[str], feature_cache, workers_embed: bool,
-           say: Say) -> tuple[np.ndarray, dict[int, str]]:
+           say: Say, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
     """(rows, {position: why} of the items that could not be embedded)."""
     from xmodal.encoders.cache import FeatureCache, embed_with_cache
 
@@ -172,9 +172,9 @@ def _embed(ws: Workspace, modality: str, contents: list[str], feature_cache, wor
     if workers_embed:
         from xmodal.encoders.distributed import embed_distributed
 
-        F, failures = embed_distributed(enc, contents, cache, progress=False, say=say)
+        F, failures = embed_distributed(enc, contents, cache, progress=progress, say=say)
     else:
-        F, failures = embed_with_cache(enc, contents, cache, progress=False)
+        F, failures = embed_with_cache(enc, contents, cache, progress=progress)
     F = np.asarray(F, dtype=np.float32)
     where = {c: i for i, c in enumerate(contents)}
     failed = {where[item]: why for item, why in failures if item in where}
@@ -237,8 +237,10 @@ def far_items(ws: Workspace, F: np.ndarray, n_before: int, percentile: float | N
 # -- add / remove --------------------------------------------------------------------------------
 
 def add_items(ws: Workspace, images: dict[str, str] | None = None, texts: dict[str, str] | None = None,
-              *, feature_cache=None, workers_embed: bool = False, say: Say = quiet) -> ItemsChange:
-    """Add what is new of ``images`` (id -> path) and ``texts`` (id -> text); see the module doc."""
+              *, feature_cache=None, workers_embed: bool = False, say: Say = quiet,
+              progress: bool = False) -> ItemsChange:
+    """Add what is new of ``images`` (id -> path) and ``texts`` (id -> text); see the module doc.
+    ``progress``: a progress bar (stderr) while embedding."""
     if not ws.exists():
         raise DataError(f"no project at {ws.root}: create it first (xmodal project create)")
     change = ItemsChange()
@@ -253,7 +255,7 @@ def add_items(ws: Workspace, images: dict[str, str] | None = None, texts: dict[s
         if not fresh:
             continue
         ids = list(fresh)
-        F, failed = _embed(ws, modality, [fresh[i] for i in ids], feature_cache, workers_embed, say)
+        F, failed = _embed(ws, modality, [fresh[i] for i in ids], feature_cache, workers_embed, say, progress)
         change.failed += [(ids[i], why) for i, why in sorted(failed.items())]
         keep = [i for i in range(len(ids)) if i not in failed]
         embedded[modality] = ([ids[i] for i in keep], [fresh[ids[i]] for i in keep], F[keep])
