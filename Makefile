@@ -51,7 +51,7 @@ lint: venv
 
 # The unit and service tests: no Label Studio, no browser, no real weights or data, no fault injection.
 test-fast: venv lint
-	$(BIN)/python -m pytest -m "not e2e and not browser and not slow and not faults"
+	$(BIN)/python -m pytest -m "not e2e and not browser and not slow and not faults and not growth"
 
 demo: venv
 	$(BIN)/xmodal demo --data $(DATA) --labels $(LABELS) --out reports $(if $(PORT),--port $(PORT))

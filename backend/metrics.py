@@ -39,6 +39,7 @@ from xmodal.jobs.stats import (
     webhook_histogram_key,
 )
 from xmodal.project.pairs import PairStore
+from xmodal.project.pending import PendingItems
 from xmodal.project.workspace import Workspace, list_workspaces
 
 
@@ -88,6 +89,10 @@ def render(redis_client: redis.Redis, base, queue_name: str) -> str:
         pairs = PairStore(redis_client, name)
         out.metric("xmodal_pairs", "gauge", "Live reference pairs (annotations naming a match).",
                    pairs.count(), project=name)
+        for modality, n in PendingItems(redis_client, name).counts().items():
+            out.metric("xmodal_items_pending", "gauge",
+                       "Items received (POST /items, TASKS_CREATED, xmodal items add) and not yet "
+                       "embedded and indexed.", n, project=name, modality=modality)
         store = IndexStore(redis_client, ws)
         info = store.info()
         if info:

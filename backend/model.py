@@ -15,6 +15,7 @@ import numpy as np
 
 from backend.decoding import decode
 from backend.encoding import image_encoder, text_encoder
+from backend.items import items_from_tasks
 from backend.local_images import known_item, readable_path, resolve_image
 from backend.services import Backend
 from xmodal.errors import ApiError
@@ -193,8 +194,10 @@ class XmodalModel:
             self.tasks.forget(ids)
             return self._changed(event, bool(removed), removed=removed, tasks=ids)
         if event == "TASKS_CREATED":
-            return {"status": "ok", "tasks_recorded": self.tasks.record(
-                parse_tasks(data), items=self.ws.row_of(self.ws.select))}
+            tasks = parse_tasks(data)
+            recorded = self.tasks.record(tasks, items=self.ws.row_of(self.ws.select))
+            return {"status": "ok", "tasks_recorded": recorded,
+                    "items": items_from_tasks(self.backend, self.ws, tasks)}
         if event == "START_TRAINING":
             if ls_connection(self.redis, self.ws) is not None:
                 # replay Label Studio's annotations first (webhooks can be lost), then rebuild

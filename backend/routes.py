@@ -8,6 +8,8 @@ hands over to :class:`backend.model.XmodalModel`; errors are the app's handlers'
 - ``POST /predict`` -> ``{"results": [prediction per task, in task order], "model_version"}``
 - ``POST /webhook`` -> stores/removes a pair, enqueues a coalesced rebuild, answers at once
 - ``GET|POST /search`` -> ``{"results": [{"id", "score", "path"|"text"}]}``
+- ``POST /items`` -> 202 ``{"status": "queued", "pending", "job_id"}``: new images and texts for
+  the project (backend/items.py); ``DELETE /items`` -> 202: removes some
 - ``GET /metrics`` -> Prometheus text
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from backend.items import delete_items, post_items
 from backend.jsonbody import json_object
 from backend.metrics import render
 from backend.model import XmodalModel
@@ -85,6 +88,26 @@ def search():
     ws = backend.resolver.for_query(params.get("project"))
     g.project = ws.name
     return jsonify(XmodalModel(backend, ws).search(params))
+
+
+@api.post("/items")
+def items():
+    body = json_object(request)
+    backend = _backend()
+    ws = backend.resolver.for_query(body.get("project"))
+    g.project = ws.name
+    out = post_items(backend, ws, body)
+    return jsonify(out), 202 if out["status"] == "queued" else 200
+
+
+@api.delete("/items")
+def remove_items():
+    body = json_object(request)
+    backend = _backend()
+    ws = backend.resolver.for_query(body.get("project"))
+    g.project = ws.name
+    out = delete_items(backend, ws, body)
+    return jsonify(out), 202 if out["status"] == "queued" else 200
 
 
 @api.get("/metrics")

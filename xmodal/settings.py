@@ -183,6 +183,11 @@ _define("The workers", "XMODAL_EMBED_TIMEOUT", 1800, int,
 _define("The workers", "XMODAL_EMBED_THREADS", 0, int,
         "threads per worker for feature extraction (cores ÷ workers on one machine; 0 = ONNX "
         "Runtime's choice)", minimum=0)
+_define("The workers", "XMODAL_NEW_MEDOID_PERCENTILE", 95.0, float,
+        "items added to a live project (`xmodal items add`, `POST /items`, tasks imported into "
+        "Label Studio) whose distance to their nearest medoid exceeds this percentile of the "
+        "earlier items' distances are *far*: new medoid tasks are proposed for them (k-medoids "
+        "extend); 0 = never propose", minimum=0)
 _define("The workers", "XMODAL_TEST_REBUILD_PAUSE_S", 0.0, float,
         "tests only: a rebuild sleeps this long after taking its snapshot", minimum=0)
 _define("The workers", "XMODAL_TEST_DEQUEUE_PAUSE_S", 0.0, float,

@@ -24,6 +24,7 @@ COMMANDS = {
     "serve": "xmodal.cli.serve",
     "worker": "xmodal.cli.worker",
     "project": "xmodal.cli.project",
+    "items": "xmodal.cli.items",
     "demo": "xmodal.cli.demo",
     "generate": "xmodal.cli.generate",
     "simulate": "xmodal.cli.simulate",

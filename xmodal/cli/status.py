@@ -35,6 +35,8 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
     from xmodal.jobs.queueing import embed_queue_for, flag_key, get_queue, stuck_flag
     from xmodal.labelstudio.connection import ConnectionRecord
     from xmodal.project.pairs import PairStore
+    from xmodal.project.pending import PendingItems
+    from xmodal.project.pending import last_run as last_items
     from xmodal.project.workspace import Workspace, list_workspaces
 
     q = get_queue(redis_client, queue)
@@ -93,6 +95,9 @@ def collect(redis_client, base, queue: str | None = None, n_failures: int = 5) -
             "index_pairs": int(info["n_pairs"]) if info.get("n_pairs") else 0,
             "index_age_s": round(now - float(info["built_at"]), 1) if info.get("built_at") else None,
             "last_rebuild": last or None,
+            # items received and not yet embedded; what the last growth run did (workers/growth.py)
+            "items_pending": PendingItems(redis_client, name).counts(),
+            "last_items": last_items(redis_client, name),
             # a /setup named a Label Studio that is not configured: nothing is sent there
             "ls_refused_url": ConnectionRecord(redis_client, name).refused(),
         }
@@ -155,6 +160,17 @@ def run(args) -> int:
         written = f" ({p['written_references']} written by annotators)" if p["written_references"] else ""
         print(f"  {name}: {p['pairs']} pairs{written}, {p['skips']} skips, {len(p['problems'])} problems; "
               f"{idx}; {state}")
+        pending = p.get("items_pending") or {}
+        if any(pending.values()):
+            print(f"    items pending embedding: {pending.get('image', 0)} images, {pending.get('text', 0)} texts")
+        li = p.get("last_items")
+        if li:
+            added = li.get("added") or {}
+            print(f"    last items run: {li.get('status')}, +{added.get('image', 0)} images "
+                  f"+{added.get('text', 0)} texts, {li.get('far', 0)} far, "
+                  f"{len(li.get('new_medoids') or [])} new medoids"
+                  + (f", searchable after {li['searchable_s']} s" if li.get("searchable_s") else "")
+                  + (f": {li['error']}" if li.get("error") else ""))
         if stuck:
             why = {"lost": "says queued but is in no queue (Redis restarted while a worker took it)",
                    "died": "was started by a worker that is gone", "missing": "does not exist",

@@ -21,7 +21,6 @@ this image?"), and the answered pairs are the reference set of the SSR (paper se
 
 from __future__ import annotations
 
-import kmedoids
 import numpy as np
 
 from xmodal.core.ssr import l2_normalize
@@ -163,6 +162,8 @@ class KMedoidsSelector:
             raise ValueError(f"cannot choose {k} references from a pool of {n} items")
         Xn = self._unit_rows(X)
         if n <= self.exact_max_n:
+            import kmedoids  # here: it imports scikit-learn (seconds), which nearest/extend never need
+
             result = kmedoids.fasterpam(cosine_distances(Xn), k, max_iter=self.max_iter,
                                         init="random", random_state=self.random_state, n_cpu=1)
             medoids = np.asarray(result.medoids, dtype=np.int64)
@@ -179,6 +180,8 @@ class KMedoidsSelector:
             sample = np.sort(rng.choice(len(Xn), size, replace=False))
             D = cosine_distances(Xn[sample])
             # seeded starts take half the swap passes of random ones (4.3 s instead of 7.7 s at 8,000)
+            import kmedoids
+
             result = kmedoids.fasterpam(D, kmeanspp_init(D, k, rng), max_iter=self.max_iter, n_cpu=1)
             del D
             medoids = sample[np.asarray(result.medoids, dtype=np.int64)]
@@ -205,6 +208,13 @@ class KMedoidsSelector:
         self.cluster_sizes_ = np.bincount(self.labels_, minlength=len(self.medoid_indices_))
         self.inertia_ = float(dist.sum())
         return self
+
+    def nearest(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position of the nearest medoid, cosine distance to it) for every row of ``X``, in the
+        space the medoids were chosen in (z-scored over ``X`` with ``standardize``); the medoids
+        are ``medoid_indices_``, rows of ``X``."""
+        Xn = self._unit_rows(np.asarray(X, dtype=np.float32))
+        return self._nearest(Xn, np.asarray(self.medoid_indices_, dtype=np.int64))
 
     def extend(self, X: np.ndarray, n_new: int, *, max_candidates: int = 5000) -> KMedoidsSelector:
         """Add ``n_new`` medoids, keeping the existing ones (their pairs are already annotated).

@@ -94,9 +94,12 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     ``pair_rows``, the text in ``meta["written_references"]`` by annotation id)."""
     cfg = ws.config
     select = cfg["select"]
-    image_ids, text_ids = ws.ids("image"), ws.ids("text")
-    X, Y = ws.load_features("image"), ws.load_features("text")
-    img_row, txt_row = ws.row_of("image"), ws.row_of("text")
+    enhance = parse_enhance(cfg.get("enhance"))
+    with ws.items_lock(shared=True):   # items, features and bridge of one item set (items.py adds)
+        image_ids, text_ids = ws.ids("image"), ws.ids("text")
+        X, Y = ws.load_features("image"), ws.load_features("text")
+        img_row, txt_row = ws.row_of("image"), ws.row_of("text")
+        saved_bridge = ws.bridge() if "bridge" in enhance else None
     rows, ann_ids, seen, skipped, written = [], [], set(), [], {}
     for p in pairs:
         i = img_row.get(str(p.get("image_id")))
@@ -129,7 +132,6 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             ann_ids = [a for a, k in zip(ann_ids, keep) if k]
             pair_rows, written = pair_rows[keep], {}
     measure = cfg["measure"]
-    enhance = parse_enhance(cfg.get("enhance"))
     csls_k = int(cfg.get("csls_k") or 10) if "csls" in enhance else None
     needed = 2 if measure == "pearson" else 1
     col_stats = {"image": None, "text": None}
@@ -145,7 +147,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         text_refs = index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
-        bridge = ws.bridge() if "bridge" in enhance else None
+        bridge = saved_bridge
         # leave-one-out over the references, once: the bridge's weight and the calibration
         t0 = time.perf_counter()
         query_ssr, target_ssr, loo_pairs, options = _task_view(index, select)

@@ -231,3 +231,33 @@ def enqueue_flags(redis_client: redis.Redis, project: str, queue: str | None = N
         meta={"project": project, "enqueued_at": time.time()})
     log.info(kv("flags.enqueued", project=project, job=job_id))
     return job_id
+
+
+def enqueue_growth(redis_client: redis.Redis, project: str, reason: str = "",
+                   queue: str | None = None) -> str:
+    """Embed and add the project's pending items (``workers.growth.add_pending``), on the embed
+    queue (long work must not hold up a label's rebuild); the job reads what is pending when it
+    runs, so several enqueued at once do the work once."""
+    job_id = new_job_id(project).replace("-rebuild-", "-items-", 1)
+    Queue(embed_queue_for(queue or queue_name()), connection=redis_client).enqueue(
+        "workers.growth.add_pending", project, job_id=job_id, retry=retry_policy(),
+        job_timeout=settings.get("XMODAL_EMBED_TIMEOUT"), result_ttl=86400, failure_ttl=7 * 86400,
+        description=f"add the pending items of {project} ({reason or 'manual'})",
+        meta={"project": project, "reason": reason, "enqueued_at": time.time()})
+    log.info(kv("items.enqueued", project=project, job=job_id, reason=reason))
+    return job_id
+
+
+def enqueue_removal(redis_client: redis.Redis, project: str, image_ids: list[str], text_ids: list[str],
+                    queue: str | None = None) -> str:
+    """Remove items (``workers.growth.remove_job``) on the rebuild queue: a quick rewrite of the
+    workspace, then a rebuild."""
+    job_id = new_job_id(project).replace("-rebuild-", "-remove-", 1)
+    get_queue(redis_client, queue).enqueue(
+        "workers.growth.remove_job", project, list(image_ids), list(text_ids), job_id=job_id,
+        retry=retry_policy(), job_timeout=job_timeout(), result_ttl=86400, failure_ttl=7 * 86400,
+        description=f"remove {len(image_ids)} images and {len(text_ids)} texts from {project}",
+        meta={"project": project, "enqueued_at": time.time()})
+    log.info(kv("items.removal_enqueued", project=project, job=job_id, images=len(image_ids),
+                texts=len(text_ids)))
+    return job_id

@@ -110,6 +110,15 @@ def ensure_features(ws, ds, image_encoder: str, text_encoder: str, *, feature_ca
     return X, Y, False
 
 
+def refresh_image_extras(ws, X, encoder_id: str, text_encoder: str, say: Say = quiet,
+                         feature_cache=None) -> None:
+    """What is derived from every image's features, made again for ``X`` (the workspace's image
+    matrix after items were added or removed): the words under each thumbnail and the class
+    bridge (the prompts come from the feature cache: no image is embedded again)."""
+    _save_image_words(ws, X, encoder_id)
+    _save_bridge(ws, X, encoder_id, text_encoder, say, feature_cache=feature_cache)
+
+
 def _save_image_words(ws, X, encoder_id: str) -> None:
     from xmodal.encoders.image_words import image_words
 

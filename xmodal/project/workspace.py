@@ -20,7 +20,9 @@ the old file or the new one, never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import io
 import json
 import logging
@@ -233,6 +235,20 @@ class Workspace:
         return self.config["select"]
 
     # -- items ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def items_lock(self, shared: bool = False):
+        """The item set's lock (``.items.lock``, ``flock``): items.json, the feature matrices and
+        what is aligned with them (bridge, selection) change together under the exclusive lock
+        (:mod:`xmodal.project.items`); a reader that needs them consistent with each other (the
+        rebuild) takes it shared, for the milliseconds of its reads."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".items.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def save_items(self, image_ids, image_paths, text_ids, texts) -> None:
         image_ids, image_paths = [str(x) for x in image_ids], [str(x) for x in image_paths]
         text_ids, texts = [str(x) for x in text_ids], [str(x) for x in texts]
@@ -243,6 +259,7 @@ class Workspace:
                 raise DataError(f"save_items: duplicate {what} ids")
         atomic_write_json(self.items_path, {"image_ids": image_ids, "image_paths": image_paths,
                                             "text_ids": text_ids, "texts": texts})
+        self._cache.pop(str(self.items_path), None)   # a rewrite within the clock's tick: same mtime
 
     @property
     def items(self) -> dict:
@@ -352,6 +369,7 @@ class Workspace:
             raise DataError(f"save_selection: {len(labels)} labels for {len(known)} {modality} items")
         atomic_write_json(self.selection_path, {"modality": modality, "medoid_ids": medoid_ids,
                                                 "labels": labels, "saved_at": time.time()})
+        self._cache.pop(str(self.selection_path), None)
 
     @property
     def selection(self) -> dict | None:
