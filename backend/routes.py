@@ -90,23 +90,13 @@ def search():
     return jsonify(XmodalModel(backend, ws).search(params))
 
 
-@api.post("/items")
+@api.route("/items", methods=["POST", "DELETE"])
 def items():
     body = json_object(request)
     backend = _backend()
     ws = backend.resolver.for_query(body.get("project"))
     g.project = ws.name
-    out = post_items(backend, ws, body)
-    return jsonify(out), 202 if out["status"] == "queued" else 200
-
-
-@api.delete("/items")
-def remove_items():
-    body = json_object(request)
-    backend = _backend()
-    ws = backend.resolver.for_query(body.get("project"))
-    g.project = ws.name
-    out = delete_items(backend, ws, body)
+    out = (post_items if request.method == "POST" else delete_items)(backend, ws, body)
     return jsonify(out), 202 if out["status"] == "queued" else 200
 
 
