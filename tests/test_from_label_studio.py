@@ -283,3 +283,23 @@ def test_the_fields_come_from_the_source_config_or_the_flags():
     assert _file_name("/tasks/9/resolve/?fileuri=czM6Ly9idWNrZXQvYS9jYXQuanBn") == "cat"   # s3://bucket/a/cat.jpg
     assert _file_name("data:image/png;base64,AAAA") == "inline"
     assert _file_name("/data/upload/1/../../..") == "image"
+
+
+def test_later_tasks_get_the_ids_project_create_gives():
+    """A task the source project's TASKS_CREATED brings is read by the same functions as
+    ``read_source``: the same fields, the same ids (the image's extension once fetched)."""
+    from xmodal.labelstudio.source import FETCHED, fetched_image_id, task_entry, task_image_id, task_item_ids
+
+    entry = task_entry({"id": 71, "data": {"$undefined$": "/data/upload/3/5f1e-dog.jpg", "caption": " a dog "}},
+                       "image", ["caption"])
+    assert entry.url == "/data/upload/3/5f1e-dog.jpg" and entry.texts == [("ls-71", "a dog")]
+    pending = task_image_id(71, entry.url)
+    assert pending == "ls-71-5f1e-dog" + FETCHED
+    assert fetched_image_id(pending, "/cache/ab/abcdef.jpg") == "ls-71-5f1e-dog.jpg" == \
+        task_image_id(71, entry.url, ".jpg")
+    assert fetched_image_id("photos/a.png", "/cache/x.jpg") == "photos/a.png"
+    two = task_entry({"id": 8, "data": {"image": 5, "title": "t", "body": "b"}}, "image", ["title", "body"])
+    assert two.url is None and "not a URL" in two.refused and [i for i, _ in two.texts] == ["ls-8-title", "ls-8-body"]
+    assert task_entry({"id": True, "data": {}}, "image", ["caption"]) is None
+    ids = ["ls-7", "ls-7-a.jpg", "ls-71", "ls-71-dog.jpg", "ls-8-title", "ls-77", "x/ls-7.png"]
+    assert task_item_ids([7, 8], ids) == ["ls-7", "ls-7-a.jpg", "ls-8-title"]
