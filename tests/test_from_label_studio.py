@@ -46,13 +46,14 @@ SOURCE_CONFIG = """<View>
 ls_server = ls_server_fixture()
 
 
-def photos() -> list[tuple[str, bytes, str]]:
-    """(file name, JPEG bytes, caption) x 60: COCO-mini shrunk to 320 px, else generated."""
+def photos(n: int = N_IMAGES, start: int = 0) -> list[tuple[str, bytes, str]]:
+    """(file name, JPEG bytes, caption) x n from the ``start``-th: COCO-mini shrunk to 320 px, else
+    generated."""
     from PIL import Image
 
     out = []
     if (COCO / "pairs.json").is_file():
-        for rec in json.loads((COCO / "pairs.json").read_text())[:N_IMAGES]:
+        for rec in json.loads((COCO / "pairs.json").read_text())[start:start + n]:
             with Image.open(COCO / rec["file"]) as im:
                 im = im.convert("RGB")
                 im.thumbnail((320, 320))
@@ -60,8 +61,8 @@ def photos() -> list[tuple[str, bytes, str]]:
                 im.save(buf, format="JPEG", quality=85)
             out.append((Path(rec["file"]).name, buf.getvalue(), rec["captions"][0]))
         return out
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):   # no photos here: shapes of a few colours, still decodable
+    rng = np.random.default_rng(start)
+    for i in range(start, start + n):   # no photos here: shapes of a few colours, still decodable
         arr = np.full((96, 128, 3), rng.integers(0, 255, 3), dtype=np.uint8)
         arr[20:70, 30 + i % 40:80 + i % 40] = rng.integers(0, 255, 3)
         buf = io.BytesIO()
