@@ -117,10 +117,14 @@ class ProjectResolver:
         return ls_id is not None and self.source_id(ws) == ls_id and self._linked_id(ws) != ls_id
 
     def _by_source(self, ls_id: int) -> Workspace | None:
-        for ws in list_workspaces(self.base):
-            if self.source_id(ws) == ls_id:
-                return ws
-        return None
+        made = self.made_from(ls_id)
+        return made[0] if made else None
+
+    def made_from(self, ls_id: int) -> list[Workspace]:
+        """Every workspace made from Label Studio project ``ls_id`` (``--from-label-studio`` may
+        run more than once on one source, under other names): its task webhooks go to each."""
+        return [self._workspaces.setdefault(ws.name, ws) for ws in list_workspaces(self.base)
+                if self.source_id(ws) == ls_id and self._linked_id(ws) != ls_id]
 
     def _link_default(self, ls_id: int, link: bool) -> Workspace:
         ws = Workspace(self.base / self.default_project)

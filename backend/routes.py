@@ -80,7 +80,11 @@ def webhook():
     ws = backend.resolver.for_label_studio(ls_id)
     g.project = ws.name
     if backend.resolver.is_source(ws, ls_id):   # the project --from-label-studio read: items only
-        return jsonify(source_event(backend, ws, action, body))
+        made = backend.resolver.made_from(ls_id) or [ws]
+        if len(made) == 1:
+            return jsonify(source_event(backend, made[0], action, body))
+        return jsonify({"status": "ok", "projects": {w.name: source_event(backend, w, action, body)
+                                                     for w in made}})
     return jsonify(XmodalModel(backend, ws).fit(action, body))
 
 

@@ -219,6 +219,11 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
                        "--backend-url", services["url"], "--json", env=env)
         assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
         assert Workspace.for_project(late).config["source"]["label_studio_project_id"] == source
+        # every run registered the same webhook on the source project: one, for the two task events
+        (hook,) = ls.api("GET", "/api/webhooks/", params={"project": source})
+        assert sorted(hook["actions"]) == ["TASKS_CREATED", "TASKS_DELETED"]
+        assert hook["url"] == services["url"] + "/webhook"
+        assert ls.api("GET", "/api/ml/", params={"project": source}) == []
         assert json.loads(fixed.stdout)["source"]["fetched"] == 0
         assert listener.connections == 0
     finally:
