@@ -195,9 +195,13 @@ def source_event(backend, ws: Workspace, action: str, body: dict) -> dict:
         return items_from_source_tasks(backend, ws, parse_tasks(body))
     if action == "TASKS_DELETED":
         ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(body, MAX_DELETED)]
+        pending = PendingItems(backend.redis, ws.name)   # imported and deleted before the job ran
+        waiting = dict(zip(("image", "text"), pending.snapshot()[:2]))
+        dropped = sum(pending.drop(m, task_item_ids(ids, waiting[m])) for m in waiting)
         gone = {m: task_item_ids(ids, ws.ids(m)) for m in ("image", "text")}
         return dict(delete_items(backend, ws, {"images": gone["image"], "texts": gone["text"]})
-                    if any(gone.values()) else {"status": "unchanged"}, source_tasks=ids[:100])
+                    if any(gone.values()) else {"status": "unchanged"}, source_tasks=ids[:100],
+                    pending_dropped=dropped)
     return {"status": "ignored", "action": action, "why": "a webhook of the source project"}
 
 

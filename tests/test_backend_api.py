@@ -870,5 +870,9 @@ def test_webhooks_of_a_source_project_bring_items_to_every_workspace_made_from_i
     # a source task's items (as the growth job named them) removed by TASKS_DELETED
     gone = post(client, "/webhook", {"action": "TASKS_DELETED", "project": {"id": 40}, "tasks": [{"id": 3}]})
     assert gone.get_json()["projects"]["a"]["status"] == "unchanged"   # the workspace has no ls-3 items
+    # deleted before the growth job ran: taken off what is pending
+    gone = post(client, "/webhook", {"action": "TASKS_DELETED", "project": {"id": 40}, "tasks": [{"id": 500}]})
+    assert gone.get_json()["projects"]["b"]["pending_dropped"] == 2
+    assert PendingItems(r, "b").counts() == {"image": 0, "text": 0}
     assert post(client, "/webhook", {"action": "TASKS_CREATED", "project": {"id": 41},
                                      "tasks": []}).status_code == 200   # the linked project: as before
