@@ -20,6 +20,10 @@ Studio (``xmodal.labelstudio.fetch``: only that origin, the image limits, a cach
 fetched while a webhook waits for its answer. Ids: the task's ``image_id``/``text_id``, else its
 new ``item_id`` (select modality), else the image's path under its root (or ``ls-<task
 id>-<file name>``) and ``ls-<task id>`` for the text, as ``--from-label-studio`` names them.
+
+The *source* project of a ``--from-label-studio`` workspace sends ``TASKS_CREATED`` and
+``TASKS_DELETED`` too (:func:`source_event`): its tasks are read with that command's fields and ids
+(:mod:`xmodal.labelstudio.source`), their images always fetched through Label Studio.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import logging
 from backend.local_images import check_decodable, resolve_image
 from xmodal.errors import ApiError, DataError
 from xmodal.jobs.queueing import enqueue_growth, enqueue_removal
+from xmodal.labelstudio.annotations import MAX_DELETED, int_id, parse_tasks
 from xmodal.labelstudio.connection import ls_connection
+from xmodal.labelstudio.source import task_entry, task_image_id, task_item_ids
 from xmodal.logfmt import kv
 from xmodal.project.items import ItemConflict, check_items, new_items
 from xmodal.project.pending import PendingItems
@@ -178,3 +184,49 @@ def items_from_tasks(backend, ws: Workspace, tasks: list) -> dict:
         log.warning(kv("items.tasks_refused", project=ws.name, error=exc.message))
         return {"status": "refused", "error": exc.message, "skipped_images": skipped}
     return dict(out, skipped_images=skipped)
+
+
+def source_event(backend, ws: Workspace, action: str, body: dict) -> dict:
+    """A webhook of the Label Studio project ``ws`` was made from (``--from-label-studio``; its
+    webhook sends only these two): ``TASKS_CREATED`` -> :func:`items_from_source_tasks`,
+    ``TASKS_DELETED`` -> their items removed. Any other action (its annotations are not labels of
+    this project) is ignored."""
+    if action == "TASKS_CREATED":
+        return items_from_source_tasks(backend, ws, parse_tasks(body))
+    if action == "TASKS_DELETED":
+        ids = [int_id(t, "TASKS_DELETED: tasks[].id") for t in parse_tasks(body, MAX_DELETED)]
+        pending = PendingItems(backend.redis, ws.name)   # imported and deleted before the job ran
+        waiting = dict(zip(("image", "text"), pending.snapshot()[:2]))
+        dropped = sum(pending.drop(m, task_item_ids(ids, waiting[m])) for m in waiting)
+        gone = {m: task_item_ids(ids, ws.ids(m)) for m in ("image", "text")}
+        return dict(delete_items(backend, ws, {"images": gone["image"], "texts": gone["text"]})
+                    if any(gone.values()) else {"status": "unchanged"}, source_tasks=ids[:100],
+                    pending_dropped=dropped)
+    return {"status": "ignored", "action": action, "why": "a webhook of the source project"}
+
+
+def items_from_source_tasks(backend, ws: Workspace, tasks: list) -> dict:
+    """``TASKS_CREATED`` of the source project: each task's image and texts, with the fields and
+    ids of ``--from-label-studio`` (:func:`xmodal.labelstudio.source.task_entry`), become pending
+    items; the image is fetched through Label Studio by the growth job, which gives its id the
+    fetched file's extension (:func:`xmodal.labelstudio.source.fetched_image_id`)."""
+    source = ws.config.get("source") or {}
+    fields = source.get("text_fields") or []
+    images, texts, skipped = {}, {}, []
+    for task in tasks:
+        entry = task_entry(task, source.get("image_field"), fields)
+        if entry is None:
+            continue
+        if entry.url and (_label_studio_url(entry.url) or entry.url.startswith("data:")):
+            images[task_image_id(entry.task_id, entry.url)] = LABEL_STUDIO_IMAGE + entry.url
+        elif entry.url or entry.refused:
+            skipped.append(entry.task_id)
+        texts.update(entry.texts)
+    if not images and not texts:
+        return {"status": "no new items", "skipped_images": len(skipped)}
+    try:
+        out = _record(backend, ws, {}, texts, "source TASKS_CREATED", images)
+    except ApiError as exc:
+        log.warning(kv("items.source_tasks_refused", project=ws.name, error=exc.message))
+        return {"status": "refused", "error": exc.message, "skipped_images": len(skipped)}
+    return dict(out, skipped_images=len(skipped))

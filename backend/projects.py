@@ -7,6 +7,8 @@ project object (``{"id": ...}``) or an id in webhooks. The id maps to a workspac
 1. the Redis hash ``P:ls_projects`` (id -> workspace name), a cache of the steps below;
 2. the workspace whose ``config.json`` has ``label_studio.project_id == id`` (``xmodal project``
    writes it when it creates the Label Studio project);
+   or whose ``source.label_studio_project_id == id`` (the project ``--from-label-studio`` read its
+   items from: only its task webhooks are taken, :meth:`ProjectResolver.is_source`);
 3. a workspace directory named by the id itself (``$MODEL_DIR/12/``);
 4. ``$XMODAL_PROJECT``, the single-project default: on /setup it is linked to the Label Studio
    project (``label_studio.project_id`` written to its config) so that the workers can push. Until
@@ -78,7 +80,7 @@ class ProjectResolver:
             if ws.exists() and self._is_link(ws, ls_id):
                 return self._workspaces.setdefault(name, ws)
             self.redis.hdel(self.map_key, str(ls_id))
-        ws = find_by_label_studio_id(ls_id, self.base)
+        ws = find_by_label_studio_id(ls_id, self.base) or self._by_source(ls_id)
         if ws is None:
             by_dir = Workspace(self.base / str(ls_id))
             if by_dir.exists() and self._is_link(by_dir, ls_id):
@@ -95,10 +97,34 @@ class ProjectResolver:
         return self._workspaces.setdefault(ws.name, ws)
 
     def _is_link(self, ws: Workspace, ls_id: int) -> bool:
-        """``ws`` is Label Studio project ``ls_id``'s: linked to it in its config, or an unlinked
-        workspace named by the id."""
+        """``ws`` is Label Studio project ``ls_id``'s: linked to it in its config, made from it
+        (its source), or an unlinked workspace named by the id."""
         linked = self._linked_id(ws)
-        return linked == ls_id or (linked is None and ws.name == str(ls_id))
+        return linked == ls_id or self.is_source(ws, ls_id) or (linked is None and ws.name == str(ls_id))
+
+    @staticmethod
+    def source_id(ws: Workspace) -> int | None:
+        """The Label Studio project ``ws`` was made from (``--from-label-studio``), or None."""
+        try:
+            pid = (ws.config.get("source") or {}).get("label_studio_project_id")
+        except DataError:
+            return None
+        return None if pid is None else int(pid)
+
+    def is_source(self, ws: Workspace, ls_id: int | None) -> bool:
+        """Label Studio project ``ls_id`` is ``ws``'s source project, not its labelling project: its
+        webhooks bring items (``TASKS_CREATED``/``TASKS_DELETED``), never labels."""
+        return ls_id is not None and self.source_id(ws) == ls_id and self._linked_id(ws) != ls_id
+
+    def _by_source(self, ls_id: int) -> Workspace | None:
+        made = self.made_from(ls_id)
+        return made[0] if made else None
+
+    def made_from(self, ls_id: int) -> list[Workspace]:
+        """Every workspace made from Label Studio project ``ls_id`` (``--from-label-studio`` may
+        run more than once on one source, under other names): its task webhooks go to each."""
+        return [self._workspaces.setdefault(ws.name, ws) for ws in list_workspaces(self.base)
+                if self.source_id(ws) == ls_id and self._linked_id(ws) != ls_id]
 
     def _link_default(self, ls_id: int, link: bool) -> Workspace:
         ws = Workspace(self.base / self.default_project)

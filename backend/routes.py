@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from backend.items import delete_items, post_items
+from backend.items import delete_items, post_items, source_event
 from backend.jsonbody import json_object
 from backend.metrics import render
 from backend.model import XmodalModel
@@ -76,8 +76,15 @@ def webhook():
     if action not in WEBHOOK_ACTIONS:
         return jsonify({"status": "ignored", "action": action})
     backend = _backend()
-    ws = backend.resolver.for_label_studio(webhook_project(body))
+    ls_id = webhook_project(body)
+    ws = backend.resolver.for_label_studio(ls_id)
     g.project = ws.name
+    if backend.resolver.is_source(ws, ls_id):   # the project --from-label-studio read: items only
+        made = backend.resolver.made_from(ls_id) or [ws]
+        if len(made) == 1:
+            return jsonify(source_event(backend, made[0], action, body))
+        return jsonify({"status": "ok", "projects": {w.name: source_event(backend, w, action, body)
+                                                     for w in made}})
     return jsonify(XmodalModel(backend, ws).fit(action, body))
 
 

@@ -841,3 +841,38 @@ def test_the_search_box_fills_up_with_texts_of_a_similar_meaning(xenv, ws):
     body["params"] = {"context": {"result": [search_region("caption 3")]}}
     header, *lines = post(client, "/predict", body).get_json()["results"][0]["result"][0]["value"]["text"]
     assert lines[0].endswith(text_id(3)) and len(lines) == 10 and len({x.split()[-1] for x in lines}) == 10
+
+
+def test_webhooks_of_a_source_project_bring_items_to_every_workspace_made_from_it(xenv, make_workspace, r):
+    """``--from-label-studio`` records its source project; that project's TASKS_CREATED becomes
+    pending items (ids as the command gives them) in each workspace made from it, TASKS_DELETED
+    removes them, and its other events are never labels."""
+    from backend.app import create_app
+    from xmodal.labelstudio.source import FETCHED
+    from xmodal.project.pending import PendingItems
+
+    source = {"label_studio_project_id": 40, "url": "http://localhost:8080", "image_field": "image",
+              "text_fields": ["caption"]}
+    made = [make_workspace(name, ls_project_id=pid, source=source) for name, pid in (("a", 41), ("b", 42))]
+    client = create_app().test_client()
+    task = {"id": 500, "project": 40, "data": {"image": "/data/upload/3/9f-cat.png", "caption": " a cat "}}
+    resp = post(client, "/webhook", {"action": "TASKS_CREATED", "project": {"id": 40}, "tasks": [task]})
+    assert resp.status_code == 200, resp.get_json()
+    assert set(resp.get_json()["projects"]) == {"a", "b"}
+    for ws in made:
+        images, texts, _ = PendingItems(r, ws.name).snapshot()
+        assert images == {"ls-500-9f-cat" + FETCHED: "label-studio:/data/upload/3/9f-cat.png"}
+        assert texts == {"ls-500": "a cat"}
+    label = post(client, "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 40},
+                                      "annotation": {"id": 9, "task": 500, "result": []}, "task": task})
+    assert label.status_code == 200 and label.get_json()["projects"]["a"]["status"] == "ignored"
+    assert PairStore(r, "a").count() == 0
+    # a source task's items (as the growth job named them) removed by TASKS_DELETED
+    gone = post(client, "/webhook", {"action": "TASKS_DELETED", "project": {"id": 40}, "tasks": [{"id": 3}]})
+    assert gone.get_json()["projects"]["a"]["status"] == "unchanged"   # the workspace has no ls-3 items
+    # deleted before the growth job ran: taken off what is pending
+    gone = post(client, "/webhook", {"action": "TASKS_DELETED", "project": {"id": 40}, "tasks": [{"id": 500}]})
+    assert gone.get_json()["projects"]["b"]["pending_dropped"] == 2
+    assert PendingItems(r, "b").counts() == {"image": 0, "text": 0}
+    assert post(client, "/webhook", {"action": "TASKS_CREATED", "project": {"id": 41},
+                                     "tasks": []}).status_code == 200   # the linked project: as before

@@ -46,13 +46,14 @@ SOURCE_CONFIG = """<View>
 ls_server = ls_server_fixture()
 
 
-def photos() -> list[tuple[str, bytes, str]]:
-    """(file name, JPEG bytes, caption) x 60: COCO-mini shrunk to 320 px, else generated."""
+def photos(n: int = N_IMAGES, start: int = 0) -> list[tuple[str, bytes, str]]:
+    """(file name, JPEG bytes, caption) x n from the ``start``-th: COCO-mini shrunk to 320 px, else
+    generated."""
     from PIL import Image
 
     out = []
     if (COCO / "pairs.json").is_file():
-        for rec in json.loads((COCO / "pairs.json").read_text())[:N_IMAGES]:
+        for rec in json.loads((COCO / "pairs.json").read_text())[start:start + n]:
             with Image.open(COCO / rec["file"]) as im:
                 im = im.convert("RGB")
                 im.thumbnail((320, 320))
@@ -60,8 +61,8 @@ def photos() -> list[tuple[str, bytes, str]]:
                 im.save(buf, format="JPEG", quality=85)
             out.append((Path(rec["file"]).name, buf.getvalue(), rec["captions"][0]))
         return out
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):   # no photos here: shapes of a few colours, still decodable
+    rng = np.random.default_rng(start)
+    for i in range(start, start + n):   # no photos here: shapes of a few colours, still decodable
         arr = np.full((96, 128, 3), rng.integers(0, 255, 3), dtype=np.uint8)
         arr[20:70, 30 + i % 40:80 + i % 40] = rng.integers(0, 255, 3)
         buf = io.BytesIO()
@@ -218,6 +219,11 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
                        "--backend-url", services["url"], "--json", env=env)
         assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
         assert Workspace.for_project(late).config["source"]["label_studio_project_id"] == source
+        # every run registered the same webhook on the source project: one, for the two task events
+        (hook,) = ls.api("GET", "/api/webhooks/", params={"project": source})
+        assert sorted(hook["actions"]) == ["TASKS_CREATED", "TASKS_DELETED"]
+        assert hook["url"] == services["url"] + "/webhook"
+        assert ls.api("GET", "/api/ml/", params={"project": source}) == []
         assert json.loads(fixed.stdout)["source"]["fetched"] == 0
         assert listener.connections == 0
     finally:
@@ -283,3 +289,23 @@ def test_the_fields_come_from_the_source_config_or_the_flags():
     assert _file_name("/tasks/9/resolve/?fileuri=czM6Ly9idWNrZXQvYS9jYXQuanBn") == "cat"   # s3://bucket/a/cat.jpg
     assert _file_name("data:image/png;base64,AAAA") == "inline"
     assert _file_name("/data/upload/1/../../..") == "image"
+
+
+def test_later_tasks_get_the_ids_project_create_gives():
+    """A task the source project's TASKS_CREATED brings is read by the same functions as
+    ``read_source``: the same fields, the same ids (the image's extension once fetched)."""
+    from xmodal.labelstudio.source import FETCHED, fetched_image_id, task_entry, task_image_id, task_item_ids
+
+    entry = task_entry({"id": 71, "data": {"$undefined$": "/data/upload/3/5f1e-dog.jpg", "caption": " a dog "}},
+                       "image", ["caption"])
+    assert entry.url == "/data/upload/3/5f1e-dog.jpg" and entry.texts == [("ls-71", "a dog")]
+    pending = task_image_id(71, entry.url)
+    assert pending == "ls-71-5f1e-dog" + FETCHED
+    assert fetched_image_id(pending, "/cache/ab/abcdef.jpg") == "ls-71-5f1e-dog.jpg" == \
+        task_image_id(71, entry.url, ".jpg")
+    assert fetched_image_id("photos/a.png", "/cache/x.jpg") == "photos/a.png"
+    two = task_entry({"id": 8, "data": {"image": 5, "title": "t", "body": "b"}}, "image", ["title", "body"])
+    assert two.url is None and "not a URL" in two.refused and [i for i, _ in two.texts] == ["ls-8-title", "ls-8-body"]
+    assert task_entry({"id": True, "data": {}}, "image", ["caption"]) is None
+    ids = ["ls-7", "ls-7-a.jpg", "ls-71", "ls-71-dog.jpg", "ls-8-title", "ls-77", "x/ls-7.png"]
+    assert task_item_ids([7, 8], ids) == ["ls-7", "ls-7-a.jpg", "ls-8-title"]

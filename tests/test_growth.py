@@ -194,3 +194,182 @@ def test_items_added_while_labelling(growth_data, ls_server, xenv, services, tmp
           f"{time.perf_counter() - t0:.1f} s after the import")
     hits = httpx.get(f"{url}/search", params={"project": name, "image_id": "uploaded/checks.png", "k": 5})
     assert hits.status_code == 200
+
+
+# -- the same for a project made from a Label Studio project: tasks imported into the SOURCE ---------
+def _upload(ls, project: int, files: list[tuple[str, bytes]], mime: str) -> None:
+    """Multipart upload through Label Studio's import API, 20 files a request."""
+    for start in range(0, len(files), 20):
+        ls.api("POST", f"/api/projects/{project}/import", params={"commit_to_project": "true"},
+               files=[(f"file{i}", (name, data, mime)) for i, (name, data) in enumerate(files[start:start + 20])])
+
+
+def _label(ls, task: dict, answer: str) -> int:
+    values = [o["alias"] for o in task["data"]["options"]]
+    result = [{"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": [answer]}}] \
+        if answer in values else \
+        [{"from_name": "caption", "to_name": "image", "type": "choices", "value": {"choices": ["__none__"]}},
+         {"from_name": "description", "to_name": "image", "type": "textarea", "value": {"text": [answer]}}]
+    return ls.create_annotation(task["id"], result)["id"]
+
+
+def test_tasks_imported_into_the_source_project_become_items(ls_server, xenv, services, tmp_path):
+    """Issue 24's Done-when for data that lives in Label Studio: 60 photos uploaded through Label
+    Studio's API with their captions -> `project create --from-label-studio` (which registers a
+    TASKS_CREATED/TASKS_DELETED webhook on the source project) -> 5 labels in the linked project ->
+    40 more photos and captions imported into the SOURCE project (28 photos, 12 stripes: a kind it
+    had none of; uploaded through Label Studio's API, imported as tasks with their captions) -> they
+    are items with the ids project create gives, embedded, searchable through /search, in the
+    next predictions, a new medoid task of the stripes is in the linked project, every earlier pair
+    is stored. Then source tasks deleted: their items go, a pair on one stays as a problem."""
+    import json
+    import re
+
+    from test_from_label_studio import SOURCE_CONFIG, photos
+    from test_items import write_group
+
+    from xmodal.index.store import IndexStore
+    from xmodal.labelstudio.client import connect
+    from xmodal.project.pairs import PairStore
+    from xmodal.project.workspace import Workspace
+
+    procs, url = services["procs"], services["url"]
+    ls = connect(ls_server.url, ls_server.token)
+    one_key = re.sub(r"\s*<Text [^>]*/>", "", SOURCE_CONFIG)   # a direct upload takes one data key
+    source = int(ls.api("POST", "/api/projects/", json={"title": f"source {xenv.tag}", "label_config": one_key})["id"])
+    first = photos(60)
+    _upload(ls, source, [(n, d) for n, d, _ in first], "image/jpeg")
+    ls.api("PATCH", f"/api/projects/{source}/", json={"label_config": SOURCE_CONFIG})
+    caption_of = {n: c for n, _, c in first}
+    for t in ls.list_tasks(source):
+        (url_,) = [v for v in t["data"].values() if isinstance(v, str) and v.startswith("/data/upload/")]
+        ls.update_task_data(t["id"], {**t["data"], "caption": caption_of[url_.rsplit("/", 1)[1].split("-", 1)[1]]})
+    source_config = ls.get_project(source)["label_config"]
+
+    name = f"fromls-grow-{xenv.tag}"
+    env = dict(os.environ, LABEL_STUDIO_URL=ls_server.url, LABEL_STUDIO_API_KEY=ls_server.token,
+               XMODAL_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "xmodal.cli", "project", "create", "--from-label-studio",
+                          str(source), "--name", name, "--k", str(K), "--backend-url", url, "--json"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    pid, hook = out["label_studio_project"], out["source"]["webhook"]
+    # the source project: one webhook, for the two task events only; its config and ML backends as they were
+    (registered,) = ls.api("GET", "/api/webhooks/", params={"project": source})
+    assert registered["id"] == hook and registered["url"] == f"{url}/webhook"
+    assert sorted(registered["actions"]) == ["TASKS_CREATED", "TASKS_DELETED"]
+    assert not registered["send_for_all_actions"] and registered["send_payload"]
+    assert ls.api("GET", "/api/ml/", params={"project": source}) == []
+    assert ls.get_project(source)["label_config"] == source_config
+
+    ws = Workspace.for_project(name)
+    r = xenv.redis
+    store, pairs = IndexStore(r, ws), PairStore(r, name)
+
+    def wait_index(n_pairs: int, at_least: int = 0) -> int:
+        def ready():
+            info = store.info()
+            if int(info.get("n_pairs", -1)) != n_pairs or int(info.get("version", 0)) < at_least:
+                return None
+            v = int(info["version"])
+            return v if ls.get_project(pid)["model_version"] == f"v{v}" else None
+        return poll(f"an index with {n_pairs} pairs served by Label Studio", ready, procs=procs, timeout=120)
+
+    # -- 5 labels in the linked project: the caption of the medoid's own source task --------------
+    linked = ls.list_tasks(pid)
+    annotations = {}
+    for task in linked[:LABELS]:
+        item = task["data"]["item_id"]
+        answer = "ls-" + item.split("-")[1]
+        annotations[_label(ls, task, answer)] = (item, answer)
+    v5 = wait_index(LABELS)
+    before = {a: pairs.get(a) for a in annotations}
+    assert all(rec and rec["state"] == "pair" for rec in before.values()), before
+
+    # -- 40 more into the SOURCE project: uploaded through Label Studio's API, imported as tasks ----
+    more = [(n, d, c) for n, d, c in photos(28, start=60)]
+    stripes = write_group(tmp_path / "stripes", 12)
+    lines = [json.loads(x) for x in (stripes / "texts.jsonl").read_text().splitlines()]
+    uploads = int(ls.api("POST", "/api/projects/", json={"title": f"uploads {xenv.tag}",
+                                                          "label_config": one_key})["id"])
+    _upload(ls, uploads, [(n, d) for n, d, _ in more], "image/jpeg")
+    _upload(ls, uploads, [(x["image"], (stripes / "images" / x["image"]).read_bytes()) for x in lines], "image/png")
+    url_of = {t["data"]["image"].rsplit("/", 1)[1].split("-", 1)[1]: t["data"]["image"] for t in ls.list_tasks(uploads)}
+    captions = {n: c for n, _, c in more} | {x["image"]: x["text"] for x in lines}
+    assert len(url_of) == 40
+    t0 = time.perf_counter()
+    ls.api("POST", f"/api/projects/{source}/import", params={"commit_to_project": "true"},
+           json=[{"image": url_of[n], "caption": c} for n, c in captions.items()])
+    new_tasks = {t["id"]: t for t in ls.list_tasks(source) if t["data"]["image"] in set(url_of.values())}
+    assert len(new_tasks) == 40
+
+    def grown():
+        if len(ws.ids("image")) != 100 or len(ws.ids("text")) != 100:
+            return None
+        snap = store.load(store.current_version())
+        return snap if set(ws.ids("image")) <= set(snap.image_ids.tolist()) and \
+            set(ws.ids("text")) <= set(snap.text_ids.tolist()) else None
+    snap = poll("the source's new tasks embedded and indexed", grown, procs=procs, timeout=300, interval=0.5)
+    searchable_s = time.perf_counter() - t0
+    # the ids project create gives: ls-<task>-<file name>.<ext> and ls-<task>
+    new_images = [i for i in ws.ids("image") if int(i.split("-")[1]) in new_tasks]
+    new_texts = [i for i in ws.ids("text") if int(i.split("-")[1]) in new_tasks]
+    assert sorted(new_texts) == sorted(f"ls-{t}" for t in new_tasks) and len(new_images) == 40
+    for item in new_images:
+        task = new_tasks[int(item.split("-")[1])]
+        stem = task["data"]["image"].rsplit("/", 1)[1].rsplit(".", 1)[0]
+        assert re.fullmatch(rf"ls-{task['id']}-{re.escape(stem)}\.(jpg|png)", item), item
+    stripe_ids = [i for i in new_images if "stripes_" in i]
+    assert len(stripe_ids) == 12
+
+    # searchable through /search: a new image finds texts, a new text finds images
+    hits = httpx.get(f"{url}/search", params={"project": name, "image_id": stripe_ids[0], "k": 10}).json()
+    assert len(hits["results"]) == 10
+    hits = httpx.get(f"{url}/search", params={"project": name, "text_id": new_texts[0], "k": 10}).json()
+    assert len(hits["results"]) == 10
+
+    # a new medoid task of the stripes in the linked project, showing the source's upload URL
+    # (the growth job pushes the index first, then extends the medoids)
+    new_kind = poll("a new medoid task of the stripes in the linked project", lambda: [
+        t for t in ls.list_tasks(pid) if t["data"]["item_id"] in stripe_ids], procs=procs, timeout=120, interval=0.5)
+    tasks = {t["id"]: t for t in ls.list_tasks(pid)}
+    assert len(tasks) > K and ws.medoid_ids()[:K] == out["medoids"]
+    assert all(t["data"]["image"] in url_of.values() for t in new_kind)
+    assert ls.download(new_kind[0]["data"]["image"], 10**7).content[:4] == b"\x89PNG"
+
+    # the next predictions: every open task has one of the grown index; the pages offer new texts
+    labelled = {item for item, _ in annotations.values()}
+
+    def current_predictions():
+        version = f"v{store.current_version()}"
+        preds = {p["task"]: p for p in ls.api("GET", "/api/predictions/", params={"project": pid})
+                 if p["model_version"] == version}
+        return preds if all(t in preds for t, task in tasks.items()
+                            if task["data"]["item_id"] not in labelled) else None
+    poll("predictions of the grown index for every open task", current_predictions, procs=procs,
+         timeout=120, interval=0.5)
+    offered = {o["alias"] for t in ls.list_tasks(pid) for o in t["data"]["options"]}
+    assert set(new_texts) & offered, "no page offers a new text"
+
+    # every earlier pair is still stored
+    after = {a: pairs.get(a) for a in annotations}
+    assert {a: (x["image_id"], x["text_id"], x["state"]) for a, x in after.items()} == \
+        {a: (x["image_id"], x["text_id"], x["state"]) for a, x in before.items()}
+    assert store.load(v5).n_pairs == LABELS and snap.n_pairs == LABELS
+    print(f"\nsource TASKS_CREATED: 40 photos and captions (12 stripes) searchable {searchable_s:.1f} s after "
+          f"the import; new medoid tasks: {[t['data']['item_id'] for t in new_kind]}")
+
+    # -- source tasks deleted: their items go; a pair on one stays, as a problem ------------------
+    gone_item, gone_text = next(iter(annotations.values()))
+    doomed = [int(gone_item.split("-")[1]), next(iter(new_tasks))]
+    ls.api("POST", "/api/dm/actions", params={"id": "delete_tasks", "project": source},
+           json={"selectedItems": {"all": False, "included": doomed}})
+    poll("the deleted tasks' items removed", lambda: len(ws.ids("image")) == 98 and len(ws.ids("text")) == 98,
+         procs=procs, timeout=120, interval=0.5)
+    assert gone_item not in ws.ids("image") and gone_text not in ws.ids("text")
+    problem = next(a for a, (item, _) in annotations.items() if item == gone_item)
+    poll("the pair on a removed item kept as a problem", lambda: (pairs.get(problem) or {}).get("state") == "problem",
+         procs=procs, timeout=60, interval=0.5)
+    assert sum(1 for a in annotations if pairs.get(a)["state"] == "pair") == LABELS - 1
+    ls.close()

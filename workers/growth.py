@@ -147,14 +147,21 @@ def _fetched(r: redis.Redis, ws: Workspace, images: dict[str, str], say: Say):
         return out, [{"id": i, "error": why} for i in wanted]
     from xmodal.labelstudio.connection import open_label_studio
     from xmodal.labelstudio.fetch import ImageFetchError, fetch_image
+    from xmodal.labelstudio.source import fetched_image_id, remember_urls
 
     client = open_label_studio(conn["url"], conn["api_key"]).client
-    failed = []
+    failed, urls = [], {}
     for item_id, url in wanted.items():
         try:
-            out[item_id] = str(fetch_image(client, url))
+            path = fetch_image(client, url)
         except ImageFetchError as exc:
             failed.append({"id": item_id, "error": str(exc)})
+            continue
+        # a source task's image: its id gets the fetched file's extension, as project create names it
+        final = fetched_image_id(item_id, path)
+        out[final] = str(path)
+        urls[final] = url
+    remember_urls(ws.root, urls)    # a --from-label-studio project's pages show the task's URL
     say(f"{len(wanted) - len(failed)} image(s) fetched through Label Studio"
         + (f"; {len(failed)} not: {failed[0]['error']}" if failed else ""))
     return out, failed

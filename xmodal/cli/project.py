@@ -232,7 +232,7 @@ def run_create(args) -> int:
     _print_result(args, result, {"source": {
         "label_studio_project": items.project_id, "tasks": items.n_tasks, "images": len(items.images),
         "texts": len(items.texts), "fetched": items.fetched, "fetch_s": items.fetch_s,
-        "left_out": items.refused}})
+        "left_out": items.refused, "webhook": items.webhook_id}})
     return 0
 
 

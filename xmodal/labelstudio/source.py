@@ -27,12 +27,19 @@ existing Label Studio project.
    the linked labelling project and the loop, as for ``--data``. The workspace config records the
    source (``source``: ``label_studio_project_id``, ``url``, ``image_field``, ``text_fields``) so that
    the backend can map the source project's webhooks to this workspace.
+6. **Later tasks**: with ``--backend-url``, a webhook ``<backend>/webhook`` for ``TASKS_CREATED`` and
+   ``TASKS_DELETED`` only is registered on the source project (its config, tasks and ML backends are
+   never changed). Tasks imported into it later become items through the same path as ``POST
+   /items`` (``backend.items.items_from_source_tasks``: pending, then the growth job, which fetches
+   their images through Label Studio), with the ids of step 2 (:func:`task_entry`,
+   :func:`task_image_id`); deleted tasks' items are removed (a pair on one stays as a problem).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import shutil
 import time
@@ -74,6 +81,7 @@ class SourceItems:
     n_tasks: int = 0
     fetched: int = 0            # images fetched through Label Studio by this run (the rest: cache, inline)
     fetch_s: float = 0.0
+    webhook_id: int | None = None   # the source project's webhook to the backend (step 6)
 
     @property
     def pairs(self) -> int:
@@ -129,6 +137,75 @@ def _text_id(task_id: int, name: str, fields: list[str]) -> str:
     return f"ls-{task_id}" if len(fields) == 1 else f"ls-{task_id}-{name}"
 
 
+FETCHED = ".{fetched}"   # an image id's extension until the file is fetched (the image format's)
+
+
+def task_image_id(task_id: int, url: str, suffix: str = FETCHED) -> str:
+    """The id of a source task's image: ``ls-<task id>-<file name><suffix>``, the suffix that of
+    the fetched file; before the fetch (a webhook's task) :data:`FETCHED` stands for it and
+    :func:`fetched_image_id` puts the real one in."""
+    return f"ls-{task_id}-{_file_name(url)}{suffix}"
+
+
+def fetched_image_id(item_id: str, path: Path | str) -> str:
+    """``item_id`` with :data:`FETCHED` replaced by the fetched file's suffix (others unchanged)."""
+    return item_id[:-len(FETCHED)] + Path(path).suffix if item_id.endswith(FETCHED) else item_id
+
+
+def task_item_ids(task_ids, item_ids) -> list[str]:
+    """Those of ``item_ids`` that the source tasks ``task_ids`` gave (their ids start with
+    ``ls-<task id>``, as :func:`task_image_id` and :func:`task_entry` name them)."""
+    wanted = {str(int(t)) for t in task_ids}
+    pattern = re.compile(r"ls-(\d+)(?:-|$)")
+    return [i for i in item_ids if (m := pattern.match(i)) and m.group(1) in wanted]
+
+
+@dataclass
+class TaskEntry:
+    """One source task: its image URL (None without one), its texts ``[(id, text)]``, and why its
+    image field was not used (None when it was, or was empty)."""
+
+    task_id: int
+    url: str | None
+    texts: list[tuple[str, str]]
+    refused: str | None = None
+
+
+def task_entry(task, image_field: str | None, text_fields: list[str]) -> TaskEntry | None:
+    """What one task of the source project holds (module doc, step 2); None for a task without an
+    integer id or a data object. Used by :func:`read_source` and for the tasks the source project's
+    ``TASKS_CREATED`` webhook brings later (``backend.items``)."""
+    data = task.get("data") if isinstance(task, dict) else None
+    tid = task.get("id") if isinstance(task, dict) else None
+    if not isinstance(data, dict) or not isinstance(tid, int) or isinstance(tid, bool):
+        return None
+    entry = TaskEntry(task_id=tid, url=None, texts=[])
+    url = data.get(image_field, data.get(UNDEFINED) if image_field != UNDEFINED else None)
+    if isinstance(url, str) and url.strip():
+        entry.url = url.strip()
+    elif url not in (None, ""):
+        entry.refused = f"task {tid}: the image field holds a {type(url).__name__}, not a URL"
+    for name in text_fields:
+        text = data.get(name)
+        if isinstance(text, str) and text.strip():
+            entry.texts.append((_text_id(tid, name, text_fields), text.strip()))
+    return entry
+
+
+def remember_urls(ws_root: Path, urls: dict[str, str]) -> None:
+    """Add image id -> source task URL to ``source/urls.json`` (what the linked project's pages
+    show for an image): the images the source project's tasks brought after ``project create``."""
+    path = Path(ws_root) / SOURCE_URLS
+    if not urls or not path.parent.is_dir():
+        return
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if any(known.get(i) != u for i, u in urls.items()):
+        atomic_write_json(path, {**known, **urls})
+
+
 def _source_project(client: LabelStudioClient, project_id: int) -> dict:
     try:
         return client.get_project(project_id)
@@ -153,22 +230,17 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
     wanted: list[tuple[int, str]] = []
     task_of: dict[str, int] = {}       # text id -> its task
     for task in tasks:
-        data, tid = task.get("data"), task.get("id")
-        if not isinstance(data, dict) or not isinstance(tid, int) or isinstance(tid, bool):
+        entry = task_entry(task, image_field, text_fields)
+        if entry is None:
             continue
-        entry: dict = {"texts": []}
-        url = data.get(image_field, data.get(UNDEFINED) if image_field != UNDEFINED else None)
-        if isinstance(url, str) and url.strip():
-            wanted.append((tid, url.strip()))
-        elif url not in (None, ""):
-            items.refused.append(f"task {tid}: the image field holds a {type(url).__name__}, not a URL")
-        for name in text_fields:
-            text = data.get(name)
-            if isinstance(text, str) and text.strip():
-                entry["texts"].append(_text_id(tid, name, text_fields))
-                items.texts.append({"id": entry["texts"][-1], "text": text.strip()})
-                task_of[entry["texts"][-1]] = tid
-        items.tasks[tid] = entry
+        if entry.url:
+            wanted.append((entry.task_id, entry.url))
+        elif entry.refused:
+            items.refused.append(entry.refused)
+        for text_id, text in entry.texts:
+            items.texts.append({"id": text_id, "text": text})
+            task_of[text_id] = entry.task_id
+        items.tasks[entry.task_id] = {"texts": [text_id for text_id, _ in entry.texts]}
 
     t0 = time.time()
 
@@ -191,7 +263,7 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
         if path is None:
             items.refused.append(f"task {tid}: {why}")
             continue
-        image_id = f"ls-{tid}-{_file_name(url)}{path.suffix}"
+        image_id = task_image_id(tid, url, path.suffix)
         items.images[image_id] = path
         items.urls[image_id] = url
         items.tasks[tid]["image"] = image_id
@@ -234,6 +306,37 @@ def _check_workspace(ws: Workspace, source_project: int) -> None:
                           + "; use another --name, or remove that folder to start over")
 
 
+SOURCE_ACTIONS = ("TASKS_CREATED", "TASKS_DELETED")
+
+
+def ensure_webhook(client: LabelStudioClient, project_id: int, url: str, actions=SOURCE_ACTIONS) -> int:
+    """A project webhook to ``url`` for ``actions`` only, with full payloads (Label Studio 1.23's
+    ``/api/webhooks/``), registered once (matched by URL; set again if it differs); its id. For the
+    source project only: where ``ensure_ml_backend`` connected the backend (the linked project),
+    Label Studio registered a webhook for all actions itself."""
+    want = {"url": url, "actions": sorted(set(actions)), "send_for_all_actions": False,
+            "send_payload": True, "is_active": True}
+    for hook in client.api("GET", "/api/webhooks/", params={"project": int(project_id)}) or []:
+        if hook.get("project") == int(project_id) and (hook.get("url") or "").rstrip("/") == url.rstrip("/"):
+            if any(sorted(hook.get(k) or []) != v if k == "actions" else hook.get(k) != v
+                   for k, v in want.items()):
+                client.api("PATCH", f"/api/webhooks/{int(hook['id'])}/", json=want)
+            return int(hook["id"])
+    return int(client.api("POST", "/api/webhooks/", json={"project": int(project_id), **want})["id"])
+
+
+def _source_webhook(spec: ProjectSpec, source_project: int, say: Say) -> int:
+    """The source project's webhook to the backend (module doc, step 6), registered once."""
+    client = connect(spec.label_studio_url, spec.api_key)
+    try:
+        hook = ensure_webhook(client, source_project, spec.backend_url.rstrip("/") + "/webhook")
+    finally:
+        client.close()
+    say(f"source project {source_project}: webhook {hook} sends {' and '.join(SOURCE_ACTIONS)} to the "
+        "backend (tasks imported there later become items)")
+    return hook
+
+
 def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_field: str | None = None,
                              text_fields: list[str] | None = None, cache_dir=None, say: Say = quiet,
                              redis_client=None) -> tuple[BootstrapResult, SourceItems]:
@@ -270,6 +373,8 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
                             redis_client=redis_client)
     ws.update_config(source={"label_studio_project_id": items.project_id, "url": client.url,
                              "image_field": items.image_field, "text_fields": items.text_fields})
+    if spec.backend_url:
+        items.webhook_id = _source_webhook(spec, items.project_id, say)
     if items.refused:
         result.notes.append(f"{len(items.refused)} task image(s) left out (see above): "
                             + "; ".join(items.refused[:3]))
@@ -277,4 +382,6 @@ def create_from_label_studio(spec: ProjectSpec, source_project: int, *, image_fi
     return result, items
 
 
-__all__ = ["SourceItems", "choose_fields", "create_from_label_studio", "read_source", "write_source"]
+__all__ = ["FETCHED", "SourceItems", "TaskEntry", "choose_fields", "create_from_label_studio", "ensure_webhook",
+           "fetched_image_id",
+           "read_source", "remember_urls", "task_entry", "task_image_id", "task_item_ids", "write_source"]

@@ -67,6 +67,11 @@ class PendingItems:
         args = [x for kv in raw.items() for x in kv]
         return int(self.redis.eval(_DONE, 1, self.key, *args))
 
+    def drop(self, modality: str, ids) -> int:
+        """Take ``ids`` off before any job added them (their source was deleted); how many were."""
+        fields = [f"{modality}:{i}" for i in ids]
+        return int(self.redis.hdel(self.key, *fields)) if fields else 0
+
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "text": 0}
         for f in self.redis.hkeys(self.key):
