@@ -224,6 +224,13 @@ def test_a_label_studio_project_becomes_an_xmodal_project(ls_server, xenv, servi
         assert sorted(hook["actions"]) == ["TASKS_CREATED", "TASKS_DELETED"]
         assert hook["url"] == services["url"] + "/webhook"
         assert ls.api("GET", "/api/ml/", params={"project": source}) == []
+        # a backend behind basic auth: the same webhook carries the header (still one webhook)
+        from xmodal.labelstudio.source import ensure_webhook
+
+        auth = {"Authorization": "Basic eGFtOnNlY3JldA=="}
+        assert ensure_webhook(ls, source, services["url"] + "/webhook", headers=auth) == hook["id"]
+        (hook,) = ls.api("GET", "/api/webhooks/", params={"project": source})
+        assert hook["headers"] == auth
         assert json.loads(fixed.stdout)["source"]["fetched"] == 0
         assert listener.connections == 0
     finally:

@@ -114,7 +114,9 @@ _define("The backend", "XMODAL_THREADS", 64, int, "threads per gunicorn worker o
 _define("The backend", "WEB_CONCURRENCY", 2, int, "gunicorn workers of `xmodal serve`", minimum=1)
 _define("The backend", "BASIC_AUTH_USER", None, _text,
         "with `BASIC_AUTH_PASS`: basic auth on every route but /health (give the same in Label "
-        "Studio's ML backend connection). Set them whenever the backend listens beyond loopback")
+        "Studio's ML backend connection; `project create --from-label-studio`, run with them set, puts "
+        "the header on the source project's webhook). Set them whenever the backend listens beyond "
+        "loopback")
 _define("The backend", "BASIC_AUTH_PASS", None, _text, "see `BASIC_AUTH_USER`")
 _define("The backend", "XMODAL_MAX_CONTENT_LENGTH", 32 * 2**20, int,
         "largest request body in bytes (413 above)", shown_default="32 MiB")

@@ -309,13 +309,15 @@ def _check_workspace(ws: Workspace, source_project: int) -> None:
 SOURCE_ACTIONS = ("TASKS_CREATED", "TASKS_DELETED")
 
 
-def ensure_webhook(client: LabelStudioClient, project_id: int, url: str, actions=SOURCE_ACTIONS) -> int:
+def ensure_webhook(client: LabelStudioClient, project_id: int, url: str, actions=SOURCE_ACTIONS,
+                   headers: dict | None = None) -> int:
     """A project webhook to ``url`` for ``actions`` only, with full payloads (Label Studio 1.23's
     ``/api/webhooks/``), registered once (matched by URL; set again if it differs); its id. For the
     source project only: where ``ensure_ml_backend`` connected the backend (the linked project),
-    Label Studio registered a webhook for all actions itself."""
+    Label Studio registered a webhook for all actions itself. ``headers``: sent with each call
+    (the backend's basic auth)."""
     want = {"url": url, "actions": sorted(set(actions)), "send_for_all_actions": False,
-            "send_payload": True, "is_active": True}
+            "send_payload": True, "is_active": True, **({"headers": headers} if headers else {})}
     for hook in client.api("GET", "/api/webhooks/", params={"project": int(project_id)}) or []:
         if hook.get("project") == int(project_id) and (hook.get("url") or "").rstrip("/") == url.rstrip("/"):
             if any(sorted(hook.get(k) or []) != v if k == "actions" else hook.get(k) != v
@@ -327,9 +329,14 @@ def ensure_webhook(client: LabelStudioClient, project_id: int, url: str, actions
 
 def _source_webhook(spec: ProjectSpec, source_project: int, say: Say) -> int:
     """The source project's webhook to the backend (module doc, step 6), registered once."""
+    user, password = settings.get("BASIC_AUTH_USER"), settings.get("BASIC_AUTH_PASS")
+    # the backend's own basic auth, when set where the project is created: to the backend URL only
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()} \
+        if user and password else None
     client = connect(spec.label_studio_url, spec.api_key)
     try:
-        hook = ensure_webhook(client, source_project, spec.backend_url.rstrip("/") + "/webhook")
+        hook = ensure_webhook(client, source_project, spec.backend_url.rstrip("/") + "/webhook",
+                              headers=headers)
     finally:
         client.close()
     say(f"source project {source_project}: webhook {hook} sends {' and '.join(SOURCE_ACTIONS)} to the "
