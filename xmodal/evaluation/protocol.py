@@ -115,7 +115,8 @@ PRODUCT_RAW_MEDOIDS = "product-raw-medoids"
 #: measured against ``product`` in docs/results.md: every caption of a reference image averaged
 #: into its text vector; self-training with mutual-NN pseudo-pairs among the unlabelled items
 PRODUCT_VARIANTS = {"product+all-captions": {"average_captions": True},
-                    "product+selftrain": {"pseudo_rounds": 2}}
+                    "product+selftrain": {"pseudo_rounds": 2},
+                    "product+map": {"self_map": True}}
 
 
 def product_settings() -> tuple[str, Enhancements]:
@@ -130,7 +131,7 @@ def product_settings() -> tuple[str, Enhancements]:
     return DEFAULT_CONFIG["select"], Enhancements(
         zscore_medoids="zscore-medoids" in enhance, standardize="zscore" in enhance,
         csls_k=int(DEFAULT_CONFIG["csls_k"]) if "csls" in enhance else None,
-        measure=DEFAULT_CONFIG["measure"], bridge="bridge" in enhance)
+        measure=DEFAULT_CONFIG["measure"], bridge="bridge" in enhance, self_map="map" in enhance)
 
 
 BASE_METHODS = ("ssm-al", "random-refs", "cca", "all-pairs")
@@ -190,12 +191,17 @@ def _enhanced(run: _Run, cfg: Enhancements):
         ref_texts = average_groups(d.all_text_features, [d.caption_groups[r] for r in run.refs])
     pool = d.pool_rows()
     bridge = _bridge(run, cfg) if cfg.bridge and d.image_bridge is not None else None
+    mapped = None
+    if cfg.self_map:
+        from xmodal.evaluation.selfmap import map_codes
+
+        mapped = map_codes(run, cfg, bridge[2] if bridge is not None else 0.0)
     S_i2t, S_t2i, _ = enhanced_similarity(
         d.image_features[run.refs], ref_texts,
         d.image_features[run.eval_rows], run.texts, cfg,
         uncoupled_images=d.image_features[run.uncoupled], uncoupled_texts=d.text_features[run.uncoupled],
         image_mean=d.image_features[pool].mean(axis=0), text_mean=d.text_features[pool].mean(axis=0),
-        bridge=bridge)
+        bridge=bridge, mapped=mapped)
     return S_i2t, S_t2i
 
 

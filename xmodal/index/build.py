@@ -28,6 +28,7 @@ import redis
 from xmodal.core.bridge import BRIDGE_DIMS, centred, choose_weight, fuse_codes, principal_basis, project
 from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
 from xmodal.core.hubness import hubness_terms
+from xmodal.core.pseudomap import MAP_WEIGHT, image_map_codes, self_trained_map, text_map_codes
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
 from xmodal.fileio import atomic_write_bytes
@@ -134,7 +135,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     needed = 2 if measure == "pearson" else 1
     col_stats = {"image": None, "text": None}
     hub = {"image": None, "text": None}
-    timings, ann, calibration, bridge = {}, {}, None, None
+    timings, ann, calibration, bridge, fitted = {}, {}, None, None, None
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
@@ -158,6 +159,13 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             if bridge["weight"] > 0:
                 image_codes = fuse_codes(image_codes, bridge["image"], bridge["weight"])
                 text_codes = fuse_codes(text_codes, bridge["text"], bridge["weight"])
+        if "map" in enhance:   # the self-trained map, fitted on the codes above (pseudomap)
+            t0 = time.perf_counter()
+            fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows)
+            if fitted is not None:
+                image_codes = fuse_codes(image_codes, image_map_codes(X, fitted), MAP_WEIGHT)
+                text_codes = fuse_codes(text_codes, text_map_codes(Y, fitted), MAP_WEIGHT)
+            timings["map_s"] = round(time.perf_counter() - t0, 4)
         if csls_k:
             t0 = time.perf_counter()
             hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
@@ -202,6 +210,10 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         bridge_classes=bridge["classes"] if fused else None,
         bridge_class_emb=bridge["class_embeddings"] if fused else None,
         bridge_basis=bridge["basis"] if fused else None,
+        map_weight=MAP_WEIGHT if fitted is not None else 0.0,
+        map_image_mean=None if fitted is None else fitted["image_mean"],
+        map_text_mean=None if fitted is None else fitted["text_mean"],
+        map_matrix=None if fitted is None else fitted["matrix"],
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped
