@@ -53,21 +53,37 @@ def _pairs(n):
     return [{"annotation_id": 100 + i, "image_id": image_id(i), "text_id": text_id(i)} for i in range(n)]
 
 
+def _workspace(make_workspace, name, enhance):
+    """A workspace whose saved class bridge is a noisy view of the matches (so it is on)."""
+    ws = make_workspace(name, n=80, n_medoids=12, enhance=enhance, csls_k=5)
+    X, Y = synthetic_features(80, noise=1.0)
+    ws.save_features("image", X, "synthetic-image")
+    ws.save_features("text", Y, "synthetic-text")
+    noisy = Y + np.random.default_rng(3).normal(size=Y.shape).astype(np.float32)
+    ws.save_bridge(l2_normalize(noisy), np.arange(80), noisy)
+    return ws, X, Y
+
+
 def test_the_index_fuses_the_map_and_new_queries_get_the_same_codes(r, xenv, make_workspace):
     from xmodal.index.build import build_snapshot
     from xmodal.index.files import read_snapshot, write_snapshot
 
-    ws = make_workspace("mapped", n=80, n_medoids=12, enhance=["zscore", "csls", "map"], csls_k=5)
-    X, Y = synthetic_features(80, noise=1.0)
-    ws.save_features("image", X, "synthetic-image")
-    ws.save_features("text", Y, "synthetic-text")
+    ws, X, Y = _workspace(make_workspace, "mapped", ["zscore", "csls", "bridge", "map"])
     snap, _ = build_snapshot(ws, 1, _pairs(12))
-    assert snap.map_weight > 0 and snap.meta["map_s"] >= 0
-    assert snap.text_codes.shape[1] == 12 + Y.shape[1]            # SSR codes, then the map
+    assert snap.bridge_weight > 0
+    assert snap.map_weight > 0 and snap.meta["map_s"] >= 0 and snap.meta["map"]["weight"] == snap.map_weight
+    assert snap.text_codes.shape[1] == 12 + Y.shape[1] + Y.shape[1]   # SSR codes, the bridge, the map
     back = read_snapshot(write_snapshot(ws, snap), "mapped")
     assert back.map_weight == snap.map_weight
     np.testing.assert_allclose(back.encode("text", Y[3:9]), snap.text_codes[3:9], atol=1e-5)
-    np.testing.assert_allclose(back.encode("image", X[3:9]), snap.image_codes[3:9], atol=1e-5)
-    ws.save_config(dict(ws.config, enhance=["zscore", "csls"]))
+    ws.save_config(dict(ws.config, enhance=["zscore", "csls", "bridge"]))
     plain, _ = build_snapshot(ws, 2, _pairs(12))
-    assert plain.map_weight == 0 and plain.text_codes.shape[1] == 12
+    assert plain.map_weight == 0 and plain.text_codes.shape[1] == 12 + Y.shape[1]
+
+
+def test_without_the_bridge_there_is_no_map(r, xenv, make_workspace):
+    from xmodal.index.build import build_snapshot
+
+    ws = make_workspace("unbridged", n=80, n_medoids=12, enhance=["zscore", "csls", "bridge", "map"])
+    snap, _ = build_snapshot(ws, 1, _pairs(12))       # no bridge.npz: no bridge, no map
+    assert snap.map_weight == 0 and snap.text_codes.shape[1] == 12 and "map" not in snap.meta

@@ -58,7 +58,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # synthetic shapes -8% at N=20 (docs/results.md, "Medoids of z-scored features").
     # [] (`--enhance none`) = faithful SSM-AL. A config.json written before this default holds
     # its own "enhance" and keeps it.
-    "enhance": ["zscore-medoids", "zscore", "csls", "bridge"],
+    "enhance": ["zscore-medoids", "zscore", "csls", "bridge", "map"],
     "csls_k": 10,
     "label_studio": {
         "project_id": None,      # Label Studio project id (int) this workspace is linked to
