@@ -341,7 +341,8 @@ def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
     new = Workspace(tmp_path / "new").save_config({})
     assert select == new["select"] and cfg.measure == new["measure"]
     assert ((["zscore-medoids"] if cfg.zscore_medoids else []) + (["zscore"] if cfg.standardize else [])
-            + (["csls"] if cfg.csls_k else []) + (["bridge"] if cfg.bridge else [])) == new["enhance"]
+            + (["csls"] if cfg.csls_k else []) + (["bridge"] if cfg.bridge else [])
+            + (["map"] if cfg.self_map else [])) == new["enhance"]
     assert cfg.csls_k in (None, new["csls_k"])
     import argparse
 

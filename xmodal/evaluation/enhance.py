@@ -81,6 +81,8 @@ class Enhancements:
     gw_knn: int | None = None          # keep each item's gw_knn most similar items in its structure
     # the class bridge (xmodal.core.bridge): fused with the weight the references support
     bridge: bool = False
+    # the self-trained image→text map (xmodal.core.pseudomap), fused after the bridge
+    self_map: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -262,7 +264,8 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
                         uncoupled_texts: np.ndarray | None = None,
                         image_mean: np.ndarray | None = None,
                         text_mean: np.ndarray | None = None,
-                        bridge: tuple[np.ndarray, np.ndarray, float] | None = None):
+                        bridge: tuple[np.ndarray, np.ndarray, float] | None = None,
+                        mapped: tuple[np.ndarray, np.ndarray, float] | None = None):
     """SSM-AL similarity between ``query_images`` and ``query_texts`` from matched references,
     with the improvements enabled in ``cfg``.
 
@@ -270,7 +273,9 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
     averaging, pass the averaged text features, :func:`average_groups`). ``uncoupled_*`` are the
     items pseudo-pairs may be mined from; ``image_mean``/``text_mean`` the collection means used by
     ``cfg.center`` (default: the mean of the query items). ``bridge``: (centred bridge embeddings
-    of the query images, of the query texts, weight w), fused as the index does, before CSLS.
+    of the query images, of the query texts, weight w), fused as the index does, before CSLS;
+    ``mapped``: (map codes of the query images, of the query texts, weight b) of the self-trained
+    map (:mod:`xmodal.core.pseudomap`), fused after the bridge, before CSLS.
 
     Returns ``(S_i2t, S_t2i, info)``: S_i2t is (n_query_images, n_query_texts), rank its rows for
     image→text; S_t2i is (n_query_texts, n_query_images); ``info`` holds the pseudo-pairs used.
@@ -331,6 +336,9 @@ def enhanced_similarity(ref_images: np.ndarray, ref_texts: np.ndarray,
         S_t2i = S_i2t.T
     if bridge is not None and bridge[2] > 0:
         S_i2t = (1 - bridge[2]) * S_i2t + bridge[2] * (bridge[0] @ bridge[1].T)
+        S_t2i = S_i2t.T
+    if mapped is not None and mapped[2] > 0:
+        S_i2t = (1 - mapped[2]) * S_i2t + mapped[2] * (mapped[0] @ mapped[1].T)
         S_t2i = S_i2t.T
     if cfg.csls_k:
         S_i2t = csls(S_i2t, cfg.csls_k)

@@ -51,7 +51,8 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
         index.save(ann_mod.path_for(path, modality))
     meta = dict(snap.meta, project=snap.project, version=snap.version, measure=snap.measure,
                 select=snap.select, sparse_top_k=snap.sparse_top_k, sparse_power=snap.sparse_power,
-                csls_k=snap.csls_k, ann=sorted(built), bridge_weight=snap.bridge_weight)
+                csls_k=snap.csls_k, ann=sorted(built), bridge_weight=snap.bridge_weight,
+                map_weight=snap.map_weight)
     optional = {name: np.asarray(getattr(snap, name), dtype=np.float32) for name in _OPTIONAL
                 if getattr(snap, name) is not None}
     buf = io.BytesIO()
@@ -69,7 +70,8 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
 
 
 _OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub", "bridge_means",
-             "bridge_classes", "bridge_class_emb", "bridge_basis")
+             "bridge_classes", "bridge_class_emb", "bridge_basis", "map_image_mean", "map_text_mean",
+             "map_matrix")
 
 
 class CorruptIndex(DataError):
@@ -93,7 +95,8 @@ def read_snapshot(path: Path, project: str | None = None) -> IndexSnapshot:
                 image_refs=z["image_refs"], text_refs=z["text_refs"],
                 pair_rows=z["pair_rows"], annotation_ids=z["annotation_ids"],
                 medoid_ids=z["medoid_ids"], meta=meta, csls_k=meta.get("csls_k"), path=Path(path),
-                file_id=file_id, bridge_weight=float(meta.get("bridge_weight") or 0.0), **optional)
+                file_id=file_id, bridge_weight=float(meta.get("bridge_weight") or 0.0),
+                map_weight=float(meta.get("map_weight") or 0.0), **optional)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, KeyError, ValueError, EOFError...

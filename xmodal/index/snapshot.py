@@ -76,6 +76,11 @@ class IndexSnapshot:
     bridge_classes: np.ndarray | None = None    # (c,) ImageNet classes seen in the images
     bridge_class_emb: np.ndarray | None = None  # (c, d_text) their prompts' text embeddings
     bridge_basis: np.ndarray | None = None      # (d_text, b) the bridge part's principal directions
+    # the self-trained map ("map", xmodal.core.pseudomap): codes end with sqrt(b)·map code
+    map_weight: float = 0.0                     # b; 0 = no map part
+    map_image_mean: np.ndarray | None = None    # (d_image,) mean of the unit image features
+    map_text_mean: np.ndarray | None = None     # (d_text,) mean of the unit text features
+    map_matrix: np.ndarray | None = None        # (d_image, d_text) the map
     # approximate search (xmodal.index.ann): built indexes by modality (the rebuild), else loaded lazily
     # from the files beside ``path`` that meta["ann"] names
     ann: dict = field(default_factory=dict, repr=False)
@@ -183,9 +188,16 @@ class IndexSnapshot:
             raise DataError(f"query features have dimension {features.shape[1]}; the index's "
                             f"{modality} features have {refs.shape[1]}")
         codes = self._to_codes(ssr(features, refs), modality)
-        if not self.bridge_weight:
-            return codes
-        return fuse_codes(codes, self._bridge_of(modality, features), self.bridge_weight)
+        if self.bridge_weight:
+            codes = fuse_codes(codes, self._bridge_of(modality, features), self.bridge_weight)
+        if self.map_weight:
+            from xmodal.core.pseudomap import image_map_codes, text_map_codes
+
+            fitted = {"image_mean": self.map_image_mean, "text_mean": self.map_text_mean,
+                      "matrix": self.map_matrix}
+            m = image_map_codes(features, fitted) if modality == "image" else text_map_codes(features, fitted)
+            codes = fuse_codes(codes, m, self.map_weight)
+        return codes
 
     def _bridge_of(self, modality: str, features: np.ndarray) -> np.ndarray:
         """Centred bridge embeddings of new items: a text's own features; an image's top classes

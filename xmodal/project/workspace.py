@@ -60,7 +60,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # synthetic shapes -8% at N=20 (docs/results.md, "Medoids of z-scored features").
     # [] (`--enhance none`) = faithful SSM-AL. A config.json written before this default holds
     # its own "enhance" and keeps it.
-    "enhance": ["zscore-medoids", "zscore", "csls", "bridge"],
+    "enhance": ["zscore-medoids", "zscore", "csls", "bridge", "map"],
     "csls_k": 10,
     "label_studio": {
         "project_id": None,      # Label Studio project id (int) this workspace is linked to
@@ -76,8 +76,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # docs/results.md, "Beyond the paper"): medoids of z-scored features (KMedoidsSelector
 # standardize; the selection, not the index), z-scored SSR columns (SSRIndex standardize), CSLS
 # (xmodal.core.hubness) and the class bridge (xmodal.core.bridge; weighted by what the labels
-# support, 0 where it does not help).
-ENHANCEMENTS = ("zscore-medoids", "zscore", "csls", "bridge")
+# support, 0 where it does not help) and the self-trained map between the feature spaces
+# (xmodal.core.pseudomap, fused after the bridge).
+ENHANCEMENTS = ("zscore-medoids", "zscore", "csls", "bridge", "map")
 
 
 def parse_enhance(value: Any) -> list[str]:
