@@ -295,7 +295,7 @@ def test_cli_create_enhance_sets_and_validates_the_config(data, models, fake_emb
     assert "--enhance" in err and "'center'" in err and "valid: zscore-medoids, zscore, csls" in err
     assert not (models / "bad").exists()
     assert Workspace(models / "plain").save_config({})["enhance"] == [   # the default
-        "zscore-medoids", "zscore", "csls", "bridge", "map"]
+        "zscore-medoids", "zscore", "csls", "bridge"]
     assert Workspace(models / "faithful").save_config({"enhance": "none"})["enhance"] == []
 
 

@@ -249,7 +249,7 @@ def test_enhance_names_are_validated(xenv, tmp_path):
     with pytest.raises(ConfigError, match="csls_k"):
         Workspace(tmp_path / "w").save_config({"csls_k": 0})
     assert Workspace(tmp_path / "w").save_config({})["enhance"] == [   # a new one's default
-        "zscore-medoids", "zscore", "csls", "bridge", "map"]
+        "zscore-medoids", "zscore", "csls", "bridge"]
     assert parse_enhance("none") == [] == parse_enhance("")
 
 
