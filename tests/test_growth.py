@@ -40,6 +40,21 @@ def growth_data(tmp_path, monkeypatch):
     return data, more
 
 
+
+def _index_waiter(store, ls, pid, procs):
+    """``wait_index(n_pairs, at_least=0)``: the version of the first published index with
+    ``n_pairs`` pairs (and at least version ``at_least``) that Label Studio serves."""
+    def wait_index(n_pairs: int, at_least: int = 0) -> int:
+        def ready():
+            info = store.info()
+            if int(info.get("n_pairs", -1)) != n_pairs or int(info.get("version", 0)) < at_least:
+                return None
+            v = int(info["version"])
+            return v if ls.get_project(pid)["model_version"] == f"v{v}" else None
+        return poll(f"an index with {n_pairs} pairs served by Label Studio", ready, procs=procs, timeout=120)
+    return wait_index
+
+
 def test_items_added_while_labelling(growth_data, ls_server, xenv, services, tmp_path):
     from xmodal.datasets import load_data
     from xmodal.index.store import IndexStore
@@ -60,14 +75,7 @@ def test_items_added_while_labelling(growth_data, ls_server, xenv, services, tmp
     ds, _ = load_data(data, "first")
     truth = {ds.image_ids[i]: ds.text_ids[t] for i, t in ds.pairs}
 
-    def wait_index(n_pairs: int, at_least: int = 0) -> int:
-        def ready():
-            info = store.info()
-            if int(info.get("n_pairs", -1)) != n_pairs or int(info.get("version", 0)) < at_least:
-                return None
-            v = int(info["version"])
-            return v if ls.get_project(pid)["model_version"] == f"v{v}" else None
-        return poll(f"an index with {n_pairs} pairs served by Label Studio", ready, procs=procs, timeout=120)
+    wait_index = _index_waiter(store, ls, pid, procs)
 
     # -- 5 labels, through Label Studio ------------------------------------------------------
     annotations = {}
@@ -267,14 +275,7 @@ def test_tasks_imported_into_the_source_project_become_items(ls_server, xenv, se
     r = xenv.redis
     store, pairs = IndexStore(r, ws), PairStore(r, name)
 
-    def wait_index(n_pairs: int, at_least: int = 0) -> int:
-        def ready():
-            info = store.info()
-            if int(info.get("n_pairs", -1)) != n_pairs or int(info.get("version", 0)) < at_least:
-                return None
-            v = int(info["version"])
-            return v if ls.get_project(pid)["model_version"] == f"v{v}" else None
-        return poll(f"an index with {n_pairs} pairs served by Label Studio", ready, procs=procs, timeout=120)
+    wait_index = _index_waiter(store, ls, pid, procs)
 
     # -- 5 labels in the linked project: the caption of the medoid's own source task --------------
     linked = ls.list_tasks(pid)
