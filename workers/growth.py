@@ -146,21 +146,18 @@ def _fetched(r: redis.Redis, ws: Workspace, images: dict[str, str], say: Say):
         why = "no Label Studio connection to fetch it through"
         return out, [{"id": i, "error": why} for i in wanted]
     from xmodal.labelstudio.connection import open_label_studio
-    from xmodal.labelstudio.fetch import ImageFetchError, fetch_image
+    from xmodal.labelstudio.fetch import fetch_images
     from xmodal.labelstudio.source import fetched_image_id, remember_urls
 
     client = open_label_studio(conn["url"], conn["api_key"]).client
-    failed, urls = [], {}
-    for item_id, url in wanted.items():
-        try:
-            path = fetch_image(client, url)
-        except ImageFetchError as exc:
-            failed.append({"id": item_id, "error": str(exc)})
-            continue
+    paths, errors, _ = fetch_images(client, wanted)   # network errors raise: the items stay pending
+    failed = [{"id": i, "error": why} for i, why in errors.items()]
+    urls = {}
+    for item_id, path in paths.items():
         # a source task's image: its id gets the fetched file's extension, as project create names it
         final = fetched_image_id(item_id, path)
         out[final] = str(path)
-        urls[final] = url
+        urls[final] = wanted[item_id]
     remember_urls(ws.root, urls)    # a --from-label-studio project's pages show the task's URL
     say(f"{len(wanted) - len(failed)} image(s) fetched through Label Studio"
         + (f"; {len(failed)} not: {failed[0]['error']}" if failed else ""))

@@ -45,8 +45,10 @@ import io
 import re
 import urllib.parse
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from xmodal import settings
 from xmodal.encoders.base import default_cache_dir
 from xmodal.encoders.image import max_image_bytes, max_image_pixels
 from xmodal.errors import DataError
@@ -113,6 +115,34 @@ def fetch_image(client: LabelStudioClient, url: str, *, cache_dir: str | Path | 
         counts["fetched"] += 1
         return path
     raise ImageFetchError(f"{_shown(url)}: more than {MAX_REDIRECTS} redirects")
+
+
+def fetch_images(client: LabelStudioClient, urls: dict, *, cache_dir: str | Path | None = None,
+                 failures: tuple[type[BaseException], ...] = (ImageFetchError,)):
+    """:func:`fetch_image` of every ``{key: url}``, ``$XMODAL_LS_PARALLEL`` requests at a time.
+    Returns ``(paths {key: Path}, failed {key: why}, counts)``: an exception of ``failures`` is one
+    key's failure, any other is raised (a caller that can retry later lets network errors
+    through)."""
+
+    def one(item):
+        key, url = item
+        counts: Counter = Counter()     # one per call: the threads share nothing
+        try:
+            return key, fetch_image(client, url, cache_dir=cache_dir, counts=counts), None, counts
+        except failures as exc:
+            why = str(exc) if isinstance(exc, ImageFetchError) else \
+                f"fetch failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return key, None, why, counts
+
+    paths, failed, total = {}, {}, Counter()
+    with ThreadPoolExecutor(max_workers=max(1, int(settings.get("XMODAL_LS_PARALLEL")))) as pool:
+        for key, path, why, counts in pool.map(one, urls.items()):
+            total.update(counts)
+            if path is None:
+                failed[key] = why
+            else:
+                paths[key] = path
+    return paths, failed, total
 
 
 # -- where a URL may be fetched from -----------------------------------------------------------

@@ -44,8 +44,6 @@ import re
 import shutil
 import time
 import urllib.parse
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from xmodal.datasets.folder import write_folder
 from xmodal.errors import ConfigError, DataError
 from xmodal.labelstudio.client import LabelStudioClient, LabelStudioError, connect
 from xmodal.labelstudio.config import data_fields
-from xmodal.labelstudio.fetch import ImageFetchError, fetch_image
+from xmodal.labelstudio.fetch import ImageFetchError, fetch_images
 from xmodal.labelstudio.images import SOURCE_DIR, SOURCE_URLS
 from xmodal.labelstudio.project import BootstrapResult, ProjectSpec, create_project
 from xmodal.logfmt import Say, quiet
@@ -227,14 +225,14 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
     items.n_tasks = len(tasks)
     say(f"Label Studio project {project_id} ({project.get('title')!r}): {len(tasks)} tasks; image field "
         f"{image_field!r}, text field(s) {', '.join(map(repr, text_fields))}")
-    wanted: list[tuple[int, str]] = []
+    wanted: dict[int, str] = {}
     task_of: dict[str, int] = {}       # text id -> its task
     for task in tasks:
         entry = task_entry(task, image_field, text_fields)
         if entry is None:
             continue
         if entry.url:
-            wanted.append((entry.task_id, entry.url))
+            wanted[entry.task_id] = entry.url
         elif entry.refused:
             items.refused.append(entry.refused)
         for text_id, text in entry.texts:
@@ -243,26 +241,13 @@ def read_source(client: LabelStudioClient, project_id: int, image_field: str | N
         items.tasks[entry.task_id] = {"texts": [text_id for text_id, _ in entry.texts]}
 
     t0 = time.time()
-
-    def one(job):
-        tid, url = job
-        counts: Counter = Counter()     # one per call: the threads share nothing
-        try:
-            return tid, url, fetch_image(client, url, cache_dir=cache_dir, counts=counts), None, counts
-        except ImageFetchError as exc:
-            return tid, url, None, str(exc), counts
-        except (httpx.HTTPError, LabelStudioError, OSError) as exc:
-            return tid, url, None, f"fetch failed: {type(exc).__name__}: {str(exc)[:200]}", counts
-
-    parallel = max(1, int(settings.get("XMODAL_LS_PARALLEL")))
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        done = list(pool.map(one, wanted))
+    paths, failed, counts = fetch_images(client, wanted, cache_dir=cache_dir, failures=(
+        ImageFetchError, httpx.HTTPError, LabelStudioError, OSError))
     items.fetch_s = round(time.time() - t0, 3)
-    for tid, url, path, why, counts in done:
-        items.fetched += counts["fetched"]
-        if path is None:
-            items.refused.append(f"task {tid}: {why}")
-            continue
+    items.fetched += counts["fetched"]
+    items.refused += [f"task {tid}: {why}" for tid, why in failed.items()]
+    for tid, path in paths.items():
+        url = wanted[tid]
         image_id = task_image_id(tid, url, path.suffix)
         items.images[image_id] = path
         items.urls[image_id] = url
