@@ -19,7 +19,9 @@ Steps 1–2 are :mod:`xmodal.index.build`:
    the other open tasks' predictions (:func:`xmodal.labelstudio.push.refresh_label_studio`);
 5. record timings (:mod:`xmodal.jobs.stats`), including label->new-predictions latency measured from each
    new pair's arrival time to the moment Label Studio serves by the new index (the flip of step 4),
-   or to the publication when there is no Label Studio step.
+   or to the publication when there is no Label Studio step;
+6. find this version's own CSLS neighbourhoods for the next rebuild (:mod:`xmodal.index.neighbours`),
+   off the label's path: the next label's rebuild rescores them instead of searching all pairs of items.
 
 Errors are raised with a message that says what to fix; RQ retries (:mod:`xmodal.jobs.queueing`) and then
 keeps the job in its failed registry. A process that dies instead (SIGKILL, OOM) stops renewing the
@@ -37,6 +39,7 @@ import redis
 
 from xmodal import settings
 from xmodal.errors import DataError
+from xmodal.index import neighbours
 from xmodal.index.build import build_snapshot, take_snapshot
 from xmodal.index.store import IndexStore
 from xmodal.jobs import lease, stats
@@ -148,6 +151,14 @@ def _rebuild(project: str, r: redis.Redis, job_id: str | None, t_start: float) -
             r.hset(last, mapping={k: str(v) for k, v in extra.items() if v is not None})
     else:
         result = record(ls, published_at)
+    if is_current:   # after Label Studio serves it: the next label's rebuild rescores these
+        t0 = time.perf_counter()
+        try:
+            if neighbours.refresh(ws, snap):
+                result["neighbours_s"] = round(time.perf_counter() - t0, 4)
+        except (OSError, ValueError, MemoryError) as exc:   # the next rebuild finds them itself
+            log.warning(kv("rebuild.neighbours_failed", project=project, job=job_id,
+                           error=f"{type(exc).__name__}: {exc}"))
     log.info(kv("rebuild.done", **{k: v for k, v in result.items() if k != "path"}))
     if ls_error is not None:
         raise ls_error  # after recording: search and /predict already serve the new index

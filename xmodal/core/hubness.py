@@ -67,24 +67,61 @@ def hubness_terms(A: np.ndarray, B: np.ndarray, k: int = DEFAULT_K,
     column-wise partition). Cost: 2·n·m·d flops plus a partition of 2·n·m scores, so it grows with
     n·m: about 1.5–2 s at 10k × 10k on two cores, whatever the number of pairs.
     """
+    r_a, r_b, _, _ = hubness_neighbours(A, B, k, chunk, indices=False)
+    return r_a, r_b
+
+
+def hubness_neighbours(A: np.ndarray, B: np.ndarray, k: int = DEFAULT_K, chunk: int | None = None,
+                       indices: bool = True):
+    """:func:`hubness_terms` and the neighbourhoods they are means over: ``(r_A, r_B, nn_A, nn_B)``,
+    ``nn_A[i]`` the rows of B whose scores make ``r_A[i]`` (k of them, fewer when sampled), and
+    the same for B. :func:`neighbour_terms` rescores the same neighbourhoods under new codes."""
     A = np.asarray(A, dtype=np.float32)
     B = np.asarray(B, dtype=np.float32)
-    return _row_knn_means(A, B, k, chunk), _row_knn_means(B, A, k, chunk)
+    r_a, nn_a = _row_knn_means(A, B, k, chunk, indices)
+    r_b, nn_b = _row_knn_means(B, A, k, chunk, indices)
+    return r_a, r_b, nn_a, nn_b
 
 
-def _row_knn_means(A: np.ndarray, B: np.ndarray, k: int, chunk: int | None) -> np.ndarray:
+def neighbour_terms(A: np.ndarray, B: np.ndarray, nn: np.ndarray) -> np.ndarray:
+    """``r_A[i]`` = the mean score of A's row i against B's rows ``nn[i]``: the hubness terms of new
+    codes over neighbourhoods found earlier (:func:`hubness_neighbours`), O(n·k·d) instead of
+    O(n·m·d). After one more reference pair, a neighbourhood is nearly the same set of items, so
+    this is the exact term's close lower bound (what a one-pair update of the index uses)."""
+    A = np.asarray(A, dtype=np.float32)
+    B = np.asarray(B, dtype=np.float32)
     out = np.zeros(len(A), np.float32)
-    if len(A) == 0 or len(B) == 0:
+    if len(A) == 0 or nn.shape[1] == 0:
         return out
-    if len(A) * len(B) > MAX_EXACT_SCORES:   # a sample of B stands in for it (module doc)
+    step = max(1, CHUNK_SCORES // max(1, nn.shape[1] * B.shape[1]))
+    for s in range(0, len(A), step):
+        out[s:s + step] = np.einsum("id,ikd->i", A[s:s + step], B[nn[s:s + step]]) / nn.shape[1]
+    return out
+
+
+def _row_knn_means(A: np.ndarray, B: np.ndarray, k: int, chunk: int | None, indices: bool = False):
+    out = np.zeros(len(A), np.float32)
+    sample = None
+    if len(A) * len(B) > MAX_EXACT_SCORES and len(A):   # a sample of B stands in for it (module doc)
         size = max(k, MAX_EXACT_SCORES // len(A))
         if size < len(B):
             k = max(1, round(k * size / len(B)))
-            B = B[np.sort(np.random.default_rng(0).choice(len(B), size, replace=False))]
+            sample = np.sort(np.random.default_rng(0).choice(len(B), size, replace=False))
+            B = B[sample]
+    k = max(1, min(int(k), len(B)))
+    nn = np.zeros((len(A), k if indices and len(B) else 0), np.int64)
+    if len(A) == 0 or len(B) == 0:
+        return out, nn
     chunk = max(1, int(chunk) if chunk else CHUNK_SCORES // len(B))
     for s in range(0, len(A), chunk):
-        out[s:s + chunk] = knn_mean(A[s:s + chunk] @ B.T, k, axis=1)
-    return out
+        S = A[s:s + chunk] @ B.T
+        if not indices:
+            out[s:s + chunk] = knn_mean(S, k, axis=1)
+            continue
+        top = S.argmax(axis=1)[:, None] if k == 1 else np.argpartition(S, len(B) - k, axis=1)[:, len(B) - k:]
+        out[s:s + chunk] = np.take_along_axis(S, top, axis=1).mean(axis=1)
+        nn[s:s + chunk] = top if sample is None else sample[top]
+    return out, nn
 
 
 def apply_csls(S: np.ndarray, r_rows: np.ndarray, r_cols: np.ndarray) -> np.ndarray:

@@ -184,16 +184,40 @@ class SSRIndex:
         pairs = _as_pairs(pairs)
         self._check_pairs(pairs, text_reference_features)
         self.pairs_ = pairs
+        self.image_references_ = self.image_features_[pairs[:, 0]]
         self.text_references_ = self._text_references(pairs, text_reference_features)
-        self.image_ssr_ = self.image_features_ @ self.image_features_[pairs[:, 0]].T
+        self.image_ssr_ = self.image_features_ @ self.image_references_.T
         self.text_ssr_ = self.text_features_ @ self.text_references_.T
         return self._derive_codes()
 
+    def fit_ssr(self, image_ssr: np.ndarray, text_ssr: np.ndarray, pairs,
+                image_references: np.ndarray, text_references: np.ndarray) -> SSRIndex:
+        """The index of SSR matrices computed elsewhere (eq. 10, e.g. columns kept between
+        rebuilds, :mod:`xmodal.index.columns`): the same codes as :meth:`fit` over the features
+        they came from, without the n·k products. ``image_ssr`` / ``text_ssr`` are (n, k) / (m, k),
+        column j the cosines to reference pair ``pairs[j]``'s item (the caller's to keep: they are
+        not copied); ``*_references`` the references' features. Without the items' features,
+        :meth:`add_pairs` is unavailable; queries (:meth:`transform_images`) work."""
+        self.pairs_ = _as_pairs(pairs)
+        if image_ssr.shape[1] != len(self.pairs_) or text_ssr.shape[1] != len(self.pairs_):
+            raise ValueError(f"SSR matrices of {image_ssr.shape[1]} / {text_ssr.shape[1]} columns for "
+                             f"{len(self.pairs_)} reference pairs")
+        self.image_features_ = self.text_features_ = None
+        self.image_references_ = l2_normalize(image_references)
+        self.text_references_ = l2_normalize(text_references)
+        self.image_ssr_ = np.asarray(image_ssr, dtype=np.float32)
+        self.text_ssr_ = np.asarray(text_ssr, dtype=np.float32)
+        return self._derive_codes()
+
     def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> SSRIndex:
+        if self.image_features_ is None:
+            raise ValueError("add_pairs needs the items' features: this index was fitted from SSR "
+                             "matrices (fit_ssr); fit it again with the new pairs")
         new = _as_pairs(pairs)
         self._check_pairs(new, text_reference_features)
         refs = self._text_references(new, text_reference_features)
         self.pairs_ = np.vstack([self.pairs_, new])
+        self.image_references_ = np.vstack([self.image_references_, self.image_features_[new[:, 0]]])
         self.text_references_ = np.vstack([self.text_references_, refs])
         self.image_ssr_ = np.hstack([self.image_ssr_, self.image_features_ @ self.image_features_[new[:, 0]].T])
         self.text_ssr_ = np.hstack([self.text_ssr_, self.text_features_ @ refs.T])
@@ -209,6 +233,7 @@ class SSRIndex:
         """Drop the references where ``mask`` (one bool per reference, in ``pairs_`` order) is True."""
         keep = ~np.asarray(mask, dtype=bool)
         self.pairs_ = self.pairs_[keep]
+        self.image_references_ = self.image_references_[keep]
         self.text_references_ = self.text_references_[keep]
         self.image_ssr_ = self.image_ssr_[:, keep]
         self.text_ssr_ = self.text_ssr_[:, keep]
@@ -254,7 +279,7 @@ class SSRIndex:
 
     def transform_images(self, features: np.ndarray) -> np.ndarray:
         """Similarity codes of new image features (e.g. a query image not in the index)."""
-        return self._codes(ssr(features, self.image_features_[self.pairs_[:, 0]]), self.image_col_stats_)
+        return self._codes(ssr(features, self.image_references_), self.image_col_stats_)
 
     def transform_texts(self, features: np.ndarray) -> np.ndarray:
         return self._codes(ssr(features, self.text_references_), self.text_col_stats_)

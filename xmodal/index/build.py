@@ -27,13 +27,14 @@ import redis
 
 from xmodal.core.bridge import BRIDGE_DIMS, centred, choose_weight, fuse_codes, principal_basis, project
 from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
-from xmodal.core.hubness import hubness_terms
 from xmodal.core.pseudomap import choose_map_weight, image_map_codes, self_trained_map, text_map_codes, with_bridge
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
 from xmodal.fileio import atomic_write_bytes
 from xmodal.index.ann import build_for as build_ann
+from xmodal.index.columns import open_columns
 from xmodal.index.files import versions_on_disk
+from xmodal.index.neighbours import hub_terms, source_key
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.logfmt import kv
 from xmodal.project.pairs import pairs_from_records
@@ -98,9 +99,11 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     enhance = parse_enhance(cfg.get("enhance"))
     with ws.items_lock(shared=True):   # items, features and bridge of one item set (items.py adds)
         image_ids, text_ids = ws.ids("image"), ws.ids("text")
-        X, Y = ws.load_features("image"), ws.load_features("text")
+        # memory-mapped: they stay the files of these ids after the lock (items.py writes new ones)
+        columns = {m: open_columns(ws, m) for m in ("image", "text")}
         img_row, txt_row = ws.row_of("image"), ws.row_of("text")
-        saved_bridge = ws.bridge() if "bridge" in enhance else None
+        saved_bridge = ws.bridge(image=False) if "bridge" in enhance else None
+    X, Y = columns["image"].features, columns["text"].features
     rows, ann_ids, seen, skipped, written = [], [], set(), [], {}
     for p in pairs:
         i = img_row.get(str(p.get("image_id")))
@@ -141,11 +144,13 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     if len(pair_rows) >= needed:
         index = SSRIndex(measure=measure, sparse_top_k=cfg.get("sparse_top_k"),
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
-                         standardize="zscore" in enhance, copy=False)  # X, Y are ours: normalise in place
-        index.fit(X, Y, pair_rows, text_reference_features=extra)
+                         standardize="zscore" in enhance)
+        t0 = time.perf_counter()
+        image_ssr, text_ssr, image_refs, text_refs = _ssr(columns, pair_rows, extra)
+        timings["ssr_s"] = round(time.perf_counter() - t0, 4)
+        index.fit_ssr(image_ssr, text_ssr, pair_rows, image_refs, text_refs)
         image_codes, text_codes = index.image_codes_, index.text_codes_
-        image_refs = index.image_features_[pair_rows[:, 0]]
-        text_refs = index.text_references_
+        image_refs, text_refs = index.image_references_, index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
         bridge = saved_bridge
@@ -156,7 +161,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         timings["leave_one_out_s"] = round(time.perf_counter() - t0, 4)
         if bridge is not None:
             t0 = time.perf_counter()
-            bridge = _bridge(index, select, bridge, bridge_space(ws, bridge, Y), scored)
+            bridge = _bridge(index, select, bridge, bridge_space(ws, bridge, Y, len(X)), scored)
             timings["bridge_s"] = round(time.perf_counter() - t0, 4)
             if bridge["weight"] > 0:
                 image_codes = fuse_codes(image_codes, bridge["image"], bridge["weight"])
@@ -165,6 +170,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             # the self-trained map (pseudomap), fitted on the codes above; only where the bridge
             # is on: on the shapes (bridge off) it lowered MAP by up to 9% (docs/results.md)
             t0 = time.perf_counter()
+            X, Y = np.array(X, np.float32), np.array(Y, np.float32)   # the map reads them all
             fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows)
             if fitted is not None:
                 loo = with_bridge(scored, loo_pairs, bridge["query_bridge"], bridge["target_bridge"],
@@ -180,7 +186,9 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             timings["map_s"] = round(time.perf_counter() - t0, 4)
         if csls_k:
             t0 = time.perf_counter()
-            hub["image"], hub["text"] = hubness_terms(image_codes, text_codes, csls_k)
+            hub["image"], hub["text"], how = hub_terms(
+                ws, source_key(ws, columns.values()), image_codes, text_codes, csls_k, pair_rows, version)
+            meta = dict(meta or {}, csls=how)
             timings["hubness_s"] = round(time.perf_counter() - t0, 4)
         t0 = time.perf_counter()
         calibration = calibrate(index, select, bridge, scored)
@@ -231,6 +239,27 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     return snap, skipped
 
 
+def _ssr(columns: dict, pair_rows: np.ndarray, extra: np.ndarray | None):
+    """Eq. 10 for every item: ``(image SSR, text SSR, image reference features, text reference
+    features)``, the columns of item references kept between rebuilds (:mod:`xmodal.index.columns`:
+    one more label computes one column per modality), those of written descriptions (text row -1,
+    features ``extra`` in order) computed now."""
+    cols_img, cols_txt = columns["image"], columns["text"]
+    image_ssr = cols_img.get(pair_rows[:, 0])
+    indexed = pair_rows[:, 1] >= 0
+    if indexed.all():
+        text_ssr = cols_txt.get(pair_rows[:, 1])
+    else:
+        text_ssr = np.empty((len(cols_txt.features), len(pair_rows)), np.float32, order="F")
+        text_ssr[:, indexed] = cols_txt.get(pair_rows[indexed, 1])
+        text_ssr[:, ~indexed] = cols_txt.of_vectors(extra)
+    text_refs = np.empty((len(pair_rows), cols_txt.features.shape[1]), np.float32)
+    text_refs[indexed] = cols_txt.features[pair_rows[indexed, 1]]
+    if (~indexed).any():
+        text_refs[~indexed] = extra
+    return image_ssr, text_ssr, cols_img.features[pair_rows[:, 0]], text_refs
+
+
 def _task_view(index: SSRIndex, select: str):
     """``(query SSR, target SSR, pairs as (query row, target row), loo options)`` for tasks about
     ``select`` items: the orientation leave-one-out scores them in."""
@@ -244,7 +273,7 @@ def _task_view(index: SSRIndex, select: str):
                              sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
 
 
-def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray) -> dict:
+def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images: int) -> dict:
     """The part of the class bridge that no label changes: both modalities' centred bridge embeddings on their
     principal basis (``xmodal.core.bridge``). It depends on the workspace's features only, so it is
     computed once and kept beside them (``features/bridge_space.npz``), keyed by the files it was
@@ -262,7 +291,12 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray) -> dict:
                         "basis": basis}
     except (OSError, ValueError, KeyError):
         pass   # none yet, or made of other files: compute it
-    B_img, mean_img = centred(saved["image"])
+    image_rows = saved["image"] if saved["image"] is not None else (ws.bridge() or {}).get("image")
+    if image_rows is None or len(image_rows) != n_images:
+        # read after the rebuild's item lock: items were added meanwhile; the next rebuild has them
+        raise DataError(f"workspace {ws.name!r}: the class bridge changed during this rebuild; "
+                        "the next rebuild builds on the new items")
+    B_img, mean_img = centred(image_rows)
     B_txt, mean_txt = centred(text_features)
     basis = principal_basis(B_img, B_txt)   # the bridge part of the codes: its top directions
     space = {"image": project(B_img, basis), "text": project(B_txt, basis), "means": (mean_img, mean_txt),

@@ -1,0 +1,182 @@
+"""SSR columns kept between rebuilds: eq. 10's cosine of every item to one reference item.
+
+A column depends on the workspace's features only (which item is the reference, not which pair
+it is in), so a rebuild after one more label needs one new column per modality instead of all
+n·k products again. At 100k items × 200 references those products were the largest part of a
+default rebuild (1.2–1.8 s of about 4 s, profiled; ``xmodal bench``, section ``index``).
+
+Columns live in ``features/ssr-columns/<modality>-<key>/`` (:class:`Columns`), ``<key>`` naming the
+features file they were computed from (device, inode, mtime and size, as :func:`xmodal.index.build.bridge_space`
+keys its file): features written anew (items added, :mod:`xmodal.project.items`) are a new file, so a
+rebuild never mixes columns of two item sets, and the directories of older files are deleted. Racing
+workers at worst compute a column twice; it is kept once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xmodal.core.ssr import l2_normalize
+from xmodal.project.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: feature rows normalised and multiplied at a time (bounds the temporary: 8192 × 1280 float32 = 40 MB)
+CHUNK_ROWS = 8192
+
+
+def column_dir(ws: Workspace, modality: str) -> Path:
+    """The directory of ``modality``'s columns for its current features file."""
+    st = ws.features_path(modality).stat()
+    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+    return ws.root / "features" / "ssr-columns" / f"{modality}-{key}"
+
+
+@dataclass
+class Columns:
+    """One modality's features, memory-mapped, and the column directory of that file. Opened under
+    the items lock (:func:`open_columns`), it stays consistent with the ids read there after the
+    lock is released: a mapping keeps the file it was opened on.
+
+    The directory holds ``columns.f32``, the columns one after the other (n float32 each), and
+    ``rows.npy``, which item each is of. A column is appended under ``.lock``, then ``rows.npy`` is
+    replaced: a reader takes ``rows.npy`` first and never reads past the columns it names, and
+    bytes a crash left past them are cut before the next append."""
+
+    ws: Workspace
+    modality: str
+    features: np.ndarray
+    directory: Path
+
+    def get(self, rows) -> np.ndarray:
+        """``(n, len(rows))`` float32: column j is the cosine of every item to item ``rows[j]``
+        (eq. 10 with that item as the reference), read where kept, computed (then kept) where
+        not. Fortran order: one contiguous column each."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        kept, data = self._kept()
+        where = {int(r): i for i, r in enumerate(kept.tolist())}
+        missing = sorted({int(r) for r in rows.tolist()} - set(where))
+        new = cosine_columns(self.features, rows=missing, norms=self.norms()) if missing else None
+        out = np.empty((len(rows), len(self.features)), np.float32)   # (k, n): its .T is (n, k)
+        at_new = {r: i for i, r in enumerate(missing)}
+        for j, r in enumerate(rows.tolist()):
+            out[j] = data[where[r]] if r in where else new[:, at_new[r]]
+        if missing:
+            self._append(missing, new)
+        return out.T
+
+    def of_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Columns of references that are not items (a written description's features): not kept."""
+        return cosine_columns(self.features, vectors=vectors, norms=self.norms())
+
+    def norms(self) -> np.ndarray:
+        """The L2 norm of every item's features (kept beside the columns: a new column is then one
+        product over the features, not a normalised copy of them too)."""
+        path = self.directory / "norms.npy"
+        try:
+            c = np.load(path, allow_pickle=False)
+            if c.shape == (len(self.features),):
+                return c
+        except (OSError, ValueError):
+            pass
+        c = np.empty(len(self.features), np.float32)
+        for s in range(0, len(self.features), CHUNK_ROWS):
+            block = np.asarray(self.features[s:s + CHUNK_ROWS], np.float32)
+            c[s:s + CHUNK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
+        with self._writing():
+            _atomic_save(path, c)
+        return c
+
+    def _kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows kept, their columns as a read-only (len, n) mapping)."""
+        n = len(self.features)
+        try:
+            kept = np.load(self.directory / "rows.npy", allow_pickle=False).astype(np.int64)
+            if len(kept) and n:
+                return kept, np.memmap(self.directory / "columns.f32", np.float32, "r", shape=(len(kept), n))
+        except (OSError, ValueError):
+            pass   # none yet, or torn: compute what is asked
+        return np.zeros(0, np.int64), np.zeros((0, n), np.float32)
+
+    def _append(self, rows: list[int], cols: np.ndarray) -> None:
+        """Keep new columns (best effort: a full disk costs only the next rebuild's time)."""
+        n = len(self.features)
+        try:
+            with self._writing():
+                kept, _ = self._kept()
+                have = set(kept.tolist())
+                fresh = [i for i, r in enumerate(rows) if r not in have]
+                if not fresh:
+                    return                               # a racing worker kept them first
+                with open(self.directory / "columns.f32", "ab") as f:
+                    f.truncate(len(kept) * n * 4)        # what a crash left past the named columns
+                    f.seek(0, os.SEEK_END)
+                    f.write(np.ascontiguousarray(cols[:, fresh].T, np.float32).tobytes())
+                _atomic_save(self.directory / "rows.npy", np.concatenate([kept, np.asarray(rows)[fresh]]))
+        except OSError as exc:
+            log.warning("workspace %s: SSR columns not kept (%s); the next rebuild computes them again",
+                        self.ws.name, exc)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """The directory's write lock; the first writer of a new features file deletes the
+        directories of the older ones (their columns are of items that changed)."""
+        d = self.directory
+        fresh = not d.exists()
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        if fresh and column_dir(self.ws, self.modality) == d:
+            for old in d.parent.glob(f"{self.modality}-*"):
+                if old != d:
+                    shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def open_columns(ws: Workspace, modality: str) -> Columns:
+    """``modality``'s columns; call it under ``ws.items_lock(shared=True)``."""
+    return Columns(ws, modality, ws.load_features(modality, mmap=True), column_dir(ws, modality))
+
+
+def cosine_columns(features: np.ndarray, rows=None, vectors: np.ndarray | None = None,
+                   norms: np.ndarray | None = None) -> np.ndarray:
+    """``(n, k)`` float32 cosines of every row of ``features`` to ``features[rows]`` (or to
+    ``vectors``, e.g. a written description's features), ``CHUNK_ROWS`` rows at a time, so a
+    memory-mapped features file is read once and never copied whole. ``norms``: the rows' L2
+    norms, if known. A zero or non-finite row has cosines 0 (as :func:`l2_normalize` makes it)."""
+    refs = l2_normalize(features[np.asarray(rows, dtype=np.int64)] if vectors is None else vectors)
+    out = np.empty((len(features), len(refs)), np.float32, order="F")
+    for s in range(0, len(features), CHUNK_ROWS):
+        block = np.asarray(features[s:s + CHUNK_ROWS], np.float32)
+        if norms is None:
+            out[s:s + CHUNK_ROWS] = l2_normalize(block) @ refs.T
+            continue
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            part = (block @ refs.T) / norms[s:s + CHUNK_ROWS, None]
+        part[~np.isfinite(part)] = 0.0
+        out[s:s + CHUNK_ROWS] = part
+    return out
+
+
+def forget(ws: Workspace) -> None:
+    """Delete every kept column (the next rebuild computes its own: ``xmodal bench``'s full rebuild)."""
+    shutil.rmtree(ws.root / "features" / "ssr-columns", ignore_errors=True)
