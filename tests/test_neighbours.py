@@ -65,7 +65,7 @@ def test_one_more_label_rescores_the_last_versions_neighbourhoods(r, xenv, make_
 def test_stale_foreign_or_broken_neighbourhoods_are_found_again(r, xenv, make_workspace):
     ws = _csls_workspace(make_workspace, "nb2")
     build_snapshot(ws, 1, _pairs(12))
-    stale, _ = build_snapshot(ws, 2, _pairs(17))           # 5 changes > max(4, 17 / 4)
+    stale, _ = build_snapshot(ws, 2, _pairs(17))           # 5 changes > max(2, 17 / 4)
     assert stale.meta["csls"]["neighbours_of"] == 2
     ws.save_config(dict(ws.config, csls_k=3))              # other terms: other neighbourhoods
     other_k, _ = build_snapshot(ws, 3, _pairs(17))

@@ -9,6 +9,10 @@ rescores the neighbourhoods of an earlier version under its own codes
 neighbourhoods after Label Studio serves it (:func:`refresh`, ``workers/rebuild.py``), off the
 label's path; the next label's rebuild uses those.
 
+How close: on 20k × 20k synthetic clustered codes with the class bridge, terms rescored over
+neighbourhoods one label old correlate .993 (8 pairs) and 1.000 (100 pairs) with the exact ones;
+4 labels old at 8 pairs .95, 25 labels old at 100 pairs .9998.
+
 They are found anew inside the rebuild when there are none for these items and settings, or when
 they are older than ``max(MIN_STALE, n_pairs · STALE_SHARE)`` reference changes (a refresh that did
 not happen: a killed worker, a burst of labels).
@@ -30,7 +34,7 @@ from xmodal.project.workspace import Workspace, parse_enhance
 
 log = logging.getLogger(__name__)
 
-MIN_STALE = 4          # reference changes neighbourhoods may lag behind, at least
+MIN_STALE = 2          # reference changes neighbourhoods may lag behind, at least
 STALE_SHARE = 0.25     # and this share of the references
 
 
