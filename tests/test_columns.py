@@ -25,7 +25,7 @@ def _fresh(ws, n_pairs):
 
 
 def _kept_rows(ws, modality):
-    return np.load(column_dir(ws, modality) / "rows.npy").tolist()
+    return np.load(column_dir(ws, modality) / "rows.npy")[:, 0].astype(int).tolist()
 
 
 def test_kept_columns_give_the_codes_of_a_fresh_fit_and_one_more_label_adds_one(r, xenv, make_workspace):

@@ -93,10 +93,12 @@ def neighbour_terms(A: np.ndarray, B: np.ndarray, nn: np.ndarray) -> np.ndarray:
     out = np.zeros(len(A), np.float32)
     if len(A) == 0 or nn.shape[1] == 0:
         return out
-    step = max(1, CHUNK_SCORES // max(1, nn.shape[1] * B.shape[1]))
+    step = max(1, min(8192, CHUNK_SCORES // max(1, nn.shape[1] * B.shape[1])))   # gathers in cache
     for s in range(0, len(A), step):
-        out[s:s + step] = np.einsum("id,ikd->i", A[s:s + step], B[nn[s:s + step]]) / nn.shape[1]
-    return out
+        a = A[s:s + step]
+        for j in range(nn.shape[1]):
+            out[s:s + step] += np.einsum("id,id->i", a, B[nn[s:s + step, j]])
+    return out / nn.shape[1]
 
 
 def _row_knn_means(A: np.ndarray, B: np.ndarray, k: int, chunk: int | None, indices: bool = False):

@@ -13,8 +13,9 @@ import numpy as np
 MEASURES = ("pearson", "cosine")
 
 
-def l2_normalize(X: np.ndarray, eps: float = 1e-12, *, copy: bool = True) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32). Zero rows stay zero; rows with NaN/inf become zero.
+def l2_normalize(X: np.ndarray, eps: float = 1e-12, *, copy: bool = True, norm: float = 1.0) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32; to ``norm`` if given). Zero rows stay zero; rows with
+    NaN/inf become zero.
 
     Two passes over the data (norms, then one scaled copy; in place with ``copy=False``): at
     100k×1280 features every extra temporary costs a noticeable part of a rebuild.
@@ -24,7 +25,7 @@ def l2_normalize(X: np.ndarray, eps: float = 1e-12, *, copy: bool = True) -> np.
         X = X[None, :]
     with np.errstate(invalid="ignore", over="ignore"):
         sq = np.einsum("ij,ij->i", X, X)
-        scale = 1.0 / np.maximum(np.sqrt(sq), eps)
+        scale = np.float32(norm) / np.maximum(np.sqrt(sq), eps)
         out = np.multiply(X, scale[:, None], out=None if copy else X)
     bad = ~np.isfinite(sq)
     if bad.any():
@@ -70,43 +71,51 @@ def column_stats(R: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarr
 
 
 def standardize_columns(R: np.ndarray, reference: np.ndarray | None = None,
-                        stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                        stats: tuple[np.ndarray, np.ndarray] | None = None,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Z-score every column (reference dimension) with the mean/std of ``reference`` (default R),
     or with precomputed ``stats = column_stats(reference)``: "how much more similar than usual to
-    reference j", comparable across the two modalities."""
+    reference j", comparable across the two modalities. ``out``: where to write it."""
     R = np.asarray(R, dtype=np.float32)
     if stats is None:
         stats = column_stats(R if reference is None else reference)
     mean, scale = stats
-    out = np.subtract(R, np.asarray(mean, np.float32), dtype=np.float32)   # one new array, then in place
+    out = np.subtract(R, np.asarray(mean, np.float32), dtype=np.float32, out=out)   # one array, then in place
     out /= np.asarray(scale, np.float32)
     return out
 
 
-def similarity_codes(R: np.ndarray, measure: str = "pearson", copy: bool = True) -> np.ndarray:
+def similarity_codes(R: np.ndarray, measure: str = "pearson", copy: bool = True, norm: float = 1.0) -> np.ndarray:
     """Rows transformed so that a plain dot product of two codes is the similarity.
 
     ``pearson`` (eq. 32): centre each SSR vector on its own mean, then unit-normalise;
     ``cosine`` (eq. 33): unit-normalise only. ``copy=False``: a float32 ``R`` is the caller's
-    to overwrite (a z-scored or sparsified copy already).
+    to overwrite (a z-scored or sparsified copy already). ``norm``: the rows' norm instead of 1
+    (a part of fused codes, :func:`xmodal.core.bridge.fuse_codes`, written in place).
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
     R = np.array(R, dtype=np.float32, copy=True if copy else None)  # the one copy; the rest is in place
     if measure == "pearson":
         R -= R.mean(axis=1, keepdims=True)
-    return l2_normalize(R, copy=False)
+    return l2_normalize(R, copy=False, norm=norm)
 
 
 def ssr_codes(R: np.ndarray, measure: str = "pearson", sparse_top_k: int | None = None,
-              sparse_power: float = 1.0, col_stats: tuple[np.ndarray, np.ndarray] | None = None):
+              sparse_power: float = 1.0, col_stats: tuple[np.ndarray, np.ndarray] | None = None,
+              out: np.ndarray | None = None, norm: float = 1.0):
     """SSR rows -> similarity codes: z-score the columns with ``col_stats`` (if given, see
-    :class:`SSRIndex` ``standardize``), sparsify (if ``sparse_top_k``), then eq. 32/33."""
+    :class:`SSRIndex` ``standardize``), sparsify (if ``sparse_top_k``), then eq. 32/33, rows of
+    norm ``norm``. ``out``: an (n, k) float32 array (e.g. the first columns of fused codes) to
+    write them into instead of a new one."""
     if col_stats is not None:
-        R = standardize_columns(R, stats=col_stats)
+        R = standardize_columns(R, stats=col_stats, out=None if sparse_top_k else out)
     if sparse_top_k:
         R = sparsify(R, sparse_top_k, sparse_power)
-    return similarity_codes(R, measure, copy=col_stats is None and not sparse_top_k)
+    if out is not None and R is not out:
+        np.copyto(out, R)
+        R = out
+    return similarity_codes(R, measure, copy=out is None and col_stats is None and not sparse_top_k, norm=norm)
 
 
 def cross_similarity(RX: np.ndarray, RY: np.ndarray, measure: str = "pearson") -> np.ndarray:
@@ -191,13 +200,16 @@ class SSRIndex:
         return self._derive_codes()
 
     def fit_ssr(self, image_ssr: np.ndarray, text_ssr: np.ndarray, pairs,
-                image_references: np.ndarray, text_references: np.ndarray) -> SSRIndex:
+                image_references: np.ndarray, text_references: np.ndarray,
+                image_col_stats=None, text_col_stats=None, codes: bool = True) -> SSRIndex:
         """The index of SSR matrices computed elsewhere (eq. 10, e.g. columns kept between
         rebuilds, :mod:`xmodal.index.columns`): the same codes as :meth:`fit` over the features
         they came from, without the n·k products. ``image_ssr`` / ``text_ssr`` are (n, k) / (m, k),
         column j the cosines to reference pair ``pairs[j]``'s item (the caller's to keep: they are
         not copied); ``*_references`` the references' features. Without the items' features,
-        :meth:`add_pairs` is unavailable; queries (:meth:`transform_images`) work."""
+        :meth:`add_pairs` is unavailable; queries (:meth:`transform_images`) work. ``*_col_stats``:
+        the columns' :func:`column_stats`, if known (``standardize``). ``codes=False`` leaves the
+        codes to :meth:`derive_codes` (e.g. into fused codes once the bridge's weight is known)."""
         self.pairs_ = _as_pairs(pairs)
         if image_ssr.shape[1] != len(self.pairs_) or text_ssr.shape[1] != len(self.pairs_):
             raise ValueError(f"SSR matrices of {image_ssr.shape[1]} / {text_ssr.shape[1]} columns for "
@@ -207,7 +219,10 @@ class SSRIndex:
         self.text_references_ = l2_normalize(text_references)
         self.image_ssr_ = np.asarray(image_ssr, dtype=np.float32)
         self.text_ssr_ = np.asarray(text_ssr, dtype=np.float32)
-        return self._derive_codes()
+        if self.standardize:
+            self.image_col_stats_ = image_col_stats if image_col_stats is not None else column_stats(image_ssr)
+            self.text_col_stats_ = text_col_stats if text_col_stats is not None else column_stats(text_ssr)
+        return self.derive_codes() if codes else self
 
     def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> SSRIndex:
         if self.image_features_ is None:
@@ -261,15 +276,21 @@ class SSRIndex:
         if have and np.atleast_2d(extra).shape[1] != self.text_features_.shape[1]:
             raise ValueError("text_reference_features must have the text features' dimension")
 
-    def _codes(self, R: np.ndarray, stats=None) -> np.ndarray:
-        return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power, stats)
+    def _codes(self, R: np.ndarray, stats=None, out=None, norm: float = 1.0) -> np.ndarray:
+        return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power, stats, out=out, norm=norm)
 
     def _derive_codes(self) -> SSRIndex:
         if self.standardize:
             self.image_col_stats_ = column_stats(self.image_ssr_)
             self.text_col_stats_ = column_stats(self.text_ssr_)
-        self.image_codes_ = self._codes(self.image_ssr_, self.image_col_stats_)
-        self.text_codes_ = self._codes(self.text_ssr_, self.text_col_stats_)
+        return self.derive_codes()
+
+    def derive_codes(self, image_out: np.ndarray | None = None, text_out: np.ndarray | None = None,
+                     norm: float = 1.0) -> SSRIndex:
+        """The codes of the SSR matrices (``image_codes_``, ``text_codes_``), rows of norm ``norm``,
+        written into ``*_out`` where given (the first columns of fused codes: no second copy)."""
+        self.image_codes_ = self._codes(self.image_ssr_, self.image_col_stats_, image_out, norm)
+        self.text_codes_ = self._codes(self.text_ssr_, self.text_col_stats_, text_out, norm)
         return self
 
     # -- querying -------------------------------------------------------------------------

@@ -146,10 +146,10 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
                          standardize="zscore" in enhance)
         t0 = time.perf_counter()
-        image_ssr, text_ssr, image_refs, text_refs = _ssr(columns, pair_rows, extra)
+        image_ssr, text_ssr, image_refs, text_refs, image_stats, text_stats = _ssr(columns, pair_rows, extra)
         timings["ssr_s"] = round(time.perf_counter() - t0, 4)
-        index.fit_ssr(image_ssr, text_ssr, pair_rows, image_refs, text_refs)
-        image_codes, text_codes = index.image_codes_, index.text_codes_
+        # the codes wait for the bridge's weight: then they are written once, into the fused codes
+        index.fit_ssr(image_ssr, text_ssr, pair_rows, image_refs, text_refs, image_stats, text_stats, codes=False)
         image_refs, text_refs = index.image_references_, index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
@@ -163,9 +163,11 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             t0 = time.perf_counter()
             bridge = _bridge(index, select, bridge, bridge_space(ws, bridge, Y, len(X)), scored)
             timings["bridge_s"] = round(time.perf_counter() - t0, 4)
-            if bridge["weight"] > 0:
-                image_codes = fuse_codes(image_codes, bridge["image"], bridge["weight"])
-                text_codes = fuse_codes(text_codes, bridge["text"], bridge["weight"])
+        if bridge is not None and bridge["weight"] > 0:
+            image_codes, text_codes = _fused_codes(index, bridge)
+        else:
+            index.derive_codes()
+            image_codes, text_codes = index.image_codes_, index.text_codes_
         if "map" in enhance and bridge is not None and bridge["weight"] > 0:
             # the self-trained map (pseudomap), fitted on the codes above; only where the bridge
             # is on: on the shapes (bridge off) it lowered MAP by up to 9% (docs/results.md)
@@ -241,23 +243,41 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
 
 def _ssr(columns: dict, pair_rows: np.ndarray, extra: np.ndarray | None):
     """Eq. 10 for every item: ``(image SSR, text SSR, image reference features, text reference
-    features)``, the columns of item references kept between rebuilds (:mod:`xmodal.index.columns`:
-    one more label computes one column per modality), those of written descriptions (text row -1,
-    features ``extra`` in order) computed now."""
+    features, image column stats, text column stats)``, the columns of item references kept
+    between rebuilds with their z-score statistics (:mod:`xmodal.index.columns`: one more label
+    computes one column per modality), those of written descriptions (text row -1, features
+    ``extra`` in order) computed now."""
     cols_img, cols_txt = columns["image"], columns["text"]
-    image_ssr = cols_img.get(pair_rows[:, 0])
+    image_ssr, image_stats = cols_img.get(pair_rows[:, 0])
     indexed = pair_rows[:, 1] >= 0
     if indexed.all():
-        text_ssr = cols_txt.get(pair_rows[:, 1])
+        text_ssr, text_stats = cols_txt.get(pair_rows[:, 1])
     else:
         text_ssr = np.empty((len(cols_txt.features), len(pair_rows)), np.float32, order="F")
-        text_ssr[:, indexed] = cols_txt.get(pair_rows[indexed, 1])
-        text_ssr[:, ~indexed] = cols_txt.of_vectors(extra)
+        text_stats = (np.empty(len(pair_rows), np.float32), np.empty(len(pair_rows), np.float32))
+        for part, (cols, stats) in ((indexed, cols_txt.get(pair_rows[indexed, 1])),
+                                    (~indexed, cols_txt.of_vectors(extra))):
+            text_ssr[:, part] = cols
+            text_stats[0][part], text_stats[1][part] = stats
     text_refs = np.empty((len(pair_rows), cols_txt.features.shape[1]), np.float32)
     text_refs[indexed] = cols_txt.features[pair_rows[indexed, 1]]
     if (~indexed).any():
         text_refs[~indexed] = extra
-    return image_ssr, text_ssr, cols_img.features[pair_rows[:, 0]], text_refs
+    return image_ssr, text_ssr, cols_img.features[pair_rows[:, 0]], text_refs, image_stats, text_stats
+
+
+def _fused_codes(index: SSRIndex, bridge: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``fuse_codes(codes, bridge, w)`` of both modalities (:func:`xmodal.core.bridge.fuse_codes`)
+    written once: the SSR codes go straight into the first columns at norm sqrt(1 − w) (a separate
+    code array copied into the fused one was 0.1–0.3 s of a 100k rebuild, most of it first-touch
+    page faults)."""
+    w, k = float(bridge["weight"]), len(index.pairs_)
+    out = {}
+    for m, n in (("image", len(index.image_ssr_)), ("text", len(index.text_ssr_))):
+        out[m] = np.empty((n, k + bridge[m].shape[1]), np.float32)
+        np.multiply(bridge[m], np.float32(np.sqrt(w)), out=out[m][:, k:])
+    index.derive_codes(out["image"][:, :k], out["text"][:, :k], norm=float(np.sqrt(1.0 - w)))
+    return out["image"], out["text"]
 
 
 def _task_view(index: SSRIndex, select: str):

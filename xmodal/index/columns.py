@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.core.ssr import l2_normalize
+from xmodal.core.ssr import column_stats, l2_normalize
 from xmodal.project.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -48,35 +48,44 @@ class Columns:
     lock is released: a mapping keeps the file it was opened on.
 
     The directory holds ``columns.f32``, the columns one after the other (n float32 each), and
-    ``rows.npy``, which item each is of. A column is appended under ``.lock``, then ``rows.npy`` is
-    replaced: a reader takes ``rows.npy`` first and never reads past the columns it names, and
-    bytes a crash left past them are cut before the next append."""
+    ``rows.npy``, which item each is of and its z-score statistics. A column is appended under
+    ``.lock``, then ``rows.npy`` is replaced: a reader takes ``rows.npy`` first and never reads
+    past the columns it names, and bytes a crash left past them are cut before the next append."""
 
     ws: Workspace
     modality: str
     features: np.ndarray
     directory: Path
 
-    def get(self, rows) -> np.ndarray:
-        """``(n, len(rows))`` float32: column j is the cosine of every item to item ``rows[j]``
-        (eq. 10 with that item as the reference), read where kept, computed (then kept) where
-        not. Fortran order: one contiguous column each."""
+    def get(self, rows) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """``(SSR, (mean, std))``: ``SSR`` is ``(n, len(rows))`` float32, column j the cosine of
+        every item to item ``rows[j]`` (eq. 10 with that item as the reference), read where kept,
+        computed (then kept) where not, in Fortran order (one contiguous column each); ``mean`` and
+        ``std`` are its columns' z-score statistics (:func:`xmodal.core.ssr.column_stats`), kept
+        with them: a column and its statistics never change, so one more label computes one each."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         kept, data = self._kept()
-        where = {int(r): i for i, r in enumerate(kept.tolist())}
+        where = {int(r): i for i, r in enumerate(kept[:, 0].astype(np.int64).tolist())}
         missing = sorted({int(r) for r in rows.tolist()} - set(where))
-        new = cosine_columns(self.features, rows=missing, norms=self.norms()) if missing else None
+        if missing:
+            new = cosine_columns(self.features, rows=missing, norms=self.norms())
+            new_stats = np.column_stack([np.asarray(missing, np.float64), *column_stats(new)])
         out = np.empty((len(rows), len(self.features)), np.float32)   # (k, n): its .T is (n, k)
+        stats = np.empty((len(rows), 2), np.float32)
         at_new = {r: i for i, r in enumerate(missing)}
         for j, r in enumerate(rows.tolist()):
-            out[j] = data[where[r]] if r in where else new[:, at_new[r]]
+            if r in where:
+                out[j], stats[j] = data[where[r]], kept[where[r], 1:]
+            else:
+                out[j], stats[j] = new[:, at_new[r]], new_stats[at_new[r], 1:]
         if missing:
-            self._append(missing, new)
-        return out.T
+            self._append(new_stats, new)
+        return out.T, (stats[:, 0].copy(), stats[:, 1].copy())
 
-    def of_vectors(self, vectors: np.ndarray) -> np.ndarray:
-        """Columns of references that are not items (a written description's features): not kept."""
-        return cosine_columns(self.features, vectors=vectors, norms=self.norms())
+    def of_vectors(self, vectors: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`get` for references that are not items (a written description's features): not kept."""
+        cols = cosine_columns(self.features, vectors=vectors, norms=self.norms())
+        return cols, column_stats(cols)
 
     def norms(self) -> np.ndarray:
         """The L2 norm of every item's features (kept beside the columns: a new column is then one
@@ -97,31 +106,33 @@ class Columns:
         return c
 
     def _kept(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item rows kept, their columns as a read-only (len, n) mapping)."""
+        """(``(len, 3)`` float64: item row, mean, std of each kept column; the columns as a
+        read-only ``(len, n)`` mapping)."""
         n = len(self.features)
         try:
-            kept = np.load(self.directory / "rows.npy", allow_pickle=False).astype(np.int64)
-            if len(kept) and n:
+            kept = np.load(self.directory / "rows.npy", allow_pickle=False)
+            if kept.ndim == 2 and kept.shape[1] == 3 and len(kept) and n:
                 return kept, np.memmap(self.directory / "columns.f32", np.float32, "r", shape=(len(kept), n))
         except (OSError, ValueError):
             pass   # none yet, or torn: compute what is asked
-        return np.zeros(0, np.int64), np.zeros((0, n), np.float32)
+        return np.zeros((0, 3)), np.zeros((0, n), np.float32)
 
-    def _append(self, rows: list[int], cols: np.ndarray) -> None:
-        """Keep new columns (best effort: a full disk costs only the next rebuild's time)."""
+    def _append(self, new_stats: np.ndarray, cols: np.ndarray) -> None:
+        """Keep new columns, ``new_stats`` their (row, mean, std) (best effort: a full disk costs
+        only the next rebuild's time)."""
         n = len(self.features)
         try:
             with self._writing():
                 kept, _ = self._kept()
-                have = set(kept.tolist())
-                fresh = [i for i, r in enumerate(rows) if r not in have]
+                have = set(kept[:, 0].tolist())
+                fresh = [i for i, r in enumerate(new_stats[:, 0].tolist()) if r not in have]
                 if not fresh:
                     return                               # a racing worker kept them first
                 with open(self.directory / "columns.f32", "ab") as f:
                     f.truncate(len(kept) * n * 4)        # what a crash left past the named columns
                     f.seek(0, os.SEEK_END)
                     f.write(np.ascontiguousarray(cols[:, fresh].T, np.float32).tobytes())
-                _atomic_save(self.directory / "rows.npy", np.concatenate([kept, np.asarray(rows)[fresh]]))
+                _atomic_save(self.directory / "rows.npy", np.concatenate([kept, new_stats[fresh]]))
         except OSError as exc:
             log.warning("workspace %s: SSR columns not kept (%s); the next rebuild computes them again",
                         self.ws.name, exc)
