@@ -19,14 +19,13 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from xmodal.core.ssr import column_stats, l2_normalize
-from xmodal.project.workspace import Workspace
+from xmodal.project.workspace import Workspace, atomic_save_npy
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class Columns:
             block = np.asarray(self.features[s:s + CHUNK_ROWS], np.float32)
             c[s:s + CHUNK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
         with self._writing():
-            _atomic_save(path, c)
+            atomic_save_npy(path, c)
         return c
 
     def _kept(self) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +131,7 @@ class Columns:
                     f.truncate(len(kept) * n * 4)        # what a crash left past the named columns
                     f.seek(0, os.SEEK_END)
                     f.write(np.ascontiguousarray(cols[:, fresh].T, np.float32).tobytes())
-                _atomic_save(self.directory / "rows.npy", np.concatenate([kept, new_stats[fresh]]))
+                atomic_save_npy(self.directory / "rows.npy", np.concatenate([kept, new_stats[fresh]]))
         except OSError as exc:
             log.warning("workspace %s: SSR columns not kept (%s); the next rebuild computes them again",
                         self.ws.name, exc)
@@ -154,13 +153,6 @@ class Columns:
             for old in d.parent.glob(f"{self.modality}-*"):
                 if old != d:
                     shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 def open_columns(ws: Workspace, modality: str) -> Columns:
