@@ -244,6 +244,7 @@ def run(args, say=print) -> BenchResult:
     from xmodal.simulation.loop import IndexWaiter, label_loop, summary
     from xmodal.simulation.pages import LabelStudioPage, WebhookPage
     from xmodal.simulation.processes import (
+        BUSY_CODE,
         ProcessManager,
         free_port,
         start_backend,
@@ -286,6 +287,9 @@ def run(args, say=print) -> BenchResult:
     try:
         # CPU-bound neighbours for the whole run (stopped with the services in `finally`)
         result.settings["busy_pids"] = [c.pid for c in start_busy(pm, args.busy)]
+        if args.busy:
+            say(f"{args.busy} busy process{'' if args.busy == 1 else 'es'} beside the loop (`python -c "
+                f"'{BUSY_CODE}'`): pid {', '.join(map(str, result.settings['busy_pids']))}")
         # services boot while the data is prepared
         port = free_port()
         worker = start_worker(pm, env, simple=(args.worker == "simple"))
