@@ -188,7 +188,7 @@ GOAL_P95_S = 1.5   # issue 25: label -> the next-served task carries it (through
 # the worker's push up to the flip, from its rebuild stats (xmodal.labelstudio.push, ``ls.ready``):
 # rebuilding the first batch's pages (PATCH), their predictions, the model_version flip
 LS_SPLIT = ("ls_prep_s", "ls_rank_s", "ls_first_data_s", "ls_first_predictions_s", "ls_flip_s")
-SPLIT = ("build_s", "write_s", "push_s", *LS_SPLIT, "rest_s")
+SPLIT = ("build_s", "write_s", "push_s", *LS_SPLIT, "rest_s", "queue_s", "outside_s")
 
 
 def _rest(latency, last: dict):
@@ -198,6 +198,18 @@ def _rest(latency, last: dict):
     if latency is None or parts[0] is None:
         return None
     return round(latency - sum(x or 0.0 for x in parts), 4)
+
+
+def _rest_split(latency, last: dict) -> dict:
+    """The rest in two, by the worker's own label -> flip (``label_to_prediction_s``: from the
+    webhook's arrival): ``queue_s`` (the queue, the work horse's fork, the snapshot) and
+    ``outside_s`` (before the webhook arrived: the annotation's POST, Label Studio calling the
+    webhook; after the flip: until the annotator sees it)."""
+    worker = last.get("label_to_prediction_s")
+    if latency is None or worker is None or last.get("build_s") is None:
+        return {"queue_s": None, "outside_s": None}
+    inside = sum(last.get(k) or 0.0 for k in ("build_s", "write_s", "push_s"))
+    return {"queue_s": round(worker - inside, 4), "outside_s": round(latency - worker, 4)}
 
 
 @dataclass
@@ -413,7 +425,7 @@ def run(args, say=print) -> BenchResult:
                    "write_s": last.get("write_s"), "push_s": last.get("push_s"),
                    "worker_total_s": last.get("total_s"),
                    **{k: last.get(k) for k in LS_SPLIT},
-                   "rest_s": _rest(latency, last), "load1": round(os.getloadavg()[0], 2),
+                   "rest_s": _rest(latency, last), **_rest_split(latency, last), "load1": round(os.getloadavg()[0], 2),
                    "recall@10_i2t": recall["i2t"], "recall@10_t2i": recall["t2i"]}
             result.rows.append(row)
             f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -457,12 +469,16 @@ def report_lines(result: BenchResult) -> list[str]:
     names = {"build_s": "build", "write_s": "write", "push_s": "push to the flip",
              "ls_prep_s": "tasks/predictions prep", "ls_rank_s": "re-rank pages",
              "ls_first_data_s": "PATCH pages", "ls_first_predictions_s": "predictions",
-             "ls_flip_s": "model_version", "rest_s": "rest (webhook, queue, fork, poll)"}
+             "ls_flip_s": "model_version", "rest_s": "rest",
+             "queue_s": "queue + fork + snapshot", "outside_s": "annotation POST + webhook + seeing the flip"}
     split = s["split"]
     if split:
         out.append("per label, median / p95 s: " + ", ".join(
             f"{names[k]} {v['median']:.3f} / {v['p95']:.3f}" for k, v in split.items()
             if k in ("build_s", "write_s", "push_s", "rest_s")))
+        if "queue_s" in split:
+            out.append("  the rest: " + ", ".join(
+                f"{names[k]} {split[k]['median']:.3f} / {split[k]['p95']:.3f}" for k in ("queue_s", "outside_s")))
         ls = [k for k in LS_SPLIT if k in split]
         if ls:
             out.append("  the push to the flip: " + ", ".join(
