@@ -18,7 +18,7 @@ Measured per label:
   after pushing every prediction);
 - the worker's own split (build / write / Label Studio push, and the push's requests up to the
   flip) from ``P:{p}:rebuild:last``; the report says whether p95 met the goal (< 1.5 s,
-  :data:`GOAL_P95_S`);
+  :data:`~xmodal.benchmarks.loop_report.GOAL_P95_S`);
 - **how** the pair was found (shown / search / written / pasted / skipped), whether it is right
   (one of the medoid's texts, or a written description), seconds the annotator took;
 - **quality** of the published index: Recall@10 image→text (a hit: any text of the image) and
