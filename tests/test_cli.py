@@ -190,3 +190,49 @@ def test_simulate_json_reports_shown_top10_per_block(tmp_path):
     assert [x["shown_top10"] for x in rows] == [x["how"] == "shown" for x in rows]
     assert got["summary"]["shown_top10"] == got["shown_top10"]
     assert "a right text among the page's first 10 lines: labels 1-10" in r.stdout + r.stderr
+
+
+def _busy_alive(pids) -> list[int]:
+    """The pids that still run the --busy loop (a pid reused by another process does not count)."""
+    from xmodal.simulation.processes import BUSY_CODE
+
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if BUSY_CODE in open(f"/proc/{pid}/cmdline").read().replace("\0", " "):
+                alive.append(pid)
+    return alive
+
+
+def _busy_pids(output: str) -> list[int]:
+    import re
+
+    m = re.search(r"busy process(?:es)? beside the loop .*: pid ([\d, ]+)", output)
+    assert m, output[-2000:]
+    return [int(x) for x in m.group(1).split(",")]
+
+
+def test_simulate_busy_processes_run_beside_the_loop_and_stop(tmp_path):
+    """--busy N: N CPU-bound processes for the whole run, stopped at its end; the report and the
+    JSON carry the load average and say whether the latency goal was met (no timing asserted)."""
+    out = tmp_path / "sim.json"
+    r = run_cli("simulate", "--n", "100", "--labels", "2", "--busy", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    pids = _busy_pids(r.stdout)
+    got = json.loads(out.read_text())
+    assert got["settings"]["busy_pids"] == pids and len(pids) == 2
+    assert _busy_alive(pids) == []
+    s = got["summary"]
+    assert s["busy"] == 2 and len(s["load_avg_start"]) == 3 and len(s["load_avg_end"]) == 3
+    assert isinstance(s["goal_met"], bool) and s["goal_p95_s"] == 1.5
+    assert {"build_s", "write_s", "rest_s"} <= set(s["split"])
+    assert "goal p95 < 1.5 s: " in r.stdout and "load average (1 / 5 / 15 min)" in r.stdout
+
+
+def test_simulate_busy_processes_stop_when_the_run_fails(tmp_path):
+    """A run that fails after starting them (no Label Studio at that URL) stops them too."""
+    r = run_cli("simulate", "--n", "60", "--labels", "2", "--busy", "1",
+                "--label-studio-url", "http://127.0.0.1:1", "--api-key", "nokey")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    pids = _busy_pids(r.stdout)
+    assert len(pids) == 1 and _busy_alive(pids) == []

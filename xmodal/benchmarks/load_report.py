@@ -3,7 +3,7 @@ report."""
 
 from __future__ import annotations
 
-from xmodal.benchmarks.loop import percentile
+from xmodal.benchmarks.loop_report import percentile
 
 GOALS = {"webhook_p99_s": 0.050, "lost_pairs": 0, "label_to_prediction_p95_s": 5.0}
 

@@ -16,7 +16,9 @@ Measured per label:
   ``POST /predict`` on the backend answers with the new ``model_version`` (default), or, with
   ``--label-studio-url``, Label Studio's project shows the new ``model_version`` (the worker sets it
   after pushing every prediction);
-- the worker's own split (build / write / Label Studio push) from ``P:{p}:rebuild:last``;
+- the worker's own split (build / write / Label Studio push, and the push's requests up to the
+  flip) from ``P:{p}:rebuild:last``; the report says whether p95 met the goal (< 1.5 s,
+  :data:`~xmodal.benchmarks.loop_report.GOAL_P95_S`);
 - **how** the pair was found (shown / search / written / pasted / skipped), whether it is right
   (one of the medoid's texts, or a written description), seconds the annotator took;
 - **quality** of the published index: Recall@10 image→text (a hit: any text of the image) and
@@ -28,16 +30,25 @@ Measured per label:
 :func:`xmodal.simulation.loop.shown_top10`) and ``recall@10`` (``{"i2t", "t2i"}`` after the last
 label) at its top level, the per-label rows below.
 
+``--busy N`` runs N CPU-bound processes (``python -c 'while True: pass'``) beside the loop for the
+whole run, stopped with the services (at the end, on an error, Ctrl-C or SIGTERM); the load
+average at the start and the end, and the 1-minute one at every label, are in the report and the
+JSON.
+
 Data: ``synthetic`` (default ``--n 10000``): features of realistic size — 1280-d "image" and
 384-d "text" vectors that are two different non-linear views of a shared latent mixture (40
 components, 48-d) plus noise; item i of one modality is coupled with item i of the other. Or a
 data folder (COCO-mini, generic format), bootstrapped with :func:`xmodal.labelstudio.project.create_project`.
+Synthetic items go through Label Studio too (:func:`synthetic_label_studio`: tasks whose image
+URLs nothing serves; the pages carry the texts as a data folder's do).
 
 Usage::
 
     python -m xmodal.benchmarks.loop --data synthetic --n 10000 --labels 30
     python -m xmodal.benchmarks.loop --data /path/to/coco_mini --labels 20
     python -m xmodal.benchmarks.loop --data /path/to/coco_mini --labels 20 \\
+        --label-studio-url http://127.0.0.1:8080 --api-key TOKEN
+    python -m xmodal.benchmarks.loop --data synthetic --n 5000 --labels 30 --busy 1 \\
         --label-studio-url http://127.0.0.1:8080 --api-key TOKEN
 
 Everything runs under its own Redis key prefix and queue (deleted at the end) and a temporary
@@ -55,12 +66,12 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xmodal import settings
+from xmodal.benchmarks.loop_report import LS_SPLIT, BenchResult, load_average, report_lines, rest_s, rest_split
 from xmodal.errors import ConfigError
 
 LS_PROJECT_PLACEHOLDER = 900001   # Label Studio project id the workspace claims without Label Studio
@@ -82,8 +93,9 @@ def synthetic_features(n: int, d_image: int = 1280, d_text: int = 384, d_latent:
     return X.astype(np.float32), Y.astype(np.float32)
 
 
-def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print):
-    """A workspace of synthetic items (no files), its medoids; returns the (image, text) truth."""
+def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print, link: bool = True):
+    """A workspace of synthetic items (no files), its medoids; returns the (image, text) truth.
+    ``link``: claim :data:`LS_PROJECT_PLACEHOLDER` as its Label Studio project (no Label Studio)."""
     from xmodal.project.medoids import ensure_selection
 
     t0 = time.perf_counter()
@@ -93,7 +105,7 @@ def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print):
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.save_config({"select": "image", "measure": "pearson",
                     "encoders": {"image": "synthetic-1280", "text": "synthetic-384"},
-                    "label_studio": {"project_id": LS_PROJECT_PLACEHOLDER}})
+                    **({"label_studio": {"project_id": LS_PROJECT_PLACEHOLDER}} if link else {})})
     ws.save_items(image_ids, [f"/synthetic/{i}" for i in image_ids], text_ids,
                   [f"synthetic text {i}" for i in range(n)])
     ws.save_features("image", X, "synthetic-1280")
@@ -104,6 +116,34 @@ def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print):
     medoids, _ = ensure_selection(ws, X, "image", k, seed)
     say(f"{k} medoids by k-medoids on {n} images ({time.perf_counter() - t0:.1f} s)")
     return {image_ids[i]: text_ids[i] for i in range(n)}
+
+
+SYNTHETIC_IMAGES = "http://127.0.0.1:9/synthetic/"   # the tasks' image URLs: nothing serves them
+
+
+def synthetic_label_studio(ws, args, backend_url: str, title: str, r, say=print):
+    """A Label Studio project for a synthetic workspace, as ``xmodal project create`` makes one for a
+    data folder (its Label Studio steps): the medoids as tasks (image URLs under
+    :data:`SYNTHETIC_IMAGES`, which no one loads), the first index, the ML backend, the initial
+    predictions. Returns the BootstrapResult."""
+    from xmodal.labelstudio.client import connect
+    from xmodal.labelstudio.config import read_label_config
+    from xmodal.labelstudio.project import BootstrapResult, ProjectSpec, label_studio_steps
+    from xmodal.labelstudio.tasks import pool_size
+    from xmodal.project.medoids import ensure_candidate_pool
+
+    t0 = time.perf_counter()
+    client = connect(args.label_studio_url, args.api_key)
+    label_xml, template = read_label_config("image")
+    spec = ProjectSpec(name=ws.name, data=str(ws.root), title=title, label_studio_url=args.label_studio_url,
+                       api_key=args.api_key, backend_url=backend_url, images=SYNTHETIC_IMAGES)
+    pool = ensure_candidate_pool(ws, ws.load_features("text"), "text", pool_size(ws), args.seed)
+    medoids = ws.medoid_ids()
+    result = BootstrapResult(ws=ws, k=len(medoids), medoid_ids=medoids, candidate_pool=pool)
+    label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result,
+                        lambda m: say("  " + m), r)
+    result.timings["label_studio_s"] = round(time.perf_counter() - t0, 3)
+    return result
 
 
 # -- measurement helpers ----------------------------------------------------------------------
@@ -147,30 +187,6 @@ def restore_env(saved: dict) -> None:
             os.environ[k] = v
 
 
-def percentile(values, q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if len(values) else None
-
-
-@dataclass
-class BenchResult:
-    settings: dict
-    rows: list = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    end: dict = field(default_factory=dict)    # pair store and recall after the last label
-
-    def summary(self) -> dict:
-        lat = [r["latency_s"] for r in self.rows if r.get("latency_s") is not None]
-        secs = [r["seconds"] for r in self.rows if r.get("seconds") is not None]
-        return {"annotator": self.settings.get("annotator"), "labels": len(self.rows),
-                **{k: self.end.get(k) for k in ("pairs_stored", "problems", "lost", "found_rate", "how",
-                                                "shown_top10")},
-                "recall@10": self.end.get("recall@10") or {"i2t": None, "t2i": None},
-                "seconds_per_label_median": percentile(secs, 50),
-                "latency_median_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
-                "latency_max_s": round(max(lat), 4) if lat else None,
-                "final": self.rows[-1] if self.rows else None}
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 def run(args, say=print) -> BenchResult:
@@ -187,9 +203,11 @@ def run(args, say=print) -> BenchResult:
     from xmodal.simulation.loop import IndexWaiter, label_loop, summary
     from xmodal.simulation.pages import LabelStudioPage, WebhookPage
     from xmodal.simulation.processes import (
+        BUSY_CODE,
         ProcessManager,
         free_port,
         start_backend,
+        start_busy,
         start_worker,
         wait_backend,
         wait_worker,
@@ -221,10 +239,16 @@ def run(args, say=print) -> BenchResult:
     result = BenchResult(settings={"data": args.data, "n": args.n, "labels": args.labels,
                                    "annotator": args.annotator, "captions": args.captions,
                                    "worker": args.worker, "label_studio": bool(args.label_studio_url),
-                                   "redis": url.split("@")[-1], "home": str(home)})
+                                   "busy": args.busy, "redis": url.split("@")[-1], "home": str(home),
+                                   "load_avg_start": load_average(), "cpus": os.cpu_count()})
     env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", REDIS_URL=url)
     try:
+        # CPU-bound neighbours for the whole run (stopped with the services in `finally`)
+        result.settings["busy_pids"] = [c.pid for c in start_busy(pm, args.busy)]
+        if args.busy:
+            say(f"{args.busy} busy process{'' if args.busy == 1 else 'es'} beside the loop (`python -c "
+                f"'{BUSY_CODE}'`): pid {', '.join(map(str, result.settings['busy_pids']))}")
         # services boot while the data is prepared
         port = free_port()
         worker = start_worker(pm, env, simple=(args.worker == "simple"))
@@ -237,9 +261,17 @@ def run(args, say=print) -> BenchResult:
         gt = None
         if args.data == "synthetic":
             ws = Workspace.for_project(name)
-            truth = synthetic_workspace(ws, args.n, args.labels, args.seed, say)
+            # through Label Studio, spare medoids stay open: the last label's push needs an open task
+            k = args.labels + (args.spare if args.label_studio_url else 0)
+            truth = synthetic_workspace(ws, args.n, min(k, args.n), args.seed, say,
+                                        link=not args.label_studio_url)
             knowledge = Knowledge({i: {t} for i, t in truth.items()},
                                   dict(zip(ws.ids("image"), ws.contents("text"))))
+            if args.label_studio_url:
+                wait_backend(pm, backend, backend_url)   # ml.create calls /health and /setup
+                boot = synthetic_label_studio(ws, args, backend_url, f"xmodal simulate {tag}", r, say)
+                result.timings["bootstrap"] = boot.timings
+                ls_pid = boot.ls_project_id
         else:
             from xmodal.datasets import load_data
             from xmodal.evaluation.ground_truth import GroundTruth
@@ -304,7 +336,7 @@ def run(args, say=print) -> BenchResult:
             f"{'Label Studio ' + args.label_studio_url if ls_client else 'no Label Studio'}, "
             f"{args.annotator} annotator; logs {pm.log_dir}")
         header = f"{'label':>5} {'how':>8} {'index':>6} {'R@10 i2t':>9} {'R@10 t2i':>9} {'latency s':>10} " \
-                 f"{'build s':>8} {'push s':>7}"
+                 f"{'build s':>8} {'write s':>8} {'push s':>7} {'rest s':>7} {'load1':>6}"
         say(header)
         refs_i, refs_t, done = set(), set(), []
 
@@ -339,13 +371,16 @@ def run(args, say=print) -> BenchResult:
                    "seconds": round(label.seconds, 4), "build_s": last.get("build_s"),
                    "write_s": last.get("write_s"), "push_s": last.get("push_s"),
                    "worker_total_s": last.get("total_s"),
+                   **{k: last.get(k) for k in LS_SPLIT},
+                   "rest_s": rest_s(latency, last), **rest_split(latency, last), "load1": round(os.getloadavg()[0], 2),
                    "recall@10_i2t": recall["i2t"], "recall@10_t2i": recall["t2i"]}
             result.rows.append(row)
             f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
             version = label.version
             say(f"{label.number:>5} {label.answer.how:>8} {'v' + str(version) if version else '–':>6} "
                 f"{f(row['recall@10_i2t']):>9} {f(row['recall@10_t2i']):>9} {f(latency):>10} "
-                f"{f(row['build_s']):>8} {f(row['push_s']):>7}")
+                f"{f(row['build_s']):>8} {f(row['write_s']):>8} {f(row['push_s']):>7} "
+                f"{f(row['rest_s']):>7} {row['load1']:>6.2f}")
         final = result.rows[-1] if result.rows else {}
         result.end = {**summary(done, pairs_store.records()),
                       "recall@10": {"i2t": final.get("recall@10_i2t"), "t2i": final.get("recall@10_t2i")}}
@@ -356,9 +391,9 @@ def run(args, say=print) -> BenchResult:
         if s["shown_top10"]:
             say("a right text among the page's first 10 lines: " + ", ".join(
                 f"labels {b['labels']} {b['shown_top10']}/{b['tasks']}" for b in s["shown_top10"]))
-        if s["latency_median_s"] is not None:
-            say(f"label -> new predictions: median {s['latency_median_s']:.3f} s, p95 {s['latency_p95_s']:.3f} s, "
-                f"max {s['latency_max_s']:.3f} s")
+        result.settings["load_avg_end"] = load_average()
+        for line in report_lines(result):
+            say(line)
         return result
     finally:
         pm.stop_all(grace=5)
@@ -382,16 +417,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "filtered candidate, else a written description); oracle: the coupled id (ceiling)")
     p.add_argument("--captions", choices=("all", "first"), default="all",
                    help="COCO-mini: every caption of an image is a text item (default), or the first")
-    p.add_argument("--spare", type=int, default=4, help="extra medoids left unlabelled (data folders)")
+    p.add_argument("--spare", type=int, default=4, help="extra medoids left unlabelled (data folders, "
+                   "and synthetic data through Label Studio)")
     p.add_argument("--worker", choices=("fork", "simple"), default="fork",
                    help="fork: `xmodal worker` as shipped (a work horse per job, default); simple: "
                    "rq's SimpleWorker (jobs in the worker process)")
     p.add_argument("--label-studio-url", default=None, metavar="URL",
-                   help="also push predictions to this Label Studio (data folders only); latency is "
-                   "then measured to Label Studio's model_version")
+                   help="also push predictions to this Label Studio; latency is then measured to "
+                   "Label Studio's model_version (synthetic tasks carry image URLs nothing serves)")
     p.add_argument("--api-key", default=settings.get("LABEL_STUDIO_API_KEY"), metavar="KEY")
     p.add_argument("--queries", type=int, default=1000, help="queries per direction for Recall@10")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one label's predictions")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="N CPU-bound processes (a Python busy loop each) beside the loop for the whole "
+                   "run, always stopped at its end (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", default=None, help="keep the workspace and logs here (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -406,14 +445,16 @@ def main_args(args) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise ConfigError(f"--data {args.data}: no such folder")
-    if args.label_studio_url and args.data == "synthetic":
-        raise ConfigError("--label-studio-url needs a data folder (synthetic items have no images)")
+    if args.busy < 0:
+        raise ConfigError("--busy must be 0 or more")
     try:
         from threadpoolctl import threadpool_limits
         limit = threadpool_limits(1, user_api="blas")
     except ImportError:  # pragma: no cover
         limit = contextlib.nullcontext()
-    with limit:
+    from xmodal.simulation.processes import terminate_on_signals
+
+    with limit, terminate_on_signals():   # SIGTERM too stops the services and --busy processes
         result = run(args)
     if args.json_out:
         summary = result.summary()

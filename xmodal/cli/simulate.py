@@ -11,6 +11,8 @@ examples:
   xmodal simulate --data /data/coco_mini --labels 20
   xmodal simulate --data /data/coco_mini --labels 20 \\
       --label-studio-url http://127.0.0.1:8080 --api-key TOKEN   # latency to Label Studio
+  xmodal simulate --data synthetic --n 5000 --labels 30 --busy 1 \\
+      --label-studio-url http://127.0.0.1:8080 --api-key TOKEN   # 10k items, a CPU-bound neighbour
 
 Each label goes through the real path: a Label Studio-shaped webhook to `xmodal serve`, the pair
 in Redis, a rebuild by `xmodal worker`, the new index version visible in /predict (or Label

@@ -277,7 +277,7 @@ def create_project(spec: ProjectSpec, say: Say = quiet, redis_client=None) -> Bo
         return result
 
     with _Timer(timings, "label_studio_s"):
-        _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say,
+        label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say,
                             redis_client)
     timings["total_s"] = round(time.perf_counter() - t_all, 3)
     return result
@@ -312,8 +312,10 @@ def _redis(redis_client):
                           "start it or fix REDIS_URL") from None
 
 
-def _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say,
-                        redis_client) -> None:
+def label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say,
+                       redis_client) -> None:
+    """Step 6 of the module doc for a workspace that has its features and medoids (also the loop
+    benchmark's synthetic workspaces, :func:`xmodal.benchmarks.loop.synthetic_label_studio`)."""
     r = _redis(redis_client)
     title = spec.title or spec.name
     pid = client.ensure_project(title, label_xml)
@@ -432,7 +434,7 @@ def grow_project(name: str, k: int, *, label_studio_url: str | None = None, api_
     label_xml, template = read_label_config(select, None) if ls.get("label_config") in LABEL_CONFIGS.values() \
         else (client.get_project(int(ls["project_id"]))["label_config"], ls.get("label_config"))
     spec.title = ls.get("title") or client.get_project(int(ls["project_id"]))["title"]
-    _label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say, redis_client)
+    label_studio_steps(client, spec, ws, medoids, pool, label_xml, template, result, say, redis_client)
     result.notes = [n for n in result.notes if not n.startswith("no --backend-url")]
     result.timings["total_s"] = round(time.perf_counter() - t_all, 3)
     return result

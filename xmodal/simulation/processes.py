@@ -169,6 +169,15 @@ def start_worker(pm: ProcessManager, env: dict, simple: bool = True) -> Child:
     return pm.start("worker", argv, env=dict(env, RQ_REDIS_URL=env["REDIS_URL"]))
 
 
+BUSY_CODE = "while True: pass"
+
+
+def start_busy(pm: ProcessManager, n: int) -> list[Child]:
+    """``n`` CPU-bound processes (a Python busy loop each, ``busy-<i>.log``) beside a benchmark, to
+    measure it on a machine where something else computes; stopped with ``pm``'s other children."""
+    return [pm.start(f"busy-{i}", [sys.executable, "-c", BUSY_CODE]) for i in range(n)]
+
+
 def start_backend(pm: ProcessManager, env: dict, port: int) -> Child:
     return pm.start("backend", python_cli() + ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                 "--workers", "1"], env=env)
