@@ -39,7 +39,7 @@ ranked the 20 references' captions at a median percentile of 0.1054, leave-one-o
 log rank 4.256 at w=0, 3.805 at .5) did not pass the two-standard-error test with 20 references,
 the bridge was off and Recall@10 halved (.109 / .111 against .242 / .226 for seed 1). On that
 data a bridge at percentile .10-.16 is worth a weight of .5-.85 (development split inside the
-reference images, N=10: rsum .24 at w=0 against .90 at .85). Why not a ceiling that reaches 0 only
+reference images, N=10: rsum .22-.28 at w=0 against .89-.92 at .85). Why not a ceiling that reaches 0 only
 at chance (0.5): on the synthetic shapes, whose classes mean nothing, the bridge alone sits at
 percentiles .17-.32 (English captions) and weights up to .4-.5 cost nothing there but .7-.85 cost
 up to 15 % MAP; leave-one-out with 10 references would pick .85 if allowed. Leave-one-out is
@@ -66,8 +66,8 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.7, 0.85)
 # rank of the references' true matches (0 = first, 0.5 = chance; one reference it cannot place,
 # e.g. a caption about what the classes do not name, does not move the median): no ceiling (the
 # largest weight) up to FULL_PRIOR_PERCENTILE, 0 from NO_PRIOR_PERCENTILE, linear between.
-# Flickr8k's references sit at .04-.16, COCO-mini's at .01-.05, the English shapes' at .17-.32,
-# the Chinese shapes' at .39-.69 (docs/results.md, "The class bridge")
+# Flickr8k's references sit at .04-.16, COCO-mini's at .01-.03 (.03-.05 in Chinese), the English
+# shapes' at .17-.32, the Chinese shapes' at .39-.69 (docs/results.md, "The class bridge")
 FULL_PRIOR_PERCENTILE = 0.1
 NO_PRIOR_PERCENTILE = 0.3
 # the weight below 3 references (no leave-one-out), scaled by prior_scale
