@@ -3,8 +3,9 @@
 Real Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, `xmodal serve` and an
 `xmodal worker` process; COCO-mini with all 795 captions as the project's texts. A headless
 Chromium (selenium) plays the human-like annotator of :mod:`xmodal.simulation.annotator`, using only
-the page: the item's name on it (a person sees the picture; the simulation knows the image's
-captions and has one of them in mind), the options as they are shown, the filter box, "None of
+the page: the item it is about (a person sees the picture; the simulation knows the image's
+captions and has one of them in mind; COCO-mini's page names no image, its ids would give the
+answer away, so the item is read off Label Studio's store), the options as they are shown, the filter box, "None of
 these", the search box over all texts and the description box. The page carries 300 of the 795
 texts, so the filter cannot reach them all. Per task: take a shown text if one is right, else
 type two or three content words of its caption into the filter one at a time and take a right

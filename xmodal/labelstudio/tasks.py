@@ -6,7 +6,8 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
 
 - **image tasks** (SSM-AL_I): the project's texts, best first, up to ``page_texts`` (default
   1000: every text of a smaller project), so that typing a word in the filter searches them all;
-  each shows its id, so "paste an id" is always possible; under "None of these" a search box over
+  each shows its id, so "paste an id" is possible (unless the ids name the images: ``show_ids``,
+  :func:`ids_shown`); under "None of these" a search box over
   every text of the project (:mod:`xmodal.labelstudio.page_search`) and a description to write
   when nothing fits;
 - **text tasks** (SSM-AL_T): ``thumbnails`` images (default 200: every image of a smaller
