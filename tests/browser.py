@@ -3,6 +3,10 @@
 Only what the page shows is used: the note lines under the medoid (which index ranked the options,
 how many labels it holds, the item's name), the option list as it is on screen (each text with its
 id in grey), the filter box, the "None of these" choice and the description box, Submit and Skip.
+Where the project hides ids (``show_ids``: COCO-mini's ``535506#0`` names ``000000535506.jpg``) the
+page names neither the medoid nor the texts: the medoid is then known by the task Label Studio's
+page holds (``window.Htx``: the person sees the picture, or reads the text) and a text by its
+words, through the project's ids and texts given to :meth:`LabellingPage.know`.
 
 Chromium and ChromeDriver are Debian packages (``apt-get install chromium chromium-driver``),
 selenium is on PyPI; a test that needs them is skipped with that message when they are absent.
@@ -32,7 +36,8 @@ function option(el) {
   const text = el.textContent.replace(/\\[[^\\]]*\\]\\s*$/, '');
   if (shown) return [shown.textContent.trim(), text.slice(0, text.lastIndexOf(shown.textContent)).trim()];
   const cut = text.lastIndexOf('  ');
-  return cut < 0 ? null : [text.slice(cut).trim(), text.slice(0, cut).trim()];
+  // no id shown (show_ids): the text alone, which LabellingPage.know maps to its id
+  return cut < 0 ? ['', text.trim()] : [text.slice(cut).trim(), text.slice(0, cut).trim()];
 }"""
 _VISIBLE = _SPLIT + """
 const out = [];
@@ -46,9 +51,16 @@ return out;"""
 _OPTION = _SPLIT + """
 for (const el of document.querySelectorAll('.lsf-choice')) {
   const o = option(el);
-  if (o && el.offsetParent !== null && o[0] === arguments[0]) return el;
+  if (o && el.offsetParent !== null && (o[0] === arguments[0]
+      || (o[0] === '' && o[1].replace(/\\s+/g, ' ') === arguments[1]))) return el;
 }
 return null;"""
+
+# the item of the task on the page, from Label Studio's own store (the image is a blob: URL)
+_TASK_ITEM = """
+const task = window.Htx && window.Htx.task;
+const data = task && task.dataObj;
+return data && data.item_id != null ? String(data.item_id) : null;"""
 
 # Label Studio 1.23.2: "No More Tasks Left in Queue", "All tasks in the queue have been completed"
 _LOWER = "translate(text(), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
@@ -138,6 +150,15 @@ class LabellingPage:
         self.d, self.url, self.shots = driver, url.rstrip("/"), Path(shots)
         self.shots.mkdir(parents=True, exist_ok=True)
         self.n_shots = 0
+        self.texts: dict[str, str] = {}     # text id -> text
+        self._by_text: dict[str, str] = {}  # a text as the page shows it -> its id
+
+    def know(self, ws) -> None:
+        """The project's ids and texts: how a text the page does not name is known."""
+        self.texts = dict(zip(ws.ids("text"), ws.contents("text")))
+        self._by_text = {}
+        for tid, text in self.texts.items():
+            self._by_text.setdefault(_shown(text), tid)
 
     # -- navigation ---------------------------------------------------------------------------
     def login(self, user: str, password: str) -> None:
@@ -167,7 +188,7 @@ class LabellingPage:
             if not notes or not d.find_elements(By.CSS_SELECTOR, ".lsf-choice"):
                 return False
             text = notes[0].text
-            item = next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(("image ", "text "))), None)
+            item = self.item_on_page()
             if item is None or (previous is not None and item == previous.item):
                 return False
             return text, item
@@ -194,7 +215,7 @@ class LabellingPage:
     # -- reading ------------------------------------------------------------------------------
     def visible_options(self, limit: int) -> list[tuple[str, str]]:
         """(id, text) of the first ``limit`` options a person sees (the filter applied)."""
-        return [tuple(x) for x in self.d.execute_script(_VISIBLE, limit)]
+        return [(i or self._by_text.get(_shown(t), ""), t) for i, t in self.d.execute_script(_VISIBLE, limit)]
 
     # -- acting -------------------------------------------------------------------------------
     def filter(self, word: str) -> None:
@@ -214,7 +235,7 @@ class LabellingPage:
         on a thumbnail while the page re-rendered left nothing selected), as a person would who
         sees nothing ticked."""
         for _ in range(3):
-            element = self.d.execute_script(_OPTION, item_id)
+            element = self.d.execute_script(_OPTION, item_id, _shown(self.texts.get(item_id, "")))
             if element is None:
                 raise AssertionError(f"option {item_id} is not on the page; shots {self.shots}")
             self._click(element)
@@ -318,7 +339,30 @@ class LabellingPage:
 
         notes = self.d.find_elements(By.CSS_SELECTOR, ".xm-note")
         text = notes[0].text if notes else ""
-        return next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(("image ", "text "))), None)
+        named = next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(("image ", "text "))), None)
+        if named is not None:
+            return named
+        return self.d.execute_script(_TASK_ITEM)   # the project hides ids: the task it is
+
+    def names_the_image(self, image_id: str) -> list[str]:
+        """The lines the page shows (as a person sees them) that hold the image's file name, stem or
+        number (xmodal.labelstudio.tasks.ids_name_images): none where the project hides ids."""
+        from xmodal.labelstudio.tasks import ids_name_images
+
+        shown = self.d.execute_script("return document.body.innerText;")
+        return [ln for ln in shown.splitlines() if ln.strip() and ids_name_images([image_id], [ln])]
+
+    def numbered(self, lines: list[str]) -> dict[int, str]:
+        """Result number -> the text id of its line (the id at its end, or the text of its ``ref``)."""
+        from xmodal.labelstudio.page_search import picked_id
+
+        known = self.texts or {ln.split()[-1]: 0 for ln in lines if ln[:1].isdigit()}
+        out = {}
+        for ln in lines:
+            if ln[:1].isdigit():
+                n = int(ln.split(".", 1)[0])
+                out[n] = picked_id(lines, n, known) or ln.split()[-1]
+        return out
 
     def picked_hit(self) -> int | None:
         """The result number ticked on the page, or None."""
@@ -423,3 +467,8 @@ class LabellingPage:
         except TimeoutException:
             shot = self.screenshot(f"timeout-{what}")
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; screenshot {shot}") from None
+
+
+def _shown(text: str) -> str:
+    """A text as an option shows it (``$`` escaped, xmodal.labelstudio.tasks), whitespace collapsed."""
+    return " ".join(str(text).replace("$", "\uff04").split())

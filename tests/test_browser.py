@@ -3,8 +3,9 @@
 Real Label Studio 1.23.2 (tests/ls_server.py), the real Redis server, `xmodal serve` and an
 `xmodal worker` process; COCO-mini with all 795 captions as the project's texts. A headless
 Chromium (selenium) plays the human-like annotator of :mod:`xmodal.simulation.annotator`, using only
-the page: the item's name on it (a person sees the picture; the simulation knows the image's
-captions and has one of them in mind), the options as they are shown, the filter box, "None of
+the page: the item it is about (a person sees the picture; the simulation knows the image's
+captions and has one of them in mind; COCO-mini's page names no image, its ids would give the
+answer away, so the item is read off Label Studio's store), the options as they are shown, the filter box, "None of
 these", the search box over all texts and the description box. The page carries 300 of the 795
 texts, so the filter cannot reach them all. Per task: take a shown text if one is right, else
 type two or three content words of its caption into the filter one at a time and take a right
@@ -103,6 +104,7 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
     gt = GroundTruth(ds)
     store = IndexStore(r, ws)
 
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     served, submitted, recall_3 = [], [], None   # submitted: (time, item, how)
@@ -127,8 +129,7 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
             page.choose(hit)
         else:
             lines = page.search_all(" ".join(words))
-            number = next((int(line.split(".", 1)[0]) for line in lines
-                           if line[:1].isdigit() and line.split()[-1] in right), None)
+            number = next((k for k, tid in page.numbered(lines).items() if tid in right), None)
             searches.append((shown.item, " ".join(words), len(lines), number))
             if number is not None:
                 how = "search"
@@ -137,6 +138,8 @@ def test_a_person_labels_medoid_tasks_on_the_page(coco_mini, ls_server, xenv, se
                 how = "written"
                 page.describe(caption)
         page.screenshot(f"{n + 1}-{how}-{shown.item}")
+        assert not page.names_the_image(shown.item), (
+            f"the page names {shown.item}: {page.names_the_image(shown.item)}; shots {page.shots}")
         submitted.append((page.submit(), shown.item, how))
         if n == 2:   # the index after the first 3 labels, for the learning check below
             poll("an index with the first 3 labels", lambda: int(store.info().get("n_pairs", 0)) >= 3,
@@ -197,6 +200,7 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
     knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
     pid = boot.ls_project_id
 
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     shown, picked = None, {}
@@ -209,7 +213,7 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
             assert len([x for x in lines if x[:1].isdigit()]) == 10, lines
         right, words = knowledge.right[shown.item], " ".join(content_words(knowledge.in_mind[shown.item]))
         lines = page.search_all(words)
-        numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+        numbered = page.numbered(lines)
         assert lines[0].startswith(("Texts with the words", "No text has the words")) and sorted(numbered) == list(
             range(1, len(numbered) + 1)) and 1 <= len(numbered) <= 10, (words, lines, page.shots)
         number = next((k for k, tid in numbered.items() if tid in right), None)
@@ -225,6 +229,7 @@ def test_the_search_box_finds_texts_the_page_does_not_carry(coco_mini, ls_server
                 page.pick_hit(number)
             picked[shown.item] = numbered[number]
         page.screenshot(f"{n + 1}-{'search' if number else 'written'}-{shown.item}")
+        assert not page.names_the_image(shown.item), (page.names_the_image(shown.item), page.shots)
         page.submit()
 
     _assert_search_picks_stored(ls, pid, pairs, procs, picked, page.shots)
@@ -268,6 +273,7 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
     knowledge = Knowledge.from_dataset(load_folder(data), "image", seed=0)
     pid = boot.ls_project_id
 
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     shown, picked, queries = None, {}, []
@@ -279,7 +285,7 @@ def test_a_chinese_reader_finds_captions_with_the_search_box(coco_mini, ls_serve
         assert words and caption not in words, (caption, words)
         lines = page.search_all(" ".join(words))
         queries.append(" ".join(words))
-        numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+        numbered = page.numbered(lines)
         assert sorted(numbered) == list(range(1, len(numbered) + 1)) and 1 <= len(numbered) <= 10, (
             words, lines, page.shots)
         number = next((k for k, tid in numbered.items() if tid in knowledge.right[shown.item]), None)
@@ -313,6 +319,7 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
     ds = load_coco_mini(coco_mini, captions="first")
     knowledge, texts = Knowledge.from_dataset(ds, "text"), dict(zip(ds.text_ids, ds.texts))
 
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     served, submitted, shown = [], [], None    # submitted: (time, item, how)
@@ -377,6 +384,7 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
     knowledge = Knowledge.from_dataset(load_coco_mini(coco_mini, captions="all"), "image", seed=0)
     pid = boot.ls_project_id
 
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     shown = page.wait_task()
@@ -399,7 +407,7 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
 
     words = " ".join(content_words(knowledge.in_mind[shown.item]))
     lines = page.search_all(words)
-    numbered = {int(line.split(".", 1)[0]): line.split()[-1] for line in lines if line[:1].isdigit()}
+    numbered = page.numbered(lines)
     assert numbered, (words, lines, page.shots)
     box = page.first_screen("input[placeholder^='Search all texts']")
     first_line = page.first_screen(".xm-hits .lsf-row:nth-child(2)")
@@ -435,6 +443,7 @@ def test_wrong_or_empty_answers_are_refused_on_the_page(coco_mini, ls_server, xe
     boot, pairs, ls = _linked_project(f"browser-r-{xenv.tag}", coco_mini, ls_server, xenv, services,
                                       select="image", k=4)
     pid = boot.ls_project_id
+    page.know(boot.ws)
     page.login(ls_server.username, ls_server.password)
     page.open_stream(pid)
     shown = page.wait_task()

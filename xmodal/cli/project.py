@@ -111,7 +111,8 @@ def register(subparsers) -> None:
                         "1000); the search box under 'None of these' reaches every text")
     c.add_argument("--show-ids", choices=("auto", "yes", "no"), default=None,
                    help="image tasks: show each text's id on the page (default auto: not where a text id "
-                        "contains an image's file name, as Flickr8k's, which a person could match "
+                        "names an image by its file name, stem or number, as Flickr8k's "
+                        "1000268201_693b08cb0e.jpg#0 or COCO's 535506#0, which a person could match "
                         "instead of looking at the photo)")
     c.add_argument("--label-studio-url", default=settings.get("LABEL_STUDIO_URL"), metavar="URL",
                    help="Label Studio base URL (default $LABEL_STUDIO_URL)")

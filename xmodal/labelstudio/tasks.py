@@ -6,7 +6,8 @@ a ``<Filter>``, see ``label_config/``). What a person needs to answer it from th
 
 - **image tasks** (SSM-AL_I): the project's texts, best first, up to ``page_texts`` (default
   1000: every text of a smaller project), so that typing a word in the filter searches them all;
-  each shows its id, so "paste an id" is always possible; under "None of these" a search box over
+  each shows its id, so "paste an id" is possible (unless the ids name the images: ``show_ids``,
+  :func:`ids_shown`); under "None of these" a search box over
   every text of the project (:mod:`xmodal.labelstudio.page_search`) and a description to write
   when nothing fits;
 - **text tasks** (SSM-AL_T): ``thumbnails`` images (default 200: every image of a smaller
@@ -49,6 +50,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 
 import redis
 
@@ -80,15 +82,68 @@ SHOW_IDS = ("auto", "yes", "no")
 
 def ids_shown(ws: Workspace) -> bool:
     """Whether an image task's options show each text's id (``show_ids`` in the workspace: yes, no,
-    or auto, the default: not where a text id contains an image's file name, as Flickr8k's
-    ``1000268201_693b08cb0e.jpg#0``, since a person could then match ids instead of looking at the
-    photo). Without ids the option still carries its id as its alias, which the annotation stores."""
+    or auto, the default: not where the text ids name the images, :func:`ids_name_images`, since a
+    person could then match ids instead of looking at the photo). Without ids the option still
+    carries its id as its alias, which the annotation stores."""
     mode = str(ws.config.get("show_ids") or "auto")
     if mode != "auto":
         return mode == "yes"
-    names = {i.rsplit("/", 1)[-1] for i in ws.ids("image")}
-    # a sample is enough: a dataset names its texts one way
-    return not any(t.split("#", 1)[0].rsplit("/", 1)[-1] in names for t in ws.ids("text")[:200])
+    images, texts = ws.ids("image"), ws.ids("text")
+    # ~0.5 s for 100k images, and every page search asks: kept while the id lists are the same
+    # objects (a Workspace caches items.json until it changes)
+    hit = _named_cache.get(id(images))
+    if hit is None or hit[0] is not images or hit[1] is not texts:
+        if len(_named_cache) >= 16:
+            _named_cache.clear()
+        # a sample is enough (a dataset names its texts one way), spread over the list
+        hit = _named_cache[id(images)] = (
+            images, texts, ids_name_images(images, texts[::max(1, len(texts) // ID_SAMPLE)]))
+    return not hit[2]
+
+
+_named_cache: dict[int, tuple[list, list, bool]] = {}   # id(image ids) -> (image ids, text ids, named)
+ID_SAMPLE = 200
+MIN_KEY = 3      # characters of a file name or stem, digits of a number: shorter ones match by chance
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
+_NUMBER = re.compile(r"[A-Za-z]*0*(\d+)")    # a token's number: the digits ending it, zeros stripped
+
+
+def _numbers(name: str) -> set[str]:
+    """The numbers of ``name``: of each token (a run of letters and digits) that is letters then
+    digits (``000000535506``, ``img535506``; not a hash's ``693b08cb0e``), its digits, leading zeros
+    stripped, if there are at least MIN_KEY of them."""
+    out = set()
+    for tok in _ALNUM.findall(name):
+        m = _NUMBER.fullmatch(tok)
+        if m and len(m.group(1)) >= MIN_KEY:
+            out.add(m.group(1))
+    return out
+
+
+def ids_name_images(image_ids, text_ids) -> bool:
+    """Whether a text id names an image, so that an annotator shown the photo, its name and the
+    text ids could pick the right text by its id instead of by looking (``show_ids`` auto).
+
+    A text id names an image when it holds, as a whole part (not inside a longer run of letters and
+    digits), the image's file name (Flickr8k: ``1000268201_693b08cb0e.jpg#0``) or its stem
+    (``img_0042#1`` for ``img_0042.png``), or when a token of it has the image's number (COCO:
+    ``535506#0`` for ``train2017/000000535506.jpg``), see :func:`_numbers`. Names under MIN_KEY
+    characters and numbers under MIN_KEY digits do not count (``42#1`` is no sign of
+    ``img_0042.png``: short numbers are in every dataset's ids)."""
+    parts, numbers = set(), set()
+    for tid in text_ids:
+        tid = str(tid)
+        numbers |= _numbers(tid)
+        seps = [i for i, c in enumerate(tid) if not (c.isascii() and c.isalnum())]
+        parts.update(tid[a:b] for a in [0] + [i + 1 for i in seps] for b in seps + [len(tid)]
+                     if b - a >= MIN_KEY)
+    for iid in image_ids:
+        name = str(iid).rsplit("/", 1)[-1]
+        stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+        if (len(name) >= MIN_KEY and name in parts) or (len(stem) >= MIN_KEY and stem in parts) \
+                or (numbers and not numbers.isdisjoint(_numbers(stem))):
+            return True
+    return False
 
 
 def thumbnails(ws: Workspace) -> int:
