@@ -14,7 +14,6 @@ from xmodal.core.bridge import (
     FULL_PRIOR_PERCENTILE,
     NO_PRIOR_PERCENTILE,
     PRIOR_WEIGHT,
-    WEIGHTS,
     bridge_embeddings,
     centred,
     choose_weight,
