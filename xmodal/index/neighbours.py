@@ -6,8 +6,8 @@ items, about 1 s at 100k, profiled), rescoring known ones O(n·k·d). One more r
 one dimension to codes of a hundred or more: the neighbourhoods barely move. So a rebuild
 rescores the neighbourhoods of an earlier version under its own codes
 (:func:`xmodal.core.hubness.neighbour_terms`) and the rebuild job finds this version's own
-neighbourhoods after Label Studio serves it (:func:`refresh`, ``workers/rebuild.py``), off the
-label's path; the next label's rebuild uses those.
+neighbourhoods in a thread while it pushes to Label Studio (:func:`refresh`,
+``workers/rebuild.py``), off the label's path; the next label's rebuild uses those.
 
 How close: on 20k × 20k synthetic clustered codes with the class bridge, terms rescored over
 neighbourhoods one label old correlate .993 (8 pairs) and 1.000 (100 pairs) with the exact ones;
