@@ -67,8 +67,8 @@ class Columns:
         where = {int(r): i for i, r in enumerate(kept[:, 0].astype(np.int64).tolist())}
         missing = sorted({int(r) for r in rows.tolist()} - set(where))
         if missing:
-            new = cosine_columns(self.features, rows=missing, norms=self.norms())
-            new_stats = np.column_stack([np.asarray(missing, np.float64), *column_stats(new)])
+            new = self._compute(rows=missing)
+            new_stats = np.column_stack([np.asarray(missing, np.float64), *column_stats(new.T)])
         out = np.empty((len(rows), len(self.features)), np.float32)   # (k, n): its .T is (n, k)
         stats = np.empty((len(rows), 2), np.float32)
         at_new = {r: i for i, r in enumerate(missing)}
@@ -76,33 +76,33 @@ class Columns:
             if r in where:
                 out[j], stats[j] = data[where[r]], kept[where[r], 1:]
             else:
-                out[j], stats[j] = new[:, at_new[r]], new_stats[at_new[r], 1:]
+                out[j], stats[j] = new[at_new[r]], new_stats[at_new[r], 1:]
         if missing:
             self._append(new_stats, new)
         return out.T, (stats[:, 0].copy(), stats[:, 1].copy())
 
     def of_vectors(self, vectors: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """:meth:`get` for references that are not items (a written description's features): not kept."""
-        cols = cosine_columns(self.features, vectors=vectors, norms=self.norms())
+        cols = self._compute(vectors=vectors).T
         return cols, column_stats(cols)
 
-    def norms(self) -> np.ndarray:
-        """The L2 norm of every item's features (kept beside the columns: a new column is then one
-        product over the features, not a normalised copy of them too)."""
+    def _compute(self, rows=None, vectors=None) -> np.ndarray:
+        """:func:`cosine_columns` with the items' feature norms kept beside the columns (a new
+        column is then one product over the features, not a normalised copy of them too)."""
         path = self.directory / "norms.npy"
         try:
-            c = np.load(path, allow_pickle=False)
-            if c.shape == (len(self.features),):
-                return c
+            norms = np.load(path, allow_pickle=False)
+            norms = norms if norms.shape == (len(self.features),) else None
         except (OSError, ValueError):
-            pass
-        c = np.empty(len(self.features), np.float32)
-        for s in range(0, len(self.features), CHUNK_ROWS):
-            block = np.asarray(self.features[s:s + CHUNK_ROWS], np.float32)
-            c[s:s + CHUNK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
-        with self._writing():
-            atomic_save_npy(path, c)
-        return c
+            norms = None
+        cols, found = cosine_columns(self.features, rows=rows, vectors=vectors, norms=norms)
+        if norms is None:
+            try:
+                with self._writing():
+                    atomic_save_npy(path, found)
+            except OSError:
+                pass   # computed again next time
+        return cols
 
     def _kept(self) -> tuple[np.ndarray, np.ndarray]:
         """(``(len, 3)`` float64: item row, mean, std of each kept column; the columns as a
@@ -130,7 +130,7 @@ class Columns:
                 with open(self.directory / "columns.f32", "ab") as f:
                     f.truncate(len(kept) * n * 4)        # what a crash left past the named columns
                     f.seek(0, os.SEEK_END)
-                    f.write(np.ascontiguousarray(cols[:, fresh].T, np.float32).tobytes())
+                    (cols if len(fresh) == len(cols) else np.ascontiguousarray(cols[fresh])).tofile(f)
                 atomic_save_npy(self.directory / "rows.npy", np.concatenate([kept, new_stats[fresh]]))
         except OSError as exc:
             log.warning("workspace %s: SSR columns not kept (%s); the next rebuild computes them again",
@@ -161,23 +161,27 @@ def open_columns(ws: Workspace, modality: str) -> Columns:
 
 
 def cosine_columns(features: np.ndarray, rows=None, vectors: np.ndarray | None = None,
-                   norms: np.ndarray | None = None) -> np.ndarray:
-    """``(n, k)`` float32 cosines of every row of ``features`` to ``features[rows]`` (or to
-    ``vectors``, e.g. a written description's features), ``CHUNK_ROWS`` rows at a time, so a
-    memory-mapped features file is read once and never copied whole. ``norms``: the rows' L2
-    norms, if known. A zero or non-finite row has cosines 0 (as :func:`l2_normalize` makes it)."""
+                   norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(columns, norms)``: ``columns`` is ``(k, n)`` float32, row j the cosines of every row of
+    ``features`` to ``features[rows[j]]`` (or to ``vectors[j]``, e.g. a written description's
+    features): SSR column j, stored as a row. ``CHUNK_ROWS`` feature rows at a time, so a
+    memory-mapped features file is read once and never copied whole. ``norms``: the feature rows'
+    L2 norms, computed in the same pass when not given, and returned. A zero or non-finite row has
+    cosines 0 (as :func:`l2_normalize` makes it)."""
     refs = l2_normalize(features[np.asarray(rows, dtype=np.int64)] if vectors is None else vectors)
-    out = np.empty((len(features), len(refs)), np.float32, order="F")
-    for s in range(0, len(features), CHUNK_ROWS):
+    n = len(features)
+    out = np.empty((len(refs), n), np.float32)
+    found = np.empty(n, np.float32) if norms is None else norms
+    for s in range(0, n, CHUNK_ROWS):
         block = np.asarray(features[s:s + CHUNK_ROWS], np.float32)
-        if norms is None:
-            out[s:s + CHUNK_ROWS] = l2_normalize(block) @ refs.T
-            continue
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            part = (block @ refs.T) / norms[s:s + CHUNK_ROWS, None]
+            if norms is None:
+                found[s:s + CHUNK_ROWS] = np.sqrt(np.einsum("ij,ij->i", block, block))
+            part = refs @ block.T
+            part /= found[s:s + CHUNK_ROWS]
         part[~np.isfinite(part)] = 0.0
-        out[s:s + CHUNK_ROWS] = part
-    return out
+        out[:, s:s + CHUNK_ROWS] = part
+    return out, found
 
 
 def forget(ws: Workspace) -> None:
