@@ -101,21 +101,39 @@ def similarity_codes(R: np.ndarray, measure: str = "pearson", copy: bool = True,
     return l2_normalize(R, copy=False, norm=norm)
 
 
+#: rows of :func:`ssr_codes` transformed at a time: a block (4096 × a few hundred float32) stays in
+#: cache through z-scoring, centring and normalising, instead of a pass over all n rows each
+CODE_BLOCK_ROWS = 4096
+
+
 def ssr_codes(R: np.ndarray, measure: str = "pearson", sparse_top_k: int | None = None,
               sparse_power: float = 1.0, col_stats: tuple[np.ndarray, np.ndarray] | None = None,
               out: np.ndarray | None = None, norm: float = 1.0):
     """SSR rows -> similarity codes: z-score the columns with ``col_stats`` (if given, see
     :class:`SSRIndex` ``standardize``), sparsify (if ``sparse_top_k``), then eq. 32/33, rows of
     norm ``norm``. ``out``: an (n, k) float32 array (e.g. the first columns of fused codes) to
-    write them into instead of a new one."""
-    if col_stats is not None:
-        R = standardize_columns(R, stats=col_stats, out=None if sparse_top_k else out)
+    write them into instead of a new one. Without sparsification a block of rows at a time: at
+    100k × 200 the whole-array passes were 0.16 s of a 0.45 s one-pair update."""
     if sparse_top_k:
+        if col_stats is not None:
+            R = standardize_columns(R, stats=col_stats)
         R = sparsify(R, sparse_top_k, sparse_power)
-    if out is not None and R is not out:
+        if out is None:
+            return similarity_codes(R, measure, copy=False, norm=norm)
         np.copyto(out, R)
-        R = out
-    return similarity_codes(R, measure, copy=out is None and col_stats is None and not sparse_top_k, norm=norm)
+        return similarity_codes(out, measure, copy=False, norm=norm)
+    if measure not in MEASURES:
+        raise ValueError(f"unknown similarity measure {measure!r}; use one of {MEASURES}")
+    R = np.atleast_2d(np.asarray(R, dtype=np.float32))
+    out = np.empty(R.shape, np.float32) if out is None else out
+    for s in range(0, len(R), CODE_BLOCK_ROWS):
+        block = out[s:s + CODE_BLOCK_ROWS]
+        if col_stats is None:
+            np.copyto(block, R[s:s + CODE_BLOCK_ROWS])
+        else:
+            standardize_columns(R[s:s + CODE_BLOCK_ROWS], stats=col_stats, out=block)
+        similarity_codes(block, measure, copy=False, norm=norm)   # in place
+    return out
 
 
 def cross_similarity(RX: np.ndarray, RY: np.ndarray, measure: str = "pearson") -> np.ndarray:
