@@ -392,7 +392,8 @@ class LabelStudioClient:
         ignored). ``existing[task]``: the task's prediction, updated in place (``PATCH``; created
         anew if it is gone). Tasks that already have a prediction of ``model_version`` are skipped
         with ``skip_existing``, so a retry does not duplicate. Returns ``{task id: prediction id}``
-        for the ones written.
+        for the ones written (an update in place skips the check: it cannot duplicate, and the check
+        was one more Label Studio request per task before the flip).
 
         Label Studio stores predictions one request at a time (~0.1-0.2 s each on its dev server);
         ``parallel`` > 1 sends that many at once (its threaded server overlaps them, SQLite still
@@ -402,19 +403,19 @@ class LabelStudioClient:
 
         def push(item) -> tuple[int, int | None]:
             task_id, pred = int(item[0]), item[1]
-            if skip_existing and any(p.get("model_version") == model_version for p in
-                                     self.api("GET", "/api/predictions/", params={"task": task_id})):
-                return task_id, None
             body = {"result": list(pred.get("result") or []), "model_version": model_version}
             if pred.get("score") is not None:
                 body["score"] = float(pred["score"])
-            if task_id in existing:
+            if task_id in existing:   # in place: a retry writes the same again, nothing to check first
                 try:
                     self.api("PATCH", f"/api/predictions/{int(existing[task_id])}/", json=body)
                     return task_id, int(existing[task_id])
                 except LabelStudioError as exc:
                     if exc.status_code != 404:
                         raise
+            if skip_existing and any(p.get("model_version") == model_version for p in
+                                     self.api("GET", "/api/predictions/", params={"task": task_id})):
+                return task_id, None
             created = self.api("POST", "/api/predictions/", json={"task": task_id, **body})
             return task_id, int(created["id"])
 
