@@ -287,63 +287,51 @@ def test_tasks_created_with_new_items_queues_them(app, project, base, r):
 
 # -- a real worker -------------------------------------------------------------------------------
 
-def test_the_worker_embeds_posted_items_and_search_finds_them(project, base, xenv, monkeypatch, tmp_path):
+@pytest.fixture
+def image_roots(base, monkeypatch):
+    """The test images' folder allowed for POST /items, set before `services` starts the processes
+    (request it before `services`: same-scope fixtures are set up in the order requested)."""
+    monkeypatch.setenv("XMODAL_IMAGE_ROOTS", str(base["root"]))
+
+
+def test_the_worker_embeds_posted_items_and_search_finds_them(project, base, xenv, image_roots, services,
+                                                              tmp_path):
     import httpx
 
-    from xmodal.simulation.processes import (
-        ProcessManager,
-        free_port,
-        start_backend,
-        start_worker,
-        wait_backend,
-        wait_worker,
-    )
+    url, worker, backend = services["url"], services["worker"], services["backend"]
+    more = base["more"]
+    images = {f"stripes_{i:02d}.png": str(more / "images" / f"stripes_{i:02d}.png") for i in range(6)}
+    texts = {i: t for i, t in folder_items(more)[1].items() if i in {f"stripes-{n:02d}" for n in range(6)}}
+    resp = httpx.post(f"{url}/items", json={"project": "grow", "images": images, "texts": texts})
+    assert resp.status_code == 202, resp.text
 
-    monkeypatch.setenv("XMODAL_IMAGE_ROOTS", str(base["root"]))
-    env = dict(__import__("os").environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    pm = ProcessManager(tmp_path / "logs")
-    port = free_port()
-    try:
-        worker = start_worker(pm, env, simple=False)
-        backend = start_backend(pm, env, port)
-        url = f"http://127.0.0.1:{port}"
-        wait_backend(pm, backend, url, timeout=60)
-        wait_worker(pm, worker, xenv.redis, timeout=60)
-        more = base["more"]
-        images = {f"stripes_{i:02d}.png": str(more / "images" / f"stripes_{i:02d}.png") for i in range(6)}
-        texts = {i: t for i, t in folder_items(more)[1].items() if i in {f"stripes-{n:02d}" for n in range(6)}}
-        resp = httpx.post(f"{url}/items", json={"project": "grow", "images": images, "texts": texts})
-        assert resp.status_code == 202, resp.text
+    def found():
+        hits = httpx.get(f"{url}/search", params={"project": "grow", "image_id": "stripes_00.png",
+                                                 "k": 5}, timeout=10)
+        return hits.json() if hits.status_code == 200 else None
+    out = poll("the posted items searchable", found, timeout=120, procs=[worker, backend])
+    assert out["target"] == "text" and len(out["results"]) == 5
+    assert "stripes-03" in Workspace(project.root).row_of("text")
 
-        def found():
-            hits = httpx.get(f"{url}/search", params={"project": "grow", "image_id": "stripes_00.png",
-                                                     "k": 5}, timeout=10)
-            return hits.json() if hits.status_code == 200 else None
-        out = poll("the posted items searchable", found, timeout=120, procs=[worker, backend])
-        assert out["target"] == "text" and len(out["results"]) == 5
-        assert "stripes-03" in Workspace(project.root).row_of("text")
+    def none_pending():   # before the first index, /search reads the items themselves
+        status = httpx.get(f"{url}/metrics").text
+        pending = [x for x in status.splitlines() if x.startswith("xmodal_items_pending")]
+        return len(pending) == 2 and all(x.endswith(" 0") for x in pending)
+    poll("no item pending in /metrics", none_pending, timeout=60, procs=[worker, backend])
+    last = poll("the growth run recorded", lambda: json.loads(
+        xenv.redis.get(pkey("grow", "items", "last")) or b"null"), timeout=60, procs=[worker, backend])
+    assert last["status"] == "added" and last["added"] == {"image": 6, "text": 6}
+    print(f"\nPOST /items (6 images, 6 texts) -> searchable by an index: {last['searchable_s']} s")
+    # the command line, its features computed by the worker as chunked embed jobs
+    from xmodal.cli.main import main
 
-        def none_pending():   # before the first index, /search reads the items themselves
-            status = httpx.get(f"{url}/metrics").text
-            pending = [x for x in status.splitlines() if x.startswith("xmodal_items_pending")]
-            return len(pending) == 2 and all(x.endswith(" 0") for x in pending)
-        poll("no item pending in /metrics", none_pending, timeout=60, procs=[worker, backend])
-        last = poll("the growth run recorded", lambda: json.loads(
-            xenv.redis.get(pkey("grow", "items", "last")) or b"null"), timeout=60, procs=[worker, backend])
-        assert last["status"] == "added" and last["added"] == {"image": 6, "text": 6}
-        print(f"\nPOST /items (6 images, 6 texts) -> searchable by an index: {last['searchable_s']} s")
-        # the command line, its features computed by the worker as chunked embed jobs
-        from xmodal.cli.main import main
-
-        assert main(["items", "add", "--project", "grow", "--data", str(more), "--workers-embed",
-                     "--cache-dir", str(tmp_path / "empty-cache")]) == 0   # nothing cached here
-        ws = Workspace(project.root)
-        assert len(ws.ids("image")) == 60 + 32 and len(ws.ids("text")) == 60 + 32
-        worker_log = (tmp_path / "logs" / "worker.log").read_text()
-        assert "embed 26 images with efficientnet-lite0" in worker_log, worker_log[-2000:]
-        assert "embed 26 texts with minilm" in worker_log, worker_log[-2000:]
-    finally:
-        pm.stop_all(grace=5)
+    assert main(["items", "add", "--project", "grow", "--data", str(more), "--workers-embed",
+                 "--cache-dir", str(tmp_path / "empty-cache")]) == 0   # nothing cached here
+    ws = Workspace(project.root)
+    assert len(ws.ids("image")) == 60 + 32 and len(ws.ids("text")) == 60 + 32
+    worker_log = (tmp_path / "logs" / "worker.log").read_text()
+    assert "embed 26 images with efficientnet-lite0" in worker_log, worker_log[-2000:]
+    assert "embed 26 texts with minilm" in worker_log, worker_log[-2000:]
 
 
 def test_a_linked_project_out_of_reach_keeps_the_proposal(project, base, r):
