@@ -310,13 +310,12 @@ def bench_index(n: int = 100_000, k: int = 200, repeats: int = 3, workdir: Path 
                     times[name].append(time.perf_counter() - t0)
                 widths[name] = (snap.image_codes.shape[1], snap.meta.get("bridge", {}).get("weight"))
                 del snap
-            # the default's next label: version 2 with k - 1 pairs, its neighbourhoods refreshed
-            # (what the worker does after the push), the last pair's columns never computed
-            before, _ = build_snapshot(ws, 2, pairs[:-1])
-            neighbours.refresh(ws, before)
-            del before
+            # the default's next label: version 2 with k - 1 pairs keeps their columns and finds
+            # its own neighbourhoods (what the worker has after the push); the last pair's columns
+            # are never computed before version 3
             columns.forget(ws)
-            build_snapshot(ws, 2, pairs[:-1])          # its columns kept again, not the new pair's
+            neighbours.forget(ws)
+            build_snapshot(ws, 2, pairs[:-1])
             gc.collect()
             t0 = time.perf_counter()
             snap, _ = build_snapshot(ws, 3, pairs)

@@ -237,9 +237,7 @@ class SSRIndex:
         self.text_references_ = l2_normalize(text_references)
         self.image_ssr_ = np.asarray(image_ssr, dtype=np.float32)
         self.text_ssr_ = np.asarray(text_ssr, dtype=np.float32)
-        if self.standardize:
-            self.image_col_stats_ = image_col_stats if image_col_stats is not None else column_stats(image_ssr)
-            self.text_col_stats_ = text_col_stats if text_col_stats is not None else column_stats(text_ssr)
+        self._set_stats(image_col_stats, text_col_stats)
         return self.derive_codes() if codes else self
 
     def add_pairs(self, pairs, text_reference_features: np.ndarray | None = None) -> SSRIndex:
@@ -297,10 +295,14 @@ class SSRIndex:
     def _codes(self, R: np.ndarray, stats=None, out=None, norm: float = 1.0) -> np.ndarray:
         return ssr_codes(R, self.measure, self.sparse_top_k, self.sparse_power, stats, out=out, norm=norm)
 
-    def _derive_codes(self) -> SSRIndex:
+    def _set_stats(self, image_col_stats=None, text_col_stats=None) -> None:
+        """The z-score statistics of the SSR columns (``standardize``): given, or computed."""
         if self.standardize:
-            self.image_col_stats_ = column_stats(self.image_ssr_)
-            self.text_col_stats_ = column_stats(self.text_ssr_)
+            self.image_col_stats_ = column_stats(self.image_ssr_) if image_col_stats is None else image_col_stats
+            self.text_col_stats_ = column_stats(self.text_ssr_) if text_col_stats is None else text_col_stats
+
+    def _derive_codes(self) -> SSRIndex:
+        self._set_stats()
         return self.derive_codes()
 
     def derive_codes(self, image_out: np.ndarray | None = None, text_out: np.ndarray | None = None,

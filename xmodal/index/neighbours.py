@@ -49,6 +49,10 @@ def source_key(ws: Workspace, columns) -> str:
     return f"{files};{','.join(parse_enhance(ws.config.get('enhance')))}"
 
 
+def _key(source: str, k: int) -> str:
+    return f"{source};k={int(k)}"
+
+
 def _pair_set(pair_rows: np.ndarray) -> set:
     return {tuple(p) for p in np.asarray(pair_rows).reshape(-1, 2).tolist()}
 
@@ -59,7 +63,7 @@ def hub_terms(ws: Workspace, source: str, image_codes: np.ndarray, text_codes: n
     ``source`` (:func:`source_key`) when they are recent enough, else over neighbourhoods found now
     (and kept). ``how`` goes into the snapshot's meta: ``neighbours_of`` is the version whose
     neighbourhoods were rescored (this one's own when they were found now)."""
-    key = f"{source};k={int(k)}"
+    key = _key(source, k)
     kept = _load(ws, key, len(image_codes), len(text_codes))
     if kept is not None:
         changes = len(_pair_set(kept["pair_rows"]) ^ _pair_set(pair_rows))
@@ -80,7 +84,7 @@ def refresh(ws: Workspace, snap) -> bool:
             or csls.get("neighbours_of") == snap.version:
         return False
     _, _, nn_img, nn_txt = hubness_neighbours(snap.image_codes, snap.text_codes, snap.csls_k)
-    _save(ws, f"{csls['source']};k={int(snap.csls_k)}", nn_img, nn_txt, snap.pair_rows, snap.version)
+    _save(ws, _key(csls["source"], snap.csls_k), nn_img, nn_txt, snap.pair_rows, snap.version)
     return True
 
 
