@@ -228,21 +228,25 @@ def test_the_bridge_space_is_computed_once_and_again_when_the_features_change(r,
     from xmodal.index.build import build_snapshot
 
     ws, _ = _wide_bridged_workspace(make_workspace, "space")
+    kept_spaces = lambda: sorted(ws.bridge_space_path.iterdir())  # noqa: E731
     first, _ = build_snapshot(ws, 1, _pairs(12))
-    kept = ws.bridge_space_path.stat()
+    [space] = kept_spaces()
+    kept = (space / "text.npy").stat()
     again, _ = build_snapshot(ws, 2, _pairs(12))
-    assert ws.bridge_space_path.stat().st_ino == kept.st_ino          # read, not written again
+    assert kept_spaces() == [space] and (space / "text.npy").stat().st_ino == kept.st_ino   # read, not written again
     np.testing.assert_array_equal(again.text_codes, first.text_codes)
     np.testing.assert_array_equal(again.bridge_basis, first.bridge_basis)
 
     _, Y2 = synthetic_features(120, d_text=BRIDGE_DIMS + 32, noise=1.2, seed=7)
     ws.save_features("text", Y2, "synthetic-text")
     changed, _ = build_snapshot(ws, 3, _pairs(12))
-    assert ws.bridge_space_path.stat().st_ino != kept.st_ino          # made again
-    ws.bridge_space_path.unlink()
+    [made_again] = kept_spaces()                                      # the old space is deleted
+    assert made_again != space
+    (made_again / "text.npy").write_bytes(b"torn")                    # a torn file is computed again
     fresh, _ = build_snapshot(ws, 4, _pairs(12))
     np.testing.assert_allclose(changed.text_codes, fresh.text_codes, atol=1e-6)
     assert changed.meta["bridge"] == fresh.meta["bridge"]
+    assert np.load(made_again / "text.npy").shape == (120, BRIDGE_DIMS)
 
 
 def test_without_bridge_in_enhance_or_on_disk_the_index_is_ssr_alone(r, xenv, make_workspace):

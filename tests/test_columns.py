@@ -48,6 +48,30 @@ def test_kept_columns_give_the_codes_of_a_fresh_fit_and_one_more_label_adds_one(
                                atol=1e-5)
 
 
+def test_columns_kept_in_label_order_are_read_in_place_and_any_other_order_gives_the_same(r, xenv, make_workspace):
+    """Columns are kept in the order the pairs ask for them (the labels' order): the next rebuild
+    reads them as one slice of the kept file, not a copy; pairs in another order (a label
+    removed, duplicates) get the same columns copied."""
+    from xmodal.index.columns import open_columns
+
+    ws = make_workspace("cols-order", n=40, enhance=["zscore"])
+    order = [7, 3, 11, 0, 5]
+    cols = open_columns(ws, "image")
+    R, (mean, std) = cols.get(order)
+    assert _kept_rows(ws, "image") == order                                 # as asked, not sorted
+    again, (mean2, std2) = open_columns(ws, "image").get(order)
+    assert isinstance(again.base, np.memmap) and not again.flags.writeable  # the kept file itself
+    np.testing.assert_array_equal(again, R)
+    shuffled = [5, 7, 0, 3, 3]
+    other, (mean3, _) = open_columns(ws, "image").get(shuffled)
+    assert other.flags.writeable                                            # a copy
+    at = [order.index(r) for r in shuffled]
+    np.testing.assert_array_equal(other, R[:, at])
+    np.testing.assert_array_equal(mean3, mean[at])
+    X = l2_normalize(ws.load_features("image"))
+    np.testing.assert_allclose(R, X @ X[order].T, atol=1e-5)
+
+
 def test_new_features_get_new_columns_and_the_old_ones_go(r, xenv, make_workspace):
     ws = make_workspace("cols2", n=40, enhance=["zscore"])
     build_snapshot(ws, 1, _pairs(6))

@@ -18,9 +18,13 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -30,7 +34,6 @@ from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
 from xmodal.core.pseudomap import choose_map_weight, image_map_codes, self_trained_map, text_map_codes, with_bridge
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
-from xmodal.fileio import atomic_write_bytes
 from xmodal.index.ann import build_for as build_ann
 from xmodal.index.columns import open_columns
 from xmodal.index.files import versions_on_disk
@@ -163,11 +166,13 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             t0 = time.perf_counter()
             bridge = _bridge(index, select, bridge, bridge_space(ws, bridge, Y, len(X)), scored)
             timings["bridge_s"] = round(time.perf_counter() - t0, 4)
+        t0 = time.perf_counter()
         if bridge is not None and bridge["weight"] > 0:
             image_codes, text_codes = _fused_codes(index, bridge)
         else:
             index.derive_codes()
             image_codes, text_codes = index.image_codes_, index.text_codes_
+        timings["codes_s"] = round(time.perf_counter() - t0, 4)
         if "map" in enhance and bridge is not None and bridge["weight"] > 0:
             # the self-trained map (pseudomap), fitted on the codes above; only where the bridge
             # is on: on the shapes (bridge off) it lowered MAP by up to 9% (docs/results.md)
@@ -293,24 +298,26 @@ def _task_view(index: SSRIndex, select: str):
                              sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
 
 
+BRIDGE_SPACE_ARRAYS = ("image", "text", "mean_image", "mean_text", "basis")
+
+
 def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images: int) -> dict:
     """The part of the class bridge that no label changes: both modalities' centred bridge embeddings on their
     principal basis (``xmodal.core.bridge``). It depends on the workspace's features only, so it is
-    computed once and kept beside them (``features/bridge_space.npz``), keyed by the files it was
-    made of: recomputed each rebuild, its SVD was most of a COCO-mini rebuild (0.12 of 0.17 s) and
-    grows with the collection."""
+    computed once and kept beside them (``features/bridge-space/<key>/``, a ``.npy`` file per
+    array, memory-mapped when read), keyed by the files it was made of: recomputed each rebuild,
+    its SVD was most of a COCO-mini rebuild (0.12 of 0.17 s) and grows with the collection; read
+    from one ``.npz`` it was 0.02 s of a 100k one-pair update (the zip's checksums and copies)."""
     sources = [ws.bridge_path, ws.features_path("text")]
     stats = [p.stat() for p in sources]   # each is written anew (a new inode) by an atomic replace
-    key = np.array(";".join(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}" for st in stats) + f";{BRIDGE_DIMS}")
-    path = ws.bridge_space_path
+    key = ";".join(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}" for st in stats) + f";{BRIDGE_DIMS}"
+    here = ws.bridge_space_path / hashlib.sha256(key.encode()).hexdigest()[:24]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) == str(key):
-                basis = z["basis"] if z["basis"].size else None
-                return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
-                        "basis": basis}
-    except (OSError, ValueError, KeyError):
-        pass   # none yet, or made of other files: compute it
+        z = {name: np.load(here / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in BRIDGE_SPACE_ARRAYS}
+        return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
+                "basis": z["basis"] if z["basis"].size else None}
+    except (OSError, ValueError):
+        pass   # none yet, made of other files, or torn: compute it
     image_rows = saved["image"] if saved["image"] is not None else (ws.bridge() or {}).get("image")
     if image_rows is None or len(image_rows) != n_images:
         # read after the rebuild's item lock: items were added meanwhile; the next rebuild has them
@@ -321,11 +328,34 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
     basis = principal_basis(B_img, B_txt)   # the bridge part of the codes: its top directions
     space = {"image": project(B_img, basis), "text": project(B_txt, basis), "means": (mean_img, mean_txt),
              "basis": basis}
-    buf = io.BytesIO()
-    np.savez(buf, key=key, image=space["image"], text=space["text"], mean_image=mean_img, mean_text=mean_txt,
-             basis=np.zeros(0, np.float32) if basis is None else basis)
-    atomic_write_bytes(path, buf.getvalue())
+    _keep_bridge_space(here, {"image": space["image"], "text": space["text"], "mean_image": mean_img,
+                              "mean_text": mean_txt, "basis": np.zeros(0, np.float32) if basis is None else basis})
     return space
+
+
+def _keep_bridge_space(here, arrays: dict) -> None:
+    """Write ``arrays`` as ``here/<name>.npy``, whole or not at all (a directory renamed into
+    place), and delete the spaces of other features (a reader that has one open keeps its mapping)."""
+    parent = here.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=parent))
+        for name, a in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+        try:
+            os.rename(tmp, here)
+        except OSError:   # one there could not be read (torn): replace it
+            shutil.rmtree(here, ignore_errors=True)
+            try:
+                os.rename(tmp, here)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)   # a racing rebuild kept the same space first
+        for other in parent.iterdir():
+            if other != here and not other.name.startswith(".new-"):
+                shutil.rmtree(other, ignore_errors=True)
+        (parent.parent / "bridge_space.npz").unlink(missing_ok=True)   # where versions before 0.2 kept it
+    except OSError as exc:
+        log.warning(kv("rebuild.bridge_space_not_kept", path=str(here), error=str(exc)))   # computed again next time
 
 
 def _bridge(index: SSRIndex, select: str, saved: dict, space: dict, scored=None) -> dict:

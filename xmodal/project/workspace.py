@@ -169,8 +169,9 @@ class Workspace:
 
     @property
     def bridge_space_path(self) -> Path:
-        """The bridge embeddings centred and on their principal basis (``xmodal.index.build``)."""
-        return self.root / "features" / "bridge_space.npz"
+        """The bridge embeddings centred and on their principal basis, a directory per features
+        they were made of (``xmodal.index.build.bridge_space``)."""
+        return self.root / "features" / "bridge-space"
 
     @property
     def image_words_path(self) -> Path:
