@@ -20,9 +20,10 @@ Steps 1–2 are :mod:`xmodal.index.build`:
 5. record timings (:mod:`xmodal.jobs.stats`), including label->new-predictions latency measured from each
    new pair's arrival time to the moment Label Studio serves by the new index (the flip of step 4),
    or to the publication when there is no Label Studio step;
-6. meanwhile (from step 4 on, in a thread), find this version's own CSLS neighbourhoods for the
-   next rebuild (:mod:`xmodal.index.neighbours`): the next label's rebuild rescores them instead of
-   searching all pairs of items.
+6. meanwhile (in a thread, from the flip of step 4 on, or from step 4's start when there is no
+   flip), find this version's own CSLS neighbourhoods for the next rebuild
+   (:mod:`xmodal.index.neighbours`): the next label's rebuild rescores them instead of searching
+   all pairs of items.
 
 Errors are raised with a message that says what to fix; RQ retries (:mod:`xmodal.jobs.queueing`) and then
 keeps the job in its failed registry. A process that dies instead (SIGKILL, OOM) stops renewing the
@@ -162,12 +163,26 @@ def _rebuild(project: str, r: redis.Redis, job_id: str | None, t_start: float) -
         return result
 
     ls_error = None
-    finding = _find_neighbourhoods(ws, snap, job_id) if is_current else None
+    finding: list[Future] = []
+
+    def find_neighbourhoods() -> None:
+        if is_current and not finding:
+            finding.append(_find_neighbourhoods(ws, snap, job_id))
+
+    def ready(info: dict) -> dict:
+        # the search starts once Label Studio has flipped: started with the push, it took CPU
+        # from Label Studio's answers on the label's path (2 cores, a busy process beside)
+        out = record(info, time.time())
+        find_neighbourhoods()
+        return out
+
     try:
         ls = {"ls": "skipped: superseded"} if not is_current else \
-            refresh_label_studio(r, ws, snap, job_id=job_id, on_ready=lambda info: record(info, time.time()))
+            refresh_label_studio(r, ws, snap, job_id=job_id, on_ready=ready)
     except LabelStudioPushError as exc:
         ls, ls_error = {"ls": f"failed: {exc}"}, exc
+    finally:
+        find_neighbourhoods()   # no flip: no Label Studio, nothing to push, or the push failed
     done_at = time.time()
     if recorded:   # recorded when Label Studio flipped: add how the rest of the push went
         extra = dict(ls, total_s=round(done_at - t_start, 4), finished_at=done_at)
@@ -177,7 +192,7 @@ def _rebuild(project: str, r: redis.Redis, job_id: str | None, t_start: float) -
             r.hset(last, mapping={k: str(v) for k, v in extra.items() if v is not None})
     else:
         result = record(ls, published_at)
-    if finding is not None and (took := finding.result()) is not None:
+    if finding and (took := finding[0].result()) is not None:
         result["neighbours_s"] = took
     log.info(kv("rebuild.done", **{k: v for k, v in result.items() if k != "path"}))
     if ls_error is not None:

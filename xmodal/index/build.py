@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -312,12 +313,9 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
     stats = [p.stat() for p in sources]   # each is written anew (a new inode) by an atomic replace
     key = ";".join(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}" for st in stats) + f";{BRIDGE_DIMS}"
     here = ws.bridge_space_path / hashlib.sha256(key.encode()).hexdigest()[:24]
-    try:
-        z = {name: np.load(here / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in BRIDGE_SPACE_ARRAYS}
-        return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
-                "basis": z["basis"] if z["basis"].size else None}
-    except (OSError, ValueError):
-        pass   # none yet, made of other files, or torn: compute it
+    kept = _read_bridge_space(here)
+    if kept is not None:
+        return kept
     image_rows = saved["image"] if saved["image"] is not None else (ws.bridge() or {}).get("image")
     if image_rows is None or len(image_rows) != n_images:
         # read after the rebuild's item lock: items were added meanwhile; the next rebuild has them
@@ -333,9 +331,20 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
     return space
 
 
-def _keep_bridge_space(here, arrays: dict) -> None:
+def _read_bridge_space(here: Path) -> dict | None:
+    """The space kept in ``here``, memory-mapped; None when there is none or it is torn."""
+    try:
+        z = {name: np.load(here / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in BRIDGE_SPACE_ARRAYS}
+    except (OSError, ValueError):
+        return None
+    return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
+            "basis": z["basis"] if z["basis"].size else None}
+
+
+def _keep_bridge_space(here: Path, arrays: dict) -> None:
     """Write ``arrays`` as ``here/<name>.npy``, whole or not at all (a directory renamed into
-    place), and delete the spaces of other features (a reader that has one open keeps its mapping)."""
+    place), and delete the spaces of other features (a reader that has one open keeps its mapping)
+    and what a crash left half-written an hour ago."""
     parent = here.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -344,16 +353,16 @@ def _keep_bridge_space(here, arrays: dict) -> None:
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
         try:
             os.rename(tmp, here)
-        except OSError:   # one there could not be read (torn): replace it
-            shutil.rmtree(here, ignore_errors=True)
-            try:
-                os.rename(tmp, here)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)   # a racing rebuild kept the same space first
+        except OSError:   # one is there: a racing rebuild's (kept), or a torn one (replaced)
+            if _read_bridge_space(here) is None:
+                shutil.rmtree(here, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.rename(tmp, here)
+            shutil.rmtree(tmp, ignore_errors=True)
         for other in parent.iterdir():
-            if other != here and not other.name.startswith(".new-"):
+            if other != here and (not other.name.startswith(".new-") or time.time() - other.stat().st_mtime > 3600):
                 shutil.rmtree(other, ignore_errors=True)
-        (parent.parent / "bridge_space.npz").unlink(missing_ok=True)   # where versions before 0.2 kept it
+        (parent.parent / "bridge_space.npz").unlink(missing_ok=True)   # where earlier versions kept it
     except OSError as exc:
         log.warning(kv("rebuild.bridge_space_not_kept", path=str(here), error=str(exc)))   # computed again next time
 
