@@ -302,6 +302,12 @@ class LabellingPage:
 
         return " ".join(e.text for e in self.d.find_elements(By.CSS_SELECTOR, ".xm-nomatch") if e.is_displayed())
 
+    def side_panel_width(self) -> int:
+        """How many pixels wide Label Studio's side panels (Info/History, Regions) are shown (0: hidden)."""
+        return int(self.d.execute_script(
+            "return Array.from(document.querySelectorAll('.lsf-sidepanels__wrapper'))"
+            ".filter(el => el.offsetParent).reduce((w, el) => w + el.getBoundingClientRect().width, 0);"))
+
     def refusal(self) -> str:
         """The text of the dialog Label Studio shows when it refuses a Submit ('' when none shows)."""
         return self.d.execute_script(

@@ -329,6 +329,7 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
         served.append(shown)
         thumbnails = page.visible_options(60)
         assert len(thumbnails) >= 20, f"{len(thumbnails)} thumbnails on the page; shots {page.shots}"
+        assert page.side_panel_width() == 0, f"Label Studio's side panels take room; shot {page.screenshot('side-panels')}"
         right = knowledge.right[shown.item]
         hit, how = next((i for i, _ in thumbnails if i in right), None), "shown"
         if hit is None:
@@ -392,6 +393,7 @@ def test_the_page_works_without_scrolling(coco_mini, ls_server, xenv, services, 
     assert len(page.visible_options(1000)) >= 700, f"the page should carry the long list; shots {page.shots}"
 
     assert page.nomatch_hint() == "", "the hint shows while the list has options"
+    assert page.side_panel_width() == 0, f"Label Studio's side panels take room; shot {page.screenshot('side-panels')}"
     page.filter("zzqxv")
     hint = poll("the hint for a filter that matches nothing", page.nomatch_hint, timeout=10)
     shot = page.screenshot("filter-matches-nothing")
