@@ -249,6 +249,33 @@ def test_the_bridge_space_is_computed_once_and_again_when_the_features_change(r,
     assert np.load(made_again / "text.npy").shape == (120, BRIDGE_DIMS)
 
 
+def test_a_racing_rebuild_keeps_the_space_already_there_and_leaves_no_half_written_one(tmp_path):
+    """Two rebuilds of the same features compute the same space: the second finds the first's in
+    place and keeps it (a reader may have it mapped); a directory a crash left half-written is
+    removed once it is an hour old, not while a rebuild may still be writing it."""
+    import os
+    import time
+
+    from xmodal.index.build import _keep_bridge_space, _read_bridge_space
+
+    arrays = {"image": np.ones((4, 2), np.float32), "text": np.zeros((5, 2), np.float32),
+              "mean_image": np.ones(3, np.float32), "mean_text": np.ones(3, np.float32),
+              "basis": np.eye(3, 2, dtype=np.float32)}
+    here = tmp_path / "bridge-space" / "k1"
+    _keep_bridge_space(here, arrays)
+    first = (here / "text.npy").stat().st_ino
+    (tmp_path / "bridge-space" / ".new-fresh").mkdir()              # a rebuild writing right now
+    old = tmp_path / "bridge-space" / ".new-crashed"
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    _keep_bridge_space(here, dict(arrays, text=np.full((5, 2), 9, np.float32)))
+    assert (here / "text.npy").stat().st_ino == first                 # the one there is kept
+    assert sorted(p.name for p in here.parent.iterdir()) == [".new-fresh", "k1"]
+    np.testing.assert_array_equal(_read_bridge_space(here)["text"], arrays["text"])
+    _keep_bridge_space(tmp_path / "bridge-space" / "k2", arrays)      # other features: k1 goes
+    assert sorted(p.name for p in here.parent.iterdir()) == [".new-fresh", "k2"]
+
+
 def test_without_bridge_in_enhance_or_on_disk_the_index_is_ssr_alone(r, xenv, make_workspace):
     from xmodal.index.build import build_snapshot
 
