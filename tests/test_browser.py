@@ -329,7 +329,7 @@ def test_a_person_picks_images_for_text_medoids_on_the_page(coco_mini, ls_server
         served.append(shown)
         thumbnails = page.visible_options(60)
         assert len(thumbnails) >= 20, f"{len(thumbnails)} thumbnails on the page; shots {page.shots}"
-        assert page.side_panel_width() == 0, f"Label Studio's side panels take room; shot {page.screenshot('side-panels')}"
+        assert page.side_panel_width() == 0, f"side panels take room; shot {page.screenshot('side-panels')}"
         right = knowledge.right[shown.item]
         hit, how = next((i for i, _ in thumbnails if i in right), None), "shown"
         if hit is None:
