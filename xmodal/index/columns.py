@@ -59,7 +59,8 @@ class Columns:
     def get(self, rows) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """``(SSR, (mean, std))``: ``SSR`` is ``(n, len(rows))`` float32, column j the cosine of
         every item to item ``rows[j]`` (eq. 10 with that item as the reference), read where kept,
-        computed (then kept) where not, in Fortran order (one contiguous column each); ``mean`` and
+        computed (then kept) where not, in Fortran order (one contiguous column each; a read-only
+        view of the kept file when those columns are kept one after the other); ``mean`` and
         ``std`` are its columns' z-score statistics (:func:`xmodal.core.ssr.column_stats`), kept
         with them: a column and its statistics never change, so one more label computes one each."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
