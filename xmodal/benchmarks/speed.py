@@ -19,6 +19,7 @@ Every timing is the median of ``repeats`` runs (latency: of ``queries`` single q
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import statistics
 import time
@@ -294,6 +295,7 @@ def bench_index(n: int = 100_000, k: int = 200, repeats: int = 3, workdir: Path 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp) / "ws"
         pairs = prepare_workspace(root, n, 1280, k=k, bridge=True)
+        os.sync()   # the 700 MB of features just written: their writeback is not a rebuild's
         ws = Workspace(root)
         times = {"faithful": [], "default": [], "update": []}
         widths = {}
@@ -304,6 +306,7 @@ def bench_index(n: int = 100_000, k: int = 200, repeats: int = 3, workdir: Path 
                 columns.forget(ws)
                 neighbours.forget(ws)
                 gc.collect()
+                os.sync()   # what the last rebuild wrote goes to disk before this one is timed
                 t0 = time.perf_counter()
                 snap, _ = build_snapshot(ws, 1, pairs)
                 if r:
@@ -317,6 +320,9 @@ def bench_index(n: int = 100_000, k: int = 200, repeats: int = 3, workdir: Path 
             neighbours.forget(ws)
             build_snapshot(ws, 2, pairs[:-1])
             gc.collect()
+            # the 199 columns version 2 just wrote (160 MB) go to disk now, not inside the timing: a
+            # label's own rebuild writes one column (0.8 MB)
+            os.sync()
             t0 = time.perf_counter()
             snap, _ = build_snapshot(ws, 3, pairs)
             if r:
