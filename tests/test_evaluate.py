@@ -328,6 +328,17 @@ def test_bench_smoke_tiny_sizes():
     assert "add_pairs(1 pair)" in table and "p95" in table
 
 
+def test_bench_index_times_both_full_rebuilds_and_the_one_pair_update(tmp_path):
+    """The index section at a tiny size: both full rebuilds and the default's one-pair update are
+    timed, the update over the kept columns and version 2's neighbourhoods (what a label does)."""
+    from xmodal.benchmarks import speed as bench
+
+    faithful, default, update = bench.bench_index(n=2000, k=12, repeats=1, workdir=tmp_path)
+    assert all(r.value > 0 and len(r.extra["times"]) == 1 for r in (faithful, default, update))
+    assert "codes 12 wide" in faithful.note and "x the faithful" in default.note
+    assert "k=11→12" in update.what and "version 2's neighbourhoods (1 pair changed)" in update.note
+
+
 def test_product_is_what_a_new_project_does(tmp_path, monkeypatch):
     """``product`` in eval = a new workspace's defaults (its selection, its enhancements), with the
     same default text encoder as ``project create``; no hindsight choice of the selection."""
