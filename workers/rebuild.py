@@ -90,10 +90,10 @@ def _test_pause() -> None:
 
 def _find_neighbourhoods(ws: Workspace, snap, job_id: str | None) -> Future:
     """This version's own CSLS neighbourhoods (:func:`xmodal.index.neighbours.refresh`), found in a
-    thread while Label Studio is pushed to: the push mostly waits on Label Studio, and the next
-    label's rebuild, queued behind this job, must not also wait for the search (run after the
-    push, it added a median 1.3 s to label → served at 10,000 items, load ~4). The future's
-    result: seconds it took, or None (nothing to find, or it failed: the next rebuild finds them)."""
+    thread while the rest of the push waits on Label Studio: the next label's rebuild, queued behind
+    this job, must not also wait for the search (run after the push, it added a median 1.3 s to
+    label → served at 10,000 items, load ~4). The future's result: seconds it took, or None
+    (nothing to find, or it failed: the next rebuild finds them)."""
     t0 = time.perf_counter()
 
     def find():

@@ -10,6 +10,13 @@ import tempfile
 from pathlib import Path
 
 
+def file_key(path: Path) -> str:
+    """Which file is at ``path`` (device, inode, mtime, size), as a name part: a file written anew
+    by :func:`atomic_file` has a new key, so what is computed from it can be kept under its key."""
+    st = os.stat(path)
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path):
     """A binary file that appears at ``path`` whole or not at all (see the module doc)."""

@@ -35,6 +35,7 @@ from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
 from xmodal.core.pseudomap import choose_map_weight, image_map_codes, self_trained_map, text_map_codes, with_bridge
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
+from xmodal.fileio import file_key
 from xmodal.index.ann import build_for as build_ann
 from xmodal.index.columns import open_columns
 from xmodal.index.files import versions_on_disk
@@ -309,9 +310,8 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
     array, memory-mapped when read), keyed by the files it was made of: recomputed each rebuild,
     its SVD was most of a COCO-mini rebuild (0.12 of 0.17 s) and grows with the collection; read
     from one ``.npz`` it was 0.02 s of a 100k one-pair update (the zip's checksums and copies)."""
-    sources = [ws.bridge_path, ws.features_path("text")]
-    stats = [p.stat() for p in sources]   # each is written anew (a new inode) by an atomic replace
-    key = ";".join(f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}" for st in stats) + f";{BRIDGE_DIMS}"
+    # each source is written anew (a new inode) by an atomic replace
+    key = ";".join(file_key(p) for p in (ws.bridge_path, ws.features_path("text"))) + f";{BRIDGE_DIMS}"
     here = ws.bridge_space_path / hashlib.sha256(key.encode()).hexdigest()[:24]
     kept = _read_bridge_space(here)
     if kept is not None:

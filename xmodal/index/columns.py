@@ -6,9 +6,10 @@ n·k products again. At 100k items × 200 references those products were the lar
 default rebuild (1.2–1.8 s of about 4 s, profiled; ``xmodal bench``, section ``index``).
 
 Columns live in ``features/ssr-columns/<modality>-<key>/`` (:class:`Columns`), ``<key>`` naming the
-features file they were computed from (device, inode, mtime and size, as :func:`xmodal.index.build.bridge_space`
-keys its file): features written anew (items added, :mod:`xmodal.project.items`) are a new file, so a
-rebuild never mixes columns of two item sets, and the directories of older files are deleted. Racing
+features file they were computed from (:func:`xmodal.fileio.file_key`: device, inode, mtime and
+size, as :func:`xmodal.index.build.bridge_space` keys its files): features written anew (items
+added, :mod:`xmodal.project.items`) are a new file, so a rebuild never mixes columns of two item
+sets, and the directories of older files are deleted. Racing
 workers at worst compute a column twice; it is kept once.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.core.ssr import column_stats, l2_normalize
+from xmodal.fileio import file_key
 from xmodal.project.workspace import Workspace, atomic_save_npy
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,7 @@ CHUNK_ROWS = 8192
 
 def column_dir(ws: Workspace, modality: str) -> Path:
     """The directory of ``modality``'s columns for its current features file."""
-    st = ws.features_path(modality).stat()
-    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-    return ws.root / "features" / "ssr-columns" / f"{modality}-{key}"
+    return ws.root / "features" / "ssr-columns" / f"{modality}-{file_key(ws.features_path(modality))}"
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Columns:
         with them: a column and its statistics never change, so one more label computes one each."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         kept, data = self._kept()
-        where = {int(r): i for i, r in enumerate(kept[:, 0].astype(np.int64).tolist())}
+        where = _positions(kept)
         # in the order asked: kept in pair order, the next rebuild reads them as one slice
         missing = list(dict.fromkeys(r for r in rows.tolist() if r not in where))
         if missing:
@@ -73,7 +73,7 @@ class Columns:
             new_stats = np.column_stack([np.asarray(missing, np.float64), *column_stats(new.T)])
             if self._append(new_stats, new):
                 kept, data = self._kept()
-                where = {int(r): i for i, r in enumerate(kept[:, 0].astype(np.int64).tolist())}
+                where = _positions(kept)
         at = np.asarray([where.get(r, -1) for r in rows.tolist()], np.int64)
         if len(at) and at[0] >= 0 and np.array_equal(at, np.arange(at[0], at[0] + len(at))):
             # the columns asked for are kept one after the other (labels in the order they came):
@@ -164,6 +164,11 @@ class Columns:
             for old in d.parent.glob(f"{self.modality}-*"):
                 if old != d:
                     shutil.rmtree(old, ignore_errors=True)
+
+
+def _positions(kept: np.ndarray) -> dict[int, int]:
+    """item row -> its column's position in the kept file."""
+    return {int(r): i for i, r in enumerate(kept[:, 0].astype(np.int64).tolist())}
 
 
 def open_columns(ws: Workspace, modality: str) -> Columns:

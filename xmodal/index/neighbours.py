@@ -6,7 +6,7 @@ items, about 1 s at 100k, profiled), rescoring known ones O(n·k·d). One more r
 one dimension to codes of a hundred or more: the neighbourhoods barely move. So a rebuild
 rescores the neighbourhoods of an earlier version under its own codes
 (:func:`xmodal.core.hubness.neighbour_terms`) and the rebuild job finds this version's own
-neighbourhoods in a thread while it pushes to Label Studio (:func:`refresh`,
+neighbourhoods in a thread once Label Studio has flipped to it (:func:`refresh`,
 ``workers/rebuild.py``), off the label's path; the next label's rebuild uses those.
 
 How close: on 20k × 20k synthetic clustered codes with the class bridge, terms rescored over

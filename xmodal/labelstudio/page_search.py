@@ -58,8 +58,7 @@ def search_query(context) -> str | None:
 def line_ref(text_id: str) -> str:
     """What a line shows in place of a text id the page hides (``show_ids``,
     :func:`xmodal.labelstudio.tasks.ids_shown`: Flickr8k's ids hold the image's file name, COCO's
-    its number): a
-    short digest of the id, which :func:`picked_id` resolves."""
+    its number): a short digest of the id, which :func:`picked_id` resolves."""
     return "ref " + hashlib.sha256(text_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
