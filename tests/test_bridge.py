@@ -256,23 +256,24 @@ def test_a_racing_rebuild_keeps_the_space_already_there_and_leaves_no_half_writt
     import os
     import time
 
-    from xmodal.index.build import _keep_bridge_space, _read_bridge_space
+    from xmodal.index.build import BRIDGE_SPACE_ARRAYS
+    from xmodal.index.kept import keep_arrays, read_arrays
 
     arrays = {"image": np.ones((4, 2), np.float32), "text": np.zeros((5, 2), np.float32),
               "mean_image": np.ones(3, np.float32), "mean_text": np.ones(3, np.float32),
               "basis": np.eye(3, 2, dtype=np.float32)}
     here = tmp_path / "bridge-space" / "k1"
-    _keep_bridge_space(here, arrays)
+    keep_arrays(here, arrays)
     first = (here / "text.npy").stat().st_ino
     (tmp_path / "bridge-space" / ".new-fresh").mkdir()              # a rebuild writing right now
     old = tmp_path / "bridge-space" / ".new-crashed"
     old.mkdir()
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    _keep_bridge_space(here, dict(arrays, text=np.full((5, 2), 9, np.float32)))
+    keep_arrays(here, dict(arrays, text=np.full((5, 2), 9, np.float32)))
     assert (here / "text.npy").stat().st_ino == first                 # the one there is kept
     assert sorted(p.name for p in here.parent.iterdir()) == [".new-fresh", "k1"]
-    np.testing.assert_array_equal(_read_bridge_space(here)["text"], arrays["text"])
-    _keep_bridge_space(tmp_path / "bridge-space" / "k2", arrays)      # other features: k1 goes
+    np.testing.assert_array_equal(read_arrays(here, BRIDGE_SPACE_ARRAYS)["text"], arrays["text"])
+    keep_arrays(tmp_path / "bridge-space" / "k2", arrays)      # other features: k1 goes
     assert sorted(p.name for p in here.parent.iterdir()) == [".new-fresh", "k2"]
 
 

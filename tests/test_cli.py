@@ -114,6 +114,18 @@ def test_too_many_labels_says_the_maximum(tmp_path):
     assert "at most --labels 20" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_simulate_enhance_names_a_bad_enhancement_before_starting_and_sets_a_good_one(tmp_path):
+    from xmodal.benchmarks.loop import synthetic_workspace
+    from xmodal.project.workspace import Workspace
+
+    r = run_cli("simulate", "--n", "300", "--labels", "5", "--enhance", "zscore,nope")
+    assert r.returncode == 1 and "unknown enhancement 'nope'" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout.strip() == ""   # nothing started
+    ws = Workspace(tmp_path / "ws")
+    synthetic_workspace(ws, 60, 4, say=lambda m: None, enhance=["zscore", "csls", "bridge", "map"])
+    assert ws.config["enhance"] == ["zscore", "csls", "bridge", "map"]
+
+
 def test_progress_bars_leave_the_next_line_alone_in_a_log(capsys):
     from xmodal.encoders.base import progress_bar
 

@@ -87,3 +87,29 @@ def test_without_the_bridge_there_is_no_map(r, xenv, make_workspace):
     ws = make_workspace("unbridged", n=80, n_medoids=12, enhance=["zscore", "csls", "bridge", "map"])
     snap, _ = build_snapshot(ws, 1, _pairs(12))       # no bridge.npz: no bridge, no map
     assert snap.map_weight == 0 and snap.text_codes.shape[1] == 12 and "map" not in snap.meta
+
+
+def test_the_map_image_space_is_kept_beside_the_features_and_made_again_when_they_change(r, xenv, make_workspace):
+    """The image space (mean, principal directions) needs no label: computed by the first rebuild
+    with the map, read by the next (the same codes as computing it), made again for new features."""
+    from xmodal.core.pseudomap import image_space
+    from xmodal.index.build import build_snapshot
+
+    ws, X, Y = _workspace(make_workspace, "mapspace", ["zscore", "csls", "bridge", "map"])
+    spaces = lambda: sorted((ws.root / "features" / "map-space").iterdir())  # noqa: E731
+    first, _ = build_snapshot(ws, 1, _pairs(12))
+    [space] = spaces()
+    mean, basis = image_space(X)
+    np.testing.assert_allclose(np.load(space / "mean.npy"), mean, atol=1e-6)
+    np.testing.assert_allclose(np.abs(np.load(space / "basis.npy")), np.abs(basis), atol=1e-5)
+    ino = (space / "basis.npy").stat().st_ino
+    again, _ = build_snapshot(ws, 2, _pairs(12))
+    assert spaces() == [space] and (space / "basis.npy").stat().st_ino == ino     # read, not written again
+    np.testing.assert_array_equal(again.text_codes, first.text_codes)
+    np.testing.assert_array_equal(again.image_codes, first.image_codes)
+
+    ws.save_features("image", X[:, ::-1].copy(), "synthetic-image")           # new image features
+    build_snapshot(ws, 3, _pairs(12))
+    [made_again] = spaces()
+    assert made_again != space
+    np.testing.assert_allclose(np.load(made_again / "mean.npy"), image_space(X[:, ::-1])[0], atol=1e-6)

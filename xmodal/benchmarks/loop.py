@@ -93,9 +93,10 @@ def synthetic_features(n: int, d_image: int = 1280, d_text: int = 384, d_latent:
     return X.astype(np.float32), Y.astype(np.float32)
 
 
-def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print, link: bool = True):
+def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print, link: bool = True, enhance=None):
     """A workspace of synthetic items (no files), its medoids; returns the (image, text) truth.
-    ``link``: claim :data:`LS_PROJECT_PLACEHOLDER` as its Label Studio project (no Label Studio)."""
+    ``link``: claim :data:`LS_PROJECT_PLACEHOLDER` as its Label Studio project (no Label Studio);
+    ``enhance``: the index's enhancements (None: a new project's)."""
     from xmodal.project.medoids import ensure_selection
 
     t0 = time.perf_counter()
@@ -105,6 +106,7 @@ def synthetic_workspace(ws, n: int, k: int, seed: int = 0, say=print, link: bool
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.save_config({"select": "image", "measure": "pearson",
                     "encoders": {"image": "synthetic-1280", "text": "synthetic-384"},
+                    **({"enhance": enhance} if enhance is not None else {}),
                     **({"label_studio": {"project_id": LS_PROJECT_PLACEHOLDER}} if link else {})})
     ws.save_items(image_ids, [f"/synthetic/{i}" for i in image_ids], text_ids,
                   [f"synthetic text {i}" for i in range(n)])
@@ -197,7 +199,7 @@ def run(args, say=print) -> BenchResult:
     from xmodal.jobs import stats
     from xmodal.project.medoids import candidate_pool
     from xmodal.project.pairs import PairStore
-    from xmodal.project.workspace import Workspace
+    from xmodal.project.workspace import Workspace, parse_enhance
     from xmodal.redis_conn import get_redis, redis_url
     from xmodal.simulation.annotator import Knowledge, annotator
     from xmodal.simulation.loop import IndexWaiter, label_loop, summary
@@ -215,6 +217,7 @@ def run(args, say=print) -> BenchResult:
 
     if args.labels < 2:
         raise ConfigError("--labels must be at least 2")
+    enhance = None if args.enhance is None else parse_enhance(args.enhance)   # ConfigError names a bad one
     if args.data == "synthetic" and args.labels > args.n:
         raise ConfigError(f"--labels {args.labels} is more than the {args.n} synthetic items: at most "
                           f"--labels {args.n} (or raise --n)")
@@ -239,7 +242,8 @@ def run(args, say=print) -> BenchResult:
     result = BenchResult(settings={"data": args.data, "n": args.n, "labels": args.labels,
                                    "annotator": args.annotator, "captions": args.captions,
                                    "worker": args.worker, "label_studio": bool(args.label_studio_url),
-                                   "busy": args.busy, "redis": url.split("@")[-1], "home": str(home),
+                                   "busy": args.busy, "enhance": enhance, "redis": url.split("@")[-1],
+                                   "home": str(home),
                                    "load_avg_start": load_average(), "cpus": os.cpu_count()})
     env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", REDIS_URL=url)
@@ -264,7 +268,7 @@ def run(args, say=print) -> BenchResult:
             # through Label Studio, spare medoids stay open: the last label's push needs an open task
             k = args.labels + (args.spare if args.label_studio_url else 0)
             truth = synthetic_workspace(ws, args.n, min(k, args.n), args.seed, say,
-                                        link=not args.label_studio_url)
+                                        link=not args.label_studio_url, enhance=enhance)
             knowledge = Knowledge({i: {t} for i, t in truth.items()},
                                   dict(zip(ws.ids("image"), ws.contents("text"))))
             if args.label_studio_url:
@@ -278,6 +282,7 @@ def run(args, say=print) -> BenchResult:
             from xmodal.labelstudio.project import ProjectSpec, create_project
 
             spec = ProjectSpec(name=name, data=args.data, k=args.labels + args.spare, captions=args.captions,
+                               enhance=enhance,
                                title=f"xmodal simulate {tag}",   # a project of its own in that Label Studio
                                label_studio_url=args.label_studio_url, api_key=args.api_key,
                                backend_url=backend_url if args.label_studio_url else None,
@@ -431,6 +436,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy", type=int, default=0, metavar="N",
                    help="N CPU-bound processes (a Python busy loop each) beside the loop for the whole "
                    "run, always stopped at its end (default 0)")
+    p.add_argument("--enhance", metavar="NAMES", default=None,
+                   help="the index's enhancements, as `xmodal project create --enhance` takes them "
+                   "(e.g. zscore-medoids,zscore,csls,bridge,map; 'none' = faithful SSM-AL). Default: "
+                   "a new project's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", default=None, help="keep the workspace and logs here (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")

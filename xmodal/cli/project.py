@@ -98,8 +98,9 @@ def register(subparsers) -> None:
                    help="enhancements beyond the paper, comma-separated: zscore-medoids (k-medoids "
                    "of the z-scored features, for medoids chosen from then on), zscore (z-scored "
                    "SSR columns), csls (hubness correction), bridge (the image encoder's classes in "
-                   "the text encoder's space, weighted by what the labels support); 'none' = "
-                   "faithful SSM-AL. Default: the workspace's setting, all four for a new one "
+                   "the text encoder's space, weighted by what the labels support), map (opt-in: a linear "
+                   "map self-trained on the uncoupled items, seconds more per rebuild); 'none' = "
+                   "faithful SSM-AL. Default: the workspace's setting, the first four for a new one "
                    "(measured best, docs/results.md)")
     c.add_argument("--captions", choices=("first", "all"), default="first",
                    help="COCO-mini: the first caption of each image (default) or all five")

@@ -45,6 +45,7 @@ TEMPERATURE = 0.05      # softmax temperature over their scores
 PAIR_WEIGHT = 10.0      # a: how many pseudo-pairs a labelled pair counts for
 RIDGE = 1.0             # λ
 PCA_DIMS = 256          # image features' principal directions the map starts from
+IMAGE_SPACE_SAMPLE = 5000   # image rows those directions are computed from (a seeded sample above)
 MAX_IMAGES = 4000       # uncoupled images given a pseudo-target (a seeded sample above)
 MAX_TEXTS = 8000        # uncoupled texts they are matched with
 CSLS_K = 10
@@ -53,7 +54,7 @@ MIN_LOG_GAIN = 0.1      # as the bridge's (xmodal.core.bridge)
 LOO_TARGETS = 2000      # targets ranked per reference by choose_map_weight
 
 
-def image_space(X: np.ndarray, dims: int = PCA_DIMS, sample: int = 5_000, seed: int = 0):
+def image_space(X: np.ndarray, dims: int = PCA_DIMS, sample: int = IMAGE_SPACE_SAMPLE, seed: int = 0):
     """``(mean, basis)``: the mean of the unit-normalised image features and the ``(d, dims)``
     top principal directions of the centred ones (at most ``sample`` rows; the eigenvectors of
     their covariance: an SVD of 6,000 x 1,280 rows took 66 s on two busy cores, this 2 s)."""
@@ -94,7 +95,7 @@ def ridge(A: np.ndarray, T: np.ndarray, lam: float = RIDGE, weights: np.ndarray 
 
 def self_trained_map(X: np.ndarray, Y: np.ndarray, image_codes: np.ndarray, text_codes: np.ndarray,
                      pairs: np.ndarray, *, seed: int = 0, max_images: int = MAX_IMAGES,
-                     max_texts: int = MAX_TEXTS) -> dict | None:
+                     max_texts: int = MAX_TEXTS, space: tuple | None = None) -> dict | None:
     """The map of the module doc, or None below :data:`MIN_PAIRS` pairs.
 
     ``X`` (n, d_image) and ``Y`` (m, d_text) are the collection's raw features, ``image_codes`` /
@@ -102,7 +103,8 @@ def self_trained_map(X: np.ndarray, Y: np.ndarray, image_codes: np.ndarray, text
     included); ``pairs[j] = (image row, text row)`` the references (a row -1 is skipped).
     Returns ``{"image_mean", "text_mean", "matrix"}``: an image's map code is
     ``normalise((normalise(x) − image_mean) @ matrix)`` (:func:`image_map_codes`), a text's
-    ``normalise(normalise(y) − text_mean)`` (:func:`text_map_codes`).
+    ``normalise(normalise(y) − text_mean)`` (:func:`text_map_codes`). ``space``: ``X``'s
+    :func:`image_space` (with ``seed`` 0) if already known: it depends on ``X`` only.
     """
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     pairs = pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)]
@@ -117,7 +119,7 @@ def self_trained_map(X: np.ndarray, Y: np.ndarray, image_codes: np.ndarray, text
         free_t = np.sort(rng.choice(free_t, max_texts, replace=False))
     if len(free_i) < 1 or len(free_t) < TOP_TEXTS:
         return None
-    image_mean, basis = image_space(X, seed=seed)
+    image_mean, basis = image_space(X, seed=seed) if space is None else space
     text_mean = l2_normalize(np.asarray(Y, np.float32)).mean(axis=0)
     PX = lambda rows: l2_normalize(centred_rows(X[rows], image_mean) @ basis)  # noqa: E731
     Yc = lambda rows: centred_rows(Y[rows], text_mean)  # noqa: E731

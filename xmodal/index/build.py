@@ -18,27 +18,31 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import redis
 
 from xmodal.core.bridge import BRIDGE_DIMS, centred, choose_weight, fuse_codes, principal_basis, project
 from xmodal.core.calibration import PlattCalibrator, leave_one_out, loo_scores
-from xmodal.core.pseudomap import choose_map_weight, image_map_codes, self_trained_map, text_map_codes, with_bridge
+from xmodal.core.pseudomap import (
+    IMAGE_SPACE_SAMPLE,
+    PCA_DIMS,
+    choose_map_weight,
+    image_map_codes,
+    image_space,
+    self_trained_map,
+    text_map_codes,
+    with_bridge,
+)
 from xmodal.core.ssr import SSRIndex, l2_normalize
 from xmodal.errors import DataError, XmodalError
 from xmodal.fileio import file_key
 from xmodal.index.ann import build_for as build_ann
 from xmodal.index.columns import open_columns
 from xmodal.index.files import versions_on_disk
+from xmodal.index.kept import keep_arrays, key_dir, read_arrays
 from xmodal.index.neighbours import hub_terms, source_key
 from xmodal.index.snapshot import IndexSnapshot
 from xmodal.logfmt import kv
@@ -180,7 +184,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             # is on: on the shapes (bridge off) it lowered MAP by up to 9% (docs/results.md)
             t0 = time.perf_counter()
             X, Y = np.array(X, np.float32), np.array(Y, np.float32)   # the map reads them all
-            fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows)
+            fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows, space=map_space(ws, X))
             if fitted is not None:
                 loo = with_bridge(scored, loo_pairs, bridge["query_bridge"], bridge["target_bridge"],
                                   bridge["weight"])
@@ -306,16 +310,16 @@ BRIDGE_SPACE_ARRAYS = ("image", "text", "mean_image", "mean_text", "basis")
 def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images: int) -> dict:
     """The part of the class bridge that no label changes: both modalities' centred bridge embeddings on their
     principal basis (``xmodal.core.bridge``). It depends on the workspace's features only, so it is
-    computed once and kept beside them (``features/bridge-space/<key>/``, a ``.npy`` file per
-    array, memory-mapped when read), keyed by the files it was made of: recomputed each rebuild,
-    its SVD was most of a COCO-mini rebuild (0.12 of 0.17 s) and grows with the collection; read
-    from one ``.npz`` it was 0.02 s of a 100k one-pair update (the zip's checksums and copies)."""
+    computed once and kept beside them (``features/bridge-space/<key>/``, :mod:`xmodal.index.kept`),
+    keyed by the files it was made of: recomputed each rebuild, its SVD was most of a COCO-mini
+    rebuild (0.12 of 0.17 s) and grows with the collection."""
     # each source is written anew (a new inode) by an atomic replace
-    key = ";".join(file_key(p) for p in (ws.bridge_path, ws.features_path("text"))) + f";{BRIDGE_DIMS}"
-    here = ws.bridge_space_path / hashlib.sha256(key.encode()).hexdigest()[:24]
-    kept = _read_bridge_space(here)
-    if kept is not None:
-        return kept
+    here = key_dir(ws.bridge_space_path, ";".join(file_key(p) for p in (ws.bridge_path, ws.features_path("text")))
+                   + f";{BRIDGE_DIMS}")
+    z = read_arrays(here, BRIDGE_SPACE_ARRAYS)
+    if z is not None:
+        return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
+                "basis": z["basis"] if z["basis"].size else None}
     image_rows = saved["image"] if saved["image"] is not None else (ws.bridge() or {}).get("image")
     if image_rows is None or len(image_rows) != n_images:
         # read after the rebuild's item lock: items were added meanwhile; the next rebuild has them
@@ -326,45 +330,25 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
     basis = principal_basis(B_img, B_txt)   # the bridge part of the codes: its top directions
     space = {"image": project(B_img, basis), "text": project(B_txt, basis), "means": (mean_img, mean_txt),
              "basis": basis}
-    _keep_bridge_space(here, {"image": space["image"], "text": space["text"], "mean_image": mean_img,
-                              "mean_text": mean_txt, "basis": np.zeros(0, np.float32) if basis is None else basis})
+    keep_arrays(here, {"image": space["image"], "text": space["text"], "mean_image": mean_img,
+                       "mean_text": mean_txt, "basis": np.zeros(0, np.float32) if basis is None else basis})
+    (ws.root / "features" / "bridge_space.npz").unlink(missing_ok=True)   # where earlier versions kept it
     return space
 
 
-def _read_bridge_space(here: Path) -> dict | None:
-    """The space kept in ``here``, memory-mapped; None when there is none or it is torn."""
-    try:
-        z = {name: np.load(here / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in BRIDGE_SPACE_ARRAYS}
-    except (OSError, ValueError):
-        return None
-    return {"image": z["image"], "text": z["text"], "means": (z["mean_image"], z["mean_text"]),
-            "basis": z["basis"] if z["basis"].size else None}
-
-
-def _keep_bridge_space(here: Path, arrays: dict) -> None:
-    """Write ``arrays`` as ``here/<name>.npy``, whole or not at all (a directory renamed into
-    place), and delete the spaces of other features (a reader that has one open keeps its mapping)
-    and what a crash left half-written an hour ago."""
-    parent = here.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=parent))
-        for name, a in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        try:
-            os.rename(tmp, here)
-        except OSError:   # one is there: a racing rebuild's (kept), or a torn one (replaced)
-            if _read_bridge_space(here) is None:
-                shutil.rmtree(here, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    os.rename(tmp, here)
-            shutil.rmtree(tmp, ignore_errors=True)
-        for other in parent.iterdir():
-            if other != here and (not other.name.startswith(".new-") or time.time() - other.stat().st_mtime > 3600):
-                shutil.rmtree(other, ignore_errors=True)
-        (parent.parent / "bridge_space.npz").unlink(missing_ok=True)   # where earlier versions kept it
-    except OSError as exc:
-        log.warning(kv("rebuild.bridge_space_not_kept", path=str(here), error=str(exc)))   # computed again next time
+def map_space(ws: Workspace, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The self-trained map's image space (:func:`xmodal.core.pseudomap.image_space`: the mean and
+    principal directions of the image features), kept beside the features as the bridge space is
+    (``features/map-space/<key>/``): it needs no label, and its eigendecomposition was 0.35-0.55 s
+    of every rebuild with the map at Flickr8k size (6,000 images)."""
+    here = key_dir(ws.root / "features" / "map-space",
+                   f"{file_key(ws.features_path('image'))};{PCA_DIMS};{IMAGE_SPACE_SAMPLE}")
+    z = read_arrays(here, ("mean", "basis"))
+    if z is not None and len(z["mean"]) == image_features.shape[1]:
+        return z["mean"], z["basis"]
+    mean, basis = image_space(image_features)
+    keep_arrays(here, {"mean": mean, "basis": basis})
+    return mean, basis
 
 
 def _bridge(index: SSRIndex, select: str, saved: dict, space: dict, scored=None) -> dict:
