@@ -130,6 +130,26 @@ def test_chunked_hubness_terms_equal_the_full_matrix():
     assert empty_a.shape == (0,) and np.all(empty_b == 0)
 
 
+def test_largest_finds_the_k_largest_values_of_long_rows_and_columns_through_their_blocks():
+    """The block-maxima shortcut of hubness.largest gives np.sort's k largest values (ties, a last
+    block shorter than the others, k = 1, rows too short for blocks), at the positions it names."""
+    from xmodal.core.hubness import BLOCK, largest
+
+    rng = np.random.default_rng(4)
+    for shape, k in (((30, 40 * BLOCK + 17), 10), ((9, 40 * BLOCK), 1), ((6, 300), 7), ((40 * BLOCK + 5, 11), 4)):
+        S = rng.normal(size=shape).astype(np.float32)
+        S[:, :BLOCK] = S[:, :1]                       # a whole block of equal values
+        S[3] = 0.5                                     # a constant row
+        for axis in (0, 1):
+            kk = min(k, S.shape[axis])
+            pos, vals = largest(S, kk, axis=axis)
+            want = np.sort(S, axis=axis)
+            want = want[:, -kk:] if axis == 1 else want[-kk:, :]
+            np.testing.assert_array_equal(np.sort(vals, axis=axis), want)
+            np.testing.assert_array_equal(np.take_along_axis(S, pos, axis=axis), vals)
+            assert pos.shape == want.shape
+
+
 def test_above_the_exact_budget_hubness_terms_come_from_a_sample(monkeypatch):
     """Exact terms cost n·m (hours at 1M × 1M per rebuild): above the budget a fixed sample of
     targets and the same quantile of its top stand in; close to the exact terms, deterministic."""

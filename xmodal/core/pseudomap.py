@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xmodal.core.hubness import csls
+from xmodal.core.hubness import csls, largest
 from xmodal.core.ssr import l2_normalize
 
 MAP_WEIGHT = 0.5        # b: the map's share of the fused score
@@ -79,8 +79,8 @@ def soft_targets(S: np.ndarray, targets: np.ndarray, k: int = TOP_TEXTS,
     """Per row of ``S`` (queries × candidates): the softmax(score / tau)-weighted mean of the
     ``targets`` rows of its ``k`` best candidates."""
     k = min(k, S.shape[1])
-    top = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    s = np.take_along_axis(S, top, axis=1).astype(np.float64)
+    top, s = largest(S, k)
+    s = s.astype(np.float64)
     p = np.exp((s - s.max(axis=1, keepdims=True)) / tau)
     p /= p.sum(axis=1, keepdims=True)
     return np.einsum("nk,nkd->nd", p, np.asarray(targets, np.float64)[top])
