@@ -123,7 +123,8 @@ def self_trained_map(X: np.ndarray, Y: np.ndarray, image_codes: np.ndarray, text
     text_mean = l2_normalize(np.asarray(Y, np.float32)).mean(axis=0)
     PX = lambda rows: l2_normalize(centred_rows(X[rows], image_mean) @ basis)  # noqa: E731
     Yc = lambda rows: centred_rows(Y[rows], text_mean)  # noqa: E731
-    S = csls(np.asarray(image_codes, np.float32)[free_i] @ np.asarray(text_codes, np.float32)[free_t].T, CSLS_K)
+    S = csls(np.asarray(image_codes, np.float32)[free_i] @ np.asarray(text_codes, np.float32)[free_t].T, CSLS_K,
+             in_place=True)
     targets = soft_targets(S, Yc(free_t))
     A = np.vstack([PX(free_i), PX(pairs[:, 0])])
     T = np.vstack([targets, Yc(pairs[:, 1])])
@@ -160,26 +161,41 @@ def choose_map_weight(fitted: dict, X: np.ndarray, Y: np.ndarray, pairs: np.ndar
     :data:`MIN_LOG_GAIN`), as the bridge's weight is chosen (:mod:`xmodal.core.bridge`)."""
     G, R = fitted["normal"]
     basis = fitted["basis"]
+    # W_j = (G − a·a aᵀ)⁻¹ (R − a·a yᵀ) = W + (a/(1 − a·aᵀu)) u (Rᵀu − y)ᵀ with u = G⁻¹a
+    # (Sherman–Morrison; a = PAIR_WEIGHT): one inverse for every reference instead of a solve each
+    G_inv = np.linalg.inv(G)
+    W0 = G_inv @ R
     rng = np.random.default_rng(seed)
-    logs = {0.0: [], MAP_WEIGHT: []}
+    todo = []
     for j, rows, s in scored:
         q, t = int(pairs[j, 0]), int(pairs[j, 1])
         i_row, t_row = (q, t) if select == "image" else (t, q)
         own = fitted["pair_inputs"].get((i_row, t_row))
         if own is None:
             continue
-        a, y = own
-        W = np.linalg.solve(G - PAIR_WEIGHT * np.outer(a, a), R - PAIR_WEIGHT * np.outer(a, y))
         keep = np.arange(len(rows))
         if len(rows) > max_targets:
             right = int(np.searchsorted(rows, t))
             keep = np.union1d(rng.choice(len(rows), max_targets, replace=False), [right])
-        rows_k, s_k = np.asarray(rows)[keep], np.asarray(s, np.float64)[keep]
+        rows_k = np.asarray(rows)[keep]
+        todo.append((q, t, own, rows_k, np.asarray(s, np.float64)[keep]))
+    # the targets' map inputs once, for the rows any reference ranks (one sample plus the matches)
+    union = np.unique(np.concatenate([x[3] for x in todo])) if todo else np.zeros(0, np.int64)
+    if select == "image":
+        targets = text_map_codes(Y[union], fitted).astype(np.float64)
+    else:
+        targets = l2_normalize(centred_rows(X[union], fitted["image_mean"]) @ basis).astype(np.float64)
+    logs = {0.0: [], MAP_WEIGHT: []}
+    for q, t, (a, y), rows_k, s_k in todo:
+        u = G_inv @ a
+        v = (PAIR_WEIGHT / (1.0 - PAIR_WEIGHT * (a @ u))) * (R.T @ u - y)   # W_j = W0 + u vᵀ
+        T = targets[np.searchsorted(union, rows_k)]
         right = int(np.searchsorted(rows_k, t))
         if select == "image":
-            m = text_map_codes(Y[rows_k], fitted) @ l2_normalize((a @ W).astype(np.float32)[None])[0]
+            mapped = a @ W0 + (a @ u) * v
+            m = T @ (mapped / max(np.linalg.norm(mapped), 1e-12))
         else:
-            Z = l2_normalize(l2_normalize(centred_rows(X[rows_k], fitted["image_mean"]) @ basis) @ W)
+            Z = l2_normalize((T @ W0 + np.outer(T @ u, v)).astype(np.float32))
             m = Z @ text_map_codes(Y[q:q + 1], fitted)[0]
         for b in logs:
             f = (1 - b) * s_k + b * m
