@@ -69,7 +69,11 @@ def test_columns_kept_in_label_order_are_read_in_place_and_any_other_order_gives
     np.testing.assert_array_equal(other, R[:, at])
     np.testing.assert_array_equal(mean3, mean[at])
     X = l2_normalize(ws.load_features("image"))
-    np.testing.assert_allclose(R, X @ X[order].T, atol=1e-5)
+    cosines = X @ X[order].T
+    np.testing.assert_allclose(R, (cosines - cosines.mean(axis=0)) / cosines.std(axis=0), atol=1e-4)   # z-scored
+    np.testing.assert_allclose(mean, cosines.mean(axis=0), atol=1e-6)
+    raw, _ = open_columns(ws, "image").get(order, z_scored=False)           # the faithful index's
+    np.testing.assert_allclose(raw, cosines, atol=1e-5)
 
 
 def test_new_features_get_new_columns_and_the_old_ones_go(r, xenv, make_workspace):
@@ -111,3 +115,16 @@ def test_rows_that_cannot_be_normalised_have_cosine_zero_as_l2_normalize_makes_t
     np.testing.assert_allclose(with_norms, plain, atol=1e-6)
     np.testing.assert_allclose(plain.T, l2_normalize(X) @ l2_normalize(X[[0, 1, 3]]).T, atol=1e-6)
     assert np.isfinite(with_norms).all() and not with_norms[:, [2, 4, 6]].any()
+
+
+def test_the_faithful_index_gets_the_cosines_back_from_the_kept_z_scores(r, xenv, make_workspace):
+    """Columns are kept z-scored (the default index's codes skip that pass); an index without
+    z-scores reads the same kept columns and gets the codes of a faithful fit."""
+    ws = make_workspace("cols-faithful", n=40, enhance=["zscore"])
+    build_snapshot(ws, 1, _pairs(8))                          # kept by the default index
+    ws.save_config(dict(ws.config, enhance=[]))
+    snap, _ = build_snapshot(ws, 2, _pairs(10))               # 8 kept, 2 new
+    index = SSRIndex().fit(ws.load_features("image"), ws.load_features("text"), [(i, i) for i in range(10)])
+    np.testing.assert_allclose(snap.image_codes, index.image_codes_, atol=1e-5)
+    np.testing.assert_allclose(snap.text_codes, index.text_codes_, atol=1e-5)
+    assert _kept_rows(ws, "image") == list(range(10))

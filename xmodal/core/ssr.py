@@ -202,6 +202,7 @@ class SSRIndex:
         self.standardize = bool(standardize)
         self.copy = bool(copy)
         self.image_col_stats_ = self.text_col_stats_ = None
+        self.ssr_standardized_ = False   # image_ssr_ / text_ssr_ hold z-scores already (fit_ssr)
 
     # -- building -------------------------------------------------------------------------
     def fit(self, image_features: np.ndarray, text_features: np.ndarray, pairs,
@@ -215,11 +216,13 @@ class SSRIndex:
         self.text_references_ = self._text_references(pairs, text_reference_features)
         self.image_ssr_ = self.image_features_ @ self.image_references_.T
         self.text_ssr_ = self.text_features_ @ self.text_references_.T
+        self.ssr_standardized_ = False
         return self._derive_codes()
 
     def fit_ssr(self, image_ssr: np.ndarray, text_ssr: np.ndarray, pairs,
                 image_references: np.ndarray, text_references: np.ndarray,
-                image_col_stats=None, text_col_stats=None, codes: bool = True) -> SSRIndex:
+                image_col_stats=None, text_col_stats=None, codes: bool = True,
+                standardized: bool = False) -> SSRIndex:
         """The index of SSR matrices computed elsewhere (eq. 10, e.g. columns kept between
         rebuilds, :mod:`xmodal.index.columns`): the same codes as :meth:`fit` over the features
         they came from, without the n·k products. ``image_ssr`` / ``text_ssr`` are (n, k) / (m, k),
@@ -227,7 +230,10 @@ class SSRIndex:
         not copied); ``*_references`` the references' features. Without the items' features,
         :meth:`add_pairs` is unavailable; queries (:meth:`transform_images`) work. ``*_col_stats``:
         the columns' :func:`column_stats`, if known (``standardize``). ``codes=False`` leaves the
-        codes to :meth:`derive_codes` (e.g. into fused codes once the bridge's weight is known)."""
+        codes to :meth:`derive_codes` (e.g. into fused codes once the bridge's weight is known).
+        ``standardized``: the SSR matrices are z-scored already with ``*_col_stats`` (kept that
+        way, :mod:`xmodal.index.columns`): the codes skip that pass (``ssr_standardized_``); the
+        statistics still encode new queries."""
         self.pairs_ = _as_pairs(pairs)
         if image_ssr.shape[1] != len(self.pairs_) or text_ssr.shape[1] != len(self.pairs_):
             raise ValueError(f"SSR matrices of {image_ssr.shape[1]} / {text_ssr.shape[1]} columns for "
@@ -237,6 +243,9 @@ class SSRIndex:
         self.text_references_ = l2_normalize(text_references)
         self.image_ssr_ = np.asarray(image_ssr, dtype=np.float32)
         self.text_ssr_ = np.asarray(text_ssr, dtype=np.float32)
+        if standardized and (not self.standardize or image_col_stats is None or text_col_stats is None):
+            raise ValueError("standardized SSR needs standardize=True and both column statistics")
+        self.ssr_standardized_ = bool(standardized)
         self._set_stats(image_col_stats, text_col_stats)
         return self.derive_codes() if codes else self
 
@@ -268,6 +277,10 @@ class SSRIndex:
         self.text_references_ = self.text_references_[keep]
         self.image_ssr_ = self.image_ssr_[:, keep]
         self.text_ssr_ = self.text_ssr_[:, keep]
+        if self.ssr_standardized_:   # z-scores of their own columns: the other columns' stats stay
+            self.image_col_stats_ = tuple(np.asarray(a)[keep] for a in self.image_col_stats_)
+            self.text_col_stats_ = tuple(np.asarray(a)[keep] for a in self.text_col_stats_)
+            return self.derive_codes()
         return self._derive_codes()
 
     def _text_references(self, pairs: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
@@ -309,8 +322,9 @@ class SSRIndex:
                      norm: float = 1.0) -> SSRIndex:
         """The codes of the SSR matrices (``image_codes_``, ``text_codes_``), rows of norm ``norm``,
         written into ``*_out`` where given (the first columns of fused codes: no second copy)."""
-        self.image_codes_ = self._codes(self.image_ssr_, self.image_col_stats_, image_out, norm)
-        self.text_codes_ = self._codes(self.text_ssr_, self.text_col_stats_, text_out, norm)
+        done = self.ssr_standardized_   # z-scored already: no second z-score pass
+        self.image_codes_ = self._codes(self.image_ssr_, None if done else self.image_col_stats_, image_out, norm)
+        self.text_codes_ = self._codes(self.text_ssr_, None if done else self.text_col_stats_, text_out, norm)
         return self
 
     # -- querying -------------------------------------------------------------------------

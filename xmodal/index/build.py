@@ -155,10 +155,12 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
                          sparse_power=float(cfg.get("sparse_power") or 1.0),
                          standardize="zscore" in enhance)
         t0 = time.perf_counter()
-        image_ssr, text_ssr, image_refs, text_refs, image_stats, text_stats = _ssr(columns, pair_rows, extra)
+        image_ssr, text_ssr, image_refs, text_refs, image_stats, text_stats = _ssr(
+            columns, pair_rows, extra, z_scored=index.standardize)
         timings["ssr_s"] = round(time.perf_counter() - t0, 4)
         # the codes wait for the bridge's weight: then they are written once, into the fused codes
-        index.fit_ssr(image_ssr, text_ssr, pair_rows, image_refs, text_refs, image_stats, text_stats, codes=False)
+        index.fit_ssr(image_ssr, text_ssr, pair_rows, image_refs, text_refs, image_stats, text_stats, codes=False,
+                      standardized=index.standardize)
         image_refs, text_refs = index.image_references_, index.text_references_
         if index.standardize:
             col_stats = {"image": np.stack(index.image_col_stats_), "text": np.stack(index.text_col_stats_)}
@@ -252,22 +254,23 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
     return snap, skipped
 
 
-def _ssr(columns: dict, pair_rows: np.ndarray, extra: np.ndarray | None):
+def _ssr(columns: dict, pair_rows: np.ndarray, extra: np.ndarray | None, z_scored: bool):
     """Eq. 10 for every item: ``(image SSR, text SSR, image reference features, text reference
     features, image column stats, text column stats)``, the columns of item references kept
     between rebuilds with their z-score statistics (:mod:`xmodal.index.columns`: one more label
     computes one column per modality), those of written descriptions (text row -1, features
-    ``extra`` in order) computed now."""
+    ``extra`` in order) computed now; ``z_scored``: the SSR z-scored with those statistics (as
+    kept), else the cosines."""
     cols_img, cols_txt = columns["image"], columns["text"]
-    image_ssr, image_stats = cols_img.get(pair_rows[:, 0])
+    image_ssr, image_stats = cols_img.get(pair_rows[:, 0], z_scored)
     indexed = pair_rows[:, 1] >= 0
     if indexed.all():
-        text_ssr, text_stats = cols_txt.get(pair_rows[:, 1])
+        text_ssr, text_stats = cols_txt.get(pair_rows[:, 1], z_scored)
     else:
         text_ssr = np.empty((len(cols_txt.features), len(pair_rows)), np.float32, order="F")
         text_stats = (np.empty(len(pair_rows), np.float32), np.empty(len(pair_rows), np.float32))
-        for part, (cols, stats) in ((indexed, cols_txt.get(pair_rows[indexed, 1])),
-                                    (~indexed, cols_txt.of_vectors(extra))):
+        for part, (cols, stats) in ((indexed, cols_txt.get(pair_rows[indexed, 1], z_scored)),
+                                    (~indexed, cols_txt.of_vectors(extra, z_scored))):
             text_ssr[:, part] = cols
             text_stats[0][part], text_stats[1][part] = stats
     text_refs = np.empty((len(pair_rows), cols_txt.features.shape[1]), np.float32)
@@ -300,6 +303,8 @@ def _task_view(index: SSRIndex, select: str):
     else:
         q, t, pairs = index.text_ssr_, index.image_ssr_, index.pairs_[:, ::-1]
         qs, ts = index.text_col_stats_, index.image_col_stats_
+    if index.ssr_standardized_:   # the SSR are z-scores already (kept columns)
+        qs = ts = None
     return q, t, pairs, dict(measure=index.measure, query_stats=qs, target_stats=ts,
                              sparse_top_k=index.sparse_top_k, sparse_power=index.sparse_power)
 

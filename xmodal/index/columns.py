@@ -5,7 +5,12 @@ it is in), so a rebuild after one more label needs one new column per modality i
 n·k products again. At 100k items × 200 references those products were the largest part of a
 default rebuild (1.2–1.8 s of about 4 s, profiled; ``xmodal bench``, section ``index``).
 
-Columns live in ``features/ssr-columns/<modality>-<key>/`` (:class:`Columns`), ``<key>`` naming the
+A column is kept **z-scored** (its cosines minus their mean, over their standard deviation, the
+z-scored index's columns, :func:`xmodal.core.ssr.column_stats`), with the mean and deviation beside
+it: a column and its statistics never change, so the default index's codes skip the z-score pass
+(0.03-0.04 s of a 100k one-pair update, docs/scale.md); the faithful index gets the cosines back.
+
+Columns live in ``features/ssr-columns/<modality>-z-<key>/`` (:class:`Columns`), ``<key>`` naming the
 features file they were computed from (:func:`xmodal.fileio.file_key`: device, inode, mtime and
 size, as :func:`xmodal.index.build.bridge_space` keys its files): features written anew (items
 added, :mod:`xmodal.project.items`) are a new file, so a rebuild never mixes columns of two item
@@ -37,7 +42,7 @@ CHUNK_ROWS = 8192
 
 def column_dir(ws: Workspace, modality: str) -> Path:
     """The directory of ``modality``'s columns for its current features file."""
-    return ws.root / "features" / "ssr-columns" / f"{modality}-{file_key(ws.features_path(modality))}"
+    return ws.root / "features" / "ssr-columns" / f"{modality}-z-{file_key(ws.features_path(modality))}"
 
 
 @dataclass
@@ -56,13 +61,18 @@ class Columns:
     features: np.ndarray
     directory: Path
 
-    def get(self, rows) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def get(self, rows, z_scored: bool = True) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """``(SSR, (mean, std))``: ``SSR`` is ``(n, len(rows))`` float32, column j the cosine of
-        every item to item ``rows[j]`` (eq. 10 with that item as the reference), read where kept,
-        computed (then kept) where not, in Fortran order (one contiguous column each; a read-only
-        view of the kept file when those columns are kept one after the other); ``mean`` and
-        ``std`` are its columns' z-score statistics (:func:`xmodal.core.ssr.column_stats`), kept
+        every item to item ``rows[j]`` (eq. 10 with that item as the reference), z-scored with
+        ``mean`` and ``std`` (``z_scored=False``: the cosines themselves, a new array), read where
+        kept, computed (then kept) where not, in Fortran order (one contiguous column each; a
+        read-only view of the kept file when those columns are kept one after the other); ``mean``
+        and ``std`` are its columns' z-score statistics (:func:`xmodal.core.ssr.column_stats`), kept
         with them: a column and its statistics never change, so one more label computes one each."""
+        R, stats = self._get(rows)
+        return (R, stats) if z_scored else (_cosines(R, stats), stats)
+
+    def _get(self, rows) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         kept, data = self._kept()
         where = _positions(kept)
@@ -70,7 +80,10 @@ class Columns:
         missing = list(dict.fromkeys(r for r in rows.tolist() if r not in where))
         if missing:
             new = self._compute(rows=missing)
-            new_stats = np.column_stack([np.asarray(missing, np.float64), *column_stats(new.T)])
+            mean, std = column_stats(new.T)
+            new -= mean[:, None]
+            new /= std[:, None]
+            new_stats = np.column_stack([np.asarray(missing, np.float64), mean, std])
             if self._append(new_stats, new):
                 kept, data = self._kept()
                 where = _positions(kept)
@@ -90,10 +103,14 @@ class Columns:
                 out[j], stats[j] = new[at_new[r]], new_stats[at_new[r], 1:]
         return out.T, (stats[:, 0].copy(), stats[:, 1].copy())
 
-    def of_vectors(self, vectors: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def of_vectors(self, vectors: np.ndarray, z_scored: bool = True) -> tuple[np.ndarray, tuple]:
         """:meth:`get` for references that are not items (a written description's features): not kept."""
         cols = self._compute(vectors=vectors).T
-        return cols, column_stats(cols)
+        stats = column_stats(cols)
+        if z_scored:
+            cols -= stats[0]
+            cols /= stats[1]
+        return cols, stats
 
     def _compute(self, rows=None, vectors=None) -> np.ndarray:
         """:func:`cosine_columns` with the items' feature norms kept beside the columns (a new
@@ -164,6 +181,13 @@ class Columns:
             for old in d.parent.glob(f"{self.modality}-*"):
                 if old != d:
                     shutil.rmtree(old, ignore_errors=True)
+
+
+def _cosines(Z: np.ndarray, stats) -> np.ndarray:
+    """Kept z-scores back to the cosines they were made of (Fortran order, as kept)."""
+    out = np.multiply(Z, np.asarray(stats[1], np.float32), order="F")
+    out += np.asarray(stats[0], np.float32)
+    return out
 
 
 def _positions(kept: np.ndarray) -> dict[int, int]:
