@@ -161,8 +161,9 @@ def choose_map_weight(fitted: dict, X: np.ndarray, Y: np.ndarray, pairs: np.ndar
     :data:`MIN_LOG_GAIN`), as the bridge's weight is chosen (:mod:`xmodal.core.bridge`)."""
     G, R = fitted["normal"]
     basis = fitted["basis"]
-    # W_j = (G − a·a aᵀ)⁻¹ (R − a·a yᵀ) = W + (a/(1 − a·aᵀu)) u (Rᵀu − y)ᵀ with u = G⁻¹a
-    # (Sherman–Morrison; a = PAIR_WEIGHT): one inverse for every reference instead of a solve each
+    # without pair j (input a, target y, weight w = PAIR_WEIGHT): W_j = (G − w a aᵀ)⁻¹ (R − w a yᵀ)
+    # = W + (w / (1 − w aᵀu)) u (Rᵀu − y)ᵀ with u = G⁻¹a (Sherman–Morrison): one inverse for every
+    # reference instead of a solve each
     G_inv = np.linalg.inv(G)
     W0 = G_inv @ R
     rng = np.random.default_rng(seed)
