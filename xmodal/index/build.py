@@ -112,6 +112,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         columns = {m: open_columns(ws, m) for m in ("image", "text")}
         img_row, txt_row = ws.row_of("image"), ws.row_of("text")
         saved_bridge = ws.bridge(image=False) if "bridge" in enhance else None
+        image_key = file_key(ws.features_path("image"))   # the file X is a mapping of
     X, Y = columns["image"].features, columns["text"].features
     rows, ann_ids, seen, skipped, written = [], [], set(), [], {}
     for p in pairs:
@@ -186,7 +187,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
             # is on: on the shapes (bridge off) it lowered MAP by up to 9% (docs/results.md)
             t0 = time.perf_counter()
             X, Y = np.array(X, np.float32), np.array(Y, np.float32)   # the map reads them all
-            fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows, space=map_space(ws, X))
+            fitted = self_trained_map(X, Y, image_codes, text_codes, pair_rows, space=map_space(ws, X, image_key))
             if fitted is not None:
                 loo = with_bridge(scored, loo_pairs, bridge["query_bridge"], bridge["target_bridge"],
                                   bridge["weight"])
@@ -337,17 +338,21 @@ def bridge_space(ws: Workspace, saved: dict, text_features: np.ndarray, n_images
              "basis": basis}
     keep_arrays(here, {"image": space["image"], "text": space["text"], "mean_image": mean_img,
                        "mean_text": mean_txt, "basis": np.zeros(0, np.float32) if basis is None else basis})
-    (ws.root / "features" / "bridge_space.npz").unlink(missing_ok=True)   # where earlier versions kept it
+    try:
+        (ws.root / "features" / "bridge_space.npz").unlink(missing_ok=True)   # where earlier versions kept it
+    except OSError:
+        pass
     return space
 
 
-def map_space(ws: Workspace, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def map_space(ws: Workspace, image_features: np.ndarray, image_key: str) -> tuple[np.ndarray, np.ndarray]:
     """The self-trained map's image space (:func:`xmodal.core.pseudomap.image_space`: the mean and
     principal directions of the image features), kept beside the features as the bridge space is
     (``features/map-space/<key>/``): it needs no label, and its eigendecomposition was 0.35-0.55 s
-    of every rebuild with the map at Flickr8k size (6,000 images)."""
-    here = key_dir(ws.root / "features" / "map-space",
-                   f"{file_key(ws.features_path('image'))};{PCA_DIMS};{IMAGE_SPACE_SAMPLE}")
+    of every rebuild with the map at Flickr8k size (6,000 images). ``image_key``: the
+    :func:`xmodal.fileio.file_key` of the features file ``image_features`` were read from (taken
+    under the items lock: a file replaced since is another key)."""
+    here = key_dir(ws.root / "features" / "map-space", f"{image_key};{PCA_DIMS};{IMAGE_SPACE_SAMPLE}")
     z = read_arrays(here, ("mean", "basis"))
     if z is not None and len(z["mean"]) == image_features.shape[1]:
         return z["mean"], z["basis"]
