@@ -14,9 +14,11 @@ module does, by self-training a ridge regression on the index's own rankings:
    :data:`PAIR_WEIGHT` times), with ``x`` the image features unit-normalised, centred on the
    collection and projected on its top :data:`PCA_DIMS` principal directions, ``y`` the text
    features unit-normalised and centred;
-3. **fusion**: an image's map code is ``normalise((x − μ_x) W)`` and a text's ``normalise(y − μ_y)``;
-   the index widens its codes with them as with the bridge, ``[sqrt(1 − b)·c, sqrt(b)·m]``, so the
-   score is ``(1 − b)·S + b·cos(x W, y)`` with ``b`` = :data:`MAP_WEIGHT`, before CSLS;
+3. **fusion**: an image's map code is ``normalise((x − μ_x) W P)`` and a text's
+   ``normalise((y − μ_y) P)``, ``P`` the top :data:`MAP_DIMS` principal directions of the texts'
+   codes (:func:`text_directions`); the index widens its codes with them as with the bridge,
+   ``[sqrt(1 − b)·c, sqrt(b)·m]``, so the score is ``(1 − b)·S + b·cos(x W P, y P)`` with ``b`` =
+   :data:`MAP_WEIGHT`, before CSLS;
 4. **when**: only where the class bridge is on (its weight > 0: the labels show that the index
    ranks beyond the pairs, so its pseudo-targets carry signal); on the synthetic shapes, where the
    bridge is off, the map lowered MAP by class by up to 9% (instance pseudo-targets, class
@@ -45,6 +47,9 @@ TEMPERATURE = 0.05      # softmax temperature over their scores
 PAIR_WEIGHT = 10.0      # a: how many pseudo-pairs a labelled pair counts for
 RIDGE = 1.0             # λ
 PCA_DIMS = 256          # image features' principal directions the map starts from
+MAP_DIMS = 128          # principal directions of the texts' map codes the codes keep (all 384 of
+                        # MiniLM's: rsum 1.188 / 1.495 at N=20 / 100 on Flickr8k's development
+                        # split; 128: 1.198 / 1.495; 64: 1.188 / 1.483; docs/results.md)
 IMAGE_SPACE_SAMPLE = 5000   # image rows those directions are computed from (a seeded sample above)
 MAX_IMAGES = 4000       # uncoupled images given a pseudo-target (a seeded sample above)
 MAX_TEXTS = 8000        # uncoupled texts they are matched with
@@ -125,17 +130,34 @@ def self_trained_map(X: np.ndarray, Y: np.ndarray, image_codes: np.ndarray, text
     Yc = lambda rows: centred_rows(Y[rows], text_mean)  # noqa: E731
     S = csls(np.asarray(image_codes, np.float32)[free_i] @ np.asarray(text_codes, np.float32)[free_t].T, CSLS_K,
              in_place=True)
-    targets = soft_targets(S, Yc(free_t))
+    free_codes = Yc(free_t)
+    targets = soft_targets(S, free_codes)
     A = np.vstack([PX(free_i), PX(pairs[:, 0])])
     T = np.vstack([targets, Yc(pairs[:, 1])])
     weights = np.concatenate([np.ones(len(free_i)), np.full(len(pairs), PAIR_WEIGHT)])
     W = ridge(A, T, RIDGE, weights)
     Aw = A * weights[:, None]
-    return {"image_mean": image_mean.astype(np.float32), "text_mean": text_mean.astype(np.float32),
-            "matrix": np.ascontiguousarray(basis @ W, dtype=np.float32),
-            # what leave-one-out needs (choose_map_weight), not kept in an index file
-            "normal": (A.T @ Aw + RIDGE * np.eye(A.shape[1]), Aw.T @ T), "basis": basis,
-            "pair_inputs": dict(zip(map(tuple, pairs.tolist()), zip(A[len(free_i):], T[len(free_i):])))}
+    P = text_directions(free_codes)
+    fitted = {"image_mean": image_mean.astype(np.float32), "text_mean": text_mean.astype(np.float32),
+              "matrix": np.ascontiguousarray(basis @ W if P is None else basis @ W @ P, dtype=np.float32),
+              # what leave-one-out needs (choose_map_weight), not kept in an index file
+              "normal": (A.T @ Aw + RIDGE * np.eye(A.shape[1]), Aw.T @ T), "basis": basis,
+              "pair_inputs": dict(zip(map(tuple, pairs.tolist()), zip(A[len(free_i):], T[len(free_i):])))}
+    if P is not None:
+        fitted["text_matrix"] = P
+    return fitted
+
+
+def text_directions(codes: np.ndarray, dims: int = MAP_DIMS) -> np.ndarray | None:
+    """The ``(d_text, dims)`` top principal directions of texts' map codes, which the map codes
+    are kept on (both modalities', so their dot product stays a cosine in that subspace), or None
+    when the text features have at most ``dims`` dimensions."""
+    C = np.asarray(codes, np.float64)
+    if C.shape[1] <= dims:
+        return None
+    C = C - C.mean(axis=0)
+    values, vectors = np.linalg.eigh(C.T @ C)
+    return np.ascontiguousarray(vectors[:, np.argsort(-values)[:dims]], dtype=np.float32)
 
 
 def _log_gain_is_clear(diff: np.ndarray) -> bool:
@@ -161,6 +183,8 @@ def choose_map_weight(fitted: dict, X: np.ndarray, Y: np.ndarray, pairs: np.ndar
     :data:`MIN_LOG_GAIN`), as the bridge's weight is chosen (:mod:`xmodal.core.bridge`)."""
     G, R = fitted["normal"]
     basis = fitted["basis"]
+    P = fitted.get("text_matrix")
+    kept = (lambda V: V) if P is None else (lambda V: V @ P)  # noqa: E731  (on the map codes' directions)
     # without pair j (input a, target y, weight w = PAIR_WEIGHT): W_j = (G − w a aᵀ)⁻¹ (R − w a yᵀ)
     # = W + (w / (1 − w aᵀu)) u (Rᵀu − y)ᵀ with u = G⁻¹a (Sherman–Morrison): one inverse for every
     # reference instead of a solve each
@@ -193,10 +217,10 @@ def choose_map_weight(fitted: dict, X: np.ndarray, Y: np.ndarray, pairs: np.ndar
         T = targets[np.searchsorted(union, rows_k)]
         right = int(np.searchsorted(rows_k, t))
         if select == "image":
-            mapped = a @ W0 + (a @ u) * v
+            mapped = kept(a @ W0 + (a @ u) * v)
             m = T @ (mapped / max(np.linalg.norm(mapped), 1e-12))
         else:
-            Z = l2_normalize((T @ W0 + np.outer(T @ u, v)).astype(np.float32))
+            Z = l2_normalize(kept(T @ W0 + np.outer(T @ u, v)).astype(np.float32))
             m = Z @ text_map_codes(Y[q:q + 1], fitted)[0]
         for b in logs:
             f = (1 - b) * s_k + b * m
@@ -215,8 +239,11 @@ def image_map_codes(X: np.ndarray, fitted: dict) -> np.ndarray:
 
 
 def text_map_codes(Y: np.ndarray, fitted: dict) -> np.ndarray:
-    """Map codes of texts: their centred unit features."""
-    return centred_rows(Y, fitted["text_mean"])
+    """Map codes of texts: their centred unit features (on the map's text directions, if it has
+    them: :func:`text_directions`)."""
+    codes = centred_rows(Y, fitted["text_mean"])
+    P = fitted.get("text_matrix")
+    return codes if P is None else l2_normalize(codes @ P)
 
 
 def with_bridge(scored, pairs: np.ndarray, query_bridge, target_bridge, weight: float):

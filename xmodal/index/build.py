@@ -250,6 +250,7 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         map_image_mean=None if fitted is None else fitted["image_mean"],
         map_text_mean=None if fitted is None else fitted["text_mean"],
         map_matrix=None if fitted is None else fitted["matrix"],
+        map_text_matrix=None if fitted is None else fitted.get("text_matrix"),
         meta=dict(meta or {}, built_at=time.time(), skipped_pairs=len(skipped), enhance=enhance,
                   encoders={m: _encoder_id(ws, m) for m in ("image", "text")}, **timings))
     return snap, skipped

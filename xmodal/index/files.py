@@ -71,7 +71,7 @@ def write_snapshot(ws: Workspace, snap: IndexSnapshot) -> Path:
 
 _OPTIONAL = ("image_col_stats", "text_col_stats", "image_hub", "text_hub", "bridge_means",
              "bridge_classes", "bridge_class_emb", "bridge_basis", "map_image_mean", "map_text_mean",
-             "map_matrix")
+             "map_matrix", "map_text_matrix")
 
 
 class CorruptIndex(DataError):

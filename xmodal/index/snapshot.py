@@ -80,7 +80,8 @@ class IndexSnapshot:
     map_weight: float = 0.0                     # b; 0 = no map part
     map_image_mean: np.ndarray | None = None    # (d_image,) mean of the unit image features
     map_text_mean: np.ndarray | None = None     # (d_text,) mean of the unit text features
-    map_matrix: np.ndarray | None = None        # (d_image, d_text) the map
+    map_matrix: np.ndarray | None = None        # (d_image, dims) the map, on the text directions below
+    map_text_matrix: np.ndarray | None = None   # (d_text, dims) the texts' map directions; None: all
     # approximate search (xmodal.index.ann): built indexes by modality (the rebuild), else loaded lazily
     # from the files beside ``path`` that meta["ann"] names
     ann: dict = field(default_factory=dict, repr=False)
@@ -195,6 +196,8 @@ class IndexSnapshot:
 
             fitted = {"image_mean": self.map_image_mean, "text_mean": self.map_text_mean,
                       "matrix": self.map_matrix}
+            if self.map_text_matrix is not None:
+                fitted["text_matrix"] = self.map_text_matrix
             m = image_map_codes(features, fitted) if modality == "image" else text_map_codes(features, fitted)
             codes = fuse_codes(codes, m, self.map_weight)
         return codes
