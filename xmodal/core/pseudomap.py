@@ -67,11 +67,16 @@ def image_space(X: np.ndarray, dims: int = PCA_DIMS, sample: int = IMAGE_SPACE_S
     mean = Xn.mean(axis=0)
     rng = np.random.default_rng(seed)
     rows = Xn if len(Xn) <= sample else Xn[rng.choice(len(Xn), sample, replace=False)]
-    C = l2_normalize(rows - mean).astype(np.float64)
-    C -= C.mean(axis=0)
+    return mean, _principal_directions(l2_normalize(rows - mean), dims)
+
+
+def _principal_directions(C: np.ndarray, dims: int) -> np.ndarray:
+    """The ``(d, dims)`` top principal directions of the rows of ``C`` (the eigenvectors of their
+    covariance, float64)."""
+    C = np.asarray(C, np.float64)
+    C = C - C.mean(axis=0)
     values, vectors = np.linalg.eigh(C.T @ C)
-    top = np.argsort(-values)[:dims]
-    return mean, np.ascontiguousarray(vectors[:, top], dtype=np.float32)
+    return np.ascontiguousarray(vectors[:, np.argsort(-values)[:dims]], dtype=np.float32)
 
 
 def centred_rows(F: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -152,12 +157,7 @@ def text_directions(codes: np.ndarray, dims: int = MAP_DIMS) -> np.ndarray | Non
     """The ``(d_text, dims)`` top principal directions of texts' map codes, which the map codes
     are kept on (both modalities', so their dot product stays a cosine in that subspace), or None
     when the text features have at most ``dims`` dimensions."""
-    C = np.asarray(codes, np.float64)
-    if C.shape[1] <= dims:
-        return None
-    C = C - C.mean(axis=0)
-    values, vectors = np.linalg.eigh(C.T @ C)
-    return np.ascontiguousarray(vectors[:, np.argsort(-values)[:dims]], dtype=np.float32)
+    return None if codes.shape[1] <= dims else _principal_directions(codes, dims)
 
 
 def _log_gain_is_clear(diff: np.ndarray) -> bool:

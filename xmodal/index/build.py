@@ -112,7 +112,8 @@ def build_snapshot(ws: Workspace, version: int, pairs: list[dict], meta: dict | 
         columns = {m: open_columns(ws, m) for m in ("image", "text")}
         img_row, txt_row = ws.row_of("image"), ws.row_of("text")
         saved_bridge = ws.bridge(image=False) if "bridge" in enhance else None
-        image_key = file_key(ws.features_path("image"))   # the file X is a mapping of
+        # the file X is a mapping of (the map's image space is kept under its key)
+        image_key = file_key(ws.features_path("image")) if "map" in enhance else None
     X, Y = columns["image"].features, columns["text"].features
     rows, ann_ids, seen, skipped, written = [], [], set(), [], {}
     for p in pairs:
